@@ -1,0 +1,259 @@
+//! What a breaker emits. Events are facts: the breaker's state is exactly the fold of its events.
+
+use super::policy::Policy;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The states of a breaker. Names (`closed`, `open`, `half_open`, `forced_open`, `disabled`) are
+/// the same everywhere: events, `simulate` output, the HTTP API and metrics labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Calls flow; outcomes are counted against the trip rule.
+    Closed,
+    /// Calls are rejected until the OPEN period ends.
+    Open,
+    /// A few trial calls are let through to decide between CLOSED and OPEN.
+    HalfOpen,
+    /// An operator opened it: everything is rejected until an operator resets it.
+    ForcedOpen,
+    /// An operator disabled it: everything is permitted, outcomes are recorded, it never trips.
+    Disabled,
+}
+
+impl State {
+    /// Every state, in a fixed order (for metrics with one series per state).
+    pub const ALL: [State; 5] = [
+        State::Closed,
+        State::Open,
+        State::HalfOpen,
+        State::ForcedOpen,
+        State::Disabled,
+    ];
+
+    /// The state's name as written in events, output and labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+            State::ForcedOpen => "forced_open",
+            State::Disabled => "disabled",
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a protected call ended, as the caller's classifier saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It worked. (Slow is decided by the policy from the latency.)
+    Success,
+    /// It failed.
+    Failure,
+    /// It took longer than the call timeout: a failure.
+    Timeout,
+    /// Counts as neither (e.g. a 404 that is the caller's fault); returns a HALF_OPEN trial permit.
+    Ignored,
+}
+
+impl Outcome {
+    /// Failures and timeouts.
+    pub fn is_failure(self) -> bool {
+        matches!(self, Outcome::Failure | Outcome::Timeout)
+    }
+
+    /// The outcome's name as written in events and output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::Timeout => "timeout",
+            Outcome::Ignored => "ignored",
+        }
+    }
+}
+
+/// An operator's command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    /// Back to CLOSED with empty counts, from any state.
+    Reset,
+    /// To FORCED_OPEN: reject everything until reset.
+    ForceOpen,
+    /// To DISABLED: permit everything, never trip, until reset.
+    Disable,
+}
+
+/// Why a transition happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// CLOSED → OPEN: `failure_threshold` failures in a row.
+    ConsecutiveFailures,
+    /// CLOSED → OPEN: `failure_threshold` failures within the time window.
+    FailureCount,
+    /// CLOSED → OPEN: the failure rate reached its threshold.
+    FailureRate,
+    /// CLOSED → OPEN: the slow-call rate reached its threshold.
+    SlowCallRate,
+    /// OPEN → HALF_OPEN: the OPEN period elapsed.
+    TimeoutElapsed,
+    /// HALF_OPEN → OPEN: a trial call failed.
+    TrialFailed,
+    /// HALF_OPEN → OPEN: a trial call was slow (only with a slow-call rule).
+    TrialSlow,
+    /// HALF_OPEN → CLOSED: `success_threshold` trial calls succeeded.
+    TrialsSucceeded,
+    /// Operator reset.
+    Reset,
+    /// Operator force-open.
+    ForceOpen,
+    /// Operator disable.
+    Disable,
+}
+
+impl Reason {
+    /// The reason's name as written in events and output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::ConsecutiveFailures => "consecutive_failures",
+            Reason::FailureCount => "failure_count",
+            Reason::FailureRate => "failure_rate",
+            Reason::SlowCallRate => "slow_call_rate",
+            Reason::TimeoutElapsed => "timeout_elapsed",
+            Reason::TrialFailed => "trial_failed",
+            Reason::TrialSlow => "trial_slow",
+            Reason::TrialsSucceeded => "trials_succeeded",
+            Reason::Reset => "reset",
+            Reason::ForceOpen => "force_open",
+            Reason::Disable => "disable",
+        }
+    }
+}
+
+/// The numbers behind a transition: what the rule saw when it fired. Only the fields that the
+/// reason uses are set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// Calls in the window (rate rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls: Option<u64>,
+    /// Failures counted (in a row, or in the window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<u64>,
+    /// Slow calls in the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_calls: Option<u64>,
+    /// Successful trials (HALF_OPEN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successes: Option<u64>,
+    /// The threshold that was reached: a count, or a percentage for rate rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// The rate observed, in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_percent: Option<f64>,
+    /// The time window, for time-based windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_ms: Option<u64>,
+    /// The count window's size, for count-based windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_calls: Option<u32>,
+    /// How long the OPEN period lasted (OPEN → HALF_OPEN) or will last (→ OPEN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_ms: Option<u64>,
+    /// Latency of the call that decided it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    /// Outcome of the call that decided it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+}
+
+/// A change of state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    /// When it happened. OPEN → HALF_OPEN is stamped at the instant the OPEN period ends.
+    pub at_ms: u64,
+    /// State before.
+    pub from: State,
+    /// State after.
+    pub to: State,
+    /// The episode this transition starts (episodes count transitions; permits of earlier
+    /// episodes no longer count).
+    pub episode: u64,
+    /// Why.
+    pub reason: Reason,
+    /// The numbers behind the why.
+    #[serde(default)]
+    pub evidence: Evidence,
+    /// End of the OPEN period, when `to` is OPEN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_until_ms: Option<u64>,
+}
+
+/// A call's outcome, recorded whether or not it still counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallRecorded {
+    /// When the call completed.
+    pub at_ms: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Completion time minus admission time.
+    pub latency_ms: u64,
+    /// At or above the slow-call duration (only with a slow-call rule).
+    #[serde(default)]
+    pub slow: bool,
+    /// Admitted in an earlier episode: recorded for metrics, counted nowhere.
+    #[serde(default)]
+    pub stale: bool,
+}
+
+/// A HALF_OPEN trial permit was handed out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrialAdmitted {
+    /// When.
+    pub at_ms: u64,
+}
+
+/// A new policy took effect (state and windows kept).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PolicyApplied {
+    /// When.
+    pub at_ms: u64,
+    /// The policy now in force.
+    pub policy: Policy,
+}
+
+/// Everything a breaker emits.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A call completed.
+    CallRecorded(CallRecorded),
+    /// A HALF_OPEN trial permit was handed out.
+    TrialAdmitted(TrialAdmitted),
+    /// The state changed.
+    Transitioned(Transition),
+    /// A new policy took effect.
+    PolicyApplied(PolicyApplied),
+}
+
+impl Event {
+    /// When the event happened.
+    pub fn at_ms(&self) -> u64 {
+        match self {
+            Event::CallRecorded(e) => e.at_ms,
+            Event::TrialAdmitted(e) => e.at_ms,
+            Event::Transitioned(e) => e.at_ms,
+            Event::PolicyApplied(e) => e.at_ms,
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! The `breakerbox` command line: parsing and rendering only; the work is in the library.
+
+mod simulate;
+
+use clap::{Parser, Subcommand};
+use std::fmt;
+use std::process::ExitCode;
+
+/// breakerbox: circuit breakers whose every decision is an event in a durable log.
+#[derive(Debug, Parser)]
+#[command(name = "breakerbox", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Simulate(simulate::Args),
+}
+
+/// Why a command failed, and so its exit code.
+#[derive(Debug)]
+pub enum CliError {
+    /// The input was wrong (a flag, a file, a trace line): exit code 2.
+    BadInput(String),
+    /// The input was fine but the work failed (I/O, storage): exit code 1.
+    Runtime(String),
+}
+
+impl CliError {
+    /// 2 for bad input, 1 for a runtime failure.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::BadInput(_) => ExitCode::from(2),
+            CliError::Runtime(_) => ExitCode::from(1),
+        }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::BadInput(m) | CliError::Runtime(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Simulate(args) => simulate::run(args),
+    }
+}

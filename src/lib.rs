@@ -1,0 +1,10 @@
+//! breakerbox: circuit breakers whose every decision is an event in a durable log.
+//!
+//! This release holds the pure core ([`breaker`]) and the trace simulator ([`simulate`]);
+//! see `docs/architecture.md` for the layers and what comes next.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod breaker;
+pub mod duration;
+pub mod simulate;
