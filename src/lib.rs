@@ -8,3 +8,8 @@
 pub mod breaker;
 pub mod duration;
 pub mod simulate;
+
+// The README's examples are compiled and run as doctests, so they cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

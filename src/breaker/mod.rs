@@ -4,12 +4,12 @@
 //! on any fixed origin, usually the Unix epoch) and effects go out as [`Event`]s, in the shape of
 //! raft-rs's `RawNode`:
 //!
-//! - [`Breaker::acquire`]: may a call run now? → [`Decision`]
+//! - [`Breaker::acquire`]: may a call run now? Gives a [`Decision`].
 //! - [`Breaker::complete`]: how did it end?
-//! - [`Breaker::tick`]: timers (OPEN → HALF_OPEN)
-//! - [`Breaker::command`]: reset / force-open / disable
-//! - [`Breaker::set_policy`]: a new policy, state kept
-//! - [`Breaker::apply`]: fold one event (replay)
+//! - [`Breaker::tick`]: timers, OPEN to HALF_OPEN.
+//! - [`Breaker::command`]: reset, force-open, disable.
+//! - [`Breaker::set_policy`]: a new policy, state kept.
+//! - [`Breaker::apply`]: fold one event (replay).
 //!
 //! The same code runs live (driven by an actor), in replay, in what-if and in `breakerbox
 //! simulate`. See `docs/core.md` for the exact semantics.

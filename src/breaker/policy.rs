@@ -266,7 +266,11 @@ fn at_least_one(field: &'static str, value: u32) -> Result<(), PolicyError> {
 
 fn check_percent(field: &'static str, value: f64) -> Result<(), PolicyError> {
     if !(value.is_finite() && value > 0.0 && value <= 100.0) {
-        return Err(PolicyError::new(field, value, "must be a percentage above 0 and at most 100"));
+        return Err(PolicyError::new(
+            field,
+            value,
+            "must be a percentage above 0 and at most 100",
+        ));
     }
     Ok(())
 }

@@ -43,12 +43,15 @@ EXAMPLE:
     | breakerbox simulate --failure-threshold 2 --timeout 30s";
 
 /// Run the breaker over a trace of calls before deploying a policy.
+// Flags that only mean something with another one are refused without it, never ignored.
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = AFTER_HELP, after_help = "See --help for the trace format and an example.")]
+#[command(group = clap::ArgGroup::new("rate_rules").args(["failure_rate", "slow_call_duration"]).multiple(true))]
+#[command(group = clap::ArgGroup::new("time_windows").args(["failure_window", "window"]).multiple(true))]
 pub struct Args {
-    /// Failures that open the breaker: in a row, or within --failure-window.
-    #[arg(long, value_name = "N", default_value_t = 5)]
-    failure_threshold: u32,
+    /// Failures that open the breaker: in a row, or within --failure-window [default: 5].
+    #[arg(long, value_name = "N", conflicts_with = "failure_rate")]
+    failure_threshold: Option<u32>,
     /// Successful trial calls that close a HALF_OPEN breaker.
     #[arg(long, value_name = "N", default_value_t = 2)]
     success_threshold: u32,
@@ -66,23 +69,23 @@ pub struct Args {
     #[arg(long, value_name = "PCT")]
     failure_rate: Option<f64>,
     /// Count-based window for the rate rules: the last N calls [default: 100].
-    #[arg(long, value_name = "N", conflicts_with = "window")]
+    #[arg(long, value_name = "N", conflicts_with = "window", requires = "rate_rules")]
     window_calls: Option<u32>,
     /// Time-based window for the rate rules.
-    #[arg(long, value_name = "DUR", value_parser = parse_ms)]
+    #[arg(long, value_name = "DUR", value_parser = parse_ms, requires = "rate_rules")]
     window: Option<u64>,
-    /// Buckets of a time-based window (its granularity is window / buckets).
-    #[arg(long, value_name = "N", default_value_t = 10)]
-    window_buckets: u32,
+    /// Buckets of a time-based window (its granularity is window / buckets) [default: 10].
+    #[arg(long, value_name = "N", requires = "time_windows")]
+    window_buckets: Option<u32>,
     /// Calls the window must hold before a rate is judged [default: 10, or the window size if smaller].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", requires = "rate_rules")]
     minimum_calls: Option<u32>,
     /// Calls at least this slow count as slow.
     #[arg(long, value_name = "DUR", value_parser = parse_ms)]
     slow_call_duration: Option<u64>,
-    /// Open when this percentage of the calls in the window were slow.
-    #[arg(long, value_name = "PCT", default_value_t = 100.0, requires = "slow_call_duration")]
-    slow_call_rate: f64,
+    /// Open when this percentage of the calls in the window were slow [default: 100].
+    #[arg(long, value_name = "PCT", requires = "slow_call_duration")]
+    slow_call_rate: Option<f64>,
 
     /// Multiply the OPEN period by this for each re-open without a close in between.
     #[arg(long, value_name = "F", default_value_t = 1.0)]
@@ -103,7 +106,7 @@ impl Args {
         let window = match (self.window, self.window_calls) {
             (Some(window_ms), _) => SlidingWindow::Time {
                 window_ms,
-                buckets: self.window_buckets,
+                buckets: self.window_buckets.unwrap_or(10),
             },
             (None, calls) => SlidingWindow::Count {
                 calls: calls.unwrap_or(100),
@@ -120,19 +123,19 @@ impl Args {
                 minimum_calls,
             },
             (None, Some(window_ms)) => TripRule::FailureCount {
-                threshold: self.failure_threshold,
+                threshold: self.failure_threshold.unwrap_or(5),
                 window_ms,
-                buckets: self.window_buckets,
+                buckets: self.window_buckets.unwrap_or(10),
             },
             (None, None) => TripRule::ConsecutiveFailures {
-                threshold: self.failure_threshold,
+                threshold: self.failure_threshold.unwrap_or(5),
             },
         };
         Policy {
             trip,
             slow_calls: self.slow_call_duration.map(|duration_ms| SlowCallRule {
                 duration_ms,
-                threshold_percent: self.slow_call_rate,
+                threshold_percent: self.slow_call_rate.unwrap_or(100.0),
                 window,
                 minimum_calls,
             }),
@@ -183,7 +186,8 @@ pub fn run(args: Args) -> Result<(), CliError> {
     }
     let summary = sim.finish(&mut events);
     print(&mut events, &mut out)?;
-    serde_json::to_writer(&mut out, &SummaryLine { summary: &summary }).map_err(|e| CliError::Runtime(e.to_string()))?;
+    serde_json::to_writer(&mut out, &SummaryLine { summary: &summary })
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
     out.write_all(b"\n").map_err(write_err)?;
     out.flush().map_err(write_err)
 }

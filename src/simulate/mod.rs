@@ -162,7 +162,10 @@ impl Simulator {
 
     /// Counts transitions from the events themselves, so the summary can't disagree with them.
     fn count(&mut self, new_events: &[Event]) {
-        let transitions = new_events.iter().filter(|e| matches!(e, Event::Transitioned(_))).count();
+        let transitions = new_events
+            .iter()
+            .filter(|e| matches!(e, Event::Transitioned(_)))
+            .count();
         self.summary.transitions += transitions as u64;
         self.summary.final_state = self.breaker.state();
     }

@@ -1,0 +1,263 @@
+//! The `breakerbox` binary as a user runs it.
+
+use serde_json::Value;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn breakerbox(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run breakerbox");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn json_lines(out: &Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every output line is JSON"))
+        .collect()
+}
+
+fn transitions(lines: &[Value]) -> Vec<(u64, String, String, String)> {
+    lines
+        .iter()
+        .filter(|l| l.get("summary").is_none())
+        .map(|l| {
+            (
+                l["at_ms"].as_u64().unwrap(),
+                l["from"].as_str().unwrap().to_owned(),
+                l["to"].as_str().unwrap().to_owned(),
+                l["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn summary(lines: &[Value]) -> &Value {
+    &lines.last().expect("a summary line")["summary"]
+}
+
+#[test]
+fn simulate_runs_the_shipped_example_trace() {
+    let trace = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/examples/stripe-outage.jsonl"
+    ))
+    .unwrap();
+    let calls = trace.lines().filter(|l| l.contains("outcome")).count() as u64;
+    let out = breakerbox(&["simulate", "--failure-threshold", "10", "--timeout", "20s"], &trace);
+    let lines = json_lines(&out);
+    let t = transitions(&lines);
+    assert_eq!(
+        (t[0].1.as_str(), t[0].2.as_str(), t[0].3.as_str()),
+        ("closed", "open", "consecutive_failures")
+    );
+    assert_eq!(t[1].2, "half_open");
+    assert_eq!(
+        t[1].0,
+        t[0].0 + 20_000,
+        "HALF_OPEN exactly when the 20 s OPEN period ends"
+    );
+    assert!(t.iter().any(|x| x.3 == "trials_succeeded"), "the outage ends: {t:?}");
+    assert!(t.iter().any(|x| x.2 == "forced_open") && t.iter().any(|x| x.3 == "reset"));
+    let s = summary(&lines);
+    assert_eq!(s["attempts"].as_u64().unwrap(), calls);
+    assert_eq!(
+        s["permitted"].as_u64().unwrap() + s["rejected"].as_u64().unwrap(),
+        calls
+    );
+    assert!(s["rejected"].as_u64().unwrap() > 0);
+    assert_eq!(s["transitions"].as_u64().unwrap(), t.len() as u64);
+    assert_eq!(s["final_state"], "closed");
+}
+
+#[test]
+fn completions_due_at_t_come_before_the_lines_at_t() {
+    // Two failures admitted at 0 and 5 both complete at 10 and open the breaker at 10, so the
+    // call attempted at 10 is rejected.
+    let trace = r#"{"at_ms":0,"outcome":"failure","latency_ms":10}
+{"at_ms":5,"outcome":"failure","latency_ms":5}
+{"at_ms":10,"outcome":"success"}
+"#;
+    let lines = json_lines(&breakerbox(&["simulate", "--failure-threshold", "2"], trace));
+    assert_eq!(transitions(&lines)[0].0, 10);
+    assert_eq!(summary(&lines)["rejected"], 1);
+}
+
+#[test]
+fn a_zero_latency_call_completes_before_the_next_line() {
+    let trace = "{\"at_ms\":0,\"outcome\":\"failure\"}\n{\"at_ms\":0,\"outcome\":\"success\"}\n";
+    let lines = json_lines(&breakerbox(&["simulate", "--failure-threshold", "1"], trace));
+    assert_eq!(summary(&lines)["rejected"], 1);
+}
+
+#[test]
+fn the_timer_fires_at_the_end_of_open_and_trials_are_limited() {
+    // Open at 0 for 100 ms; at 100 four attempts, the calls run 50 ms: three trials, one rejected.
+    let mut trace = String::from("{\"at_ms\":0,\"outcome\":\"failure\"}\n{\"at_ms\":99,\"outcome\":\"success\"}\n");
+    for _ in 0..4 {
+        trace.push_str("{\"at_ms\":100,\"outcome\":\"success\",\"latency_ms\":50}\n");
+    }
+    let lines = json_lines(&breakerbox(
+        &["simulate", "--failure-threshold", "1", "--timeout", "100ms"],
+        &trace,
+    ));
+    let t = transitions(&lines);
+    assert_eq!(t[1], (100, "open".into(), "half_open".into(), "timeout_elapsed".into()));
+    // Two successes complete at 150 and close it; the third is stale.
+    assert_eq!(
+        t[2],
+        (150, "half_open".into(), "closed".into(), "trials_succeeded".into())
+    );
+    assert_eq!(summary(&lines)["rejected"], 2, "one at 99 (still open), one 4th trial");
+}
+
+#[test]
+fn other_trip_rules_and_slow_calls_from_flags() {
+    let mut trace = String::new();
+    for i in 0..10 {
+        let outcome = if i % 2 == 0 { "failure" } else { "success" };
+        trace.push_str(&format!("{{\"at_ms\":{},\"outcome\":\"{outcome}\"}}\n", i * 100));
+    }
+    let rate = json_lines(&breakerbox(
+        &[
+            "simulate",
+            "--failure-rate",
+            "50",
+            "--window-calls",
+            "4",
+            "--minimum-calls",
+            "4",
+        ],
+        &trace,
+    ));
+    assert_eq!(transitions(&rate)[0].3, "failure_rate");
+    let count = json_lines(&breakerbox(
+        &[
+            "simulate",
+            "--failure-threshold",
+            "3",
+            "--failure-window",
+            "1s",
+            "--window-buckets",
+            "10",
+        ],
+        &trace,
+    ));
+    assert_eq!(transitions(&count)[0].3, "failure_count");
+    let slow = "{\"at_ms\":0,\"outcome\":\"success\",\"latency_ms\":900}\n".repeat(3);
+    let lines = json_lines(&breakerbox(
+        &[
+            "simulate",
+            "--slow-call-duration",
+            "500ms",
+            "--slow-call-rate",
+            "100",
+            "--minimum-calls",
+            "3",
+        ],
+        &slow,
+    ));
+    assert_eq!(transitions(&lines)[0].3, "slow_call_rate");
+}
+
+fn fails_with(args: &[&str], stdin: &str, needle: &str) {
+    let out = breakerbox(args, stdin);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "nothing on stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one-line error: {stderr}");
+}
+
+#[test]
+fn bad_trace_lines_name_the_line_and_print_nothing() {
+    let good = "{\"at_ms\":0,\"outcome\":\"failure\"}\n";
+    fails_with(&["simulate"], &format!("{good}{good}not json\n"), "line 3");
+    fails_with(
+        &["simulate"],
+        &format!("{good}{{\"at_ms\":1,\"outcome\":\"boom\"}}\n"),
+        "line 2",
+    );
+    fails_with(&["simulate"], "{\"at_ms\":1,\"outcome\":\"boom\"}\n", "boom");
+    fails_with(
+        &["simulate"],
+        "{\"at_ms\":5,\"outcome\":\"success\"}\n{\"at_ms\":4,\"outcome\":\"success\"}\n",
+        "line 2",
+    );
+    fails_with(&["simulate"], "{\"at_ms\":5,\"command\":\"explode\"}\n", "explode");
+    fails_with(&["simulate"], "{\"at_ms\":5}\n", "line 1");
+    fails_with(&["simulate"], "{\"at_ms\":-5,\"outcome\":\"success\"}\n", "line 1");
+    fails_with(
+        &["simulate"],
+        "{\"at_ms\":5,\"outcome\":\"success\",\"extra\":1}\n",
+        "extra",
+    );
+}
+
+#[test]
+fn bad_policy_flags_name_the_flag_or_knob() {
+    let out = breakerbox(&["simulate", "--timeout", "5x"], "");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("--timeout") && stderr.contains("5x"), "{stderr}");
+    fails_with(&["simulate", "--success-threshold", "4"], "", "success_threshold = 4");
+    fails_with(&["simulate", "--failure-threshold", "0"], "", "failure_threshold = 0");
+    fails_with(
+        &["simulate", "--failure-rate", "150"],
+        "",
+        "failure_rate_threshold = 150",
+    );
+    fails_with(
+        &["simulate", "--failure-rate", "50", "--window", "1001ms"],
+        "",
+        "window = 1001 ms in 10 buckets",
+    );
+    // Flags that only mean something with another one are refused, not ignored.
+    for args in [
+        &["simulate", "--window", "10s"][..],
+        &["simulate", "--window-calls", "10"],
+        &["simulate", "--minimum-calls", "10"],
+        &["simulate", "--window-buckets", "5"],
+        &["simulate", "--slow-call-rate", "50"],
+        &["simulate", "--failure-rate", "50", "--failure-threshold", "3"],
+    ] {
+        let out = breakerbox(args, "");
+        assert_eq!(out.status.code(), Some(2), "{args:?} must be refused");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(args[1]), "{args:?}");
+    }
+}
+
+#[test]
+fn help_documents_the_trace_format() {
+    let out = breakerbox(&["simulate", "--help"], "");
+    let help = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "at_ms",
+        "latency_ms",
+        "force_open",
+        "summary",
+        "half_open",
+        "--failure-rate",
+        "EXAMPLE",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle}");
+    }
+}
