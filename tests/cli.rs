@@ -220,11 +220,7 @@ fn bad_policy_flags_name_the_flag_or_knob() {
     assert!(stderr.contains("--timeout") && stderr.contains("5x"), "{stderr}");
     fails_with(&["simulate", "--success-threshold", "4"], "", "success_threshold = 4");
     fails_with(&["simulate", "--failure-threshold", "0"], "", "failure_threshold = 0");
-    fails_with(
-        &["simulate", "--failure-rate", "150"],
-        "",
-        "failure_rate_threshold = 150",
-    );
+    fails_with(&["simulate", "--failure-rate", "150"], "", "failure_rate = 150");
     fails_with(
         &["simulate", "--failure-rate", "50", "--window", "1001ms"],
         "",
@@ -260,4 +256,117 @@ fn help_documents_the_trace_format() {
     ] {
         assert!(help.contains(needle), "--help lacks {needle}");
     }
+}
+
+fn breakerbox_env(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_breakerbox"));
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("run breakerbox");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn simulate_uses_a_services_effective_policy_and_flags_override_it() {
+    let three_failures = "{\"at_ms\":0,\"outcome\":\"failure\"}\n".repeat(3);
+    // Cal.com's embedded threshold is 3.
+    let lines = json_lines(&breakerbox_env(
+        &["simulate", "--service", "calcom"],
+        &[],
+        &three_failures,
+    ));
+    assert_eq!(transitions(&lines)[0].0, 0);
+    assert_eq!(lines[0]["evidence"]["threshold"], 3.0);
+    assert_eq!(lines[0]["evidence"]["open_ms"], 30_000, "Cal.com's 30 s timeout");
+    // The seed's example: the service variable changes it.
+    let lines = json_lines(&breakerbox_env(
+        &["simulate", "--service", "calcom"],
+        &[("CALCOM_CIRCUIT_BREAKER_THRESHOLD", "2")],
+        &three_failures,
+    ));
+    assert_eq!(lines[0]["evidence"]["threshold"], 2.0);
+    // An explicit flag beats the variable.
+    let lines = json_lines(&breakerbox_env(
+        &[
+            "simulate",
+            "--service",
+            "calcom",
+            "--failure-threshold",
+            "3",
+            "--timeout",
+            "5s",
+        ],
+        &[("CALCOM_CIRCUIT_BREAKER_THRESHOLD", "2")],
+        &three_failures,
+    ));
+    assert_eq!(
+        (
+            lines[0]["evidence"]["threshold"].as_f64(),
+            lines[0]["evidence"]["open_ms"].as_u64()
+        ),
+        (Some(3.0), Some(5_000))
+    );
+    // Unknown services and bad configuration are bad input.
+    fails_with(&["simulate", "--service", "stripee"], "", "did you mean \"stripe\"");
+    let out = breakerbox_env(
+        &["simulate", "--service", "calcom"],
+        &[("CALCOM_CIRCUIT_BREAKER_THRESHOLD", "zero")],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CALCOM_CIRCUIT_BREAKER_THRESHOLD"));
+}
+
+#[test]
+fn config_shows_each_value_with_its_source_and_check_validates() {
+    let dir = std::env::temp_dir().join(format!("breakerbox-cli-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cb.toml");
+    std::fs::write(&file, "[services.stripe]\ntimeout = \"90s\"\n").unwrap();
+    let path = file.to_str().unwrap();
+    let out = breakerbox_env(
+        &["config", "--config", path, "--service", "stripe", "--json"],
+        &[("STRIPE_CIRCUIT_BREAKER_THRESHOLD", "12")],
+        "",
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let settings = &v["breakers"][0]["settings"];
+    assert_eq!(settings["failure_threshold"]["value"], "12");
+    assert_eq!(
+        settings["failure_threshold"]["source"],
+        "env STRIPE_CIRCUIT_BREAKER_THRESHOLD"
+    );
+    assert_eq!(settings["timeout"]["value"], "90s");
+    assert_eq!(settings["timeout"]["source"], format!("{path}:2"));
+    assert_eq!(settings["success_threshold"]["source"], "default");
+    let table = String::from_utf8(breakerbox_env(&["config", "--config", path], &[], "").stdout).unwrap();
+    assert!(
+        table.contains("stripe") && table.contains(&format!("{path}:2")),
+        "{table}"
+    );
+
+    let ok = breakerbox_env(&["config", "check", "--config", path], &[], "");
+    assert_eq!(ok.status.code(), Some(0));
+    std::fs::write(&file, "[services.stripe]\ntimeout = \"90s\"\nfailure_treshold = 1\n").unwrap();
+    let bad = breakerbox_env(&["config", "check", "--config", path], &[], "");
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains(&format!("{path}:3")) && stderr.contains("did you mean"),
+        "{stderr}"
+    );
+    let missing = breakerbox_env(&["config", "check", "--config", "/nonexistent/cb.toml"], &[], "");
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/cb.toml"));
+    let via_env = breakerbox_env(
+        &["config", "check"],
+        &[("CIRCUIT_BREAKER_CONFIG", "/nonexistent/x.toml")],
+        "",
+    );
+    assert!(String::from_utf8_lossy(&via_env.stderr).contains("env CIRCUIT_BREAKER_CONFIG"));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -201,18 +201,18 @@ impl Policy {
                 window,
                 minimum_calls,
             } => {
-                check_percent("failure_rate_threshold", *threshold_percent)?;
+                check_percent("failure_rate", *threshold_percent)?;
                 check_window("window", window)?;
-                check_minimum_calls("minimum_calls", *minimum_calls, window)?;
+                check_minimum_calls(*minimum_calls, window)?;
             }
         }
         if let Some(slow) = &self.slow_calls {
             if slow.duration_ms == 0 {
                 return Err(PolicyError::new("slow_call_duration", "0 ms", "must be at least 1 ms"));
             }
-            check_percent("slow_call_rate_threshold", slow.threshold_percent)?;
-            check_window("slow_call_window", &slow.window)?;
-            check_minimum_calls("slow_call_minimum_calls", slow.minimum_calls, &slow.window)?;
+            check_percent("slow_call_rate", slow.threshold_percent)?;
+            check_window("window", &slow.window)?;
+            check_minimum_calls(slow.minimum_calls, &slow.window)?;
         }
         let open = &self.open;
         if open.timeout_ms == 0 {
@@ -236,7 +236,7 @@ impl Policy {
         }
         if !(open.jitter_percent.is_finite() && (0.0..100.0).contains(&open.jitter_percent)) {
             return Err(PolicyError::new(
-                "jitter_percent",
+                "jitter",
                 open.jitter_percent,
                 "must be at least 0 and below 100",
             ));
@@ -275,12 +275,14 @@ fn check_percent(field: &'static str, value: f64) -> Result<(), PolicyError> {
     Ok(())
 }
 
+/// `field` names a time window's length key (`window` or `failure_window`); a count window's size
+/// is `window_calls` and a bucket count `window_buckets`, as in the config file and the CLI.
 fn check_window(field: &'static str, window: &SlidingWindow) -> Result<(), PolicyError> {
     match *window {
         SlidingWindow::Count { calls } => {
             if calls == 0 || calls > MAX_WINDOW_CALLS {
                 return Err(PolicyError::new(
-                    field,
+                    "window_calls",
                     format!("{calls} calls"),
                     format!("must hold 1 to {MAX_WINDOW_CALLS} calls"),
                 ));
@@ -289,7 +291,7 @@ fn check_window(field: &'static str, window: &SlidingWindow) -> Result<(), Polic
         SlidingWindow::Time { window_ms, buckets } => {
             if buckets == 0 || buckets > MAX_WINDOW_BUCKETS {
                 return Err(PolicyError::new(
-                    field,
+                    "window_buckets",
                     format!("{buckets} buckets"),
                     format!("must have 1 to {MAX_WINDOW_BUCKETS} buckets"),
                 ));
@@ -306,13 +308,13 @@ fn check_window(field: &'static str, window: &SlidingWindow) -> Result<(), Polic
     Ok(())
 }
 
-fn check_minimum_calls(field: &'static str, minimum: u32, window: &SlidingWindow) -> Result<(), PolicyError> {
-    at_least_one(field, minimum)?;
+fn check_minimum_calls(minimum: u32, window: &SlidingWindow) -> Result<(), PolicyError> {
+    at_least_one("minimum_calls", minimum)?;
     if let SlidingWindow::Count { calls } = *window
         && minimum > calls
     {
         return Err(PolicyError::new(
-            field,
+            "minimum_calls",
             minimum,
             format!("must not exceed the window's {calls} calls: the rule could never trip"),
         ));
@@ -323,7 +325,7 @@ fn check_minimum_calls(field: &'static str, minimum: u32, window: &SlidingWindow
 /// A policy knob with a value that cannot work. Bad input from a user: show it and stop.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyError {
-    /// The knob, named as in the config file and the CLI flags.
+    /// The knob, named as in the config file (and, with dashes, as the CLI flag).
     pub field: &'static str,
     /// The value given.
     pub value: String,

@@ -1,22 +1,39 @@
 //! The `breakerbox` command line: parsing and rendering only; the work is in the library.
 
+mod config;
+mod policy_args;
 mod simulate;
 
 use clap::{Parser, Subcommand};
 use std::fmt;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// breakerbox: circuit breakers whose every decision is an event in a durable log.
 #[derive(Debug, Parser)]
 #[command(name = "breakerbox", version, about, long_about = None)]
 pub struct Cli {
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Debug, clap::Args)]
+pub struct Global {
+    /// Config file [default: $CIRCUIT_BREAKER_CONFIG, else config/circuit_breaker.toml if present].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     Simulate(simulate::Args),
+    Config(config::Args),
 }
 
 /// Why a command failed, and so its exit code.
@@ -36,6 +53,11 @@ impl CliError {
             CliError::Runtime(_) => ExitCode::from(1),
         }
     }
+
+    /// A configuration that cannot be used is bad input; every problem is listed.
+    fn config(e: breakerbox::config::ConfigError) -> Self {
+        CliError::BadInput(e.to_string().replace('\n', "\nerror: "))
+    }
 }
 
 impl fmt::Display for CliError {
@@ -49,6 +71,7 @@ impl fmt::Display for CliError {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Simulate(args) => simulate::run(args),
+        Command::Simulate(args) => simulate::run(args, &cli.global),
+        Command::Config(args) => config::run(args, &cli.global),
     }
 }

@@ -1,9 +1,10 @@
 //! `breakerbox simulate`: the core over a JSON-lines trace on stdin.
 
-use super::CliError;
-use breakerbox::breaker::{Event, OpenPolicy, Policy, SlidingWindow, SlowCallRule, TripRule};
-use breakerbox::duration::parse_ms;
-use breakerbox::simulate::{Simulator, parse};
+use super::policy_args::PolicyArgs;
+use super::{CliError, Global};
+use breakerbox::breaker::{Event, Policy};
+use breakerbox::config::{BreakerConfig, Config, Knobs, LoadOptions};
+use breakerbox::simulate::{Input, Simulator, parse};
 use serde::Serialize;
 use std::io::{BufWriter, Read, Write};
 
@@ -28,6 +29,10 @@ OUTPUT (stdout), one JSON object per line:
 The whole trace is read and checked first: a bad line is reported with its number on stderr,
 nothing is printed on stdout, and the exit code is 2.
 
+POLICY: flags over the embedded defaults; with --service NAME, flags over that service's
+effective policy (config file plus environment, and its schedule windows at each line's at_ms,
+read as Unix epoch milliseconds).
+
 TRIP RULES (one):
   default            --failure-threshold N failures in a row (a success resets the count)
   --failure-window   --failure-threshold N failures within the window, whatever the successes
@@ -38,118 +43,17 @@ TRIP RULES (one):
 
 DURATIONS: 30 (seconds), 30s, 1500ms, 2m, 1h, 1d.
 
-EXAMPLE:
+EXAMPLES:
   printf '%s\\n' '{\"at_ms\":0,\"outcome\":\"failure\"}' '{\"at_ms\":10,\"outcome\":\"failure\"}' \\
-    | breakerbox simulate --failure-threshold 2 --timeout 30s";
+    | breakerbox simulate --failure-threshold 2 --timeout 30s
+  CALCOM_CIRCUIT_BREAKER_THRESHOLD=2 breakerbox simulate --service calcom < trace.jsonl";
 
 /// Run the breaker over a trace of calls before deploying a policy.
-// Flags that only mean something with another one are refused without it, never ignored.
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = AFTER_HELP, after_help = "See --help for the trace format and an example.")]
-#[command(group = clap::ArgGroup::new("rate_rules").args(["failure_rate", "slow_call_duration"]).multiple(true))]
-#[command(group = clap::ArgGroup::new("time_windows").args(["failure_window", "window"]).multiple(true))]
 pub struct Args {
-    /// Failures that open the breaker: in a row, or within --failure-window [default: 5].
-    #[arg(long, value_name = "N", conflicts_with = "failure_rate")]
-    failure_threshold: Option<u32>,
-    /// Successful trial calls that close a HALF_OPEN breaker.
-    #[arg(long, value_name = "N", default_value_t = 2)]
-    success_threshold: u32,
-    /// How long the breaker stays OPEN before trying again.
-    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_ms)]
-    timeout: u64,
-    /// Trial calls admitted in HALF_OPEN.
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    half_open_requests: u32,
-
-    /// Count failures within this time window instead of in a row.
-    #[arg(long, value_name = "DUR", value_parser = parse_ms, conflicts_with = "failure_rate")]
-    failure_window: Option<u64>,
-    /// Open when this percentage of the calls in the window failed.
-    #[arg(long, value_name = "PCT")]
-    failure_rate: Option<f64>,
-    /// Count-based window for the rate rules: the last N calls [default: 100].
-    #[arg(long, value_name = "N", conflicts_with = "window", requires = "rate_rules")]
-    window_calls: Option<u32>,
-    /// Time-based window for the rate rules.
-    #[arg(long, value_name = "DUR", value_parser = parse_ms, requires = "rate_rules")]
-    window: Option<u64>,
-    /// Buckets of a time-based window (its granularity is window / buckets) [default: 10].
-    #[arg(long, value_name = "N", requires = "time_windows")]
-    window_buckets: Option<u32>,
-    /// Calls the window must hold before a rate is judged [default: 10, or the window size if smaller].
-    #[arg(long, value_name = "N", requires = "rate_rules")]
-    minimum_calls: Option<u32>,
-    /// Calls at least this slow count as slow.
-    #[arg(long, value_name = "DUR", value_parser = parse_ms)]
-    slow_call_duration: Option<u64>,
-    /// Open when this percentage of the calls in the window were slow [default: 100].
-    #[arg(long, value_name = "PCT", requires = "slow_call_duration")]
-    slow_call_rate: Option<f64>,
-
-    /// Multiply the OPEN period by this for each re-open without a close in between.
-    #[arg(long, value_name = "F", default_value_t = 1.0)]
-    backoff_factor: f64,
-    /// Cap of the grown OPEN period.
-    #[arg(long, value_name = "DUR", value_parser = parse_ms)]
-    max_timeout: Option<u64>,
-    /// Spread each OPEN period by up to ± this percentage.
-    #[arg(long, value_name = "PCT", default_value_t = 0.0)]
-    jitter: f64,
-    /// Seed of the jitter (same seed, same periods).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    seed: u64,
-}
-
-impl Args {
-    fn policy(&self) -> Policy {
-        let window = match (self.window, self.window_calls) {
-            (Some(window_ms), _) => SlidingWindow::Time {
-                window_ms,
-                buckets: self.window_buckets.unwrap_or(10),
-            },
-            (None, calls) => SlidingWindow::Count {
-                calls: calls.unwrap_or(100),
-            },
-        };
-        let minimum_calls = self.minimum_calls.unwrap_or(match window {
-            SlidingWindow::Count { calls } => calls.min(10),
-            SlidingWindow::Time { .. } => 10,
-        });
-        let trip = match (self.failure_rate, self.failure_window) {
-            (Some(threshold_percent), _) => TripRule::FailureRate {
-                threshold_percent,
-                window,
-                minimum_calls,
-            },
-            (None, Some(window_ms)) => TripRule::FailureCount {
-                threshold: self.failure_threshold.unwrap_or(5),
-                window_ms,
-                buckets: self.window_buckets.unwrap_or(10),
-            },
-            (None, None) => TripRule::ConsecutiveFailures {
-                threshold: self.failure_threshold.unwrap_or(5),
-            },
-        };
-        Policy {
-            trip,
-            slow_calls: self.slow_call_duration.map(|duration_ms| SlowCallRule {
-                duration_ms,
-                threshold_percent: self.slow_call_rate.unwrap_or(100.0),
-                window,
-                minimum_calls,
-            }),
-            open: OpenPolicy {
-                timeout_ms: self.timeout,
-                backoff_factor: self.backoff_factor,
-                max_timeout_ms: self.max_timeout,
-                jitter_percent: self.jitter,
-                seed: self.seed,
-            },
-            half_open_requests: self.half_open_requests,
-            success_threshold: self.success_threshold,
-        }
-    }
+    #[command(flatten)]
+    policy: PolicyArgs,
 }
 
 #[derive(Serialize)]
@@ -157,15 +61,49 @@ struct SummaryLine<'a> {
     summary: &'a breakerbox::simulate::Summary,
 }
 
-pub fn run(args: Args) -> Result<(), CliError> {
-    let policy = args.policy();
-    let mut sim = Simulator::new(policy).map_err(|e| CliError::BadInput(format!("invalid policy: {e}")))?;
+/// The policy in force at an instant: the service's layers (schedules included) under the flags.
+struct PolicySource<'a> {
+    service: Option<&'a BreakerConfig>,
+    flags: Knobs,
+}
+
+impl PolicySource<'_> {
+    fn at(&self, at_ms: u64) -> Result<Policy, CliError> {
+        let mut knobs = match self.service {
+            Some(b) => b.knobs_at(at_ms),
+            None => breakerbox::config::defaults(),
+        };
+        knobs.overlay(&self.flags);
+        knobs
+            .policy()
+            .map_err(|e| CliError::BadInput(format!("invalid policy: {}: {} = {}", e.source, e.key, e.message)))
+    }
+
+    fn scheduled(&self) -> bool {
+        self.service.is_some_and(|b| b.schedules().next().is_some())
+    }
+}
+
+pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
+    let config = match &args.policy.service {
+        Some(_) => Some(Config::load(&LoadOptions::from_process(global.config.clone())).map_err(CliError::config)?),
+        None => None,
+    };
+    let source = PolicySource {
+        service: match &config {
+            Some(c) => args.policy.service(c).map_err(CliError::BadInput)?,
+            None => None,
+        },
+        flags: args.policy.knobs(),
+    };
     let mut text = String::new();
     std::io::stdin()
         .read_to_string(&mut text)
         .map_err(|e| CliError::BadInput(format!("reading the trace from stdin: {e}")))?;
     // Checked whole before anything is printed, so a bad line never leaves half an answer.
     let inputs = parse(&text).map_err(|e| CliError::BadInput(format!("trace {e}")))?;
+    let first = inputs.first().map_or(0, Input::at_ms);
+    let mut sim = Simulator::new(source.at(first)?).map_err(|e| CliError::BadInput(format!("invalid policy: {e}")))?;
 
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
@@ -181,6 +119,13 @@ pub fn run(args: Args) -> Result<(), CliError> {
         Ok(())
     };
     for input in &inputs {
+        if source.scheduled() {
+            let policy = source.at(input.at_ms())?;
+            if &policy != sim.breaker().policy() {
+                sim.set_policy(input.at_ms(), policy, &mut events)
+                    .map_err(|e| CliError::BadInput(format!("invalid policy: {e}")))?;
+            }
+        }
         sim.step(input, &mut events);
         print(&mut events, &mut out)?;
     }

@@ -130,6 +130,16 @@ impl Simulator {
         self.count(&out[before..]);
     }
 
+    /// Puts a new policy in force at `at_ms`, after the timers and completions due by then
+    /// (state and windows kept, see [`Breaker::set_policy`]).
+    pub fn set_policy(&mut self, at_ms: u64, policy: Policy, out: &mut Vec<Event>) -> Result<(), PolicyError> {
+        let before = out.len();
+        self.run_until(at_ms, out);
+        let result = self.breaker.set_policy(at_ms, policy, out);
+        self.count(&out[before..]);
+        result
+    }
+
     /// Lets every running call complete (timers due before each completion fire first).
     pub fn finish(&mut self, out: &mut Vec<Event>) -> Summary {
         let before = out.len();

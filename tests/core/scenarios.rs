@@ -412,7 +412,7 @@ fn policies_that_cannot_work_are_rejected_naming_the_knob() {
                 },
                 ..seed_policy()
             },
-            "failure_rate_threshold",
+            "failure_rate",
         ),
         (
             Policy {
@@ -454,7 +454,7 @@ fn policies_that_cannot_work_are_rejected_naming_the_knob() {
                 },
                 ..seed_policy()
             },
-            "jitter_percent",
+            "jitter",
         ),
     ];
     for (policy, field) in cases {

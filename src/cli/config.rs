@@ -1,0 +1,101 @@
+//! `breakerbox config`: the effective policy of every breaker and where each value came from.
+
+use super::{CliError, Global};
+use breakerbox::config::{BreakerConfig, Config, LoadOptions};
+use serde_json::json;
+use std::io::Write;
+
+/// Show the effective configuration, or check it.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "EXAMPLES:
+  breakerbox config                      every breaker, each setting with its source
+  breakerbox config --service stripe --json
+  breakerbox config check                exit 0 if the config is valid, 2 with every problem if not")]
+pub struct Args {
+    #[command(subcommand)]
+    check: Option<Check>,
+    /// Only this breaker (a service, or service/operation).
+    #[arg(long, value_name = "NAME")]
+    service: Option<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Check {
+    /// Validate the config file and the environment; exit 0 if usable, 2 otherwise.
+    Check,
+}
+
+fn rule(b: &BreakerConfig) -> &'static str {
+    use breakerbox::breaker::TripRule;
+    match b.policy.trip {
+        TripRule::ConsecutiveFailures { .. } => "consecutive failures",
+        TripRule::FailureCount { .. } => "failure count in a time window",
+        TripRule::FailureRate { .. } => "failure rate",
+    }
+}
+
+pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
+    let config = Config::load(&LoadOptions::from_process(global.config.clone())).map_err(CliError::config)?;
+    let file = config
+        .file
+        .as_ref()
+        .map_or("none (embedded defaults)".to_owned(), |p| p.display().to_string());
+    if args.check.is_some() {
+        println!("config ok: {} breakers, file: {file}", config.breakers.len());
+        return Ok(());
+    }
+    let breakers: Vec<&BreakerConfig> = match &args.service {
+        Some(name) => vec![config.require(name).map_err(CliError::BadInput)?],
+        None => config.breakers.iter().collect(),
+    };
+    let mut out = std::io::stdout().lock();
+    let io = |e: std::io::Error| CliError::Runtime(format!("writing to stdout: {e}"));
+    if global.json {
+        let list: Vec<_> = breakers
+            .iter()
+            .map(|b| {
+                let settings: serde_json::Map<String, serde_json::Value> = b
+                    .knobs
+                    .entries()
+                    .into_iter()
+                    .map(|(k, v, s)| (k.to_owned(), json!({"value": v, "source": s.to_string()})))
+                    .collect();
+                let schedules: Vec<_> = b
+                    .schedules()
+                    .map(|s| {
+                        let overrides: serde_json::Map<String, serde_json::Value> =
+                            s.knobs.entries().into_iter().map(|(k, v, _)| (k.to_owned(), json!(v))).collect();
+                        json!({"name": s.name, "when": s.describe, "source": s.source.to_string(), "overrides": overrides})
+                    })
+                    .collect();
+                json!({
+                    "key": b.key, "service": b.service, "operation": b.operation,
+                    "rule": rule(b), "policy": b.policy, "settings": settings, "schedules": schedules,
+                })
+            })
+            .collect();
+        serde_json::to_writer_pretty(&mut out, &json!({"file": config.file, "breakers": list}))
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        return writeln!(out).map_err(io);
+    }
+    writeln!(out, "config file: {file}").map_err(io)?;
+    for b in breakers {
+        writeln!(out, "\n{}  ({})", b.key, rule(b)).map_err(io)?;
+        for (key, value, source) in b.knobs.entries() {
+            writeln!(out, "  {key:<20} {value:<16} {source}").map_err(io)?;
+        }
+        for s in b.schedules() {
+            let overrides: Vec<String> = s.knobs.entries().iter().map(|(k, v, _)| format!("{k} = {v}")).collect();
+            writeln!(
+                out,
+                "  schedule {:?}: {} ({}): {}",
+                s.name,
+                s.describe,
+                s.source,
+                overrides.join(", ")
+            )
+            .map_err(io)?;
+        }
+    }
+    Ok(())
+}

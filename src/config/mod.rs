@@ -1,0 +1,480 @@
+//! Configuration: embedded defaults, `config/circuit_breaker.toml` and the seed's environment
+//! variables, layered per service and per operation, validated as a whole, with the source of
+//! every value kept.
+//!
+//! Layers, most specific last (a set value hides those before it):
+//!
+//! 1. embedded defaults (failure threshold 5, success threshold 2, timeout 60 s, 3 half-open requests)
+//! 2. the file's `[defaults]`
+//! 3. global environment variables (`CIRCUIT_BREAKER_FAILURE_THRESHOLD`, …)
+//! 4. the service's embedded section (calcom 3 / 30 s, retell 5 / 60 s, stripe 10 / 120 s)
+//! 5. the service's file section `[services.NAME]`
+//! 6. the service's environment variables (`STRIPE_CIRCUIT_BREAKER_THRESHOLD`, …)
+//! 7. the service's schedule window active at the instant, if any
+//! 8. for an operation: its section `[services.NAME.operations."OP"]`, then its active schedule
+//!
+//! So `CIRCUIT_BREAKER_FAILURE_THRESHOLD` does not change Cal.com's embedded threshold of 3, as in
+//! the seed's Laravel config; `CALCOM_CIRCUIT_BREAKER_THRESHOLD` does.
+
+mod classify;
+mod env;
+mod file;
+mod knobs;
+mod schedule;
+mod secret;
+
+pub use classify::{StatusClassifier, StatusPattern, default_failures};
+pub use env::prefix as env_prefix;
+pub use knobs::{KnobError, Knobs, Millis, Source, Sourced};
+pub use schedule::Schedule;
+pub use secret::Secret;
+
+use crate::breaker::Policy;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Where the config file is looked for when neither `--config` nor `CIRCUIT_BREAKER_CONFIG` is set.
+pub const DEFAULT_PATH: &str = "config/circuit_breaker.toml";
+
+/// The services that exist when no file lists any: (name, failure threshold, timeout in s).
+pub const EMBEDDED_SERVICES: [(&str, u32, u64); 3] = [("calcom", 3, 30), ("retell", 5, 60), ("stripe", 10, 120)];
+
+/// One thing wrong with the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// `file:line`, `env VAR` or `default`.
+    pub location: String,
+    /// What is wrong, naming the key and value.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
+/// A configuration that cannot be used, with every problem found. Nothing of it is applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// All problems, in file order then environment order.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// ` (did you mean "x"?)` when a known word is close to `word`, else nothing.
+pub(crate) fn did_you_mean<'a>(word: &str, known: impl Iterator<Item = &'a str>) -> String {
+    let best = known
+        .map(|k| (edit_distance(&word.to_ascii_lowercase(), &k.to_ascii_lowercase()), k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .min_by_key(|(d, _)| *d);
+    best.map(|(_, k)| format!(" (did you mean {k:?}?)")).unwrap_or_default()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1).min(row[j] + 1).min(prev + usize::from(ca != *cb));
+            prev = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// One layer of a breaker's stack: always in force, or only while its schedule is active.
+#[derive(Clone, Debug, PartialEq)]
+enum Layer {
+    Always(Knobs),
+    Scheduled(Schedule),
+}
+
+/// The configuration of one breaker (a service, or an operation of one).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BreakerConfig {
+    /// `service` or `service/operation`: the breaker's key and its event stream's name.
+    pub key: String,
+    /// The service.
+    pub service: String,
+    /// The operation, for an operation's own breaker.
+    pub operation: Option<String>,
+    layers: Vec<Layer>,
+    /// The settings in force when no schedule is active, with their sources.
+    pub knobs: Knobs,
+    /// The policy in force when no schedule is active.
+    pub policy: Policy,
+}
+
+impl BreakerConfig {
+    /// The schedules that can apply to this breaker (the service's, then the operation's).
+    pub fn schedules(&self) -> impl Iterator<Item = &Schedule> {
+        self.layers.iter().filter_map(|l| match l {
+            Layer::Scheduled(s) => Some(s),
+            Layer::Always(_) => None,
+        })
+    }
+
+    /// The settings in force at `at_ms` (Unix epoch ms).
+    pub fn knobs_at(&self, at_ms: u64) -> Knobs {
+        let mut knobs = Knobs::default();
+        for layer in &self.layers {
+            match layer {
+                Layer::Always(k) => knobs.overlay(k),
+                Layer::Scheduled(s) if s.active_at(at_ms) => knobs.overlay(&s.knobs),
+                Layer::Scheduled(_) => {}
+            }
+        }
+        knobs
+    }
+
+    /// The policy in force at `at_ms`: a pure function of the instant, so replay is exact.
+    pub fn policy_at(&self, at_ms: u64) -> Policy {
+        if !self.layers.iter().any(|l| matches!(l, Layer::Scheduled(_))) {
+            return self.policy.clone();
+        }
+        // Every combination was validated at load, so this cannot fail; fall back to the base
+        // policy rather than panic if it ever did.
+        self.knobs_at(at_ms).policy().unwrap_or_else(|_| self.policy.clone())
+    }
+
+    /// The first minute boundary after `at_ms` at which the policy in force changes, looking
+    /// at most 8 days ahead (a weekly schedule repeats within that). `None` without schedules.
+    pub fn next_change_after(&self, at_ms: u64) -> Option<u64> {
+        if !self.layers.iter().any(|l| matches!(l, Layer::Scheduled(_))) {
+            return None;
+        }
+        let active = |t: u64| -> Vec<bool> { self.schedules().map(|s| s.active_at(t)).collect() };
+        let now = active(at_ms);
+        let mut t = (at_ms / 60_000 + 1) * 60_000;
+        for _ in 0..(8 * 24 * 60) {
+            if active(t) != now {
+                return Some(t);
+            }
+            t += 60_000;
+        }
+        None
+    }
+
+    /// Time limit of one protected call.
+    pub fn call_timeout_ms(&self) -> u64 {
+        self.knobs.call_timeout.as_ref().map_or(10_000, |v| v.value.0)
+    }
+
+    /// Latency the health score compares calls against.
+    pub fn latency_budget_ms(&self) -> u64 {
+        self.knobs.latency_budget.as_ref().map_or(1_000, |v| v.value.0)
+    }
+
+    /// URL for `status --test`, if configured.
+    pub fn health_url(&self) -> Option<&str> {
+        self.knobs.health_url.as_ref().map(|v| v.value.as_str())
+    }
+
+    /// How HTTP statuses are classified.
+    pub fn classifier(&self) -> StatusClassifier {
+        StatusClassifier {
+            failures: self
+                .knobs
+                .failure_statuses
+                .as_ref()
+                .map_or_else(default_failures, |v| v.value.clone()),
+            ignored: self
+                .knobs
+                .ignored_statuses
+                .as_ref()
+                .map_or_else(Vec::new, |v| v.value.clone()),
+        }
+    }
+}
+
+/// Where to read from.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// `--config PATH`, if given.
+    pub path: Option<PathBuf>,
+    /// The environment (a snapshot, so loading is a pure function of its inputs).
+    pub env: BTreeMap<String, String>,
+}
+
+impl LoadOptions {
+    /// `--config` (if any) and this process's environment.
+    pub fn from_process(path: Option<PathBuf>) -> Self {
+        LoadOptions {
+            path,
+            env: std::env::vars().collect(),
+        }
+    }
+}
+
+/// The effective configuration of every breaker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The file that was read, if any.
+    pub file: Option<PathBuf>,
+    /// Every breaker: each service, then its operations, sorted by key.
+    pub breakers: Vec<BreakerConfig>,
+}
+
+/// The embedded defaults alone (layer 1): what `simulate` starts from without `--service`.
+pub fn defaults() -> Knobs {
+    let mut k = Knobs::default();
+    let set = |k: &mut Knobs, key: &str, v: &str| {
+        k.set(key, &knobs::Raw::Text(v), Source::Default)
+            .expect("embedded defaults parse");
+    };
+    set(&mut k, "failure_threshold", "5");
+    set(&mut k, "success_threshold", "2");
+    set(&mut k, "timeout", "60s");
+    set(&mut k, "half_open_requests", "3");
+    set(&mut k, "call_timeout", "10s");
+    set(&mut k, "latency_budget", "1s");
+    set(&mut k, "failure_statuses", "5xx,408,429");
+    k
+}
+
+fn embedded_service(name: &str) -> Knobs {
+    let mut k = Knobs::default();
+    if let Some((_, threshold, timeout)) = EMBEDDED_SERVICES.iter().find(|(n, _, _)| *n == name) {
+        let _ = k.set(
+            "failure_threshold",
+            &knobs::Raw::Text(&threshold.to_string()),
+            Source::Default,
+        );
+        let _ = k.set("timeout", &knobs::Raw::Text(&format!("{timeout}s")), Source::Default);
+    }
+    k
+}
+
+/// Service and operation names become stream keys, URL segments and metric labels: keep them plain.
+fn check_name(kind: &str, name: &str, problems: &mut Vec<Problem>, location: &str) {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !ok {
+        problems.push(Problem {
+            location: location.to_owned(),
+            message: format!("{kind} name {name:?} must be 1 to 64 characters of a-z, A-Z, 0-9, '_', '-' or '.'"),
+        });
+    }
+}
+
+impl Config {
+    /// The embedded defaults alone: calcom, retell and stripe.
+    pub fn embedded() -> Config {
+        Self::load(&LoadOptions::default()).expect("embedded defaults are valid")
+    }
+
+    /// Reads the file (if any) and the environment, validates everything, and gives back the
+    /// effective configuration, or every problem found. Never half-applied.
+    pub fn load(options: &LoadOptions) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let located =
+            file::locate(options.path.as_deref(), &options.env).map_err(|p| ConfigError { problems: vec![p] })?;
+        let (path, file) = match located {
+            Some((path, _)) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
+                    problems: vec![Problem {
+                        location: path.display().to_string(),
+                        message: format!("cannot read the config file: {e}"),
+                    }],
+                })?;
+                let (file, file_problems) = file::read(&path, &text);
+                problems.extend(file_problems);
+                (Some(path), file)
+            }
+            None => (None, file::File::default()),
+        };
+        Self::build(path, file, &options.env, &mut problems)
+    }
+
+    /// Loads from a TOML text as if it were the file at `path` (for tests and `config check`).
+    pub fn from_toml(path: &Path, text: &str, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+        let (file, mut problems) = file::read(path, text);
+        Self::build(Some(path.to_path_buf()), file, env, &mut problems)
+    }
+
+    fn build(
+        path: Option<PathBuf>,
+        file: file::File,
+        env: &BTreeMap<String, String>,
+        problems: &mut Vec<Problem>,
+    ) -> Result<Config, ConfigError> {
+        let services: Vec<String> = if file.services.is_empty() {
+            EMBEDDED_SERVICES.iter().map(|(n, _, _)| (*n).to_owned()).collect()
+        } else {
+            file.services.keys().cloned().collect()
+        };
+        let location = path.as_ref().map_or("default".to_owned(), |p| p.display().to_string());
+        let mut prefixes: BTreeMap<String, &String> = BTreeMap::new();
+        for s in &services {
+            check_name("service", s, problems, &location);
+            if let Some(other) = prefixes.insert(env::prefix(s), s) {
+                problems.push(Problem {
+                    location: location.clone(),
+                    message: format!(
+                        "services {other:?} and {s:?} share the environment prefix {}_: rename one",
+                        env::prefix(s)
+                    ),
+                });
+            }
+        }
+        let env_layers = env::read(env, &services, problems);
+        let mut base = defaults();
+        base.overlay(&file.defaults);
+        base.overlay(&env_layers.global);
+
+        let mut breakers = Vec::new();
+        let empty = file::Section::default();
+        for name in &services {
+            let section = file.services.get(name).unwrap_or(&empty);
+            let mut layers = vec![Layer::Always(base.clone()), Layer::Always(embedded_service(name))];
+            layers.push(Layer::Always(section.knobs.clone()));
+            if let Some(k) = env_layers.services.get(name) {
+                layers.push(Layer::Always(k.clone()));
+            }
+            layers.extend(section.schedules.iter().cloned().map(Layer::Scheduled));
+            breakers.extend(Self::build_breaker(name.clone(), None, layers.clone(), problems));
+            for (op, op_section) in &section.operations {
+                check_name("operation", op, problems, &location);
+                let mut op_layers = layers.clone();
+                op_layers.push(Layer::Always(op_section.knobs.clone()));
+                op_layers.extend(op_section.schedules.iter().cloned().map(Layer::Scheduled));
+                breakers.extend(Self::build_breaker(name.clone(), Some(op.clone()), op_layers, problems));
+            }
+        }
+        if problems.is_empty() {
+            breakers.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(Config { file: path, breakers })
+        } else {
+            Err(ConfigError {
+                problems: std::mem::take(problems),
+            })
+        }
+    }
+
+    fn build_breaker(
+        service: String,
+        operation: Option<String>,
+        layers: Vec<Layer>,
+        problems: &mut Vec<Problem>,
+    ) -> Option<BreakerConfig> {
+        let key = match &operation {
+            Some(op) => format!("{service}/{op}"),
+            None => service.clone(),
+        };
+        let fold = |active: Option<&Schedule>| {
+            let mut knobs = Knobs::default();
+            for layer in &layers {
+                match layer {
+                    Layer::Always(k) => knobs.overlay(k),
+                    Layer::Scheduled(s) if Some(s) == active => knobs.overlay(&s.knobs),
+                    Layer::Scheduled(_) => {}
+                }
+            }
+            knobs
+        };
+        let report = |e: KnobError, during: Option<&Schedule>, problems: &mut Vec<Problem>| {
+            let during = during.map_or(String::new(), |s| format!(" (while schedule {:?} is active)", s.name));
+            problems.push(Problem {
+                location: e.source.to_string(),
+                message: format!("{key}: {} = {}{during}", e.key, e.message),
+            });
+        };
+        let knobs = fold(None);
+        let policy = match knobs.policy() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                report(e, None, problems);
+                None
+            }
+        };
+        // Every schedule's policy must work too, so a switch at 09:00 can never fail.
+        for layer in &layers {
+            if let Layer::Scheduled(s) = layer
+                && let Err(e) = fold(Some(s)).policy()
+            {
+                report(e, Some(s), problems);
+            }
+        }
+        Some(BreakerConfig {
+            key,
+            service,
+            operation,
+            layers,
+            knobs,
+            policy: policy?,
+        })
+    }
+
+    /// The breaker with this key (`stripe`, `stripe/customers.create`).
+    pub fn breaker(&self, key: &str) -> Option<&BreakerConfig> {
+        self.breakers.iter().find(|b| b.key == key)
+    }
+
+    /// The breaker for a `--service NAME` flag, or an error that lists the configured ones.
+    pub fn require(&self, key: &str) -> Result<&BreakerConfig, String> {
+        self.breaker(key).ok_or_else(|| {
+            let keys: Vec<&str> = self.breakers.iter().map(|b| b.key.as_str()).collect();
+            format!(
+                "unknown service {key:?}{}; configured: {}",
+                did_you_mean(key, keys.iter().copied()),
+                keys.join(", ")
+            )
+        })
+    }
+
+    /// What a reload to `new` changes at `at_ms`: for every breaker in both, the new policy when
+    /// it differs. Breakers only in one of the two are listed apart (they start or stop).
+    pub fn changes(&self, new: &Config, at_ms: u64) -> Reload {
+        let mut reload = Reload::default();
+        for b in &new.breakers {
+            match self.breaker(&b.key) {
+                Some(old) => {
+                    let policy = b.policy_at(at_ms);
+                    if old.policy_at(at_ms) != policy {
+                        reload.changed.push((b.key.clone(), policy));
+                    }
+                }
+                None => reload.added.push(b.key.clone()),
+            }
+        }
+        reload.removed = self
+            .breakers
+            .iter()
+            .filter(|b| new.breaker(&b.key).is_none())
+            .map(|b| b.key.clone())
+            .collect();
+        reload
+    }
+}
+
+/// The effect of a reload.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Reload {
+    /// Breakers whose policy changes: apply with `Breaker::set_policy`, state kept.
+    pub changed: Vec<(String, Policy)>,
+    /// Breakers that are new.
+    pub added: Vec<String>,
+    /// Breakers no longer configured.
+    pub removed: Vec<String>,
+}
