@@ -62,14 +62,37 @@ pub enum DecodeError {
     },
 }
 
+/// The type name an event is stored under.
+pub fn encode_type(event: &Event) -> &'static str {
+    match event {
+        Event::CallRecorded(_) => types::CALL_RECORDED,
+        Event::TrialAdmitted(_) => types::TRIAL_ADMITTED,
+        Event::Transitioned(_) => types::TRANSITION,
+        Event::PolicyApplied(_) => types::POLICY_APPLIED,
+    }
+}
+
+/// Is this one of the core's event types?
+pub fn is_core_type(event_type: &str) -> bool {
+    KNOWN.contains(&event_type)
+}
+
+const KNOWN: [&str; 4] = [
+    types::CALL_RECORDED,
+    types::TRIAL_ADMITTED,
+    types::TRANSITION,
+    types::POLICY_APPLIED,
+];
+
 /// Encodes an event. Encoding plain data to a `Vec` cannot fail; a failure would be a bug in a
 /// `Serialize` impl, so it panics with the event type.
 pub fn encode(event: &Event) -> Encoded {
-    let (event_type, payload) = match event {
-        Event::CallRecorded(e) => (types::CALL_RECORDED, rmp_serde::to_vec_named(e)),
-        Event::TrialAdmitted(e) => (types::TRIAL_ADMITTED, rmp_serde::to_vec_named(e)),
-        Event::Transitioned(e) => (types::TRANSITION, rmp_serde::to_vec_named(e)),
-        Event::PolicyApplied(e) => (types::POLICY_APPLIED, rmp_serde::to_vec_named(e)),
+    let event_type = encode_type(event);
+    let payload = match event {
+        Event::CallRecorded(e) => rmp_serde::to_vec_named(e),
+        Event::TrialAdmitted(e) => rmp_serde::to_vec_named(e),
+        Event::Transitioned(e) => rmp_serde::to_vec_named(e),
+        Event::PolicyApplied(e) => rmp_serde::to_vec_named(e),
     };
     Encoded {
         event_type,
@@ -92,13 +115,7 @@ pub fn decode(event_type: &str, event_version: u32, payload: &[u8]) -> Result<Ev
         })
     }
     if event_version != EVENT_VERSION {
-        let known = [
-            types::CALL_RECORDED,
-            types::TRIAL_ADMITTED,
-            types::TRANSITION,
-            types::POLICY_APPLIED,
-        ];
-        return Err(if known.contains(&event_type) {
+        return Err(if is_core_type(event_type) {
             DecodeError::UnknownVersion {
                 event_type: event_type.to_owned(),
                 event_version,

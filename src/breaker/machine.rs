@@ -57,7 +57,7 @@ pub enum Decision {
 /// assert!(matches!(breaker.acquire(30_001, &mut events), Decision::Reject(_)));
 /// assert!(matches!(breaker.acquire(30_002, &mut events), Decision::Permit(p) if p.trial));
 /// ```
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Breaker {
     policy: Policy,
     state: State,

@@ -1,10 +1,10 @@
 //! Sliding windows of recent calls: bounded memory, O(1) amortised per recorded call.
 
 use super::policy::SlidingWindow;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What a window holds at some instant.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     /// Calls counted (ignored outcomes are not calls here).
     pub calls: u64,
@@ -18,7 +18,7 @@ const FAILED: u8 = 1;
 const SLOW: u8 = 2;
 
 /// A window of calls, count- or time-based.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Window {
     /// The last N calls in a ring.
     Count(CountWindow),
@@ -91,8 +91,9 @@ impl Window {
 }
 
 /// The last `capacity` calls, one byte each.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CountWindow {
+    #[serde(with = "serde_bytes")]
     ring: Vec<u8>,
     capacity: usize,
     /// Where the next call goes once the ring is full.
@@ -138,7 +139,7 @@ impl CountWindow {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Bucket {
     /// Absolute bucket number (`at_ms / width_ms`); a slot is reused for later numbers.
     index: u64,
@@ -148,7 +149,7 @@ struct Bucket {
 }
 
 /// Calls in the last `slots.len()` buckets of `width_ms` each.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimeWindow {
     slots: Vec<Bucket>,
     width_ms: u64,

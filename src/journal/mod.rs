@@ -1,0 +1,376 @@
+//! The append-only SQLite event log.
+//!
+//! One writer thread owns the only write connection and group-commits what callers submit
+//! ([`Journal::submit`] never blocks and never touches the disk); readers use their own pool.
+//! [`Journal::durable`] / [`Journal::flush`] resolve once submitted events are committed. See
+//! `docs/durability.md` for the contract.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use breakerbox::breaker::{Breaker, Decision, Outcome, Policy};
+//! use breakerbox::journal::{Body, Journal, JournalOptions};
+//! use std::sync::Arc;
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let journal = Journal::open(&dir.path().join("log.db"), JournalOptions::default()).await.unwrap();
+//! let stream: Arc<str> = Arc::from("stripe");
+//! let mut breaker = Breaker::new(Policy::consecutive(3, 30_000)).unwrap();
+//! let mut events = Vec::new();
+//! for t in 0..3 {
+//!     let Decision::Permit(p) = breaker.acquire(t, &mut events) else { unreachable!() };
+//!     breaker.complete(t + 1, p, Outcome::Failure, &mut events);
+//! }
+//! let mut last = None;
+//! for e in events.drain(..) {
+//!     last = journal.submit(&stream, Body::Breaker(e));
+//! }
+//! journal.durable(last.unwrap()).await.unwrap();
+//! // After a restart, the breaker comes back from the log exactly as it was.
+//! let recovered = journal.recover("stripe", Policy::consecutive(3, 30_000)).await.unwrap();
+//! assert_eq!(recovered.breaker, breaker);
+//! journal.close().await;
+//! # });
+//! ```
+
+mod record;
+mod store;
+mod writer;
+
+pub use record::{
+    Body, CALL_BATCH, CallBatch, Decoded, GAP, Gap, JOURNAL_STREAM, Record, Row, SNAPSHOT, StoredEvent, VERSION, decode,
+};
+pub use store::{Durability, StoreError, connect_options};
+pub use writer::{ERROR_KINDS, Progress, Stats, WriterLimits};
+
+use crate::breaker::codec::DecodeError;
+use crate::breaker::{Breaker, Policy, PolicyError};
+use sqlx::SqlitePool;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::watch;
+
+/// Settings of a journal; every bound explicit.
+#[derive(Clone, Copy, Debug)]
+pub struct JournalOptions {
+    /// `synchronous` mode: FULL (default) survives power loss, NORMAL only process crashes.
+    pub durability: Durability,
+    /// Records buffered at most (default 100,000) while the writer is busy or the store fails;
+    /// beyond it records are dropped and written as a gap event.
+    pub capacity: usize,
+    /// Records per group commit at most (default 10,000).
+    pub max_batch: usize,
+    /// Longest a record waits for its group commit (default 2 ms).
+    pub flush_interval: Duration,
+    /// Longest wait between retries while the store fails (default 1 s).
+    pub max_backoff: Duration,
+    /// Reader connections (default 4).
+    pub readers: u32,
+    /// How long a write waits for a lock held by another process before failing and retrying
+    /// (default 5 s).
+    pub busy_timeout: Duration,
+    /// Cap on the file's size (SQLite `max_page_count`); past it appends fail as "disk full"
+    /// and events wait in the buffer. Default: none. Changeable with [`Journal::set_max_size`].
+    pub max_size_bytes: Option<u64>,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions {
+            durability: Durability::Full,
+            capacity: 100_000,
+            max_batch: 10_000,
+            flush_interval: Duration::from_millis(2),
+            max_backoff: Duration::from_secs(1),
+            readers: 4,
+            busy_timeout: Duration::from_secs(5),
+            max_size_bytes: None,
+        }
+    }
+}
+
+/// A journal failure seen by a reader or waiter.
+#[derive(Debug, Error)]
+pub enum JournalError {
+    /// The store failed: see the variant for what to do.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored event cannot be decoded: the log needs inspection at that position.
+    #[error("event at position {position}: {source}")]
+    Decode {
+        /// Where.
+        position: i64,
+        /// Why.
+        #[source]
+        source: DecodeError,
+    },
+    /// The initial policy given to recovery is not valid: fix the configuration.
+    #[error("invalid policy: {0}")]
+    Policy(#[from] PolicyError),
+    /// The journal was closed: nothing more can be written or awaited.
+    #[error("the journal is closed")]
+    Closed,
+}
+
+/// A breaker rebuilt from the log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recovered {
+    /// Its state.
+    pub breaker: Breaker,
+    /// The stream's last seq.
+    pub last_seq: i64,
+    /// Events folded after the snapshot (or from the start).
+    pub folded: u64,
+    /// The seq of the snapshot it started from, if any.
+    pub snapshot_seq: Option<i64>,
+}
+
+/// The event log. Cheap to share behind an `Arc`; `submit` is callable from any thread.
+pub struct Journal {
+    shared: Arc<writer::Shared>,
+    readers: SqlitePool,
+    path: PathBuf,
+    thread: Mutex<Option<std::thread::JoinHandle<Result<(), StoreError>>>>,
+}
+
+impl Journal {
+    /// Opens (creating if missing) the log at `path`: checks integrity (a corrupt file is
+    /// refused), applies migrations, and starts the writer thread.
+    pub async fn open(path: &Path, options: JournalOptions) -> Result<Journal, StoreError> {
+        let limits = WriterLimits {
+            capacity: options.capacity.max(1),
+            max_batch: options.max_batch.max(1),
+            flush_interval: options.flush_interval,
+            max_backoff: options.max_backoff.max(Duration::from_millis(10)),
+        };
+        // The writer gets its own thread and runtime, so it works whatever runtime (or none) the
+        // host runs, and a busy host runtime never delays a commit.
+        let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
+        let thread_path = path.to_path_buf();
+        let durability = options.durability;
+        let busy = options.busy_timeout;
+        let max_size = options.max_size_bytes;
+        let thread = std::thread::Builder::new()
+            .name("breakerbox-journal".into())
+            .spawn(move || -> Result<(), StoreError> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| StoreError::Io(format!("starting the journal runtime: {e}")))?;
+                rt.block_on(async move {
+                    let mut conn = match store::open_writer(&thread_path, durability, busy).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = opened_tx.send(Err(e));
+                            return Ok(());
+                        }
+                    };
+                    let position = match store::last_position_conn(&mut conn).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            let _ = opened_tx.send(Err(e));
+                            return Ok(());
+                        }
+                    };
+                    let shared = writer::Shared::new(limits, position);
+                    shared.set_max_size(max_size);
+                    if opened_tx.send(Ok(shared.clone())).is_err() {
+                        return Ok(());
+                    }
+                    let conn = writer::Writer::new(shared, conn).run().await;
+                    store::close(conn).await
+                })
+            })
+            .map_err(|e| StoreError::Io(format!("starting the journal thread: {e}")))?;
+        let shared = match opened_rx.await {
+            Ok(Ok(shared)) => shared,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(e);
+            }
+            Err(_) => {
+                return Err(match thread.join() {
+                    Ok(Err(e)) => e,
+                    _ => StoreError::Io("the journal thread stopped while opening".into()),
+                });
+            }
+        };
+        let readers =
+            store::open_readers(path, options.durability, options.busy_timeout, options.readers.max(1)).await?;
+        Ok(Journal {
+            shared,
+            readers,
+            path: path.to_path_buf(),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues an event for the next group commit and returns at once. `None` if the buffer is
+    /// full: the event is dropped, counted, and recorded later as a `gap` event.
+    pub fn submit(&self, stream: &Arc<str>, body: Body) -> Option<u64> {
+        self.shared.submit(Record {
+            stream: stream.clone(),
+            body,
+        })
+    }
+
+    /// Resolves when the record with this ticket (and every one before it) is committed.
+    pub async fn durable(&self, ticket: u64) -> Result<Progress, JournalError> {
+        let mut rx = self.shared.progress.subscribe();
+        if rx.borrow().ticket < ticket {
+            // Don't wait out the flush interval: somebody is waiting on this commit.
+            let _ = self.shared.flush_ticket();
+        }
+        rx.wait_for(|p| p.ticket >= ticket)
+            .await
+            .map(|p| *p)
+            .map_err(|_| JournalError::Closed)
+    }
+
+    /// Resolves when everything submitted so far is committed.
+    pub async fn flush(&self) -> Result<Progress, JournalError> {
+        let ticket = self.shared.flush_ticket();
+        self.durable(ticket).await
+    }
+
+    /// What is committed now.
+    pub fn progress(&self) -> Progress {
+        *self.shared.progress.borrow()
+    }
+
+    /// Wakes on every commit of this process (SSE, alerts and projections tail with it).
+    pub fn subscribe(&self) -> watch::Receiver<Progress> {
+        self.shared.progress.subscribe()
+    }
+
+    /// Caps the file's size (None: no cap). Raising the cap after a "disk full" lets the buffered
+    /// events be written at the next retry.
+    pub fn set_max_size(&self, bytes: Option<u64>) {
+        self.shared.set_max_size(bytes);
+    }
+
+    /// The readers' pool, for read-only queries of projections (it cannot write).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.readers
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// A stream's events with `seq > after_seq`, at most `limit`, in order.
+    pub async fn read_stream(&self, stream: &str, after_seq: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+        store::read_stream(&self.readers, stream, after_seq, limit).await
+    }
+
+    /// Events after a log position, at most `limit`, in log order.
+    pub async fn read_after(&self, position: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+        store::read_after(&self.readers, position, limit).await
+    }
+
+    /// Events of some types (all when empty) recorded in `[from_ms, to_ms)` after a position.
+    pub async fn read_range(
+        &self,
+        types: &[&str],
+        from_ms: i64,
+        to_ms: i64,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        store::read_range(&self.readers, types, from_ms, to_ms, after, limit).await
+    }
+
+    /// The last position in the file, whoever wrote it (other processes included).
+    pub async fn last_position(&self) -> Result<i64, StoreError> {
+        store::last_position(&self.readers).await
+    }
+
+    /// Waits until the log holds events after `position`, written by this process or another,
+    /// for at most `timeout`. Returns the last position seen.
+    pub async fn wait_after(&self, position: i64, timeout: Duration) -> Result<i64, StoreError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.subscribe();
+        loop {
+            let last = self.last_position().await?;
+            if last > position || tokio::time::Instant::now() >= deadline {
+                return Ok(last);
+            }
+            // Own commits wake at once; another process's are seen by polling every 100 ms.
+            let _ = tokio::time::timeout_at(
+                deadline.min(tokio::time::Instant::now() + Duration::from_millis(100)),
+                rx.changed(),
+            )
+            .await;
+        }
+    }
+
+    /// Rebuilds a breaker from its latest snapshot and the events after it; a stream with no
+    /// events gives a fresh breaker with `policy`. A malformed event is an error, never skipped.
+    pub async fn recover(&self, stream: &str, policy: Policy) -> Result<Recovered, JournalError> {
+        let snapshot = store::latest_of_type(&self.readers, stream, SNAPSHOT).await?;
+        let (mut breaker, mut after, snapshot_seq) = match &snapshot {
+            Some(s) => match decode(s).map_err(|source| JournalError::Decode {
+                position: s.position,
+                source,
+            })? {
+                Decoded::Snapshot(b) => (*b, s.seq, Some(s.seq)),
+                _ => unreachable!("latest_of_type(SNAPSHOT) returns snapshots"),
+            },
+            None => (Breaker::new(policy)?, 0, None),
+        };
+        let mut folded = 0;
+        loop {
+            let page = store::read_stream(&self.readers, stream, after, 5_000).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for e in &page {
+                match decode(e).map_err(|source| JournalError::Decode {
+                    position: e.position,
+                    source,
+                })? {
+                    Decoded::Breaker(events) => {
+                        for ev in &events {
+                            breaker.apply(ev);
+                        }
+                        folded += events.len() as u64;
+                    }
+                    Decoded::Snapshot(_) | Decoded::Gap(_) | Decoded::Other => {}
+                }
+            }
+        }
+        Ok(Recovered {
+            breaker,
+            last_seq: after,
+            folded,
+            snapshot_seq,
+        })
+    }
+
+    /// Writes what is buffered, checkpoints the WAL and stops the writer. Bounded: with a
+    /// failing store it gives up after a few attempts and says so in the log.
+    pub async fn close(&self) {
+        self.shared.close();
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            let joined = tokio::task::spawn_blocking(move || handle.join()).await;
+            if let Ok(Ok(Err(e))) = joined {
+                tracing::warn!(error = %e, "closing the event log");
+            }
+        }
+        self.readers.close().await;
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        // Tell the writer to finish; it drains and exits on its own thread.
+        self.shared.close();
+    }
+}

@@ -1,0 +1,241 @@
+//! What goes into the log and comes out of it.
+//!
+//! Callers submit [`Body`]s per stream. The writer packs each stream's consecutive call outcomes
+//! into one `call_batch` event per group commit (9 bytes per call), and encodes everything else
+//! as one event each, so a stream's order is kept exactly: `[calls…] [transition] [calls…]`
+//! becomes `batch, transition, batch`.
+
+use crate::breaker::codec::{self, DecodeError};
+use crate::breaker::{Breaker, CallRecorded, Event, Outcome};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Event type of a packed run of call outcomes.
+pub const CALL_BATCH: &str = "call_batch";
+/// Event type of a breaker snapshot.
+pub const SNAPSHOT: &str = "snapshot";
+/// Event type of a record of events dropped because the buffer overflowed.
+pub const GAP: &str = "gap";
+/// Version of the three types above.
+pub const VERSION: u32 = 1;
+/// Stream of the journal's own events (gaps).
+pub const JOURNAL_STREAM: &str = "_journal";
+
+/// What a caller submits for one stream.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Body {
+    /// An event of the breaker core; `CallRecorded` is packed into batches.
+    Breaker(Event),
+    /// The breaker's whole state, so recovery need not fold the stream from the start.
+    Snapshot {
+        /// When it was taken (Unix epoch ms).
+        at_ms: u64,
+        /// The state.
+        breaker: Box<Breaker>,
+    },
+    /// An event of a layer above (operator commands, alerts, …), already encoded.
+    Other {
+        /// Its type name.
+        event_type: &'static str,
+        /// Its version.
+        event_version: u32,
+        /// When it happened (Unix epoch ms).
+        at_ms: u64,
+        /// MessagePack map.
+        payload: Vec<u8>,
+    },
+}
+
+impl Body {
+    /// The event type this body is stored as.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::Breaker(Event::CallRecorded(_)) => CALL_BATCH,
+            Body::Breaker(e) => codec::encode_type(e),
+            Body::Snapshot { .. } => SNAPSHOT,
+            Body::Other { event_type, .. } => event_type,
+        }
+    }
+}
+
+/// A submitted body with its stream.
+#[derive(Clone, Debug)]
+pub struct Record {
+    /// The stream (breaker key).
+    pub stream: Arc<str>,
+    /// What happened.
+    pub body: Body,
+}
+
+/// A row ready to insert (the writer assigns `seq`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    /// Stream.
+    pub stream: Arc<str>,
+    /// Per-stream sequence.
+    pub seq: u64,
+    /// Type.
+    pub event_type: &'static str,
+    /// Version.
+    pub event_version: u32,
+    /// When (ms).
+    pub recorded_at: u64,
+    /// Payload.
+    pub payload: Vec<u8>,
+}
+
+/// A row as read back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StoredEvent {
+    /// Global position.
+    pub position: i64,
+    /// Stream.
+    pub stream: String,
+    /// Per-stream sequence.
+    pub seq: i64,
+    /// Type.
+    pub event_type: String,
+    /// Version.
+    pub event_version: u32,
+    /// When (ms).
+    pub recorded_at: i64,
+    /// Payload.
+    #[serde(skip)]
+    pub payload: Vec<u8>,
+}
+
+/// Outcomes of one stream packed into one event. Layout of `calls`, 9 bytes per call, little
+/// endian: `dt_ms: u32` (after `at_ms`), `latency_ms: u32` (saturating), `code: u8` (bits 0–1
+/// outcome: success, failure, timeout, ignored; bit 2 slow; bit 3 stale).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallBatch {
+    /// Completion time of the first call.
+    pub at_ms: u64,
+    /// Number of calls.
+    pub count: u32,
+    /// The packed calls.
+    #[serde(with = "serde_bytes")]
+    pub calls: Vec<u8>,
+}
+
+const CALL_BYTES: usize = 9;
+
+fn outcome_code(o: Outcome) -> u8 {
+    match o {
+        Outcome::Success => 0,
+        Outcome::Failure => 1,
+        Outcome::Timeout => 2,
+        Outcome::Ignored => 3,
+    }
+}
+
+const OUTCOMES: [Outcome; 4] = [Outcome::Success, Outcome::Failure, Outcome::Timeout, Outcome::Ignored];
+
+impl CallBatch {
+    /// An empty batch starting at `at_ms`.
+    pub fn new(at_ms: u64) -> Self {
+        CallBatch {
+            at_ms,
+            count: 0,
+            calls: Vec::new(),
+        }
+    }
+
+    /// Adds a call; `false` (nothing added) if it lies more than `u32::MAX` ms after `at_ms`,
+    /// or before it: start a new batch then.
+    pub fn push(&mut self, call: &CallRecorded) -> bool {
+        let Some(dt) = call.at_ms.checked_sub(self.at_ms).and_then(|d| u32::try_from(d).ok()) else {
+            return false;
+        };
+        let latency = u32::try_from(call.latency_ms).unwrap_or(u32::MAX);
+        let code = outcome_code(call.outcome) | (u8::from(call.slow) << 2) | (u8::from(call.stale) << 3);
+        self.calls.extend_from_slice(&dt.to_le_bytes());
+        self.calls.extend_from_slice(&latency.to_le_bytes());
+        self.calls.push(code);
+        self.count += 1;
+        true
+    }
+
+    /// The calls, in order. Malformed bytes end the iteration early; [`CallBatch::check`] tells.
+    pub fn iter(&self) -> impl Iterator<Item = CallRecorded> + '_ {
+        self.calls.chunks_exact(CALL_BYTES).map(move |c| {
+            let dt = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            let latency = u32::from_le_bytes([c[4], c[5], c[6], c[7]]);
+            CallRecorded {
+                at_ms: self.at_ms.saturating_add(u64::from(dt)),
+                outcome: OUTCOMES[usize::from(c[8] & 3)],
+                latency_ms: u64::from(latency),
+                slow: c[8] & 4 != 0,
+                stale: c[8] & 8 != 0,
+            }
+        })
+    }
+
+    /// Checks the layout: `count` calls of 9 bytes, no unknown bits.
+    pub fn check(&self) -> Result<(), String> {
+        if self.calls.len() != self.count as usize * CALL_BYTES {
+            return Err(format!(
+                "call batch says {} calls but holds {} bytes",
+                self.count,
+                self.calls.len()
+            ));
+        }
+        if self.calls.chunks_exact(CALL_BYTES).any(|c| c[8] & !0x0F != 0) {
+            return Err("call batch has unknown flag bits".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Events dropped because the journal's buffer was full: the loss is recorded, never silent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// First drop (ms).
+    pub from_ms: u64,
+    /// Last drop (ms).
+    pub to_ms: u64,
+    /// Dropped events by stream, then by event type.
+    pub dropped: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+/// A decoded stored event.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decoded {
+    /// Core events (a call batch gives one per call).
+    Breaker(Vec<Event>),
+    /// A snapshot.
+    Snapshot(Box<Breaker>),
+    /// A gap.
+    Gap(Gap),
+    /// A type of a layer above the journal: decode it there.
+    Other,
+}
+
+/// Decodes a stored event. Bad bytes are an error, never a panic.
+pub fn decode(e: &StoredEvent) -> Result<Decoded, DecodeError> {
+    let malformed = |source| DecodeError::Malformed {
+        event_type: e.event_type.clone(),
+        event_version: e.event_version,
+        source,
+    };
+    match e.event_type.as_str() {
+        CALL_BATCH | SNAPSHOT | GAP if e.event_version != VERSION => Err(DecodeError::UnknownVersion {
+            event_type: e.event_type.clone(),
+            event_version: e.event_version,
+        }),
+        CALL_BATCH => {
+            let batch: CallBatch = rmp_serde::from_slice(&e.payload).map_err(malformed)?;
+            batch
+                .check()
+                .map_err(|m| malformed(rmp_serde::decode::Error::Syntax(m)))?;
+            Ok(Decoded::Breaker(batch.iter().map(Event::CallRecorded).collect()))
+        }
+        SNAPSHOT => Ok(Decoded::Snapshot(Box::new(
+            rmp_serde::from_slice(&e.payload).map_err(malformed)?,
+        ))),
+        GAP => Ok(Decoded::Gap(rmp_serde::from_slice(&e.payload).map_err(malformed)?)),
+        t if codec::is_core_type(t) => Ok(Decoded::Breaker(vec![codec::decode(t, e.event_version, &e.payload)?])),
+        _ => Ok(Decoded::Other),
+    }
+}

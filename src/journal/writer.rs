@@ -1,0 +1,443 @@
+//! The one writer: group commit, seq assignment, packing, retries, gaps.
+//!
+//! Producers push records into a bounded buffer under a mutex (no I/O, no await) and go on. The
+//! writer thread swaps the buffer out, packs it into rows and appends them in one transaction;
+//! while SQLite is failing it keeps that batch and retries with capped backoff, the buffer fills
+//! up to its bound, and further records are dropped and counted, to be written as a `gap` event
+//! once the store recovers. The protected calls never wait on the disk.
+
+use super::record::{Body, CALL_BATCH, CallBatch, GAP, Gap, JOURNAL_STREAM, Record, Row, SNAPSHOT, VERSION};
+use super::store::{self, StoreError};
+use crate::breaker::{Event, codec};
+use sqlx::SqliteConnection;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Notify, watch};
+
+/// Bounds of the writer.
+#[derive(Clone, Copy, Debug)]
+pub struct WriterLimits {
+    /// Records buffered at most while the writer is busy or the store is failing.
+    pub capacity: usize,
+    /// Records per group commit at most.
+    pub max_batch: usize,
+    /// Longest a record waits for its group commit when the store is healthy.
+    pub flush_interval: Duration,
+    /// Longest wait between retries of a failing append.
+    pub max_backoff: Duration,
+}
+
+/// What has been made durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Every record with a ticket up to this one is committed (or was dropped by a conflict).
+    pub ticket: u64,
+    /// The last committed log position.
+    pub position: i64,
+    /// The store's current failure, if the last attempt failed.
+    pub failing: Option<&'static str>,
+}
+
+#[derive(Default)]
+struct Pending {
+    records: Vec<(u64, Record)>,
+    next_ticket: u64,
+    gap: Option<Gap>,
+    urgent: bool,
+}
+
+/// Counters for metrics.
+#[derive(Default)]
+pub struct Stats {
+    /// Events written (a call batch counts once).
+    pub events: AtomicU64,
+    /// Calls written inside batches.
+    pub calls: AtomicU64,
+    /// Group commits.
+    pub commits: AtomicU64,
+    /// Records dropped (buffer full or stream conflict).
+    pub dropped: AtomicU64,
+    /// Failed append attempts, by kind: busy, full, read_only, io, conflict, corrupt.
+    pub errors: [AtomicU64; 6],
+    /// Duration of the last commit, µs.
+    pub last_commit_us: AtomicU64,
+    /// Sum of commit durations, µs (with `commits`, the mean).
+    pub commit_us_total: AtomicU64,
+}
+
+/// Error kinds in the order of [`Stats::errors`].
+pub const ERROR_KINDS: [&str; 6] = ["busy", "full", "read_only", "io", "conflict", "corrupt"];
+
+pub(crate) struct Shared {
+    pending: Mutex<Pending>,
+    /// Requested size cap: `u64::MAX` none; applied by the writer before its next commit.
+    max_size: AtomicU64,
+    max_size_applied: AtomicU64,
+    wake: Notify,
+    closing: AtomicBool,
+    pub progress: watch::Sender<Progress>,
+    pub stats: Stats,
+    limits: WriterLimits,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Shared {
+    pub(crate) fn new(limits: WriterLimits, position: i64) -> Arc<Self> {
+        Arc::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            max_size: AtomicU64::new(u64::MAX),
+            max_size_applied: AtomicU64::new(u64::MAX),
+            wake: Notify::new(),
+            closing: AtomicBool::new(false),
+            progress: watch::channel(Progress {
+                position,
+                ..Progress::default()
+            })
+            .0,
+            stats: Stats::default(),
+            limits,
+        })
+    }
+
+    /// Queues a record. `Some(ticket)` when accepted; `None` when the buffer is full (the drop is
+    /// counted and will be written as a gap).
+    pub(crate) fn submit(&self, record: Record) -> Option<u64> {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.records.len() >= self.limits.capacity || self.closing.load(Ordering::Relaxed) {
+            let at = now_ms();
+            let gap = p.gap.get_or_insert_with(|| Gap {
+                from_ms: at,
+                ..Gap::default()
+            });
+            gap.to_ms = at;
+            *gap.dropped
+                .entry(record.stream.to_string())
+                .or_default()
+                .entry(record.body.kind().to_owned())
+                .or_default() += 1;
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        p.next_ticket += 1;
+        let ticket = p.next_ticket;
+        p.records.push((ticket, record));
+        // Wake the writer for the first record of a batch (it then waits `flush_interval` for
+        // more to join) and when the batch is full; in between, pushing costs no wake-up.
+        let wake = p.records.len() == 1 || p.records.len() >= self.limits.max_batch;
+        drop(p);
+        if wake {
+            self.wake.notify_one();
+        }
+        Some(ticket)
+    }
+
+    /// The ticket of the last accepted record, and a wake-up for the writer to commit now.
+    pub(crate) fn flush_ticket(&self) -> u64 {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.urgent = true;
+        let t = p.next_ticket;
+        drop(p);
+        self.wake.notify_one();
+        t
+    }
+
+    pub(crate) fn set_max_size(&self, bytes: Option<u64>) {
+        self.max_size.store(bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> Taken {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.urgent = false;
+        let n = p.records.len().min(self.limits.max_batch);
+        let rest = p.records.split_off(n);
+        let taken = std::mem::replace(&mut p.records, rest);
+        (taken, p.gap.take())
+    }
+
+    fn has_work(&self) -> (bool, bool) {
+        let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        (
+            !p.records.is_empty() || p.gap.is_some(),
+            p.urgent || p.records.len() >= self.limits.max_batch,
+        )
+    }
+
+    fn record_error(&self, e: &StoreError) {
+        let i = ERROR_KINDS.iter().position(|k| *k == e.kind()).unwrap_or(3);
+        self.stats.errors[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A batch taken from the buffer: records with their tickets, and the gap to write with them.
+type Taken = (Vec<(u64, Record)>, Option<Gap>);
+
+enum Payload {
+    Encoded(Vec<u8>),
+    Batch(CallBatch),
+}
+
+struct Draft {
+    stream: Arc<str>,
+    event_type: &'static str,
+    event_version: u32,
+    recorded_at: u64,
+    payload: Payload,
+}
+
+/// Packs records into rows (without seqs), keeping each stream's order.
+fn pack(records: &[(u64, Record)], gap: Option<&Gap>) -> Vec<Draft> {
+    let mut drafts: Vec<Draft> = Vec::with_capacity(records.len().min(1024));
+    // The open call batch of each stream: closed by any other event of that stream.
+    let mut open: HashMap<Arc<str>, usize> = HashMap::new();
+    for (_, r) in records {
+        let (event_type, event_version, at, payload) = match &r.body {
+            Body::Breaker(Event::CallRecorded(call)) => {
+                if let Some(&i) = open.get(&r.stream)
+                    && let Payload::Batch(b) = &mut drafts[i].payload
+                    && b.push(call)
+                {
+                    continue;
+                }
+                let mut batch = CallBatch::new(call.at_ms);
+                batch.push(call);
+                open.insert(r.stream.clone(), drafts.len());
+                (CALL_BATCH, VERSION, call.at_ms, Payload::Batch(batch))
+            }
+            Body::Breaker(event) => {
+                open.remove(&r.stream);
+                let e = codec::encode(event);
+                (
+                    e.event_type,
+                    e.event_version,
+                    event.at_ms(),
+                    Payload::Encoded(e.payload),
+                )
+            }
+            Body::Snapshot { at_ms, breaker } => {
+                open.remove(&r.stream);
+                let bytes = rmp_serde::to_vec_named(breaker.as_ref()).expect("a breaker always encodes");
+                (SNAPSHOT, VERSION, *at_ms, Payload::Encoded(bytes))
+            }
+            Body::Other {
+                event_type,
+                event_version,
+                at_ms,
+                payload,
+            } => {
+                open.remove(&r.stream);
+                (*event_type, *event_version, *at_ms, Payload::Encoded(payload.clone()))
+            }
+        };
+        drafts.push(Draft {
+            stream: r.stream.clone(),
+            event_type,
+            event_version,
+            recorded_at: at,
+            payload,
+        });
+    }
+    if let Some(gap) = gap {
+        drafts.push(Draft {
+            stream: Arc::from(JOURNAL_STREAM),
+            event_type: GAP,
+            event_version: VERSION,
+            recorded_at: gap.to_ms,
+            payload: Payload::Encoded(rmp_serde::to_vec_named(gap).expect("a gap always encodes")),
+        });
+    }
+    drafts
+}
+
+pub(crate) struct Writer {
+    pub shared: Arc<Shared>,
+    pub conn: SqliteConnection,
+    /// Last committed seq per stream (loaded on first sight).
+    seqs: HashMap<Arc<str>, u64>,
+    /// Streams another writer took: their records are dropped as gaps, never interleaved.
+    fenced: HashMap<Arc<str>, u64>,
+}
+
+impl Writer {
+    pub(crate) fn new(shared: Arc<Shared>, conn: SqliteConnection) -> Self {
+        Writer {
+            shared,
+            conn,
+            seqs: HashMap::new(),
+            fenced: HashMap::new(),
+        }
+    }
+
+    /// Runs until closed and drained (or, when closing with a failing store, for at most a few
+    /// more attempts: what is still unwritten then is reported, not waited on forever).
+    pub(crate) async fn run(mut self) -> SqliteConnection {
+        let limits = self.shared.limits;
+        let mut failing: Option<StoreError> = None;
+        let mut backoff = Duration::from_millis(10);
+        let mut attempts_while_closing = 0;
+        let mut inflight: Option<Taken> = None;
+        loop {
+            if inflight.is_none() {
+                let (work, urgent) = self.shared.has_work();
+                if !work {
+                    if self.shared.closing.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    self.shared.wake.notified().await;
+                    continue;
+                }
+                if !urgent && !self.shared.closing.load(Ordering::Relaxed) {
+                    // Group commit: let a few more records join, unless the batch is full or
+                    // somebody waits on a flush.
+                    let _ = tokio::time::timeout(limits.flush_interval, self.shared.wake.notified()).await;
+                }
+                inflight = Some(self.shared.take());
+            }
+            let (records, gap) = inflight.as_ref().expect("set above");
+            match self.commit(records, gap.as_ref()).await {
+                Ok(()) => {
+                    if let Some(e) = failing.take() {
+                        tracing::warn!(error = %e, "event log recovered; buffered events written");
+                    }
+                    backoff = Duration::from_millis(10);
+                    inflight = None;
+                }
+                Err(StoreError::Conflict { stream, seq }) => {
+                    // Another process wrote this stream. Never interleave: fence the stream,
+                    // drop its records (counted as a gap) and write the rest.
+                    tracing::error!(
+                        stream,
+                        seq,
+                        "another writer appended to this stream; this process stops writing it"
+                    );
+                    let key: Arc<str> = Arc::from(stream.as_str());
+                    self.fenced.insert(key.clone(), seq);
+                    self.shared.record_error(&StoreError::Conflict { stream, seq });
+                    let (records, gap) = inflight.take().expect("set above");
+                    let (dropped, kept): (Vec<_>, Vec<_>) = records.into_iter().partition(|(_, r)| r.stream == key);
+                    let mut gap = gap.unwrap_or_default();
+                    for (_, r) in &dropped {
+                        *gap.dropped
+                            .entry(r.stream.to_string())
+                            .or_default()
+                            .entry(r.body.kind().to_owned())
+                            .or_default() += 1;
+                        gap.to_ms = gap.to_ms.max(now_ms());
+                    }
+                    self.shared
+                        .stats
+                        .dropped
+                        .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+                    inflight = Some((kept, Some(gap)));
+                }
+                Err(e) => {
+                    self.shared.record_error(&e);
+                    if failing.is_none() {
+                        // Logged once per outage, not per retry.
+                        tracing::error!(error = %e, "event log append failed; breakers keep deciding in memory, events are buffered and retried");
+                    }
+                    self.shared.progress.send_modify(|p| p.failing = Some(e.kind()));
+                    failing = Some(e);
+                    if self.shared.closing.load(Ordering::Relaxed) {
+                        attempts_while_closing += 1;
+                        if attempts_while_closing >= 5 {
+                            tracing::error!("closing with the event log still failing: buffered events are lost");
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(limits.max_backoff);
+                }
+            }
+        }
+        self.conn
+    }
+
+    async fn commit(&mut self, records: &[(u64, Record)], gap: Option<&Gap>) -> Result<(), StoreError> {
+        let wanted = self.shared.max_size.load(Ordering::Relaxed);
+        if wanted != self.shared.max_size_applied.load(Ordering::Relaxed) {
+            store::set_max_size(&mut self.conn, (wanted != u64::MAX).then_some(wanted)).await?;
+            self.shared.max_size_applied.store(wanted, Ordering::Relaxed);
+        }
+        let started = Instant::now();
+        // Tickets of fenced records count as settled too, so nobody waits on them forever.
+        let ticket = records.last().map(|(t, _)| *t);
+        let kept: Vec<(u64, Record)>;
+        let records = if self.fenced.is_empty() {
+            records
+        } else {
+            kept = records
+                .iter()
+                .filter(|(_, r)| !self.fenced.contains_key(&r.stream))
+                .cloned()
+                .collect();
+            &kept[..]
+        };
+        let drafts = pack(records, gap);
+        // Seqs continue each stream's; a stream seen for the first time is looked up once.
+        let mut next: HashMap<Arc<str>, u64> = HashMap::new();
+        let mut rows = Vec::with_capacity(drafts.len());
+        let mut calls = 0u64;
+        for d in drafts {
+            let seq = match next.get_mut(&d.stream) {
+                Some(s) => s,
+                None => {
+                    let last = match self.seqs.get(&d.stream) {
+                        Some(&s) => s,
+                        None => store::last_seq(&mut self.conn, &d.stream).await?,
+                    };
+                    next.entry(d.stream.clone()).or_insert(last)
+                }
+            };
+            *seq += 1;
+            let payload = match d.payload {
+                Payload::Encoded(p) => p,
+                Payload::Batch(b) => {
+                    calls += u64::from(b.count);
+                    rmp_serde::to_vec_named(&b).expect("a batch always encodes")
+                }
+            };
+            rows.push(Row {
+                stream: d.stream,
+                seq: *seq,
+                event_type: d.event_type,
+                event_version: d.event_version,
+                recorded_at: d.recorded_at,
+                payload,
+            });
+        }
+        let position = if rows.is_empty() {
+            self.shared.progress.borrow().position
+        } else {
+            store::append(&mut self.conn, &rows).await?
+        };
+        self.seqs.extend(next);
+        let elapsed = started.elapsed().as_micros() as u64;
+        let s = &self.shared.stats;
+        s.events.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        s.calls.fetch_add(calls, Ordering::Relaxed);
+        s.commits.fetch_add(1, Ordering::Relaxed);
+        s.last_commit_us.store(elapsed, Ordering::Relaxed);
+        s.commit_us_total.fetch_add(elapsed, Ordering::Relaxed);
+        self.shared.progress.send_modify(|p| {
+            if let Some(t) = ticket {
+                p.ticket = p.ticket.max(t);
+            }
+            p.position = position;
+            p.failing = None;
+        });
+        Ok(())
+    }
+}
