@@ -107,7 +107,7 @@ async fn a_breaker_comes_back_from_the_log_as_it_was() {
     let policy = Policy::consecutive(2, 60_000);
     let (open, half, forced): (Arc<str>, Arc<str>, Arc<str>) =
         (Arc::from("open"), Arc::from("half"), Arc::from("forced"));
-    let mut live = vec![
+    let mut live = [
         Breaker::new(policy.clone()).unwrap(),
         Breaker::new(policy.clone()).unwrap(),
         Breaker::new(policy.clone()).unwrap(),
@@ -222,9 +222,7 @@ async fn the_database_rejects_every_way_to_change_or_remove_an_event() {
     for sql in [
         "UPDATE events SET payload = x'00' WHERE position = 1".to_owned(),
         "DELETE FROM events WHERE position = 1".to_owned(),
-        format!(
-            "REPLACE INTO events (position, stream, seq, event_type, event_version, recorded_at, payload) VALUES (1, 'x', 99, 't', 1, 0, x'00')"
-        ),
+        "REPLACE INTO events (position, stream, seq, event_type, event_version, recorded_at, payload) VALUES (1, 'x', 99, 't', 1, 0, x'00')".to_owned(),
         "INSERT OR REPLACE INTO events (position, stream, seq, event_type, event_version, recorded_at, payload) VALUES (1, 'x', 99, 't', 1, 0, x'00')".to_owned(),
         format!(
             "INSERT OR REPLACE INTO events (stream, seq, event_type, event_version, recorded_at, payload) VALUES ('{}', {}, 't', 1, 0, x'00')",
