@@ -129,8 +129,10 @@ pub fn decode(event_type: &str, event_version: u32, payload: &[u8]) -> Result<Ev
     Ok(match event_type {
         types::CALL_RECORDED => Event::CallRecorded(read::<CallRecorded>(event_type, event_version, payload)?),
         types::TRIAL_ADMITTED => Event::TrialAdmitted(read::<TrialAdmitted>(event_type, event_version, payload)?),
-        types::TRANSITION => Event::Transitioned(read::<Transition>(event_type, event_version, payload)?),
-        types::POLICY_APPLIED => Event::PolicyApplied(read::<PolicyApplied>(event_type, event_version, payload)?),
+        types::TRANSITION => Event::Transitioned(Box::new(read::<Transition>(event_type, event_version, payload)?)),
+        types::POLICY_APPLIED => {
+            Event::PolicyApplied(Box::new(read::<PolicyApplied>(event_type, event_version, payload)?))
+        }
         other => {
             return Err(DecodeError::UnknownType {
                 event_type: other.to_owned(),

@@ -233,7 +233,8 @@ pub struct PolicyApplied {
     pub policy: Policy,
 }
 
-/// Everything a breaker emits.
+/// Everything a breaker emits. The rare, large events are boxed so the per-call one stays small
+/// (40 bytes instead of 200): it is pushed on every call.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// A call completed.
@@ -241,9 +242,9 @@ pub enum Event {
     /// A HALF_OPEN trial permit was handed out.
     TrialAdmitted(TrialAdmitted),
     /// The state changed.
-    Transitioned(Transition),
+    Transitioned(Box<Transition>),
     /// A new policy took effect.
-    PolicyApplied(PolicyApplied),
+    PolicyApplied(Box<PolicyApplied>),
 }
 
 impl Event {

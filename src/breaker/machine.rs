@@ -275,7 +275,10 @@ impl Breaker {
     /// recent calls; otherwise a window starts empty. An OPEN period already running keeps its end.
     pub fn set_policy(&mut self, now_ms: u64, policy: Policy, out: &mut Vec<Event>) -> Result<(), PolicyError> {
         policy.validate()?;
-        self.emit(Event::PolicyApplied(PolicyApplied { at_ms: now_ms, policy }), out);
+        self.emit(
+            Event::PolicyApplied(Box::new(PolicyApplied { at_ms: now_ms, policy })),
+            out,
+        );
         Ok(())
     }
 
@@ -334,10 +337,10 @@ impl Breaker {
             }
             Event::PolicyApplied(p) => {
                 let trip_spec = trip_window_spec(&p.policy.trip);
+                // A window holds calls, failures and slow calls whichever rule reads it, so a
+                // same-shaped window is kept even when the rule changes kind.
                 self.trip_window = match (&self.trip_window, trip_spec) {
-                    (Some(old), Some(spec)) if same_rule_kind(&self.policy.trip, &p.policy.trip) => {
-                        Some(old.reshaped(&spec))
-                    }
+                    (Some(old), Some(spec)) => Some(old.reshaped(&spec)),
                     (_, spec) => spec.map(|s| Window::new(&s)),
                 };
                 self.slow_window = match (&self.slow_window, p.policy.slow_calls) {
@@ -374,7 +377,7 @@ impl Breaker {
             evidence,
             open_until_ms,
         };
-        self.emit(Event::Transitioned(event), out);
+        self.emit(Event::Transitioned(Box::new(event)), out);
     }
 
     fn open(&mut self, now_ms: u64, from: State, reason: Reason, mut evidence: Evidence, out: &mut Vec<Event>) {
@@ -488,8 +491,4 @@ fn trip_window_spec(trip: &TripRule) -> Option<SlidingWindow> {
         TripRule::FailureCount { window_ms, buckets, .. } => Some(SlidingWindow::Time { window_ms, buckets }),
         TripRule::FailureRate { window, .. } => Some(window),
     }
-}
-
-fn same_rule_kind(a: &TripRule, b: &TripRule) -> bool {
-    std::mem::discriminant(a) == std::mem::discriminant(b)
 }

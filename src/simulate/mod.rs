@@ -188,7 +188,7 @@ pub fn run(policy: Policy, inputs: &[Input]) -> Result<(Vec<Transition>, Summary
     let mut transitions = Vec::new();
     let mut collect = |events: &mut Vec<Event>| {
         transitions.extend(events.drain(..).filter_map(|e| match e {
-            Event::Transitioned(t) => Some(t),
+            Event::Transitioned(t) => Some(*t),
             _ => None,
         }));
     };

@@ -31,7 +31,7 @@ fn samples() -> Vec<(&'static str, Event)> {
         ),
         (
             "transition.v1.msgpack",
-            Event::Transitioned(Transition {
+            Event::Transitioned(Box::new(Transition {
                 at_ms: 1_764_000_000_500,
                 from: State::Closed,
                 to: State::Open,
@@ -47,11 +47,11 @@ fn samples() -> Vec<(&'static str, Event)> {
                     ..Evidence::default()
                 },
                 open_until_ms: Some(1_764_000_120_500),
-            }),
+            })),
         ),
         (
             "policy_applied.v1.msgpack",
-            Event::PolicyApplied(PolicyApplied {
+            Event::PolicyApplied(Box::new(PolicyApplied {
                 at_ms: 1_764_000_000_000,
                 policy: Policy {
                     trip: TripRule::FailureRate {
@@ -78,7 +78,7 @@ fn samples() -> Vec<(&'static str, Event)> {
                     half_open_requests: 3,
                     success_threshold: 2,
                 },
-            }),
+            })),
         ),
     ]
 }

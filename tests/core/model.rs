@@ -21,8 +21,8 @@
 //!   with bytes flipped).
 //! - `time_running_backwards_never_panics`, `open_ms_formula`, and a few fixed cases.
 //!
-//! One known disagreement between docs/core.md and the code is pinned by an ignored test:
-//! `same_shaped_trip_window_survives_a_change_of_rule_kind` (see `TRIP_WINDOW_SURVIVES_RULE_CHANGE`).
+//! `same_shaped_trip_window_survives_a_change_of_rule_kind` pins the one disagreement this model
+//! found between docs/core.md and the code (since fixed in the code).
 
 use breakerbox::breaker::codec;
 use breakerbox::breaker::{
@@ -154,11 +154,9 @@ fn trip_window_of(trip: &TripRule) -> Option<SlidingWindow> {
     }
 }
 
-/// docs/core.md: "A window of the same shape is kept". Read literally, a failure-count rule
-/// replaced by a failure-rate rule over the same time window keeps that window (`true`). The code
-/// empties the trip window whenever the trip rule changes kind, so the model follows the code
-/// (`false`) until that is settled; see `same_shaped_trip_window_survives_a_change_of_rule_kind`.
-const TRIP_WINDOW_SURVIVES_RULE_CHANGE: bool = false;
+/// docs/core.md: "A window of the same shape is kept", also when the trip rule changes kind (a
+/// failure-count rule replaced by a failure-rate rule over the same time window keeps it).
+const TRIP_WINDOW_SURVIVES_RULE_CHANGE: bool = true;
 
 /// Where a window that saw `calls[since..len]` starts after re-shaping from `old` to `new`.
 fn reshaped(old: SlidingWindow, new: SlidingWindow, since: usize, len: usize) -> usize {
@@ -1046,13 +1044,10 @@ fn the_same_replay_law_with_a_fixed_seed() {
     run_checking_replay(policy, 0, &steps, 17, &[]).unwrap();
 }
 
-/// docs/core.md, "Policy changes": "A window of the same shape is kept". The implementation
-/// keeps the trip window only when the trip rule keeps its kind (`same_rule_kind` in
-/// `Breaker::apply`), so a failure-rate rule replaced by a failure-count rule over the very same
-/// time window starts empty. Ignored until the spec or the code is settled; the model follows the
-/// code meanwhile (`TRIP_WINDOW_SURVIVES_RULE_CHANGE`).
+/// docs/core.md, "Policy changes": "A window of the same shape is kept" — even when the trip rule
+/// changes kind: a failure-rate rule replaced by a failure-count rule over the very same time
+/// window keeps its calls. (The first implementation emptied it; this model found that.)
 #[test]
-#[ignore = "spec/implementation disagreement: trip window across a change of trip-rule kind"]
 fn same_shaped_trip_window_survives_a_change_of_rule_kind() {
     let window = SlidingWindow::Time {
         window_ms: 100,
