@@ -21,6 +21,8 @@ CREATE TABLE events (
 -- Replay and health of one breaker over time; audit and metrics by kind over time.
 CREATE INDEX events_by_stream_time ON events (stream, recorded_at);
 CREATE INDEX events_by_type_time ON events (event_type, recorded_at);
+-- Latest snapshot of a stream (recovery, retention).
+CREATE INDEX events_by_stream_type ON events (stream, event_type, seq);
 
 -- The compaction watermark: call batches recorded before it have been folded into summaries.
 CREATE TABLE retention (
@@ -43,9 +45,13 @@ END;
 
 -- Needs PRAGMA recursive_triggers=ON on every connection: without it, REPLACE and
 -- INSERT OR REPLACE delete the conflicting row without firing this trigger.
+-- The one exception (retention): a call batch recorded before the compaction watermark AND
+-- before its stream's latest snapshot, so recovery (which starts at that snapshot) never needs it.
 CREATE TRIGGER events_no_delete BEFORE DELETE ON events
 WHEN OLD.event_type <> 'call_batch'
   OR OLD.recorded_at >= (SELECT compacted_before FROM retention WHERE id = 1)
+  OR OLD.seq >= COALESCE(
+       (SELECT MAX(seq) FROM events WHERE stream = OLD.stream AND event_type = 'snapshot'), 0)
 BEGIN
     SELECT RAISE(ABORT, 'events are append-only: only compacted call batches may be deleted');
 END;

@@ -370,3 +370,58 @@ fn config_shows_each_value_with_its_source_and_check_validates() {
     assert!(String::from_utf8_lossy(&via_env.stderr).contains("env CIRCUIT_BREAKER_CONFIG"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn compact_runs_on_a_log_and_refuses_while_a_server_owns_it() {
+    use breakerbox::breaker::{Breaker, Decision, Outcome, Policy};
+    use breakerbox::journal::{Body, Journal, JournalOptions};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("log.db");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let journal = rt.block_on(async {
+        let j = Journal::open(&db, JournalOptions::default()).await.unwrap();
+        let stream: Arc<str> = Arc::from("stripe");
+        let mut b = Breaker::new(Policy::consecutive(5, 1_000)).unwrap();
+        let mut events = Vec::new();
+        // Calls a day old, then a snapshot: all of them may be compacted.
+        let day_ago = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            - 86_400_000;
+        for t in 0..500 {
+            if let Decision::Permit(p) = b.acquire(day_ago + t, &mut events) {
+                b.complete(day_ago + t, p, Outcome::Success, &mut events);
+            }
+        }
+        for e in events {
+            j.submit(&stream, Body::Breaker(e));
+        }
+        j.submit(
+            &stream,
+            Body::Snapshot {
+                at_ms: day_ago + 500,
+                breaker: Box::new(b),
+            },
+        );
+        j.flush().await.unwrap();
+        j
+    });
+    let db_arg = db.to_str().unwrap();
+    // A running server holds the lease: compact leaves the log to it.
+    rt.block_on(journal.acquire_lease("serve pid 1", std::time::Duration::from_secs(30)))
+        .unwrap();
+    let out = breakerbox(&["compact", "--db", db_arg, "--horizon", "1h"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("serve pid 1"));
+    rt.block_on(journal.close());
+    let out = breakerbox(&["compact", "--db", db_arg, "--horizon", "1h", "--json"], "");
+    let lines = json_lines(&out);
+    assert_eq!(lines[0]["calls"], 500);
+    assert!(lines[0]["summaries"].as_u64().unwrap() >= 1);
+    fails_with(&["compact", "--db", db_arg, "--horizon", "soon"], "", "soon");
+}

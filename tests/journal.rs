@@ -477,3 +477,329 @@ async fn a_corrupt_file_is_refused_never_repaired() {
         );
     }
 }
+
+#[tokio::test]
+async fn compaction_folds_old_calls_into_minute_summaries_and_keeps_everything_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let journal = Journal::open(&path, opts()).await.unwrap();
+    let (stripe, calcom): (Arc<str>, Arc<str>) = (Arc::from("stripe"), Arc::from("calcom"));
+    let policy = Policy::consecutive(4, 30_000);
+    let mut b = Breaker::new(policy.clone()).unwrap();
+    let mut other = Breaker::new(policy.clone()).unwrap();
+    let base: u64 = 1_764_000_000_000 / 60_000 * 60_000;
+    let mut calls_before_snapshot = 0u64;
+    // 20 minutes of calls, some failures that open the breaker now and then.
+    for i in 0..2_000u64 {
+        let t = base + i * 600;
+        let outcome = if i % 9 < 4 { Outcome::Failure } else { Outcome::Success };
+        let (events, _) = drive(&journal, &stripe, &mut b, t, outcome);
+        drive(&journal, &calcom, &mut other, t, outcome);
+        if t < base + 12 * 60_000 {
+            calls_before_snapshot += events.iter().filter(|e| matches!(e, Event::CallRecorded(_))).count() as u64;
+        }
+        if i == 1_200 {
+            // The owner writes a snapshot at minute 12 (calcom never gets one).
+            journal.submit(
+                &stripe,
+                Body::Snapshot {
+                    at_ms: t,
+                    breaker: Box::new(b.clone()),
+                },
+            );
+        }
+    }
+    journal.flush().await.unwrap();
+    let before = all_events(&journal).await;
+    // Keep 8 minutes: compact everything recorded before minute 12 (now = minute 20).
+    let report = journal.compact(8 * 60_000, base + 20 * 60_000).await.unwrap();
+    assert_eq!(report.compacted_before_ms, (base + 12 * 60_000) as i64);
+    assert_eq!(
+        report.streams_without_snapshot,
+        ["calcom"],
+        "no snapshot: recovery still needs its calls"
+    );
+    assert!(report.batches > 0 && report.summaries > 0);
+    assert_eq!(
+        report.calls, calls_before_snapshot,
+        "every compacted call is in a summary"
+    );
+    let after = all_events(&journal).await;
+    // Everything that is not a compacted call batch is still there, untouched.
+    let kept: Vec<&StoredEvent> = before
+        .iter()
+        .filter(|e| {
+            !(e.stream == "stripe" && e.event_type == "call_batch" && (e.recorded_at as u64) < base + 12 * 60_000)
+        })
+        .collect();
+    for e in &kept {
+        assert!(
+            after.contains(e),
+            "{} {} at {} was removed",
+            e.stream,
+            e.event_type,
+            e.position
+        );
+    }
+    assert!(after.len() < before.len());
+    // The summaries account for each minute exactly.
+    let mut summarized = 0u64;
+    for e in after.iter().filter(|e| e.event_type == "call_summary") {
+        let Decoded::Summary(s) = decode(e).unwrap() else {
+            panic!()
+        };
+        for m in &s.minutes {
+            assert_eq!(m.latency_buckets.iter().map(|&c| u64::from(c)).sum::<u64>(), m.calls());
+            summarized += m.calls();
+        }
+    }
+    assert_eq!(summarized, calls_before_snapshot);
+    // The breakers still recover exactly, and the log's seqs stay contiguous.
+    assert_eq!(journal.recover("stripe", policy.clone()).await.unwrap().breaker, b);
+    assert_eq!(journal.recover("calcom", policy.clone()).await.unwrap().breaker, other);
+    drive(&journal, &stripe, &mut b, base + 21 * 60_000, Outcome::Success);
+    journal.flush().await.unwrap();
+    assert_eq!(journal.recover("stripe", policy).await.unwrap().breaker, b);
+    // Running it again changes nothing; the watermark never moves back.
+    let again = journal.compact(8 * 60_000, base + 20 * 60_000).await.unwrap();
+    assert_eq!((again.batches, again.summaries), (0, 0));
+    let mut conn = admin(&path).await;
+    assert!(
+        sqlx::query("UPDATE retention SET compacted_before = 0")
+            .execute(&mut conn)
+            .await
+            .is_err()
+    );
+    // A batch after the snapshot, or newer than the watermark, can't be deleted by hand either.
+    assert!(
+        sqlx::query("DELETE FROM events WHERE event_type = 'call_batch'")
+            .execute(&mut conn)
+            .await
+            .is_err()
+    );
+    conn.close().await.unwrap();
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn one_process_holds_the_writer_lease_and_keeps_it_while_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let serve = Journal::open(&path, opts()).await.unwrap();
+    let cli = Journal::open(&path, opts()).await.unwrap();
+    let ttl = Duration::from_millis(300);
+    assert_eq!(serve.lease().await.unwrap(), None);
+    assert_eq!(serve.acquire_lease("serve", ttl).await.unwrap().holder, "serve");
+    assert_eq!(
+        cli.acquire_lease("cli", ttl).await.unwrap().holder,
+        "serve",
+        "held: not taken"
+    );
+    // An idle holder keeps renewing: well past the ttl it still holds it.
+    tokio::time::sleep(ttl * 3).await;
+    let lease = cli.acquire_lease("cli", ttl).await.unwrap();
+    assert_eq!(lease.holder, "serve");
+    // A clean shutdown gives it up.
+    serve.close().await;
+    assert_eq!(cli.lease().await.unwrap(), None);
+    assert_eq!(cli.acquire_lease("cli", ttl).await.unwrap().holder, "cli");
+    cli.close().await;
+    // A holder that died without releasing is taken over once its lease has expired.
+    let mut conn = admin(&path).await;
+    sqlx::query("INSERT INTO writer_lease (id, holder, renewed_at) VALUES (1, 'dead', 0)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let next = Journal::open(&path, opts()).await.unwrap();
+    assert_eq!(next.acquire_lease("next", ttl).await.unwrap().holder, "next");
+    next.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Crash test: SIGKILL a writer at a random instant, then check what the file holds.
+
+const CHILD_ENV: &str = "BREAKERBOX_CRASH_CHILD_DB";
+const STREAMS: [&str; 3] = ["calcom", "retell", "stripe"];
+
+fn crash_policy() -> Policy {
+    Policy::consecutive(3, 20)
+}
+
+/// Not a test on its own: the crash test runs this test binary again with `CHILD_ENV` set, and
+/// this entry becomes the child that writes until it is killed. Without the variable it returns.
+#[test]
+fn crash_child_process_entry() {
+    let Ok(path) = std::env::var(CHILD_ENV) else { return };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let journal = Journal::open(
+            Path::new(&path),
+            JournalOptions {
+                flush_interval: Duration::from_millis(1),
+                ..JournalOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let streams: Vec<Arc<str>> = STREAMS.iter().map(|s| Arc::from(*s)).collect();
+        let mut breakers = Vec::new();
+        let mut counts = Vec::new();
+        for s in STREAMS {
+            // A restart, as the real process does it: state comes back from the log.
+            let r = journal.recover(s, crash_policy()).await.unwrap();
+            breakers.push(r.breaker);
+            counts.push(r.folded);
+        }
+        let mut t: u64 = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let mut x = t ^ u64::from(std::process::id());
+        loop {
+            let mut last = None;
+            for _ in 0..200 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let i = (x % 3) as usize;
+                let outcome = if x % 5 < 2 { Outcome::Failure } else { Outcome::Success };
+                t += 1;
+                let (events, ticket) = drive(&journal, &streams[i], &mut breakers[i], t, outcome);
+                counts[i] += events.len() as u64;
+                last = ticket.or(last);
+            }
+            journal.durable(last.unwrap()).await.unwrap();
+            // Acknowledged: the state after exactly `count` events of the stream is durable.
+            for i in 0..3 {
+                println!(
+                    "ACK {} {} {}",
+                    STREAMS[i],
+                    counts[i],
+                    serde_json::to_string(&breakers[i]).unwrap()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+}
+
+#[test]
+fn no_acknowledged_event_is_lost_or_torn_when_the_writer_is_killed() {
+    use std::io::BufRead;
+    use std::process::{Command as Process, Stdio};
+    let cycles: usize = std::env::var("BREAKERBOX_CRASH_CYCLES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(100);
+    let seed: u64 = std::env::var("BREAKERBOX_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("crash test: {cycles} cycles, BREAKERBOX_CRASH_SEED={seed}");
+    let mut rng = seed | 1;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for cycle in 0..cycles {
+        // A new file every 10 cycles; in between, each child continues the log the last one left.
+        let path = dir.path().join(format!("crash-{}.db", cycle / 10));
+        let mut child = Process::new(std::env::current_exe().unwrap())
+            .args([
+                "crash_child_process_entry",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, &path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Wait for the first acknowledgement, then kill at a random instant within 200 ms.
+        let first = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the child acknowledges writes");
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_micros(rng % 200_000));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        reader.join().unwrap();
+        let mut acked: std::collections::HashMap<String, (u64, String)> = std::collections::HashMap::new();
+        for line in std::iter::once(first).chain(rx.try_iter()) {
+            let mut parts = line.splitn(4, ' ');
+            if parts.next() != Some("ACK") {
+                continue;
+            }
+            let (Some(stream), Some(count), Some(state)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            acked.insert(stream.to_owned(), (count.parse().unwrap(), state.to_owned()));
+        }
+        let context = format!("cycle {cycle}, BREAKERBOX_CRASH_SEED={seed}");
+        rt.block_on(async {
+            let journal = Journal::open(&path, opts())
+                .await
+                .unwrap_or_else(|e| panic!("{context}: reopen: {e}"));
+            let stored = all_events(&journal).await;
+            assert!(
+                stored.windows(2).all(|w| w[0].position < w[1].position),
+                "{context}: positions increase"
+            );
+            for e in &stored {
+                decode(e).unwrap_or_else(|err| panic!("{context}: event {} does not decode: {err}", e.position));
+            }
+            let mut conn = admin(&path).await;
+            let (check,): (String,) = sqlx::query_as("PRAGMA integrity_check")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(check, "ok", "{context}");
+            conn.close().await.unwrap();
+            for (stream, (count, state)) in &acked {
+                let events = core_events(&stored, stream);
+                assert!(
+                    events.len() as u64 >= *count,
+                    "{context}: {stream}: {count} acknowledged, {} stored",
+                    events.len()
+                );
+                let mut folded = Breaker::new(crash_policy()).unwrap();
+                for e in &events[..*count as usize] {
+                    folded.apply(e);
+                }
+                assert_eq!(
+                    &serde_json::to_string(&folded).unwrap(),
+                    state,
+                    "{context}: {stream} at its last ack"
+                );
+                let recovered = journal.recover(stream, crash_policy()).await.unwrap().breaker;
+                let mut all = Breaker::new(crash_policy()).unwrap();
+                events.iter().for_each(|e| all.apply(e));
+                assert_eq!(recovered, all, "{context}: {stream}: recovery folds everything stored");
+            }
+            journal.close().await;
+        });
+    }
+}

@@ -1,5 +1,6 @@
 //! The `breakerbox` command line: parsing and rendering only; the work is in the library.
 
+mod compact;
 mod config;
 mod policy_args;
 mod simulate;
@@ -28,12 +29,45 @@ pub struct Global {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The event log (SQLite file).
+    #[arg(long, global = true, value_name = "PATH", default_value = "breakerbox.db")]
+    pub db: PathBuf,
+}
+
+impl Global {
+    /// The `--db` file, which must exist (commands that read history never create one).
+    pub fn existing_db(&self) -> Result<PathBuf, CliError> {
+        if self.db.is_file() {
+            Ok(self.db.clone())
+        } else {
+            Err(CliError::BadInput(format!(
+                "no event log at {}: pass --db PATH of an existing breakerbox database",
+                self.db.display()
+            )))
+        }
+    }
+}
+
+/// A runtime for the commands that talk to the event log.
+pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Runtime(format!("starting the runtime: {e}")))
+}
+
+/// Who this process is, for leases and the audit trail: `ROLE pid N as USER@HOST`.
+pub fn holder(role: &str) -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname").map_or_else(|_| "localhost".into(), |h| h.trim().to_owned());
+    format!("{role} pid {} as {user}@{host}", std::process::id())
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     Simulate(simulate::Args),
     Config(config::Args),
+    Compact(compact::Args),
 }
 
 /// Why a command failed, and so its exit code.
@@ -73,5 +107,6 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Simulate(args) => simulate::run(args, &cli.global),
         Command::Config(args) => config::run(args, &cli.global),
+        Command::Compact(args) => compact::run(args, &cli.global),
     }
 }

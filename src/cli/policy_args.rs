@@ -4,10 +4,9 @@
 use breakerbox::config::{BreakerConfig, Config, Knobs, Millis, Source, Sourced};
 use breakerbox::duration::parse_ms;
 
-// Flags that only mean something with another one are refused without it, never ignored.
+// Flags that only mean something with another one (e.g. --window without a rate rule) are
+// refused by the knob layer, which names the flag; never ignored.
 #[derive(Debug, clap::Args)]
-#[command(group = clap::ArgGroup::new("rate_rules").args(["failure_rate", "slow_call_duration"]).multiple(true))]
-#[command(group = clap::ArgGroup::new("time_windows").args(["failure_window", "window"]).multiple(true))]
 pub struct PolicyArgs {
     /// Use this service's effective policy (config file plus environment); flags override it.
     #[arg(long, value_name = "NAME")]
@@ -31,22 +30,22 @@ pub struct PolicyArgs {
     #[arg(long, value_name = "PCT")]
     failure_rate: Option<f64>,
     /// Count-based window for the rate rules: the last N calls [default: 100].
-    #[arg(long, value_name = "N", conflicts_with = "window", requires = "rate_rules")]
+    #[arg(long, value_name = "N", conflicts_with = "window")]
     window_calls: Option<u32>,
     /// Time-based window for the rate rules.
-    #[arg(long, value_name = "DUR", value_parser = parse_ms, requires = "rate_rules")]
+    #[arg(long, value_name = "DUR", value_parser = parse_ms)]
     window: Option<u64>,
     /// Buckets of a time-based window (its granularity is window / buckets) [default: 10].
-    #[arg(long, value_name = "N", requires = "time_windows")]
+    #[arg(long, value_name = "N")]
     window_buckets: Option<u32>,
     /// Calls the window must hold before a rate is judged [default: 10, or the window size if smaller].
-    #[arg(long, value_name = "N", requires = "rate_rules")]
+    #[arg(long, value_name = "N")]
     minimum_calls: Option<u32>,
     /// Calls at least this slow count as slow.
     #[arg(long, value_name = "DUR", value_parser = parse_ms)]
     slow_call_duration: Option<u64>,
     /// Open when this percentage of the calls in the window were slow [default: 100].
-    #[arg(long, value_name = "PCT", requires = "slow_call_duration")]
+    #[arg(long, value_name = "PCT")]
     slow_call_rate: Option<f64>,
     /// Multiply the OPEN period by this for each re-open without a close in between [default: 1].
     #[arg(long, value_name = "F")]

@@ -76,7 +76,7 @@ impl PolicySource<'_> {
         knobs.overlay(&self.flags);
         knobs
             .policy()
-            .map_err(|e| CliError::BadInput(format!("invalid policy: {}: {} = {}", e.source, e.key, e.message)))
+            .map_err(|e| CliError::BadInput(format!("invalid policy: {e}")))
     }
 
     fn scheduled(&self) -> bool {

@@ -316,15 +316,25 @@ impl Knobs {
         let v = |o: &Option<Sourced<u32>>, d: u32| o.as_ref().map_or(d, |s| s.value);
         let ms = |o: &Option<Sourced<Millis>>| o.as_ref().map(|s| s.value.0);
         let rate_rule = self.failure_rate.is_some() || self.slow_call_duration.is_some();
-        if !rate_rule {
-            for key in RATE_ONLY {
-                if let Some(source) = self.source_of(key) {
-                    return Err(KnobError {
-                        key,
-                        source: source.clone(),
-                        message: "only applies with failure_rate or slow_call_duration".to_owned(),
-                    });
-                }
+        let time_window = self.window.is_some() || self.failure_window.is_some();
+        let needs: [(&'static str, bool, &str); 5] = [
+            (RATE_ONLY[0], rate_rule, "failure_rate or slow_call_duration"),
+            (RATE_ONLY[1], rate_rule, "failure_rate or slow_call_duration"),
+            (RATE_ONLY[2], rate_rule, "failure_rate or slow_call_duration"),
+            ("window_buckets", time_window, "window or failure_window"),
+            (
+                "slow_call_rate",
+                self.slow_call_duration.is_some(),
+                "slow_call_duration",
+            ),
+        ];
+        for (key, ok, with) in needs {
+            if let (false, Some(source)) = (ok, self.source_of(key)) {
+                return Err(KnobError {
+                    key,
+                    source: source.clone(),
+                    message: format!("only applies with {with}"),
+                });
             }
         }
         if let (Some(rate), Some(window)) = (&self.failure_rate, &self.failure_window) {
@@ -394,7 +404,7 @@ impl Knobs {
         KnobError {
             key: e.field,
             source,
-            message: format!("{} {}", e.value, e.problem),
+            message: format!("= {} {}", e.value, e.problem),
         }
     }
 }
@@ -406,6 +416,12 @@ pub struct KnobError {
     pub key: &'static str,
     /// Where its value came from.
     pub source: Source,
-    /// What is wrong.
+    /// What is wrong, to follow the key (`= 0 must be at least 1`, `only applies with …`).
     pub message: String,
+}
+
+impl fmt::Display for KnobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} {}", self.source, self.key, self.message)
+    }
 }

@@ -397,7 +397,7 @@ impl Config {
             let during = during.map_or(String::new(), |s| format!(" (while schedule {:?} is active)", s.name));
             problems.push(Problem {
                 location: e.source.to_string(),
-                message: format!("{key}: {} = {}{during}", e.key, e.message),
+                message: format!("{key}: {} {}{during}", e.key, e.message),
             });
         };
         let knobs = fold(None);

@@ -37,9 +37,12 @@ mod store;
 mod writer;
 
 pub use record::{
-    Body, CALL_BATCH, CallBatch, Decoded, GAP, Gap, JOURNAL_STREAM, Record, Row, SNAPSHOT, StoredEvent, VERSION, decode,
+    Body, CALL_BATCH, CALL_SUMMARY, CallBatch, CallSummary, Decoded, GAP, Gap, JOURNAL_STREAM, LATENCY_BOUNDS_MS,
+    MinuteSummary, Record, Row, SNAPSHOT, StoredEvent, VERSION, decode,
 };
-pub use store::{Durability, StoreError, connect_options};
+pub use store::{
+    CompactReport, Durability, Lease, LogReader, LogWriter, SqliteReader, SqliteWriter, StoreError, connect_options,
+};
 pub use writer::{ERROR_KINDS, Progress, Stats, WriterLimits};
 
 use crate::breaker::codec::DecodeError;
@@ -129,7 +132,7 @@ pub struct Recovered {
 /// The event log. Cheap to share behind an `Arc`; `submit` is callable from any thread.
 pub struct Journal {
     shared: Arc<writer::Shared>,
-    readers: SqlitePool,
+    readers: SqliteReader,
     path: PathBuf,
     thread: Mutex<Option<std::thread::JoinHandle<Result<(), StoreError>>>>,
 }
@@ -160,13 +163,13 @@ impl Journal {
                     .map_err(|e| StoreError::Io(format!("starting the journal runtime: {e}")))?;
                 rt.block_on(async move {
                     let mut conn = match store::open_writer(&thread_path, durability, busy).await {
-                        Ok(c) => c,
+                        Ok(c) => SqliteWriter(c),
                         Err(e) => {
                             let _ = opened_tx.send(Err(e));
                             return Ok(());
                         }
                     };
-                    let position = match store::last_position_conn(&mut conn).await {
+                    let position = match conn.last_position().await {
                         Ok(p) => p,
                         Err(e) => {
                             let _ = opened_tx.send(Err(e));
@@ -178,8 +181,8 @@ impl Journal {
                     if opened_tx.send(Ok(shared.clone())).is_err() {
                         return Ok(());
                     }
-                    let conn = writer::Writer::new(shared, conn).run().await;
-                    store::close(conn).await
+                    let store = writer::Writer::new(shared, conn).run().await;
+                    store.close().await
                 })
             })
             .map_err(|e| StoreError::Io(format!("starting the journal thread: {e}")))?;
@@ -196,8 +199,9 @@ impl Journal {
                 });
             }
         };
-        let readers =
-            store::open_readers(path, options.durability, options.busy_timeout, options.readers.max(1)).await?;
+        let readers = SqliteReader(
+            store::open_readers(path, options.durability, options.busy_timeout, options.readers.max(1)).await?,
+        );
         Ok(Journal {
             shared,
             readers,
@@ -257,7 +261,7 @@ impl Journal {
 
     /// The readers' pool, for read-only queries of projections (it cannot write).
     pub fn pool(&self) -> &SqlitePool {
-        &self.readers
+        &self.readers.0
     }
 
     /// Counters for metrics.
@@ -267,12 +271,12 @@ impl Journal {
 
     /// A stream's events with `seq > after_seq`, at most `limit`, in order.
     pub async fn read_stream(&self, stream: &str, after_seq: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
-        store::read_stream(&self.readers, stream, after_seq, limit).await
+        self.readers.read_stream(stream, after_seq, limit).await
     }
 
     /// Events after a log position, at most `limit`, in log order.
     pub async fn read_after(&self, position: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
-        store::read_after(&self.readers, position, limit).await
+        self.readers.read_after(position, limit).await
     }
 
     /// Events of some types (all when empty) recorded in `[from_ms, to_ms)` after a position.
@@ -284,12 +288,12 @@ impl Journal {
         after: i64,
         limit: u32,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        store::read_range(&self.readers, types, from_ms, to_ms, after, limit).await
+        self.readers.read_range(types, from_ms, to_ms, after, limit).await
     }
 
     /// The last position in the file, whoever wrote it (other processes included).
     pub async fn last_position(&self) -> Result<i64, StoreError> {
-        store::last_position(&self.readers).await
+        self.readers.last_position().await
     }
 
     /// Waits until the log holds events after `position`, written by this process or another,
@@ -314,7 +318,7 @@ impl Journal {
     /// Rebuilds a breaker from its latest snapshot and the events after it; a stream with no
     /// events gives a fresh breaker with `policy`. A malformed event is an error, never skipped.
     pub async fn recover(&self, stream: &str, policy: Policy) -> Result<Recovered, JournalError> {
-        let snapshot = store::latest_of_type(&self.readers, stream, SNAPSHOT).await?;
+        let snapshot = self.readers.latest_of_type(stream, SNAPSHOT).await?;
         let (mut breaker, mut after, snapshot_seq) = match &snapshot {
             Some(s) => match decode(s).map_err(|source| JournalError::Decode {
                 position: s.position,
@@ -327,7 +331,7 @@ impl Journal {
         };
         let mut folded = 0;
         loop {
-            let page = store::read_stream(&self.readers, stream, after, 5_000).await?;
+            let page = self.readers.read_stream(stream, after, 5_000).await?;
             let Some(last) = page.last() else { break };
             after = last.seq;
             for e in &page {
@@ -341,7 +345,7 @@ impl Journal {
                         }
                         folded += events.len() as u64;
                     }
-                    Decoded::Snapshot(_) | Decoded::Gap(_) | Decoded::Other => {}
+                    Decoded::Snapshot(_) | Decoded::Gap(_) | Decoded::Summary(_) | Decoded::Other => {}
                 }
             }
         }
@@ -351,6 +355,36 @@ impl Journal {
             folded,
             snapshot_seq,
         })
+    }
+
+    /// Retention: folds call batches recorded more than `horizon_ms` before `now_ms` (rounded
+    /// down to a minute) into per-minute `call_summary` events and deletes them, in one
+    /// transaction. Only batches before their stream's latest snapshot go (recovery starts
+    /// there); transitions, commands, policy changes, alerts and snapshots are kept forever.
+    pub async fn compact(&self, horizon_ms: u64, now_ms: u64) -> Result<CompactReport, JournalError> {
+        let watermark = (now_ms.saturating_sub(horizon_ms) / 60_000 * 60_000).min(i64::MAX as u64) as i64;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.shared.request(writer::Request::Compact { watermark, reply });
+        Ok(answer.await.map_err(|_| JournalError::Closed)??)
+    }
+
+    /// Takes the writer lease for `holder` and keeps renewing it (every `ttl / 3`) until
+    /// [`Journal::close`], unless another holder renewed it within `ttl`. Returns the lease as it
+    /// stands: compare its `holder` with yours. Only the holder writes breaker streams; another
+    /// process sends operator commands through the log instead.
+    pub async fn acquire_lease(&self, holder: &str, ttl: Duration) -> Result<Lease, JournalError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.shared.request(writer::Request::Lease {
+            holder: holder.to_owned(),
+            ttl,
+            reply,
+        });
+        Ok(answer.await.map_err(|_| JournalError::Closed)??)
+    }
+
+    /// The lease as it stands in the file (any process's), or `None` if nobody holds it.
+    pub async fn lease(&self) -> Result<Option<Lease>, JournalError> {
+        Ok(self.readers.lease().await?)
     }
 
     /// Writes what is buffered, checkpoints the WAL and stops the writer. Bounded: with a
@@ -364,7 +398,7 @@ impl Journal {
                 tracing::warn!(error = %e, "closing the event log");
             }
         }
-        self.readers.close().await;
+        self.readers.0.close().await;
     }
 }
 

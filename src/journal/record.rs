@@ -208,6 +208,8 @@ pub enum Decoded {
     Snapshot(Box<Breaker>),
     /// A gap.
     Gap(Gap),
+    /// Per-minute summaries of compacted calls (the calls themselves are gone).
+    Summary(CallSummary),
     /// A type of a layer above the journal: decode it there.
     Other,
 }
@@ -220,7 +222,7 @@ pub fn decode(e: &StoredEvent) -> Result<Decoded, DecodeError> {
         source,
     };
     match e.event_type.as_str() {
-        CALL_BATCH | SNAPSHOT | GAP if e.event_version != VERSION => Err(DecodeError::UnknownVersion {
+        CALL_BATCH | SNAPSHOT | GAP | CALL_SUMMARY if e.event_version != VERSION => Err(DecodeError::UnknownVersion {
             event_type: e.event_type.clone(),
             event_version: e.event_version,
         }),
@@ -235,7 +237,74 @@ pub fn decode(e: &StoredEvent) -> Result<Decoded, DecodeError> {
             rmp_serde::from_slice(&e.payload).map_err(malformed)?,
         ))),
         GAP => Ok(Decoded::Gap(rmp_serde::from_slice(&e.payload).map_err(malformed)?)),
+        CALL_SUMMARY => Ok(Decoded::Summary(rmp_serde::from_slice(&e.payload).map_err(malformed)?)),
         t if codec::is_core_type(t) => Ok(Decoded::Breaker(vec![codec::decode(t, e.event_version, &e.payload)?])),
         _ => Ok(Decoded::Other),
     }
+}
+
+/// Event type of per-minute summaries of compacted call batches.
+pub const CALL_SUMMARY: &str = "call_summary";
+
+/// Upper bounds (ms, inclusive) of the latency histogram buckets; a last bucket takes the rest.
+/// Fixed, so histograms of any two minutes merge by adding.
+pub const LATENCY_BOUNDS_MS: [u32; 14] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 30_000];
+
+/// One minute of one stream's calls, folded from call batches by compaction.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MinuteSummary {
+    /// Start of the minute (Unix epoch ms).
+    pub minute_ms: u64,
+    /// Successful calls.
+    pub successes: u32,
+    /// Failed calls.
+    pub failures: u32,
+    /// Timed-out calls.
+    pub timeouts: u32,
+    /// Ignored calls.
+    pub ignored: u32,
+    /// Slow calls (any outcome).
+    pub slow: u32,
+    /// Calls from an earlier episode.
+    pub stale: u32,
+    /// Sum of latencies.
+    pub latency_total_ms: u64,
+    /// Largest latency.
+    pub latency_max_ms: u32,
+    /// Calls per latency bucket ([`LATENCY_BOUNDS_MS`], plus one for the rest).
+    pub latency_buckets: Vec<u32>,
+}
+
+impl MinuteSummary {
+    /// Adds one call.
+    pub fn add(&mut self, call: &CallRecorded) {
+        match call.outcome {
+            Outcome::Success => self.successes += 1,
+            Outcome::Failure => self.failures += 1,
+            Outcome::Timeout => self.timeouts += 1,
+            Outcome::Ignored => self.ignored += 1,
+        }
+        self.slow += u32::from(call.slow);
+        self.stale += u32::from(call.stale);
+        let latency = u32::try_from(call.latency_ms).unwrap_or(u32::MAX);
+        self.latency_total_ms += u64::from(latency);
+        self.latency_max_ms = self.latency_max_ms.max(latency);
+        if self.latency_buckets.is_empty() {
+            self.latency_buckets = vec![0; LATENCY_BOUNDS_MS.len() + 1];
+        }
+        let bucket = LATENCY_BOUNDS_MS.partition_point(|&b| b < latency);
+        self.latency_buckets[bucket] += 1;
+    }
+
+    /// All calls of the minute.
+    pub fn calls(&self) -> u64 {
+        u64::from(self.successes) + u64::from(self.failures) + u64::from(self.timeouts) + u64::from(self.ignored)
+    }
+}
+
+/// Summaries of one stream's compacted calls, one event per stream and hour.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallSummary {
+    /// The minutes, in order.
+    pub minutes: Vec<MinuteSummary>,
 }

@@ -377,3 +377,330 @@ pub(crate) async fn set_max_size(conn: &mut SqliteConnection, bytes: Option<u64>
     q.build().execute(&mut *conn).await.map_err(classify)?;
     Ok(())
 }
+
+/// What one compaction did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CompactReport {
+    /// The watermark before.
+    pub from_ms: i64,
+    /// The watermark after: call batches recorded before it (and before their stream's latest
+    /// snapshot) are now summaries.
+    pub compacted_before_ms: i64,
+    /// Call batches removed.
+    pub batches: u64,
+    /// Calls they held, now in summaries.
+    pub calls: u64,
+    /// Summary events written.
+    pub summaries: u64,
+    /// Streams whose batches were kept because they have no snapshot yet (recovery needs them).
+    pub streams_without_snapshot: Vec<String>,
+}
+
+/// Folds call batches before `watermark` (and before each stream's latest snapshot) into
+/// per-minute summaries, writes them, moves the watermark and deletes the batches — one
+/// transaction, so a crash leaves either everything before or everything after. `next_seq`
+/// gives each stream's next sequence number (the writer's, so seqs stay contiguous).
+pub(crate) async fn compact(
+    conn: &mut SqliteConnection,
+    watermark: i64,
+    seqs: &mut std::collections::HashMap<std::sync::Arc<str>, u64>,
+) -> Result<CompactReport, StoreError> {
+    use super::record::{CALL_SUMMARY, CallBatch, CallSummary, MinuteSummary, VERSION};
+    conn.execute("BEGIN IMMEDIATE").await.map_err(classify)?;
+    let result: Result<CompactReport, StoreError> = async {
+        let (old,): (i64,) = sqlx::query_as("SELECT compacted_before FROM retention WHERE id = 1")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(classify)?;
+        let mut report = CompactReport {
+            from_ms: old,
+            compacted_before_ms: old.max(watermark),
+            ..CompactReport::default()
+        };
+        if watermark <= old {
+            return Ok(report);
+        }
+        sqlx::query("UPDATE retention SET compacted_before = ? WHERE id = 1")
+            .bind(watermark)
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+        let streams: Vec<(String, Option<i64>)> = sqlx::query_as(
+            "SELECT b.stream, (SELECT MAX(s.seq) FROM events s WHERE s.stream = b.stream AND s.event_type = 'snapshot')
+             FROM (SELECT DISTINCT stream FROM events WHERE event_type = 'call_batch' AND recorded_at < ?) b",
+        )
+        .bind(watermark)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(classify)?;
+        let mut rows = Vec::new();
+        for (stream, snapshot) in streams {
+            let Some(snapshot) = snapshot else {
+                report.streams_without_snapshot.push(stream);
+                continue;
+            };
+            let batches: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+                "SELECT position, payload FROM events
+                 WHERE stream = ? AND event_type = 'call_batch' AND recorded_at < ? AND seq < ? ORDER BY seq",
+            )
+            .bind(&stream)
+            .bind(watermark)
+            .bind(snapshot)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(classify)?;
+            if batches.is_empty() {
+                continue;
+            }
+            let mut minutes: std::collections::BTreeMap<u64, MinuteSummary> = std::collections::BTreeMap::new();
+            for (position, payload) in &batches {
+                let batch: CallBatch = rmp_serde::from_slice(payload)
+                    .map_err(|e| StoreError::Io(format!("call batch at position {position} does not decode: {e}")))?;
+                for call in batch.iter() {
+                    let minute = call.at_ms / 60_000 * 60_000;
+                    minutes
+                        .entry(minute)
+                        .or_insert_with(|| MinuteSummary {
+                            minute_ms: minute,
+                            ..MinuteSummary::default()
+                        })
+                        .add(&call);
+                    report.calls += 1;
+                }
+            }
+            report.batches += batches.len() as u64;
+            let key: std::sync::Arc<str> = std::sync::Arc::from(stream.as_str());
+            let mut seq = match seqs.get(&key) {
+                Some(&s) => s,
+                None => last_seq(&mut *conn, &stream).await?,
+            };
+            // One event per stream and hour.
+            let mut hours: std::collections::BTreeMap<u64, CallSummary> = std::collections::BTreeMap::new();
+            for (minute, m) in minutes {
+                hours.entry(minute / 3_600_000 * 3_600_000).or_default().minutes.push(m);
+            }
+            for (hour, summary) in hours {
+                seq += 1;
+                rows.push(Row {
+                    stream: key.clone(),
+                    seq,
+                    event_type: CALL_SUMMARY,
+                    event_version: VERSION,
+                    recorded_at: hour,
+                    payload: rmp_serde::to_vec_named(&summary).expect("a summary always encodes"),
+                });
+            }
+            sqlx::query(
+                "DELETE FROM events WHERE stream = ? AND event_type = 'call_batch' AND recorded_at < ? AND seq < ?",
+            )
+            .bind(&stream)
+            .bind(watermark)
+            .bind(snapshot)
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?;
+            seqs.insert(key, seq);
+        }
+        report.summaries = rows.len() as u64;
+        if !rows.is_empty() {
+            append_in_transaction(conn, &rows).await?;
+        }
+        Ok(report)
+    }
+    .await;
+    match result {
+        Ok(report) => match conn.execute("COMMIT").await {
+            Ok(_) => Ok(report),
+            Err(e) => {
+                let _ = conn.execute("ROLLBACK").await;
+                Err(classify(e))
+            }
+        },
+        Err(e) => {
+            let _ = conn.execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+/// Who holds the writer lease, and when they last renewed it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Lease {
+    /// The holder (e.g. `serve pid 4242 on host`).
+    pub holder: String,
+    /// Last renewal, Unix epoch ms.
+    pub renewed_at_ms: i64,
+}
+
+/// Takes or renews the lease for `holder` unless another holder renewed it within `ttl_ms`.
+/// Returns the lease as it stands afterwards (ours if taken).
+pub(crate) async fn acquire_lease(
+    conn: &mut SqliteConnection,
+    holder: &str,
+    now_ms: i64,
+    ttl_ms: i64,
+) -> Result<Lease, StoreError> {
+    sqlx::query(
+        "INSERT INTO writer_lease (id, holder, renewed_at) VALUES (1, ?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, renewed_at = excluded.renewed_at
+         WHERE writer_lease.holder = excluded.holder OR writer_lease.renewed_at < ?2 - ?3",
+    )
+    .bind(holder)
+    .bind(now_ms)
+    .bind(ttl_ms)
+    .execute(&mut *conn)
+    .await
+    .map_err(classify)?;
+    let (holder, renewed_at_ms): (String, i64) =
+        sqlx::query_as("SELECT holder, renewed_at FROM writer_lease WHERE id = 1")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(classify)?;
+    Ok(Lease { holder, renewed_at_ms })
+}
+
+/// Gives the lease up if `holder` has it.
+pub(crate) async fn release_lease(conn: &mut SqliteConnection, holder: &str) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM writer_lease WHERE id = 1 AND holder = ?")
+        .bind(holder)
+        .execute(conn)
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
+/// The lease as it stands, if anyone took it.
+pub(crate) async fn lease(pool: &SqlitePool) -> Result<Option<Lease>, StoreError> {
+    let row: Option<(String, i64)> = sqlx::query_as("SELECT holder, renewed_at FROM writer_lease WHERE id = 1")
+        .fetch_optional(pool)
+        .await
+        .map_err(classify)?;
+    Ok(row.map(|(holder, renewed_at_ms)| Lease { holder, renewed_at_ms }))
+}
+
+/// The write side of a storage backend: what the single writer needs. SQLite implements it
+/// today ([`SqliteWriter`]); a PostgreSQL backend implements the same.
+pub trait LogWriter: Send + 'static {
+    /// Appends rows in one transaction; returns the last position.
+    fn append(&mut self, rows: &[Row]) -> impl Future<Output = Result<i64, StoreError>> + Send;
+    /// The highest seq of a stream (0 when empty).
+    fn last_seq(&mut self, stream: &str) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// The last position (0 when empty).
+    fn last_position(&mut self) -> impl Future<Output = Result<i64, StoreError>> + Send;
+    /// Retention; see [`crate::journal::Journal::compact`].
+    fn compact(
+        &mut self,
+        watermark: i64,
+        seqs: &mut std::collections::HashMap<std::sync::Arc<str>, u64>,
+    ) -> impl Future<Output = Result<CompactReport, StoreError>> + Send;
+    /// Takes or renews the writer lease.
+    fn acquire_lease(
+        &mut self,
+        holder: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> impl Future<Output = Result<Lease, StoreError>> + Send;
+    /// Gives the lease up.
+    fn release_lease(&mut self, holder: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Caps the store's size (None: no cap).
+    fn set_max_size(&mut self, bytes: Option<u64>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Closes cleanly.
+    fn close(self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The read side of a storage backend.
+pub trait LogReader: Send + Sync {
+    /// A stream's events after a seq.
+    fn read_stream(
+        &self,
+        stream: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<StoredEvent>, StoreError>> + Send;
+    /// Events after a position.
+    fn read_after(&self, after: i64, limit: u32) -> impl Future<Output = Result<Vec<StoredEvent>, StoreError>> + Send;
+    /// Events of some types in a time range, after a position.
+    fn read_range(
+        &self,
+        types: &[&str],
+        from_ms: i64,
+        to_ms: i64,
+        after: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<StoredEvent>, StoreError>> + Send;
+    /// The latest event of a type in a stream.
+    fn latest_of_type(
+        &self,
+        stream: &str,
+        event_type: &str,
+    ) -> impl Future<Output = Result<Option<StoredEvent>, StoreError>> + Send;
+    /// The last position.
+    fn last_position(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
+    /// The lease as it stands.
+    fn lease(&self) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send;
+}
+
+/// The SQLite write side: the one write connection.
+pub struct SqliteWriter(pub(crate) SqliteConnection);
+
+impl LogWriter for SqliteWriter {
+    async fn append(&mut self, rows: &[Row]) -> Result<i64, StoreError> {
+        append(&mut self.0, rows).await
+    }
+    async fn last_seq(&mut self, stream: &str) -> Result<u64, StoreError> {
+        last_seq(&mut self.0, stream).await
+    }
+    async fn last_position(&mut self) -> Result<i64, StoreError> {
+        last_position_conn(&mut self.0).await
+    }
+    async fn compact(
+        &mut self,
+        watermark: i64,
+        seqs: &mut std::collections::HashMap<std::sync::Arc<str>, u64>,
+    ) -> Result<CompactReport, StoreError> {
+        compact(&mut self.0, watermark, seqs).await
+    }
+    async fn acquire_lease(&mut self, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<Lease, StoreError> {
+        acquire_lease(&mut self.0, holder, now_ms, ttl_ms).await
+    }
+    async fn release_lease(&mut self, holder: &str) -> Result<(), StoreError> {
+        release_lease(&mut self.0, holder).await
+    }
+    async fn set_max_size(&mut self, bytes: Option<u64>) -> Result<(), StoreError> {
+        set_max_size(&mut self.0, bytes).await
+    }
+    async fn close(self) -> Result<(), StoreError> {
+        close(self.0).await
+    }
+}
+
+/// The SQLite read side: a read-only pool.
+pub struct SqliteReader(pub(crate) SqlitePool);
+
+impl LogReader for SqliteReader {
+    async fn read_stream(&self, stream: &str, after_seq: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+        read_stream(&self.0, stream, after_seq, limit).await
+    }
+    async fn read_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+        read_after(&self.0, after, limit).await
+    }
+    async fn read_range(
+        &self,
+        types: &[&str],
+        from_ms: i64,
+        to_ms: i64,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        read_range(&self.0, types, from_ms, to_ms, after, limit).await
+    }
+    async fn latest_of_type(&self, stream: &str, event_type: &str) -> Result<Option<StoredEvent>, StoreError> {
+        latest_of_type(&self.0, stream, event_type).await
+    }
+    async fn last_position(&self) -> Result<i64, StoreError> {
+        last_position(&self.0).await
+    }
+    async fn lease(&self) -> Result<Option<Lease>, StoreError> {
+        lease(&self.0).await
+    }
+}

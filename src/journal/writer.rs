@@ -7,9 +7,8 @@
 //! once the store recovers. The protected calls never wait on the disk.
 
 use super::record::{Body, CALL_BATCH, CallBatch, GAP, Gap, JOURNAL_STREAM, Record, Row, SNAPSHOT, VERSION};
-use super::store::{self, StoreError};
+use super::store::{self, LogWriter, StoreError};
 use crate::breaker::{Event, codec};
-use sqlx::SqliteConnection;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -70,8 +69,31 @@ pub struct Stats {
 /// Error kinds in the order of [`Stats::errors`].
 pub const ERROR_KINDS: [&str; 6] = ["busy", "full", "read_only", "io", "conflict", "corrupt"];
 
+/// Work for the writer other than appending (it owns the only write connection).
+pub(crate) enum Request {
+    /// Compact call batches recorded before the watermark (ms).
+    Compact {
+        watermark: i64,
+        reply: tokio::sync::oneshot::Sender<Result<store::CompactReport, StoreError>>,
+    },
+    /// Take the writer lease for `holder` (and keep renewing it), unless someone else holds it.
+    Lease {
+        holder: String,
+        ttl: Duration,
+        reply: tokio::sync::oneshot::Sender<Result<store::Lease, StoreError>>,
+    },
+}
+
+/// The lease this writer holds and keeps renewing.
+struct Held {
+    holder: String,
+    ttl: Duration,
+    renewed: Instant,
+}
+
 pub(crate) struct Shared {
     pending: Mutex<Pending>,
+    requests: Mutex<Vec<Request>>,
     /// Requested size cap: `u64::MAX` none; applied by the writer before its next commit.
     max_size: AtomicU64,
     max_size_applied: AtomicU64,
@@ -92,6 +114,7 @@ impl Shared {
     pub(crate) fn new(limits: WriterLimits, position: i64) -> Arc<Self> {
         Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
+            requests: Mutex::new(Vec::new()),
             max_size: AtomicU64::new(u64::MAX),
             max_size_applied: AtomicU64::new(u64::MAX),
             wake: Notify::new(),
@@ -151,6 +174,16 @@ impl Shared {
     pub(crate) fn set_max_size(&self, bytes: Option<u64>) {
         self.max_size.store(bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
         self.wake.notify_one();
+    }
+
+    pub(crate) fn request(&self, request: Request) {
+        self.requests.lock().unwrap_or_else(|e| e.into_inner()).push(request);
+        self.wake.notify_one();
+    }
+
+    fn take_request(&self) -> Option<Request> {
+        let mut r = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        (!r.is_empty()).then(|| r.remove(0))
     }
 
     pub(crate) fn close(&self) {
@@ -261,28 +294,30 @@ fn pack(records: &[(u64, Record)], gap: Option<&Gap>) -> Vec<Draft> {
     drafts
 }
 
-pub(crate) struct Writer {
+pub(crate) struct Writer<W: LogWriter> {
     pub shared: Arc<Shared>,
-    pub conn: SqliteConnection,
+    pub store: W,
     /// Last committed seq per stream (loaded on first sight).
     seqs: HashMap<Arc<str>, u64>,
     /// Streams another writer took: their records are dropped as gaps, never interleaved.
     fenced: HashMap<Arc<str>, u64>,
+    lease: Option<Held>,
 }
 
-impl Writer {
-    pub(crate) fn new(shared: Arc<Shared>, conn: SqliteConnection) -> Self {
+impl<W: LogWriter> Writer<W> {
+    pub(crate) fn new(shared: Arc<Shared>, store: W) -> Self {
         Writer {
             shared,
-            conn,
+            store,
             seqs: HashMap::new(),
             fenced: HashMap::new(),
+            lease: None,
         }
     }
 
     /// Runs until closed and drained (or, when closing with a failing store, for at most a few
     /// more attempts: what is still unwritten then is reported, not waited on forever).
-    pub(crate) async fn run(mut self) -> SqliteConnection {
+    pub(crate) async fn run(mut self) -> W {
         let limits = self.shared.limits;
         let mut failing: Option<StoreError> = None;
         let mut backoff = Duration::from_millis(10);
@@ -290,12 +325,23 @@ impl Writer {
         let mut inflight: Option<Taken> = None;
         loop {
             if inflight.is_none() {
+                if let Some(request) = self.shared.take_request() {
+                    self.serve(request).await;
+                    continue;
+                }
+                self.renew_lease().await;
                 let (work, urgent) = self.shared.has_work();
                 if !work {
                     if self.shared.closing.load(Ordering::Relaxed) {
                         break;
                     }
-                    self.shared.wake.notified().await;
+                    match &self.lease {
+                        // Wake up in time to renew the lease even when idle.
+                        Some(held) => {
+                            let _ = tokio::time::timeout(held.ttl / 3, self.shared.wake.notified()).await;
+                        }
+                        None => self.shared.wake.notified().await,
+                    }
                     continue;
                 }
                 if !urgent && !self.shared.closing.load(Ordering::Relaxed) {
@@ -362,13 +408,73 @@ impl Writer {
                 }
             }
         }
-        self.conn
+        if let Some(held) = self.lease.take() {
+            let _ = self.store.release_lease(&held.holder).await;
+        }
+        self.store
+    }
+
+    /// Renews the lease a third of its ttl after the last renewal. A failed renewal is retried
+    /// at the next turn; if another holder took it meanwhile (we were stalled past the ttl), we
+    /// stop claiming it and the stream conflict guard takes over.
+    async fn renew_lease(&mut self) {
+        let Some(held) = &self.lease else { return };
+        if held.renewed.elapsed() < held.ttl / 3 {
+            return;
+        }
+        let (holder, ttl) = (held.holder.clone(), held.ttl);
+        match self
+            .store
+            .acquire_lease(&holder, now_ms() as i64, ttl.as_millis() as i64)
+            .await
+        {
+            Ok(lease) if lease.holder == holder => {
+                if let Some(h) = &mut self.lease {
+                    h.renewed = Instant::now();
+                }
+            }
+            Ok(lease) => {
+                tracing::error!(holder = lease.holder, "the writer lease was taken by another process");
+                self.lease = None;
+            }
+            Err(e) => tracing::warn!(error = %e, "renewing the writer lease failed; retrying"),
+        }
+    }
+
+    async fn serve(&mut self, request: Request) {
+        match request {
+            Request::Lease { holder, ttl, reply } => {
+                let result = self
+                    .store
+                    .acquire_lease(&holder, now_ms() as i64, ttl.as_millis() as i64)
+                    .await;
+                if let Ok(lease) = &result
+                    && lease.holder == holder
+                {
+                    self.lease = Some(Held {
+                        holder,
+                        ttl,
+                        renewed: Instant::now(),
+                    });
+                }
+                let _ = reply.send(result);
+            }
+            Request::Compact { watermark, reply } => {
+                // Seqs handed to summaries count only if the transaction commits.
+                let backup = self.seqs.clone();
+                let result = self.store.compact(watermark, &mut self.seqs).await;
+                if result.is_err() {
+                    self.seqs = backup;
+                }
+                let _ = reply.send(result);
+            }
+        }
     }
 
     async fn commit(&mut self, records: &[(u64, Record)], gap: Option<&Gap>) -> Result<(), StoreError> {
         let wanted = self.shared.max_size.load(Ordering::Relaxed);
         if wanted != self.shared.max_size_applied.load(Ordering::Relaxed) {
-            store::set_max_size(&mut self.conn, (wanted != u64::MAX).then_some(wanted)).await?;
+            self.store.set_max_size((wanted != u64::MAX).then_some(wanted)).await?;
             self.shared.max_size_applied.store(wanted, Ordering::Relaxed);
         }
         let started = Instant::now();
@@ -396,7 +502,7 @@ impl Writer {
                 None => {
                     let last = match self.seqs.get(&d.stream) {
                         Some(&s) => s,
-                        None => store::last_seq(&mut self.conn, &d.stream).await?,
+                        None => self.store.last_seq(&d.stream).await?,
                     };
                     next.entry(d.stream.clone()).or_insert(last)
                 }
@@ -421,7 +527,7 @@ impl Writer {
         let position = if rows.is_empty() {
             self.shared.progress.borrow().position
         } else {
-            store::append(&mut self.conn, &rows).await?
+            self.store.append(&rows).await?
         };
         self.seqs.extend(next);
         let elapsed = started.elapsed().as_micros() as u64;
