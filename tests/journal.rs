@@ -397,6 +397,65 @@ async fn a_lock_held_elsewhere_is_waited_out_and_overflow_is_recorded_as_a_gap()
 }
 
 #[tokio::test]
+async fn a_file_that_turns_read_only_buffers_events_until_it_is_writable_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let wal = dir.path().join("log.db-wal");
+    let journal = Journal::open(&path, opts()).await.unwrap();
+    let stream: Arc<str> = Arc::from("stripe");
+    let mut b = Breaker::new(Policy::consecutive(3, 100)).unwrap();
+    let mut submitted = drive(&journal, &stream, &mut b, 0, Outcome::Success).0;
+    journal.flush().await.unwrap();
+    // The immutable flag makes the file read-only even for root (the -shm file is left alone:
+    // it is memory-mapped, and SQLite cannot run without it).
+    let chattr = |flag: &str| {
+        let ok = std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&path)
+            .arg(&wal)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "chattr {flag} must work here (root on ext4) for this fault test");
+    };
+    chattr("+i");
+    let mut last = None;
+    for t in 1..1_000 {
+        let (events, ticket) = drive(
+            &journal,
+            &stream,
+            &mut b,
+            t,
+            if t % 4 == 0 { Outcome::Failure } else { Outcome::Success },
+        );
+        submitted.extend(events);
+        last = ticket.or(last);
+    }
+    let mut rx = journal.subscribe();
+    let failing = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|p| p.failing.is_some())).await;
+    chattr("-i");
+    assert!(failing.is_ok(), "the write failure is visible");
+    tokio::time::timeout(Duration::from_secs(10), journal.durable(last.unwrap()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        core_events(&all_events(&journal).await, "stripe"),
+        submitted,
+        "nothing accepted is missing"
+    );
+    assert_eq!(
+        journal
+            .recover("stripe", Policy::consecutive(3, 100))
+            .await
+            .unwrap()
+            .breaker,
+        b
+    );
+    journal.close().await;
+}
+
+#[tokio::test]
 async fn a_corrupt_file_is_refused_never_repaired() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.db");

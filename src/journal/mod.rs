@@ -116,6 +116,29 @@ pub enum JournalError {
     Closed,
 }
 
+/// Follows the journal's commits. It only ever hands out copies: nothing a subscriber does can
+/// hold a lock the writer needs (a `watch::Ref` kept alive would stall every commit).
+pub struct ProgressWatch(watch::Receiver<Progress>);
+
+impl ProgressWatch {
+    /// What is committed now.
+    pub fn get(&self) -> Progress {
+        *self.0.borrow()
+    }
+
+    /// Waits for the next commit.
+    pub async fn changed(&mut self) -> Result<Progress, JournalError> {
+        self.0.changed().await.map_err(|_| JournalError::Closed)?;
+        Ok(self.get())
+    }
+
+    /// Waits until `f` holds for what is committed, and returns a copy of it.
+    pub async fn wait_for(&mut self, f: impl FnMut(&Progress) -> bool) -> Result<Progress, JournalError> {
+        let p = *self.0.wait_for(f).await.map_err(|_| JournalError::Closed)?;
+        Ok(p)
+    }
+}
+
 /// A breaker rebuilt from the log.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Recovered {
@@ -226,15 +249,12 @@ impl Journal {
 
     /// Resolves when the record with this ticket (and every one before it) is committed.
     pub async fn durable(&self, ticket: u64) -> Result<Progress, JournalError> {
-        let mut rx = self.shared.progress.subscribe();
-        if rx.borrow().ticket < ticket {
+        let mut rx = self.subscribe();
+        if rx.get().ticket < ticket {
             // Don't wait out the flush interval: somebody is waiting on this commit.
             let _ = self.shared.flush_ticket();
         }
-        rx.wait_for(|p| p.ticket >= ticket)
-            .await
-            .map(|p| *p)
-            .map_err(|_| JournalError::Closed)
+        rx.wait_for(|p| p.ticket >= ticket).await
     }
 
     /// Resolves when everything submitted so far is committed.
@@ -245,12 +265,12 @@ impl Journal {
 
     /// What is committed now.
     pub fn progress(&self) -> Progress {
-        *self.shared.progress.borrow()
+        self.subscribe().get()
     }
 
     /// Wakes on every commit of this process (SSE, alerts and projections tail with it).
-    pub fn subscribe(&self) -> watch::Receiver<Progress> {
-        self.shared.progress.subscribe()
+    pub fn subscribe(&self) -> ProgressWatch {
+        ProgressWatch(self.shared.progress.subscribe())
     }
 
     /// Caps the file's size (None: no cap). Raising the cap after a "disk full" lets the buffered
