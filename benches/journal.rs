@@ -136,13 +136,14 @@ impl<'a> Producer<'a> {
 }
 
 /// Breakers on a fake clock, called in turn. Every call is permitted unless OPEN, completes
-/// 2 ms after it starts and succeeds, except the first 5 of every `burst` calls of a stream,
-/// which fail and so open a `consecutive(5, …)` breaker now and then.
+/// 2 ms after it starts and succeeds, except the first `failures` of every `burst` calls of a
+/// stream, which fail: 5 in a row open a `consecutive(5, …)` breaker now and then.
 struct Driver {
     streams: Vec<(Arc<str>, Breaker)>,
     now: u64,
     calls: u64,
     burst: u64,
+    failures: u64,
     events: Vec<Event>,
     outcomes: u64,
     /// A copy of every event, when asked for.
@@ -150,7 +151,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn new(streams: usize, policy: &Policy, burst: u64) -> Self {
+    fn new(streams: usize, policy: &Policy, burst: u64, failures: u64) -> Self {
         Driver {
             streams: (0..streams)
                 .map(|i| {
@@ -163,6 +164,7 @@ impl Driver {
             now: 1_700_000_000_000,
             calls: 0,
             burst,
+            failures,
             events: Vec::with_capacity(8),
             outcomes: 0,
             kept: None,
@@ -174,7 +176,7 @@ impl Driver {
     async fn step(&mut self, producer: &mut Producer<'_>) -> (usize, u64) {
         let n = self.streams.len() as u64;
         let i = (self.calls % n) as usize;
-        let failing = (self.calls / n) % self.burst < 5;
+        let failing = (self.calls / n) % self.burst < self.failures;
         self.calls += 1;
         self.now += 3;
         let (stream, breaker) = &mut self.streams[i];
@@ -211,8 +213,8 @@ fn outcomes(c: &mut Criterion) {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("log.db");
         let journal = rt.block_on(open(&path, durability));
-        // Fails 1 call in 4,000: never 5 in a row, so every event is a call outcome.
-        let mut driver = Driver::new(3, &Policy::consecutive(5, 60_000), 4_000);
+        // 1 call in 16 fails: never 5 in a row, so every event is a call outcome.
+        let mut driver = Driver::new(3, &Policy::consecutive(5, 60_000), 16, 1);
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {
@@ -237,7 +239,7 @@ fn outcomes(c: &mut Criterion) {
         let events = stats.events.load(std::sync::atomic::Ordering::Relaxed);
         let commit_us = stats.commit_us_total.load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(stats.dropped.load(std::sync::atomic::Ordering::Relaxed), 0);
-        assert!(driver.streams.iter().all(|(_, b)| b.state() == State::Closed));
+        assert_eq!(driver.outcomes, driver.calls, "every call permitted, no transitions");
         rt.block_on(journal.close());
         eprintln!(
             "journal-bench: outcomes/{name}: {calls} calls in {events} rows, {commits} commits, mean commit {:.0} µs \
@@ -466,7 +468,7 @@ fn build_replay_logs(rt: &Runtime, outcomes: u64) -> ReplayLogs {
         let started = Instant::now();
         let path = dir.path().join("packed.db");
         let journal = open(&path, Durability::Full).await;
-        let mut driver = Driver::new(1, &replay_policy(), 20_000);
+        let mut driver = Driver::new(1, &replay_policy(), 20_000, 5);
         // Keep a copy of the events, to lay them out the other ways.
         driver.kept = Some(Vec::new());
         let mut producer = Producer::new(&journal);
@@ -614,8 +616,6 @@ struct StartupLog {
     _dir: tempfile::TempDir,
     path: PathBuf,
     names: Vec<Arc<str>>,
-    expected: Vec<Breaker>,
-    tail_events: Vec<u64>,
 }
 
 fn build_startup_log(rt: &Runtime, outcomes: u64, tail: u64) -> StartupLog {
@@ -626,7 +626,7 @@ fn build_startup_log(rt: &Runtime, outcomes: u64, tail: u64) -> StartupLog {
         let journal = open(&path, Durability::Full).await;
         let mut producer = Producer::new(&journal);
         // Each stream opens twice per 100,000 of its calls.
-        let mut driver = Driver::new(STREAMS, &startup_policy(), 50_000);
+        let mut driver = Driver::new(STREAMS, &startup_policy(), 50_000, 5);
         while driver.outcomes < outcomes {
             driver.step(&mut producer).await;
         }
@@ -662,13 +662,19 @@ fn build_startup_log(rt: &Runtime, outcomes: u64, tail: u64) -> StartupLog {
             file_bytes(&path) as f64 / 1e6,
             file_bytes(&path) as f64 / driver.outcomes as f64,
         );
-        let (names, expected) = driver.streams.into_iter().unzip();
+        // Check once: every breaker comes back from its snapshot and its tail.
+        let journal = open(&path, Durability::Full).await;
+        for (i, (name, breaker)) in driver.streams.iter().enumerate() {
+            let r = journal.recover(name, startup_policy()).await.expect("recover");
+            assert_eq!(&r.breaker, breaker);
+            assert!(r.snapshot_seq.is_some());
+            assert_eq!(r.folded, tail_events[i]);
+        }
+        journal.close().await;
         StartupLog {
             _dir: dir,
             path,
-            names,
-            expected,
-            tail_events,
+            names: driver.streams.into_iter().map(|(name, _)| name).collect(),
         }
     })
 }
@@ -684,32 +690,29 @@ async fn recover_all(journal: &Journal, names: &[Arc<str>]) -> Vec<Breaker> {
 fn startup(c: &mut Criterion) {
     let sizes = sizes();
     let rt = runtime();
-    let log = build_startup_log(&rt, sizes.startup, sizes.tail);
+    // Built on first use, so a filter that skips this group skips the build too.
+    let mut log: Option<StartupLog> = None;
+    let mut get = |log: &mut Option<StartupLog>| -> PathBuf {
+        log.get_or_insert_with(|| build_startup_log(&rt, sizes.startup, sizes.tail))
+            .path
+            .clone()
+    };
     let mut group = c.benchmark_group("startup");
     group
         .sample_size(10)
         .sampling_mode(SamplingMode::Flat)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
-    {
-        // Check once: every breaker comes back from its snapshot and its tail.
-        let journal = rt.block_on(open(&log.path, Durability::Full));
-        for (i, name) in log.names.iter().enumerate() {
-            let r = rt.block_on(journal.recover(name, startup_policy())).expect("recover");
-            assert_eq!(r.breaker, log.expected[i]);
-            assert!(r.snapshot_seq.is_some());
-            assert_eq!(r.folded, log.tail_events[i]);
-        }
-        rt.block_on(journal.close());
-    }
     group.bench_function("open_and_recover_100", |b| {
+        let path = get(&mut log);
+        let names = &log.as_ref().expect("built").names;
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let mut elapsed = Duration::ZERO;
                 for _ in 0..iters {
                     let start = Instant::now();
-                    let journal = open(&log.path, Durability::Full).await;
-                    black_box(recover_all(&journal, &log.names).await);
+                    let journal = open(&path, Durability::Full).await;
+                    black_box(recover_all(&journal, names).await);
                     elapsed += start.elapsed();
                     journal.close().await;
                 }
@@ -718,12 +721,13 @@ fn startup(c: &mut Criterion) {
         })
     });
     group.bench_function("open_only", |b| {
+        let path = get(&mut log);
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let mut elapsed = Duration::ZERO;
                 for _ in 0..iters {
                     let start = Instant::now();
-                    let journal = open(&log.path, Durability::Full).await;
+                    let journal = open(&path, Durability::Full).await;
                     elapsed += start.elapsed();
                     journal.close().await;
                 }
@@ -731,26 +735,27 @@ fn startup(c: &mut Criterion) {
             })
         })
     });
-    {
-        let journal = rt.block_on(open(&log.path, Durability::Full));
-        group.bench_function("recover_100_only", |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        black_box(recover_all(&journal, &log.names).await);
-                    }
-                    start.elapsed()
-                })
+    group.bench_function("recover_100_only", |b| {
+        let path = get(&mut log);
+        let names = &log.as_ref().expect("built").names;
+        let journal = rt.block_on(open(&path, Durability::Full));
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(recover_all(&journal, names).await);
+                }
+                start.elapsed()
             })
         });
         rt.block_on(journal.close());
-    }
+    });
     // What `open` runs first on the whole file, by itself.
     group.bench_function("quick_check_only", |b| {
+        let path = get(&mut log);
         b.iter_custom(|iters| {
             rt.block_on(async {
-                let mut conn = connect_options(&log.path, Durability::Full, Duration::from_secs(5))
+                let mut conn = connect_options(&path, Durability::Full, Duration::from_secs(5))
                     .connect()
                     .await
                     .expect("connect");

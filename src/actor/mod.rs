@@ -1,0 +1,29 @@
+//! The live breakers: one actix actor per breaker key driving the pure core, a registry that
+//! starts them from the configuration and the log, and handles for the protected call path.
+//!
+//! ```text
+//!  caller thread                         actor (own actix system thread)          journal thread
+//!  handle.call(op, fut)
+//!    gate.admit()  ── atomics ──────────  gate.publish(state, episode, …)
+//!    fut.await (call_timeout)
+//!    gate.done(outcome) ── mutex'd buffer ─▶ drain → core.complete → events ──submit──▶ group commit
+//!    failure? one coalesced Flush ───────▶ (successes every flush_interval)
+//! ```
+//!
+//! Admission never waits on a mailbox: CLOSED and DISABLED admit from the published state,
+//! OPEN rejects at once with the time left, HALF_OPEN trial permits are taken by
+//! compare-and-swap on an episode-tagged counter, so never more than `half_open_requests` per
+//! episode, whatever the contention. See `docs/library.md`.
+
+mod call;
+mod clock;
+mod gate;
+mod handle;
+mod registry;
+mod service;
+
+pub use call::{CallError, Classifier, Fallback, FallbackFn, FallbackReason, HasStatus, HttpStatuses, Results};
+pub use clock::{Clock, system_now_ms};
+pub use handle::BreakerHandle;
+pub use registry::{Registry, RegistryError, RegistryOptions};
+pub use service::{ActorOptions, CALL_STATS, CallStats, CommandResult, OPERATOR_COMMAND, Operator, OperatorCommand};

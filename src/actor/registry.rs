@@ -1,0 +1,259 @@
+//! The registry (the seed's CircuitBreakerManager): starts one actor per breaker key from the
+//! configuration, each recovered from the log, on an actix system it owns on its own thread, so
+//! callers on any runtime (or none) never need `#[actix::main]`.
+
+use super::clock::Clock;
+use super::gate::Gate;
+use super::handle::{BreakerHandle, Inner};
+use super::service::{ActorOptions, CommandResult, Operator, Reconfigure, ServiceActor, Settle};
+use crate::config::{BreakerConfig, Config};
+use crate::journal::{Body, Journal, JournalError};
+use actix::{Addr, Supervisor, System};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Settings of a registry.
+#[derive(Clone, Debug)]
+pub struct RegistryOptions {
+    /// The clock of the call path and the actors.
+    pub clock: Clock,
+    /// Actor settings.
+    pub actors: ActorOptions,
+    /// Buffered outcomes per breaker before callers ask the actor to fold them early.
+    pub soft_limit: usize,
+    /// Name this process takes the writer lease under (who writes the breakers' streams).
+    pub holder: String,
+    /// The lease's time to live; renewed every third of it.
+    pub lease_ttl: Duration,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        RegistryOptions {
+            clock: Clock::system(),
+            actors: ActorOptions::default(),
+            soft_limit: 4_096,
+            holder: format!("breakerbox pid {}", std::process::id()),
+            lease_ttl: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Why a registry could not start.
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    /// The log could not be read or written: see the journal error.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// Another process writes these breakers' streams: run beside it as a reader (CLI), or stop it.
+    #[error("the event log is owned by {holder}; only one process may run the breakers")]
+    LeaseHeld {
+        /// Who holds the lease.
+        holder: String,
+    },
+    /// The actor system could not start.
+    #[error("starting the actor system: {0}")]
+    System(String),
+}
+
+struct Started {
+    key: String,
+    addr: Addr<ServiceActor>,
+    gate: Arc<Gate>,
+    config: BreakerConfig,
+}
+
+/// All breakers of a configuration, running.
+pub struct Registry {
+    handles: BTreeMap<String, BreakerHandle>,
+    addrs: BTreeMap<String, Addr<ServiceActor>>,
+    journal: Arc<Journal>,
+    clock: Clock,
+    system: System,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Registry {
+    /// Takes the writer lease, recovers every configured breaker from the log (applying the
+    /// configured policy if it changed, state kept) and starts its actor.
+    pub async fn start(
+        config: &Config,
+        journal: Arc<Journal>,
+        options: RegistryOptions,
+    ) -> Result<Registry, RegistryError> {
+        let lease = journal.acquire_lease(&options.holder, options.lease_ttl).await?;
+        if lease.holder != options.holder {
+            return Err(RegistryError::LeaseHeld { holder: lease.holder });
+        }
+        let now = options.clock.now_ms();
+        let mut recovered = Vec::new();
+        for b in &config.breakers {
+            let policy = b.policy_at(now);
+            let mut breaker = journal.recover(&b.key, policy.clone()).await?.breaker;
+            if breaker.policy() != &policy {
+                let mut events = Vec::new();
+                if breaker.set_policy(now, policy, &mut events).is_ok() {
+                    let stream: Arc<str> = Arc::from(b.key.as_str());
+                    for e in events {
+                        journal.submit(&stream, Body::Breaker(e));
+                    }
+                }
+            }
+            recovered.push((b.clone(), breaker));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (journal2, clock2, opts2) = (journal.clone(), options.clock.clone(), options.clone());
+        let thread = std::thread::Builder::new()
+            .name("breakerbox-actors".into())
+            .spawn(move || {
+                let sys = System::new();
+                let started = sys.block_on(async move {
+                    recovered
+                        .into_iter()
+                        .map(|(config, breaker)| {
+                            let gate = Arc::new(Gate::new(opts2.soft_limit));
+                            // Published before any handle exists, so no call sees a default state.
+                            let v = breaker.view(clock2.now_ms());
+                            gate.publish(v.state, v.episode, v.open_until_ms, breaker.policy().half_open_requests);
+                            let key: Arc<str> = Arc::from(config.key.as_str());
+                            let (g, j, c, o, cfg) = (
+                                gate.clone(),
+                                journal2.clone(),
+                                clock2.clone(),
+                                opts2.actors.clone(),
+                                config.clone(),
+                            );
+                            let addr = Supervisor::start(move |_| ServiceActor::new(key, breaker, cfg, g, j, c, o));
+                            Started {
+                                key: config.key.clone(),
+                                addr,
+                                gate,
+                                config,
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                });
+                let _ = tx.send((System::current(), started));
+                let _ = sys.run();
+            })
+            .map_err(|e| RegistryError::System(e.to_string()))?;
+        let (system, started) = rx
+            .await
+            .map_err(|_| RegistryError::System("the actor thread stopped".into()))?;
+        // Operation handles first, so each service handle can hold its operations'.
+        let mut handles: BTreeMap<String, BreakerHandle> = BTreeMap::new();
+        let mut addrs = BTreeMap::new();
+        let (ops, services): (Vec<_>, Vec<_>) = started.into_iter().partition(|s| s.config.operation.is_some());
+        let make = |s: &Started, operations: BTreeMap<String, BreakerHandle>| BreakerHandle {
+            inner: Arc::new(Inner {
+                key: Arc::from(s.key.as_str()),
+                gate: s.gate.clone(),
+                addr: s.addr.clone(),
+                clock: options.clock.clone(),
+                call_timeout: Duration::from_millis(s.config.call_timeout_ms()),
+                statuses: s.config.classifier(),
+                operations,
+                last_ok: Mutex::new(None),
+            }),
+        };
+        for s in &ops {
+            handles.insert(s.key.clone(), make(s, BTreeMap::new()));
+            addrs.insert(s.key.clone(), s.addr.clone());
+        }
+        for s in &services {
+            let operations = ops
+                .iter()
+                .filter(|o| o.config.service == s.config.service)
+                .map(|o| (o.config.operation.clone().unwrap_or_default(), handles[&o.key].clone()))
+                .collect();
+            handles.insert(s.key.clone(), make(s, operations));
+            addrs.insert(s.key.clone(), s.addr.clone());
+        }
+        Ok(Registry {
+            handles,
+            addrs,
+            journal,
+            clock: options.clock,
+            system,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// The handle of a breaker key (`stripe`, `stripe/customers.create`).
+    pub fn get(&self, key: &str) -> Option<&BreakerHandle> {
+        self.handles.get(key)
+    }
+
+    /// Every handle, by key.
+    pub fn handles(&self) -> impl Iterator<Item = &BreakerHandle> {
+        self.handles.values()
+    }
+
+    /// The journal the breakers write to.
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+
+    /// The registry's clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Applies a reloaded configuration to the running breakers: each keeps its state, window and
+    /// trial permits; its new policy is recorded as an event. Breakers added or removed by the
+    /// reload are reported, not started or stopped (that takes a restart).
+    pub async fn reload(&self, config: &Config) -> crate::config::Reload {
+        let mut report = crate::config::Reload::default();
+        for b in &config.breakers {
+            match self.addrs.get(&b.key) {
+                Some(addr) => {
+                    let _ = addr.send(Reconfigure(b.clone())).await;
+                    report.changed.push((b.key.clone(), b.policy_at(self.clock.now_ms())));
+                }
+                None => report.added.push(b.key.clone()),
+            }
+        }
+        report.removed = self
+            .addrs
+            .keys()
+            .filter(|k| config.breaker(k).is_none())
+            .cloned()
+            .collect();
+        report
+    }
+
+    /// An operator command on a breaker by key.
+    pub async fn command(
+        &self,
+        key: &str,
+        command: crate::breaker::Command,
+        operator: Operator,
+    ) -> Option<Result<CommandResult, JournalError>> {
+        let h = self.handles.get(key)?;
+        Some(match command {
+            crate::breaker::Command::Reset => h.reset(operator).await,
+            crate::breaker::Command::ForceOpen => h.force_open(operator).await,
+            crate::breaker::Command::Disable => h.disable(operator).await,
+        })
+    }
+
+    /// Folds every buffered outcome, writes a snapshot of each breaker, waits until the journal
+    /// has it all, and stops the actors. The journal itself stays open (close it after).
+    pub async fn shutdown(&self) -> Result<(), JournalError> {
+        let mut result = Ok(());
+        for addr in self.addrs.values() {
+            if let Ok(Err(e)) = addr.send(Settle).await {
+                result = Err(e);
+            }
+        }
+        self.system.stop();
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        self.journal.flush().await?;
+        result
+    }
+}

@@ -1,0 +1,478 @@
+//! The actor that owns one breaker: the only writer of its stream. It drives the pure core with
+//! the callers' records, runs the timers, applies commands and policy changes, hands every event
+//! to the journal, and publishes the state callers read.
+
+use super::clock::Clock;
+use super::gate::{Gate, Record};
+use crate::breaker::{Breaker, Command, Decision, Event, Outcome, Policy, State};
+use crate::config::BreakerConfig;
+use crate::journal::{Body, Journal, JournalError};
+use actix::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Event type of an operator's command (who, from where, why); the transition follows it.
+pub const OPERATOR_COMMAND: &str = "operator_command";
+/// Event type of call counts that are not outcomes: rejections and fallbacks.
+pub const CALL_STATS: &str = "call_stats";
+
+/// Who asked for a command, from where, and why: the audit trail's "who did what".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operator {
+    /// A person or a token's name, e.g. `alice@ops-laptop` or `token:oncall`.
+    pub who: String,
+    /// `cli`, `http`, `dashboard` or `library`.
+    pub from: String,
+    /// Free text.
+    pub why: String,
+}
+
+/// Payload of an `operator_command` event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OperatorCommand {
+    /// When.
+    pub at_ms: u64,
+    /// What.
+    pub command: Command,
+    /// Who, from where, why.
+    pub operator: Operator,
+    /// The state it found.
+    pub from_state: State,
+    /// The state it left.
+    pub to_state: State,
+}
+
+/// Payload of a `call_stats` event: counts since the previous one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallStats {
+    /// End of the period (ms).
+    pub at_ms: u64,
+    /// Calls rejected.
+    pub rejected: u64,
+    /// Calls answered by a fallback.
+    pub fallbacks: u64,
+}
+
+/// What a command did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandResult {
+    /// State before.
+    pub from: State,
+    /// State after.
+    pub to: State,
+    /// Log position of the command's events (durable when this is returned).
+    pub position: i64,
+}
+
+/// Settings of the actors.
+#[derive(Clone, Debug)]
+pub struct ActorOptions {
+    /// How often buffered successes are folded into the breaker (failures are at once).
+    pub flush_interval: Duration,
+    /// A snapshot of the breaker is written every this many events, so recovery stays short.
+    pub snapshot_every: u64,
+}
+
+impl Default for ActorOptions {
+    fn default() -> Self {
+        ActorOptions {
+            flush_interval: Duration::from_millis(10),
+            snapshot_every: 10_000,
+        }
+    }
+}
+
+pub(crate) struct ServiceActor {
+    pub key: Arc<str>,
+    pub breaker: Breaker,
+    pub config: BreakerConfig,
+    pub gate: Arc<Gate>,
+    pub journal: Arc<Journal>,
+    pub clock: Clock,
+    pub options: ActorOptions,
+    records: Vec<Record>,
+    events: Vec<Event>,
+    since_snapshot: u64,
+    timer: Option<SpawnHandle>,
+    schedule_timer: Option<SpawnHandle>,
+    last_ticket: Option<u64>,
+}
+
+impl ServiceActor {
+    pub(crate) fn new(
+        key: Arc<str>,
+        breaker: Breaker,
+        config: BreakerConfig,
+        gate: Arc<Gate>,
+        journal: Arc<Journal>,
+        clock: Clock,
+        options: ActorOptions,
+    ) -> Self {
+        ServiceActor {
+            key,
+            breaker,
+            config,
+            gate,
+            journal,
+            clock,
+            options,
+            records: Vec::new(),
+            events: Vec::new(),
+            since_snapshot: 0,
+            timer: None,
+            schedule_timer: None,
+            last_ticket: None,
+        }
+    }
+
+    fn publish(&self) {
+        let v = self.breaker.view(self.clock.now_ms());
+        self.gate.publish(
+            v.state,
+            v.episode,
+            v.open_until_ms,
+            self.breaker.policy().half_open_requests,
+        );
+    }
+
+    /// Folds what callers recorded into the core, in the order they recorded it.
+    fn drain(&mut self) {
+        self.gate.release_flush();
+        self.gate.drain(&mut self.records);
+        for record in std::mem::take(&mut self.records) {
+            match record {
+                Record::Trial { at_ms } => match self.breaker.acquire(at_ms, &mut self.events) {
+                    Decision::Permit(p) if p.trial => {}
+                    other => tracing::error!(
+                        breaker = %self.key,
+                        ?other,
+                        "a trial permit taken by a caller was not a trial for the core; its outcome will count as stale"
+                    ),
+                },
+                Record::Done { at_ms, permit, outcome } => {
+                    self.breaker.complete(at_ms, permit, outcome, &mut self.events)
+                }
+            }
+        }
+        let rejected = self.gate.rejected.swap(0, std::sync::atomic::Ordering::Relaxed);
+        let fallbacks = self.gate.fallbacks.swap(0, std::sync::atomic::Ordering::Relaxed);
+        if rejected + fallbacks > 0 {
+            let stats = CallStats {
+                at_ms: self.clock.now_ms(),
+                rejected,
+                fallbacks,
+            };
+            self.submit_other(CALL_STATS, stats.at_ms, &stats);
+        }
+    }
+
+    fn submit_other<T: Serialize>(&mut self, event_type: &'static str, at_ms: u64, payload: &T) {
+        let payload = rmp_serde::to_vec_named(payload).expect("plain data encodes");
+        self.last_ticket = self
+            .journal
+            .submit(
+                &self.key,
+                Body::Other {
+                    event_type,
+                    event_version: 1,
+                    at_ms,
+                    payload,
+                },
+            )
+            .or(self.last_ticket);
+    }
+
+    /// Hands the events to the journal, logs transitions, republishes, re-arms timers.
+    fn emit(&mut self, ctx: &mut Context<Self>) {
+        if self.events.is_empty() {
+            return;
+        }
+        let mut transitioned = false;
+        for event in self.events.drain(..) {
+            if let Event::Transitioned(t) = &event {
+                transitioned = true;
+                if t.to == State::Open || t.to == State::ForcedOpen {
+                    tracing::warn!(breaker = %self.key, from = %t.from, to = %t.to, reason = t.reason.as_str(), at_ms = t.at_ms, "circuit breaker opened");
+                } else {
+                    tracing::info!(breaker = %self.key, from = %t.from, to = %t.to, reason = t.reason.as_str(), at_ms = t.at_ms, "circuit breaker transition");
+                }
+            }
+            self.since_snapshot += 1;
+            self.last_ticket = self
+                .journal
+                .submit(&self.key, Body::Breaker(event))
+                .or(self.last_ticket);
+        }
+        if self.since_snapshot >= self.options.snapshot_every {
+            self.since_snapshot = 0;
+            let at_ms = self.clock.now_ms();
+            self.last_ticket = self
+                .journal
+                .submit(
+                    &self.key,
+                    Body::Snapshot {
+                        at_ms,
+                        breaker: Box::new(self.breaker.clone()),
+                    },
+                )
+                .or(self.last_ticket);
+        }
+        if transitioned {
+            self.publish();
+            self.arm_timer(ctx);
+        }
+    }
+
+    fn arm_timer(&mut self, ctx: &mut Context<Self>) {
+        if let Some(t) = self.timer.take() {
+            ctx.cancel_future(t);
+        }
+        if self.clock.is_manual() {
+            return; // tests drive time: `tick` after `advance`
+        }
+        if let Some(deadline) = self.breaker.next_deadline_ms() {
+            let wait = deadline.saturating_sub(self.clock.now_ms());
+            self.timer = Some(ctx.run_later(Duration::from_millis(wait), |act, ctx| act.on_tick(ctx)));
+        }
+    }
+
+    fn arm_schedule(&mut self, ctx: &mut Context<Self>) {
+        if let Some(t) = self.schedule_timer.take() {
+            ctx.cancel_future(t);
+        }
+        if self.clock.is_manual() {
+            return;
+        }
+        if let Some(at) = self.config.next_change_after(self.clock.now_ms()) {
+            let wait = at.saturating_sub(self.clock.now_ms());
+            self.schedule_timer = Some(ctx.run_later(Duration::from_millis(wait), |act, ctx| {
+                act.apply_policy(act.config.policy_at(act.clock.now_ms()), ctx);
+                act.arm_schedule(ctx);
+            }));
+        }
+    }
+
+    fn apply_policy(&mut self, policy: Policy, ctx: &mut Context<Self>) {
+        if &policy == self.breaker.policy() {
+            return;
+        }
+        self.drain();
+        let now = self.clock.now_ms();
+        if let Err(e) = self.breaker.set_policy(now, policy, &mut self.events) {
+            tracing::error!(breaker = %self.key, error = %e, "a configured policy was refused by the core");
+        }
+        self.emit(ctx);
+        self.publish();
+    }
+
+    fn on_flush(&mut self, ctx: &mut Context<Self>) {
+        self.guard(ctx, |act, ctx| {
+            act.drain();
+            act.emit(ctx);
+        });
+    }
+
+    fn on_tick(&mut self, ctx: &mut Context<Self>) {
+        self.guard(ctx, |act, ctx| {
+            // Records made before the deadline are folded first, so order is kept.
+            act.drain();
+            let now = act.clock.now_ms();
+            act.breaker.tick(now, &mut act.events);
+            act.emit(ctx);
+        });
+    }
+
+    /// Runs `f`; if it panics, the actor stops and its supervisor restarts it, which rebuilds the
+    /// breaker from the log (the panicking step's events may be lost, never half-applied).
+    fn guard(&mut self, ctx: &mut Context<Self>, f: impl FnOnce(&mut Self, &mut Context<Self>)) {
+        if std::panic::catch_unwind(AssertUnwindSafe(|| f(self, ctx))).is_err() {
+            tracing::error!(breaker = %self.key, "breaker actor panicked; restarting it from the log");
+            ctx.stop();
+        }
+    }
+}
+
+impl Actor for ServiceActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.publish();
+        self.arm_timer(ctx);
+        self.arm_schedule(ctx);
+        let every = self.options.flush_interval;
+        ctx.run_interval(every, |act, ctx| act.on_flush(ctx));
+    }
+}
+
+impl Supervised for ServiceActor {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        // Rebuild from what is durable: flush what was submitted, then fold the stream.
+        let journal = self.journal.clone();
+        let key = self.key.clone();
+        let policy = self.config.policy_at(self.clock.now_ms());
+        self.events.clear();
+        self.records.clear();
+        ctx.wait(
+            async move {
+                journal.flush().await?;
+                journal.recover(&key, policy).await
+            }
+            .into_actor(self)
+            .map(|result, act, _| match result {
+                Ok(r) => {
+                    act.breaker = r.breaker;
+                    act.publish();
+                }
+                Err(e) => tracing::error!(breaker = %act.key, error = %e, "recovering a restarted breaker failed; keeping its last state"),
+            }),
+        );
+    }
+}
+
+/// Callers recorded outcomes that should be folded now (a failure, a trial, a full buffer).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Flush;
+
+impl Handler<Flush> for ServiceActor {
+    type Result = ();
+    fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
+        self.on_flush(ctx);
+    }
+}
+
+/// Run the timers now (manual clocks; a real clock arms its own).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Tick;
+
+impl Handler<Tick> for ServiceActor {
+    type Result = ();
+    fn handle(&mut self, _: Tick, ctx: &mut Context<Self>) {
+        self.on_tick(ctx);
+    }
+}
+
+/// An operator's command; answered once its events are durable.
+#[derive(Message)]
+#[rtype(result = "Result<CommandResult, JournalError>")]
+pub(crate) struct Operate {
+    pub command: Command,
+    pub operator: Operator,
+}
+
+impl Handler<Operate> for ServiceActor {
+    type Result = ResponseFuture<Result<CommandResult, JournalError>>;
+
+    fn handle(&mut self, msg: Operate, ctx: &mut Context<Self>) -> Self::Result {
+        self.drain();
+        self.emit(ctx);
+        let now = self.clock.now_ms();
+        let from = self.breaker.state();
+        let mut events = Vec::new();
+        self.breaker.command(now, msg.command, &mut events);
+        let to = self.breaker.state();
+        let record = OperatorCommand {
+            at_ms: now,
+            command: msg.command,
+            operator: msg.operator,
+            from_state: from,
+            to_state: to,
+        };
+        // The command first, then what it did: the audit trail reads in that order.
+        self.submit_other(OPERATOR_COMMAND, now, &record);
+        self.events.extend(events);
+        self.emit(ctx);
+        self.publish();
+        let journal = self.journal.clone();
+        let ticket = self.last_ticket;
+        Box::pin(async move {
+            let progress = match ticket {
+                Some(t) => journal.durable(t).await?,
+                None => journal.flush().await?,
+            };
+            Ok(CommandResult {
+                from,
+                to,
+                position: progress.position,
+            })
+        })
+    }
+}
+
+/// A new configuration for this breaker (reload): policy applied, state kept.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Reconfigure(pub BreakerConfig);
+
+impl Handler<Reconfigure> for ServiceActor {
+    type Result = ();
+    fn handle(&mut self, msg: Reconfigure, ctx: &mut Context<Self>) {
+        self.config = msg.0;
+        let policy = self.config.policy_at(self.clock.now_ms());
+        self.apply_policy(policy, ctx);
+        self.arm_schedule(ctx);
+    }
+}
+
+/// Folds everything, writes a snapshot, and answers when it is durable (clean shutdown).
+#[derive(Message)]
+#[rtype(result = "Result<(), JournalError>")]
+pub(crate) struct Settle;
+
+impl Handler<Settle> for ServiceActor {
+    type Result = ResponseFuture<Result<(), JournalError>>;
+    fn handle(&mut self, _: Settle, ctx: &mut Context<Self>) -> Self::Result {
+        self.drain();
+        self.emit(ctx);
+        let at_ms = self.clock.now_ms();
+        self.journal.submit(
+            &self.key,
+            Body::Snapshot {
+                at_ms,
+                breaker: Box::new(self.breaker.clone()),
+            },
+        );
+        let journal = self.journal.clone();
+        Box::pin(async move { journal.flush().await.map(|_| ()) })
+    }
+}
+
+/// The breaker's state as the actor has it (after folding what callers recorded).
+#[derive(Message)]
+#[rtype(result = "Breaker")]
+pub(crate) struct Inspect;
+
+impl Handler<Inspect> for ServiceActor {
+    type Result = MessageResult<Inspect>;
+    fn handle(&mut self, _: Inspect, ctx: &mut Context<Self>) -> Self::Result {
+        self.on_flush(ctx);
+        MessageResult(self.breaker.clone())
+    }
+}
+
+/// Makes the actor panic inside its guard (tests of the restart path only).
+#[doc(hidden)]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Crash;
+
+impl Handler<Crash> for ServiceActor {
+    type Result = ();
+    fn handle(&mut self, _: Crash, ctx: &mut Context<Self>) {
+        self.guard(ctx, |act, _| {
+            // Damage the in-memory state, then panic: the restart must not keep the damage.
+            let mut scratch = Vec::new();
+            act.breaker.command(0, Command::ForceOpen, &mut scratch);
+            panic!("injected panic in breaker {}", act.key);
+        });
+    }
+}
+
+/// Trial outcomes that were ignored give their permit back in the gate as well; see
+/// [`super::handle`]. (Kept here so the rule sits beside the core's.)
+pub(crate) fn returns_permit(outcome: Outcome, trial: bool) -> bool {
+    trial && outcome == Outcome::Ignored
+}

@@ -1,0 +1,397 @@
+//! The live breakers: the call path under contention, exact trial permits, commands, restarts.
+
+use breakerbox::actor::{CallError, Clock, Fallback, FallbackReason, Operator, Registry, RegistryOptions};
+use breakerbox::breaker::{Event, State};
+use breakerbox::config::Config;
+use breakerbox::journal::{Decoded, Journal, JournalOptions, StoredEvent, decode};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+const CONFIG: &str = r#"
+[services.stripe]
+failure_threshold = 5
+timeout = "30s"
+call_timeout = "200ms"
+
+[services.calcom]
+failure_threshold = 16
+timeout = "30s"
+"#;
+
+fn operator() -> Operator {
+    Operator {
+        who: "alice@laptop".into(),
+        from: "library".into(),
+        why: "test".into(),
+    }
+}
+
+async fn start(dir: &Path, clock: Clock) -> Registry {
+    let config = Config::from_toml(Path::new("test.toml"), CONFIG, &BTreeMap::new()).unwrap();
+    let journal = Arc::new(
+        Journal::open(&dir.join("log.db"), JournalOptions::default())
+            .await
+            .unwrap(),
+    );
+    Registry::start(
+        &config,
+        journal,
+        RegistryOptions {
+            clock,
+            holder: format!("test {:?}", std::thread::current().id()),
+            ..RegistryOptions::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn stored(registry: &Registry) -> Vec<StoredEvent> {
+    registry.journal().flush().await.unwrap();
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = registry.journal().read_after(after, 10_000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        out.extend(page);
+    }
+    out
+}
+
+fn core_events(stored: &[StoredEvent], stream: &str) -> Vec<Event> {
+    stored
+        .iter()
+        .filter(|e| e.stream == stream)
+        .flat_map(|e| match decode(e).unwrap() {
+            Decoded::Breaker(events) => events,
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_call_is_counted_exactly_under_contention() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::system();
+    let registry = Arc::new(start(dir.path(), clock).await);
+    let stripe = registry.get("stripe").unwrap().clone();
+    let totals = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let mut tasks = Vec::new();
+    for task in 0..16u64 {
+        let (stripe, totals) = (stripe.clone(), totals.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10_000u64 {
+                // Bursts of failures open the breaker now and then.
+                let fail = (i / 50 + task) % 7 == 0;
+                let r = stripe
+                    .call("", async move { if fail { Err("boom") } else { Ok(i) } })
+                    .await;
+                let slot = match r {
+                    Ok(_) => 0,
+                    Err(CallError::Inner(_)) => 1,
+                    Err(CallError::Rejected { .. }) => 2,
+                    Err(CallError::TimedOut { .. }) => panic!("ready futures never time out"),
+                };
+                totals[slot].fetch_add(1, Ordering::Relaxed);
+                if i % 1_000 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let [ok, failed, rejected] = [0, 1, 2].map(|i| totals[i].load(Ordering::Relaxed));
+    assert_eq!(
+        ok + failed + rejected,
+        160_000,
+        "every call is a success, a failure or a rejection"
+    );
+    registry.shutdown().await.unwrap();
+    let log = stored(&registry).await;
+    // Every permitted call's outcome is in the log (nothing sampled); rejections are counted.
+    let calls = core_events(&log, "stripe")
+        .iter()
+        .filter(|e| matches!(e, Event::CallRecorded(_)))
+        .count() as u64;
+    assert_eq!(calls, ok + failed);
+    let logged_rejections: u64 = log
+        .iter()
+        .filter(|e| e.event_type == "call_stats")
+        .map(|e| {
+            rmp_serde::from_slice::<breakerbox::actor::CallStats>(&e.payload)
+                .unwrap()
+                .rejected
+        })
+        .sum();
+    assert_eq!(logged_rejections, rejected);
+    assert!(
+        rejected > 0 && failed > 0,
+        "the breaker opened: {ok} ok, {failed} failed, {rejected} rejected"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_failures_at_the_threshold_open_the_breaker_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1_764_000_000_000);
+    let registry = Arc::new(start(dir.path(), clock.clone()).await);
+    let calcom = registry.get("calcom").unwrap().clone();
+    for round in 0..30 {
+        // 16 failures at once, threshold 16.
+        let barrier = Arc::new(tokio::sync::Barrier::new(16));
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (calcom, barrier) = (calcom.clone(), barrier.clone());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let _ = calcom.call("", async { Err::<(), _>("down") }).await;
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let b = calcom.inspect().await.unwrap();
+        assert_eq!(b.state(), State::Open, "round {round}");
+        calcom.reset(operator()).await.unwrap();
+        clock.advance(1);
+    }
+    registry.shutdown().await.unwrap();
+    let opened = core_events(&stored(&registry).await, "calcom")
+        .iter()
+        .filter(|e| matches!(e, Event::Transitioned(t) if t.to == State::Open))
+        .count();
+    assert_eq!(
+        opened, 30,
+        "exactly one transition to OPEN per round of racing failures"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn half_open_lets_exactly_half_open_requests_trials_reach_the_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1_764_000_000_000);
+    let registry = start(dir.path(), clock.clone()).await;
+    let stripe = registry.get("stripe").unwrap().clone();
+    for round in 0..20 {
+        for _ in 0..5 {
+            let _ = stripe.call("", async { Err::<(), _>("down") }).await;
+        }
+        assert_eq!(stripe.inspect().await.unwrap().state(), State::Open, "round {round}");
+        clock.advance(30_000);
+        // 30 concurrent calls (10 × half_open_requests); the backend holds each one until every
+        // call has been admitted or rejected.
+        let reached = Arc::new(AtomicU64::new(0));
+        let settled = Arc::new(AtomicU64::new(0));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let tasks: Vec<_> = (0..30)
+            .map(|_| {
+                let (stripe, reached, settled, release) =
+                    (stripe.clone(), reached.clone(), settled.clone(), release.clone());
+                tokio::spawn(async move {
+                    let r = stripe
+                        .call("", async {
+                            reached.fetch_add(1, Ordering::SeqCst);
+                            settled.fetch_add(1, Ordering::SeqCst);
+                            release.notified().await;
+                            Ok::<_, &str>(())
+                        })
+                        .await;
+                    if r.is_err() {
+                        settled.fetch_add(1, Ordering::SeqCst);
+                    }
+                    r
+                })
+            })
+            .collect();
+        while settled.load(Ordering::SeqCst) < 30 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            reached.load(Ordering::SeqCst),
+            3,
+            "round {round}: exactly half_open_requests trials"
+        );
+        assert_eq!(stripe.trial_permits(), 3);
+        release.notify_waiters();
+        let results: Vec<_> = futures_join(tasks).await;
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 3);
+        assert_eq!(
+            stripe.inspect().await.unwrap().state(),
+            State::Closed,
+            "two successes closed it"
+        );
+        clock.advance(1);
+    }
+    registry.shutdown().await.unwrap();
+}
+
+async fn futures_join<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_actor_restarts_from_the_log_and_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1_764_000_000_000);
+    let registry = start(dir.path(), clock.clone()).await;
+    let stripe = registry.get("stripe").unwrap().clone();
+    for _ in 0..3 {
+        let _ = stripe.call("", async { Err::<(), _>("down") }).await;
+    }
+    let before = stripe.inspect().await.unwrap();
+    assert_eq!(before.view(0).consecutive_failures, 3);
+    stripe.crash_for_test().await;
+    let after = stripe.inspect().await.unwrap();
+    assert_eq!(
+        after, before,
+        "rebuilt from the log, without the damage done before the panic"
+    );
+    assert_eq!(stripe.state(), State::Closed);
+    // It keeps serving: two more failures open it.
+    for _ in 0..2 {
+        let _ = stripe.call("", async { Err::<(), _>("down") }).await;
+    }
+    assert_eq!(stripe.inspect().await.unwrap().state(), State::Open);
+    registry.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_are_durable_and_audited_before_they_return() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1_764_000_000_000);
+    let registry = start(dir.path(), clock.clone()).await;
+    let stripe = registry.get("stripe").unwrap().clone();
+    let done = stripe.force_open(operator()).await.unwrap();
+    assert_eq!((done.from, done.to), (State::Closed, State::ForcedOpen));
+    // Already in the log when the command returns (read through another reader, no flush).
+    let log = registry.journal().read_after(0, 1_000).await.unwrap();
+    let cmd = log
+        .iter()
+        .find(|e| e.event_type == "operator_command")
+        .expect("audited");
+    let rec: breakerbox::actor::OperatorCommand = rmp_serde::from_slice(&cmd.payload).unwrap();
+    assert_eq!(
+        (rec.operator.who.as_str(), rec.operator.from.as_str()),
+        ("alice@laptop", "library")
+    );
+    assert!(log.iter().any(|e| e.event_type == "transition"));
+    assert!(done.position >= cmd.position);
+    let r = stripe.call("", async { Ok::<_, &str>(1) }).await;
+    assert!(matches!(
+        r,
+        Err(CallError::Rejected {
+            state: State::ForcedOpen,
+            ..
+        })
+    ));
+    stripe.disable(operator()).await.unwrap();
+    for _ in 0..20 {
+        assert!(stripe.call("", async { Err::<(), _>("down") }).await.is_err());
+    }
+    assert_eq!(
+        stripe.inspect().await.unwrap().state(),
+        State::Disabled,
+        "disabled never trips"
+    );
+    stripe.reset(operator()).await.unwrap();
+    assert_eq!(stripe.state(), State::Closed);
+    registry.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_stays_open_across_a_restart_with_the_remaining_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1_764_000_000_000);
+    {
+        let registry = start(dir.path(), clock.clone()).await;
+        let stripe = registry.get("stripe").unwrap();
+        for _ in 0..5 {
+            let _ = stripe.call("", async { Err::<(), _>("down") }).await;
+        }
+        assert_eq!(stripe.inspect().await.unwrap().state(), State::Open);
+        registry.shutdown().await.unwrap();
+        registry.journal().close().await;
+    }
+    clock.advance(10_000);
+    let registry = start(dir.path(), clock.clone()).await;
+    let stripe = registry.get("stripe").unwrap();
+    match stripe.call("", async { Ok::<_, &str>(()) }).await {
+        Err(CallError::Rejected {
+            state: State::Open,
+            retry_after,
+            ..
+        }) => assert_eq!(retry_after, Some(Duration::from_secs(20))),
+        other => panic!("expected an OPEN rejection, got {other:?}"),
+    }
+    // The OPEN period ends on time: a trial goes through.
+    clock.advance(20_000);
+    assert!(stripe.call("", async { Ok::<_, &str>(()) }).await.is_ok());
+    registry.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallbacks_get_the_reason_and_their_use_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1_764_000_000_000);
+    let registry = start(dir.path(), clock.clone()).await;
+    let stripe = registry.get("stripe").unwrap().clone();
+    // The last success is remembered, and served when the call fails.
+    let v = stripe
+        .call_with_fallback("", async { Ok::<u32, &str>(7) }, Fallback::LastSuccess)
+        .await;
+    assert_eq!(v.unwrap(), 7);
+    let v = stripe
+        .call_with_fallback("", async { Err::<u32, _>("down") }, Fallback::LastSuccess)
+        .await;
+    assert_eq!(v.unwrap(), 7);
+    let reason = Arc::new(std::sync::Mutex::new(None));
+    let seen = reason.clone();
+    let v = stripe
+        .call_with_fallback(
+            "",
+            async { Err::<u32, _>("down") },
+            Fallback::with(move |e| {
+                *seen.lock().unwrap() = Some(e.reason());
+                0
+            }),
+        )
+        .await;
+    assert_eq!((v.unwrap(), *reason.lock().unwrap()), (0, Some(FallbackReason::Failed)));
+    stripe.force_open(operator()).await.unwrap();
+    let v = stripe
+        .call_with_fallback("", async { Ok::<u32, &str>(1) }, Fallback::Value(99))
+        .await;
+    assert_eq!(v.unwrap(), 99);
+    // A timeout is a failure, and the call's timeout is the service's.
+    stripe.reset(operator()).await.unwrap();
+    let r = stripe.call("", std::future::pending::<Result<(), &str>>()).await;
+    assert!(matches!(r, Err(CallError::TimedOut { after, .. }) if after == Duration::from_millis(200)));
+    registry.shutdown().await.unwrap();
+    let log = stored(&registry).await;
+    let fallbacks: u64 = log
+        .iter()
+        .filter(|e| e.event_type == "call_stats")
+        .map(|e| {
+            rmp_serde::from_slice::<breakerbox::actor::CallStats>(&e.payload)
+                .unwrap()
+                .fallbacks
+        })
+        .sum();
+    assert_eq!(fallbacks, 3);
+    assert!(
+        core_events(&log, "stripe")
+            .iter()
+            .any(|e| matches!(e, Event::CallRecorded(c) if c.outcome == breakerbox::breaker::Outcome::Timeout))
+    );
+}
