@@ -692,7 +692,7 @@ fn startup(c: &mut Criterion) {
     let rt = runtime();
     // Built on first use, so a filter that skips this group skips the build too.
     let mut log: Option<StartupLog> = None;
-    let mut get = |log: &mut Option<StartupLog>| -> PathBuf {
+    let get = |log: &mut Option<StartupLog>| -> PathBuf {
         log.get_or_insert_with(|| build_startup_log(&rt, sizes.startup, sizes.tail))
             .path
             .clone()

@@ -395,3 +395,111 @@ async fn fallbacks_get_the_reason_and_their_use_is_recorded() {
             .any(|e| matches!(e, Event::CallRecorded(c) if c.outcome == breakerbox::breaker::Outcome::Timeout))
     );
 }
+
+/// A tower service that fails when asked to.
+#[derive(Clone)]
+struct Upstream {
+    calls: Arc<AtomicU64>,
+}
+
+impl tower::Service<bool> for Upstream {
+    type Response = &'static str;
+    type Error = &'static str;
+    type Future = std::future::Ready<Result<&'static str, &'static str>>;
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, fail: bool) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(if fail { Err("down") } else { Ok("ok") })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tower_layer_protects_a_service() {
+    use tower::{Layer, Service};
+    let dir = tempfile::tempdir().unwrap();
+    let registry = start(dir.path(), Clock::manual(1_764_000_000_000)).await;
+    let calls = Arc::new(AtomicU64::new(0));
+    let mut svc = breakerbox::actor::BreakerLayer::new(registry.get("stripe").unwrap().clone())
+        .layer(Upstream { calls: calls.clone() });
+    assert_eq!(svc.call(false).await.unwrap(), "ok");
+    for _ in 0..5 {
+        assert!(matches!(svc.call(true).await, Err(CallError::Inner("down"))));
+    }
+    registry.get("stripe").unwrap().inspect().await.unwrap();
+    assert!(matches!(
+        svc.call(false).await,
+        Err(CallError::Rejected { state: State::Open, .. })
+    ));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        6,
+        "the rejected call never reached the service"
+    );
+    registry.shutdown().await.unwrap();
+}
+
+/// An HTTP server on 127.0.0.1 answering each request with the next status of `statuses`.
+fn http_server(statuses: Vec<u16>) -> (String, Arc<AtomicU64>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let served = Arc::new(AtomicU64::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for (stream, status) in listener.incoming().zip(statuses) {
+            let mut stream = stream.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            count.fetch_add(1, Ordering::SeqCst);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+        }
+    });
+    (url, served)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reqwest_middleware_classifies_statuses_and_rejects_without_sending() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = start(dir.path(), Clock::manual(1_764_000_000_000)).await;
+    let stripe = registry.get("stripe").unwrap().clone();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(breakerbox::actor::BreakerMiddleware::new(stripe.clone()))
+        .build();
+    // 404 is the caller's mistake (a success for the breaker); 5xx, 429 and 408 are failures;
+    // a refused connection (transport error) too.
+    let (url, served) = http_server(vec![404, 503, 429, 408, 503, 500]);
+    for expected in [404, 503, 429, 408] {
+        let r = client.get(&url).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), expected);
+    }
+    assert_eq!(stripe.inspect().await.unwrap().view(0).consecutive_failures, 3);
+    // Two more 5xx: the 5th failure in a row opens the breaker.
+    for _ in 0..2 {
+        let _ = client.get(&url).send().await.unwrap();
+    }
+    assert_eq!(stripe.inspect().await.unwrap().state(), State::Open);
+    let err = client.get(&url).send().await.unwrap_err();
+    let rejected = match &err {
+        reqwest_middleware::Error::Middleware(e) => e.downcast_ref::<breakerbox::actor::Rejected>().unwrap(),
+        other => panic!("expected a rejection, got {other}"),
+    };
+    assert_eq!(rejected.state, State::Open);
+    assert_eq!(served.load(Ordering::SeqCst), 6, "the rejected request was never sent");
+    stripe.reset(operator()).await.unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    assert!(client.get(format!("http://{closed}")).send().await.is_err());
+    assert_eq!(
+        stripe.inspect().await.unwrap().view(0).consecutive_failures,
+        1,
+        "connection refused counts"
+    );
+    registry.shutdown().await.unwrap();
+}

@@ -90,7 +90,7 @@ impl BreakerHandle {
     }
 
     #[inline]
-    fn admit<E>(&self) -> Result<Permit, CallError<E>> {
+    pub(crate) fn admit<E>(&self) -> Result<Permit, CallError<E>> {
         let clock = &self.inner.clock;
         match self.inner.gate.admit(&|| clock.now_ms()) {
             Admission::Permit(p) => Ok(p),
@@ -155,22 +155,33 @@ impl BreakerHandle {
     ) -> Result<T, CallError<E>> {
         let h = self.operation(op);
         let permit = h.admit()?;
+        h.run_admitted(permit, fut, classifier).await
+    }
+
+    /// Runs a call that `admit` let through: timeout, classification, recording. Split from
+    /// admission so integrations (tower) can admit before they even build the call.
+    pub(crate) async fn run_admitted<T, E, C: Classifier<T, E> + ?Sized>(
+        &self,
+        permit: Permit,
+        fut: impl Future<Output = Result<T, E>>,
+        classifier: &C,
+    ) -> Result<T, CallError<E>> {
         let mut fut = std::pin::pin!(fut);
         let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
         let result = match first {
             Poll::Ready(r) => Some(r),
-            Poll::Pending => tokio::time::timeout(h.inner.call_timeout, fut).await.ok(),
+            Poll::Pending => tokio::time::timeout(self.inner.call_timeout, fut).await.ok(),
         };
         match result {
             Some(r) => {
-                h.finish(permit, classifier.classify(&r));
+                self.finish(permit, classifier.classify(&r));
                 r.map_err(CallError::Inner)
             }
             None => {
-                h.finish(permit, Outcome::Timeout);
+                self.finish(permit, Outcome::Timeout);
                 Err(CallError::TimedOut {
-                    service: h.inner.key.clone(),
-                    after: h.inner.call_timeout,
+                    service: self.inner.key.clone(),
+                    after: self.inner.call_timeout,
                 })
             }
         }

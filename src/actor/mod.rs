@@ -20,10 +20,14 @@ mod clock;
 mod gate;
 mod handle;
 mod registry;
+mod reqwest;
 mod service;
+mod tower;
 
 pub use call::{CallError, Classifier, Fallback, FallbackFn, FallbackReason, HasStatus, HttpStatuses, Results};
 pub use clock::{Clock, system_now_ms};
 pub use handle::BreakerHandle;
 pub use registry::{Registry, RegistryError, RegistryOptions};
+pub use reqwest::{BreakerMiddleware, Operation, Rejected, TimedOut};
 pub use service::{ActorOptions, CALL_STATS, CallStats, CommandResult, OPERATOR_COMMAND, Operator, OperatorCommand};
+pub use tower::{BreakerLayer, BreakerService};
