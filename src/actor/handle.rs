@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
+use tracing::Instrument;
 
 pub(crate) struct Inner {
     pub key: Arc<str>,
@@ -154,8 +155,16 @@ impl BreakerHandle {
         classifier: &C,
     ) -> Result<T, CallError<E>> {
         let h = self.operation(op);
-        let permit = h.admit()?;
-        h.run_admitted(permit, fut, classifier).await
+        // A span per protected call; with no subscriber listening it costs a static check.
+        let span = tracing::debug_span!("breaker.call", service = %h.inner.key, op, outcome = tracing::field::Empty);
+        let permit = match h.admit() {
+            Ok(p) => p,
+            Err(e) => {
+                span.record("outcome", "rejected");
+                return Err(e);
+            }
+        };
+        h.run_admitted(permit, fut, classifier).instrument(span).await
     }
 
     /// Runs a call that `admit` let through: timeout, classification, recording. Split from
@@ -174,10 +183,13 @@ impl BreakerHandle {
         };
         match result {
             Some(r) => {
-                self.finish(permit, classifier.classify(&r));
+                let outcome = classifier.classify(&r);
+                tracing::Span::current().record("outcome", outcome.as_str());
+                self.finish(permit, outcome);
                 r.map_err(CallError::Inner)
             }
             None => {
+                tracing::Span::current().record("outcome", "timeout");
                 self.finish(permit, Outcome::Timeout);
                 Err(CallError::TimedOut {
                     service: self.inner.key.clone(),
@@ -268,5 +280,42 @@ impl BreakerHandle {
     #[doc(hidden)]
     pub async fn crash_for_test(&self) {
         let _ = self.inner.addr.send(Crash).await;
+    }
+}
+
+/// The seed's `HasCircuitBreaker`: a service client that owns a breaker handle gets
+/// `self.protected(op, fut)`.
+///
+/// ```no_run
+/// use breakerbox::actor::{BreakerHandle, CallError, HasCircuitBreaker};
+///
+/// struct StripeClient {
+///     breaker: BreakerHandle,
+/// }
+///
+/// impl HasCircuitBreaker for StripeClient {
+///     fn breaker(&self) -> &BreakerHandle {
+///         &self.breaker
+///     }
+/// }
+///
+/// impl StripeClient {
+///     async fn create_customer(&self) -> Result<String, CallError<std::io::Error>> {
+///         self.protected("customers.create", async { Ok("cus_123".to_owned()) }).await
+///     }
+/// }
+/// ```
+pub trait HasCircuitBreaker {
+    /// The service's breaker.
+    fn breaker(&self) -> &BreakerHandle;
+
+    /// Runs `fut` through the breaker of operation `op` (or the service's); see
+    /// [`BreakerHandle::call`].
+    fn protected<T, E>(
+        &self,
+        op: &str,
+        fut: impl Future<Output = Result<T, E>>,
+    ) -> impl Future<Output = Result<T, CallError<E>>> {
+        self.breaker().call(op, fut)
     }
 }

@@ -26,7 +26,7 @@ mod tower;
 
 pub use call::{CallError, Classifier, Fallback, FallbackFn, FallbackReason, HasStatus, HttpStatuses, Results};
 pub use clock::{Clock, system_now_ms};
-pub use handle::BreakerHandle;
+pub use handle::{BreakerHandle, HasCircuitBreaker};
 pub use registry::{Registry, RegistryError, RegistryOptions};
 pub use reqwest::{BreakerMiddleware, Operation, Rejected, TimedOut};
 pub use service::{ActorOptions, CALL_STATS, CallStats, CommandResult, OPERATOR_COMMAND, Operator, OperatorCommand};
