@@ -67,8 +67,13 @@ pub(crate) struct Gate {
     pub(crate) rejected: AtomicU64,
     /// Calls served by a fallback since the actor last collected them.
     pub(crate) fallbacks: AtomicU64,
-    /// Records buffered at most; past it a caller asks for a flush on every push.
+    /// Records buffered before a caller asks the actor to fold them early.
     pub(crate) soft_limit: usize,
+    /// Records buffered at most: past it outcomes are dropped and counted (never silent), so a
+    /// stalled actor can't grow memory without bound. Trial records are never dropped.
+    pub(crate) hard_limit: usize,
+    /// Outcomes dropped at the hard limit since the actor last collected them.
+    pub(crate) dropped: AtomicU64,
 }
 
 /// What admission decided.
@@ -79,7 +84,7 @@ pub(crate) enum Admission {
 }
 
 impl Gate {
-    pub(crate) fn new(soft_limit: usize) -> Self {
+    pub(crate) fn new(soft_limit: usize, hard_limit: usize) -> Self {
         Gate {
             word: AtomicU64::new(0),
             open_until_ms: AtomicU64::new(0),
@@ -90,6 +95,8 @@ impl Gate {
             rejected: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
             soft_limit,
+            hard_limit: hard_limit.max(soft_limit),
+            dropped: AtomicU64::new(0),
         }
     }
 
@@ -224,6 +231,11 @@ impl Gate {
     #[inline]
     pub(crate) fn done(&self, clock: impl Fn() -> u64, permit: Permit, outcome: Outcome) -> usize {
         let mut r = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        if r.len() >= self.hard_limit && !permit.trial {
+            drop(r);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return self.hard_limit;
+        }
         r.push(Record::Done {
             at_ms: clock(),
             permit,
@@ -246,5 +258,56 @@ impl Gate {
     /// The actor took the flush: later records need a new one.
     pub(crate) fn release_flush(&self) {
         self.flush_pending.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn permit(trial: bool) -> Permit {
+        Permit {
+            episode: 0,
+            admitted_at_ms: 0,
+            trial,
+        }
+    }
+
+    #[test]
+    fn the_buffer_is_bounded_and_what_it_drops_is_counted() {
+        let gate = Gate::new(10, 100);
+        for _ in 0..250 {
+            gate.done(|| 5, permit(false), Outcome::Success);
+        }
+        // Trials are never dropped: the core's permit count depends on them.
+        gate.done(|| 5, permit(true), Outcome::Success);
+        let mut drained = Vec::new();
+        gate.drain(&mut drained);
+        assert_eq!(drained.len(), 101);
+        assert_eq!(gate.dropped.load(Ordering::Relaxed), 150);
+    }
+
+    #[test]
+    fn a_stale_view_never_takes_a_trial_of_a_later_episode() {
+        let gate = Gate::new(10, 100);
+        gate.publish(State::HalfOpen, 4, None, 2);
+        let clock = || 7;
+        assert!(matches!(gate.admit(&clock), Admission::Permit(p) if p.trial && p.episode == 4));
+        // The actor re-opens (episode 5): the permits now belong to episode 6 and start at 0.
+        gate.publish(State::Open, 5, Some(100), 2);
+        assert_eq!(gate.trials(), (6, 0));
+        assert!(matches!(gate.admit(&clock), Admission::Reject(r) if r.state == State::Open));
+        // Past the deadline, callers take trials of episode 6, two at most.
+        let later = || 100;
+        assert!(matches!(gate.admit(&later), Admission::Permit(p) if p.trial && p.episode == 6));
+        assert!(matches!(gate.admit(&later), Admission::Permit(p) if p.trial && p.episode == 6));
+        assert!(matches!(gate.admit(&later), Admission::Reject(r) if r.state == State::HalfOpen));
+        // The actor's timer moves to HALF_OPEN episode 6: the permits already taken are kept.
+        gate.publish(State::HalfOpen, 6, None, 2);
+        assert_eq!(gate.trials(), (6, 2));
+        gate.return_trial(5); // a stale return changes nothing
+        assert_eq!(gate.trials(), (6, 2));
+        gate.return_trial(6);
+        assert_eq!(gate.trials(), (6, 1));
     }
 }

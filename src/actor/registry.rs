@@ -23,6 +23,8 @@ pub struct RegistryOptions {
     pub actors: ActorOptions,
     /// Buffered outcomes per breaker before callers ask the actor to fold them early.
     pub soft_limit: usize,
+    /// Buffered outcomes per breaker at most; past it outcomes are dropped and counted.
+    pub hard_limit: usize,
     /// Name this process takes the writer lease under (who writes the breakers' streams).
     pub holder: String,
     /// The lease's time to live; renewed every third of it.
@@ -35,6 +37,7 @@ impl Default for RegistryOptions {
             clock: Clock::system(),
             actors: ActorOptions::default(),
             soft_limit: 4_096,
+            hard_limit: 1_000_000,
             holder: format!("breakerbox pid {}", std::process::id()),
             lease_ttl: Duration::from_secs(3),
         }
@@ -113,7 +116,7 @@ impl Registry {
                     recovered
                         .into_iter()
                         .map(|(config, breaker)| {
-                            let gate = Arc::new(Gate::new(opts2.soft_limit));
+                            let gate = Arc::new(Gate::new(opts2.soft_limit, opts2.hard_limit));
                             // Published before any handle exists, so no call sees a default state.
                             let v = breaker.view(clock2.now_ms());
                             gate.publish(v.state, v.episode, v.open_until_ms, breaker.policy().half_open_requests);

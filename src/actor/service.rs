@@ -53,6 +53,10 @@ pub struct CallStats {
     pub rejected: u64,
     /// Calls answered by a fallback.
     pub fallbacks: u64,
+    /// Outcomes dropped because the breaker's buffer was full (the actor fell behind): a loss,
+    /// recorded so it is never silent.
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 /// What a command did.
@@ -158,11 +162,16 @@ impl ServiceActor {
         }
         let rejected = self.gate.rejected.swap(0, std::sync::atomic::Ordering::Relaxed);
         let fallbacks = self.gate.fallbacks.swap(0, std::sync::atomic::Ordering::Relaxed);
-        if rejected + fallbacks > 0 {
+        let dropped = self.gate.dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::error!(breaker = %self.key, dropped, "outcomes dropped: the breaker's buffer was full");
+        }
+        if rejected + fallbacks + dropped > 0 {
             let stats = CallStats {
                 at_ms: self.clock.now_ms(),
                 rejected,
                 fallbacks,
+                dropped,
             };
             self.submit_other(CALL_STATS, stats.at_ms, &stats);
         }
