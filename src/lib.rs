@@ -1,7 +1,12 @@
 //! breakerbox: circuit breakers whose every decision is an event in a durable log.
 //!
-//! This release holds the pure core ([`breaker`]) and the trace simulator ([`simulate`]);
-//! see `docs/architecture.md` for the layers and what comes next.
+//! - [`breaker`]: the pure, deterministic state machine (time in, events out).
+//! - [`simulate`]: the core stepped over a trace of calls (`breakerbox simulate`).
+//! - [`config`]: policies from embedded defaults, a TOML file and the seed's environment variables.
+//! - [`journal`]: the append-only SQLite event log: group commit, recovery, retention.
+//! - [`actor`]: the live breakers: one actor per breaker, the protected call path, integrations.
+//!
+//! See `docs/architecture.md` for the layers and `docs/library.md` for embedding.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
