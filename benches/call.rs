@@ -35,10 +35,18 @@ struct Setup {
 
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let registry = rt.block_on(async {
         let config = Config::from_toml(Path::new("bench.toml"), CONFIG, &BTreeMap::new()).unwrap();
-        let journal = Arc::new(Journal::open(&dir.path().join("log.db"), JournalOptions::default()).await.unwrap());
+        let journal = Arc::new(
+            Journal::open(&dir.path().join("log.db"), JournalOptions::default())
+                .await
+                .unwrap(),
+        );
         let registry = Registry::start(
             &config,
             journal,
@@ -54,7 +62,11 @@ fn setup() -> Setup {
         open.inspect().await;
         registry
     });
-    Setup { _dir: dir, rt, registry }
+    Setup {
+        _dir: dir,
+        rt,
+        registry,
+    }
 }
 
 /// Polls a future once with a no-op waker: a ready future needs no executor.
@@ -122,16 +134,24 @@ fn bench(c: &mut Criterion) {
     g.bench_function("breakerbox_call_async_ready", |b| {
         b.iter(|| ready(closed.call("", async { Ok::<u32, ()>(black_box(1)) })))
     });
-    g.bench_function("recloser", |b| b.iter(|| recloser_closed.call(|| Ok::<u32, ()>(black_box(1)))));
+    g.bench_function("recloser", |b| {
+        b.iter(|| recloser_closed.call(|| Ok::<u32, ()>(black_box(1))))
+    });
     g.bench_function("failsafe_consecutive", |b| {
         b.iter(|| failsafe_closed.call(|| Ok::<u32, ()>(black_box(1))))
     });
     g.finish();
 
     let mut g = c.benchmark_group("open_reject");
-    g.bench_function("breakerbox", |b| b.iter(|| open.call_sync("", || Ok::<u32, ()>(black_box(1)))));
-    g.bench_function("recloser", |b| b.iter(|| recloser_open.call(|| Ok::<u32, ()>(black_box(1)))));
-    g.bench_function("failsafe", |b| b.iter(|| failsafe_open.call(|| Ok::<u32, ()>(black_box(1)))));
+    g.bench_function("breakerbox", |b| {
+        b.iter(|| open.call_sync("", || Ok::<u32, ()>(black_box(1))))
+    });
+    g.bench_function("recloser", |b| {
+        b.iter(|| recloser_open.call(|| Ok::<u32, ()>(black_box(1))))
+    });
+    g.bench_function("failsafe", |b| {
+        b.iter(|| failsafe_open.call(|| Ok::<u32, ()>(black_box(1))))
+    });
     g.finish();
 
     let mut g = c.benchmark_group("closed_call_2threads");

@@ -503,3 +503,114 @@ async fn the_reqwest_middleware_classifies_statuses_and_rejects_without_sending(
     );
     registry.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_file_or_sighup_reloads_policies_without_losing_state() {
+    use breakerbox::actor::ReloadOutcome;
+    use breakerbox::config::LoadOptions;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cb.toml");
+    std::fs::write(&file, "[services.stripe]\nfailure_threshold = 2\ntimeout = \"30s\"\n").unwrap();
+    let options = LoadOptions {
+        path: Some(file.clone()),
+        env: BTreeMap::new(),
+    };
+    let config = Config::load(&options).unwrap();
+    let journal = Arc::new(
+        Journal::open(&dir.path().join("log.db"), JournalOptions::default())
+            .await
+            .unwrap(),
+    );
+    let clock = Clock::manual(1_764_000_000_000);
+    let registry = Arc::new(
+        Registry::start(
+            &config,
+            journal,
+            RegistryOptions {
+                clock: clock.clone(),
+                ..RegistryOptions::default()
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let stripe = registry.get("stripe").unwrap().clone();
+    // HALF_OPEN with one of its two successes, and a trial still out.
+    for _ in 0..2 {
+        let _ = stripe.call("", async { Err::<(), _>("down") }).await;
+    }
+    stripe.inspect().await;
+    clock.advance(30_000);
+    assert!(stripe.call("", async { Ok::<_, &str>(()) }).await.is_ok());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let held = {
+        let (stripe, release) = (stripe.clone(), release.clone());
+        tokio::spawn(async move {
+            stripe
+                .call("", async move {
+                    release.notified().await;
+                    Ok::<_, &str>(())
+                })
+                .await
+        })
+    };
+    while stripe.trial_permits() < 2 {
+        tokio::task::yield_now().await;
+    }
+    let before = stripe.inspect().await.unwrap().view(0);
+    assert_eq!(
+        (before.state, before.trial_successes, before.trials_issued),
+        (State::HalfOpen, 1, 2)
+    );
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = breakerbox::actor::watch(registry.clone(), options, Duration::from_millis(20), Some(tx)).unwrap();
+    // The file changes: the new timeout applies, the HALF_OPEN progress stays.
+    std::fs::write(&file, "[services.stripe]\nfailure_threshold = 2\ntimeout = \"90s\"\n").unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let ReloadOutcome::Applied(report) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(report.changed.len(), 1);
+    let after = stripe.inspect().await.unwrap();
+    assert_eq!(after.policy().open.timeout_ms, 90_000);
+    let v = after.view(0);
+    assert_eq!(
+        (v.state, v.trial_successes, v.trials_issued),
+        (State::HalfOpen, 1, 2),
+        "progress and permits kept"
+    );
+    release.notify_waiters();
+    held.await.unwrap().unwrap();
+    assert_eq!(
+        stripe.inspect().await.unwrap().state(),
+        State::Closed,
+        "the kept success counts"
+    );
+    // SIGHUP with a broken file: refused whole, the running configuration stays.
+    std::fs::write(&file, "[services.stripe]\nfailure_threshold = 0\n").unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(outcome, ReloadOutcome::Refused(_)), "{outcome:?}");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let outcome = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(outcome, ReloadOutcome::Refused(_)),
+        "SIGHUP reloads too: {outcome:?}"
+    );
+    assert_eq!(stripe.inspect().await.unwrap().policy().open.timeout_ms, 90_000);
+    watcher.abort();
+    registry.shutdown().await.unwrap();
+}

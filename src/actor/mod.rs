@@ -23,6 +23,7 @@ mod registry;
 mod reqwest;
 mod service;
 mod tower;
+mod watch;
 
 pub use call::{CallError, Classifier, Fallback, FallbackFn, FallbackReason, HasStatus, HttpStatuses, Results};
 pub use clock::{Clock, system_now_ms};
@@ -31,3 +32,4 @@ pub use registry::{Registry, RegistryError, RegistryOptions};
 pub use reqwest::{BreakerMiddleware, Operation, Rejected, TimedOut};
 pub use service::{ActorOptions, CALL_STATS, CallStats, CommandResult, OPERATOR_COMMAND, Operator, OperatorCommand};
 pub use tower::{BreakerLayer, BreakerService};
+pub use watch::{ReloadOutcome, reload, watch};

@@ -71,6 +71,7 @@ struct Started {
 /// All breakers of a configuration, running.
 pub struct Registry {
     handles: BTreeMap<String, BreakerHandle>,
+    configs: Mutex<BTreeMap<String, BreakerConfig>>,
     addrs: BTreeMap<String, Addr<ServiceActor>>,
     journal: Arc<Journal>,
     clock: Clock,
@@ -174,8 +175,10 @@ impl Registry {
             handles.insert(s.key.clone(), make(s, operations));
             addrs.insert(s.key.clone(), s.addr.clone());
         }
+        let configs = Mutex::new(config.breakers.iter().map(|b| (b.key.clone(), b.clone())).collect());
         Ok(Registry {
             handles,
+            configs,
             addrs,
             journal,
             clock: options.clock,
@@ -209,11 +212,22 @@ impl Registry {
     /// reload are reported, not started or stopped (that takes a restart).
     pub async fn reload(&self, config: &Config) -> crate::config::Reload {
         let mut report = crate::config::Reload::default();
+        let now = self.clock.now_ms();
         for b in &config.breakers {
             match self.addrs.get(&b.key) {
                 Some(addr) => {
+                    let old = self
+                        .configs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(b.key.clone(), b.clone());
+                    if old.as_ref() == Some(b) {
+                        continue;
+                    }
                     let _ = addr.send(Reconfigure(b.clone())).await;
-                    report.changed.push((b.key.clone(), b.policy_at(self.clock.now_ms())));
+                    if old.is_none_or(|o| o.policy_at(now) != b.policy_at(now)) {
+                        report.changed.push((b.key.clone(), b.policy_at(now)));
+                    }
                 }
                 None => report.added.push(b.key.clone()),
             }
