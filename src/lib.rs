@@ -15,6 +15,7 @@ pub mod breaker;
 pub mod config;
 pub mod duration;
 pub mod journal;
+pub mod replay;
 pub mod simulate;
 
 // The README's examples are compiled and run as doctests, so they cannot rot.

@@ -250,6 +250,18 @@ impl Gate {
         into.append(&mut r);
     }
 
+    /// Takes the records stamped before `now_ms` (read under the lock): every record pushed
+    /// later is stamped `now_ms` or after, so the instants taken are complete. Returns whether
+    /// records were left for a later drain.
+    pub(crate) fn drain_before(&self, clock: impl Fn() -> u64, into: &mut Vec<Record>) -> bool {
+        let mut r = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let now = clock();
+        // Stamps are non-decreasing in push order (read under this lock), so the split is a prefix.
+        let split = r.partition_point(|rec| rec.at_ms() < now);
+        into.extend(r.drain(..split));
+        !r.is_empty()
+    }
+
     /// True if the caller should send a flush (none is pending yet).
     pub(crate) fn claim_flush(&self) -> bool {
         !self.flush_pending.swap(true, Ordering::AcqRel)
@@ -258,6 +270,25 @@ impl Gate {
     /// The actor took the flush: later records need a new one.
     pub(crate) fn release_flush(&self) {
         self.flush_pending.store(false, Ordering::Release);
+    }
+}
+
+impl Record {
+    pub(crate) fn at_ms(&self) -> u64 {
+        match *self {
+            Record::Trial { at_ms } | Record::Done { at_ms, .. } => at_ms,
+        }
+    }
+
+    /// The order `breakerbox simulate` gives events at one instant: completions of calls admitted
+    /// earlier (by admission time), then what was admitted at that instant (in arrival order).
+    /// Sorting a drained batch by this key (stably) makes the live log replayable exactly.
+    pub(crate) fn order_key(&self) -> (u64, u8, u64) {
+        match *self {
+            Record::Trial { at_ms } => (at_ms, 1, at_ms),
+            Record::Done { at_ms, permit, .. } if permit.admitted_at_ms < at_ms => (at_ms, 0, permit.admitted_at_ms),
+            Record::Done { at_ms, .. } => (at_ms, 1, at_ms),
+        }
     }
 }
 

@@ -4,10 +4,11 @@
 use super::call::{CallError, Classifier, Fallback, Results};
 use super::clock::Clock;
 use super::gate::{Admission, Gate};
-use super::service::{self, CommandResult, Crash, Flush, Inspect, Operate, Operator, ServiceActor, Tick};
+use super::service::{self, CommandResult, Crash, Flush, Inspect, Operate, ServiceActor, Tick};
 use crate::breaker::{Breaker, Command, Outcome, Permit, State};
 use crate::config::StatusClassifier;
 use crate::journal::JournalError;
+use crate::journal::Operator;
 use actix::Addr;
 use std::any::Any;
 use std::collections::BTreeMap;

@@ -25,11 +25,12 @@ mod service;
 mod tower;
 mod watch;
 
+pub use crate::journal::{CALL_STATS, CallStats, OPERATOR_COMMAND, Operator, OperatorCommand};
 pub use call::{CallError, Classifier, Fallback, FallbackFn, FallbackReason, HasStatus, HttpStatuses, Results};
 pub use clock::{Clock, system_now_ms};
 pub use handle::{BreakerHandle, HasCircuitBreaker};
 pub use registry::{Registry, RegistryError, RegistryOptions};
 pub use reqwest::{BreakerMiddleware, Operation, Rejected, TimedOut};
-pub use service::{ActorOptions, CALL_STATS, CallStats, CommandResult, OPERATOR_COMMAND, Operator, OperatorCommand};
+pub use service::{ActorOptions, CommandResult};
 pub use tower::{BreakerLayer, BreakerService};
 pub use watch::{ReloadOutcome, reload, watch};

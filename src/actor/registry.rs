@@ -5,8 +5,9 @@
 use super::clock::Clock;
 use super::gate::Gate;
 use super::handle::{BreakerHandle, Inner};
-use super::service::{ActorOptions, CommandResult, Operator, Reconfigure, ServiceActor, Settle};
+use super::service::{ActorOptions, CommandResult, Reconfigure, ServiceActor, Settle};
 use crate::config::{BreakerConfig, Config};
+use crate::journal::Operator;
 use crate::journal::{Body, Journal, JournalError};
 use actix::{Addr, Supervisor, System};
 use std::collections::BTreeMap;
@@ -95,8 +96,11 @@ impl Registry {
         let mut recovered = Vec::new();
         for b in &config.breakers {
             let policy = b.policy_at(now);
-            let mut breaker = journal.recover(&b.key, policy.clone()).await?.breaker;
-            if breaker.policy() != &policy {
+            let found = journal.recover(&b.key, policy.clone()).await?;
+            let mut breaker = found.breaker;
+            // A new stream records the policy it starts with, so its log is self-contained
+            // (replay and export know the policy in force from the first event on).
+            if breaker.policy() != &policy || found.last_seq == 0 {
                 let mut events = Vec::new();
                 if breaker.set_policy(now, policy, &mut events).is_ok() {
                     let stream: Arc<str> = Arc::from(b.key.as_str());

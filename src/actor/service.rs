@@ -7,57 +7,12 @@ use super::gate::{Gate, Record};
 use crate::breaker::{Breaker, Command, Decision, Event, Outcome, Policy, State};
 use crate::config::BreakerConfig;
 use crate::journal::{Body, Journal, JournalError};
+use crate::journal::{CALL_STATS, CallStats, OPERATOR_COMMAND, Operator, OperatorCommand};
 use actix::prelude::*;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Event type of an operator's command (who, from where, why); the transition follows it.
-pub const OPERATOR_COMMAND: &str = "operator_command";
-/// Event type of call counts that are not outcomes: rejections and fallbacks.
-pub const CALL_STATS: &str = "call_stats";
-
-/// Who asked for a command, from where, and why: the audit trail's "who did what".
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Operator {
-    /// A person or a token's name, e.g. `alice@ops-laptop` or `token:oncall`.
-    pub who: String,
-    /// `cli`, `http`, `dashboard` or `library`.
-    pub from: String,
-    /// Free text.
-    pub why: String,
-}
-
-/// Payload of an `operator_command` event.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct OperatorCommand {
-    /// When.
-    pub at_ms: u64,
-    /// What.
-    pub command: Command,
-    /// Who, from where, why.
-    pub operator: Operator,
-    /// The state it found.
-    pub from_state: State,
-    /// The state it left.
-    pub to_state: State,
-}
-
-/// Payload of a `call_stats` event: counts since the previous one.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CallStats {
-    /// End of the period (ms).
-    pub at_ms: u64,
-    /// Calls rejected.
-    pub rejected: u64,
-    /// Calls answered by a fallback.
-    pub fallbacks: u64,
-    /// Outcomes dropped because the breaker's buffer was full (the actor fell behind): a loss,
-    /// recorded so it is never silent.
-    #[serde(default)]
-    pub dropped: u64,
-}
 
 /// What a command did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,10 +96,29 @@ impl ServiceActor {
         );
     }
 
-    /// Folds what callers recorded into the core, in the order they recorded it.
+    /// Folds everything callers recorded into the core (commands, inspection, shutdown).
     fn drain(&mut self) {
         self.gate.release_flush();
         self.gate.drain(&mut self.records);
+        self.fold_records();
+    }
+
+    /// Folds the records of completed instants only (regular drains): an instant's records are
+    /// all known before any is folded, so they can be put in `simulate`'s order. Records of the
+    /// current millisecond wait for a drain 1 ms later.
+    fn drain_settled(&mut self, ctx: &mut Context<Self>) {
+        self.gate.release_flush();
+        let clock = self.clock.clone();
+        let left = self.gate.drain_before(|| clock.now_ms(), &mut self.records);
+        self.fold_records();
+        if left && !self.clock.is_manual() && self.gate.claim_flush() {
+            ctx.run_later(Duration::from_millis(1), |act, ctx| act.on_flush(ctx));
+        }
+    }
+
+    fn fold_records(&mut self) {
+        // Stable: records of one instant and class keep their arrival order.
+        self.records.sort_by_key(|r| r.order_key());
         for record in std::mem::take(&mut self.records) {
             match record {
                 Record::Trial { at_ms } => match self.breaker.acquire(at_ms, &mut self.events) {
@@ -278,7 +252,12 @@ impl ServiceActor {
 
     fn on_flush(&mut self, ctx: &mut Context<Self>) {
         self.guard(ctx, |act, ctx| {
-            act.drain();
+            if act.clock.is_manual() {
+                // A manual clock may never move again: fold everything.
+                act.drain();
+            } else {
+                act.drain_settled(ctx);
+            }
             act.emit(ctx);
         });
     }
@@ -457,7 +436,10 @@ pub(crate) struct Inspect;
 impl Handler<Inspect> for ServiceActor {
     type Result = MessageResult<Inspect>;
     fn handle(&mut self, _: Inspect, ctx: &mut Context<Self>) -> Self::Result {
-        self.on_flush(ctx);
+        self.guard(ctx, |act, ctx| {
+            act.drain();
+            act.emit(ctx);
+        });
         MessageResult(self.breaker.clone())
     }
 }

@@ -14,6 +14,11 @@ INPUT (stdin), one JSON object per line, in non-decreasing at_ms:
       a call attempt; latency_ms defaults to 0
   {\"at_ms\": 5000, \"command\": \"reset\"|\"force_open\"|\"disable\"}
       an operator command
+  {\"at_ms\": 0, \"policy\": {\"failure_threshold\": 5, \"timeout\": \"30000ms\", …}}
+      a policy from here on, in config-file keys (as `breakerbox export` writes it); explicit
+      policy flags still override its keys
+  {\"at_ms\": 0, \"state\": {…}}
+      the breaker's whole state (an exported window that starts mid-history)
 
 A call is decided at at_ms and, if admitted, completes at at_ms + latency_ms; a rejected call
 never runs. At equal times a timer due at t fires first, then completions due at t of calls
@@ -61,9 +66,11 @@ struct SummaryLine<'a> {
     summary: &'a breakerbox::simulate::Summary,
 }
 
-/// The policy in force at an instant: the service's layers (schedules included) under the flags.
+/// The policy in force at an instant: the service's layers (schedules included), then the
+/// trace's latest policy line, then the flags.
 struct PolicySource<'a> {
     service: Option<&'a BreakerConfig>,
+    line: Option<Knobs>,
     flags: Knobs,
 }
 
@@ -73,6 +80,9 @@ impl PolicySource<'_> {
             Some(b) => b.knobs_at(at_ms),
             None => breakerbox::config::defaults(),
         };
+        if let Some(line) = &self.line {
+            knobs.overlay(line);
+        }
         knobs.overlay(&self.flags);
         knobs
             .policy()
@@ -89,11 +99,12 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
         Some(_) => Some(Config::load(&LoadOptions::from_process(global.config.clone())).map_err(CliError::config)?),
         None => None,
     };
-    let source = PolicySource {
+    let mut source = PolicySource {
         service: match &config {
             Some(c) => args.policy.service(c).map_err(CliError::BadInput)?,
             None => None,
         },
+        line: None,
         flags: args.policy.knobs(),
     };
     let mut text = String::new();
@@ -119,6 +130,14 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
         Ok(())
     };
     for input in &inputs {
+        if let Input::Policy { at_ms, knobs } = input {
+            source.line = Some((**knobs).clone());
+            let policy = source.at(*at_ms)?;
+            sim.set_policy(*at_ms, policy, &mut events)
+                .map_err(|e| CliError::BadInput(format!("invalid policy: {e}")))?;
+            print(&mut events, &mut out)?;
+            continue;
+        }
         if source.scheduled() {
             let policy = source.at(input.at_ms())?;
             if &policy != sim.breaker().policy() {

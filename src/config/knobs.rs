@@ -425,3 +425,91 @@ impl fmt::Display for KnobError {
         write!(f, "{}: {} {}", self.source, self.key, self.message)
     }
 }
+
+/// The config-file keys that describe `policy` completely: parsed back over the embedded
+/// defaults they give the same policy (durations as `"…ms"` strings, so nothing is rounded).
+pub fn policy_keys(policy: &Policy) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::json;
+    let ms = |v: u64| json!(format!("{v}ms"));
+    let mut m = serde_json::Map::new();
+    let window = |m: &mut serde_json::Map<String, serde_json::Value>, w: &SlidingWindow, minimum: u32| {
+        match *w {
+            SlidingWindow::Count { calls } => {
+                m.insert("window_calls".into(), json!(calls));
+            }
+            SlidingWindow::Time { window_ms, buckets } => {
+                m.insert("window".into(), ms(window_ms));
+                m.insert("window_buckets".into(), json!(buckets));
+            }
+        }
+        m.insert("minimum_calls".into(), json!(minimum));
+    };
+    match &policy.trip {
+        TripRule::ConsecutiveFailures { threshold } => {
+            m.insert("failure_threshold".into(), json!(threshold));
+        }
+        TripRule::FailureCount {
+            threshold,
+            window_ms,
+            buckets,
+        } => {
+            m.insert("failure_threshold".into(), json!(threshold));
+            m.insert("failure_window".into(), ms(*window_ms));
+            m.insert("window_buckets".into(), json!(buckets));
+        }
+        TripRule::FailureRate {
+            threshold_percent,
+            window: w,
+            minimum_calls,
+        } => {
+            m.insert("failure_rate".into(), json!(threshold_percent));
+            window(&mut m, w, *minimum_calls);
+        }
+    }
+    if let Some(slow) = &policy.slow_calls {
+        m.insert("slow_call_duration".into(), ms(slow.duration_ms));
+        m.insert("slow_call_rate".into(), json!(slow.threshold_percent));
+        // One window and minimum serve both rate rules in the config's keys.
+        window(&mut m, &slow.window, slow.minimum_calls);
+    }
+    m.insert("timeout".into(), ms(policy.open.timeout_ms));
+    m.insert("backoff_factor".into(), json!(policy.open.backoff_factor));
+    if let Some(max) = policy.open.max_timeout_ms {
+        m.insert("max_timeout".into(), ms(max));
+    }
+    m.insert("jitter".into(), json!(policy.open.jitter_percent));
+    m.insert("seed".into(), json!(policy.open.seed));
+    m.insert("half_open_requests".into(), json!(policy.half_open_requests));
+    m.insert("success_threshold".into(), json!(policy.success_threshold));
+    m
+}
+
+impl Knobs {
+    /// Settings from a JSON object of config keys (a `simulate` policy line), each with `source`.
+    pub fn from_json(object: &serde_json::Map<String, serde_json::Value>, source: &Source) -> Result<Knobs, String> {
+        let mut knobs = Knobs::default();
+        for (key, value) in object {
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Array(items) => items
+                    .iter()
+                    .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                other => return Err(format!("{key}: {other} is not a value for this key")),
+            };
+            match knobs.set(key, &Raw::Text(&text), source.clone()) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(format!(
+                        "unknown key {key}{}",
+                        super::did_you_mean(key, Knobs::KEYS.iter().copied())
+                    ));
+                }
+                Err(e) => return Err(format!("{key}: {e}")),
+            }
+        }
+        Ok(knobs)
+    }
+}

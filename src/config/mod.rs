@@ -25,7 +25,7 @@ mod secret;
 
 pub use classify::{StatusClassifier, StatusPattern, default_failures};
 pub use env::prefix as env_prefix;
-pub use knobs::{KnobError, Knobs, Millis, Source, Sourced};
+pub use knobs::{KnobError, Knobs, Millis, Source, Sourced, policy_keys};
 pub use schedule::Schedule;
 pub use secret::Secret;
 

@@ -308,3 +308,52 @@ pub struct CallSummary {
     /// The minutes, in order.
     pub minutes: Vec<MinuteSummary>,
 }
+
+// Events of the runtime layer, defined here so every reader (projections, audit) decodes them
+// without depending on the actors.
+
+/// Event type of an operator's command (who, from where, why); the transition follows it.
+pub const OPERATOR_COMMAND: &str = "operator_command";
+/// Event type of call counts that are not outcomes: rejections and fallbacks.
+pub const CALL_STATS: &str = "call_stats";
+
+/// Who asked for a command, from where, and why: the audit trail's "who did what".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operator {
+    /// A person or a token's name, e.g. `alice@ops-laptop` or `token:oncall`.
+    pub who: String,
+    /// `cli`, `http`, `dashboard` or `library`.
+    pub from: String,
+    /// Free text.
+    pub why: String,
+}
+
+/// Payload of an `operator_command` event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OperatorCommand {
+    /// When.
+    pub at_ms: u64,
+    /// What.
+    pub command: crate::breaker::Command,
+    /// Who, from where, why.
+    pub operator: Operator,
+    /// The state it found.
+    pub from_state: crate::breaker::State,
+    /// The state it left.
+    pub to_state: crate::breaker::State,
+}
+
+/// Payload of a `call_stats` event: counts since the previous one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallStats {
+    /// End of the period (ms).
+    pub at_ms: u64,
+    /// Calls rejected.
+    pub rejected: u64,
+    /// Calls answered by a fallback.
+    pub fallbacks: u64,
+    /// Outcomes dropped because the breaker's buffer was full (the actor fell behind): a loss,
+    /// recorded so it is never silent.
+    #[serde(default)]
+    pub dropped: u64,
+}

@@ -126,6 +126,18 @@ impl Simulator {
                 }
             }
             Input::Command { at_ms, command } => self.breaker.command(at_ms, command, out),
+            Input::Policy { at_ms, ref knobs } => {
+                // Over the embedded defaults; `breakerbox simulate` puts its flags on top instead.
+                let mut all = crate::config::defaults();
+                all.overlay(knobs);
+                if let Ok(policy) = all.policy() {
+                    let _ = self.breaker.set_policy(at_ms, policy, out);
+                }
+            }
+            Input::State { ref breaker, .. } => {
+                self.breaker = (**breaker).clone();
+                self.running.clear();
+            }
         }
         self.count(&out[before..]);
     }
@@ -143,7 +155,10 @@ impl Simulator {
     /// Lets every running call complete (timers due before each completion fire first).
     pub fn finish(&mut self, out: &mut Vec<Event>) -> Summary {
         let before = out.len();
-        self.run_until(u64::MAX, out);
+        // Time runs on only as far as the last completion: a timer due after it never fires.
+        if let Some(last) = self.running.iter().map(|r| r.0.done_at_ms).max() {
+            self.run_until(last, out);
+        }
         self.count(&out[before..]);
         self.summary.clone()
     }

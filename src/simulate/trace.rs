@@ -1,11 +1,12 @@
 //! The `simulate` trace format: JSON lines, one call attempt or operator command per line.
 
-use crate::breaker::{Command, Outcome};
+use crate::breaker::{Breaker, Command, Outcome};
+use crate::config::{Knobs, Source};
 use serde::Deserialize;
 use std::fmt;
 
 /// One line of a trace.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Input {
     /// A call attempted at `at_ms`; if admitted it completes at `at_ms + latency_ms`.
     Call {
@@ -23,13 +24,31 @@ pub enum Input {
         /// Which.
         command: Command,
     },
+    /// A policy in force from `at_ms` (config-file keys over the embedded defaults); explicit
+    /// policy flags still override it.
+    Policy {
+        /// When.
+        at_ms: u64,
+        /// The keys given.
+        knobs: Box<Knobs>,
+    },
+    /// The breaker's whole state at `at_ms` (an exported window that starts mid-history).
+    State {
+        /// When.
+        at_ms: u64,
+        /// The state.
+        breaker: Box<Breaker>,
+    },
 }
 
 impl Input {
     /// When the line happens.
     pub fn at_ms(&self) -> u64 {
         match *self {
-            Input::Call { at_ms, .. } | Input::Command { at_ms, .. } => at_ms,
+            Input::Call { at_ms, .. }
+            | Input::Command { at_ms, .. }
+            | Input::Policy { at_ms, .. }
+            | Input::State { at_ms, .. } => at_ms,
         }
     }
 }
@@ -41,6 +60,8 @@ struct RawLine {
     outcome: Option<Outcome>,
     latency_ms: Option<u64>,
     command: Option<Command>,
+    policy: Option<serde_json::Map<String, serde_json::Value>>,
+    state: Option<Box<Breaker>>,
 }
 
 /// A line of a trace that cannot be used. Bad input: show it and stop.
@@ -68,6 +89,52 @@ pub fn parse_line(number: usize, text: &str, previous_at_ms: u64) -> Result<Opti
         return Ok(None);
     }
     let raw: RawLine = serde_json::from_str(text).map_err(|e| err(format!("not a trace line: {e}")))?;
+    let kinds = [
+        raw.outcome.is_some(),
+        raw.command.is_some(),
+        raw.policy.is_some(),
+        raw.state.is_some(),
+    ];
+    if kinds.iter().filter(|k| **k).count() > 1 {
+        return Err(err(
+            "a line is one of: a call (outcome), a command, a policy or a state".to_owned(),
+        ));
+    }
+    if raw.latency_ms.is_some() && raw.outcome.is_none() {
+        return Err(err("latency_ms belongs to a call".to_owned()));
+    }
+    if let Some(policy) = &raw.policy {
+        let source = Source::File {
+            path: "trace".into(),
+            line: number,
+        };
+        let knobs = Knobs::from_json(policy, &source).map_err(|e| err(format!("policy: {e}")))?;
+        knobs
+            .policy()
+            .map_err(|e| err(format!("policy: {} {}", e.key, e.message)))?;
+        return check_order(
+            number,
+            previous_at_ms,
+            Input::Policy {
+                at_ms: raw.at_ms,
+                knobs: Box::new(knobs),
+            },
+        );
+    }
+    if let Some(breaker) = raw.state {
+        breaker
+            .policy()
+            .validate()
+            .map_err(|e| err(format!("state: invalid policy: {e}")))?;
+        return check_order(
+            number,
+            previous_at_ms,
+            Input::State {
+                at_ms: raw.at_ms,
+                breaker,
+            },
+        );
+    }
     let input = match (raw.outcome, raw.command) {
         (Some(outcome), None) => Input::Call {
             at_ms: raw.at_ms,
@@ -80,13 +147,24 @@ pub fn parse_line(number: usize, text: &str, previous_at_ms: u64) -> Result<Opti
         },
         (None, Some(_)) => return Err(err("latency_ms belongs to a call, not to a command".to_owned())),
         (Some(_), Some(_)) => return Err(err("a line is a call (outcome) or a command, not both".to_owned())),
-        (None, None) => return Err(err("expected \"outcome\" (a call) or \"command\"".to_owned())),
+        (None, None) => {
+            return Err(err(
+                "expected \"outcome\" (a call), \"command\", \"policy\" or \"state\"".to_owned(),
+            ));
+        }
     };
+    check_order(number, previous_at_ms, input)
+}
+
+fn check_order(number: usize, previous_at_ms: u64, input: Input) -> Result<Option<Input>, TraceError> {
     if input.at_ms() < previous_at_ms {
-        return Err(err(format!(
-            "at_ms {} is earlier than the line before ({previous_at_ms}): lines must be in time order",
-            input.at_ms()
-        )));
+        return Err(TraceError {
+            line: number,
+            message: format!(
+                "at_ms {} is earlier than the line before ({previous_at_ms}): lines must be in time order",
+                input.at_ms()
+            ),
+        });
     }
     Ok(Some(input))
 }

@@ -1,0 +1,211 @@
+//! The audit trail: what happened to which breaker, when, and who did it.
+
+use crate::breaker::{PolicyApplied, Transition, codec};
+use crate::journal::{CALL_STATS, CallStats, GAP, Gap, Journal, JournalError, OPERATOR_COMMAND, OperatorCommand};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::str::FromStr;
+
+/// Kinds of audit entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A state change, with its reason and evidence.
+    Transition,
+    /// An operator's command: who, from where, why.
+    Command,
+    /// A policy put in force (start, reload, schedule switch).
+    Policy,
+    /// Events lost because the log's buffer overflowed.
+    Gap,
+    /// Rejections, fallbacks and outcomes dropped, counted per flush.
+    Stats,
+}
+
+impl Kind {
+    /// Every kind, in display order.
+    pub const ALL: [Kind; 5] = [Kind::Transition, Kind::Command, Kind::Policy, Kind::Gap, Kind::Stats];
+
+    fn event_type(self) -> &'static str {
+        match self {
+            Kind::Transition => codec::types::TRANSITION,
+            Kind::Command => OPERATOR_COMMAND,
+            Kind::Policy => codec::types::POLICY_APPLIED,
+            Kind::Gap => GAP,
+            Kind::Stats => CALL_STATS,
+        }
+    }
+
+    /// The kind's name on the command line and in output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Transition => "transition",
+            Kind::Command => "command",
+            Kind::Policy => "policy",
+            Kind::Gap => "gap",
+            Kind::Stats => "stats",
+        }
+    }
+}
+
+impl FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Kind, String> {
+        let t = s.trim().to_ascii_lowercase();
+        // The names, and the obvious synonyms.
+        let kind = match t.as_str() {
+            "transition" | "transitions" => Kind::Transition,
+            "command" | "commands" | "operator" | "operator_command" => Kind::Command,
+            "policy" | "policy_change" | "policy_applied" => Kind::Policy,
+            "gap" | "gaps" => Kind::Gap,
+            "stats" | "fallback" | "fallbacks" | "rejection" | "rejections" => Kind::Stats,
+            _ => {
+                let names: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+                return Err(format!("unknown kind {s:?}: use one of {}", names.join(", ")));
+            }
+        };
+        Ok(kind)
+    }
+}
+
+/// What to look for.
+#[derive(Clone, Debug)]
+pub struct AuditQuery {
+    /// Only this breaker (key).
+    pub stream: Option<String>,
+    /// Only these kinds (all when empty).
+    pub kinds: Vec<Kind>,
+    /// From this instant (ms, inclusive).
+    pub since_ms: u64,
+    /// Until this instant (ms, exclusive).
+    pub until_ms: u64,
+    /// Only entries after this log position (pagination).
+    pub after_position: i64,
+    /// At most this many entries.
+    pub limit: usize,
+}
+
+/// One line of the audit trail.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AuditEntry {
+    /// Log position (pass it as `after_position` for the next page).
+    pub position: i64,
+    /// When (ms).
+    pub at_ms: i64,
+    /// The breaker.
+    pub stream: String,
+    /// What kind of entry.
+    pub kind: Kind,
+    /// One line for people.
+    pub summary: String,
+    /// Everything, for machines.
+    pub details: Value,
+}
+
+fn entry(e: &crate::journal::StoredEvent, kind: Kind) -> Result<AuditEntry, String> {
+    let bad = |m: String| format!("event at position {}: {m}", e.position);
+    let (summary, details) = match kind {
+        Kind::Transition | Kind::Policy => match codec::decode(&e.event_type, e.event_version, &e.payload) {
+            Ok(crate::breaker::Event::Transitioned(t)) => (transition_line(&t), json!(t)),
+            Ok(crate::breaker::Event::PolicyApplied(p)) => (policy_line(&p), json!(p)),
+            Ok(_) => return Err(bad("unexpected event".into())),
+            Err(err) => return Err(bad(err.to_string())),
+        },
+        Kind::Command => {
+            let c: OperatorCommand = rmp_serde::from_slice(&e.payload).map_err(|err| bad(err.to_string()))?;
+            let line = format!(
+                "{} by {} from {}: {} ({} → {})",
+                command_name(c.command),
+                c.operator.who,
+                c.operator.from,
+                c.operator.why,
+                c.from_state,
+                c.to_state
+            );
+            (line, json!(c))
+        }
+        Kind::Gap => {
+            let g: Gap = rmp_serde::from_slice(&e.payload).map_err(|err| bad(err.to_string()))?;
+            let total: u64 = g.dropped.values().flat_map(|m| m.values()).sum();
+            (format!("{total} events dropped (the log's buffer was full)"), json!(g))
+        }
+        Kind::Stats => {
+            let s: CallStats = rmp_serde::from_slice(&e.payload).map_err(|err| bad(err.to_string()))?;
+            (
+                format!(
+                    "{} rejected, {} served by fallback, {} dropped",
+                    s.rejected, s.fallbacks, s.dropped
+                ),
+                json!(s),
+            )
+        }
+    };
+    Ok(AuditEntry {
+        position: e.position,
+        at_ms: e.recorded_at,
+        stream: e.stream.clone(),
+        kind,
+        summary,
+        details,
+    })
+}
+
+fn command_name(c: crate::breaker::Command) -> &'static str {
+    match c {
+        crate::breaker::Command::Reset => "reset",
+        crate::breaker::Command::ForceOpen => "force_open",
+        crate::breaker::Command::Disable => "disable",
+    }
+}
+
+fn transition_line(t: &Transition) -> String {
+    let e = serde_json::to_value(&t.evidence).unwrap_or(Value::Null);
+    let evidence: Vec<String> = e
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect())
+        .unwrap_or_default();
+    format!("{} → {} ({}: {})", t.from, t.to, t.reason.as_str(), evidence.join(" "))
+}
+
+fn policy_line(p: &PolicyApplied) -> String {
+    let keys = crate::config::policy_keys(&p.policy);
+    let shown: Vec<String> = keys.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("policy in force: {}", shown.join(" "))
+}
+
+/// Runs an audit query, in log order. A stored event that does not decode is an error.
+pub async fn audit(journal: &Journal, q: &AuditQuery) -> Result<Vec<AuditEntry>, JournalError> {
+    let kinds: Vec<Kind> = if q.kinds.is_empty() {
+        Kind::ALL.to_vec()
+    } else {
+        q.kinds.clone()
+    };
+    let types: Vec<&str> = kinds.iter().map(|k| k.event_type()).collect();
+    let mut out = Vec::new();
+    let mut after = q.after_position;
+    let (since, until) = (
+        q.since_ms.min(i64::MAX as u64) as i64,
+        q.until_ms.min(i64::MAX as u64) as i64,
+    );
+    while out.len() < q.limit {
+        let page = journal.read_range(&types, since, until, after, 1_000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for e in &page {
+            if q.stream.as_ref().is_some_and(|s| *s != e.stream) {
+                continue;
+            }
+            let kind = kinds
+                .iter()
+                .copied()
+                .find(|k| k.event_type() == e.event_type)
+                .expect("read_range returned a requested type");
+            let item = entry(e, kind).map_err(|m| JournalError::Store(crate::journal::StoreError::Io(m)))?;
+            out.push(item);
+            if out.len() >= q.limit {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,156 @@
+//! Answers about the past, folded from the log with the core's own code: a breaker's state at
+//! any instant, its timeline, the audit trail, and the recorded calls as a `simulate` trace.
+
+mod audit;
+mod export;
+mod time;
+
+pub use audit::{AuditEntry, AuditQuery, Kind, audit};
+pub use export::export;
+pub use time::{TimeError, parse_time};
+
+use crate::breaker::{Breaker, Event, Policy, Transition};
+use crate::journal::{Decoded, Journal, JournalError, StoredEvent, decode};
+use serde::Serialize;
+
+/// One decoded event of a stream, with where it sits in the log.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// Log position of the stored event it came from (a call batch gives several entries).
+    pub position: i64,
+    /// What it is.
+    pub item: Item,
+}
+
+/// What an entry holds.
+#[derive(Clone, Debug)]
+pub enum Item {
+    /// A core event.
+    Core(Event),
+    /// A snapshot of the breaker.
+    Snapshot(Box<Breaker>),
+    /// Per-minute summaries of compacted calls: per-call detail is gone there.
+    Summary,
+    /// Anything else (operator commands, call stats, gaps…).
+    Other(String),
+}
+
+/// Every event of a stream, decoded, in log order. A malformed event is an error naming its
+/// position, never skipped.
+pub async fn history(journal: &Journal, stream: &str) -> Result<Vec<Entry>, JournalError> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = journal.read_stream(stream, after, 10_000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for e in &page {
+            push(&mut out, e)?;
+        }
+    }
+    Ok(out)
+}
+
+fn push(out: &mut Vec<Entry>, e: &StoredEvent) -> Result<(), JournalError> {
+    let decoded = decode(e).map_err(|source| JournalError::Decode {
+        position: e.position,
+        source,
+    })?;
+    match decoded {
+        Decoded::Breaker(events) => out.extend(events.into_iter().map(|ev| Entry {
+            position: e.position,
+            item: Item::Core(ev),
+        })),
+        Decoded::Snapshot(b) => out.push(Entry {
+            position: e.position,
+            item: Item::Snapshot(b),
+        }),
+        Decoded::Summary(_) => out.push(Entry {
+            position: e.position,
+            item: Item::Summary,
+        }),
+        Decoded::Gap(_) | Decoded::Other => out.push(Entry {
+            position: e.position,
+            item: Item::Other(e.event_type.clone()),
+        }),
+    }
+    Ok(())
+}
+
+/// The breaker a stream describes, folded with the core's `apply` up to and including the
+/// events at `until_ms` (all of them if `None`). The first policy comes from the stream itself
+/// (its first `policy_applied` or snapshot); `fallback` is used if it has neither.
+pub fn fold(entries: &[Entry], until_ms: Option<u64>, fallback: &Policy) -> Breaker {
+    let initial = entries.iter().find_map(|e| match &e.item {
+        Item::Core(Event::PolicyApplied(p)) => Some(p.policy.clone()),
+        Item::Snapshot(b) => Some(b.policy().clone()),
+        _ => None,
+    });
+    let mut breaker = Breaker::new(initial.unwrap_or_else(|| fallback.clone()))
+        .unwrap_or_else(|_| Breaker::new(fallback.clone()).expect("the fallback policy is valid"));
+    for e in entries {
+        match &e.item {
+            Item::Core(ev) => {
+                if until_ms.is_some_and(|t| ev.at_ms() > t) {
+                    break;
+                }
+                breaker.apply(ev);
+            }
+            // A snapshot is the state at that point: start from it (compacted calls before it
+            // are gone, and this is what recovery does too).
+            Item::Snapshot(b) => breaker = (**b).clone(),
+            Item::Summary | Item::Other(_) => {}
+        }
+    }
+    breaker
+}
+
+/// The transitions of a stream in `[from_ms, to_ms)`.
+pub fn transitions(entries: &[Entry], from_ms: u64, to_ms: u64) -> Vec<Transition> {
+    entries
+        .iter()
+        .filter_map(|e| match &e.item {
+            Item::Core(Event::Transitioned(t)) if t.at_ms >= from_ms && t.at_ms < to_ms => Some((**t).clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A breaker as it was at an instant.
+#[derive(Clone, Debug, Serialize)]
+pub struct StateAt {
+    /// The breaker key.
+    pub stream: String,
+    /// The instant.
+    pub at_ms: u64,
+    /// State, windows, counts, trial permits as the core has them.
+    pub view: crate::breaker::View,
+    /// Time left in OPEN at that instant.
+    pub open_remaining_ms: Option<u64>,
+    /// The policy in force.
+    pub policy: Policy,
+    /// The last transition at or before the instant.
+    pub last_transition: Option<Transition>,
+    /// Per-call detail was compacted before this instant (counts there come from snapshots and
+    /// summaries), when it was.
+    pub compacted: bool,
+}
+
+/// The breaker `stream` as it was at `at_ms`.
+pub async fn state_at(journal: &Journal, stream: &str, at_ms: u64, fallback: &Policy) -> Result<StateAt, JournalError> {
+    let entries = history(journal, stream).await?;
+    let breaker = fold(&entries, Some(at_ms), fallback);
+    let view = breaker.view(at_ms);
+    let open_remaining_ms = view.open_until_ms.map(|u| u.saturating_sub(at_ms));
+    let last_transition = transitions(&entries, 0, at_ms.saturating_add(1)).pop();
+    let compacted = entries.iter().any(|e| matches!(e.item, Item::Summary));
+    Ok(StateAt {
+        stream: stream.to_owned(),
+        at_ms,
+        view,
+        open_remaining_ms,
+        policy: breaker.policy().clone(),
+        last_transition,
+        compacted,
+    })
+}
