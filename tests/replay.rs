@@ -182,10 +182,11 @@ async fn an_export_fed_to_simulate_reproduces_exactly_the_transitions_the_live_l
             );
             let t = recorded.get(i).or(simulated.get(i)).unwrap().0;
             for e in &entries {
-                if let replay::Item::Core(ev) = &e.item {
-                    if ev.at_ms() + 1500 > t && ev.at_ms() < t + 200 {
-                        eprintln!("diverged: live pos {} {:?}", e.position, ev);
-                    }
+                if let replay::Item::Core(ev) = &e.item
+                    && ev.at_ms() + 1500 > t
+                    && ev.at_ms() < t + 200
+                {
+                    eprintln!("diverged: live pos {} {:?}", e.position, ev);
                 }
             }
             for l in &lines {
@@ -237,7 +238,7 @@ async fn replay_at_an_instant_equals_the_live_state_at_that_instant() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let fail = x % 3 == 0;
+        let fail = x.is_multiple_of(3);
         let _ = stripe
             .call("", async move { if fail { Err(()) } else { Ok(()) } })
             .await;
@@ -260,10 +261,11 @@ async fn replay_at_an_instant_equals_the_live_state_at_that_instant() {
         if replayed.view != live {
             let entries = replay::history(registry.journal(), "stripe").await.unwrap();
             for e in &entries {
-                if let replay::Item::Core(ev) = &e.item {
-                    if ev.at_ms() + 300 > at && ev.at_ms() < at + 300 {
-                        eprintln!("diverged: pos {} {:?}", e.position, ev);
-                    }
+                if let replay::Item::Core(ev) = &e.item
+                    && ev.at_ms() + 300 > at
+                    && ev.at_ms() < at + 300
+                {
+                    eprintln!("diverged: pos {} {:?}", e.position, ev);
                 }
             }
         }
