@@ -425,3 +425,180 @@ fn compact_runs_on_a_log_and_refuses_while_a_server_owns_it() {
     assert!(lines[0]["summaries"].as_u64().unwrap() >= 1);
     fails_with(&["compact", "--db", db_arg, "--horizon", "soon"], "", "soon");
 }
+
+/// A log written by the live registry: 20 minutes of stripe traffic ending now, with an outage
+/// and an operator's force-open and reset.
+fn recorded_log(dir: &std::path::Path) -> std::path::PathBuf {
+    use breakerbox::actor::{Clock, Operator, Registry, RegistryOptions};
+    use breakerbox::config::Config;
+    use breakerbox::journal::{Journal, JournalOptions};
+    use std::sync::Arc;
+    let db = dir.join("log.db");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let clock = Clock::manual(now - 20 * 60_000);
+        let config = Config::from_toml(
+            std::path::Path::new("t.toml"),
+            "[services.stripe]\nfailure_threshold = 3\ntimeout = \"20s\"\n",
+            &Default::default(),
+        )
+        .unwrap();
+        let journal = Arc::new(Journal::open(&db, JournalOptions::default()).await.unwrap());
+        let registry = Registry::start(
+            &config,
+            journal.clone(),
+            RegistryOptions {
+                clock: clock.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let stripe = registry.get("stripe").unwrap().clone();
+        for i in 0..1_100u64 {
+            let fail = (300..420).contains(&i) || i % 17 == 0;
+            let _ = stripe
+                .call("", async move { if fail { Err(()) } else { Ok(()) } })
+                .await;
+            stripe.inspect().await;
+            clock.advance(1_000);
+            stripe.tick().await;
+            if i == 800 {
+                let op = Operator {
+                    who: "carol@ops".into(),
+                    from: "cli".into(),
+                    why: "provider maintenance".into(),
+                };
+                stripe.force_open(op.clone()).await.unwrap();
+                clock.advance(5_000);
+                stripe.reset(op).await.unwrap();
+            }
+        }
+        registry.shutdown().await.unwrap();
+        journal.close().await;
+    });
+    db
+}
+
+#[test]
+fn audit_replay_export_and_what_if_answer_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = recorded_log(dir.path());
+    let db = db.to_str().unwrap();
+    // Audit: parseable JSON and CSV, the operator's action with who, where and why.
+    let out = breakerbox(&["audit", "--db", db, "--service", "stripe", "--format", "json"], "");
+    let entries = json_lines(&out);
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["kind"] == "transition" && e["summary"].as_str().unwrap().contains("closed → open"))
+    );
+    let cmd = entries
+        .iter()
+        .find(|e| e["kind"] == "command")
+        .expect("the force-open is audited");
+    assert_eq!(cmd["details"]["operator"]["who"], "carol@ops");
+    assert_eq!(cmd["details"]["operator"]["why"], "provider maintenance");
+    let csv = String::from_utf8(breakerbox(&["audit", "--db", db, "--kind", "command", "--format", "csv"], "").stdout)
+        .unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows[0], "position,time,service,kind,summary");
+    assert_eq!(rows.len(), 3, "{csv}");
+    assert!(rows[1].contains(",stripe,command,\"force_open by carol@ops from cli: provider maintenance"));
+    let recent = json_lines(&breakerbox(
+        &["audit", "--db", db, "--since", "1m", "--kind", "transition", "--json"],
+        "",
+    ));
+    assert!(recent.len() < entries.iter().filter(|e| e["kind"] == "transition").count());
+    fails_with(&["audit", "--db", db, "--since", "lately"], "", "--since");
+    fails_with(&["audit", "--db", db, "--kind", "gossip"], "", "gossip");
+    fails_with(&["audit", "--db", "/nonexistent.db"], "", "/nonexistent.db");
+
+    // Replay at an instant (an age: 14 minutes ago is inside the outage, which began 15 minutes
+    // ago; the breaker then cycles OPEN (20 s) → HALF_OPEN (until the next call fails)).
+    let at = json_lines(&breakerbox(
+        &["replay", "--db", db, "--service", "stripe", "--at", "14m", "--json"],
+        "",
+    ));
+    let state = at[0]["view"]["state"].as_str().unwrap();
+    assert!(state == "open" || state == "half_open", "{}", at[0]);
+    assert_eq!(at[0]["last_transition"]["reason"].as_str().is_some(), true);
+    if state == "open" {
+        assert!(at[0]["open_remaining_ms"].as_u64().unwrap() <= 20_000);
+    }
+    let timeline =
+        String::from_utf8(breakerbox(&["replay", "--db", db, "--service", "stripe", "--from", "30m"], "").stdout)
+            .unwrap();
+    assert!(
+        timeline.contains("closed → open  consecutive_failures") && timeline.contains("per minute"),
+        "{timeline}"
+    );
+    fails_with(
+        &["replay", "--db", db, "--service", "paypal", "--at", "1m"],
+        "",
+        "paypal",
+    );
+
+    // Export, then simulate: exactly the transitions the log recorded.
+    let trace = breakerbox(&["export", "--db", db, "--service", "stripe"], "");
+    assert!(trace.status.success());
+    let trace = String::from_utf8(trace.stdout).unwrap();
+    assert!(trace.lines().next().unwrap().contains("\"policy\""));
+    let simulated = transitions(&json_lines(&breakerbox(&["simulate"], &trace)));
+    let logged: Vec<(u64, String, String, String)> = entries
+        .iter()
+        .filter(|e| e["kind"] == "transition")
+        .map(|e| {
+            let d = &e["details"];
+            (
+                d["at_ms"].as_u64().unwrap(),
+                d["from"].as_str().unwrap().into(),
+                d["to"].as_str().unwrap().into(),
+                d["reason"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(simulated, logged);
+
+    // What-if: a higher threshold would have opened less often.
+    let v = json_lines(&breakerbox(
+        &[
+            "what-if",
+            "--db",
+            db,
+            "--service",
+            "stripe",
+            "--failure-threshold",
+            "50",
+            "--json",
+        ],
+        "",
+    ));
+    let opened = |side: &Value| {
+        side["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["to"] == "open")
+            .count()
+    };
+    assert!(opened(&v[0]["what_if"]) < opened(&v[0]["actual"]), "{}", v[0]);
+    assert!(v[0]["actual"]["open_ms"].as_u64().unwrap() > v[0]["what_if"]["open_ms"].as_u64().unwrap());
+    let table = String::from_utf8(
+        breakerbox(
+            &["what-if", "--db", db, "--service", "stripe", "--failure-threshold", "2"],
+            "",
+        )
+        .stdout,
+    )
+    .unwrap();
+    assert!(table.contains("times opened") && table.contains("what-if"), "{table}");
+}

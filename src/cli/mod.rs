@@ -2,6 +2,7 @@
 
 mod compact;
 mod config;
+mod history;
 mod policy_args;
 mod simulate;
 
@@ -68,6 +69,10 @@ enum Command {
     Simulate(simulate::Args),
     Config(config::Args),
     Compact(compact::Args),
+    Audit(history::AuditArgs),
+    Replay(history::ReplayArgs),
+    Export(history::ExportArgs),
+    WhatIf(history::WhatIfArgs),
 }
 
 /// Why a command failed, and so its exit code.
@@ -108,5 +113,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Simulate(args) => simulate::run(args, &cli.global),
         Command::Config(args) => config::run(args, &cli.global),
         Command::Compact(args) => compact::run(args, &cli.global),
+        Command::Audit(args) => history::audit(args, &cli.global),
+        Command::Replay(args) => history::replay(args, &cli.global),
+        Command::Export(args) => history::export(args, &cli.global),
+        Command::WhatIf(args) => history::what_if(args, &cli.global),
     }
 }

@@ -1,0 +1,590 @@
+//! Commands over the log's history: `audit`, `replay`, `export`, `what-if`.
+
+use super::policy_args::PolicyArgs;
+use super::{CliError, Global};
+use breakerbox::actor::system_now_ms;
+use breakerbox::breaker::{Event, Policy, State, Transition};
+use breakerbox::config::{Config, LoadOptions, defaults};
+use breakerbox::journal::{Journal, JournalOptions};
+use breakerbox::replay::{self, AuditQuery, Kind, parse_time};
+use breakerbox::simulate::{Input, Simulator, parse_line};
+use serde_json::{Value, json};
+use std::io::Write;
+
+fn time_arg(text: &Option<String>, flag: &str, default: u64) -> Result<u64, CliError> {
+    match text {
+        Some(t) => parse_time(t, system_now_ms()).map_err(|e| CliError::BadInput(format!("{flag}: {e}"))),
+        None => Ok(default),
+    }
+}
+
+fn fmt_time(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64)
+        .map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+}
+
+async fn open(global: &Global) -> Result<Journal, CliError> {
+    let path = global.existing_db()?;
+    Journal::open(&path, JournalOptions::default())
+        .await
+        .map_err(|e| CliError::Runtime(format!("opening {}: {e}", path.display())))
+}
+
+/// The configured policy of a service, used where the log itself names none.
+fn configured(global: &Global, service: &str) -> Result<Policy, CliError> {
+    let config = Config::load(&LoadOptions::from_process(global.config.clone())).map_err(super::CliError::config)?;
+    Ok(config.breaker(service).map_or_else(
+        || defaults().policy().expect("defaults are valid"),
+        |b| b.policy.clone(),
+    ))
+}
+
+async fn history(journal: &Journal, service: &str) -> Result<Vec<replay::Entry>, CliError> {
+    let entries = replay::history(journal, service)
+        .await
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
+    if entries.is_empty() {
+        return Err(CliError::BadInput(format!(
+            "no history for service {service:?} in this log"
+        )));
+    }
+    Ok(entries)
+}
+
+fn runtime_err(e: impl std::fmt::Display) -> CliError {
+    CliError::Runtime(e.to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// The audit trail: transitions, operator commands, policy changes, gaps, call stats.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "KINDS: transition, command, policy, gap, stats (rejections and fallbacks)
+TIMES: RFC 3339 (2026-11-27T14:03:00Z) or an age (30m, 1h, 2d = that long ago)
+
+EXAMPLES:
+  breakerbox audit --service stripe --since 1h
+  breakerbox audit --kind command --format csv > commands.csv"
+)]
+pub struct AuditArgs {
+    /// Only this breaker.
+    #[arg(long, value_name = "NAME")]
+    service: Option<String>,
+    /// Only these kinds (repeatable).
+    #[arg(long, value_name = "KIND", value_parser = |s: &str| s.parse::<Kind>())]
+    kind: Vec<Kind>,
+    /// From this time.
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Until this time.
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// Only entries after this log position (the `position` of the last entry of a page).
+    #[arg(long, value_name = "POS", default_value_t = 0)]
+    after: i64,
+    /// At most this many entries.
+    #[arg(long, value_name = "N", default_value_t = 1_000)]
+    limit: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+pub fn audit(args: AuditArgs, global: &Global) -> Result<(), CliError> {
+    let since = time_arg(&args.since, "--since", 0)?;
+    let until = time_arg(&args.until, "--until", u64::MAX)?;
+    let rt = super::runtime()?;
+    let entries = rt.block_on(async {
+        let journal = open(global).await?;
+        let q = AuditQuery {
+            stream: args.service.clone(),
+            kinds: args.kind.clone(),
+            since_ms: since,
+            until_ms: until,
+            after_position: args.after,
+            limit: args.limit,
+        };
+        let r = replay::audit(&journal, &q).await.map_err(runtime_err);
+        journal.close().await;
+        r
+    })?;
+    let mut out = std::io::stdout().lock();
+    let io = |e: std::io::Error| CliError::Runtime(format!("writing to stdout: {e}"));
+    let format = if global.json { Format::Json } else { args.format };
+    match format {
+        Format::Json => {
+            for e in &entries {
+                serde_json::to_writer(&mut out, e).map_err(runtime_err)?;
+                writeln!(out).map_err(io)?;
+            }
+        }
+        Format::Csv => {
+            writeln!(out, "position,time,service,kind,summary").map_err(io)?;
+            for e in &entries {
+                let summary = e.summary.replace('"', "\"\"");
+                writeln!(
+                    out,
+                    "{},{},{},{},\"{}\"",
+                    e.position,
+                    fmt_time(e.at_ms as u64),
+                    e.stream,
+                    e.kind.as_str(),
+                    summary
+                )
+                .map_err(io)?;
+            }
+        }
+        Format::Table => {
+            for e in &entries {
+                writeln!(
+                    out,
+                    "{:>8}  {}  {:<24} {:<10} {}",
+                    e.position,
+                    fmt_time(e.at_ms as u64),
+                    e.stream,
+                    e.kind.as_str(),
+                    e.summary
+                )
+                .map_err(io)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// A breaker as it was at an instant, or its timeline over a period.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "TIMES: RFC 3339 (2026-11-27T14:03:00Z) or an age (10m = ten minutes ago)
+
+EXAMPLES:
+  breakerbox replay --service stripe --at 10m
+  breakerbox replay --service stripe --from 2026-11-27T14:00:00Z --to 2026-11-27T14:30:00Z"
+)]
+pub struct ReplayArgs {
+    /// The breaker (a service, or service/operation).
+    #[arg(long, value_name = "NAME")]
+    service: String,
+    /// The instant to show the breaker at.
+    #[arg(long, value_name = "TIME", conflicts_with_all = ["from", "to"])]
+    at: Option<String>,
+    /// Start of the timeline.
+    #[arg(long, value_name = "TIME")]
+    from: Option<String>,
+    /// End of the timeline [default: now].
+    #[arg(long, value_name = "TIME")]
+    to: Option<String>,
+}
+
+pub fn replay(args: ReplayArgs, global: &Global) -> Result<(), CliError> {
+    if args.at.is_none() && args.from.is_none() {
+        return Err(CliError::BadInput(
+            "replay needs --at TIME, or --from TIME [--to TIME]".into(),
+        ));
+    }
+    let fallback = configured(global, &args.service)?;
+    let rt = super::runtime()?;
+    let now = system_now_ms();
+    let (entries, state) = rt.block_on(async {
+        let journal = open(global).await?;
+        let entries = history(&journal, &args.service).await;
+        let state = match (&entries, &args.at) {
+            (Ok(_), Some(at)) => {
+                let at = parse_time(at, now).map_err(|e| CliError::BadInput(format!("--at: {e}")))?;
+                Some(
+                    replay::state_at(&journal, &args.service, at, &fallback)
+                        .await
+                        .map_err(runtime_err)?,
+                )
+            }
+            _ => None,
+        };
+        journal.close().await;
+        Ok::<_, CliError>((entries?, state))
+    })?;
+    let mut out = std::io::stdout().lock();
+    let io = |e: std::io::Error| CliError::Runtime(format!("writing to stdout: {e}"));
+    if let Some(s) = state {
+        if global.json {
+            serde_json::to_writer(&mut out, &s).map_err(runtime_err)?;
+            return writeln!(out).map_err(io);
+        }
+        let v = &s.view;
+        writeln!(out, "{} at {}", s.stream, fmt_time(s.at_ms)).map_err(io)?;
+        writeln!(
+            out,
+            "  state               {} (episode {}, since {})",
+            v.state,
+            v.episode,
+            fmt_time(v.entered_at_ms)
+        )
+        .map_err(io)?;
+        if let Some(left) = s.open_remaining_ms {
+            writeln!(out, "  OPEN for another    {} ms", left).map_err(io)?;
+        }
+        writeln!(out, "  failures in a row   {}", v.consecutive_failures).map_err(io)?;
+        if let Some(w) = &v.window {
+            writeln!(
+                out,
+                "  window              {} calls, {} failed, {} slow",
+                w.calls, w.failures, w.slow
+            )
+            .map_err(io)?;
+        }
+        if v.state == State::HalfOpen {
+            writeln!(
+                out,
+                "  trial permits out   {} ({} succeeded)",
+                v.trials_issued, v.trial_successes
+            )
+            .map_err(io)?;
+        }
+        let keys = breakerbox::config::policy_keys(&s.policy);
+        let shown: Vec<String> = keys.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        writeln!(out, "  policy in force     {}", shown.join(" ")).map_err(io)?;
+        if let Some(t) = &s.last_transition {
+            writeln!(out, "  last transition     {}", transition_line(t)).map_err(io)?;
+        }
+        if s.compacted {
+            writeln!(
+                out,
+                "  note: per-call detail before the compaction watermark is summarized"
+            )
+            .map_err(io)?;
+        }
+        return Ok(());
+    }
+    let from = time_arg(&args.from, "--from", 0)?;
+    let to = time_arg(&args.to, "--to", u64::MAX)?;
+    let timeline = replay::transitions(&entries, from, to);
+    let minutes = per_minute(&entries, from, to);
+    if global.json {
+        let v = json!({"service": args.service, "transitions": timeline, "minutes": minutes});
+        serde_json::to_writer(&mut out, &v).map_err(runtime_err)?;
+        return writeln!(out).map_err(io);
+    }
+    writeln!(out, "{}: {} transitions", args.service, timeline.len()).map_err(io)?;
+    for t in &timeline {
+        writeln!(out, "  {}", transition_line(t)).map_err(io)?;
+    }
+    writeln!(
+        out,
+        "per minute: calls, failed, timed out, slow, p50/p95/p99 latency (ms)"
+    )
+    .map_err(io)?;
+    for m in &minutes {
+        writeln!(
+            out,
+            "  {}  {:>6} {:>6} {:>6} {:>6}  {}/{}/{}",
+            fmt_time(m["minute_ms"].as_u64().unwrap_or(0)),
+            m["calls"],
+            m["failures"],
+            m["timeouts"],
+            m["slow"],
+            m["p50_ms"],
+            m["p95_ms"],
+            m["p99_ms"]
+        )
+        .map_err(io)?;
+    }
+    Ok(())
+}
+
+fn transition_line(t: &Transition) -> String {
+    let e = serde_json::to_value(&t.evidence).unwrap_or(Value::Null);
+    let evidence: Vec<String> = e
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect())
+        .unwrap_or_default();
+    format!(
+        "{}  {} → {}  {}  {}",
+        fmt_time(t.at_ms),
+        t.from,
+        t.to,
+        t.reason.as_str(),
+        evidence.join(" ")
+    )
+}
+
+/// Calls per minute in `[from, to)` with latency percentiles.
+fn per_minute(entries: &[replay::Entry], from: u64, to: u64) -> Vec<Value> {
+    let mut minutes: std::collections::BTreeMap<u64, (u64, u64, u64, u64, Vec<u64>)> = Default::default();
+    for e in entries {
+        if let replay::Item::Core(Event::CallRecorded(c)) = &e.item
+            && c.at_ms >= from
+            && c.at_ms < to
+        {
+            let m = minutes.entry(c.at_ms / 60_000 * 60_000).or_default();
+            m.0 += 1;
+            m.1 += u64::from(c.outcome == breakerbox::breaker::Outcome::Failure);
+            m.2 += u64::from(c.outcome == breakerbox::breaker::Outcome::Timeout);
+            m.3 += u64::from(c.slow);
+            m.4.push(c.latency_ms);
+        }
+    }
+    minutes
+        .into_iter()
+        .map(|(minute, (calls, failures, timeouts, slow, mut lat))| {
+            lat.sort_unstable();
+            let pct = |p: f64| {
+                lat.get(((lat.len() as f64 * p).ceil() as usize).saturating_sub(1))
+                    .copied()
+                    .unwrap_or(0)
+            };
+            json!({"minute_ms": minute, "calls": calls, "failures": failures, "timeouts": timeouts, "slow": slow,
+                   "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99)})
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// The recorded calls as a `simulate` trace (JSON lines on stdout).
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "The trace is self-contained: the policy in force first (config-file keys) and again where it
+changed, operator commands as command lines, and the breaker's state first when --from starts
+mid-history. `breakerbox simulate < trace` reproduces the transitions the log recorded.
+Calls rejected for real never ran, have no outcome, and are not in the trace.
+
+EXAMPLE:
+  breakerbox export --service stripe --from 2h > incident.jsonl"
+)]
+pub struct ExportArgs {
+    /// The breaker.
+    #[arg(long, value_name = "NAME")]
+    service: String,
+    /// From this time [default: the beginning].
+    #[arg(long, value_name = "TIME")]
+    from: Option<String>,
+    /// Until this time [default: the end].
+    #[arg(long, value_name = "TIME")]
+    to: Option<String>,
+}
+
+pub fn export(args: ExportArgs, global: &Global) -> Result<(), CliError> {
+    let from = args
+        .from
+        .as_ref()
+        .map(|_| time_arg(&args.from, "--from", 0))
+        .transpose()?;
+    let to = args
+        .to
+        .as_ref()
+        .map(|_| time_arg(&args.to, "--to", u64::MAX))
+        .transpose()?;
+    let fallback = configured(global, &args.service)?;
+    let rt = super::runtime()?;
+    let entries = rt.block_on(async {
+        let journal = open(global).await?;
+        let r = history(&journal, &args.service).await;
+        journal.close().await;
+        r
+    })?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for line in replay::export(&entries, from, to, &fallback) {
+        serde_json::to_writer(&mut out, &line).map_err(runtime_err)?;
+        writeln!(out).map_err(runtime_err)?;
+    }
+    out.flush().map_err(runtime_err)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// Re-run the recorded calls of a period through another policy and compare with what happened.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "The recorded calls are exported (as `breakerbox export` does) and run through the recorded
+policy with the given flags on top, by the same engine as `simulate`. Calls rejected for real
+never ran and have no outcome: they are left out of both sides (so `would reject` counts only
+calls that actually ran).
+
+EXAMPLE:
+  breakerbox what-if --service stripe --from 2h --failure-threshold 5"
+)]
+pub struct WhatIfArgs {
+    /// From this time [default: the beginning].
+    #[arg(long, value_name = "TIME")]
+    from: Option<String>,
+    /// Until this time [default: now].
+    #[arg(long, value_name = "TIME")]
+    to: Option<String>,
+    #[command(flatten)]
+    policy: PolicyArgs,
+}
+
+#[derive(Default, serde::Serialize)]
+struct Side {
+    transitions: Vec<Transition>,
+    open_ms: u64,
+    calls_run: u64,
+    rejected: u64,
+    failed_calls_rejected: u64,
+}
+
+fn open_time(transitions: &[Transition], start: u64, end: u64, initial: State) -> u64 {
+    let mut total = 0;
+    let (mut state, mut since) = (initial, start);
+    for t in transitions {
+        if matches!(state, State::Open | State::ForcedOpen) {
+            total += t.at_ms.saturating_sub(since);
+        }
+        state = t.to;
+        since = t.at_ms;
+    }
+    if matches!(state, State::Open | State::ForcedOpen) {
+        total += end.saturating_sub(since);
+    }
+    total
+}
+
+pub fn what_if(args: WhatIfArgs, global: &Global) -> Result<(), CliError> {
+    let service = args
+        .policy
+        .service
+        .clone()
+        .ok_or_else(|| CliError::BadInput("what-if needs --service NAME".into()))?;
+    let from = args
+        .from
+        .as_ref()
+        .map(|_| time_arg(&args.from, "--from", 0))
+        .transpose()?;
+    let to = args
+        .to
+        .as_ref()
+        .map(|_| time_arg(&args.to, "--to", u64::MAX))
+        .transpose()?;
+    let fallback = configured(global, &service)?;
+    let flags = args.policy.knobs();
+    let rt = super::runtime()?;
+    let entries = rt.block_on(async {
+        let journal = open(global).await?;
+        let r = history(&journal, &service).await;
+        journal.close().await;
+        r
+    })?;
+    let lines = replay::export(&entries, from, to, &fallback);
+    let inputs: Vec<Input> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| parse_line(i + 1, &l.to_string(), 0).map(|o| o.expect("export writes no blank lines")))
+        .collect::<Result<_, _>>()
+        .map_err(runtime_err)?;
+    let start = inputs.first().map_or(0, Input::at_ms);
+    let end = inputs.iter().map(Input::at_ms).max().unwrap_or(start);
+    // What actually happened in the window (the log's own transitions).
+    let actual_transitions = replay::transitions(&entries, start, end.saturating_add(1));
+    let initial = replay::fold(&entries, Some(start.saturating_sub(1)), &fallback).state();
+    let actual = Side {
+        open_ms: open_time(&actual_transitions, start, end, initial),
+        calls_run: inputs.iter().filter(|i| matches!(i, Input::Call { .. })).count() as u64,
+        transitions: actual_transitions,
+        ..Side::default()
+    };
+    // The same calls under the other policy: recorded policy lines with the flags on top.
+    let mut sim: Option<Simulator> = None;
+    let mut events = Vec::new();
+    let mut what = Side::default();
+    for input in &inputs {
+        match input {
+            Input::Policy { at_ms, knobs } => {
+                let mut k = defaults();
+                k.overlay(knobs);
+                k.overlay(&flags);
+                let policy = k
+                    .policy()
+                    .map_err(|e| CliError::BadInput(format!("invalid policy: {e}")))?;
+                match &mut sim {
+                    Some(s) => s.set_policy(*at_ms, policy, &mut events).map_err(runtime_err)?,
+                    None => sim = Some(Simulator::new(policy).map_err(runtime_err)?),
+                }
+            }
+            // The state at the window's start; the policy line that follows applies the flags.
+            Input::State { breaker, .. } => sim = Some(Simulator::with_breaker((**breaker).clone())),
+            Input::Call { outcome, .. } => {
+                let s = sim.as_mut().expect("export starts with a policy or state line");
+                let before = s.summary().rejected;
+                s.step(input, &mut events);
+                if s.summary().rejected > before {
+                    what.rejected += 1;
+                    what.failed_calls_rejected += u64::from(outcome.is_failure());
+                }
+            }
+            Input::Command { .. } => sim.as_mut().expect("policy line first").step(input, &mut events),
+        }
+    }
+    if let Some(s) = &mut sim {
+        s.finish(&mut events);
+    }
+    what.transitions = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Transitioned(t) => Some((**t).clone()),
+            _ => None,
+        })
+        .collect();
+    what.open_ms = open_time(&what.transitions, start, end, initial);
+    what.calls_run = actual.calls_run - what.rejected;
+    let mut out = std::io::stdout().lock();
+    let io = |e: std::io::Error| CliError::Runtime(format!("writing to stdout: {e}"));
+    if global.json {
+        let v = json!({"service": service, "from_ms": start, "to_ms": end, "actual": actual, "what_if": what});
+        serde_json::to_writer(&mut out, &v).map_err(runtime_err)?;
+        return writeln!(out).map_err(io);
+    }
+    writeln!(out, "{service} from {} to {}", fmt_time(start), fmt_time(end)).map_err(io)?;
+    writeln!(out, "{:<28} {:>14} {:>14}", "", "actual", "what-if").map_err(io)?;
+    writeln!(
+        out,
+        "{:<28} {:>14} {:>14}",
+        "transitions",
+        actual.transitions.len(),
+        what.transitions.len()
+    )
+    .map_err(io)?;
+    let opened = |s: &Side| s.transitions.iter().filter(|t| t.to == State::Open).count();
+    writeln!(
+        out,
+        "{:<28} {:>14} {:>14}",
+        "times opened",
+        opened(&actual),
+        opened(&what)
+    )
+    .map_err(io)?;
+    writeln!(
+        out,
+        "{:<28} {:>13.1}s {:>13.1}s",
+        "time open",
+        actual.open_ms as f64 / 1e3,
+        what.open_ms as f64 / 1e3
+    )
+    .map_err(io)?;
+    writeln!(
+        out,
+        "{:<28} {:>14} {:>14}",
+        "recorded calls that ran", actual.calls_run, what.calls_run
+    )
+    .map_err(io)?;
+    writeln!(out, "{:<28} {:>14} {:>14}", "recorded calls rejected", 0, what.rejected).map_err(io)?;
+    writeln!(
+        out,
+        "{:<28} {:>14} {:>14}",
+        "  of which failed for real", "-", what.failed_calls_rejected
+    )
+    .map_err(io)?;
+    writeln!(out, "what-if transitions:").map_err(io)?;
+    for t in &what.transitions {
+        writeln!(out, "  {}", transition_line(t)).map_err(io)?;
+    }
+    Ok(())
+}
