@@ -614,3 +614,66 @@ async fn a_changed_file_or_sighup_reloads_policies_without_losing_state() {
     watcher.abort();
     registry.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_process_commands_a_running_owner_through_the_log_and_applies_itself_when_none_runs() {
+    use breakerbox::actor::remote::{self, RemoteOutcome, Request};
+    use breakerbox::breaker::{Command, Policy};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1_764_000_000_000);
+    let registry = start(dir.path(), clock.clone()).await;
+    let stripe = registry.get("stripe").unwrap().clone();
+    // "The CLI": another journal on the same file, as a second process would open it.
+    let cli = Journal::open(&dir.path().join("log.db"), JournalOptions::default())
+        .await
+        .unwrap();
+    let request = |command| Request {
+        target: "stripe",
+        command,
+        operator: Operator {
+            who: "dave@laptop".into(),
+            from: "cli".into(),
+            why: "upstream incident".into(),
+        },
+        me: "cli pid 7",
+        policy: Policy::consecutive(5, 30_000),
+        lease_ttl: Duration::from_secs(3),
+        wait: Duration::from_secs(5),
+    };
+    let started = std::time::Instant::now();
+    let outcome = remote::command(&cli, request(Command::ForceOpen)).await.unwrap();
+    let RemoteOutcome::AppliedByOwner { holder, record } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "applied within a second ({:?})",
+        started.elapsed()
+    );
+    assert!(holder.starts_with("test"));
+    assert_eq!((record.from_state, record.to_state), (State::Closed, State::ForcedOpen));
+    assert_eq!(record.operator.who, "dave@laptop");
+    assert_eq!(stripe.state(), State::ForcedOpen, "the running process applied it");
+    // Only the owner wrote the breaker's stream; the CLI wrote its own request stream.
+    let log = stored(&registry).await;
+    assert!(log.iter().filter(|e| e.stream == "stripe").count() > 0);
+    assert!(
+        log.iter()
+            .any(|e| e.stream == "_commands/cli pid 7" && e.event_type == "command_request")
+    );
+    registry.shutdown().await.unwrap();
+    registry.journal().close().await;
+    // No owner any more: the CLI applies the command itself, and the next owner recovers it.
+    let outcome = remote::command(&cli, request(Command::Disable)).await.unwrap();
+    assert_eq!(
+        outcome,
+        RemoteOutcome::AppliedHere {
+            from: State::ForcedOpen,
+            to: State::Disabled
+        }
+    );
+    cli.close().await;
+    let registry = start(dir.path(), clock.clone()).await;
+    assert_eq!(registry.get("stripe").unwrap().state(), State::Disabled);
+    registry.shutdown().await.unwrap();
+}

@@ -246,9 +246,22 @@ impl BreakerHandle {
     }
 
     async fn operate(&self, command: Command, operator: Operator) -> Result<CommandResult, JournalError> {
+        self.operate_for(command, operator, None).await
+    }
+
+    pub(crate) async fn operate_for(
+        &self,
+        command: Command,
+        operator: Operator,
+        request_position: Option<i64>,
+    ) -> Result<CommandResult, JournalError> {
         self.inner
             .addr
-            .send(Operate { command, operator })
+            .send(Operate {
+                command,
+                operator,
+                request_position,
+            })
             .await
             .map_err(|_| JournalError::Closed)?
     }

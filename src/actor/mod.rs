@@ -20,6 +20,7 @@ mod clock;
 mod gate;
 mod handle;
 mod registry;
+pub mod remote;
 mod reqwest;
 mod service;
 mod tower;

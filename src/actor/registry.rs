@@ -30,6 +30,10 @@ pub struct RegistryOptions {
     pub holder: String,
     /// The lease's time to live; renewed every third of it.
     pub lease_ttl: Duration,
+    /// Per-call outcomes older than this are compacted into per-minute summaries (None: never).
+    pub retention: Option<Duration>,
+    /// How often retention runs.
+    pub compact_every: Duration,
 }
 
 impl Default for RegistryOptions {
@@ -41,6 +45,8 @@ impl Default for RegistryOptions {
             hard_limit: 1_000_000,
             holder: format!("breakerbox pid {}", std::process::id()),
             lease_ttl: Duration::from_secs(3),
+            retention: Some(Duration::from_secs(7 * 86_400)),
+            compact_every: Duration::from_secs(3_600),
         }
     }
 }
@@ -78,6 +84,7 @@ pub struct Registry {
     clock: Clock,
     system: System,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Registry {
@@ -180,6 +187,31 @@ impl Registry {
             addrs.insert(s.key.clone(), s.addr.clone());
         }
         let configs = Mutex::new(config.breakers.iter().map(|b| (b.key.clone(), b.clone())).collect());
+        let mut tasks = Vec::new();
+        // Commands other processes ask for through the log (see `remote`), from now on.
+        let start_position = journal.last_position().await.map_err(JournalError::from)?;
+        tasks.push(tokio::spawn(follow_requests(
+            journal.clone(),
+            handles.clone(),
+            options.holder.clone(),
+            start_position,
+        )));
+        if let Some(retention) = options.retention {
+            let (j, every, clock) = (journal.clone(), options.compact_every, options.clock.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    match j.compact(retention.as_millis() as u64, clock.now_ms()).await {
+                        Ok(r) if r.batches > 0 => {
+                            tracing::info!(batches = r.batches, calls = r.calls, "compacted old call outcomes")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "retention failed; retrying at the next interval"),
+                    }
+                }
+            }));
+        }
         Ok(Registry {
             handles,
             configs,
@@ -188,6 +220,7 @@ impl Registry {
             clock: options.clock,
             system,
             thread: Mutex::new(Some(thread)),
+            tasks: Mutex::new(tasks),
         })
     }
 
@@ -263,6 +296,9 @@ impl Registry {
     /// Folds every buffered outcome, writes a snapshot of each breaker, waits until the journal
     /// has it all, and stops the actors. The journal itself stays open (close it after).
     pub async fn shutdown(&self) -> Result<(), JournalError> {
+        for task in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            task.abort();
+        }
         let mut result = Ok(());
         for addr in self.addrs.values() {
             if let Ok(Err(e)) = addr.send(Settle).await {
@@ -276,5 +312,42 @@ impl Registry {
         }
         self.journal.flush().await?;
         result
+    }
+}
+
+/// Applies the `command_request`s other processes append to the log (polled every 200 ms, so a
+/// command takes effect within a second), answering each with an audited `operator_command`.
+async fn follow_requests(journal: Arc<Journal>, handles: BTreeMap<String, BreakerHandle>, me: String, mut after: i64) {
+    use crate::journal::{COMMAND_REQUEST, CommandRequest};
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let page = match journal.read_range(&[COMMAND_REQUEST], 0, i64::MAX, after, 100).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading command requests failed; retrying");
+                continue;
+            }
+        };
+        for e in page {
+            after = e.position;
+            let Ok(request) = rmp_serde::from_slice::<CommandRequest>(&e.payload) else {
+                tracing::error!(position = e.position, "a command request does not decode; skipped");
+                continue;
+            };
+            let Some(handle) = handles.get(&request.target) else {
+                tracing::warn!(
+                    target = request.target,
+                    holder = me,
+                    "command request for an unknown breaker"
+                );
+                continue;
+            };
+            if let Err(err) = handle
+                .operate_for(request.command, request.operator, Some(e.position))
+                .await
+            {
+                tracing::error!(error = %err, target = request.target, "applying a requested command failed");
+            }
+        }
     }
 }

@@ -349,6 +349,8 @@ impl Handler<Tick> for ServiceActor {
 pub(crate) struct Operate {
     pub command: Command,
     pub operator: Operator,
+    /// The `command_request` this answers (another process asked through the log).
+    pub request_position: Option<i64>,
 }
 
 impl Handler<Operate> for ServiceActor {
@@ -368,6 +370,7 @@ impl Handler<Operate> for ServiceActor {
             operator: msg.operator,
             from_state: from,
             to_state: to,
+            request_position: msg.request_position,
         };
         // The command first, then what it did: the audit trail reads in that order.
         self.submit_other(OPERATOR_COMMAND, now, &record);

@@ -37,9 +37,9 @@ mod store;
 mod writer;
 
 pub use record::{
-    Body, CALL_BATCH, CALL_STATS, CALL_SUMMARY, CallBatch, CallStats, CallSummary, Decoded, GAP, Gap, JOURNAL_STREAM,
-    LATENCY_BOUNDS_MS, MinuteSummary, OPERATOR_COMMAND, Operator, OperatorCommand, Record, Row, SNAPSHOT, StoredEvent,
-    VERSION, decode,
+    Body, CALL_BATCH, CALL_STATS, CALL_SUMMARY, COMMAND_REQUEST, CallBatch, CallStats, CallSummary, CommandRequest,
+    Decoded, GAP, Gap, JOURNAL_STREAM, LATENCY_BOUNDS_MS, MinuteSummary, OPERATOR_COMMAND, Operator, OperatorCommand,
+    Record, Row, SNAPSHOT, StoredEvent, VERSION, decode,
 };
 pub use store::{
     CompactReport, Durability, Lease, LogReader, LogWriter, SqliteReader, SqliteWriter, StoreError, connect_options,

@@ -341,6 +341,26 @@ pub struct OperatorCommand {
     pub from_state: crate::breaker::State,
     /// The state it left.
     pub to_state: crate::breaker::State,
+    /// The log position of the `command_request` it answers, when another process asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_position: Option<i64>,
+}
+
+/// Event type of a command asked for by a process that does not hold the writer lease.
+pub const COMMAND_REQUEST: &str = "command_request";
+
+/// Payload of a `command_request`: the lease holder applies it and answers with an
+/// `operator_command` naming this request's position.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CommandRequest {
+    /// When it was asked.
+    pub at_ms: u64,
+    /// The breaker key.
+    pub target: String,
+    /// What.
+    pub command: crate::breaker::Command,
+    /// Who, from where, why.
+    pub operator: Operator,
 }
 
 /// Payload of a `call_stats` event: counts since the previous one.
