@@ -3,7 +3,7 @@
 use super::registry::Registry;
 use crate::config::{Config, LoadOptions};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// What one reload attempt did.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,15 +29,18 @@ pub async fn reload(registry: &Registry, options: &LoadOptions) -> ReloadOutcome
     }
 }
 
-fn modified(options: &LoadOptions) -> Option<SystemTime> {
+/// The config file's contents: compared rather than its modification time, which the kernel
+/// stamps with a coarse clock (two writes within one tick look unchanged).
+fn modified(options: &LoadOptions) -> Option<Vec<u8>> {
     let path = options
         .path
         .clone()
-        .or_else(|| options.env.get("CIRCUIT_BREAKER_CONFIG").map(Into::into))?;
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+        .or_else(|| options.env.get("CIRCUIT_BREAKER_CONFIG").map(Into::into))
+        .unwrap_or_else(|| crate::config::DEFAULT_PATH.into());
+    std::fs::read(path).ok()
 }
 
-/// Reloads on SIGHUP and whenever the config file's modification time changes (checked every
+/// Reloads on SIGHUP and whenever the config file's contents change (checked every
 /// `poll`), until the returned task is aborted. Each attempt's outcome is sent to `outcomes` if
 /// given (tests, status pages). Must run inside a tokio runtime.
 pub fn watch(
@@ -47,8 +50,10 @@ pub fn watch(
     outcomes: Option<tokio::sync::mpsc::UnboundedSender<ReloadOutcome>>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // The baseline is read now, not when the task first runs: a change made right after `watch`
+    // returns must count as a change.
+    let mut seen = modified(&options);
     Ok(tokio::spawn(async move {
-        let mut seen = modified(&options);
         let mut tick = tokio::time::interval(poll);
         loop {
             let signalled = tokio::select! {

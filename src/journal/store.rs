@@ -290,19 +290,29 @@ pub(crate) async fn read_after(pool: &SqlitePool, after: i64, limit: u32) -> Res
     Ok(rows.into_iter().map(stored).collect())
 }
 
-/// The latest event of `event_type` in a stream.
+/// The latest event of `event_type` in a stream. Snapshots use their partial index (the
+/// literal `'snapshot'` in the query is what lets SQLite pick it).
 pub(crate) async fn latest_of_type(
     pool: &SqlitePool,
     stream: &str,
     event_type: &str,
 ) -> Result<Option<StoredEvent>, StoreError> {
-    let row: Option<RowTuple> = sqlx::query_as(select!(
-        " WHERE stream = ? AND event_type = ? ORDER BY seq DESC LIMIT 1"
-    ))
-    .bind(stream)
-    .bind(event_type)
-    .fetch_optional(pool)
-    .await
+    let row: Option<RowTuple> = if event_type == super::record::SNAPSHOT {
+        sqlx::query_as(select!(
+            " WHERE stream = ? AND event_type = 'snapshot' ORDER BY seq DESC LIMIT 1"
+        ))
+        .bind(stream)
+        .fetch_optional(pool)
+        .await
+    } else {
+        sqlx::query_as(select!(
+            " WHERE stream = ? AND event_type = ? ORDER BY seq DESC LIMIT 1"
+        ))
+        .bind(stream)
+        .bind(event_type)
+        .fetch_optional(pool)
+        .await
+    }
     .map_err(classify)?;
     Ok(row.map(stored))
 }

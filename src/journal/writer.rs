@@ -191,13 +191,12 @@ impl Shared {
         self.wake.notify_one();
     }
 
+    /// Swaps the whole buffer out: O(1) under the producers' lock (splitting it here would copy
+    /// the tail while every `submit` waits). The writer cuts it into `max_batch` commits.
     fn take(&self) -> Taken {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.urgent = false;
-        let n = p.records.len().min(self.limits.max_batch);
-        let rest = p.records.split_off(n);
-        let taken = std::mem::replace(&mut p.records, rest);
-        (taken, p.gap.take())
+        (std::mem::take(&mut p.records), p.gap.take())
     }
 
     fn has_work(&self) -> (bool, bool) {
@@ -323,7 +322,16 @@ impl<W: LogWriter> Writer<W> {
         let mut backoff = Duration::from_millis(10);
         let mut attempts_while_closing = 0;
         let mut inflight: Option<Taken> = None;
+        // Records taken from the buffer and not yet cut into a commit.
+        let mut backlog: std::collections::VecDeque<(u64, Record)> = std::collections::VecDeque::new();
+        let mut backlog_gap: Option<Gap> = None;
         loop {
+            if inflight.is_none() && (!backlog.is_empty() || backlog_gap.is_some()) {
+                let n = backlog.len().min(limits.max_batch);
+                let batch: Vec<_> = backlog.drain(..n).collect();
+                let gap = if backlog.is_empty() { backlog_gap.take() } else { None };
+                inflight = Some((batch, gap));
+            }
             if inflight.is_none() {
                 if let Some(request) = self.shared.take_request() {
                     self.serve(request).await;
@@ -349,7 +357,12 @@ impl<W: LogWriter> Writer<W> {
                     // somebody waits on a flush.
                     let _ = tokio::time::timeout(limits.flush_interval, self.shared.wake.notified()).await;
                 }
-                inflight = Some(self.shared.take());
+                let (records, gap) = self.shared.take();
+                backlog.extend(records);
+                if let Some(g) = gap {
+                    backlog_gap = Some(g);
+                }
+                continue;
             }
             let (records, gap) = inflight.as_ref().expect("set above");
             match self.commit(records, gap.as_ref()).await {
