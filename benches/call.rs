@@ -127,7 +127,7 @@ fn bench(c: &mut Criterion) {
         .build();
     let _ = failsafe_open.call(|| Err::<(), ()>(()));
 
-    let mut g = c.benchmark_group("closed_call");
+    let mut g = c.benchmark_group("call_closed");
     g.bench_function("breakerbox_call_sync", |b| {
         b.iter(|| closed.call_sync("", || Ok::<u32, ()>(black_box(1))))
     });
@@ -142,7 +142,7 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
-    let mut g = c.benchmark_group("open_reject");
+    let mut g = c.benchmark_group("call_open_reject");
     g.bench_function("breakerbox", |b| {
         b.iter(|| open.call_sync("", || Ok::<u32, ()>(black_box(1))))
     });
@@ -154,7 +154,7 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
-    let mut g = c.benchmark_group("closed_call_2threads");
+    let mut g = c.benchmark_group("call_closed_2threads");
     g.bench_function("breakerbox", |b| {
         b.iter_custom(|iters| {
             two_threads(iters, || {
@@ -178,7 +178,7 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
-    let mut g = c.benchmark_group("open_reject_2threads");
+    let mut g = c.benchmark_group("call_open_reject_2threads");
     g.bench_function("breakerbox", |b| {
         b.iter_custom(|iters| {
             two_threads(iters, || {

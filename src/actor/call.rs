@@ -3,7 +3,6 @@
 use crate::breaker::{Outcome, State};
 use crate::config::StatusClassifier;
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Why a protected call did not give the callee's value. Each variant says what to do.
@@ -13,7 +12,7 @@ pub enum CallError<E> {
     /// fall back, or retry after `retry_after` if it is known.
     Rejected {
         /// The breaker's key.
-        service: Arc<str>,
+        service: &'static str,
         /// The state that rejected it: `open`, `half_open` (trial permits all out) or `forced_open`.
         state: State,
         /// Time left until the breaker lets calls try again, when known.
@@ -23,7 +22,7 @@ pub enum CallError<E> {
     /// failure. Fall back or report.
     TimedOut {
         /// The breaker's key.
-        service: Arc<str>,
+        service: &'static str,
         /// The limit it exceeded.
         after: Duration,
     },

@@ -39,6 +39,43 @@ fn unpack_trials(word: u64) -> (u64, u64) {
     (word >> 24, word & 0xFF_FFFF)
 }
 
+/// A counter many threads add to without sharing a cache line: one padded cell per stripe,
+/// a thread always adding to the same one. Only the actor reads (and resets) the sum.
+pub(crate) struct Striped {
+    cells: [Padded; 16],
+}
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded(AtomicU64);
+
+thread_local! {
+    static STRIPE: usize = {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) % 16
+    };
+}
+
+impl Striped {
+    fn new() -> Self {
+        Striped {
+            cells: std::array::from_fn(|_| Padded::default()),
+        }
+    }
+
+    /// Adds `n` (callers).
+    #[inline]
+    pub(crate) fn add(&self, n: u64) {
+        let i = STRIPE.with(|s| *s);
+        self.cells[i].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Takes the total, leaving zero (the actor).
+    pub(crate) fn take(&self) -> u64 {
+        self.cells.iter().map(|c| c.0.swap(0, Ordering::Relaxed)).sum()
+    }
+}
+
 /// One thing a caller reports to the actor, in the order it happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Record {
@@ -64,9 +101,9 @@ pub(crate) struct Gate {
     /// A flush message is on its way to the actor: don't send another.
     flush_pending: AtomicBool,
     /// Calls rejected since the actor last collected them.
-    pub(crate) rejected: AtomicU64,
+    pub(crate) rejected: Striped,
     /// Calls served by a fallback since the actor last collected them.
-    pub(crate) fallbacks: AtomicU64,
+    pub(crate) fallbacks: Striped,
     /// Records buffered before a caller asks the actor to fold them early.
     pub(crate) soft_limit: usize,
     /// Records buffered at most: past it outcomes are dropped and counted (never silent), so a
@@ -92,8 +129,8 @@ impl Gate {
             half_open_requests: AtomicU64::new(0),
             records: Mutex::new(Vec::with_capacity(1024)),
             flush_pending: AtomicBool::new(false),
-            rejected: AtomicU64::new(0),
-            fallbacks: AtomicU64::new(0),
+            rejected: Striped::new(),
+            fallbacks: Striped::new(),
             soft_limit,
             hard_limit: hard_limit.max(soft_limit),
             dropped: AtomicU64::new(0),
@@ -244,22 +281,28 @@ impl Gate {
         r.len()
     }
 
-    /// Takes every buffered record (actor only).
+    /// Takes every buffered record (actor only). O(1) under the callers' lock when `into` is
+    /// empty: the vectors are swapped, so callers get `into`'s capacity back.
     pub(crate) fn drain(&self, into: &mut Vec<Record>) {
         let mut r = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        into.append(&mut r);
+        if into.is_empty() {
+            std::mem::swap(&mut *r, into);
+        } else {
+            into.append(&mut r);
+        }
     }
 
-    /// Takes the records stamped before `now_ms` (read under the lock): every record pushed
-    /// later is stamped `now_ms` or after, so the instants taken are complete. Returns whether
-    /// records were left for a later drain.
-    pub(crate) fn drain_before(&self, clock: impl Fn() -> u64, into: &mut Vec<Record>) -> bool {
+    /// Takes every buffered record and the instant they were complete up to: every record
+    /// pushed later is stamped at that instant or after, so records stamped before it are final.
+    pub(crate) fn drain_settled(&self, clock: impl Fn() -> u64, into: &mut Vec<Record>) -> u64 {
         let mut r = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let now = clock();
-        // Stamps are non-decreasing in push order (read under this lock), so the split is a prefix.
-        let split = r.partition_point(|rec| rec.at_ms() < now);
-        into.extend(r.drain(..split));
-        !r.is_empty()
+        if into.is_empty() {
+            std::mem::swap(&mut *r, into);
+        } else {
+            into.append(&mut r);
+        }
+        now
     }
 
     /// True if the caller should send a flush (none is pending yet).

@@ -13,14 +13,15 @@ use actix::Addr;
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
-use tracing::Instrument;
 
 pub(crate) struct Inner {
-    pub key: Arc<str>,
+    /// Interned for the process's lifetime (a handful of keys, leaked once at start), so an error
+    /// carrying it costs no reference count: a shared count would be a contended cache line on
+    /// every rejection.
+    pub key: &'static str,
     pub gate: Arc<Gate>,
     pub addr: Addr<ServiceActor>,
     pub clock: Clock,
@@ -57,7 +58,7 @@ impl std::fmt::Debug for BreakerHandle {
 impl BreakerHandle {
     /// The breaker's key (`stripe`, `stripe/customers.create`).
     pub fn key(&self) -> &str {
-        &self.inner.key
+        self.inner.key
     }
 
     /// The state callers are admitted by right now (published by the actor).
@@ -97,9 +98,9 @@ impl BreakerHandle {
         match self.inner.gate.admit(&|| clock.now_ms()) {
             Admission::Permit(p) => Ok(p),
             Admission::Reject(r) => {
-                self.inner.gate.rejected.fetch_add(1, Ordering::Relaxed);
+                self.inner.gate.rejected.add(1);
                 Err(CallError::Rejected {
-                    service: self.inner.key.clone(),
+                    service: self.inner.key,
                     state: r.state,
                     retry_after: r.retry_after_ms.map(Duration::from_millis),
                 })
@@ -157,7 +158,12 @@ impl BreakerHandle {
     ) -> Result<T, CallError<E>> {
         let h = self.operation(op);
         // A span per protected call; with no subscriber listening it costs a static check.
-        let span = tracing::debug_span!("breaker.call", service = %h.inner.key, op, outcome = tracing::field::Empty);
+        let span = tracing::debug_span!(
+            "breaker.call",
+            service = h.inner.key,
+            op,
+            outcome = tracing::field::Empty
+        );
         let permit = match h.admit() {
             Ok(p) => p,
             Err(e) => {
@@ -165,7 +171,9 @@ impl BreakerHandle {
                 return Err(e);
             }
         };
-        h.run_admitted(permit, fut, classifier).instrument(span).await
+        let (result, outcome) = h.run_admitted_outcome(permit, fut, classifier).await;
+        span.record("outcome", outcome.as_str());
+        result
     }
 
     /// Runs a call that `admit` let through: timeout, classification, recording. Split from
@@ -176,6 +184,15 @@ impl BreakerHandle {
         fut: impl Future<Output = Result<T, E>>,
         classifier: &C,
     ) -> Result<T, CallError<E>> {
+        self.run_admitted_outcome(permit, fut, classifier).await.0
+    }
+
+    async fn run_admitted_outcome<T, E, C: Classifier<T, E> + ?Sized>(
+        &self,
+        permit: Permit,
+        fut: impl Future<Output = Result<T, E>>,
+        classifier: &C,
+    ) -> (Result<T, CallError<E>>, Outcome) {
         let mut fut = std::pin::pin!(fut);
         let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
         let result = match first {
@@ -185,17 +202,16 @@ impl BreakerHandle {
         match result {
             Some(r) => {
                 let outcome = classifier.classify(&r);
-                tracing::Span::current().record("outcome", outcome.as_str());
                 self.finish(permit, outcome);
-                r.map_err(CallError::Inner)
+                (r.map_err(CallError::Inner), outcome)
             }
             None => {
-                tracing::Span::current().record("outcome", "timeout");
                 self.finish(permit, Outcome::Timeout);
-                Err(CallError::TimedOut {
-                    service: self.inner.key.clone(),
+                let e = CallError::TimedOut {
+                    service: self.inner.key,
                     after: self.inner.call_timeout,
-                })
+                };
+                (Err(e), Outcome::Timeout)
             }
         }
     }
@@ -235,7 +251,7 @@ impl BreakerHandle {
                 };
                 match value {
                     Some(v) => {
-                        h.inner.gate.fallbacks.fetch_add(1, Ordering::Relaxed);
+                        h.inner.gate.fallbacks.add(1);
                         tracing::debug!(breaker = %h.inner.key, reason = ?e.reason(), "served by fallback");
                         Ok(v)
                     }

@@ -163,7 +163,7 @@ impl Registry {
         let (ops, services): (Vec<_>, Vec<_>) = started.into_iter().partition(|s| s.config.operation.is_some());
         let make = |s: &Started, operations: BTreeMap<String, BreakerHandle>| BreakerHandle {
             inner: Arc::new(Inner {
-                key: Arc::from(s.key.as_str()),
+                key: intern(&s.key),
                 gate: s.gate.clone(),
                 addr: s.addr.clone(),
                 clock: options.clock.clone(),
@@ -350,4 +350,18 @@ async fn follow_requests(journal: Arc<Journal>, handles: BTreeMap<String, Breake
             }
         }
     }
+}
+
+/// A breaker key for the process's lifetime. Keys are few (one per configured breaker) and
+/// handles hand them out in every error, so they are leaked once rather than reference-counted
+/// on every rejection; a registry started again reuses the interned copy.
+fn intern(key: &str) -> &'static str {
+    static KEYS: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut keys = KEYS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(k) = keys.iter().find(|k| **k == key) {
+        return k;
+    }
+    let k: &'static str = Box::leak(key.to_owned().into_boxed_str());
+    keys.push(k);
+    k
 }

@@ -46,6 +46,9 @@ impl Default for ActorOptions {
 pub(crate) struct ServiceActor {
     pub key: Arc<str>,
     pub breaker: Breaker,
+    /// Records of the current millisecond, held until it is over (see `drain_settled`).
+    held: Vec<Record>,
+    spare: Vec<Record>,
     pub config: BreakerConfig,
     pub gate: Arc<Gate>,
     pub journal: Arc<Journal>,
@@ -78,6 +81,8 @@ impl ServiceActor {
             clock,
             options,
             records: Vec::new(),
+            held: Vec::new(),
+            spare: Vec::new(),
             events: Vec::new(),
             since_snapshot: 0,
             timer: None,
@@ -99,7 +104,11 @@ impl ServiceActor {
     /// Folds everything callers recorded into the core (commands, inspection, shutdown).
     fn drain(&mut self) {
         self.gate.release_flush();
-        self.gate.drain(&mut self.records);
+        let mut fresh = std::mem::take(&mut self.spare);
+        self.gate.drain(&mut fresh);
+        self.records.append(&mut self.held);
+        self.records.append(&mut fresh);
+        self.spare = fresh;
         self.fold_records();
     }
 
@@ -109,9 +118,17 @@ impl ServiceActor {
     fn drain_settled(&mut self, ctx: &mut Context<Self>) {
         self.gate.release_flush();
         let clock = self.clock.clone();
-        let left = self.gate.drain_before(|| clock.now_ms(), &mut self.records);
+        let mut fresh = std::mem::take(&mut self.spare);
+        let settled_before = self.gate.drain_settled(|| clock.now_ms(), &mut fresh);
+        // Held records were pushed before the fresh ones: keep that order.
+        self.records.append(&mut self.held);
+        self.records.append(&mut fresh);
+        self.spare = fresh;
+        // Stamps are non-decreasing in push order, so the unsettled records are a suffix.
+        let split = self.records.partition_point(|r| r.at_ms() < settled_before);
+        self.held.extend(self.records.drain(split..));
         self.fold_records();
-        if left && !self.clock.is_manual() && self.gate.claim_flush() {
+        if !self.held.is_empty() && !self.clock.is_manual() && self.gate.claim_flush() {
             ctx.run_later(Duration::from_millis(1), |act, ctx| act.on_flush(ctx));
         }
     }
@@ -119,7 +136,8 @@ impl ServiceActor {
     fn fold_records(&mut self) {
         // Stable: records of one instant and class keep their arrival order.
         self.records.sort_by_key(|r| r.order_key());
-        for record in std::mem::take(&mut self.records) {
+        let mut records = std::mem::take(&mut self.records);
+        for record in records.drain(..) {
             match record {
                 Record::Trial { at_ms } => match self.breaker.acquire(at_ms, &mut self.events) {
                     Decision::Permit(p) if p.trial => {}
@@ -134,8 +152,10 @@ impl ServiceActor {
                 }
             }
         }
-        let rejected = self.gate.rejected.swap(0, std::sync::atomic::Ordering::Relaxed);
-        let fallbacks = self.gate.fallbacks.swap(0, std::sync::atomic::Ordering::Relaxed);
+        // Keep the capacity for the next drain.
+        self.records = records;
+        let rejected = self.gate.rejected.take();
+        let fallbacks = self.gate.fallbacks.take();
         let dropped = self.gate.dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
         if dropped > 0 {
             tracing::error!(breaker = %self.key, dropped, "outcomes dropped: the breaker's buffer was full");
