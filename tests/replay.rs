@@ -255,7 +255,7 @@ async fn replay_at_an_instant_equals_the_live_state_at_that_instant() {
     registry.shutdown().await.unwrap();
     let fallback: Policy = config.breaker("stripe").unwrap().policy.clone();
     for (at, live) in recorded {
-        let replayed = replay::state_at(registry.journal(), "stripe", at, &fallback)
+        let replayed = replay::state_at(registry.journal(), "stripe", at, &fallback, 1_000)
             .await
             .unwrap();
         if replayed.view != live {
@@ -346,9 +346,88 @@ async fn the_audit_trail_shows_who_did_what_and_why() {
         "stripe",
         clock.now_ms(),
         &Policy::consecutive(3, 1_000),
+        1_000,
     )
     .await
     .unwrap();
     assert_eq!(state.view.state, State::Closed);
+    // Opened by failures, then forced open: two openings in the hour cost 10 of 15 points.
+    assert_eq!(state.health.stability.points, 5.0, "{:?}", state.health);
     let _ = Duration::ZERO;
+}
+
+fn minute(successes: u64, failures: u64, rejected: u64, latency_ms: u64) -> replay::Minute {
+    use breakerbox::journal::LATENCY_BOUNDS_MS;
+    let calls = successes + failures;
+    let mut buckets = vec![0; LATENCY_BOUNDS_MS.len() + 1];
+    buckets[LATENCY_BOUNDS_MS.partition_point(|&b| u64::from(b) < latency_ms)] = calls;
+    replay::Minute {
+        minute_ms: 0,
+        successes,
+        failures,
+        rejected,
+        latency_total_ms: latency_ms * calls,
+        latency_buckets: buckets,
+        ..replay::Minute::default()
+    }
+}
+
+fn opened_at(at_ms: u64) -> breakerbox::breaker::Transition {
+    breakerbox::breaker::Transition {
+        at_ms,
+        from: State::Closed,
+        to: State::Open,
+        episode: 1,
+        reason: breakerbox::breaker::Reason::ConsecutiveFailures,
+        evidence: Default::default(),
+        open_until_ms: Some(at_ms + 1_000),
+    }
+}
+
+#[test]
+fn health_scores_each_component_at_its_boundaries() {
+    let at = 2 * 3_600_000;
+    let last_minute = at - 60_000;
+    let one = |m: replay::Minute| {
+        BTreeMap::from([(
+            last_minute,
+            replay::Minute {
+                minute_ms: last_minute,
+                ..m
+            },
+        )])
+    };
+    // No calls at all: full marks.
+    let h = replay::health(&BTreeMap::new(), &[], at, 1_000);
+    assert_eq!(
+        (h.score, h.success.points, h.latency.points, h.stability.points),
+        (100, 60.0, 25.0, 15.0)
+    );
+    // All good.
+    assert_eq!(
+        replay::health(&one(minute(1_000, 0, 0, 120)), &[], at, 1_000).score,
+        100
+    );
+    // 10 % failures: 54 + 25 + 15.
+    assert_eq!(replay::health(&one(minute(900, 100, 0, 120)), &[], at, 1_000).score, 94);
+    // All failures, opened once, rejections count as failures: 0 + 25 + 10.
+    let h = replay::health(&one(minute(0, 1_000, 200, 5)), &[opened_at(at - 60_000)], at, 1_000);
+    assert_eq!((h.score, h.success.points), (35, 0.0));
+    // All slow: mean 3 s, p95 in the 5 s bucket: 25 × (½ × ⅓ + ½ × ⅖) = 9.17.
+    let h = replay::health(&one(minute(1_000, 0, 0, 3_000)), &[], at, 1_000);
+    assert!((h.latency.points - 9.1667).abs() < 0.01, "{h:?}");
+    assert_eq!(h.score, 84);
+    // Flapping: three openings in the hour take all 15; one older than an hour doesn't count.
+    let flaps = [
+        opened_at(at - 3_600_000 - 1),
+        opened_at(at - 50_000),
+        opened_at(at - 40_000),
+        opened_at(at - 30_000),
+    ];
+    let h = replay::health(&one(minute(900, 100, 0, 120)), &flaps, at, 1_000);
+    assert_eq!((h.stability.points, h.score), (0.0, 79));
+    assert!(h.stability.why.contains("flapping"));
+    // Minutes older than 5 minutes don't count.
+    let old = BTreeMap::from([(0, minute(0, 1_000, 0, 5))]);
+    assert_eq!(replay::health(&old, &[], at, 1_000).score, 100);
 }

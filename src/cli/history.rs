@@ -32,11 +32,26 @@ async fn open(global: &Global) -> Result<Journal, CliError> {
 
 /// The configured policy of a service, used where the log itself names none.
 fn configured(global: &Global, service: &str) -> Result<Policy, CliError> {
+    Ok(configured_with_budget(global, service)?.0)
+}
+
+/// The configured policy and latency budget of a service.
+fn configured_with_budget(global: &Global, service: &str) -> Result<(Policy, u64), CliError> {
     let config = Config::load(&LoadOptions::from_process(global.config.clone())).map_err(super::CliError::config)?;
     Ok(config.breaker(service).map_or_else(
-        || defaults().policy().expect("defaults are valid"),
-        |b| b.policy.clone(),
+        || (defaults().policy().expect("defaults are valid"), 1_000),
+        |b| (b.policy.clone(), b.latency_budget_ms()),
     ))
+}
+
+/// Opens the log, reads one service's history, closes the log.
+fn load_history(global: &Global, service: &str) -> Result<Vec<replay::Entry>, CliError> {
+    super::runtime()?.block_on(async {
+        let journal = open(global).await?;
+        let r = history(&journal, service).await;
+        journal.close().await;
+        r
+    })
 }
 
 async fn history(journal: &Journal, service: &str) -> Result<Vec<replay::Entry>, CliError> {
@@ -192,7 +207,7 @@ pub fn replay(args: ReplayArgs, global: &Global) -> Result<(), CliError> {
             "replay needs --at TIME, or --from TIME [--to TIME]".into(),
         ));
     }
-    let fallback = configured(global, &args.service)?;
+    let (fallback, budget) = configured_with_budget(global, &args.service)?;
     let rt = super::runtime()?;
     let now = system_now_ms();
     let (entries, state) = rt.block_on(async {
@@ -202,7 +217,7 @@ pub fn replay(args: ReplayArgs, global: &Global) -> Result<(), CliError> {
             (Ok(_), Some(at)) => {
                 let at = parse_time(at, now).map_err(|e| CliError::BadInput(format!("--at: {e}")))?;
                 Some(
-                    replay::state_at(&journal, &args.service, at, &fallback)
+                    replay::state_at(&journal, &args.service, at, &fallback, budget)
                         .await
                         .map_err(runtime_err)?,
                 )
@@ -255,6 +270,15 @@ pub fn replay(args: ReplayArgs, global: &Global) -> Result<(), CliError> {
         if let Some(t) = &s.last_transition {
             writeln!(out, "  last transition     {}", transition_line(t)).map_err(io)?;
         }
+        let h = &s.health;
+        writeln!(out, "  health              {}/100", h.score).map_err(io)?;
+        for (name, c) in [
+            ("success", &h.success),
+            ("latency", &h.latency),
+            ("stability", &h.stability),
+        ] {
+            writeln!(out, "    {name:<10} {:>5.1}/{:<3} {}", c.points, c.max, c.why).map_err(io)?;
+        }
         if s.compacted {
             writeln!(
                 out,
@@ -301,18 +325,13 @@ pub fn replay(args: ReplayArgs, global: &Global) -> Result<(), CliError> {
 }
 
 fn transition_line(t: &Transition) -> String {
-    let e = serde_json::to_value(&t.evidence).unwrap_or(Value::Null);
-    let evidence: Vec<String> = e
-        .as_object()
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect())
-        .unwrap_or_default();
     format!(
         "{}  {} → {}  {}  {}",
         fmt_time(t.at_ms),
         t.from,
         t.to,
         t.reason.as_str(),
-        evidence.join(" ")
+        replay::evidence_text(&t.evidence)
     )
 }
 
@@ -384,13 +403,7 @@ pub fn export(args: ExportArgs, global: &Global) -> Result<(), CliError> {
         .map(|_| time_arg(&args.to, "--to", u64::MAX))
         .transpose()?;
     let fallback = configured(global, &args.service)?;
-    let rt = super::runtime()?;
-    let entries = rt.block_on(async {
-        let journal = open(global).await?;
-        let r = history(&journal, &args.service).await;
-        journal.close().await;
-        r
-    })?;
+    let entries = load_history(global, &args.service)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for line in replay::export(&entries, from, to, &fallback) {
         serde_json::to_writer(&mut out, &line).map_err(runtime_err)?;
@@ -466,13 +479,7 @@ pub fn what_if(args: WhatIfArgs, global: &Global) -> Result<(), CliError> {
         .transpose()?;
     let fallback = configured(global, &service)?;
     let flags = args.policy.knobs();
-    let rt = super::runtime()?;
-    let entries = rt.block_on(async {
-        let journal = open(global).await?;
-        let r = history(&journal, &service).await;
-        journal.close().await;
-        r
-    })?;
+    let entries = load_history(global, &service)?;
     let lines = replay::export(&entries, from, to, &fallback);
     let inputs: Vec<Input> = lines
         .iter()

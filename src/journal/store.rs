@@ -178,9 +178,14 @@ pub(crate) async fn append(conn: &mut SqliteConnection, rows: &[Row]) -> Result<
     // queued rollback runs, and the retry would be refused.
     conn.execute("BEGIN IMMEDIATE").await.map_err(classify)?;
     let result = append_in_transaction(conn, rows).await;
+    end_transaction(conn, result).await
+}
+
+/// Commits if the work succeeded, rolls back otherwise; either way no transaction is left open.
+async fn end_transaction<T>(conn: &mut SqliteConnection, result: Result<T, StoreError>) -> Result<T, StoreError> {
     match result {
-        Ok(last) => match conn.execute("COMMIT").await {
-            Ok(_) => Ok(last),
+        Ok(value) => match conn.execute("COMMIT").await {
+            Ok(_) => Ok(value),
             Err(e) => {
                 // A failed COMMIT may leave the transaction open (e.g. SQLITE_BUSY); end it.
                 let _ = conn.execute("ROLLBACK").await;
@@ -518,19 +523,7 @@ pub(crate) async fn compact(
         Ok(report)
     }
     .await;
-    match result {
-        Ok(report) => match conn.execute("COMMIT").await {
-            Ok(_) => Ok(report),
-            Err(e) => {
-                let _ = conn.execute("ROLLBACK").await;
-                Err(classify(e))
-            }
-        },
-        Err(e) => {
-            let _ = conn.execute("ROLLBACK").await;
-            Err(e)
-        }
-    }
+    end_transaction(conn, result).await
 }
 
 /// Who holds the writer lease, and when they last renewed it.

@@ -3,10 +3,14 @@
 
 mod audit;
 mod export;
+mod health;
+mod metrics;
 mod time;
 
-pub use audit::{AuditEntry, AuditQuery, Kind, audit};
+pub use audit::{AuditEntry, AuditQuery, Kind, audit, evidence_text};
 pub use export::export;
+pub use health::{Component, Health, health};
+pub use metrics::{Minute, minutes};
 pub use time::{TimeError, parse_time};
 
 use crate::breaker::{Breaker, Event, Policy, Transition};
@@ -30,7 +34,9 @@ pub enum Item {
     /// A snapshot of the breaker.
     Snapshot(Box<Breaker>),
     /// Per-minute summaries of compacted calls: per-call detail is gone there.
-    Summary,
+    Summary(crate::journal::CallSummary),
+    /// Rejections, fallbacks and dropped outcomes counted by the actor.
+    Stats(crate::journal::CallStats),
     /// Anything else (operator commands, call stats, gaps…).
     Other(String),
 }
@@ -65,10 +71,18 @@ fn push(out: &mut Vec<Entry>, e: &StoredEvent) -> Result<(), JournalError> {
             position: e.position,
             item: Item::Snapshot(b),
         }),
-        Decoded::Summary(_) => out.push(Entry {
+        Decoded::Summary(s) => out.push(Entry {
             position: e.position,
-            item: Item::Summary,
+            item: Item::Summary(s),
         }),
+        Decoded::Other if e.event_type == crate::journal::CALL_STATS => {
+            if let Ok(stats) = rmp_serde::from_slice(&e.payload) {
+                out.push(Entry {
+                    position: e.position,
+                    item: Item::Stats(stats),
+                });
+            }
+        }
         Decoded::Gap(_) | Decoded::Other => out.push(Entry {
             position: e.position,
             item: Item::Other(e.event_type.clone()),
@@ -99,7 +113,7 @@ pub fn fold(entries: &[Entry], until_ms: Option<u64>, fallback: &Policy) -> Brea
             // A snapshot is the state at that point: start from it (compacted calls before it
             // are gone, and this is what recovery does too).
             Item::Snapshot(b) => breaker = (**b).clone(),
-            Item::Summary | Item::Other(_) => {}
+            Item::Summary(_) | Item::Stats(_) | Item::Other(_) => {}
         }
     }
     breaker
@@ -134,17 +148,28 @@ pub struct StateAt {
     /// Per-call detail was compacted before this instant (counts there come from snapshots and
     /// summaries), when it was.
     pub compacted: bool,
+    /// The health score at that instant, with its components.
+    pub health: Health,
 }
 
-/// The breaker `stream` as it was at `at_ms`.
-pub async fn state_at(journal: &Journal, stream: &str, at_ms: u64, fallback: &Policy) -> Result<StateAt, JournalError> {
+/// The breaker `stream` as it was at `at_ms` (its health judged against `latency_budget_ms`).
+pub async fn state_at(
+    journal: &Journal,
+    stream: &str,
+    at_ms: u64,
+    fallback: &Policy,
+    latency_budget_ms: u64,
+) -> Result<StateAt, JournalError> {
     let entries = history(journal, stream).await?;
     let breaker = fold(&entries, Some(at_ms), fallback);
     let view = breaker.view(at_ms);
     let open_remaining_ms = view.open_until_ms.map(|u| u.saturating_sub(at_ms));
     let last_transition = transitions(&entries, 0, at_ms.saturating_add(1)).pop();
-    let compacted = entries.iter().any(|e| matches!(e.item, Item::Summary));
+    let compacted = entries.iter().any(|e| matches!(e.item, Item::Summary(_)));
+    let all_transitions = transitions(&entries, 0, at_ms.saturating_add(1));
+    let health = health(&minutes(&entries, at_ms), &all_transitions, at_ms, latency_budget_ms);
     Ok(StateAt {
+        health,
         stream: stream.to_owned(),
         at_ms,
         view,

@@ -1,0 +1,182 @@
+//! Per-minute metrics of one breaker, folded from its log: calls by outcome, slow calls,
+//! rejections and fallbacks, a mergeable latency histogram, and time spent in each state.
+
+use super::{Entry, Item};
+use crate::breaker::{Event, Outcome, State};
+use crate::journal::LATENCY_BOUNDS_MS;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// One minute of one breaker. Minutes merge by adding (histograms included).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Minute {
+    /// Start of the minute (Unix epoch ms).
+    pub minute_ms: u64,
+    /// Successful calls.
+    pub successes: u64,
+    /// Failed calls.
+    pub failures: u64,
+    /// Timed-out calls.
+    pub timeouts: u64,
+    /// Ignored calls.
+    pub ignored: u64,
+    /// Slow calls.
+    pub slow: u64,
+    /// Calls rejected by the breaker.
+    pub rejected: u64,
+    /// Calls answered by a fallback.
+    pub fallbacks: u64,
+    /// Sum of latencies (ms).
+    pub latency_total_ms: u64,
+    /// Calls per latency bucket (bounds in `journal::LATENCY_BOUNDS_MS`, plus the rest).
+    pub latency_buckets: Vec<u64>,
+    /// Milliseconds spent in each state, in `State::ALL` order.
+    pub state_ms: [u64; 5],
+}
+
+impl Minute {
+    /// Calls that ran (every outcome).
+    pub fn calls(&self) -> u64 {
+        self.successes + self.failures + self.timeouts + self.ignored
+    }
+
+    fn add_call(&mut self, outcome: Outcome, latency_ms: u64, slow: bool) {
+        match outcome {
+            Outcome::Success => self.successes += 1,
+            Outcome::Failure => self.failures += 1,
+            Outcome::Timeout => self.timeouts += 1,
+            Outcome::Ignored => self.ignored += 1,
+        }
+        self.slow += u64::from(slow);
+        self.latency_total_ms += latency_ms;
+        if self.latency_buckets.is_empty() {
+            self.latency_buckets = vec![0; LATENCY_BOUNDS_MS.len() + 1];
+        }
+        let l = u32::try_from(latency_ms).unwrap_or(u32::MAX);
+        self.latency_buckets[LATENCY_BOUNDS_MS.partition_point(|&b| b < l)] += 1;
+    }
+
+    /// Adds another minute's counts into this one.
+    pub fn merge(&mut self, other: &Minute) {
+        self.successes += other.successes;
+        self.failures += other.failures;
+        self.timeouts += other.timeouts;
+        self.ignored += other.ignored;
+        self.slow += other.slow;
+        self.rejected += other.rejected;
+        self.fallbacks += other.fallbacks;
+        self.latency_total_ms += other.latency_total_ms;
+        if self.latency_buckets.len() < other.latency_buckets.len() {
+            self.latency_buckets.resize(other.latency_buckets.len(), 0);
+        }
+        for (a, b) in self.latency_buckets.iter_mut().zip(&other.latency_buckets) {
+            *a += b;
+        }
+        for (a, b) in self.state_ms.iter_mut().zip(other.state_ms) {
+            *a += b;
+        }
+    }
+
+    /// The latency below which `q` (0–1) of the calls fall: the upper bound of the histogram
+    /// bucket holding that rank (so an upper estimate; exact for the bucket bounds).
+    pub fn latency_quantile_ms(&self, q: f64) -> Option<u64> {
+        let n: u64 = self.latency_buckets.iter().sum();
+        if n == 0 {
+            return None;
+        }
+        let rank = ((n as f64 * q).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, c) in self.latency_buckets.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(LATENCY_BOUNDS_MS.get(i).map_or(u64::from(u32::MAX), |b| u64::from(*b)));
+            }
+        }
+        None
+    }
+}
+
+fn state_index(s: State) -> usize {
+    State::ALL.iter().position(|x| *x == s).unwrap_or(0)
+}
+
+/// Per-minute metrics of a stream's entries up to `until_ms`, by minute. Time in each state is
+/// counted from the stream's transitions (CLOSED before the first one) up to `until_ms`.
+pub fn minutes(entries: &[Entry], until_ms: u64) -> BTreeMap<u64, Minute> {
+    let mut out: BTreeMap<u64, Minute> = BTreeMap::new();
+    let mut state = State::Closed;
+    let mut since: Option<u64> = None;
+    let spend = |out: &mut BTreeMap<u64, Minute>, state: State, from: u64, to: u64| {
+        let mut t = from;
+        while t < to {
+            let minute = t / 60_000 * 60_000;
+            let end = (minute + 60_000).min(to);
+            out.entry(minute)
+                .or_insert_with(|| Minute {
+                    minute_ms: minute,
+                    ..Minute::default()
+                })
+                .state_ms[state_index(state)] += end - t;
+            t = end;
+        }
+    };
+    for e in entries {
+        match &e.item {
+            Item::Core(Event::CallRecorded(c)) if c.at_ms <= until_ms => {
+                since.get_or_insert(c.at_ms);
+                let m = c.at_ms / 60_000 * 60_000;
+                out.entry(m)
+                    .or_insert_with(|| Minute {
+                        minute_ms: m,
+                        ..Minute::default()
+                    })
+                    .add_call(c.outcome, c.latency_ms, c.slow);
+            }
+            Item::Core(Event::Transitioned(t)) if t.at_ms <= until_ms => {
+                let from = since.unwrap_or(t.at_ms);
+                spend(&mut out, state, from, t.at_ms);
+                state = t.to;
+                since = Some(t.at_ms);
+            }
+            Item::Core(ev) if ev.at_ms() <= until_ms => {
+                since.get_or_insert(ev.at_ms());
+            }
+            Item::Stats(s) if s.at_ms <= until_ms => {
+                let m = s.at_ms / 60_000 * 60_000;
+                let minute = out.entry(m).or_insert_with(|| Minute {
+                    minute_ms: m,
+                    ..Minute::default()
+                });
+                minute.rejected += s.rejected;
+                minute.fallbacks += s.fallbacks;
+            }
+            Item::Summary(s) => {
+                for sm in &s.minutes {
+                    if sm.minute_ms > until_ms {
+                        continue;
+                    }
+                    let m = out.entry(sm.minute_ms).or_insert_with(|| Minute {
+                        minute_ms: sm.minute_ms,
+                        ..Minute::default()
+                    });
+                    m.merge(&Minute {
+                        minute_ms: sm.minute_ms,
+                        successes: u64::from(sm.successes),
+                        failures: u64::from(sm.failures),
+                        timeouts: u64::from(sm.timeouts),
+                        ignored: u64::from(sm.ignored),
+                        slow: u64::from(sm.slow),
+                        latency_total_ms: sm.latency_total_ms,
+                        latency_buckets: sm.latency_buckets.iter().map(|&c| u64::from(c)).collect(),
+                        ..Minute::default()
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(from) = since {
+        spend(&mut out, state, from, until_ms.max(from));
+    }
+    out
+}
