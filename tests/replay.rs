@@ -431,3 +431,43 @@ fn health_scores_each_component_at_its_boundaries() {
     let old = BTreeMap::from([(0, minute(0, 1_000, 0, 5))]);
     assert_eq!(replay::health(&old, &[], at, 1_000).score, 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_projection_is_the_same_tailed_step_by_step_or_rebuilt_from_scratch() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1_764_000_000_000);
+    let (registry, config) = start(dir.path(), &clock).await;
+    let mut projection = replay::Projection::open(&dir.path().join("log.db")).await.unwrap();
+    // Traffic in phases; the projection tails the log between them, a few events per step.
+    for (phase, seed) in [3u64, 11, 29, 31].iter().enumerate() {
+        traffic(&registry, &clock, *seed, 150).await;
+        registry.journal().flush().await.unwrap();
+        let step = projection.catch_up(registry.journal(), 7).await.unwrap();
+        assert!(step.events > 0, "phase {phase}");
+    }
+    registry.shutdown().await.unwrap();
+    projection.catch_up(registry.journal(), 7).await.unwrap();
+    let tailed = projection.dump().await.unwrap();
+    assert!(!tailed.is_empty());
+    let rebuilt = projection.rebuild(registry.journal(), 10_000).await.unwrap();
+    assert!(rebuilt.calls > 0);
+    assert_eq!(
+        projection.dump().await.unwrap(),
+        tailed,
+        "tailed and rebuilt projections are identical"
+    );
+    // And they agree with folding the history in memory, time in state included.
+    let entries = replay::history(registry.journal(), "stripe").await.unwrap();
+    let end = clock.now_ms();
+    let stored = projection.minutes("stripe", 0, end).await.unwrap();
+    assert_eq!(stored, replay::minutes(&entries, end));
+    // Health of every breaker from the projection equals health from the history.
+    let budgets = BTreeMap::from([("stripe".to_owned(), 1_000u64)]);
+    let all = projection.health_all(registry.journal(), &budgets, end).await.unwrap();
+    let fallback = config.breaker("stripe").unwrap().policy.clone();
+    let state = replay::state_at(registry.journal(), "stripe", end, &fallback, 1_000)
+        .await
+        .unwrap();
+    assert_eq!(all["stripe"], state.health);
+    projection.close().await;
+}

@@ -34,6 +34,8 @@ pub struct RegistryOptions {
     pub retention: Option<Duration>,
     /// How often retention runs.
     pub compact_every: Duration,
+    /// How often the metrics projection folds new events (None: not kept by this process).
+    pub project_every: Option<Duration>,
 }
 
 impl Default for RegistryOptions {
@@ -47,6 +49,7 @@ impl Default for RegistryOptions {
             lease_ttl: Duration::from_secs(3),
             retention: Some(Duration::from_secs(7 * 86_400)),
             compact_every: Duration::from_secs(3_600),
+            project_every: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -196,6 +199,25 @@ impl Registry {
             options.holder.clone(),
             start_position,
         )));
+        if let Some(every) = options.project_every {
+            let j = journal.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut projection = match crate::replay::Projection::open(j.path()).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the metrics projection could not open; it will not be kept up to date");
+                        return;
+                    }
+                };
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = projection.catch_up(&j, 10_000).await {
+                        tracing::warn!(error = %e, "folding new events into the metrics projection failed; retrying");
+                    }
+                }
+            }));
+        }
         if let Some(retention) = options.retention {
             let (j, every, clock) = (journal.clone(), options.compact_every, options.clock.clone());
             tasks.push(tokio::spawn(async move {

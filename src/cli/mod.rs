@@ -73,6 +73,7 @@ enum Command {
     Replay(history::ReplayArgs),
     Export(history::ExportArgs),
     WhatIf(history::WhatIfArgs),
+    Rebuild(history::RebuildArgs),
 }
 
 /// Why a command failed, and so its exit code.
@@ -117,5 +118,6 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Replay(args) => history::replay(args, &cli.global),
         Command::Export(args) => history::export(args, &cli.global),
         Command::WhatIf(args) => history::what_if(args, &cli.global),
+        Command::Rebuild(args) => history::rebuild(args, &cli.global),
     }
 }

@@ -4,11 +4,11 @@
 use super::{Entry, Item};
 use crate::breaker::{Event, Outcome, State};
 use crate::journal::LATENCY_BOUNDS_MS;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// One minute of one breaker. Minutes merge by adding (histograms included).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Minute {
     /// Start of the minute (Unix epoch ms).
     pub minute_ms: u64,
@@ -40,7 +40,7 @@ impl Minute {
         self.successes + self.failures + self.timeouts + self.ignored
     }
 
-    fn add_call(&mut self, outcome: Outcome, latency_ms: u64, slow: bool) {
+    pub(crate) fn add_call(&mut self, outcome: Outcome, latency_ms: u64, slow: bool) {
         match outcome {
             Outcome::Success => self.successes += 1,
             Outcome::Failure => self.failures += 1,
@@ -54,6 +54,21 @@ impl Minute {
         }
         let l = u32::try_from(latency_ms).unwrap_or(u32::MAX);
         self.latency_buckets[LATENCY_BOUNDS_MS.partition_point(|&b| b < l)] += 1;
+    }
+
+    /// A compacted summary minute as metrics.
+    pub fn from_summary(sm: &crate::journal::MinuteSummary) -> Minute {
+        Minute {
+            minute_ms: sm.minute_ms,
+            successes: u64::from(sm.successes),
+            failures: u64::from(sm.failures),
+            timeouts: u64::from(sm.timeouts),
+            ignored: u64::from(sm.ignored),
+            slow: u64::from(sm.slow),
+            latency_total_ms: sm.latency_total_ms,
+            latency_buckets: sm.latency_buckets.iter().map(|&c| u64::from(c)).collect(),
+            ..Minute::default()
+        }
     }
 
     /// Adds another minute's counts into this one.
@@ -159,17 +174,7 @@ pub fn minutes(entries: &[Entry], until_ms: u64) -> BTreeMap<u64, Minute> {
                         minute_ms: sm.minute_ms,
                         ..Minute::default()
                     });
-                    m.merge(&Minute {
-                        minute_ms: sm.minute_ms,
-                        successes: u64::from(sm.successes),
-                        failures: u64::from(sm.failures),
-                        timeouts: u64::from(sm.timeouts),
-                        ignored: u64::from(sm.ignored),
-                        slow: u64::from(sm.slow),
-                        latency_total_ms: sm.latency_total_ms,
-                        latency_buckets: sm.latency_buckets.iter().map(|&c| u64::from(c)).collect(),
-                        ..Minute::default()
-                    });
+                    m.merge(&Minute::from_summary(sm));
                 }
             }
             _ => {}

@@ -5,12 +5,14 @@ mod audit;
 mod export;
 mod health;
 mod metrics;
+mod projection;
 mod time;
 
 pub use audit::{AuditEntry, AuditQuery, Kind, audit, evidence_text};
 pub use export::export;
 pub use health::{Component, Health, health};
 pub use metrics::{Minute, minutes};
+pub use projection::{CatchUp, Projection};
 pub use time::{TimeError, parse_time};
 
 use crate::breaker::{Breaker, Event, Policy, Transition};

@@ -1,0 +1,333 @@
+//! The stored metrics projection (the seed's `circuit_breaker_metrics`): per breaker, per minute,
+//! kept up to date by tailing the log from a checkpoint, and rebuildable from scratch. Folding
+//! the log in one go or in any number of steps gives the same rows (tested).
+//!
+//! Each step folds a page of events into per-minute deltas and, in one transaction, merges them
+//! into the stored rows and moves the checkpoint: a crash leaves the projection at the previous
+//! checkpoint, never counted twice.
+
+use super::health::{Health, health};
+use super::metrics::Minute;
+use crate::breaker::{Event, State, Transition};
+use crate::journal::{
+    CALL_STATS, CallStats, Decoded, Durability, Journal, JournalError, StoreError, StoredEvent, connect_options, decode,
+};
+use serde::{Deserialize, Serialize};
+use sqlx::{ConnectOptions, Connection, Executor, SqliteConnection};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+const NAME: &str = "metrics";
+
+/// Carry-over between steps: each breaker's state and since when (for time in state).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Cursor {
+    states: BTreeMap<String, (State, u64)>,
+}
+
+/// What a catch-up did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CatchUp {
+    /// Stored events folded.
+    pub events: u64,
+    /// Call outcomes folded (a call batch holds many).
+    pub calls: u64,
+    /// The checkpoint after it.
+    pub position: i64,
+}
+
+/// The projection's own connection to the log file (it writes only its own tables).
+pub struct Projection {
+    conn: SqliteConnection,
+}
+
+fn io(e: sqlx::Error) -> JournalError {
+    JournalError::Store(StoreError::Io(e.to_string()))
+}
+
+fn minute_of(t: u64) -> u64 {
+    t / 60_000 * 60_000
+}
+
+/// Adds `to − from` ms in `state` to the minutes it spans.
+fn spend(deltas: &mut BTreeMap<(String, u64), Minute>, stream: &str, state: State, from: u64, to: u64) {
+    let index = State::ALL.iter().position(|s| *s == state).unwrap_or(0);
+    let mut t = from;
+    while t < to {
+        let m = minute_of(t);
+        let end = (m + 60_000).min(to);
+        entry(deltas, stream, m).state_ms[index] += end - t;
+        t = end;
+    }
+}
+
+fn entry<'a>(deltas: &'a mut BTreeMap<(String, u64), Minute>, stream: &str, minute: u64) -> &'a mut Minute {
+    deltas.entry((stream.to_owned(), minute)).or_insert_with(|| Minute {
+        minute_ms: minute,
+        ..Minute::default()
+    })
+}
+
+/// Folds one stored event into the deltas and the cursor.
+fn fold(
+    e: &StoredEvent,
+    deltas: &mut BTreeMap<(String, u64), Minute>,
+    cursor: &mut Cursor,
+    calls: &mut u64,
+) -> Result<(), JournalError> {
+    if e.event_type == CALL_STATS {
+        if let Ok(s) = rmp_serde::from_slice::<CallStats>(&e.payload) {
+            let m = entry(deltas, &e.stream, minute_of(s.at_ms));
+            m.rejected += s.rejected;
+            m.fallbacks += s.fallbacks;
+        }
+        return Ok(());
+    }
+    let decoded = decode(e).map_err(|source| JournalError::Decode {
+        position: e.position,
+        source,
+    })?;
+    match decoded {
+        Decoded::Breaker(events) => {
+            for ev in events {
+                let at = ev.at_ms();
+                let (state, since) = cursor.states.entry(e.stream.clone()).or_insert((State::Closed, at));
+                match ev {
+                    Event::CallRecorded(c) => {
+                        entry(deltas, &e.stream, minute_of(c.at_ms)).add_call(c.outcome, c.latency_ms, c.slow);
+                        *calls += 1;
+                    }
+                    Event::Transitioned(t) => {
+                        let (from_state, from_ms) = (*state, *since);
+                        *state = t.to;
+                        *since = t.at_ms.max(from_ms);
+                        spend(deltas, &e.stream, from_state, from_ms, t.at_ms);
+                    }
+                    Event::TrialAdmitted(_) | Event::PolicyApplied(_) => {}
+                }
+            }
+        }
+        Decoded::Summary(s) => {
+            for sm in &s.minutes {
+                entry(deltas, &e.stream, sm.minute_ms).merge(&Minute::from_summary(sm));
+                *calls += sm.calls();
+            }
+        }
+        Decoded::Snapshot(_) | Decoded::Gap(_) | Decoded::Other => {}
+    }
+    Ok(())
+}
+
+impl Projection {
+    /// Opens the projection on the log file (the journal has created its tables).
+    pub async fn open(path: &Path) -> Result<Projection, JournalError> {
+        let conn = connect_options(path, Durability::Normal, Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(io)?;
+        Ok(Projection { conn })
+    }
+
+    async fn checkpoint(&mut self) -> Result<(i64, Cursor), JournalError> {
+        let row: Option<(i64, Vec<u8>)> = sqlx::query_as("SELECT position, cursor FROM projections WHERE name = ?")
+            .bind(NAME)
+            .fetch_optional(&mut self.conn)
+            .await
+            .map_err(io)?;
+        Ok(match row {
+            Some((p, c)) => (p, rmp_serde::from_slice(&c).unwrap_or_default()),
+            None => (0, Cursor::default()),
+        })
+    }
+
+    /// Folds everything the log holds after the checkpoint, a page (`page` events) per
+    /// transaction.
+    pub async fn catch_up(&mut self, journal: &Journal, page: u32) -> Result<CatchUp, JournalError> {
+        let (mut position, mut cursor) = self.checkpoint().await?;
+        let mut done = CatchUp {
+            position,
+            ..CatchUp::default()
+        };
+        loop {
+            let events = journal.read_after(position, page.max(1)).await?;
+            let Some(last) = events.last() else { break };
+            let mut deltas = BTreeMap::new();
+            for e in &events {
+                fold(e, &mut deltas, &mut cursor, &mut done.calls)?;
+            }
+            position = last.position;
+            done.events += events.len() as u64;
+            self.write(&deltas, position, &cursor).await?;
+        }
+        done.position = position;
+        Ok(done)
+    }
+
+    async fn write(
+        &mut self,
+        deltas: &BTreeMap<(String, u64), Minute>,
+        position: i64,
+        cursor: &Cursor,
+    ) -> Result<(), JournalError> {
+        self.conn.execute("BEGIN IMMEDIATE").await.map_err(io)?;
+        let result: Result<(), sqlx::Error> = async {
+            for ((stream, minute), delta) in deltas {
+                let old: Option<(Vec<u8>,)> =
+                    sqlx::query_as("SELECT data FROM metrics_minutes WHERE stream = ? AND minute_ms = ?")
+                        .bind(stream)
+                        .bind(*minute as i64)
+                        .fetch_optional(&mut self.conn)
+                        .await?;
+                let mut row: Minute = old.and_then(|(d,)| rmp_serde::from_slice(&d).ok()).unwrap_or(Minute {
+                    minute_ms: *minute,
+                    ..Minute::default()
+                });
+                row.merge(delta);
+                sqlx::query(
+                    "INSERT INTO metrics_minutes (stream, minute_ms, data) VALUES (?, ?, ?)
+                     ON CONFLICT (stream, minute_ms) DO UPDATE SET data = excluded.data",
+                )
+                .bind(stream)
+                .bind(*minute as i64)
+                .bind(rmp_serde::to_vec_named(&row).expect("plain data encodes"))
+                .execute(&mut self.conn)
+                .await?;
+            }
+            sqlx::query(
+                "INSERT INTO projections (name, position, cursor) VALUES (?, ?, ?)
+                 ON CONFLICT (name) DO UPDATE SET position = excluded.position, cursor = excluded.cursor",
+            )
+            .bind(NAME)
+            .bind(position)
+            .bind(rmp_serde::to_vec_named(cursor).expect("plain data encodes"))
+            .execute(&mut self.conn)
+            .await?;
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => self.conn.execute("COMMIT").await.map(|_| ()).map_err(io),
+            Err(e) => {
+                let _ = self.conn.execute("ROLLBACK").await;
+                Err(io(e))
+            }
+        }
+    }
+
+    /// Forgets everything and folds the whole log again.
+    pub async fn rebuild(&mut self, journal: &Journal, page: u32) -> Result<CatchUp, JournalError> {
+        self.conn.execute("BEGIN IMMEDIATE").await.map_err(io)?;
+        let cleared = async {
+            self.conn.execute("DELETE FROM metrics_minutes").await?;
+            sqlx::query("DELETE FROM projections WHERE name = ?")
+                .bind(NAME)
+                .execute(&mut self.conn)
+                .await?;
+            Ok::<_, sqlx::Error>(())
+        }
+        .await;
+        match cleared {
+            Ok(()) => self.conn.execute("COMMIT").await.map_err(io)?,
+            Err(e) => {
+                let _ = self.conn.execute("ROLLBACK").await;
+                return Err(io(e));
+            }
+        };
+        self.catch_up(journal, page).await
+    }
+
+    /// A breaker's stored minutes in `[from_ms, to_ms]`, with the time in its current state up to
+    /// `to_ms` added (the stored rows hold time in state only up to the last transition).
+    pub async fn minutes(
+        &mut self,
+        stream: &str,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<BTreeMap<u64, Minute>, JournalError> {
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT minute_ms, data FROM metrics_minutes WHERE stream = ? AND minute_ms >= ? AND minute_ms <= ? ORDER BY minute_ms",
+        )
+        .bind(stream)
+        .bind(minute_of(from_ms) as i64)
+        .bind(to_ms as i64)
+        .fetch_all(&mut self.conn)
+        .await
+        .map_err(io)?;
+        let mut out: BTreeMap<u64, Minute> = rows
+            .into_iter()
+            .filter_map(|(m, d)| rmp_serde::from_slice(&d).ok().map(|row| (m as u64, row)))
+            .collect();
+        let (_, cursor) = self.checkpoint().await?;
+        if let Some((state, since)) = cursor.states.get(stream) {
+            let mut deltas = BTreeMap::new();
+            spend(&mut deltas, stream, *state, (*since).max(from_ms), to_ms);
+            for ((_, m), d) in deltas {
+                out.entry(m).or_insert_with(|| Minute {
+                    minute_ms: m,
+                    ..Minute::default()
+                });
+                out.get_mut(&m).expect("inserted").merge(&d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Everything stored, for comparing two projections.
+    pub async fn dump(&mut self) -> Result<Vec<(String, u64, Minute)>, JournalError> {
+        let rows: Vec<(String, i64, Vec<u8>)> =
+            sqlx::query_as("SELECT stream, minute_ms, data FROM metrics_minutes ORDER BY stream, minute_ms")
+                .fetch_all(&mut self.conn)
+                .await
+                .map_err(io)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(s, m, d)| rmp_serde::from_slice(&d).ok().map(|row| (s, m as u64, row)))
+            .collect())
+    }
+
+    /// The health of every breaker in `budgets` (key → latency budget) at `at_ms`, from the
+    /// stored minutes of the last five minutes and the transitions of the last hour.
+    pub async fn health_all(
+        &mut self,
+        journal: &Journal,
+        budgets: &BTreeMap<String, u64>,
+        at_ms: u64,
+    ) -> Result<BTreeMap<String, Health>, JournalError> {
+        let hour_ago = at_ms.saturating_sub(3_600_000);
+        let mut transitions: BTreeMap<String, Vec<Transition>> = BTreeMap::new();
+        let mut after = 0;
+        loop {
+            let page = journal
+                .read_range(
+                    &[crate::breaker::codec::types::TRANSITION],
+                    hour_ago as i64,
+                    at_ms as i64 + 1,
+                    after,
+                    10_000,
+                )
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            for e in &page {
+                if let Ok(Event::Transitioned(t)) =
+                    crate::breaker::codec::decode(&e.event_type, e.event_version, &e.payload)
+                {
+                    transitions.entry(e.stream.clone()).or_default().push(*t);
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        for (stream, budget) in budgets {
+            let minutes = self.minutes(stream, at_ms.saturating_sub(5 * 60_000), at_ms).await?;
+            let t = transitions.get(stream).map(Vec::as_slice).unwrap_or(&[]);
+            out.insert(stream.clone(), health(&minutes, t, at_ms, *budget));
+        }
+        Ok(out)
+    }
+
+    /// Closes the connection.
+    pub async fn close(self) {
+        let _ = self.conn.close().await;
+    }
+}
