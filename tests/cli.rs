@@ -546,6 +546,37 @@ fn audit_replay_export_and_what_if_answer_from_the_log() {
         "",
         "paypal",
     );
+    // The same timeline as a picture: state bands, the per-minute lines, the operator's action.
+    let svg = dir.path().join("stripe.svg");
+    let out = breakerbox(
+        &[
+            "replay",
+            "--db",
+            db,
+            "--service",
+            "stripe",
+            "--from",
+            "25m",
+            "--svg",
+            svg.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    assert!(picture.starts_with("<svg") && picture.trim_end().ends_with("</svg>"));
+    for needle in [
+        "#c62828\"><title>open",
+        "#2e7d32\"><title>closed",
+        "class=\"operator\"",
+        "force open",
+        "polyline",
+    ] {
+        assert!(picture.contains(needle), "{needle} missing from the picture");
+    }
+    if let Some(keep) = std::env::var_os("BREAKERBOX_KEEP_SVG") {
+        std::fs::copy(&svg, keep).unwrap();
+    }
 
     // Export, then simulate: exactly the transitions the log recorded.
     let trace = breakerbox(&["export", "--db", db, "--service", "stripe"], "");

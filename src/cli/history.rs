@@ -55,9 +55,21 @@ fn load_history(global: &Global, service: &str) -> Result<Vec<replay::Entry>, Cl
 }
 
 async fn history(journal: &Journal, service: &str) -> Result<Vec<replay::Entry>, CliError> {
-    let entries = replay::history(journal, service)
-        .await
-        .map_err(|e| CliError::Runtime(e.to_string()))?;
+    use std::io::IsTerminal;
+    // Progress on a terminal only (never in pipes, files or --json output, which is stdout).
+    let show = std::io::stderr().is_terminal();
+    let mut shown = false;
+    let entries = replay::history_with_progress(journal, service, |read| {
+        if show && read >= 50_000 {
+            eprint!("\rreading {service}: {read} events");
+            shown = true;
+        }
+    })
+    .await
+    .map_err(|e| CliError::Runtime(e.to_string()))?;
+    if shown {
+        eprintln!();
+    }
     if entries.is_empty() {
         return Err(CliError::BadInput(format!(
             "no history for service {service:?} in this log"
@@ -199,6 +211,10 @@ pub struct ReplayArgs {
     /// End of the timeline [default: now].
     #[arg(long, value_name = "TIME")]
     to: Option<String>,
+    /// Also draw the timeline (state bands, failure rate and p95 latency per minute, operator
+    /// actions) as an SVG picture into FILE.
+    #[arg(long, value_name = "FILE", requires = "from")]
+    svg: Option<std::path::PathBuf>,
 }
 
 pub fn replay(args: ReplayArgs, global: &Global) -> Result<(), CliError> {
@@ -292,6 +308,19 @@ pub fn replay(args: ReplayArgs, global: &Global) -> Result<(), CliError> {
     let to = time_arg(&args.to, "--to", u64::MAX)?;
     let timeline = replay::transitions(&entries, from, to);
     let minutes = per_minute(&entries, from, to);
+    if let Some(file) = &args.svg {
+        let end = to.min(now);
+        let initial = replay::fold(&entries, Some(from.saturating_sub(1)), &fallback).state();
+        let picture = replay::timeline_svg(
+            &args.service,
+            from,
+            end,
+            initial,
+            &timeline,
+            &replay::minutes(&entries, end),
+        );
+        std::fs::write(file, picture).map_err(|e| CliError::Runtime(format!("writing {}: {e}", file.display())))?;
+    }
     if global.json {
         let v = json!({"service": args.service, "transitions": timeline, "minutes": minutes});
         serde_json::to_writer(&mut out, &v).map_err(runtime_err)?;

@@ -6,6 +6,7 @@ mod export;
 mod health;
 mod metrics;
 mod projection;
+mod svg;
 mod time;
 
 pub use audit::{AuditEntry, AuditQuery, Kind, audit, evidence_text};
@@ -13,6 +14,7 @@ pub use export::export;
 pub use health::{Component, Health, health};
 pub use metrics::{Minute, minutes};
 pub use projection::{CatchUp, Projection};
+pub use svg::timeline_svg;
 pub use time::{TimeError, parse_time};
 
 use crate::breaker::{Breaker, Event, Policy, Transition};
@@ -46,6 +48,17 @@ pub enum Item {
 /// Every event of a stream, decoded, in log order. A malformed event is an error naming its
 /// position, never skipped.
 pub async fn history(journal: &Journal, stream: &str) -> Result<Vec<Entry>, JournalError> {
+    history_with_progress(journal, stream, |_| {}).await
+}
+
+/// As [`history`], calling `progress` with the number of stored events read after each page
+/// (long replays show it on a terminal).
+pub async fn history_with_progress(
+    journal: &Journal,
+    stream: &str,
+    mut progress: impl FnMut(u64),
+) -> Result<Vec<Entry>, JournalError> {
+    let mut read = 0u64;
     let mut out = Vec::new();
     let mut after = 0;
     loop {
@@ -55,6 +68,8 @@ pub async fn history(journal: &Journal, stream: &str) -> Result<Vec<Entry>, Jour
         for e in &page {
             push(&mut out, e)?;
         }
+        read += page.len() as u64;
+        progress(read);
     }
     Ok(out)
 }
