@@ -449,6 +449,22 @@ async fn the_metrics_projection_is_the_same_tailed_step_by_step_or_rebuilt_from_
     projection.catch_up(registry.journal(), 7).await.unwrap();
     let tailed = projection.dump().await.unwrap();
     assert!(!tailed.is_empty());
+    // A second projector on the same file (another process) catching up at the same time never
+    // counts anything twice.
+    let mut other = replay::Projection::open(&dir.path().join("log.db")).await.unwrap();
+    projection.rebuild(registry.journal(), 10_000).await.unwrap();
+    projection.catch_up(registry.journal(), 10_000).await.unwrap();
+    let (a, b) = tokio::join!(
+        projection.rebuild(registry.journal(), 3),
+        other.catch_up(registry.journal(), 5)
+    );
+    let _ = (a.unwrap(), b.unwrap());
+    assert_eq!(
+        projection.dump().await.unwrap(),
+        tailed,
+        "two projectors at once: still exact"
+    );
+    other.close().await;
     let rebuilt = projection.rebuild(registry.journal(), 10_000).await.unwrap();
     assert!(rebuilt.calls > 0);
     assert_eq!(
