@@ -637,3 +637,188 @@ fn audit_replay_export_and_what_if_answer_from_the_log() {
     let call_lines = trace.lines().filter(|l| l.contains("\"outcome\"")).count() as u64;
     assert_eq!(rebuilt[0]["calls"].as_u64().unwrap(), call_lines, "{}", rebuilt[0]);
 }
+
+/// An HTTP server on 127.0.0.1 answering every request with `status`, counting them.
+fn status_server(status: u16) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::io::{Read, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/health", listener.local_addr().unwrap());
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut buf = [0u8; 2048];
+            let _ = stream.read(&mut buf);
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+        }
+    });
+    (url, hits)
+}
+
+#[test]
+fn status_shows_every_breaker_and_operator_commands_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = recorded_log(dir.path());
+    let db = db.to_str().unwrap();
+    let rows = json_lines(&breakerbox(&["status", "--db", db], ""));
+    let keys: Vec<&str> = rows.iter().map(|r| r["service"].as_str().unwrap()).collect();
+    assert_eq!(
+        keys,
+        ["calcom", "retell", "stripe"],
+        "every configured breaker, JSON when piped"
+    );
+    let stripe = &rows[2];
+    assert_eq!(stripe["state"], "closed");
+    assert!(stripe["health"]["score"].as_u64().unwrap() <= 100);
+    assert!(stripe["last_transition"]["reason"].as_str().is_some());
+    assert_eq!(rows[0]["last_transition"], Value::Null, "calcom has no history");
+    let one = json_lines(&breakerbox(&["status", "--db", db, "--service=stripe"], ""));
+    assert_eq!(one.len(), 1);
+
+    let out = breakerbox(
+        &["force-open", "stripe", "--db", db, "--reason", "provider incident"],
+        "",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("closed → forced_open"));
+    assert_eq!(
+        json_lines(&breakerbox(&["status", "--db", db, "--service", "stripe"], ""))[0]["state"],
+        "forced_open"
+    );
+    let out = breakerbox(
+        &[
+            "status",
+            "--db",
+            db,
+            "--reset",
+            "--service",
+            "stripe",
+            "--reason",
+            "resolved",
+            "--json",
+        ],
+        "",
+    );
+    assert_eq!(json_lines(&out)[0]["state"], "closed");
+    let audit = json_lines(&breakerbox(&["audit", "--db", db, "--kind", "command", "--json"], ""));
+    let last = &audit.last().unwrap()["details"];
+    assert_eq!(
+        (last["operator"]["from"].as_str(), last["operator"]["why"].as_str()),
+        (Some("cli"), Some("resolved"))
+    );
+    assert!(
+        last["operator"]["who"].as_str().unwrap().contains('@'),
+        "who is user@host"
+    );
+
+    fails_with(&["status", "--db", db, "--service", "paypal"], "", "paypal");
+    fails_with(&["status", "--db", "/nonexistent.db"], "", "/nonexistent.db");
+    fails_with(&["force-open", "stripe", "--db", db], "", "--reason");
+    fails_with(&["status", "--db", db, "--reset"], "", "--reason");
+}
+
+#[test]
+fn status_test_requests_each_health_url_and_says_which_services_cannot_be_tested() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = recorded_log(dir.path());
+    let (ok_url, hits) = status_server(200);
+    let (bad_url, _) = status_server(503);
+    let config = dir.path().join("cb.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[services.stripe]\nfailure_threshold = 3\nhealth_url = \"{ok_url}\"\n[services.retell]\nhealth_url = \"{bad_url}\"\n[services.calcom]\n"
+        ),
+    )
+    .unwrap();
+    let args = [
+        "status",
+        "--test",
+        "--db",
+        db.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    let rows = json_lines(&breakerbox(&args, ""));
+    let by = |k: &str| rows.iter().find(|r| r["service"] == k).unwrap()["test"].clone();
+    assert_eq!(by("calcom")["testable"], false, "reported, not skipped");
+    assert_eq!(
+        (by("stripe")["status"].as_u64(), by("stripe")["outcome"].as_str()),
+        (Some(200), Some("success"))
+    );
+    assert!(by("stripe")["latency_ms"].as_u64().is_some());
+    assert_eq!(
+        (by("retell")["status"].as_u64(), by("retell")["outcome"].as_str()),
+        (Some(503), Some("failure"))
+    );
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[test]
+fn status_reset_from_a_second_process_resets_the_breaker_inside_a_running_server() {
+    use breakerbox::actor::{Clock, Operator, Registry, RegistryOptions};
+    use breakerbox::breaker::State;
+    use breakerbox::config::{Config, LoadOptions};
+    use breakerbox::journal::{Journal, JournalOptions};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("log.db");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // The running server: a registry holding the lease, with stripe forced open.
+    let registry = rt.block_on(async {
+        let config = Config::load(&LoadOptions::default()).unwrap();
+        let journal = Arc::new(Journal::open(&db, JournalOptions::default()).await.unwrap());
+        let registry = Registry::start(
+            &config,
+            journal,
+            RegistryOptions {
+                clock: Clock::system(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let op = Operator {
+            who: "ops".into(),
+            from: "library".into(),
+            why: "test".into(),
+        };
+        registry.get("stripe").unwrap().force_open(op).await.unwrap();
+        registry
+    });
+    let stripe = registry.get("stripe").unwrap().clone();
+    assert_eq!(stripe.state(), State::ForcedOpen);
+    let started = std::time::Instant::now();
+    let out = breakerbox(
+        &[
+            "status",
+            "--reset",
+            "--service",
+            "stripe",
+            "--reason",
+            "from the CLI",
+            "--db",
+            db.to_str().unwrap(),
+            "--json",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    assert_eq!(stripe.state(), State::Closed, "the running process applied the reset");
+    let rows = json_lines(&out);
+    assert_eq!(rows[0]["state"], "closed");
+    rt.block_on(async {
+        registry.shutdown().await.unwrap();
+        registry.journal().close().await;
+    });
+}

@@ -5,6 +5,7 @@ mod config;
 mod history;
 mod policy_args;
 mod simulate;
+mod status;
 
 use clap::{Parser, Subcommand};
 use std::fmt;
@@ -74,6 +75,13 @@ enum Command {
     Export(history::ExportArgs),
     WhatIf(history::WhatIfArgs),
     Rebuild(history::RebuildArgs),
+    Status(status::StatusArgs),
+    /// Force a breaker OPEN: every call rejected until reset.
+    ForceOpen(status::CommandArgs),
+    /// Disable a breaker: every call permitted, never trips, until reset.
+    Disable(status::CommandArgs),
+    /// Reset a breaker to CLOSED with empty counts.
+    Reset(status::CommandArgs),
 }
 
 /// Why a command failed, and so its exit code.
@@ -119,5 +127,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Export(args) => history::export(args, &cli.global),
         Command::WhatIf(args) => history::what_if(args, &cli.global),
         Command::Rebuild(args) => history::rebuild(args, &cli.global),
+        Command::Status(args) => status::status(args, &cli.global),
+        Command::ForceOpen(args) => status::command(args, breakerbox::breaker::Command::ForceOpen, &cli.global),
+        Command::Disable(args) => status::command(args, breakerbox::breaker::Command::Disable, &cli.global),
+        Command::Reset(args) => status::command(args, breakerbox::breaker::Command::Reset, &cli.global),
     }
 }

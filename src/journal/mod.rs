@@ -312,6 +312,11 @@ impl Journal {
         self.readers.read_range(types, from_ms, to_ms, after, limit).await
     }
 
+    /// The latest event of `event_type` in a stream (e.g. its last transition).
+    pub async fn latest(&self, stream: &str, event_type: &str) -> Result<Option<StoredEvent>, StoreError> {
+        self.readers.latest_of_type(stream, event_type).await
+    }
+
     /// The last position in the file, whoever wrote it (other processes included).
     pub async fn last_position(&self) -> Result<i64, StoreError> {
         self.readers.last_position().await

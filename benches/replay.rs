@@ -1,0 +1,595 @@
+//! Replay and projections in one criterion run: the metrics projection's rebuild, the health of
+//! every breaker from it, and one breaker's state at an instant of a 24-hour log.
+//!
+//! Groups (one table in `docs/performance.md`):
+//!
+//! - `rebuild/*`: `Projection::rebuild(&journal, 10_000)` over 10 breakers' 24 hours (5,000,000
+//!   outcomes) as the journal packs calls submitted in bulk (`packed`), and over the same traffic
+//!   written one call per row (`one_call_per_row`: what the writer makes of ~6 calls/s per
+//!   breaker, every group commit closing a stream's batch; 500,000 outcomes, 2.4 hours). Beside
+//!   each: the `read_after` pages alone, and the pages plus `decode` alone. Outcomes per second.
+//! - `health_all/*`: `Projection::health_all` of 100 breakers at the end of a 24-hour log of
+//!   10,000,000 outcomes, the projection caught up beforehand.
+//! - `state_at/*`: `replay::state_at` at a random instant (a new one every iteration) of one
+//!   breaker's log at 100 calls/s: 24 hours packed (8,640,000 outcomes), and 1 hour one call per
+//!   row (360,000; what live traffic at that rate gives). Beside it: `replay::history` alone, and
+//!   a sketch of the suggested fix (start from the latest snapshot before the health window),
+//!   checked equal to `state_at` before it is timed.
+//!
+//! Traffic comes from real breakers (`consecutive(5, 30 s)`) on a fake clock: calls spread evenly
+//! over the span, latencies of a few ms (up to 250 ms when the breaker's calls are far apart),
+//! 2 % failures, 0.5 % timeouts, and 5 failures in a row every `burst` calls of a breaker, which
+//! open it (then HALF_OPEN, then CLOSED). A snapshot every 10,000 events of a breaker, as the
+//! actor writes them (`snapshot_every`). No `call_stats` rows.
+//!
+//! Logs are built once per run, on first use, in a temp dir, outside the timed loops; build times
+//! and sizes are printed (lines starting `replay-bench:`). Without `--bench` (criterion's test
+//! mode, `cargo test --all-targets`) every size is tiny.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use breakerbox::breaker::codec::{self, types::TRANSITION};
+use breakerbox::breaker::{Breaker, Decision, Event, Outcome, Policy, State, Transition, View};
+use breakerbox::journal::{
+    Body, CALL_BATCH, CallBatch, Decoded, Durability, Journal, JournalOptions, Row, SNAPSHOT, StoredEvent, VERSION,
+    connect_options, decode,
+};
+use breakerbox::replay::{self, Entry, Item, Projection, StateAt};
+use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use sqlx::{ConnectOptions, Connection, Executor, QueryBuilder, Sqlite, SqliteConnection};
+use tokio::runtime::Runtime;
+
+/// How big each case is: real sizes under `cargo bench`, tiny ones in criterion's test mode.
+struct Sizes {
+    /// How long the big logs span (ms).
+    span_ms: u64,
+    /// Outcomes in the packed rebuild log (10 breakers over `span_ms`).
+    rebuild: u64,
+    /// Outcomes in the one-call-per-row rebuild log (same breakers, same rate, shorter span).
+    rebuild_sparse: u64,
+    /// Outcomes in the health log (100 breakers over `span_ms`).
+    health: u64,
+    /// Calls per second of the breaker replayed by `state_at`.
+    state_rate: u64,
+    /// Span of the one-call-per-row `state_at` log (ms).
+    live_span_ms: u64,
+    /// Events of a breaker between two snapshots.
+    snapshot_every: u64,
+}
+
+fn sizes() -> Sizes {
+    if std::env::args().any(|a| a == "--bench") {
+        Sizes {
+            span_ms: 24 * HOUR,
+            rebuild: 5_000_000,
+            rebuild_sparse: 500_000,
+            health: 10_000_000,
+            state_rate: 100,
+            live_span_ms: HOUR,
+            snapshot_every: 10_000,
+        }
+    } else {
+        Sizes {
+            span_ms: HOUR,
+            rebuild: 20_000,
+            rebuild_sparse: 2_000,
+            health: 20_000,
+            state_rate: 5,
+            live_span_ms: 10 * MINUTE,
+            snapshot_every: 500,
+        }
+    }
+}
+
+const MINUTE: u64 = 60_000;
+const HOUR: u64 = 60 * MINUTE;
+/// Start of every log (a minute boundary).
+const T0: u64 = 1_764_000_000_000;
+/// Events per page of the projection's catch-up (what `breakerbox rebuild` uses).
+const PAGE: u32 = 10_000;
+/// Latency budget of every breaker's health.
+const BUDGET_MS: u64 = 1_000;
+/// Breakers in the rebuild logs and in the health log.
+const REBUILD_STREAMS: usize = 10;
+const HEALTH_STREAMS: usize = 100;
+
+fn policy() -> Policy {
+    Policy::consecutive(5, 30_000)
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+async fn open(path: &Path, durability: Durability) -> Journal {
+    Journal::open(
+        path,
+        JournalOptions {
+            durability,
+            ..JournalOptions::default()
+        },
+    )
+    .await
+    .expect("opening the journal")
+}
+
+/// Bytes of the file after `close()` (which checkpoints the WAL into it and truncates the WAL).
+fn file_mb(path: &Path) -> f64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) as f64 / 1e6
+}
+
+/// xorshift64*: deterministic, good enough for traffic and instants.
+fn next(x: &mut u64) -> u64 {
+    *x ^= *x >> 12;
+    *x ^= *x << 25;
+    *x ^= *x >> 27;
+    x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Traffic
+
+struct Stream {
+    name: Arc<str>,
+    breaker: Breaker,
+    /// Permitted calls so far.
+    calls: u64,
+    /// Events since the last snapshot.
+    since_snapshot: u64,
+}
+
+/// Breakers called in turn, evenly over a span, on a fake clock.
+struct Traffic {
+    streams: Vec<Stream>,
+    /// Microseconds between two call attempts (over all breakers).
+    step_us: u64,
+    /// Longest latency (ms): calls of a breaker never overlap.
+    max_latency: u64,
+    /// Every this many permitted calls of a breaker, 5 fail in a row.
+    burst: u64,
+    snapshot_every: u64,
+    attempts: u64,
+    outcomes: u64,
+    transitions: u64,
+    rejected: u64,
+    snapshots: u64,
+    /// Latest event time.
+    last_ms: u64,
+    rng: u64,
+    events: Vec<Event>,
+    /// Breaker 0's state at some instants (view at `t`, every event up to `t` folded), to check
+    /// replay against: every `record_every` attempts, when it is CLOSED.
+    record_every: Option<u64>,
+    recorded: Vec<(u64, View)>,
+}
+
+impl Traffic {
+    /// `outcomes` calls over `span_ms` on `streams` breakers.
+    fn new(streams: usize, outcomes: u64, span_ms: u64, burst: u64, snapshot_every: u64) -> Self {
+        let step_us = (span_ms * 1_000 / outcomes.max(1)).max(1);
+        let interval_ms = step_us * streams as u64 / 1_000;
+        assert!(interval_ms >= 2, "a breaker's calls must be at least 2 ms apart");
+        Traffic {
+            streams: (0..streams)
+                .map(|i| Stream {
+                    name: Arc::from(format!("svc-{i:03}")),
+                    breaker: Breaker::new(policy()).expect("valid policy"),
+                    calls: 0,
+                    since_snapshot: 0,
+                })
+                .collect(),
+            step_us,
+            max_latency: (interval_ms - 1).min(250),
+            burst,
+            snapshot_every,
+            attempts: 0,
+            outcomes: 0,
+            transitions: 0,
+            rejected: 0,
+            snapshots: 0,
+            last_ms: T0,
+            rng: 0x9E37_79B9_7F4A_7C15,
+            events: Vec::with_capacity(8),
+            record_every: None,
+            recorded: Vec::new(),
+        }
+    }
+
+    fn names(&self) -> Vec<Arc<str>> {
+        self.streams.iter().map(|s| s.name.clone()).collect()
+    }
+
+    /// One call attempt on the next breaker; what it writes goes to `out` as (breaker, body).
+    fn step(&mut self, out: &mut Vec<(usize, Body)>) {
+        let n = self.streams.len() as u64;
+        let i = (self.attempts % n) as usize;
+        let t = T0 + self.attempts * self.step_us / 1_000;
+        if i == 0
+            && self.record_every.is_some_and(|k| self.attempts % (k * n) == 0)
+            && self.streams[0].breaker.state() == State::Closed
+        {
+            self.recorded.push((t - 1, self.streams[0].breaker.view(t - 1)));
+        }
+        self.attempts += 1;
+        let r = next(&mut self.rng);
+        let s = &mut self.streams[i];
+        match s.breaker.acquire(t, &mut self.events) {
+            Decision::Permit(permit) => {
+                let in_burst = s.calls % self.burst < 5;
+                s.calls += 1;
+                let (outcome, latency) = if in_burst || r % 100 < 2 {
+                    (Outcome::Failure, 1 + (r >> 8) % self.max_latency)
+                } else if r % 200 == 2 {
+                    (Outcome::Timeout, self.max_latency)
+                } else {
+                    (Outcome::Success, 1 + (r >> 8) % self.max_latency)
+                };
+                s.breaker.complete(t + latency, permit, outcome, &mut self.events);
+            }
+            Decision::Reject(_) => self.rejected += 1,
+        }
+        for e in self.events.drain(..) {
+            match &e {
+                Event::CallRecorded(_) => self.outcomes += 1,
+                Event::Transitioned(_) => self.transitions += 1,
+                _ => {}
+            }
+            self.last_ms = self.last_ms.max(e.at_ms());
+            s.since_snapshot += 1;
+            out.push((i, Body::Breaker(e)));
+        }
+        if s.since_snapshot >= self.snapshot_every {
+            s.since_snapshot = 0;
+            self.snapshots += 1;
+            out.push((
+                i,
+                Body::Snapshot {
+                    at_ms: self.last_ms,
+                    breaker: Box::new(s.breaker.clone()),
+                },
+            ));
+        }
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} outcomes on {} breakers, {} transitions, {} snapshots, {} rejected attempts, {:.1} h",
+            self.outcomes,
+            self.streams.len(),
+            self.transitions,
+            self.snapshots,
+            self.rejected,
+            (self.last_ms - T0) as f64 / HOUR as f64
+        )
+    }
+}
+
+/// Records kept waiting in the journal's buffer at most (its capacity is 100,000: past it,
+/// records would be dropped as a gap). The producer waits for commits past this.
+const IN_FLIGHT: u64 = 50_000;
+
+/// Writes `outcomes` calls of `traffic` through the journal, submitted in bulk: the writer packs
+/// each breaker's consecutive calls of a commit into one `call_batch` row. Returns the rows.
+async fn write_packed(path: &Path, traffic: &mut Traffic, outcomes: u64) -> u64 {
+    let journal = open(path, Durability::Normal).await;
+    let names = traffic.names();
+    let mut out = Vec::new();
+    let mut last = 0;
+    while traffic.outcomes < outcomes {
+        traffic.step(&mut out);
+        for (i, body) in out.drain(..) {
+            last = journal
+                .submit(&names[i], body)
+                .expect("the buffer never fills: the producer waits for commits");
+            if last.is_multiple_of(1_024) && last > IN_FLIGHT && journal.progress().ticket < last - IN_FLIGHT {
+                journal.durable(last - IN_FLIGHT).await.expect("commit");
+            }
+        }
+    }
+    journal.flush().await.expect("flush");
+    let rows = journal.stats().events.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(journal.stats().dropped.load(std::sync::atomic::Ordering::Relaxed), 0);
+    journal.close().await;
+    rows
+}
+
+/// One row per event, one call per `call_batch`, in the journal's own row format.
+fn row(stream: &Arc<str>, seq: u64, body: Body) -> Row {
+    let (event_type, event_version, recorded_at, payload) = match body {
+        Body::Breaker(Event::CallRecorded(call)) => {
+            let mut batch = CallBatch::new(call.at_ms);
+            assert!(batch.push(&call));
+            let payload = rmp_serde::to_vec_named(&batch).expect("a batch encodes");
+            (CALL_BATCH, VERSION, call.at_ms, payload)
+        }
+        Body::Breaker(e) => {
+            let encoded = codec::encode(&e);
+            (encoded.event_type, encoded.event_version, e.at_ms(), encoded.payload)
+        }
+        Body::Snapshot { at_ms, breaker } => {
+            let payload = rmp_serde::to_vec_named(breaker.as_ref()).expect("a breaker encodes");
+            (SNAPSHOT, VERSION, at_ms, payload)
+        }
+        Body::Other { .. } => unreachable!("the traffic writes breaker events and snapshots"),
+    };
+    Row {
+        stream: stream.clone(),
+        seq,
+        event_type,
+        event_version,
+        recorded_at,
+        payload,
+    }
+}
+
+/// Appends rows as the journal's store does: one transaction, multi-row `INSERT`s of 4,000.
+async fn append_raw(conn: &mut SqliteConnection, rows: &[Row]) {
+    conn.execute("BEGIN IMMEDIATE").await.expect("begin");
+    for chunk in rows.chunks(4_000) {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO events (stream, seq, event_type, event_version, recorded_at, payload) ");
+        q.push_values(chunk, |mut b, r| {
+            b.push_bind(r.stream.clone())
+                .push_bind(r.seq as i64)
+                .push_bind(r.event_type)
+                .push_bind(r.event_version)
+                .push_bind(r.recorded_at as i64)
+                .push_bind(r.payload.as_slice());
+        });
+        q.build().execute(&mut *conn).await.expect("insert");
+    }
+    conn.execute("COMMIT").await.expect("commit");
+}
+
+/// Writes `outcomes` calls of `traffic` one call per row, as the writer does when every group
+/// commit holds at most one call of a breaker (live traffic of up to ~100 calls/s per breaker,
+/// with the default 2 ms flush interval). Raw sqlx into the journal's schema, 10,000 rows per
+/// transaction. Returns the rows.
+async fn write_one_call_per_row(path: &Path, traffic: &mut Traffic, outcomes: u64) -> u64 {
+    open(path, Durability::Normal).await.close().await;
+    let mut conn = connect_options(path, Durability::Normal, Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("raw connection");
+    let names = traffic.names();
+    let mut seqs = vec![0u64; names.len()];
+    let mut out = Vec::new();
+    let mut rows = Vec::with_capacity(10_000);
+    let mut written = 0;
+    while traffic.outcomes < outcomes {
+        traffic.step(&mut out);
+        for (i, body) in out.drain(..) {
+            seqs[i] += 1;
+            rows.push(row(&names[i], seqs[i], body));
+        }
+        if rows.len() >= 10_000 {
+            append_raw(&mut conn, &rows).await;
+            written += rows.len() as u64;
+            rows.clear();
+        }
+    }
+    append_raw(&mut conn, &rows).await;
+    written += rows.len() as u64;
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        .await
+        .expect("checkpoint");
+    conn.close().await.expect("close");
+    written
+}
+
+/// A log on disk, with what is known about it.
+struct Log {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    names: Vec<Arc<str>>,
+    outcomes: u64,
+    /// Latest event time.
+    end_ms: u64,
+    /// Breaker 0's view at some instants, to check replay against.
+    recorded: Vec<(u64, View)>,
+}
+
+#[derive(Clone, Copy)]
+enum Layout {
+    Packed,
+    OneCallPerRow,
+}
+
+fn build(rt: &Runtime, name: &str, layout: Layout, mut traffic: Traffic, outcomes: u64) -> Log {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(format!("{name}.db"));
+    let started = Instant::now();
+    let rows = rt.block_on(async {
+        match layout {
+            Layout::Packed => write_packed(&path, &mut traffic, outcomes).await,
+            Layout::OneCallPerRow => write_one_call_per_row(&path, &mut traffic, outcomes).await,
+        }
+    });
+    eprintln!(
+        "replay-bench: log `{name}`: {}; {rows} rows ({:.0} calls per row), written {} in {:.1} s; {:.0} MB",
+        traffic.summary(),
+        traffic.outcomes as f64 / rows as f64,
+        match layout {
+            Layout::Packed => "through the journal (NORMAL)",
+            Layout::OneCallPerRow => "raw",
+        },
+        started.elapsed().as_secs_f64(),
+        file_mb(&path),
+    );
+    Log {
+        _dir: dir,
+        path,
+        names: traffic.names(),
+        outcomes: traffic.outcomes,
+        end_ms: traffic.last_ms,
+        recorded: std::mem::take(&mut traffic.recorded),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// rebuild/*
+
+/// Every event of the log, in pages of [`PAGE`] as the projection reads them; with `decode`,
+/// decoded too. Returns the calls seen (when decoded) or the rows.
+async fn read_log(journal: &Journal, decoded: bool) -> u64 {
+    let mut position = 0;
+    let mut n = 0u64;
+    loop {
+        let page = journal.read_after(position, PAGE).await.expect("read");
+        let Some(last) = page.last() else { break };
+        position = last.position;
+        if decoded {
+            for e in &page {
+                if let Decoded::Breaker(events) = decode(e).expect("decodes") {
+                    n += events.iter().filter(|e| matches!(e, Event::CallRecorded(_))).count() as u64;
+                }
+            }
+        } else {
+            n += page.len() as u64;
+        }
+        black_box(&page);
+    }
+    n
+}
+
+struct Opened {
+    log: Log,
+    journal: Journal,
+    projection: Projection,
+}
+
+fn open_log(rt: &Runtime, log: Log) -> Opened {
+    rt.block_on(async {
+        let journal = open(&log.path, Durability::Full).await;
+        let projection = Projection::open(&log.path).await.expect("projection");
+        Opened {
+            log,
+            journal,
+            projection,
+        }
+    })
+}
+
+fn close(rt: &Runtime, opened: Option<Opened>) {
+    if let Some(o) = opened {
+        rt.block_on(async {
+            o.projection.close().await;
+            o.journal.close().await;
+        });
+    }
+}
+
+/// A rebuild log, built and opened on first use.
+struct RebuildSetup {
+    layout: Layout,
+    name: &'static str,
+    outcomes: u64,
+    span: u64,
+    snapshot_every: u64,
+}
+
+impl RebuildSetup {
+    fn get<'a>(&self, rt: &Runtime, opened: &'a mut Option<Opened>) -> &'a mut Opened {
+        opened.get_or_insert_with(|| {
+            let name = self.name;
+            // 10 breakers at ~6 calls/s each; each opens every 50,000 of its calls.
+            let traffic = Traffic::new(REBUILD_STREAMS, self.outcomes, self.span, 50_000, self.snapshot_every);
+            let log = build(rt, &format!("rebuild_{name}"), self.layout, traffic, self.outcomes);
+            let mut o = open_log(rt, log);
+            // Once, untimed: it folds every outcome, and how long a first rebuild takes.
+            let started = Instant::now();
+            let done = rt.block_on(o.projection.rebuild(&o.journal, PAGE)).expect("rebuild");
+            let took = started.elapsed();
+            assert_eq!(done.calls, o.log.outcomes);
+            let minutes = rt.block_on(o.projection.dump()).expect("dump").len();
+            eprintln!(
+                "replay-bench: rebuild/{name}: {} events, {} calls, {minutes} minute rows; first rebuild {:.2} s",
+                done.events,
+                done.calls,
+                took.as_secs_f64()
+            );
+            o
+        })
+    }
+}
+
+fn rebuild(c: &mut Criterion) {
+    let sizes = sizes();
+    let rt = runtime();
+    let mut group = c.benchmark_group("rebuild");
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(10));
+    let sparse_span = sizes.span_ms * sizes.rebuild_sparse / sizes.rebuild;
+    for (layout, name, outcomes, span) in [
+        (Layout::Packed, "packed", sizes.rebuild, sizes.span_ms),
+        (
+            Layout::OneCallPerRow,
+            "one_call_per_row",
+            sizes.rebuild_sparse,
+            sparse_span,
+        ),
+    ] {
+        // Built on first use, so a filter that skips these cases skips the build too.
+        let mut opened: Option<Opened> = None;
+        let setup = RebuildSetup {
+            layout,
+            name,
+            outcomes,
+            span,
+            snapshot_every: sizes.snapshot_every,
+        };
+        group.throughput(Throughput::Elements(outcomes));
+        group.bench_function(name, |b| {
+            let o = setup.get(&rt, &mut opened);
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        black_box(o.projection.rebuild(&o.journal, PAGE).await.expect("rebuild"));
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+        group.bench_function(format!("reads_only/{name}"), |b| {
+            let o = setup.get(&rt, &mut opened);
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        black_box(read_log(&o.journal, false).await);
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+        group.bench_function(format!("reads_and_decode_only/{name}"), |b| {
+            let o = setup.get(&rt, &mut opened);
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let calls = read_log(&o.journal, true).await;
+                        assert_eq!(calls, o.log.outcomes);
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+        close(&rt, opened.take());
+    }
+    group.finish();
+}
+
+criterion_group!(benches, rebuild);
+criterion_main!(benches);

@@ -1,0 +1,274 @@
+//! `breakerbox status` (the seed's command) and the operator commands `force-open`, `disable`,
+//! `reset`: against the log file, beside a running server or not.
+
+use super::{CliError, Global};
+use breakerbox::actor::remote::{self, RemoteOutcome};
+use breakerbox::actor::system_now_ms;
+use breakerbox::breaker::{Command, Event, Outcome, State, codec};
+use breakerbox::config::{BreakerConfig, Config, LoadOptions};
+use breakerbox::journal::{Journal, JournalOptions, Operator};
+use breakerbox::replay::Projection;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+/// Every breaker's state, health and recent calls; or reset them.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "A table on a terminal, JSON lines otherwise (or with --json).
+
+EXAMPLES:
+  breakerbox status
+  breakerbox status --service=stripe --test
+  breakerbox status --reset --service stripe --reason \"provider fixed the outage\"")]
+pub struct StatusArgs {
+    /// Only this breaker (a service, or service/operation).
+    #[arg(long, value_name = "NAME")]
+    service: Option<String>,
+    /// Send a real request to each service's health_url and report latency and outcome.
+    #[arg(long)]
+    test: bool,
+    /// Reset the breakers (all, or the one named by --service) to CLOSED.
+    #[arg(long, requires = "reason")]
+    reset: bool,
+    /// Why (recorded in the audit trail with who and from where).
+    #[arg(long, value_name = "TEXT")]
+    reason: Option<String>,
+}
+
+/// An operator command on one breaker.
+#[derive(Debug, clap::Args)]
+pub struct CommandArgs {
+    /// The breaker (a service, or service/operation).
+    name: String,
+    /// Why (recorded in the audit trail with who and from where).
+    #[arg(long, value_name = "TEXT")]
+    reason: String,
+}
+
+fn who() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname").map_or_else(|_| "localhost".into(), |h| h.trim().to_owned());
+    format!("{user}@{host}")
+}
+
+fn runtime_err(e: impl std::fmt::Display) -> CliError {
+    CliError::Runtime(e.to_string())
+}
+
+fn load(global: &Global) -> Result<Config, CliError> {
+    Config::load(&LoadOptions::from_process(global.config.clone())).map_err(CliError::config)
+}
+
+fn selected<'c>(config: &'c Config, service: Option<&str>) -> Result<Vec<&'c BreakerConfig>, CliError> {
+    match service {
+        Some(s) => Ok(vec![config.require(s).map_err(CliError::BadInput)?]),
+        None => Ok(config.breakers.iter().collect()),
+    }
+}
+
+async fn apply(journal: &Journal, b: &BreakerConfig, command: Command, why: &str) -> Result<String, CliError> {
+    let me = super::holder("cli");
+    let request = remote::Request {
+        target: &b.key,
+        command,
+        operator: Operator {
+            who: who(),
+            from: "cli".into(),
+            why: why.to_owned(),
+        },
+        me: &me,
+        policy: b.policy.clone(),
+        lease_ttl: Duration::from_secs(3),
+        wait: Duration::from_secs(5),
+    };
+    Ok(match remote::command(journal, request).await.map_err(runtime_err)? {
+        RemoteOutcome::AppliedByOwner { holder, record } => format!(
+            "{}: {} → {} (applied by {holder})",
+            b.key, record.from_state, record.to_state
+        ),
+        RemoteOutcome::AppliedHere { from, to } => format!("{}: {from} → {to}", b.key),
+    })
+}
+
+/// `force-open NAME`, `disable NAME`, `reset NAME`.
+pub fn command(args: CommandArgs, command: Command, global: &Global) -> Result<(), CliError> {
+    let config = load(global)?;
+    let b = config.require(&args.name).map_err(CliError::BadInput)?.clone();
+    let path = global.existing_db()?;
+    let rt = super::runtime()?;
+    let line = rt.block_on(async {
+        let journal = Journal::open(&path, JournalOptions::default())
+            .await
+            .map_err(runtime_err)?;
+        let r = apply(&journal, &b, command, &args.reason).await;
+        journal.close().await;
+        r
+    })?;
+    println!("{line}");
+    Ok(())
+}
+
+fn fmt_ago(now: u64, at: u64) -> String {
+    let s = now.saturating_sub(at) / 1_000;
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3_599 => format!("{}m ago", s / 60),
+        _ => format!("{}h ago", s / 3_600),
+    }
+}
+
+pub fn status(args: StatusArgs, global: &Global) -> Result<(), CliError> {
+    let config = load(global)?;
+    let breakers = selected(&config, args.service.as_deref())?;
+    let path = global.existing_db()?;
+    let json_out = global.json || !std::io::stdout().is_terminal();
+    let now = system_now_ms();
+    let rt = super::runtime()?;
+    let rows = rt.block_on(async {
+        let journal = Journal::open(&path, JournalOptions::default())
+            .await
+            .map_err(runtime_err)?;
+        let result = async {
+            if args.reset {
+                let why = args.reason.clone().unwrap_or_default();
+                for b in &breakers {
+                    let line = apply(&journal, b, Command::Reset, &why).await?;
+                    if !json_out {
+                        println!("{line}");
+                    }
+                }
+            }
+            let mut projection = Projection::open(&path).await.map_err(runtime_err)?;
+            projection.catch_up(&journal, 10_000).await.map_err(runtime_err)?;
+            let budgets: BTreeMap<String, u64> = breakers
+                .iter()
+                .map(|b| (b.key.clone(), b.latency_budget_ms()))
+                .collect();
+            let health = projection
+                .health_all(&journal, &budgets, now)
+                .await
+                .map_err(runtime_err)?;
+            let mut rows = Vec::new();
+            for b in &breakers {
+                let breaker = journal
+                    .recover(&b.key, b.policy.clone())
+                    .await
+                    .map_err(runtime_err)?
+                    .breaker;
+                let minutes = projection
+                    .minutes(&b.key, now.saturating_sub(5 * 60_000), now)
+                    .await
+                    .map_err(runtime_err)?;
+                let (calls, failures) = minutes
+                    .values()
+                    .fold((0, 0), |(c, f), m| (c + m.calls(), f + m.failures + m.timeouts));
+                let last = journal
+                    .latest(&b.key, codec::types::TRANSITION)
+                    .await
+                    .map_err(runtime_err)?
+                    .and_then(|e| match codec::decode(&e.event_type, e.event_version, &e.payload) {
+                        Ok(Event::Transitioned(t)) => Some(*t),
+                        _ => None,
+                    });
+                let view = breaker.view(now);
+                let test = if args.test {
+                    Some(test(b, view.state, view.open_until_ms, now).await)
+                } else {
+                    None
+                };
+                rows.push(json!({
+                    "service": b.key,
+                    "state": view.state,
+                    "open_remaining_ms": view.open_until_ms.map(|u| u.saturating_sub(now)),
+                    "health": health.get(&b.key),
+                    "calls_5m": calls,
+                    "failures_5m": failures,
+                    "last_transition": last,
+                    "test": test,
+                }));
+            }
+            projection.close().await;
+            Ok::<_, CliError>(rows)
+        }
+        .await;
+        journal.close().await;
+        result
+    })?;
+    let mut out = std::io::stdout().lock();
+    let io = |e: std::io::Error| CliError::Runtime(format!("writing to stdout: {e}"));
+    if json_out {
+        for r in &rows {
+            serde_json::to_writer(&mut out, r).map_err(runtime_err)?;
+            writeln!(out).map_err(io)?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<28} {:<12} {:>6} {:>9} {:>9}  last transition",
+        "breaker", "state", "health", "calls 5m", "failed 5m"
+    )
+    .map_err(io)?;
+    for r in &rows {
+        let last = match r["last_transition"].as_object() {
+            Some(t) => format!(
+                "{} → {} ({}) {}",
+                t["from"].as_str().unwrap_or(""),
+                t["to"].as_str().unwrap_or(""),
+                t["reason"].as_str().unwrap_or(""),
+                fmt_ago(now, t["at_ms"].as_u64().unwrap_or(now))
+            ),
+            None => "none".into(),
+        };
+        writeln!(
+            out,
+            "{:<28} {:<12} {:>6} {:>9} {:>9}  {last}",
+            r["service"].as_str().unwrap_or(""),
+            r["state"].as_str().unwrap_or(""),
+            r["health"]["score"],
+            r["calls_5m"],
+            r["failures_5m"]
+        )
+        .map_err(io)?;
+        if let Some(t) = r["test"].as_object() {
+            writeln!(out, "    test: {}", t["result"].as_str().unwrap_or("")).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+/// A real request to the service's `health_url`, unless its breaker would reject it.
+async fn test(b: &BreakerConfig, state: State, open_until: Option<u64>, now: u64) -> serde_json::Value {
+    let Some(url) = b.health_url() else {
+        return json!({"testable": false, "result": "not testable: no health_url configured"});
+    };
+    if matches!(state, State::Open | State::ForcedOpen) && open_until.is_none_or(|u| u > now) {
+        return json!({"testable": true, "sent": false, "result": format!("not sent: the breaker is {state}")});
+    }
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_millis(b.call_timeout_ms()))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => return json!({"testable": true, "sent": false, "result": format!("no HTTP client: {e}")}),
+    };
+    let started = Instant::now();
+    let response = client.get(url).send().await;
+    let latency_ms = started.elapsed().as_millis() as u64;
+    match response {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let outcome = b.classifier().classify(status);
+            let verdict = if outcome == Outcome::Failure {
+                "failure"
+            } else {
+                outcome.as_str()
+            };
+            json!({"testable": true, "sent": true, "status": status, "latency_ms": latency_ms, "outcome": verdict,
+                   "result": format!("HTTP {status} in {latency_ms} ms: {verdict}")})
+        }
+        Err(e) => json!({"testable": true, "sent": true, "latency_ms": latency_ms, "outcome": "failure",
+                         "result": format!("failure after {latency_ms} ms: {e}")}),
+    }
+}
