@@ -281,11 +281,10 @@ async fn write_packed(path: &Path, traffic: &mut Traffic, outcomes: u64) -> u64 
     let journal = open(path, Durability::Normal).await;
     let names = traffic.names();
     let mut out = Vec::new();
-    let mut last = 0;
     while traffic.outcomes < outcomes {
         traffic.step(&mut out);
         for (i, body) in out.drain(..) {
-            last = journal
+            let last = journal
                 .submit(&names[i], body)
                 .expect("the buffer never fills: the producer waits for commits");
             if last.is_multiple_of(1_024) && last > IN_FLIGHT && journal.progress().ticket < last - IN_FLIGHT {
@@ -591,5 +590,339 @@ fn rebuild(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, rebuild);
+// ---------------------------------------------------------------------------------------------
+// health_all/*
+
+fn health_all(c: &mut Criterion) {
+    let sizes = sizes();
+    let rt = runtime();
+    let mut group = c.benchmark_group("health_all");
+    group
+        .sample_size(20)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    let mut opened: Option<(Opened, BTreeMap<String, u64>, u64)> = None;
+    group.bench_function("100_breakers_10m_outcomes", |b| {
+        let (o, budgets, at_ms) = opened.get_or_insert_with(|| {
+            // 100 breakers at ~1.2 calls/s each; each opens every 20,000 of its calls.
+            let traffic = Traffic::new(
+                HEALTH_STREAMS,
+                sizes.health,
+                sizes.span_ms,
+                20_000,
+                sizes.snapshot_every,
+            );
+            let log = build(&rt, "health", Layout::Packed, traffic, sizes.health);
+            let mut o = open_log(&rt, log);
+            let started = Instant::now();
+            let done = rt.block_on(o.projection.catch_up(&o.journal, PAGE)).expect("catch up");
+            assert_eq!(done.calls, o.log.outcomes);
+            eprintln!(
+                "replay-bench: health: projection caught up from scratch in {:.2} s ({} events, {} calls)",
+                started.elapsed().as_secs_f64(),
+                done.events,
+                done.calls
+            );
+            let at_ms = o.log.end_ms + 1;
+            let budgets: BTreeMap<String, u64> = o.log.names.iter().map(|n| (n.to_string(), BUDGET_MS)).collect();
+            // Once: the projection's health equals the one folded from each breaker's history.
+            let all = rt
+                .block_on(o.projection.health_all(&o.journal, &budgets, at_ms))
+                .expect("health");
+            assert_eq!(all.len(), HEALTH_STREAMS);
+            for name in o.log.names.iter().step_by(33) {
+                let state = rt
+                    .block_on(replay::state_at(&o.journal, name, at_ms, &policy(), BUDGET_MS))
+                    .expect("state_at");
+                assert_eq!(all[&**name], state.health, "{name}");
+            }
+            let scores: Vec<u8> = all.values().map(|h| h.score).collect();
+            eprintln!(
+                "replay-bench: health: scores from {} to {}, {} breakers opened in the last hour",
+                scores.iter().min().expect("100"),
+                scores.iter().max().expect("100"),
+                all.values().filter(|h| h.stability.points < 15.0).count()
+            );
+            (o, budgets, at_ms)
+        });
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(
+                        o.projection
+                            .health_all(&o.journal, budgets, *at_ms)
+                            .await
+                            .expect("health"),
+                    );
+                }
+                start.elapsed()
+            })
+        })
+    });
+    close(&rt, opened.take().map(|(o, _, _)| o));
+    group.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// state_at/*
+
+/// The suggested fix, sketched over the public API (not the library's code): the state at
+/// `at_ms` folded from the latest snapshot recorded before the health window (5 minutes back,
+/// from the minute boundary), reading only the rows from there up to the instant; the last
+/// hour's transitions by time (`read_range`, as `health_all` reads them); the last transition
+/// and "was anything compacted" by indexed look-ups. It assumes no compaction inside the window
+/// (the projection's minutes would serve there).
+async fn state_at_from_snapshot(
+    journal: &Journal,
+    stream: &str,
+    at_ms: u64,
+    fallback: &Policy,
+    latency_budget_ms: u64,
+) -> StateAt {
+    type RowTuple = (i64, String, i64, String, i64, i64, Vec<u8>);
+    let pool = journal.pool();
+    let window = at_ms.saturating_sub(5 * MINUTE) / MINUTE * MINUTE;
+    let from_seq: i64 = sqlx::query_as::<_, (i64,)>(
+        "SELECT seq FROM events WHERE stream = ? AND event_type = 'snapshot' AND recorded_at < ?
+         ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(stream)
+    .bind(window as i64)
+    .fetch_optional(pool)
+    .await
+    .expect("snapshot look-up")
+    .map_or(1, |(s,)| s);
+    // The first row after the instant ends the read.
+    let to_seq: i64 = sqlx::query_as::<_, (i64,)>(
+        "SELECT seq FROM events WHERE stream = ? AND recorded_at > ? ORDER BY recorded_at LIMIT 1",
+    )
+    .bind(stream)
+    .bind(at_ms as i64)
+    .fetch_optional(pool)
+    .await
+    .expect("end look-up")
+    .map_or(i64::MAX, |(s,)| s);
+    let rows: Vec<RowTuple> = sqlx::query_as(
+        "SELECT position, stream, seq, event_type, event_version, recorded_at, payload FROM events
+         WHERE stream = ? AND seq >= ? AND seq < ? ORDER BY seq",
+    )
+    .bind(stream)
+    .bind(from_seq)
+    .bind(to_seq)
+    .fetch_all(pool)
+    .await
+    .expect("rows");
+    let mut entries = Vec::new();
+    for (position, stream, seq, event_type, event_version, recorded_at, payload) in rows {
+        let e = StoredEvent {
+            position,
+            stream,
+            seq,
+            event_type,
+            event_version: event_version as u32,
+            recorded_at,
+            payload,
+        };
+        let item = |item| Entry { position, item };
+        match decode(&e).expect("decodes") {
+            Decoded::Breaker(events) => entries.extend(events.into_iter().map(|ev| item(Item::Core(ev)))),
+            Decoded::Snapshot(b) => entries.push(item(Item::Snapshot(b))),
+            Decoded::Summary(s) => entries.push(item(Item::Summary(s))),
+            Decoded::Gap(_) | Decoded::Other => entries.push(item(Item::Other(e.event_type.clone()))),
+        }
+    }
+    let breaker = replay::fold(&entries, Some(at_ms), fallback);
+    let view = breaker.view(at_ms);
+    // Transitions of the last hour, for the stability component.
+    let mut hour = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = journal
+            .read_range(
+                &[TRANSITION],
+                at_ms.saturating_sub(HOUR) as i64,
+                at_ms as i64 + 1,
+                after,
+                10_000,
+            )
+            .await
+            .expect("transitions");
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for e in page.iter().filter(|e| e.stream == stream) {
+            if let Ok(Event::Transitioned(t)) = codec::decode(&e.event_type, e.event_version, &e.payload) {
+                hour.push(*t);
+            }
+        }
+    }
+    let last_transition: Option<Transition> = sqlx::query_as::<_, (Vec<u8>,)>(
+        "SELECT payload FROM events WHERE stream = ? AND event_type = 'transition' AND recorded_at <= ?
+         ORDER BY recorded_at DESC, position DESC LIMIT 1",
+    )
+    .bind(stream)
+    .bind(at_ms as i64)
+    .fetch_optional(pool)
+    .await
+    .expect("last transition")
+    .map(|(p,)| rmp_serde::from_slice(&p).expect("a transition"));
+    let (compacted,): (bool,) =
+        sqlx::query_as("SELECT EXISTS (SELECT 1 FROM events WHERE event_type = 'call_summary' AND stream = ?)")
+            .bind(stream)
+            .fetch_one(pool)
+            .await
+            .expect("compacted");
+    let health = replay::health(&replay::minutes(&entries, at_ms), &hour, at_ms, latency_budget_ms);
+    StateAt {
+        stream: stream.to_owned(),
+        at_ms,
+        open_remaining_ms: view.open_until_ms.map(|u| u.saturating_sub(at_ms)),
+        view,
+        policy: breaker.policy().clone(),
+        last_transition,
+        compacted,
+        health,
+    }
+}
+
+fn same(a: &StateAt, b: &StateAt) -> bool {
+    a.view == b.view
+        && a.open_remaining_ms == b.open_remaining_ms
+        && a.policy == b.policy
+        && a.last_transition == b.last_transition
+        && a.compacted == b.compacted
+        && a.health == b.health
+}
+
+/// A one-breaker log, opened, with a source of random instants inside it.
+struct StateLog {
+    log: Log,
+    journal: Journal,
+    rng: u64,
+}
+
+impl StateLog {
+    fn instant(&mut self) -> u64 {
+        T0 + next(&mut self.rng) % (self.log.end_ms - T0)
+    }
+}
+
+fn state_log(rt: &Runtime, name: &str, layout: Layout, rate: u64, span_ms: u64, snapshot_every: u64) -> StateLog {
+    let outcomes = rate * span_ms / 1_000;
+    // Opens every 200,000 calls (~33 min at 100 calls/s), 30 s each.
+    let mut traffic = Traffic::new(1, outcomes, span_ms, 200_000, snapshot_every);
+    traffic.record_every = Some((outcomes / 6).max(1));
+    let log = build(rt, name, layout, traffic, outcomes);
+    let journal = rt.block_on(open(&log.path, Durability::Full));
+    let mut s = StateLog {
+        log,
+        journal,
+        rng: 0x2545_F491_4F6C_DD1D,
+    };
+    // Once: replay gives the live breaker back at the recorded instants, and the sketch of the
+    // fix agrees with `state_at` there and at random instants.
+    let stream = s.log.names[0].clone();
+    let mut instants: Vec<u64> = s.log.recorded.iter().map(|(t, _)| *t).collect();
+    instants.extend((0..4).map(|_| s.instant()));
+    instants.push(s.log.end_ms + 1);
+    let mut timings = (Duration::ZERO, Duration::ZERO);
+    for (k, at) in instants.iter().enumerate() {
+        let started = Instant::now();
+        let full = rt
+            .block_on(replay::state_at(&s.journal, &stream, *at, &policy(), BUDGET_MS))
+            .expect("state_at");
+        timings.0 += started.elapsed();
+        let started = Instant::now();
+        let sketch = rt.block_on(state_at_from_snapshot(&s.journal, &stream, *at, &policy(), BUDGET_MS));
+        timings.1 += started.elapsed();
+        if let Some((_, live)) = s.log.recorded.get(k) {
+            assert_eq!(&full.view, live, "replay at {at} gives the live breaker");
+        }
+        assert!(same(&full, &sketch), "the sketch agrees with state_at at {at}");
+    }
+    eprintln!(
+        "replay-bench: state_at/{name}: checked at {} instants ({} against the live breaker); mean state_at {:.0} ms, \
+         sketch {:.1} ms",
+        instants.len(),
+        s.log.recorded.len(),
+        timings.0.as_secs_f64() * 1e3 / instants.len() as f64,
+        timings.1.as_secs_f64() * 1e3 / instants.len() as f64,
+    );
+    s
+}
+
+fn state_at(c: &mut Criterion) {
+    let sizes = sizes();
+    let rt = runtime();
+    let mut group = c.benchmark_group("state_at");
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(10));
+    for (name, layout, span) in [
+        ("packed_24h", Layout::Packed, sizes.span_ms),
+        ("one_call_per_row_1h", Layout::OneCallPerRow, sizes.live_span_ms),
+    ] {
+        let mut opened: Option<StateLog> = None;
+        // Built on first use, so a filter that skips these cases skips the build too.
+        let make = || state_log(&rt, name, layout, sizes.state_rate, span, sizes.snapshot_every);
+        group.bench_function(name, |b| {
+            let s = opened.get_or_insert_with(&make);
+            let stream = s.log.names[0].clone();
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut elapsed = Duration::ZERO;
+                    for _ in 0..iters {
+                        let at = s.instant();
+                        let start = Instant::now();
+                        black_box(
+                            replay::state_at(&s.journal, &stream, at, &policy(), BUDGET_MS)
+                                .await
+                                .expect("state_at"),
+                        );
+                        elapsed += start.elapsed();
+                    }
+                    elapsed
+                })
+            })
+        });
+        group.bench_function(format!("history_only/{name}"), |b| {
+            let s = opened.get_or_insert_with(&make);
+            let stream = s.log.names[0].clone();
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        black_box(replay::history(&s.journal, &stream).await.expect("history"));
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+        group.bench_function(format!("from_snapshot_sketch/{name}"), |b| {
+            let s = opened.get_or_insert_with(&make);
+            let stream = s.log.names[0].clone();
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut elapsed = Duration::ZERO;
+                    for _ in 0..iters {
+                        let at = s.instant();
+                        let start = Instant::now();
+                        black_box(state_at_from_snapshot(&s.journal, &stream, at, &policy(), BUDGET_MS).await);
+                        elapsed += start.elapsed();
+                    }
+                    elapsed
+                })
+            })
+        });
+        if let Some(s) = opened.take() {
+            rt.block_on(s.journal.close());
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, rebuild, health_all, state_at);
 criterion_main!(benches);

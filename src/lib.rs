@@ -14,6 +14,7 @@ pub mod actor;
 pub mod breaker;
 pub mod config;
 pub mod duration;
+pub mod http;
 pub mod journal;
 pub mod replay;
 pub mod simulate;

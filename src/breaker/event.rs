@@ -6,7 +6,7 @@ use std::fmt;
 
 /// The states of a breaker. Names (`closed`, `open`, `half_open`, `forced_open`, `disabled`) are
 /// the same everywhere: events, `simulate` output, the HTTP API and metrics labels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     /// Calls flow; outcomes are counted against the trip rule.

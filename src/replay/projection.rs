@@ -273,6 +273,15 @@ impl Projection {
         Ok(out)
     }
 
+    /// Each breaker's minutes added up over everything stored (the counters `/metrics` exports).
+    pub async fn totals(&mut self) -> Result<BTreeMap<String, Minute>, JournalError> {
+        let mut out: BTreeMap<String, Minute> = BTreeMap::new();
+        for (stream, _, m) in self.dump().await? {
+            out.entry(stream).or_default().merge(&m);
+        }
+        Ok(out)
+    }
+
     /// Everything stored, for comparing two projections.
     pub async fn dump(&mut self) -> Result<Vec<(String, u64, Minute)>, JournalError> {
         let rows: Vec<(String, i64, Vec<u8>)> =

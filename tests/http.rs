@@ -1,0 +1,277 @@
+//! The HTTP API: auth on every route, health, operator actions, metrics.
+
+use actix_web::{App, test, web};
+use breakerbox::actor::{Clock, Registry, RegistryOptions};
+use breakerbox::config::{Config, Secret};
+use breakerbox::http::{ApiState, auth, authenticate, configure};
+use breakerbox::journal::{Journal, JournalOptions};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+const TOKEN: &str = "s3cret-token-0123456789";
+
+async fn registry(dir: &Path) -> (Arc<Registry>, Config) {
+    let config = Config::from_toml(
+        Path::new("t.toml"),
+        "[services.stripe]\nfailure_threshold = 2\n[services.stripe.operations.\"customers.create\"]\n[services.calcom]\n",
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let journal = Arc::new(
+        Journal::open(&dir.join("log.db"), JournalOptions::default())
+            .await
+            .unwrap(),
+    );
+    let registry = Registry::start(
+        &config,
+        journal,
+        RegistryOptions {
+            clock: Clock::manual(1_764_000_000_000),
+            project_every: None,
+            ..RegistryOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    (Arc::new(registry), config)
+}
+
+macro_rules! app {
+    ($registry:expr, $config:expr) => {
+        test::init_service(
+            App::new()
+                .app_data(web::Data::new(ApiState::new(
+                    $registry.clone(),
+                    $config.clone(),
+                    vec![auth::Token::new("oncall", &Secret::new(TOKEN))],
+                )))
+                .wrap(actix_web::middleware::from_fn(authenticate))
+                .configure(configure),
+        )
+        .await
+    };
+}
+
+fn bearer(t: &str) -> (&'static str, String) {
+    ("Authorization", format!("Bearer {t}"))
+}
+
+#[actix_web::test]
+async fn every_protected_route_needs_the_token_and_nothing_leaks_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, config) = registry(dir.path()).await;
+    let app = app!(registry, config);
+    let routes = [
+        ("GET", "/api/health/circuit-breakers"),
+        ("GET", "/api/health/circuit-breakers/stripe"),
+        ("POST", "/api/circuit-breakers/stripe/reset"),
+        ("POST", "/api/circuit-breakers/stripe/force-open"),
+        ("POST", "/api/circuit-breakers/stripe/disable"),
+        ("GET", "/metrics"),
+    ];
+    let same_length_wrong: String = TOKEN.chars().rev().collect();
+    let mut n = 0;
+    for (method, uri) in routes {
+        for auth in [None, Some(same_length_wrong.clone()), Some("short".to_owned())] {
+            // Each from its own address, so the bad-token limiter stays out of this test.
+            n += 1;
+            let mut req = if method == "GET" {
+                test::TestRequest::get()
+            } else {
+                test::TestRequest::post()
+            }
+            .uri(uri)
+            .peer_addr(format!("127.0.1.{n}:1000").parse().unwrap());
+            if let Some(t) = &auth {
+                req = req.insert_header(bearer(t));
+            }
+            let resp = test::call_service(&app, req.to_request()).await;
+            assert_eq!(resp.status(), 401, "{method} {uri} with {auth:?}");
+            let body = String::from_utf8(test::read_body(resp).await.to_vec()).unwrap();
+            assert!(!body.contains(TOKEN) && !auth.as_ref().is_some_and(|t| body.contains(t.as_str())));
+        }
+    }
+    // /healthz needs no token.
+    let resp = test::call_service(&app, test::TestRequest::get().uri("/healthz").to_request()).await;
+    assert_eq!(resp.status(), 200);
+    registry.shutdown().await.unwrap();
+}
+
+#[actix_web::test]
+async fn repeated_bad_tokens_from_one_address_get_429_and_others_are_unaffected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, config) = registry(dir.path()).await;
+    let app = app!(registry, config);
+    let attacker = "127.0.0.9:5000".parse().unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let req = test::TestRequest::get()
+            .uri("/metrics")
+            .peer_addr(attacker)
+            .insert_header(bearer("guess"))
+            .to_request();
+        let resp = test::call_service(&app, req).await;
+        if resp.status() == 429 {
+            assert!(resp.headers().get("Retry-After").is_some());
+        }
+        statuses.push(resp.status().as_u16());
+    }
+    assert!(statuses.iter().filter(|s| **s == 429).count() >= 9, "{statuses:?}");
+    let ok = test::TestRequest::get()
+        .uri("/metrics")
+        .peer_addr("127.0.0.10:5000".parse().unwrap())
+        .insert_header(bearer(TOKEN))
+        .to_request();
+    assert_eq!(test::call_service(&app, ok).await.status(), 200);
+    registry.shutdown().await.unwrap();
+}
+
+#[actix_web::test]
+async fn health_reports_every_breaker_and_operator_actions_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, config) = registry(dir.path()).await;
+    let app = app!(registry, config);
+    let get = |uri: &str| {
+        test::TestRequest::get()
+            .uri(uri)
+            .peer_addr("127.0.0.3:1".parse().unwrap())
+            .insert_header(bearer(TOKEN))
+            .to_request()
+    };
+    let stripe = registry.get("stripe").unwrap().clone();
+    for _ in 0..3 {
+        let _ = stripe.call("", async { Ok::<_, ()>(()) }).await;
+    }
+    // Outcomes reach the log within the flush interval; settle them before asking.
+    stripe.inspect().await;
+    registry.journal().flush().await.unwrap();
+    let body: Value = test::call_and_read_body_json(&app, get("/api/health/circuit-breakers")).await;
+    assert_eq!(body["status"], "pass");
+    let keys: Vec<&str> = body["breakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["service"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["calcom", "stripe", "stripe/customers.create"]);
+    let s = &body["breakers"][1];
+    assert_eq!(
+        (s["state"].as_str(), s["metrics_5m"]["calls"].as_u64()),
+        (Some("closed"), Some(3))
+    );
+    assert_eq!(s["health"]["score"], 100);
+    assert_eq!(s["policy"]["failure_threshold"], 2);
+    // One service with its operations.
+    let one: Value = test::call_and_read_body_json(&app, get("/api/health/circuit-breakers/stripe")).await;
+    assert_eq!(one["breakers"].as_array().unwrap().len(), 2);
+    // Unknown: 404 JSON, the name never echoed.
+    let resp = test::call_service(&app, get("/api/health/circuit-breakers/%3Cscript%3E")).await;
+    assert_eq!(resp.status(), 404);
+    let text = String::from_utf8(test::read_body(resp).await.to_vec()).unwrap();
+    assert!(!text.contains("script"), "{text}");
+
+    // Force open over HTTP: answered once durable, audited with the token's name.
+    let post = |uri: &str, body: Option<&str>| {
+        let mut r = test::TestRequest::post()
+            .uri(uri)
+            .peer_addr("127.0.0.3:1".parse().unwrap())
+            .insert_header(bearer(TOKEN));
+        if let Some(b) = body {
+            r = r
+                .insert_header(("Content-Type", "application/json"))
+                .set_payload(b.to_owned());
+        }
+        r.to_request()
+    };
+    let resp = test::call_service(&app, post("/api/circuit-breakers/stripe/force-open", None)).await;
+    assert_eq!(resp.status(), 400, "a reason is required");
+    let done: Value = test::call_and_read_body_json(
+        &app,
+        post(
+            "/api/circuit-breakers/stripe/force-open",
+            Some(r#"{"reason":"stripe incident"}"#),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (done["from"].as_str(), done["to"].as_str()),
+        (Some("closed"), Some("forced_open"))
+    );
+    let log = registry.journal().read_after(0, 10_000).await.unwrap();
+    let cmd = log
+        .iter()
+        .find(|e| e.event_type == "operator_command")
+        .expect("audited");
+    let rec: breakerbox::journal::OperatorCommand = rmp_serde::from_slice(&cmd.payload).unwrap();
+    assert_eq!(
+        (rec.operator.who.as_str(), rec.operator.from.as_str()),
+        ("token:oncall", "http")
+    );
+    let body: Value = test::call_and_read_body_json(&app, get("/api/health/circuit-breakers")).await;
+    assert_eq!(
+        body["status"], "warn",
+        "a breaker is open: a dependency is down, this process is fine"
+    );
+    let resp = test::call_service(
+        &app,
+        post("/api/circuit-breakers/paypal/reset", Some(r#"{"reason":"x"}"#)),
+    )
+    .await;
+    assert_eq!(resp.status(), 404);
+    let resp = test::call_service(
+        &app,
+        post("/api/circuit-breakers/stripe/explode", Some(r#"{"reason":"x"}"#)),
+    )
+    .await;
+    assert_eq!(resp.status(), 404);
+    // Mutations are never on GET.
+    let resp = test::call_service(&app, get("/api/circuit-breakers/stripe/reset")).await;
+    assert!(resp.status() == 404 || resp.status() == 405);
+    registry.shutdown().await.unwrap();
+}
+
+#[actix_web::test]
+async fn metrics_are_prometheus_text_with_real_histograms() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, config) = registry(dir.path()).await;
+    let app = app!(registry, config);
+    let stripe = registry.get("stripe").unwrap().clone();
+    for i in 0..10 {
+        let _ = stripe
+            .call("", async move { if i % 3 == 0 { Err(()) } else { Ok(()) } })
+            .await;
+    }
+    stripe.inspect().await;
+    registry.journal().flush().await.unwrap();
+    let req = test::TestRequest::get()
+        .uri("/metrics")
+        .peer_addr("127.0.0.4:1".parse().unwrap())
+        .insert_header(bearer(TOKEN))
+        .to_request();
+    let text = String::from_utf8(test::call_and_read_body(&app, req).await.to_vec()).unwrap();
+    for family in [
+        "circuit_breaker_state{service=\"stripe\",state=\"closed\"} 1",
+        "circuit_breaker_state{service=\"stripe\",state=\"open\"} 0",
+        "circuit_breaker_calls_total{service=\"stripe\",outcome=\"failure\"} 4",
+        "circuit_breaker_calls_total{service=\"stripe\",outcome=\"success\"} 6",
+        "circuit_breaker_call_duration_seconds_bucket{service=\"stripe\",le=\"+Inf\"} 10",
+        "# TYPE circuit_breaker_call_duration_seconds histogram",
+        "circuit_breaker_health_ratio{service=\"stripe\"}",
+        "circuit_breaker_event_log_errors_total{kind=\"full\"} 0",
+    ] {
+        assert!(text.contains(family), "{family} missing from:\n{text}");
+    }
+    // Every sample line is `name{labels} value` with a number; buckets are cumulative.
+    let mut last_bucket = 0.0;
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (_, value) = line.rsplit_once(' ').unwrap();
+        let v: f64 = value.parse().unwrap_or_else(|_| panic!("not a number: {line}"));
+        if line.starts_with("circuit_breaker_call_duration_seconds_bucket{service=\"stripe\"") {
+            assert!(v >= last_bucket, "buckets must be cumulative: {line}");
+            last_bucket = v;
+        }
+    }
+    registry.shutdown().await.unwrap();
+}
