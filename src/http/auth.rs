@@ -97,10 +97,11 @@ impl Limiter {
     /// Records a bad token from `ip`.
     pub fn failed(&self, ip: IpAddr) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.len() >= self.max_addresses && !seen.contains_key(&ip) {
-            if let Some(oldest) = seen.iter().min_by_key(|(_, (_, t))| *t).map(|(ip, _)| *ip) {
-                seen.remove(&oldest);
-            }
+        if seen.len() >= self.max_addresses
+            && !seen.contains_key(&ip)
+            && let Some(oldest) = seen.iter().min_by_key(|(_, (_, t))| *t).map(|(ip, _)| *ip)
+        {
+            seen.remove(&oldest);
         }
         let entry = seen.entry(ip).or_insert((0, Instant::now()));
         if entry.1.elapsed() >= self.window {
