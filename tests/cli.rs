@@ -822,3 +822,63 @@ fn status_reset_from_a_second_process_resets_the_breaker_inside_a_running_server
         registry.journal().close().await;
     });
 }
+
+fn http_get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, response)
+}
+
+#[test]
+fn serve_runs_the_api_on_loopback_and_stops_cleanly() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("serve.db");
+    // Not on another address without a configured token.
+    fails_with(
+        &["serve", "--db", db.to_str().unwrap(), "--bind", "0.0.0.0:0"],
+        "",
+        "CIRCUIT_BREAKER_API_TOKEN",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+        .args(["serve", "--db", db.to_str().unwrap(), "--bind", "127.0.0.1:0"])
+        .env("CIRCUIT_BREAKER_API_TOKEN", "ci:token-for-the-test")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = lines.next().unwrap().unwrap();
+    let addr = listening
+        .strip_prefix("listening on http://")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{listening}"))
+        .to_owned();
+    assert_eq!(http_get(&addr, "/healthz", None).0, 200);
+    assert_eq!(http_get(&addr, "/api/health/circuit-breakers", None).0, 401);
+    let (status, body) = http_get(&addr, "/api/health/circuit-breakers", Some("token-for-the-test"));
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("\"status\":\"pass\"") && body.contains("\"service\":\"stripe\""),
+        "{body}"
+    );
+    assert!(!body.contains("token-for-the-test"));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(status.success(), "exit {status:?}, output {rest:?}");
+    assert!(rest.iter().any(|l| l == "stopped cleanly"), "{rest:?}");
+}

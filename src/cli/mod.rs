@@ -4,6 +4,7 @@ mod compact;
 mod config;
 mod history;
 mod policy_args;
+mod serve;
 mod simulate;
 mod status;
 
@@ -76,6 +77,7 @@ enum Command {
     WhatIf(history::WhatIfArgs),
     Rebuild(history::RebuildArgs),
     Status(status::StatusArgs),
+    Serve(serve::Args),
     /// Force a breaker OPEN: every call rejected until reset.
     ForceOpen(status::CommandArgs),
     /// Disable a breaker: every call permitted, never trips, until reset.
@@ -128,6 +130,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::WhatIf(args) => history::what_if(args, &cli.global),
         Command::Rebuild(args) => history::rebuild(args, &cli.global),
         Command::Status(args) => status::status(args, &cli.global),
+        Command::Serve(args) => serve::run(args, &cli.global),
         Command::ForceOpen(args) => status::command(args, breakerbox::breaker::Command::ForceOpen, &cli.global),
         Command::Disable(args) => status::command(args, breakerbox::breaker::Command::Disable, &cli.global),
         Command::Reset(args) => status::command(args, breakerbox::breaker::Command::Reset, &cli.global),

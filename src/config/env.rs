@@ -26,7 +26,7 @@ pub const GLOBAL: [(&str, &str); 4] = [
 ];
 
 /// Other variables breakerbox reads (not knobs).
-pub const OTHER: [&str; 1] = ["CIRCUIT_BREAKER_CONFIG"];
+pub const OTHER: [&str; 2] = ["CIRCUIT_BREAKER_CONFIG", "CIRCUIT_BREAKER_API_TOKEN"];
 
 /// Per-service suffixes and the knob each sets.
 pub const PER_SERVICE: [(&str, &str); 2] = [
