@@ -18,6 +18,13 @@ fn time_arg(text: &Option<String>, flag: &str, default: u64) -> Result<u64, CliE
     }
 }
 
+/// An optional time flag: `None` when not given.
+fn optional_time(text: &Option<String>, flag: &str) -> Result<Option<u64>, CliError> {
+    text.as_ref()
+        .map(|t| parse_time(t, system_now_ms()).map_err(|e| CliError::BadInput(format!("{flag}: {e}"))))
+        .transpose()
+}
+
 fn fmt_time(ms: u64) -> String {
     chrono::DateTime::from_timestamp_millis(ms as i64)
         .map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
@@ -421,16 +428,7 @@ pub struct ExportArgs {
 }
 
 pub fn export(args: ExportArgs, global: &Global) -> Result<(), CliError> {
-    let from = args
-        .from
-        .as_ref()
-        .map(|_| time_arg(&args.from, "--from", 0))
-        .transpose()?;
-    let to = args
-        .to
-        .as_ref()
-        .map(|_| time_arg(&args.to, "--to", u64::MAX))
-        .transpose()?;
+    let (from, to) = (optional_time(&args.from, "--from")?, optional_time(&args.to, "--to")?);
     let fallback = configured(global, &args.service)?;
     let entries = load_history(global, &args.service)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -496,16 +494,7 @@ pub fn what_if(args: WhatIfArgs, global: &Global) -> Result<(), CliError> {
         .service
         .clone()
         .ok_or_else(|| CliError::BadInput("what-if needs --service NAME".into()))?;
-    let from = args
-        .from
-        .as_ref()
-        .map(|_| time_arg(&args.from, "--from", 0))
-        .transpose()?;
-    let to = args
-        .to
-        .as_ref()
-        .map(|_| time_arg(&args.to, "--to", u64::MAX))
-        .transpose()?;
+    let (from, to) = (optional_time(&args.from, "--from")?, optional_time(&args.to, "--to")?);
     let fallback = configured(global, &service)?;
     let flags = args.policy.knobs();
     let entries = load_history(global, &service)?;
