@@ -212,7 +212,7 @@ impl Traffic {
         let i = (self.attempts % n) as usize;
         let t = T0 + self.attempts * self.step_us / 1_000;
         if i == 0
-            && self.record_every.is_some_and(|k| self.attempts % (k * n) == 0)
+            && self.record_every.is_some_and(|k| self.attempts.is_multiple_of(k * n))
             && self.streams[0].breaker.state() == State::Closed
         {
             self.recorded.push((t - 1, self.streams[0].breaker.view(t - 1)));
