@@ -24,18 +24,20 @@
 //! overrides the size of the start-up log.
 
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use breakerbox::breaker::{Breaker, Decision, Event, Evidence, Outcome, Policy, Reason, State, Transition, codec};
 use breakerbox::journal::{
-    Body, CALL_BATCH, CallBatch, Decoded, Durability, Journal, JournalOptions, Row, StoredEvent, VERSION,
-    connect_options, decode,
+    Body, CALL_BATCH, CallBatch, Decoded, Durability, Journal, Row, StoredEvent, VERSION, connect_options, decode,
 };
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use sqlx::{ConnectOptions, Connection, Executor, QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{ConnectOptions, Connection, Executor};
 use tokio::runtime::Runtime;
+
+mod support;
+use support::{append_raw, file_bytes, open, raw_log, runtime};
 
 /// How big each case is: real sizes under `cargo bench`, tiny ones in criterion's test mode.
 struct Sizes {
@@ -76,34 +78,8 @@ fn sizes() -> Sizes {
 
 /// The journal's defaults, as the bench relies on them.
 const MAX_BATCH: usize = 10_000;
-/// Rows per multi-row `INSERT` in the journal's store (SQLite's 32,766 bound variables / 7).
-const ROWS_PER_INSERT: usize = 4_000;
 /// Streams in `rows/*` and `startup/*`.
 const STREAMS: usize = 100;
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-}
-
-async fn open(path: &Path, durability: Durability) -> Journal {
-    Journal::open(
-        path,
-        JournalOptions {
-            durability,
-            ..JournalOptions::default()
-        },
-    )
-    .await
-    .expect("opening the journal")
-}
-
-/// Bytes of the file after `close()` (which checkpoints the WAL into it and truncates the WAL).
-fn file_bytes(path: &Path) -> u64 {
-    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-}
 
 /// Records kept waiting in the journal's buffer at most. Its capacity is 100,000 records: a
 /// producer that outruns the disk for longer than that overflows it, and what overflows is
@@ -274,36 +250,6 @@ fn transition(at_ms: u64, episode: u64) -> Event {
         },
         open_until_ms: Some(at_ms + 60_000),
     }))
-}
-
-/// Appends rows as the journal's store does: one `BEGIN IMMEDIATE` … `COMMIT`, multi-row
-/// `INSERT`s of at most [`ROWS_PER_INSERT`] rows.
-async fn append_raw(conn: &mut SqliteConnection, rows: &[Row]) {
-    conn.execute("BEGIN IMMEDIATE").await.expect("begin");
-    for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new("INSERT INTO events (stream, seq, event_type, event_version, recorded_at, payload) ");
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(r.stream.clone())
-                .push_bind(r.seq as i64)
-                .push_bind(r.event_type)
-                .push_bind(r.event_version)
-                .push_bind(r.recorded_at as i64)
-                .push_bind(r.payload.as_slice());
-        });
-        q.build().execute(&mut *conn).await.expect("insert");
-    }
-    conn.execute("COMMIT").await.expect("commit");
-}
-
-/// A file with the journal's schema (its migrations), for raw writes.
-async fn raw_log(path: &Path, durability: Durability) -> SqliteConnection {
-    open(path, durability).await.close().await;
-    connect_options(path, durability, Duration::from_secs(5))
-        .create_if_missing(true)
-        .connect()
-        .await
-        .expect("raw connection")
 }
 
 fn rows(c: &mut Criterion) {

@@ -35,13 +35,15 @@ use std::time::{Duration, Instant};
 use breakerbox::breaker::codec::{self, types::TRANSITION};
 use breakerbox::breaker::{Breaker, Decision, Event, Outcome, Policy, State, Transition, View};
 use breakerbox::journal::{
-    Body, CALL_BATCH, CallBatch, Decoded, Durability, Journal, JournalOptions, Row, SNAPSHOT, StoredEvent, VERSION,
-    connect_options, decode,
+    Body, CALL_BATCH, CallBatch, Decoded, Durability, Journal, Row, SNAPSHOT, StoredEvent, VERSION, decode,
 };
 use breakerbox::replay::{self, Entry, Item, Projection, StateAt};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use sqlx::{ConnectOptions, Connection, Executor, QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{Connection, Executor};
 use tokio::runtime::Runtime;
+
+mod support;
+use support::{append_raw, file_bytes, open, raw_log, runtime};
 
 /// How big each case is: real sizes under `cargo bench`, tiny ones in criterion's test mode.
 struct Sizes {
@@ -101,28 +103,8 @@ fn policy() -> Policy {
     Policy::consecutive(5, 30_000)
 }
 
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-}
-
-async fn open(path: &Path, durability: Durability) -> Journal {
-    Journal::open(
-        path,
-        JournalOptions {
-            durability,
-            ..JournalOptions::default()
-        },
-    )
-    .await
-    .expect("opening the journal")
-}
-
-/// Bytes of the file after `close()` (which checkpoints the WAL into it and truncates the WAL).
 fn file_mb(path: &Path) -> f64 {
-    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) as f64 / 1e6
+    file_bytes(path) as f64 / 1e6
 }
 
 /// xorshift64*: deterministic, good enough for traffic and instants.
@@ -328,35 +310,12 @@ fn row(stream: &Arc<str>, seq: u64, body: Body) -> Row {
     }
 }
 
-/// Appends rows as the journal's store does: one transaction, multi-row `INSERT`s of 4,000.
-async fn append_raw(conn: &mut SqliteConnection, rows: &[Row]) {
-    conn.execute("BEGIN IMMEDIATE").await.expect("begin");
-    for chunk in rows.chunks(4_000) {
-        let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new("INSERT INTO events (stream, seq, event_type, event_version, recorded_at, payload) ");
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(r.stream.clone())
-                .push_bind(r.seq as i64)
-                .push_bind(r.event_type)
-                .push_bind(r.event_version)
-                .push_bind(r.recorded_at as i64)
-                .push_bind(r.payload.as_slice());
-        });
-        q.build().execute(&mut *conn).await.expect("insert");
-    }
-    conn.execute("COMMIT").await.expect("commit");
-}
-
 /// Writes `outcomes` calls of `traffic` one call per row, as the writer does when every group
 /// commit holds at most one call of a breaker (live traffic of up to ~100 calls/s per breaker,
 /// with the default 2 ms flush interval). Raw sqlx into the journal's schema, 10,000 rows per
 /// transaction. Returns the rows.
 async fn write_one_call_per_row(path: &Path, traffic: &mut Traffic, outcomes: u64) -> u64 {
-    open(path, Durability::Normal).await.close().await;
-    let mut conn = connect_options(path, Durability::Normal, Duration::from_secs(5))
-        .connect()
-        .await
-        .expect("raw connection");
+    let mut conn = raw_log(path, Durability::Normal).await;
     let names = traffic.names();
     let mut seqs = vec![0u64; names.len()];
     let mut out = Vec::new();
