@@ -170,26 +170,43 @@ impl Projection {
         loop {
             let events = journal.read_after(position, page.max(1)).await?;
             let Some(last) = events.last() else { break };
-            let mut deltas = BTreeMap::new();
+            let (mut deltas, mut next, mut calls) = (BTreeMap::new(), cursor.clone(), 0);
             for e in &events {
-                fold(e, &mut deltas, &mut cursor, &mut done.calls)?;
+                fold(e, &mut deltas, &mut next, &mut calls)?;
             }
-            position = last.position;
-            done.events += events.len() as u64;
-            self.write(&deltas, position, &cursor).await?;
+            if self.write(&deltas, position, last.position, &next).await? {
+                (position, cursor) = (last.position, next);
+                done.events += events.len() as u64;
+                done.calls += calls;
+            } else {
+                // Another projector (or a rebuild) moved the checkpoint since this page was read:
+                // the page would count twice. Start again from where it left the checkpoint.
+                (position, cursor) = self.checkpoint().await?;
+            }
         }
         done.position = position;
         Ok(done)
     }
 
+    /// Adds a page's deltas and moves the checkpoint from `from` to `position`, in one
+    /// transaction, only if the checkpoint is still at `from` (false: it moved, nothing written).
     async fn write(
         &mut self,
         deltas: &BTreeMap<(String, u64), Minute>,
+        from: i64,
         position: i64,
         cursor: &Cursor,
-    ) -> Result<(), JournalError> {
+    ) -> Result<bool, JournalError> {
         self.conn.execute("BEGIN IMMEDIATE").await.map_err(io)?;
-        let result: Result<(), sqlx::Error> = async {
+        let result: Result<bool, sqlx::Error> = async {
+            // Checked under the write lock, so two projectors on one file never both add a page.
+            let stored: Option<(i64,)> = sqlx::query_as("SELECT position FROM projections WHERE name = ?")
+                .bind(NAME)
+                .fetch_optional(&mut self.conn)
+                .await?;
+            if stored.map_or(0, |(p,)| p) != from {
+                return Ok(false);
+            }
             // One range read per stream and multi-row upserts: a statement per minute row cost
             // ~90 µs of round trip each and made a 10 M-outcome catch-up take 50 s.
             let mut ranges: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
@@ -245,11 +262,12 @@ impl Projection {
             .bind(rmp_serde::to_vec_named(cursor).expect("plain data encodes"))
             .execute(&mut self.conn)
             .await?;
-            Ok(())
+            Ok(true)
         }
         .await;
         match result {
-            Ok(()) => self.conn.execute("COMMIT").await.map(|_| ()).map_err(io),
+            Ok(true) => self.conn.execute("COMMIT").await.map(|_| true).map_err(io),
+            Ok(false) => self.conn.execute("ROLLBACK").await.map(|_| false).map_err(io),
             Err(e) => {
                 let _ = self.conn.execute("ROLLBACK").await;
                 Err(io(e))
@@ -287,6 +305,18 @@ impl Projection {
         from_ms: u64,
         to_ms: u64,
     ) -> Result<BTreeMap<u64, Minute>, JournalError> {
+        let (_, cursor) = self.checkpoint().await?;
+        self.minutes_at(stream, from_ms, to_ms, &cursor).await
+    }
+
+    /// [`Projection::minutes`] against a checkpoint cursor the caller has already read.
+    async fn minutes_at(
+        &mut self,
+        stream: &str,
+        from_ms: u64,
+        to_ms: u64,
+        cursor: &Cursor,
+    ) -> Result<BTreeMap<u64, Minute>, JournalError> {
         let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
             "SELECT minute_ms, data FROM metrics_minutes WHERE stream = ? AND minute_ms >= ? AND minute_ms <= ? ORDER BY minute_ms",
         )
@@ -300,16 +330,16 @@ impl Projection {
             .into_iter()
             .filter_map(|(m, d)| rmp_serde::from_slice(&d).ok().map(|row| (m as u64, row)))
             .collect();
-        let (_, cursor) = self.checkpoint().await?;
         if let Some((state, since)) = cursor.states.get(stream) {
             let mut deltas = BTreeMap::new();
             spend(&mut deltas, stream, *state, (*since).max(from_ms), to_ms);
             for ((_, m), d) in deltas {
-                out.entry(m).or_insert_with(|| Minute {
-                    minute_ms: m,
-                    ..Minute::default()
-                });
-                out.get_mut(&m).expect("inserted").merge(&d);
+                out.entry(m)
+                    .or_insert_with(|| Minute {
+                        minute_ms: m,
+                        ..Minute::default()
+                    })
+                    .merge(&d);
             }
         }
         Ok(out)
@@ -368,9 +398,13 @@ impl Projection {
                 }
             }
         }
+        // One checkpoint for every breaker: it holds all their states.
+        let (_, cursor) = self.checkpoint().await?;
         let mut out = BTreeMap::new();
         for (stream, budget) in budgets {
-            let minutes = self.minutes(stream, at_ms.saturating_sub(5 * 60_000), at_ms).await?;
+            let minutes = self
+                .minutes_at(stream, at_ms.saturating_sub(5 * 60_000), at_ms, &cursor)
+                .await?;
             let t = transitions.get(stream).map(Vec::as_slice).unwrap_or(&[]);
             out.insert(stream.clone(), health(&minutes, t, at_ms, *budget));
         }
