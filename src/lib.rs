@@ -13,6 +13,7 @@
 pub mod actor;
 pub mod breaker;
 pub mod config;
+pub mod demo;
 pub mod duration;
 pub mod http;
 pub mod journal;

@@ -882,3 +882,131 @@ fn serve_runs_the_api_on_loopback_and_stops_cleanly() {
     assert!(status.success(), "exit {status:?}, output {rest:?}");
     assert!(rest.iter().any(|l| l == "stopped cleanly"), "{rest:?}");
 }
+
+#[test]
+fn demo_runs_end_to_end_and_every_history_command_answers_from_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let db = db.to_str().unwrap();
+    // Given a 20-second demo on a fresh log…
+    let out = breakerbox(
+        &[
+            "demo",
+            "--duration",
+            "20s",
+            "--db",
+            db,
+            "--bind",
+            "127.0.0.1:0",
+            "--json",
+        ],
+        "",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("dashboard: http://127.0.0.1:"), "{stdout}");
+    assert!(
+        stdout.contains("stripe  closed → open"),
+        "a line per transition as it happens: {stdout}"
+    );
+    let summaries: Value = serde_json::from_str(&stdout[stdout.find("\n[").expect("a JSON summary")..]).unwrap();
+    let stripe = summaries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stream"] == "stripe")
+        .expect("stripe is summarised");
+    // …then stripe opened and closed again, its callers were served by fallback while it was open.
+    assert!(stripe["openings"].as_u64().unwrap() >= 1, "{stripe}");
+    assert_eq!(stripe["end_state"], "closed", "{stripe}");
+    assert!(stripe["open_ms"].as_u64().unwrap() >= 3_000, "{stripe}");
+    assert!(stripe["rejected"].as_u64().unwrap() > 0 && stripe["fallbacks"].as_u64().unwrap() > 0);
+
+    // status on the same file
+    let rows = json_lines(&breakerbox(&["status", "--db", db, "--json"], ""));
+    let row = rows.iter().find(|r| r["service"] == "stripe").unwrap();
+    assert_eq!(row["state"], "closed");
+    assert_eq!(row["last_transition"]["to"], "closed");
+    assert!(row["calls_5m"].as_u64().unwrap() > 0);
+
+    // the audit trail shows stripe opening and closing
+    let audit = json_lines(&breakerbox(
+        &[
+            "audit",
+            "--db",
+            db,
+            "--kind",
+            "transition",
+            "--service",
+            "stripe",
+            "--json",
+        ],
+        "",
+    ));
+    let opened = audit
+        .iter()
+        .find(|e| e["details"]["to"] == "open")
+        .expect("stripe opened");
+    assert!(audit.iter().any(|e| e["details"]["to"] == "closed"));
+
+    // replay at the instant it opened shows it OPEN with the time left
+    let at = opened["at_ms"].as_u64().unwrap() + 100;
+    let at = chrono::DateTime::from_timestamp_millis(at as i64).unwrap().to_rfc3339();
+    let replay = json_lines(&breakerbox(
+        &["replay", "--db", db, "--service", "stripe", "--at", &at, "--json"],
+        "",
+    ));
+    assert_eq!(replay[0]["view"]["state"], "open", "{}", replay[0]);
+    assert!(replay[0]["open_remaining_ms"].as_u64().unwrap() > 0);
+
+    // what-if with a higher threshold over the whole demo opens less often
+    let what_if = breakerbox(
+        &[
+            "what-if",
+            "--db",
+            db,
+            "--service",
+            "stripe",
+            "--from",
+            "1h",
+            "--to",
+            "0s",
+            "--failure-threshold",
+            "50",
+            "--json",
+        ],
+        "",
+    );
+    let w = &json_lines(&what_if)[0];
+    let openings = |side: &str| {
+        w[side]["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["to"] == "open")
+            .count()
+    };
+    assert!(openings("actual") >= 1, "{w}");
+    assert_eq!(openings("what_if"), 0, "{w}");
+    assert_eq!(w["what_if"]["open_ms"], 0);
+
+    // A second run on the same file continues the same history.
+    let again = breakerbox(&["demo", "--duration", "5s", "--db", db, "--bind", "127.0.0.1:0"], "");
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let audit2 = json_lines(&breakerbox(
+        &["audit", "--db", db, "--kind", "transition", "--json"],
+        "",
+    ));
+    let first_stripe = audit2.iter().find(|e| e["stream"] == "stripe").unwrap();
+    assert_eq!(first_stripe, &audit[0], "the first run's history is still there, first");
+    let policy = json_lines(&breakerbox(&["audit", "--db", db, "--kind", "policy", "--json"], ""));
+    assert_eq!(
+        policy.iter().filter(|e| e["stream"] == "stripe").count(),
+        1,
+        "an unchanged policy is not applied again on the second run"
+    );
+}

@@ -69,6 +69,10 @@ async fn every_protected_route_needs_the_token_and_nothing_leaks_it() {
         ("POST", "/api/circuit-breakers/stripe/reset"),
         ("POST", "/api/circuit-breakers/stripe/force-open"),
         ("POST", "/api/circuit-breakers/stripe/disable"),
+        ("GET", "/api/history"),
+        ("GET", "/api/events"),
+        ("GET", "/api/events/stream"),
+        ("GET", "/api/openapi.json"),
         ("GET", "/metrics"),
     ];
     let same_length_wrong: String = TOKEN.chars().rev().collect();
@@ -93,9 +97,18 @@ async fn every_protected_route_needs_the_token_and_nothing_leaks_it() {
             assert!(!body.contains(TOKEN) && !auth.as_ref().is_some_and(|t| body.contains(t.as_str())));
         }
     }
-    // /healthz needs no token.
+    // /healthz needs no token, nor the dashboard's page, which holds no data: its script sends
+    // the token (from the URL's #fragment) with every API request.
     let resp = test::call_service(&app, test::TestRequest::get().uri("/healthz").to_request()).await;
     assert_eq!(resp.status(), 200);
+    let resp = test::call_service(&app, test::TestRequest::get().uri("/").to_request()).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("Content-Security-Policy").is_some());
+    let page = String::from_utf8(test::read_body(resp).await.to_vec()).unwrap();
+    assert!(page.contains("<html") && !page.contains(TOKEN));
+    // Only GET: anything else on / needs the token like every other route.
+    let resp = test::call_service(&app, test::TestRequest::post().uri("/").to_request()).await;
+    assert_eq!(resp.status(), 401);
     registry.shutdown().await.unwrap();
 }
 
@@ -272,6 +285,236 @@ async fn metrics_are_prometheus_text_with_real_histograms() {
             assert!(v >= last_bucket, "buckets must be cumulative: {line}");
             last_bucket = v;
         }
+    }
+    registry.shutdown().await.unwrap();
+}
+
+/// A real server on an ephemeral loopback port, for streaming responses.
+async fn serve(registry: &Arc<Registry>, config: &Config) -> std::net::SocketAddr {
+    let state = web::Data::new(ApiState::new(
+        registry.clone(),
+        config.clone(),
+        vec![auth::Token::new("oncall", &Secret::new(TOKEN))],
+    ));
+    let (server, addrs) = breakerbox::http::server(state, "127.0.0.1:0".parse().unwrap()).unwrap();
+    actix_web::rt::spawn(server);
+    addrs[0]
+}
+
+/// An open SSE connection, read frame by frame.
+struct Sse {
+    stream: tokio::net::TcpStream,
+    buf: String,
+    raw: String,
+}
+
+impl Sse {
+    async fn connect(addr: std::net::SocketAddr, last_event_id: Option<i64>) -> Sse {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let resume = last_event_id.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
+        let req =
+            format!("GET /api/events/stream HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n{resume}\r\n");
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut sse = Sse {
+            stream,
+            buf: String::new(),
+            raw: String::new(),
+        };
+        // Past the headers and the opening comment: from here on the stream is live.
+        let first = sse.frame().await.expect("the stream opens");
+        assert!(sse.raw.starts_with("HTTP/1.1 200"), "{}", sse.raw);
+        assert!(sse.raw.contains("text/event-stream"));
+        assert!(first.contains(": connected"), "{first}");
+        sse
+    }
+
+    /// The next frame (chunked encoding's size lines dropped), or None after 2 s of silence.
+    async fn frame(&mut self) -> Option<String> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(i) = self.buf.find("\n\n") {
+                let frame: String = self.buf.drain(..i + 2).collect();
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(std::time::Duration::from_secs(2), self.stream.read(&mut chunk))
+                .await
+                .ok()?
+                .unwrap();
+            if n == 0 {
+                return None;
+            }
+            let text = String::from_utf8_lossy(&chunk[..n]).into_owned();
+            self.raw.push_str(&text);
+            // Keep only SSE lines: drop HTTP headers and chunk-size lines.
+            for line in text.split_inclusive('\n') {
+                let l = line.trim_end_matches(['\r', '\n']);
+                let sse_line =
+                    l.starts_with("id: ") || l.starts_with("event: ") || l.starts_with("data: ") || l.starts_with(": ");
+                if sse_line {
+                    self.buf.push_str(l);
+                    self.buf.push('\n');
+                } else if l.is_empty() && !self.buf.is_empty() && !self.buf.ends_with("\n\n") {
+                    self.buf.push('\n');
+                }
+            }
+        }
+    }
+
+    /// Event frames (comments skipped) until `n` arrived or the stream goes quiet.
+    async fn events(&mut self, n: usize) -> Vec<(i64, String, Value)> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let Some(f) = self.frame().await else { break };
+            if f.starts_with(": ") {
+                continue;
+            }
+            let field = |name: &str| {
+                f.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .unwrap_or_else(|| panic!("no {name} in {f:?}"))
+                    .to_owned()
+            };
+            out.push((
+                field("id: ").parse().unwrap(),
+                field("event: "),
+                serde_json::from_str(&field("data: ")).unwrap(),
+            ));
+        }
+        out
+    }
+}
+
+fn operator(why: &str) -> breakerbox::journal::Operator {
+    breakerbox::journal::Operator {
+        who: "ops".into(),
+        from: "library".into(),
+        why: why.into(),
+    }
+}
+
+#[actix_web::test]
+async fn the_event_stream_resumes_after_last_event_id_with_exactly_the_missed_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, config) = registry(dir.path()).await;
+    let addr = serve(&registry, &config).await;
+    let stripe = registry.get("stripe").unwrap().clone();
+    let calcom = registry.get("calcom").unwrap().clone();
+
+    // Given a dashboard connected to the stream, which sees a force-open live…
+    let mut sse = Sse::connect(addr, None).await;
+    stripe.force_open(operator("incident 1")).await.unwrap();
+    let seen = sse.events(2).await;
+    let kinds: Vec<&str> = seen.iter().map(|(_, k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["command", "transition"], "{seen:?}");
+    assert_eq!(seen[0].2["details"]["operator"]["why"], "incident 1");
+    let last_id = seen[1].0;
+    // …when it disconnects and events are appended meanwhile…
+    drop(sse);
+    stripe.reset(operator("incident 1 over")).await.unwrap();
+    calcom.force_open(operator("incident 2")).await.unwrap();
+    // …then reconnecting with Last-Event-ID gives exactly the missed ones, in order, once.
+    let mut sse = Sse::connect(addr, Some(last_id)).await;
+    let missed = sse.events(10).await;
+    let got: Vec<(String, String)> = missed
+        .iter()
+        .map(|(_, k, e)| (e["stream"].as_str().unwrap().to_owned(), k.clone()))
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("stripe", "command"),
+        ("stripe", "transition"),
+        ("calcom", "command"),
+        ("calcom", "transition"),
+    ]
+    .iter()
+    .map(|(s, k)| ((*s).to_owned(), (*k).to_owned()))
+    .collect();
+    assert_eq!(got, expected);
+    let ids: Vec<i64> = missed.iter().map(|(id, _, _)| *id).collect();
+    assert!(ids[0] > last_id && ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    // The id is the log position, the same as the audit trail's.
+    assert!(missed.iter().all(|(id, _, e)| e["position"] == *id));
+    assert!(!sse.raw.contains(TOKEN), "the token never appears in the stream");
+    registry.shutdown().await.unwrap();
+}
+
+#[actix_web::test]
+async fn the_events_route_pages_the_audit_trail_by_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, config) = registry(dir.path()).await;
+    let app = app!(registry, config);
+    let stripe = registry.get("stripe").unwrap().clone();
+    for i in 0..3 {
+        stripe.force_open(operator(&format!("drill {i}"))).await.unwrap();
+        stripe.reset(operator(&format!("drill {i} over"))).await.unwrap();
+    }
+    let get = |uri: String| {
+        test::TestRequest::get()
+            .uri(&uri)
+            .peer_addr("127.0.0.5:1".parse().unwrap())
+            .insert_header(bearer(TOKEN))
+            .to_request()
+    };
+    // Page through the commands two at a time.
+    let mut whys = Vec::new();
+    let mut after = 0;
+    loop {
+        let page: Value =
+            test::call_and_read_body_json(&app, get(format!("/api/events?kind=command&limit=2&after={after}"))).await;
+        for e in page["events"].as_array().unwrap() {
+            assert_eq!(e["kind"], "command");
+            whys.push(e["details"]["operator"]["why"].as_str().unwrap().to_owned());
+        }
+        match page["next_after"].as_i64() {
+            Some(n) => after = n,
+            None => break,
+        }
+    }
+    assert_eq!(
+        whys,
+        [
+            "drill 0",
+            "drill 0 over",
+            "drill 1",
+            "drill 1 over",
+            "drill 2",
+            "drill 2 over"
+        ]
+    );
+    // The newest two, oldest first.
+    let newest: Value =
+        test::call_and_read_body_json(&app, get("/api/events?kind=command&limit=2&newest=true".into())).await;
+    let whys: Vec<&str> = newest["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["details"]["operator"]["why"].as_str().unwrap())
+        .collect();
+    assert_eq!(whys, ["drill 2", "drill 2 over"]);
+    // Bad input names the bad value.
+    for (uri, needle) in [
+        ("/api/events?kind=explosion", "explosion"),
+        ("/api/events?since=yesterday", "yesterday"),
+        ("/api/events?limit=0", "limit 0"),
+        ("/api/history?minutes=0", "minutes=0"),
+    ] {
+        let resp = test::call_service(&app, get(uri.into())).await;
+        assert_eq!(resp.status(), 400, "{uri}");
+        let body = String::from_utf8(test::read_body(resp).await.to_vec()).unwrap();
+        assert!(body.contains(needle), "{uri}: {body}");
+    }
+    // History for the dashboard: every breaker, with its transitions.
+    let history: Value = test::call_and_read_body_json(&app, get("/api/history?minutes=60".into())).await;
+    assert_eq!(
+        history["breakers"]["stripe"]["transitions"].as_array().unwrap().len(),
+        6
+    );
+    assert!(history["breakers"]["calcom"]["minutes"].is_array());
+    // The OpenAPI document names every route.
+    let doc: Value = test::call_and_read_body_json(&app, get("/api/openapi.json".into())).await;
+    for route in ["/api/events", "/api/events/stream", "/api/history", "/metrics"] {
+        assert!(doc["paths"].get(route).is_some(), "{route}");
     }
     registry.shutdown().await.unwrap();
 }

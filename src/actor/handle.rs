@@ -261,6 +261,12 @@ impl BreakerHandle {
         }
     }
 
+    /// Records that the caller answered from a fallback of its own — e.g. after the reqwest
+    /// middleware rejected a request — so it is counted in the log as `call_with_fallback` is.
+    pub fn record_fallback(&self) {
+        self.inner.gate.fallbacks.add(1);
+    }
+
     async fn operate(&self, command: Command, operator: Operator) -> Result<CommandResult, JournalError> {
         self.operate_for(command, operator, None).await
     }

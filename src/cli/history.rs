@@ -25,7 +25,7 @@ fn optional_time(text: &Option<String>, flag: &str) -> Result<Option<u64>, CliEr
         .transpose()
 }
 
-fn fmt_time(ms: u64) -> String {
+pub(super) fn fmt_time(ms: u64) -> String {
     chrono::DateTime::from_timestamp_millis(ms as i64)
         .map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
 }

@@ -2,6 +2,7 @@
 
 mod compact;
 mod config;
+mod demo;
 mod history;
 mod policy_args;
 mod serve;
@@ -59,6 +60,48 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::Runtime(format!("starting the runtime: {e}")))
 }
 
+/// API tokens from `CIRCUIT_BREAKER_API_TOKEN`, or else a one-time token (returned, for printing)
+/// — only on a loopback address: anything else must have tokens configured.
+pub fn api_tokens(
+    options: &breakerbox::config::LoadOptions,
+    bind: std::net::SocketAddr,
+) -> Result<(Vec<breakerbox::http::auth::Token>, Option<String>), CliError> {
+    use breakerbox::http::auth;
+    match options.env.get("CIRCUIT_BREAKER_API_TOKEN") {
+        Some(v) => Ok((auth::tokens_from_env(v).map_err(CliError::BadInput)?, None)),
+        None if bind.ip().is_loopback() => {
+            let t = one_time_token()?;
+            let token = auth::Token::new("one-time", &breakerbox::config::Secret::new(t.clone()));
+            Ok((vec![token], Some(t)))
+        }
+        None => Err(CliError::BadInput(format!(
+            "refusing to serve on {bind} without CIRCUIT_BREAKER_API_TOKEN: only loopback addresses get a one-time token"
+        ))),
+    }
+}
+
+/// 128 random bits as hex, from the kernel.
+pub fn one_time_token() -> Result<String, CliError> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| CliError::Runtime(format!("reading /dev/urandom for a token: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Prints where the dashboard is: with the one-time token in the URL's fragment (which browsers
+/// never send to the server), or asking for a configured one.
+pub fn print_dashboard(addr: std::net::SocketAddr, one_time: Option<&str>) {
+    match one_time {
+        Some(t) => {
+            println!("dashboard: http://{addr}/#token={t}");
+            println!("API token (this run only; set CIRCUIT_BREAKER_API_TOKEN to choose your own): {t}");
+        }
+        None => println!("dashboard: http://{addr}/ (it asks for one of the CIRCUIT_BREAKER_API_TOKEN tokens)"),
+    }
+}
+
 /// Who this process is, for leases and the audit trail: `ROLE pid N as USER@HOST`.
 pub fn holder(role: &str) -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
@@ -78,6 +121,7 @@ enum Command {
     Rebuild(history::RebuildArgs),
     Status(status::StatusArgs),
     Serve(serve::Args),
+    Demo(demo::Args),
     /// Force a breaker OPEN: every call rejected until reset.
     ForceOpen(status::CommandArgs),
     /// Disable a breaker: every call permitted, never trips, until reset.
@@ -131,6 +175,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Rebuild(args) => history::rebuild(args, &cli.global),
         Command::Status(args) => status::status(args, &cli.global),
         Command::Serve(args) => serve::run(args, &cli.global),
+        Command::Demo(args) => demo::run(args, &cli.global),
         Command::ForceOpen(args) => status::command(args, breakerbox::breaker::Command::ForceOpen, &cli.global),
         Command::Disable(args) => status::command(args, breakerbox::breaker::Command::Disable, &cli.global),
         Command::Reset(args) => status::command(args, breakerbox::breaker::Command::Reset, &cli.global),

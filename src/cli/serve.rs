@@ -3,10 +3,9 @@
 
 use super::{CliError, Global};
 use breakerbox::actor::{Registry, RegistryOptions, watch};
-use breakerbox::config::{Config, LoadOptions, Secret};
-use breakerbox::http::{ApiState, auth, authenticate, configure};
+use breakerbox::config::{Config, LoadOptions};
+use breakerbox::http::{ApiState, server};
 use breakerbox::journal::{Journal, JournalOptions};
-use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,31 +25,10 @@ pub struct Args {
     bind: SocketAddr,
 }
 
-fn one_time_token() -> Result<String, CliError> {
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| CliError::Runtime(format!("reading /dev/urandom for a token: {e}")))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
     let options = LoadOptions::from_process(global.config.clone());
     let config = Config::load(&options).map_err(CliError::config)?;
-    let tokens = match options.env.get("CIRCUIT_BREAKER_API_TOKEN") {
-        Some(v) => auth::tokens_from_env(v).map_err(CliError::BadInput)?,
-        None if args.bind.ip().is_loopback() => {
-            let t = one_time_token()?;
-            println!("API token (this run only; set CIRCUIT_BREAKER_API_TOKEN to choose your own): {t}");
-            vec![auth::Token::new("one-time", &Secret::new(t))]
-        }
-        None => {
-            return Err(CliError::BadInput(format!(
-                "refusing to serve on {} without CIRCUIT_BREAKER_API_TOKEN: only loopback addresses get a one-time token",
-                args.bind
-            )));
-        }
-    };
+    let (tokens, one_time) = super::api_tokens(&options, args.bind)?;
     let db = global.db.clone();
     actix_web::rt::System::new().block_on(async move {
         let journal = Arc::new(
@@ -73,23 +51,17 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
         let watcher = watch(registry.clone(), options.clone(), Duration::from_secs(2), None)
             .map_err(|e| CliError::Runtime(format!("watching for SIGHUP: {e}")))?;
         let state = actix_web::web::Data::new(ApiState::new(registry.clone(), config.clone(), tokens));
-        let server = actix_web::HttpServer::new(move || {
-            actix_web::App::new()
-                .app_data(state.clone())
-                .wrap(actix_web::middleware::from_fn(authenticate))
-                .configure(configure)
-        })
-        .workers(1)
-        .bind(args.bind)
-        .map_err(|e| CliError::Runtime(format!("binding {}: {e}", args.bind)))?;
-        for addr in server.addrs() {
+        let (server, addrs) =
+            server(state, args.bind).map_err(|e| CliError::Runtime(format!("binding {}: {e}", args.bind)))?;
+        for addr in addrs {
             println!(
                 "listening on http://{addr} ({} breakers, log {})",
                 registry.handles().count(),
                 db.display()
             );
+            super::print_dashboard(addr, one_time.as_deref());
         }
-        let result = server.run().await;
+        let result = server.await;
         watcher.abort();
         registry
             .shutdown()

@@ -159,13 +159,12 @@ fn command_name(c: crate::breaker::Command) -> &'static str {
 }
 
 fn transition_line(t: &Transition) -> String {
-    format!(
-        "{} → {} ({}: {})",
-        t.from,
-        t.to,
-        t.reason.as_str(),
-        evidence_text(&t.evidence)
-    )
+    let evidence = evidence_text(&t.evidence);
+    if evidence.is_empty() {
+        format!("{} → {} ({})", t.from, t.to, t.reason.as_str())
+    } else {
+        format!("{} → {} ({}: {evidence})", t.from, t.to, t.reason.as_str())
+    }
 }
 
 /// A transition's evidence as `key=value` pairs, for people.

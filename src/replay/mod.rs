@@ -6,6 +6,7 @@ mod export;
 mod health;
 mod metrics;
 mod projection;
+mod summary;
 mod svg;
 mod time;
 
@@ -14,6 +15,7 @@ pub use export::export;
 pub use health::{Component, Health, health};
 pub use metrics::{Minute, minutes};
 pub use projection::{CatchUp, Projection};
+pub use summary::{Summary, summarize};
 pub use svg::timeline_svg;
 pub use time::{TimeError, parse_time};
 

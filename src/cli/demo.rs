@@ -1,0 +1,232 @@
+//! `breakerbox demo`: stand-in calcom / retell / stripe services with scripted trouble, real
+//! traffic through the breakers, the API and dashboard, a line per transition, and a
+//! post-incident summary from the log at the end.
+
+use super::{CliError, Global, history::fmt_time};
+use breakerbox::actor::{Registry, RegistryOptions, system_now_ms};
+use breakerbox::demo::{self, SERVICES, Script};
+use breakerbox::duration::{format_ms, parse_ms};
+use breakerbox::http::{ApiState, server};
+use breakerbox::journal::{Journal, JournalOptions};
+use breakerbox::replay::{AuditQuery, Kind, Summary, audit, history, summarize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Watch circuit breakers at work: three stand-in services misbehave on a script while real
+/// traffic flows through their breakers; everything is recorded in the event log.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "The stand-ins: stripe fails hard for a while, retell gets slow, calcom flaps.
+The demo's OPEN periods are seconds (production settings are minutes). A second run on the same
+--db continues the same history.
+
+EXAMPLE:
+  breakerbox demo --duration 30s --db /tmp/demo.db"
+)]
+pub struct Args {
+    /// How long to run (Ctrl-C ends it early, cleanly).
+    #[arg(long, value_name = "DUR", default_value = "90s", value_parser = parse_ms)]
+    duration: u64,
+    /// Where the API and dashboard listen (another free port is taken if this one is busy).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    bind: SocketAddr,
+}
+
+pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
+    if args.duration < 5_000 {
+        return Err(CliError::BadInput(format!(
+            "--duration {}: the demo needs at least 5s to tell its story",
+            format_ms(args.duration)
+        )));
+    }
+    let options = breakerbox::config::LoadOptions::from_process(None);
+    let (tokens, one_time) = super::api_tokens(&options, args.bind)?;
+    let db = global.db.clone();
+    let json = global.json;
+    actix_web::rt::System::new().block_on(async move {
+        let started = Instant::now();
+        let script = Script {
+            length_ms: args.duration,
+        };
+        let mut upstreams = BTreeMap::new();
+        for service in SERVICES {
+            let addr = demo::start_upstream(service, script, started)
+                .await
+                .map_err(|e| CliError::Runtime(format!("starting the {service} stand-in: {e}")))?;
+            upstreams.insert(service, addr);
+        }
+        let config = demo::config(&upstreams).map_err(CliError::config)?;
+        println!(
+            "breakerbox demo: {} of traffic to stand-in services on 127.0.0.1, {} requests/s each, recorded in {}",
+            format_ms(args.duration),
+            demo::RATE_PER_SECOND,
+            db.display()
+        );
+        println!(
+            "demo settings: OPEN for 2-3 s (stripe backs off to 8 s), call timeout 2 s; production settings are minutes"
+        );
+        for (service, from, to, what) in script.timeline() {
+            println!(
+                "  {service:<7} {what} from {} to {}",
+                format_ms(from / 100 * 100),
+                format_ms(to / 100 * 100)
+            );
+        }
+        let journal = Arc::new(
+            Journal::open(&db, JournalOptions::default())
+                .await
+                .map_err(|e| CliError::Runtime(format!("opening {}: {e}", db.display())))?,
+        );
+        let registry = Arc::new(
+            Registry::start(
+                &config,
+                journal.clone(),
+                RegistryOptions {
+                    holder: super::holder("demo"),
+                    ..RegistryOptions::default()
+                },
+            )
+            .await
+            .map_err(|e| CliError::Runtime(e.to_string()))?,
+        );
+        let state = actix_web::web::Data::new(ApiState::new(registry.clone(), config.clone(), tokens));
+        let (http, addrs) = match server(state.clone(), args.bind) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                println!("{} is busy; taking another port", args.bind);
+                server(state, SocketAddr::from(([127, 0, 0, 1], 0)))
+                    .map_err(|e| CliError::Runtime(format!("binding 127.0.0.1: {e}")))?
+            }
+            Err(e) => return Err(CliError::Runtime(format!("binding {}: {e}", args.bind))),
+        };
+        let http_handle = http.handle();
+        let http_task = actix_web::rt::spawn(http);
+        for addr in &addrs {
+            super::print_dashboard(*addr, one_time.as_deref());
+        }
+        let start_ms = system_now_ms();
+        let from_position = journal
+            .last_position()
+            .await
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        println!("\ntransitions as they happen (+seconds since start):");
+        let tail = actix_web::rt::spawn(print_transitions(journal.clone(), from_position, started));
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let traffic = {
+            let (registry, upstreams) = (registry.clone(), upstreams.clone());
+            actix_web::rt::spawn(async move { demo::drive(&registry, &upstreams, stop_rx).await })
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(args.duration)) => {}
+            _ = tokio::signal::ctrl_c() => println!("\nCtrl-C: stopping cleanly"),
+        }
+        let _ = stop_tx.send(true);
+        let _ = traffic.await;
+        let end_ms = system_now_ms();
+        journal.flush().await.map_err(|e| CliError::Runtime(e.to_string()))?;
+        // Let the tail print what the last flush committed before the summary.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tail.abort();
+        http_handle.stop(true).await;
+        let _ = http_task.await;
+
+        let mut summaries = Vec::new();
+        for handle in registry.handles() {
+            let key = handle.key().to_owned();
+            let b = config.breaker(&key).expect("breakers come from the config");
+            let entries = history(&journal, &key)
+                .await
+                .map_err(|e| CliError::Runtime(e.to_string()))?;
+            summaries.push(summarize(
+                &entries,
+                &key,
+                start_ms,
+                end_ms,
+                &b.policy,
+                b.latency_budget_ms(),
+            ));
+        }
+        registry
+            .shutdown()
+            .await
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        journal.close().await;
+        if json {
+            let out = serde_json::to_string_pretty(&summaries).map_err(|e| CliError::Runtime(e.to_string()))?;
+            println!("{out}");
+        } else {
+            print_summary(&summaries, &db);
+        }
+        Ok(())
+    })
+}
+
+/// One line per transition or operator command, as they are committed.
+async fn print_transitions(journal: Arc<Journal>, mut after: i64, started: Instant) {
+    loop {
+        let q = AuditQuery {
+            stream: None,
+            kinds: vec![Kind::Transition, Kind::Command],
+            since_ms: 0,
+            until_ms: u64::MAX,
+            after_position: after,
+            limit: 100,
+        };
+        let Ok(page) = audit(&journal, &q).await else { return };
+        for e in &page {
+            println!(
+                "  +{:>5.1}s  {:<7} {}",
+                started.elapsed().as_secs_f64(),
+                e.stream,
+                e.summary
+            );
+            after = e.position;
+        }
+        if page.is_empty() {
+            let seen = journal.last_position().await.unwrap_or(after).max(after);
+            if journal.wait_after(seen, Duration::from_secs(5)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn print_summary(summaries: &[Summary], db: &std::path::Path) {
+    println!("\npost-incident summary (from the log):");
+    for s in summaries {
+        println!(
+            "  {:<7} opened {}x, open {} in all, {} now · {} calls ({} failed, {} timed out) · {} rejected, {} served by fallback · health {}/100",
+            s.stream,
+            s.openings,
+            format_ms(s.open_ms / 100 * 100),
+            s.end_state,
+            s.calls,
+            s.failures,
+            s.timeouts,
+            s.rejected,
+            s.fallbacks,
+            s.health.score
+        );
+    }
+    let (from, to) = summaries.first().map_or((0, 0), |s| (s.from_ms, s.to_ms));
+    let db = db.display();
+    println!("\nlook closer:");
+    println!("  breakerbox status --db {db}");
+    println!(
+        "  breakerbox audit --db {db} --kind transition --since {}",
+        fmt_time(from)
+    );
+    println!(
+        "  breakerbox replay --db {db} --service stripe --from {} --to {} --svg stripe.svg",
+        fmt_time(from),
+        fmt_time(to)
+    );
+    println!(
+        "  breakerbox what-if --db {db} --service stripe --from {} --to {} --failure-threshold 20",
+        fmt_time(from),
+        fmt_time(to)
+    );
+}

@@ -1,0 +1,237 @@
+//! The audit trail over HTTP: `GET /api/events` (a page of the [replay] audit query) and
+//! `GET /api/events/stream` (Server-Sent Events, `id:` = log position, resumable with
+//! `Last-Event-ID`, so a reconnecting dashboard misses nothing).
+
+use super::{ApiState, bad_request, error};
+use crate::replay::{AuditEntry, AuditQuery, Kind, audit, parse_time};
+use actix_web::body::{BodySize, MessageBody};
+use actix_web::web::Bytes;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::json;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Query parameters shared by both routes.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct EventsParams {
+    service: Option<String>,
+    /// Comma-separated kinds (`transition,command`).
+    kind: Option<String>,
+    /// RFC 3339 or an age (`1h`).
+    since: Option<String>,
+    until: Option<String>,
+    /// Only entries after this log position.
+    after: Option<i64>,
+    limit: Option<usize>,
+    /// The newest `limit` entries of the window, oldest first (for a page's first view).
+    newest: Option<bool>,
+}
+
+/// Most entries one page returns.
+const MAX_PAGE: usize = 1_000;
+/// Frames buffered per stream client before the reader waits for it: a slow client slows only
+/// its own reader, never the log.
+const STREAM_BUFFER: usize = 64;
+/// A comment frame this often, so proxies keep the connection and clients can tell it is live.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+
+fn kinds(text: Option<&str>, default: &[Kind]) -> Result<Vec<Kind>, String> {
+    match text {
+        None => Ok(default.to_vec()),
+        Some(t) => t.split(',').map(str::parse).collect(),
+    }
+}
+
+fn query(params: &EventsParams, now_ms: u64, default_kinds: &[Kind]) -> Result<AuditQuery, String> {
+    let time = |t: &Option<String>, default: u64| match t {
+        Some(t) => parse_time(t, now_ms).map_err(|e| e.to_string()),
+        None => Ok(default),
+    };
+    let limit = params.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(format!("limit {limit} is out of range: use 1 to {MAX_PAGE}"));
+    }
+    Ok(AuditQuery {
+        stream: params.service.clone(),
+        kinds: kinds(params.kind.as_deref(), default_kinds)?,
+        since_ms: time(&params.since, 0)?,
+        until_ms: time(&params.until, u64::MAX)?,
+        after_position: params.after.unwrap_or(0),
+        limit,
+    })
+}
+
+/// `GET /api/events`: one page, in log order, and `next_after` for the next one (null when
+/// this page was the last).
+pub(super) async fn list(state: web::Data<ApiState>, params: web::Query<EventsParams>) -> HttpResponse {
+    let now = state.registry.clock().now_ms();
+    let mut q = match query(&params, now, &[]) {
+        Ok(q) => q,
+        Err(m) => return bad_request(&m),
+    };
+    let journal = state.registry.journal();
+    let result = if params.newest == Some(true) {
+        // Walk the window keeping only the last `limit`: bounded memory whatever its size.
+        let keep = q.limit;
+        let mut last: VecDeque<AuditEntry> = VecDeque::with_capacity(keep);
+        q.limit = MAX_PAGE;
+        loop {
+            match audit(journal, &q).await {
+                Ok(page) => {
+                    let done = page.len() < MAX_PAGE;
+                    if let Some(e) = page.last() {
+                        q.after_position = e.position;
+                    }
+                    for e in page {
+                        if last.len() == keep {
+                            last.pop_front();
+                        }
+                        last.push_back(e);
+                    }
+                    if done {
+                        break Ok((Vec::from(last), false));
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        }
+    } else {
+        audit(journal, &q).await.map(|page| {
+            let full = page.len() == q.limit;
+            (page, full)
+        })
+    };
+    match result {
+        Ok((events, more)) => {
+            let next = if more { events.last().map(|e| e.position) } else { None };
+            HttpResponse::Ok().json(json!({"events": events, "next_after": next}))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading the audit trail failed");
+            error(
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                "the event log cannot be read",
+            )
+        }
+    }
+}
+
+/// A response body fed by a bounded channel; the stream ends when the sender is dropped.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl MessageBody for ChannelBody {
+    type Error = std::convert::Infallible;
+
+    fn size(&self) -> BodySize {
+        BodySize::Stream
+    }
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        self.get_mut().0.poll_recv(cx).map(|b| b.map(Ok))
+    }
+}
+
+/// One SSE frame. Summaries and details are JSON, so a newline in them is escaped and a frame
+/// is always exactly one `data:` line.
+pub fn frame(entry: &AuditEntry) -> Bytes {
+    let data = serde_json::to_string(entry).unwrap_or_else(|_| "{}".into());
+    Bytes::from(format!(
+        "id: {}\nevent: {}\ndata: {data}\n\n",
+        entry.position,
+        entry.kind.as_str()
+    ))
+}
+
+/// `GET /api/events/stream`: entries after `Last-Event-ID` (or `?after=`), then live ones as
+/// they are committed, by this process or another on the same file. Without either, it starts
+/// at the end of the log. Call statistics (one per flush under traffic) are left out unless
+/// asked for with `?kind=`.
+pub(super) async fn stream(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    params: web::Query<EventsParams>,
+) -> HttpResponse {
+    let now = state.registry.clock().now_ms();
+    let live_kinds: Vec<Kind> = Kind::ALL.into_iter().filter(|k| *k != Kind::Stats).collect();
+    let mut q = match query(&params, now, &live_kinds) {
+        Ok(q) => q,
+        Err(m) => return bad_request(&m),
+    };
+    let resume = match req.headers().get("Last-Event-ID").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) => match v.trim().parse::<i64>() {
+            Ok(p) if p >= 0 => Some(p),
+            _ => return bad_request("Last-Event-ID must be a log position (a whole number)"),
+        },
+        Some(Err(_)) => return bad_request("Last-Event-ID must be a log position (a whole number)"),
+    };
+    let journal = state.registry.journal().clone();
+    q.after_position = match resume.or(params.after) {
+        Some(p) => p,
+        None => match journal.last_position().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the log position failed");
+                return error(
+                    actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "the event log cannot be read",
+                );
+            }
+        },
+    };
+    q.limit = 500;
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    actix_web::rt::spawn(async move {
+        // A first comment so the client sees the stream open before any event.
+        if tx.send(Bytes::from_static(b": connected\n\n")).await.is_err() {
+            return;
+        }
+        loop {
+            let page = match audit(&journal, &q).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event stream: reading the log failed; ending the stream");
+                    return;
+                }
+            };
+            for e in &page {
+                if tx.send(frame(e)).await.is_err() {
+                    return;
+                }
+                q.after_position = e.position;
+            }
+            if page.len() == q.limit {
+                continue;
+            }
+            // Caught up: wait for a commit after the last position *read*, not the last one
+            // matched, or a stream filtered to rare kinds would spin on every other event.
+            let seen = match journal.last_position().await {
+                Ok(p) => p.max(q.after_position),
+                Err(_) => q.after_position,
+            };
+            match journal.wait_after(seen, KEEPALIVE).await {
+                Ok(p) if p > seen => {}
+                Ok(_) => {
+                    if tx.send(Bytes::from_static(b": keepalive\n\n")).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "event stream: waiting on the log failed; ending the stream");
+                    return;
+                }
+            }
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .body(ChannelBody(rx))
+}

@@ -1,0 +1,302 @@
+//! Health of every breaker (`/api/health/circuit-breakers[/{service}]`), per-minute history for
+//! the dashboard (`/api/history`), and operator actions (`POST /api/circuit-breakers/{key}/…`).
+
+use super::{ApiState, Caller, bad_request, error};
+use crate::breaker::{Breaker, Command, Event, State, codec};
+use crate::config::policy_keys;
+use crate::journal::Operator;
+use crate::replay::{Health, Minute, Projection};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// Health and recent metrics of the given breakers, from the projection (brought up to date).
+pub(super) async fn health_of(
+    state: &ApiState,
+    keys: &[String],
+) -> Result<(BTreeMap<String, Health>, BTreeMap<String, Minute>), String> {
+    let journal = state.registry.journal();
+    let now = state.registry.clock().now_ms();
+    let mut guard = state.projection.lock().await;
+    if guard.is_none() {
+        *guard = Some(Projection::open(journal.path()).await.map_err(|e| e.to_string())?);
+    }
+    let projection = guard.as_mut().expect("opened above");
+    projection.catch_up(journal, 10_000).await.map_err(|e| e.to_string())?;
+    let budgets: BTreeMap<String, u64> = keys
+        .iter()
+        .map(|k| {
+            (
+                k.clone(),
+                state.config.breaker(k).map_or(1_000, |b| b.latency_budget_ms()),
+            )
+        })
+        .collect();
+    let health = projection
+        .health_all(journal, &budgets, now)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut recent = BTreeMap::new();
+    for k in keys {
+        let mut sum = Minute::default();
+        for m in projection
+            .minutes(k, now.saturating_sub(5 * 60_000), now)
+            .await
+            .map_err(|e| e.to_string())?
+            .values()
+        {
+            sum.merge(m);
+        }
+        recent.insert(k.clone(), sum);
+    }
+    Ok((health, recent))
+}
+
+async fn breaker_json(state: &ApiState, key: &str, health: Option<&Health>, recent: Option<&Minute>) -> Value {
+    let handle = state.registry.get(key).expect("keys come from the registry");
+    let now = state.registry.clock().now_ms();
+    let breaker: Option<Breaker> = handle.inspect().await;
+    let last = state
+        .registry
+        .journal()
+        .latest(key, codec::types::TRANSITION)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|e| match codec::decode(&e.event_type, e.event_version, &e.payload) {
+            Ok(Event::Transitioned(t)) => Some(*t),
+            _ => None,
+        });
+    let view = breaker.as_ref().map(|b| b.view(now));
+    let m = recent.cloned().unwrap_or_default();
+    let ran = m.successes + m.failures + m.timeouts;
+    let failure_ratio = (ran > 0).then(|| (m.failures + m.timeouts) as f64 / ran as f64);
+    json!({
+        "service": key,
+        "state": handle.state(),
+        "health": health,
+        "metrics_5m": {
+            "calls": m.calls(), "successes": m.successes, "failures": m.failures, "timeouts": m.timeouts,
+            "ignored": m.ignored, "slow": m.slow, "rejected": m.rejected, "fallbacks": m.fallbacks,
+            "p50_ms": m.latency_quantile_ms(0.5), "p95_ms": m.latency_quantile_ms(0.95), "p99_ms": m.latency_quantile_ms(0.99),
+        },
+        "failure_ratio_5m": failure_ratio,
+        "last_transition": last,
+        "open_remaining_ms": view.as_ref().and_then(|v| v.open_until_ms).map(|u| u.saturating_sub(now)),
+        "trial_permits_in_use": handle.trial_permits(),
+        "trial_permits_max": breaker.as_ref().map(|b| b.policy().half_open_requests),
+        "policy": breaker.as_ref().map(|b| policy_keys(b.policy())),
+    })
+}
+
+fn overall(state: &ApiState, breakers: &[Value]) -> &'static str {
+    if state.registry.journal().progress().failing.is_some() {
+        "fail"
+    } else if breakers
+        .iter()
+        .any(|b| b["state"] == json!(State::Open) || b["state"] == json!(State::ForcedOpen))
+    {
+        "warn"
+    } else {
+        "pass"
+    }
+}
+
+async fn respond(state: &ApiState, keys: Vec<String>, service: Option<&str>) -> HttpResponse {
+    let (health, recent) = match health_of(state, &keys).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "reading health from the log failed");
+            return error(
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                "the event log cannot be read",
+            );
+        }
+    };
+    let mut breakers = Vec::new();
+    for k in &keys {
+        breakers.push(breaker_json(state, k, health.get(k), recent.get(k)).await);
+    }
+    let status = overall(state, &breakers);
+    // `fail` (our own log is failing) is a 503 so orchestrators can tell; `warn` (a dependency is
+    // down, this process is fine) stays 200.
+    let code = if status == "fail" { 503 } else { 200 };
+    let body = match service {
+        Some(s) => json!({"status": status, "service": s, "breakers": breakers}),
+        None => json!({"status": status, "breakers": breakers}),
+    };
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(code).expect("valid status"))
+        .content_type("application/health+json")
+        .json(body)
+}
+
+pub(super) async fn all_breakers(state: web::Data<ApiState>) -> HttpResponse {
+    let keys: Vec<String> = state.registry.handles().map(|h| h.key().to_owned()).collect();
+    respond(&state, keys, None).await
+}
+
+pub(super) async fn one_service(state: web::Data<ApiState>, path: web::Path<String>) -> HttpResponse {
+    let service = path.into_inner();
+    let keys: Vec<String> = state
+        .registry
+        .handles()
+        .map(|h| h.key().to_owned())
+        .filter(|k| *k == service || k.split_once('/').is_some_and(|(s, _)| s == service))
+        .collect();
+    if keys.is_empty() {
+        // The name is never echoed: it came from the request.
+        return error(actix_web::http::StatusCode::NOT_FOUND, "unknown service");
+    }
+    respond(&state, keys, Some(&service)).await
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct CommandBody {
+    reason: String,
+}
+
+pub(super) async fn command(
+    state: web::Data<ApiState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: Option<web::Json<CommandBody>>,
+) -> HttpResponse {
+    let (service, action) = path.into_inner();
+    // An operation's key (`stripe/customers.create`) arrives as one encoded path segment.
+    let service = service.replace("%2F", "/").replace("%2f", "/");
+    let command = match action.as_str() {
+        "reset" => Command::Reset,
+        "force-open" => Command::ForceOpen,
+        "disable" => Command::Disable,
+        _ => {
+            return error(
+                actix_web::http::StatusCode::NOT_FOUND,
+                "unknown action: use reset, force-open or disable",
+            );
+        }
+    };
+    let Some(handle) = state.registry.get(&service) else {
+        return error(actix_web::http::StatusCode::NOT_FOUND, "unknown service");
+    };
+    let Some(body) = body.filter(|b| !b.reason.trim().is_empty()) else {
+        return error(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "a JSON body with a non-empty \"reason\" is required",
+        );
+    };
+    let who = req
+        .extensions()
+        .get::<Caller>()
+        .map_or_else(|| "unknown".to_owned(), |c| format!("token:{}", c.0));
+    let from = if req.headers().get("X-Breakerbox-Client").and_then(|v| v.to_str().ok()) == Some("dashboard") {
+        "dashboard"
+    } else {
+        "http"
+    };
+    let operator = Operator {
+        who,
+        from: from.into(),
+        why: body.reason.clone(),
+    };
+    let result = match command {
+        Command::Reset => handle.reset(operator).await,
+        Command::ForceOpen => handle.force_open(operator).await,
+        Command::Disable => handle.disable(operator).await,
+    };
+    match result {
+        // Answered once the command is durable.
+        Ok(r) => {
+            HttpResponse::Ok().json(json!({"service": service, "from": r.from, "to": r.to, "position": r.position}))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "an operator command could not be recorded");
+            error(
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                "the command could not be recorded",
+            )
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct HistoryParams {
+    minutes: Option<u64>,
+}
+
+/// `GET /api/history?minutes=60`: per breaker, its minutes from the projection and its
+/// transitions, for the dashboard's sparklines and timeline.
+pub(super) async fn history(state: web::Data<ApiState>, params: web::Query<HistoryParams>) -> HttpResponse {
+    let span = params.minutes.unwrap_or(60);
+    if span == 0 || span > 24 * 60 {
+        return bad_request(&format!("minutes={span} is out of range: use 1 to 1440"));
+    }
+    let keys: Vec<String> = state.registry.handles().map(|h| h.key().to_owned()).collect();
+    let now = state.registry.clock().now_ms();
+    let since = now.saturating_sub(span * 60_000) / 60_000 * 60_000;
+    match history_of(&state, &keys, since, now).await {
+        Ok(breakers) => HttpResponse::Ok().json(json!({"now_ms": now, "since_ms": since, "breakers": breakers})),
+        Err(e) => {
+            tracing::error!(error = %e, "reading history from the log failed");
+            error(
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                "the event log cannot be read",
+            )
+        }
+    }
+}
+
+async fn history_of(
+    state: &ApiState,
+    keys: &[String],
+    since: u64,
+    now: u64,
+) -> Result<BTreeMap<String, Value>, crate::journal::JournalError> {
+    let journal = state.registry.journal();
+    let mut transitions: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    let mut after = 0;
+    loop {
+        let page = journal
+            .read_range(&[codec::types::TRANSITION], since as i64, i64::MAX, after, 1_000)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for e in &page {
+            if let (Some(k), Ok(Event::Transitioned(t))) = (
+                keys.iter().find(|k| **k == e.stream),
+                codec::decode(&e.event_type, e.event_version, &e.payload),
+            ) {
+                transitions.entry(k.as_str()).or_default().push(json!({
+                    "at_ms": t.at_ms, "from": t.from, "to": t.to, "reason": t.reason.as_str(),
+                }));
+            }
+        }
+    }
+    let mut guard = state.projection.lock().await;
+    if guard.is_none() {
+        *guard = Some(Projection::open(journal.path()).await?);
+    }
+    let projection = guard.as_mut().expect("opened above");
+    projection.catch_up(journal, 10_000).await?;
+    let mut out = BTreeMap::new();
+    for k in keys {
+        let minutes: Vec<Value> = projection
+            .minutes(k, since, now)
+            .await?
+            .values()
+            .map(|m| {
+                json!({
+                    "minute_ms": m.minute_ms, "calls": m.calls(), "successes": m.successes,
+                    "failures": m.failures, "timeouts": m.timeouts, "slow": m.slow,
+                    "rejected": m.rejected, "fallbacks": m.fallbacks,
+                    "p50_ms": m.latency_quantile_ms(0.5), "p95_ms": m.latency_quantile_ms(0.95),
+                    "p99_ms": m.latency_quantile_ms(0.99), "state_ms": m.state_ms,
+                })
+            })
+            .collect();
+        out.insert(
+            k.clone(),
+            json!({"minutes": minutes, "transitions": transitions.remove(k.as_str()).unwrap_or_default()}),
+        );
+    }
+    Ok(out)
+}

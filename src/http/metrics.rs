@@ -1,0 +1,201 @@
+//! `GET /metrics` in Prometheus text format (0.0.4): state gauges like Resilience4j's, calls by
+//! outcome, duration histograms, failure and health ratios, transitions, event-log commits.
+
+use super::{ApiState, error, health::health_of};
+use crate::breaker::{Event, State, codec};
+use crate::journal::LATENCY_BOUNDS_MS;
+use actix_web::{HttpResponse, web};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+pub(super) async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
+    let keys: Vec<String> = state.registry.handles().map(|h| h.key().to_owned()).collect();
+    let (health, recent) = match health_of(&state, &keys).await {
+        Ok(h) => h,
+        Err(_) => {
+            return error(
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                "the event log cannot be read",
+            );
+        }
+    };
+    let totals = {
+        let mut guard = state.projection.lock().await;
+        match guard.as_mut() {
+            Some(p) => p.totals().await.unwrap_or_default(),
+            None => BTreeMap::new(),
+        }
+    };
+    let mut transitions: BTreeMap<(String, State, State), u64> = BTreeMap::new();
+    let journal = state.registry.journal();
+    let mut after = 0;
+    while let Ok(page) = journal
+        .read_range(&[codec::types::TRANSITION], 0, i64::MAX, after, 10_000)
+        .await
+    {
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for e in &page {
+            if let Ok(Event::Transitioned(t)) = codec::decode(&e.event_type, e.event_version, &e.payload) {
+                *transitions.entry((e.stream.clone(), t.from, t.to)).or_default() += 1;
+            }
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP circuit_breaker_state 1 for the state each breaker is in, 0 for the others."
+    );
+    let _ = writeln!(out, "# TYPE circuit_breaker_state gauge");
+    for h in state.registry.handles() {
+        let current = h.state();
+        for s in State::ALL {
+            let _ = writeln!(
+                out,
+                "circuit_breaker_state{{service=\"{}\",state=\"{}\"}} {}",
+                label(h.key()),
+                s,
+                u8::from(s == current)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP circuit_breaker_calls_total Calls by outcome (rejected and fallback included)."
+    );
+    let _ = writeln!(out, "# TYPE circuit_breaker_calls_total counter");
+    for k in &keys {
+        let m = totals.get(k).cloned().unwrap_or_default();
+        for (outcome, n) in [
+            ("success", m.successes),
+            ("failure", m.failures),
+            ("timeout", m.timeouts),
+            ("ignored", m.ignored),
+            ("rejected", m.rejected),
+            ("fallback", m.fallbacks),
+        ] {
+            let _ = writeln!(
+                out,
+                "circuit_breaker_calls_total{{service=\"{}\",outcome=\"{outcome}\"}} {n}",
+                label(k)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP circuit_breaker_call_duration_seconds Latency of the calls that ran."
+    );
+    let _ = writeln!(out, "# TYPE circuit_breaker_call_duration_seconds histogram");
+    for k in &keys {
+        let m = totals.get(k).cloned().unwrap_or_default();
+        let mut cumulative = 0;
+        for (i, bound) in LATENCY_BOUNDS_MS.iter().enumerate() {
+            cumulative += m.latency_buckets.get(i).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "circuit_breaker_call_duration_seconds_bucket{{service=\"{}\",le=\"{}\"}} {cumulative}",
+                label(k),
+                f64::from(*bound) / 1_000.0
+            );
+        }
+        let _ = writeln!(
+            out,
+            "circuit_breaker_call_duration_seconds_bucket{{service=\"{}\",le=\"+Inf\"}} {}",
+            label(k),
+            m.calls()
+        );
+        let _ = writeln!(
+            out,
+            "circuit_breaker_call_duration_seconds_sum{{service=\"{}\"}} {}",
+            label(k),
+            m.latency_total_ms as f64 / 1_000.0
+        );
+        let _ = writeln!(
+            out,
+            "circuit_breaker_call_duration_seconds_count{{service=\"{}\"}} {}",
+            label(k),
+            m.calls()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP circuit_breaker_failure_ratio Failed and timed-out share of the calls of the last 5 minutes."
+    );
+    let _ = writeln!(out, "# TYPE circuit_breaker_failure_ratio gauge");
+    for k in &keys {
+        let m = recent.get(k).cloned().unwrap_or_default();
+        let ran = m.successes + m.failures + m.timeouts;
+        let ratio = if ran == 0 {
+            0.0
+        } else {
+            (m.failures + m.timeouts) as f64 / ran as f64
+        };
+        let _ = writeln!(out, "circuit_breaker_failure_ratio{{service=\"{}\"}} {ratio}", label(k));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP circuit_breaker_health_ratio The health score (docs/health-score.md) as a 0-1 ratio."
+    );
+    let _ = writeln!(out, "# TYPE circuit_breaker_health_ratio gauge");
+    for (k, h) in &health {
+        let _ = writeln!(
+            out,
+            "circuit_breaker_health_ratio{{service=\"{}\"}} {}",
+            label(k),
+            f64::from(h.score) / 100.0
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP circuit_breaker_half_open_permits_in_use Trial permits out."
+    );
+    let _ = writeln!(out, "# TYPE circuit_breaker_half_open_permits_in_use gauge");
+    for h in state.registry.handles() {
+        let _ = writeln!(
+            out,
+            "circuit_breaker_half_open_permits_in_use{{service=\"{}\"}} {}",
+            label(h.key()),
+            h.trial_permits()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP circuit_breaker_transitions_total State changes by from and to."
+    );
+    let _ = writeln!(out, "# TYPE circuit_breaker_transitions_total counter");
+    for ((k, from, to), n) in &transitions {
+        let _ = writeln!(
+            out,
+            "circuit_breaker_transitions_total{{service=\"{}\",from=\"{from}\",to=\"{to}\"}} {n}",
+            label(k)
+        );
+    }
+    let stats = journal.stats();
+    let _ = writeln!(
+        out,
+        "# HELP circuit_breaker_event_log_errors_total Failed appends to the event log, by kind."
+    );
+    let _ = writeln!(out, "# TYPE circuit_breaker_event_log_errors_total counter");
+    for (i, kind) in crate::journal::ERROR_KINDS.iter().enumerate() {
+        let n = stats.errors[i].load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(out, "circuit_breaker_event_log_errors_total{{kind=\"{kind}\"}} {n}");
+    }
+    let commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed);
+    let micros = stats.commit_us_total.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# HELP circuit_breaker_event_log_commit_seconds Time spent committing event-log batches."
+    );
+    let _ = writeln!(out, "# TYPE circuit_breaker_event_log_commit_seconds summary");
+    let _ = writeln!(
+        out,
+        "circuit_breaker_event_log_commit_seconds_sum {}",
+        micros as f64 / 1e6
+    );
+    let _ = writeln!(out, "circuit_breaker_event_log_commit_seconds_count {commits}");
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(out)
+}
