@@ -1010,3 +1010,77 @@ fn demo_runs_end_to_end_and_every_history_command_answers_from_its_log() {
         "an unchanged policy is not applied again on the second run"
     );
 }
+
+#[test]
+fn every_command_names_bad_input_in_one_line_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    // A log with the default breakers in it, and a config path that cannot be read as a file.
+    let db = recorded_log(dir.path());
+    let db = db.to_str().unwrap();
+    let not_a_file = dir.path().to_str().unwrap();
+    let missing = dir.path().join("missing.db");
+    let missing = missing.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        // unknown service
+        (&["status", "--db", db, "--service", "paypal"], "paypal"),
+        (&["status", "--db", db, "--service=paypal"], "paypal"),
+        (&["force-open", "paypal", "--reason", "x", "--db", db], "paypal"),
+        (&["disable", "paypal", "--reason", "x", "--db", db], "paypal"),
+        (&["reset", "paypal", "--reason", "x", "--db", db], "paypal"),
+        (&["replay", "--service", "paypal", "--at", "1m", "--db", db], "paypal"),
+        (
+            &["what-if", "--service", "paypal", "--from", "1h", "--db", db],
+            "paypal",
+        ),
+        (&["export", "--service", "paypal", "--db", db], "paypal"),
+        (&["config", "--service", "paypal"], "paypal"),
+        // bad duration or time
+        (&["demo", "--duration", "2x"], "2x"),
+        (&["demo", "--duration", "1s"], "--duration 1s"),
+        (&["compact", "--horizon", "7x", "--db", db], "7x"),
+        (&["audit", "--since", "5y", "--db", db], "5y"),
+        (&["replay", "--service", "stripe", "--at", "noon", "--db", db], "noon"),
+        (
+            &[
+                "what-if",
+                "--service",
+                "stripe",
+                "--from",
+                "1h",
+                "--timeout",
+                "soon",
+                "--db",
+                db,
+            ],
+            "soon",
+        ),
+        (&["simulate", "--timeout", "3days"], "3days"),
+        // missing database
+        (&["status", "--db", missing], missing),
+        (&["audit", "--db", missing], missing),
+        (
+            &["replay", "--service", "stripe", "--at", "1m", "--db", missing],
+            missing,
+        ),
+        (
+            &["what-if", "--service", "stripe", "--from", "1h", "--db", missing],
+            missing,
+        ),
+        (&["export", "--service", "stripe", "--db", missing], missing),
+        (&["rebuild", "--db", missing], missing),
+        (&["compact", "--db", missing], missing),
+        (&["reset", "stripe", "--reason", "x", "--db", missing], missing),
+        // unreadable config
+        (&["status", "--db", db, "--config", not_a_file], not_a_file),
+        (&["config", "--config", not_a_file], not_a_file),
+        (&["serve", "--config", not_a_file], not_a_file),
+        (&["simulate", "--service", "stripe", "--config", not_a_file], not_a_file),
+        (&["demo", "--config", not_a_file], "its own configuration"),
+        // others
+        (&["completions", "tcsh"], "tcsh"),
+        (&["serve", "--bind", "nope"], "nope"),
+    ];
+    for (args, needle) in cases {
+        fails_with(args, "", needle);
+    }
+}

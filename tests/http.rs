@@ -276,6 +276,7 @@ async fn metrics_are_prometheus_text_with_real_histograms() {
     ] {
         assert!(text.contains(family), "{family} missing from:\n{text}");
     }
+    promtool_accepts(&text);
     // Every sample line is `name{labels} value` with a number; buckets are cumulative.
     let mut last_bucket = 0.0;
     for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
@@ -517,4 +518,44 @@ async fn the_events_route_pages_the_audit_trail_by_position() {
         assert!(doc["paths"].get(route).is_some(), "{route}");
     }
     registry.shutdown().await.unwrap();
+}
+
+/// A tool the test command installs (scripts/test). Missing under CI is a failure; when someone
+/// runs `cargo test` by hand without it, the check is skipped with a note saying so.
+fn installed_tool(path: &str) -> bool {
+    if Path::new(path).exists() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "{path} is missing: scripts/test installs it (Debian package)"
+    );
+    eprintln!("note: {path} not installed, check skipped (scripts/test installs it)");
+    false
+}
+
+/// `promtool check metrics` (Debian's prometheus package) finds no problem in the exposition.
+fn promtool_accepts(text: &str) {
+    use std::io::Write as _;
+    if !installed_tool("/usr/bin/promtool") {
+        return;
+    }
+    let mut child = std::process::Command::new("/usr/bin/promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{text}"
+    );
 }

@@ -14,8 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Watch circuit breakers at work: three stand-in services misbehave on a script while real
-/// traffic flows through their breakers; everything is recorded in the event log.
+/// Watch breakers at work: stand-in services misbehave on a script under real traffic.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "The stand-ins: stripe fails hard for a while, retell gets slow, calcom flaps.
@@ -39,6 +38,12 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
         return Err(CliError::BadInput(format!(
             "--duration {}: the demo needs at least 5s to tell its story",
             format_ms(args.duration)
+        )));
+    }
+    if let Some(path) = &global.config {
+        return Err(CliError::BadInput(format!(
+            "--config {}: the demo runs its own configuration (src/demo/demo.toml); use `breakerbox serve --config` for yours",
+            path.display()
         )));
     }
     let options = breakerbox::config::LoadOptions::from_process(None);
@@ -68,11 +73,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
             "demo settings: OPEN for 2-3 s (stripe backs off to 8 s), call timeout 2 s; production settings are minutes"
         );
         for (service, from, to, what) in script.timeline() {
-            println!(
-                "  {service:<7} {what} from {} to {}",
-                format_ms(from / 100 * 100),
-                format_ms(to / 100 * 100)
-            );
+            println!("  {service:<7} {what} from {} to {}", secs(from), secs(to));
         }
         let journal = Arc::new(
             Journal::open(&db, JournalOptions::default())
@@ -194,6 +195,11 @@ async fn print_transitions(journal: Arc<Journal>, mut after: i64, started: Insta
     }
 }
 
+/// Seconds with one decimal, for people: `13.5s`.
+fn secs(ms: u64) -> String {
+    format!("{:.1}s", ms as f64 / 1_000.0)
+}
+
 fn print_summary(summaries: &[Summary], db: &std::path::Path) {
     println!("\npost-incident summary (from the log):");
     for s in summaries {
@@ -201,7 +207,7 @@ fn print_summary(summaries: &[Summary], db: &std::path::Path) {
             "  {:<7} opened {}x, open {} in all, {} now · {} calls ({} failed, {} timed out) · {} rejected, {} served by fallback · health {}/100",
             s.stream,
             s.openings,
-            format_ms(s.open_ms / 100 * 100),
+            secs(s.open_ms),
             s.end_state,
             s.calls,
             s.failures,

@@ -111,6 +111,7 @@ pub fn holder(role: &str) -> String {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Demo(demo::Args),
     Simulate(simulate::Args),
     Config(config::Args),
     Compact(compact::Args),
@@ -121,13 +122,23 @@ enum Command {
     Rebuild(history::RebuildArgs),
     Status(status::StatusArgs),
     Serve(serve::Args),
-    Demo(demo::Args),
+    Completions(CompletionsArgs),
     /// Force a breaker OPEN: every call rejected until reset.
     ForceOpen(status::CommandArgs),
     /// Disable a breaker: every call permitted, never trips, until reset.
     Disable(status::CommandArgs),
     /// Reset a breaker to CLOSED with empty counts.
     Reset(status::CommandArgs),
+}
+
+/// Print a shell completion script.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "EXAMPLE:
+  breakerbox completions bash > ~/.local/share/bash-completion/completions/breakerbox
+  breakerbox completions zsh > \"${fpath[1]}/_breakerbox\"")]
+pub struct CompletionsArgs {
+    /// bash, zsh, fish, elvish or powershell.
+    shell: clap_complete::Shell,
 }
 
 /// Why a command failed, and so its exit code.
@@ -176,6 +187,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status(args) => status::status(args, &cli.global),
         Command::Serve(args) => serve::run(args, &cli.global),
         Command::Demo(args) => demo::run(args, &cli.global),
+        Command::Completions(args) => {
+            use clap::CommandFactory;
+            clap_complete::generate(args.shell, &mut Cli::command(), "breakerbox", &mut std::io::stdout());
+            Ok(())
+        }
         Command::ForceOpen(args) => status::command(args, breakerbox::breaker::Command::ForceOpen, &cli.global),
         Command::Disable(args) => status::command(args, breakerbox::breaker::Command::Disable, &cli.global),
         Command::Reset(args) => status::command(args, breakerbox::breaker::Command::Reset, &cli.global),
