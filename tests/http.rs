@@ -1,4 +1,8 @@
-//! The HTTP API: auth on every route, health, operator actions, metrics.
+//! The HTTP API: auth on every route, health, operator actions, metrics, the event stream, and
+//! the dashboard in a real browser.
+
+#[path = "support/webdriver.rs"]
+mod webdriver;
 
 use actix_web::{App, test, web};
 use breakerbox::actor::{Clock, Registry, RegistryOptions};
@@ -558,4 +562,149 @@ fn promtool_accepts(text: &str) {
         out.status.success() && said.trim().is_empty(),
         "promtool: {said}\n{text}"
     );
+}
+
+/// The dashboard in headless Chromium: it sees a breaker open live while failures are driven,
+/// Force open and Reset work from its buttons, and the audit trail records who, from where, why.
+#[actix_web::test]
+async fn the_dashboard_shows_a_breaker_opening_live_and_its_buttons_are_audited() {
+    use std::time::Duration;
+    if !installed_tool(webdriver::CHROMEDRIVER) || !installed_tool(webdriver::CHROMIUM) {
+        return;
+    }
+    const T: Duration = Duration::from_secs(15);
+    let dir = tempfile::tempdir().unwrap();
+    // Real time here: the page counts down and follows the live stream.
+    let config = Config::from_toml(
+        Path::new("t.toml"),
+        "[services.stripe]\nfailure_threshold = 2\ntimeout = \"1h\"\n[services.stripe.operations.\"customers.create\"]\n[services.calcom]\n",
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let journal = Arc::new(
+        Journal::open(&dir.path().join("log.db"), JournalOptions::default())
+            .await
+            .unwrap(),
+    );
+    let registry = Arc::new(
+        Registry::start(&config, journal, RegistryOptions::default())
+            .await
+            .unwrap(),
+    );
+    let addr = serve(&registry, &config).await;
+    let browser = webdriver::Driver::start().await.unwrap();
+    let state_of = |key: &str| format!("[data-testid=breaker][data-key=\"{key}\"] [data-testid=state]");
+
+    // Given the dashboard, opened from a link carrying the token…
+    browser.goto(&format!("http://{addr}/#token={TOKEN}")).await.unwrap();
+    browser.wait_text("[data-testid=conn]", "live", T).await.unwrap();
+    browser.wait_text(&state_of("stripe"), "closed", T).await.unwrap();
+    let url = browser.url().await.unwrap();
+    assert!(!url.contains(TOKEN), "the token leaves the address bar: {url}");
+
+    // …when stripe fails twice, the page shows it OPEN without a reload.
+    let stripe = registry.get("stripe").unwrap().clone();
+    for _ in 0..2 {
+        let _ = stripe.call("", async { Err::<(), _>("502 from stripe") }).await;
+    }
+    browser.wait_text(&state_of("stripe"), "open", T).await.unwrap();
+
+    // Force open an operation's breaker (its key has a '/') with a reason, confirmed.
+    async fn act(browser: &webdriver::Driver, key: &str, button: &str, reason: &str) {
+        let row = browser
+            .wait_for(
+                &format!("[data-testid=breaker][data-key=\"{key}\"]"),
+                Duration::from_secs(15),
+            )
+            .await
+            .unwrap();
+        let b = browser.find_in(&row, &format!("[data-testid={button}]")).await.unwrap();
+        browser.click(&b).await.unwrap();
+        let input = browser
+            .wait_for("[data-testid=reason-input]", Duration::from_secs(5))
+            .await
+            .unwrap();
+        browser.send_keys(&input, reason).await.unwrap();
+        let confirm = browser.find("[data-testid=confirm]").await.unwrap();
+        browser.click(&confirm).await.unwrap();
+    }
+    act(
+        &browser,
+        "stripe/customers.create",
+        "force-open",
+        "provider maintenance",
+    )
+    .await;
+    browser
+        .wait_text(&state_of("stripe/customers.create"), "forced_open", T)
+        .await
+        .unwrap();
+    assert_eq!(
+        registry.get("stripe/customers.create").unwrap().state(),
+        breakerbox::breaker::State::ForcedOpen
+    );
+    // Reset stripe from the page.
+    act(&browser, "stripe", "reset", "stripe recovered").await;
+    browser.wait_text(&state_of("stripe"), "closed", T).await.unwrap();
+    assert_eq!(stripe.state(), breakerbox::breaker::State::Closed);
+
+    // The audit trail has both actions: who (the token's name), from the dashboard, why.
+    let commands = breakerbox::replay::audit(
+        registry.journal(),
+        &breakerbox::replay::AuditQuery {
+            stream: None,
+            kinds: vec![breakerbox::replay::Kind::Command],
+            since_ms: 0,
+            until_ms: u64::MAX,
+            after_position: 0,
+            limit: 100,
+        },
+    )
+    .await
+    .unwrap();
+    let seen: Vec<(String, String, String, String)> = commands
+        .iter()
+        .map(|c| {
+            let o = &c.details["operator"];
+            (
+                c.stream.clone(),
+                o["who"].as_str().unwrap().to_owned(),
+                o["from"].as_str().unwrap().to_owned(),
+                o["why"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expect = |s: &str, why: &str| {
+        (
+            s.to_owned(),
+            "token:oncall".to_owned(),
+            "dashboard".to_owned(),
+            why.to_owned(),
+        )
+    };
+    assert_eq!(
+        seen,
+        [
+            expect("stripe/customers.create", "provider maintenance"),
+            expect("stripe", "stripe recovered")
+        ]
+    );
+    // …and the page's own event list shows them, live.
+    browser
+        .wait_for("[data-testid=events] [data-testid=event]", T)
+        .await
+        .unwrap();
+    let listed = browser
+        .execute(
+            "return [...document.querySelectorAll('[data-testid=event]')].some(e => e.textContent.includes(arguments[0]))",
+            vec![serde_json::json!("stripe recovered")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed, serde_json::json!(true));
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    browser.screenshot(&shot).await.unwrap();
+    eprintln!("screenshot: {}", shot.display());
+    drop(browser);
+    registry.shutdown().await.unwrap();
 }
