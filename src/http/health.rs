@@ -6,9 +6,11 @@ use crate::breaker::{Breaker, Command, Event, State, codec};
 use crate::config::policy_keys;
 use crate::journal::Operator;
 use crate::replay::{Health, Minute, Projection};
+use actix_web::web::Bytes;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 /// Health and recent metrics of the given breakers, from the projection (brought up to date).
 pub(super) async fn health_of(
@@ -102,15 +104,16 @@ fn overall(state: &ApiState, breakers: &[Value]) -> &'static str {
     }
 }
 
-async fn respond(state: &ApiState, keys: Vec<String>, service: Option<&str>) -> HttpResponse {
+/// The health document of `keys`: its status code and JSON body.
+async fn render(state: &ApiState, keys: Vec<String>, service: Option<&str>) -> Result<(u16, Bytes), HttpResponse> {
     let (health, recent) = match health_of(state, &keys).await {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(error = %e, "reading health from the log failed");
-            return error(
+            return Err(error(
                 actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
                 "the event log cannot be read",
-            );
+            ));
         }
     };
     let mut breakers = Vec::new();
@@ -121,18 +124,88 @@ async fn respond(state: &ApiState, keys: Vec<String>, service: Option<&str>) -> 
     // `fail` (our own log is failing) is a 503 so orchestrators can tell; `warn` (a dependency is
     // down, this process is fine) stays 200.
     let code = if status == "fail" { 503 } else { 200 };
+    let as_of = state.registry.clock().now_ms();
     let body = match service {
-        Some(s) => json!({"status": status, "service": s, "breakers": breakers}),
-        None => json!({"status": status, "breakers": breakers}),
+        Some(s) => json!({"status": status, "service": s, "as_of_ms": as_of, "breakers": breakers}),
+        None => json!({"status": status, "as_of_ms": as_of, "breakers": breakers}),
     };
+    Ok((code, Bytes::from(body.to_string())))
+}
+
+fn health_response(code: u16, body: Bytes) -> HttpResponse {
     HttpResponse::build(actix_web::http::StatusCode::from_u16(code).expect("valid status"))
         .content_type("application/health+json")
-        .json(body)
+        .body(body)
+}
+
+/// How long the all-breakers document is served from memory at most. Dashboards and probes
+/// poll it; folding the projection for each of them would make the API the busiest part of the
+/// process.
+const FRESH: Duration = Duration::from_secs(1);
+
+/// The last all-breakers document, and what it was made from.
+#[derive(Default)]
+pub(super) struct HealthCache {
+    doc: std::sync::Mutex<Option<CachedDoc>>,
+    // One refresh at a time: concurrent misses wait for it instead of each folding the log.
+    refresh: tokio::sync::Mutex<()>,
+}
+
+struct CachedDoc {
+    made: Instant,
+    key: Vec<u8>,
+    code: u16,
+    body: Bytes,
+}
+
+/// What must not have changed for a cached document to be served: every breaker's state and
+/// trial permits, and whether the log is failing. Atomic reads only.
+fn cache_key(state: &ApiState) -> Vec<u8> {
+    let mut key: Vec<u8> = state
+        .registry
+        .handles()
+        .flat_map(|h| {
+            let s = State::ALL.iter().position(|s| *s == h.state()).unwrap_or(0) as u8;
+            [s, h.trial_permits().min(255) as u8]
+        })
+        .collect();
+    key.push(u8::from(state.registry.journal().progress().failing.is_some()));
+    key
+}
+
+impl HealthCache {
+    fn get(&self, key: &[u8]) -> Option<(u16, Bytes)> {
+        let doc = self.doc.lock().unwrap_or_else(|e| e.into_inner());
+        doc.as_ref()
+            .filter(|d| d.key == key && d.made.elapsed() < FRESH)
+            .map(|d| (d.code, d.body.clone()))
+    }
 }
 
 pub(super) async fn all_breakers(state: web::Data<ApiState>) -> HttpResponse {
+    let key = cache_key(&state);
+    if let Some((code, body)) = state.health_cache.get(&key) {
+        return health_response(code, body);
+    }
+    let _refreshing = state.health_cache.refresh.lock().await;
+    // Another request may have refreshed it while this one waited.
+    let key = cache_key(&state);
+    if let Some((code, body)) = state.health_cache.get(&key) {
+        return health_response(code, body);
+    }
     let keys: Vec<String> = state.registry.handles().map(|h| h.key().to_owned()).collect();
-    respond(&state, keys, None).await
+    match render(&state, keys, None).await {
+        Ok((code, body)) => {
+            *state.health_cache.doc.lock().unwrap_or_else(|e| e.into_inner()) = Some(CachedDoc {
+                made: Instant::now(),
+                key,
+                code,
+                body: body.clone(),
+            });
+            health_response(code, body)
+        }
+        Err(response) => response,
+    }
 }
 
 pub(super) async fn one_service(state: web::Data<ApiState>, path: web::Path<String>) -> HttpResponse {
@@ -147,7 +220,10 @@ pub(super) async fn one_service(state: web::Data<ApiState>, path: web::Path<Stri
         // The name is never echoed: it came from the request.
         return error(actix_web::http::StatusCode::NOT_FOUND, "unknown service");
     }
-    respond(&state, keys, Some(&service)).await
+    match render(&state, keys, Some(&service)).await {
+        Ok((code, body)) => health_response(code, body),
+        Err(response) => response,
+    }
 }
 
 #[derive(serde::Deserialize)]

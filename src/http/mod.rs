@@ -31,6 +31,7 @@ pub struct ApiState {
     tokens: Vec<Token>,
     limiter: Limiter,
     projection: tokio::sync::Mutex<Option<Projection>>,
+    health_cache: health::HealthCache,
 }
 
 impl ApiState {
@@ -43,6 +44,7 @@ impl ApiState {
             tokens,
             limiter: Limiter::new(10, Duration::from_secs(60)),
             projection: tokio::sync::Mutex::new(None),
+            health_cache: health::HealthCache::default(),
         }
     }
 }
