@@ -1,5 +1,6 @@
 //! The `breakerbox` command line: parsing and rendering only; the work is in the library.
 
+mod alerts;
 mod compact;
 mod config;
 mod history;
@@ -78,6 +79,7 @@ enum Command {
     Rebuild(history::RebuildArgs),
     Status(status::StatusArgs),
     Serve(serve::Args),
+    Alerts(alerts::Args),
     /// Force a breaker OPEN: every call rejected until reset.
     ForceOpen(status::CommandArgs),
     /// Disable a breaker: every call permitted, never trips, until reset.
@@ -131,6 +133,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Rebuild(args) => history::rebuild(args, &cli.global),
         Command::Status(args) => status::status(args, &cli.global),
         Command::Serve(args) => serve::run(args, &cli.global),
+        Command::Alerts(args) => alerts::run(args, &cli.global),
         Command::ForceOpen(args) => status::command(args, breakerbox::breaker::Command::ForceOpen, &cli.global),
         Command::Disable(args) => status::command(args, breakerbox::breaker::Command::Disable, &cli.global),
         Command::Reset(args) => status::command(args, breakerbox::breaker::Command::Reset, &cli.global),
