@@ -538,6 +538,65 @@ async fn given_the_notifier_dies_after_the_open_before_delivery_when_it_restarts
     drop(dir);
 }
 
+#[tokio::test]
+async fn given_the_firing_is_still_failing_when_the_episode_resolves_then_resolved_waits_for_firing() {
+    let rx = Receiver::start(vec![reply(503), reply(503)]);
+    let cfg = config("quiet_period = \"1m\"", &[("oncall", &rx.url(), "alertmanager")]);
+    let mut s = setup(&cfg).await;
+    open_breaker(&s.journal, "stripe", T0).await;
+    s.notifier.pump(T0).await.unwrap(); // firing: 503
+    let mut closed = opened(T0 + 10);
+    (closed.from, closed.to, closed.reason) = (State::HalfOpen, State::Closed, Reason::TrialsSucceeded);
+    append(&s.journal, "stripe", [Event::Transitioned(Box::new(closed))]).await;
+    // Past the quiet period: the resolved message is due, but the firing is not delivered yet.
+    let t = T0 + 10 + MIN;
+    let p = s.notifier.pump(t).await.unwrap();
+    let sent: Vec<Value> = rx.got().iter().map(|g| g.body["status"].clone()).collect();
+    assert_eq!(sent, ["firing", "firing"], "no resolved before its firing");
+    let wake = p.next_wake_ms.unwrap();
+    assert!(
+        wake > t,
+        "the loop sleeps until the firing's retry, it does not spin: {wake} <= {t}"
+    );
+    s.notifier.pump(wake).await.unwrap();
+    s.notifier.pump(wake + MIN).await.unwrap();
+    let statuses: Vec<String> = rx
+        .accepted()
+        .iter()
+        .map(|b| b["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(statuses, ["firing", "resolved"]);
+}
+
+#[tokio::test]
+async fn given_two_notifiers_and_a_lost_checkpoint_then_each_firing_is_still_sent_once_per_fingerprint() {
+    use sqlx::{ConnectOptions, Executor};
+    let rx = Receiver::start(vec![]);
+    let cfg = config("", &[("oncall", &rx.url(), "alertmanager")]);
+    let mut s = setup(&cfg).await;
+    let mut other = Notifier::open(s.journal.clone(), cfg.alerts.clone(), NotifierOptions::default())
+        .await
+        .unwrap();
+    open_breaker(&s.journal, "stripe", T0).await;
+    // Both read the same transition: the checkpoint's compare-and-set lets one enqueue it.
+    s.notifier.catch_up(T0).await.unwrap();
+    other.catch_up(T0).await.unwrap();
+    s.notifier.pump(T0 + 1).await.unwrap();
+    other.pump(T0 + 2).await.unwrap();
+    // The checkpoint is lost: the next run reads the log again and finds the episode still going.
+    let mut conn =
+        breakerbox::journal::connect_options(&s.db, breakerbox::journal::Durability::Full, Duration::from_secs(5))
+            .connect()
+            .await
+            .unwrap();
+    conn.execute("DELETE FROM alert_checkpoint").await.unwrap();
+    for step in 1..4 {
+        s.notifier.pump(T0 + step * MIN).await.unwrap();
+    }
+    assert_eq!(rx.got().len(), 1, "deduplicated by fingerprint: one firing");
+    assert_eq!(s.notifier.outbox().await.unwrap().len(), 1);
+}
+
 #[test]
 fn given_serve_is_killed_after_a_breaker_opened_before_delivery_when_it_restarts_then_the_receiver_gets_one_firing() {
     let rx = Receiver::start(vec![]);

@@ -256,11 +256,16 @@ impl Store {
 
     /// When the earliest pending message is due.
     pub async fn next_due(&mut self) -> Result<Option<u64>, StoreError> {
-        let (t,): (Option<i64>,) =
-            sqlx::query_as("SELECT MIN(next_attempt_ms) FROM alert_outbox WHERE state = 'pending'")
-                .fetch_one(&mut self.conn)
-                .await
-                .map_err(io)?;
+        // The same exclusion as `due`: a resolved message behind a pending firing is not due
+        // before that firing (else the loop would wake for it again and again).
+        let (t,): (Option<i64>,) = sqlx::query_as(
+            "SELECT MIN(o.next_attempt_ms) FROM alert_outbox o WHERE o.state = 'pending'
+             AND NOT (o.status = 'resolved' AND EXISTS (SELECT 1 FROM alert_outbox f WHERE f.sink = o.sink
+                 AND f.fingerprint = o.fingerprint AND f.status = 'firing' AND f.state = 'pending'))",
+        )
+        .fetch_one(&mut self.conn)
+        .await
+        .map_err(io)?;
         Ok(t.map(|t| t.max(0) as u64))
     }
 
