@@ -5,12 +5,14 @@
 //! - [`config`]: policies from embedded defaults, a TOML file and the seed's environment variables.
 //! - [`journal`]: the append-only SQLite event log: group commit, recovery, retention.
 //! - [`actor`]: the live breakers: one actor per breaker, the protected call path, integrations.
+//! - [`alerts`]: webhooks (Alertmanager, Slack) when a breaker opens, delivered from the log.
 //!
 //! See `docs/architecture.md` for the layers and `docs/library.md` for embedding.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod actor;
+pub mod alerts;
 pub mod breaker;
 pub mod config;
 pub mod demo;

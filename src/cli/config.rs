@@ -41,7 +41,11 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
         .as_ref()
         .map_or("none (embedded defaults)".to_owned(), |p| p.display().to_string());
     if args.check.is_some() {
-        println!("config ok: {} breakers, file: {file}", config.breakers.len());
+        println!(
+            "config ok: {} breakers, {} alert sinks, file: {file}",
+            config.breakers.len(),
+            config.alerts.webhooks.len()
+        );
         return Ok(());
     }
     let breakers: Vec<&BreakerConfig> = match &args.service {
@@ -74,8 +78,26 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
                 })
             })
             .collect();
-        serde_json::to_writer_pretty(&mut out, &json!({"file": config.file, "breakers": list}))
-            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        let alerts = &config.alerts;
+        let sinks: Vec<_> = alerts
+            .webhooks
+            .iter()
+            .map(|w| {
+                json!({"name": w.name, "url": w.url, "format": w.format.as_str(),
+                            "rate_limit_per_minute": w.rate_limit_per_minute, "source": w.source.to_string()})
+            })
+            .collect();
+        let settings: serde_json::Map<String, serde_json::Value> = alerts
+            .entries()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), json!(v)))
+            .collect();
+        let alerts = json!({"webhooks": sinks, "settings": settings});
+        serde_json::to_writer_pretty(
+            &mut out,
+            &json!({"file": config.file, "breakers": list, "alerts": alerts}),
+        )
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
         return writeln!(out).map_err(io);
     }
     writeln!(out, "config file: {file}").map_err(io)?;
@@ -95,6 +117,30 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
                 overrides.join(", ")
             )
             .map_err(io)?;
+        }
+    }
+    if args.service.is_none() {
+        let alerts = &config.alerts;
+        if alerts.enabled() {
+            writeln!(out, "\nalerts").map_err(io)?;
+            for w in &alerts.webhooks {
+                // The URL is a secret: `***` (Secret's Display), never the value.
+                writeln!(
+                    out,
+                    "  webhook {:<14} url {} format {} rate_limit {}/min  {}",
+                    w.name,
+                    w.url,
+                    w.format.as_str(),
+                    w.rate_limit_per_minute,
+                    w.source
+                )
+                .map_err(io)?;
+            }
+            for (key, value) in alerts.entries() {
+                writeln!(out, "  {key:<20} {value}").map_err(io)?;
+            }
+        } else {
+            writeln!(out, "\nalerts: none configured ([[alerts.webhooks]])").map_err(io)?;
         }
     }
     Ok(())

@@ -1,5 +1,6 @@
 //! The `breakerbox` command line: parsing and rendering only; the work is in the library.
 
+mod alerts;
 mod compact;
 mod config;
 mod demo;
@@ -122,6 +123,7 @@ enum Command {
     Rebuild(history::RebuildArgs),
     Status(status::StatusArgs),
     Serve(serve::Args),
+    Alerts(alerts::Args),
     Completions(CompletionsArgs),
     /// Force a breaker OPEN: every call rejected until reset.
     ForceOpen(status::CommandArgs),
@@ -187,6 +189,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status(args) => status::status(args, &cli.global),
         Command::Serve(args) => serve::run(args, &cli.global),
         Command::Demo(args) => demo::run(args, &cli.global),
+        Command::Alerts(args) => alerts::run(args, &cli.global),
         Command::Completions(args) => {
             use clap::CommandFactory;
             clap_complete::generate(args.shell, &mut Cli::command(), "breakerbox", &mut std::io::stdout());

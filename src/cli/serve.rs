@@ -3,6 +3,7 @@
 
 use super::{CliError, Global};
 use breakerbox::actor::{Registry, RegistryOptions, watch};
+use breakerbox::alerts::{Notifier, NotifierOptions};
 use breakerbox::config::{Config, LoadOptions};
 use breakerbox::http::{ApiState, server};
 use breakerbox::journal::{Journal, JournalOptions};
@@ -48,6 +49,18 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
             .await
             .map_err(|e| CliError::Runtime(e.to_string()))?,
         );
+        // Alerts from the log, on the notifier's own thread; the breakers never wait for it.
+        // Sinks are read at start: changing them takes a restart.
+        let notifier = if config.alerts.enabled() {
+            let n = Notifier::start(journal.clone(), config.alerts.clone(), NotifierOptions::default())
+                .await
+                .map_err(|e| CliError::Runtime(e.to_string()))?;
+            let names: Vec<&str> = config.alerts.webhooks.iter().map(|w| w.name.as_str()).collect();
+            println!("alerts: {} sinks ({})", names.len(), names.join(", "));
+            Some(n)
+        } else {
+            None
+        };
         let watcher = watch(registry.clone(), options.clone(), Duration::from_secs(2), None)
             .map_err(|e| CliError::Runtime(format!("watching for SIGHUP: {e}")))?;
         let state = actix_web::web::Data::new(ApiState::new(registry.clone(), config.clone(), tokens));
@@ -63,6 +76,9 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
         }
         let result = server.await;
         watcher.abort();
+        if let Some(n) = notifier {
+            n.stop().await;
+        }
         registry
             .shutdown()
             .await

@@ -21,15 +21,16 @@ pub(crate) struct Section {
 pub(crate) struct File {
     pub defaults: Knobs,
     pub services: BTreeMap<String, Section>,
+    pub alerts: super::alerts::AlertsConfig,
 }
 
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     path: &'a Path,
     text: &'a str,
     problems: Vec<Problem>,
 }
 
-const TOP_KEYS: [&str; 2] = ["defaults", "services"];
+const TOP_KEYS: [&str; 3] = ["defaults", "services", "alerts"];
 const SCHEDULE_KEYS: [&str; 4] = ["name", "days", "hours", "timezone"];
 /// Knobs a schedule may override: the policy's, not the service's plumbing.
 const SCHEDULE_KNOBS: [&str; 16] = [
@@ -56,21 +57,21 @@ impl Reader<'_> {
         self.text[..offset.min(self.text.len())].matches('\n').count() + 1
     }
 
-    fn source(&self, offset: usize) -> Source {
+    pub(super) fn source(&self, offset: usize) -> Source {
         Source::File {
             path: self.path.to_path_buf(),
             line: self.line(offset),
         }
     }
 
-    fn problem(&mut self, offset: usize, message: String) {
+    pub(super) fn problem(&mut self, offset: usize, message: String) {
         self.problems.push(Problem {
             location: format!("{}:{}", self.path.display(), self.line(offset)),
             message,
         });
     }
 
-    fn table<'t>(&mut self, path: &str, value: &'t Spanned<DeValue<'t>>) -> Option<&'t DeTable<'t>> {
+    pub(super) fn table<'t>(&mut self, path: &str, value: &'t Spanned<DeValue<'t>>) -> Option<&'t DeTable<'t>> {
         match value.get_ref() {
             DeValue::Table(t) => Some(t),
             other => {
@@ -83,7 +84,7 @@ impl Reader<'_> {
         }
     }
 
-    fn unknown(&mut self, offset: usize, path: &str, key: &str, known: &[&str]) {
+    pub(super) fn unknown(&mut self, offset: usize, path: &str, key: &str, known: &[&str]) {
         self.problem(
             offset,
             format!("unknown key {path}{key}{}", did_you_mean(key, known.iter().copied())),
@@ -296,6 +297,7 @@ pub(crate) fn read(path: &Path, text: &str) -> (File, Vec<Problem>) {
                     }
                 }
             }
+            "alerts" => file.alerts = super::alerts::read(&mut r, value),
             other => {
                 let offset = key.span().start;
                 r.unknown(offset, "", other, &TOP_KEYS);

@@ -16,6 +16,7 @@
 //! So `CIRCUIT_BREAKER_FAILURE_THRESHOLD` does not change Cal.com's embedded threshold of 3, as in
 //! the seed's Laravel config; `CALCOM_CIRCUIT_BREAKER_THRESHOLD` does.
 
+mod alerts;
 mod classify;
 mod env;
 mod file;
@@ -23,6 +24,7 @@ mod knobs;
 mod schedule;
 mod secret;
 
+pub use alerts::{AlertsConfig, HTTPS_SUPPORTED, Webhook, WebhookFormat};
 pub use classify::{StatusClassifier, StatusPattern, default_failures};
 pub use env::prefix as env_prefix;
 pub use knobs::{KnobError, Knobs, Millis, Source, Sourced, policy_keys};
@@ -231,6 +233,8 @@ pub struct Config {
     pub file: Option<PathBuf>,
     /// Every breaker: each service, then its operations, sorted by key.
     pub breakers: Vec<BreakerConfig>,
+    /// Where alerts go when a breaker opens (`[alerts]`); none by default.
+    pub alerts: AlertsConfig,
 }
 
 /// The embedded defaults alone (layer 1): what `simulate` starts from without `--service`.
@@ -364,7 +368,11 @@ impl Config {
         }
         if problems.is_empty() {
             breakers.sort_by(|a, b| a.key.cmp(&b.key));
-            Ok(Config { file: path, breakers })
+            Ok(Config {
+                file: path,
+                breakers,
+                alerts: file.alerts,
+            })
         } else {
             Err(ConfigError {
                 problems: std::mem::take(problems),

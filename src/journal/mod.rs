@@ -37,9 +37,10 @@ mod store;
 mod writer;
 
 pub use record::{
-    Body, CALL_BATCH, CALL_STATS, CALL_SUMMARY, COMMAND_REQUEST, CallBatch, CallStats, CallSummary, CommandRequest,
-    Decoded, GAP, Gap, JOURNAL_STREAM, LATENCY_BOUNDS_MS, MinuteSummary, OPERATOR_COMMAND, Operator, OperatorCommand,
-    Record, Row, SNAPSHOT, StoredEvent, VERSION, decode,
+    ALERT_DELIVERY, ALERTS_STREAM, AlertDelivery, AlertStatus, Body, CALL_BATCH, CALL_STATS, CALL_SUMMARY,
+    COMMAND_REQUEST, CallBatch, CallStats, CallSummary, CommandRequest, Decoded, DeliveryOutcome, GAP, Gap,
+    JOURNAL_STREAM, LATENCY_BOUNDS_MS, MinuteSummary, OPERATOR_COMMAND, Operator, OperatorCommand, Record, Row,
+    SNAPSHOT, StoredEvent, VERSION, decode,
 };
 pub use store::{
     CompactReport, Durability, Lease, LogReader, LogWriter, SqliteReader, SqliteWriter, StoreError, connect_options,

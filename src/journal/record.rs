@@ -377,3 +377,91 @@ pub struct CallStats {
     #[serde(default)]
     pub dropped: u64,
 }
+
+/// Event type of one attempt to deliver an alert to a sink (a webhook): delivered, retrying,
+/// rejected or abandoned. Written by the notifier (`crate::alerts`), so the audit trail and the
+/// dashboard show whether the page went out.
+pub const ALERT_DELIVERY: &str = "alert_delivery";
+/// Stream of the notifier's delivery records (one notifier per log file; see `docs/alerts.md`).
+/// `breakerbox alerts test` writes to `_alerts/<its own name>` instead, so it never races it.
+pub const ALERTS_STREAM: &str = "_alerts";
+
+/// What an alert message announced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertStatus {
+    /// An episode started: the breaker opened (or was forced open).
+    Firing,
+    /// The episode ended: the breaker closed and stayed closed for the quiet period.
+    Resolved,
+    /// `breakerbox alerts test`: a message that only checks the wiring.
+    Test,
+}
+
+impl AlertStatus {
+    /// `firing`, `resolved` or `test`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertStatus::Firing => "firing",
+            AlertStatus::Resolved => "resolved",
+            AlertStatus::Test => "test",
+        }
+    }
+}
+
+/// How one delivery attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryOutcome {
+    /// The sink answered 2xx: the page went out.
+    Delivered,
+    /// A transport error, 5xx or 429: another attempt is scheduled (`next_attempt_ms`).
+    Retrying,
+    /// Another 4xx (or a redirect): the sink refused the message; it is not retried. Fix the
+    /// sink's url or format.
+    Rejected,
+    /// Retried until `give_up_after` passed (or the sink was removed from the config).
+    Abandoned,
+}
+
+impl DeliveryOutcome {
+    /// `delivered`, `retrying`, `rejected` or `abandoned`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryOutcome::Delivered => "delivered",
+            DeliveryOutcome::Retrying => "retrying",
+            DeliveryOutcome::Rejected => "rejected",
+            DeliveryOutcome::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// Payload of an `alert_delivery` event (version 1). Never holds the sink's URL (a secret).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertDelivery {
+    /// When the attempt ended (ms).
+    pub at_ms: u64,
+    /// The breaker key the alert is about (`stripe`, `stripe/customers.create`); empty for a test.
+    pub breaker: String,
+    /// Firing, resolved or test.
+    pub status: AlertStatus,
+    /// The sink's configured name.
+    pub sink: String,
+    /// The alert's fingerprint: a hash of the breaker key and the episode's start.
+    pub fingerprint: String,
+    /// When the episode started (ms).
+    pub episode_start_ms: u64,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// How it ended.
+    pub outcome: DeliveryOutcome,
+    /// The HTTP status, when the sink answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    /// What went wrong (never the URL), when something did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the next attempt is due, for `retrying`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_ms: Option<u64>,
+}

@@ -1,7 +1,10 @@
 //! The audit trail: what happened to which breaker, when, and who did it.
 
 use crate::breaker::{PolicyApplied, Transition, codec};
-use crate::journal::{CALL_STATS, CallStats, GAP, Gap, Journal, JournalError, OPERATOR_COMMAND, OperatorCommand};
+use crate::journal::{
+    ALERT_DELIVERY, AlertDelivery, CALL_STATS, CallStats, GAP, Gap, Journal, JournalError, OPERATOR_COMMAND,
+    OperatorCommand,
+};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::str::FromStr;
@@ -20,11 +23,20 @@ pub enum Kind {
     Gap,
     /// Rejections, fallbacks and outcomes dropped, counted per flush.
     Stats,
+    /// An attempt to deliver an alert to a sink: delivered, retrying, rejected or abandoned.
+    Alert,
 }
 
 impl Kind {
     /// Every kind, in display order.
-    pub const ALL: [Kind; 5] = [Kind::Transition, Kind::Command, Kind::Policy, Kind::Gap, Kind::Stats];
+    pub const ALL: [Kind; 6] = [
+        Kind::Transition,
+        Kind::Command,
+        Kind::Policy,
+        Kind::Gap,
+        Kind::Stats,
+        Kind::Alert,
+    ];
 
     fn event_type(self) -> &'static str {
         match self {
@@ -33,6 +45,7 @@ impl Kind {
             Kind::Policy => codec::types::POLICY_APPLIED,
             Kind::Gap => GAP,
             Kind::Stats => CALL_STATS,
+            Kind::Alert => ALERT_DELIVERY,
         }
     }
 
@@ -44,6 +57,7 @@ impl Kind {
             Kind::Policy => "policy",
             Kind::Gap => "gap",
             Kind::Stats => "stats",
+            Kind::Alert => "alert",
         }
     }
 }
@@ -59,6 +73,7 @@ impl FromStr for Kind {
             "policy" | "policy_change" | "policy_applied" => Kind::Policy,
             "gap" | "gaps" => Kind::Gap,
             "stats" | "fallback" | "fallbacks" | "rejection" | "rejections" => Kind::Stats,
+            "alert" | "alerts" | "alert_delivery" | "delivery" | "deliveries" => Kind::Alert,
             _ => {
                 let names: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
                 return Err(format!("unknown kind {s:?}: use one of {}", names.join(", ")));
@@ -139,6 +154,23 @@ fn entry(e: &crate::journal::StoredEvent, kind: Kind) -> Result<AuditEntry, Stri
                 json!(s),
             )
         }
+        Kind::Alert => {
+            let d: AlertDelivery = rmp_serde::from_slice(&e.payload).map_err(|err| bad(err.to_string()))?;
+            return Ok(AuditEntry {
+                position: e.position,
+                at_ms: e.recorded_at,
+                // The breaker the alert is about, so `--service` finds it (the record itself is
+                // in the notifier's stream); a test message keeps its stream.
+                stream: if d.breaker.is_empty() {
+                    e.stream.clone()
+                } else {
+                    d.breaker.clone()
+                },
+                kind,
+                summary: alert_line(&d),
+                details: json!(d),
+            });
+        }
     };
     Ok(AuditEntry {
         position: e.position,
@@ -148,6 +180,24 @@ fn entry(e: &crate::journal::StoredEvent, kind: Kind) -> Result<AuditEntry, Stri
         summary,
         details,
     })
+}
+
+fn alert_line(d: &AlertDelivery) -> String {
+    let mut line = format!(
+        "{} to {}: {} (attempt {}",
+        d.status.as_str(),
+        d.sink,
+        d.outcome.as_str(),
+        d.attempt
+    );
+    if let Some(code) = d.status_code {
+        line.push_str(&format!(", HTTP {code}"));
+    }
+    if let (Some(err), None) = (&d.error, d.status_code) {
+        line.push_str(&format!(", {err}"));
+    }
+    line.push_str(&format!(", fingerprint {})", d.fingerprint));
+    line
 }
 
 fn command_name(c: crate::breaker::Command) -> &'static str {
@@ -202,7 +252,8 @@ pub async fn audit(journal: &Journal, q: &AuditQuery) -> Result<Vec<AuditEntry>,
         let Some(last) = page.last() else { break };
         after = last.position;
         for e in &page {
-            if q.stream.as_ref().is_some_and(|s| *s != e.stream) {
+            // Alert records live in the notifier's stream: they are matched on the breaker they name.
+            if e.event_type != ALERT_DELIVERY && q.stream.as_ref().is_some_and(|s| *s != e.stream) {
                 continue;
             }
             let kind = kinds
@@ -211,6 +262,9 @@ pub async fn audit(journal: &Journal, q: &AuditQuery) -> Result<Vec<AuditEntry>,
                 .find(|k| k.event_type() == e.event_type)
                 .expect("read_range returned a requested type");
             let item = entry(e, kind).map_err(|m| JournalError::Store(crate::journal::StoreError::Io(m)))?;
+            if q.stream.as_ref().is_some_and(|s| *s != item.stream) {
+                continue;
+            }
             out.push(item);
             if out.len() >= q.limit {
                 break;

@@ -1,0 +1,744 @@
+//! The notifier: tails the log from its own checkpoint, turns transitions into episode notices,
+//! keeps them in an outbox, and delivers each to every sink at least once. Every attempt is
+//! recorded as an `alert_delivery` event in the log.
+//!
+//! It never touches the protected call path: breakers only append to the journal; the notifier
+//! reads the log on its own thread, runtime and SQLite connection, and its queue (the outbox)
+//! is bounded.
+
+use super::episode::{Episodes, Notice};
+use super::outbox::{OutboxItem, OutboxState, Read, Store};
+use super::payload::{Links, render};
+use super::retry::{Answer, RateLimit, RetryPolicy, Verdict, decide, jitter};
+use crate::actor::Clock;
+use crate::breaker::{Event, codec};
+use crate::config::{AlertsConfig, Webhook};
+use crate::journal::{
+    ALERT_DELIVERY, ALERTS_STREAM, AlertDelivery, AlertStatus, Body, DeliveryOutcome, Journal, OPERATOR_COMMAND,
+    OperatorCommand, StoreError,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// Why the notifier could not start or run a step.
+#[derive(Debug, Error)]
+pub enum AlertsError {
+    /// The log or the outbox could not be read or written: the running notifier retries every
+    /// second; at start, report it.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Nothing to deliver to: configure `[[alerts.webhooks]]`.
+    #[error("no alert sinks are configured: add [[alerts.webhooks]] with name and url to the config file")]
+    NoSinks,
+    /// The HTTP client or the notifier's thread could not start: report it.
+    #[error("starting the alert notifier: {0}")]
+    Start(String),
+}
+
+/// Settings of a notifier beyond the config file's; every bound explicit.
+#[derive(Clone, Debug)]
+pub struct NotifierOptions {
+    /// The clock of the background loop ([`Notifier::start`]); [`Notifier::pump`] takes `now`.
+    pub clock: Clock,
+    /// Longest sleep between two steps of the loop (default 200 ms): how soon a new transition
+    /// is seen.
+    pub poll: Duration,
+    /// Log events read per page (default 1,000).
+    pub page: u32,
+    /// Outbox bound: pending messages at most (default 10,000, plus at most one page's worth).
+    /// At the bound the notifier stops reading the log until deliveries drain; nothing is lost,
+    /// the log is the queue.
+    pub max_pending: u64,
+    /// Messages sent per step at most (default 200).
+    pub max_sends: u32,
+    /// The first retry's wait (default 1 s); doubled per attempt up to `alerts.max_backoff`.
+    pub base_backoff: Duration,
+    /// Finished outbox rows are forgotten after this (default 7 days); their records stay in the log.
+    pub keep_done: Duration,
+    /// The stream delivery records are written to (default `_alerts`).
+    pub stream: String,
+}
+
+impl Default for NotifierOptions {
+    fn default() -> Self {
+        NotifierOptions {
+            clock: Clock::system(),
+            poll: Duration::from_millis(200),
+            page: 1_000,
+            max_pending: 10_000,
+            max_sends: 200,
+            base_backoff: Duration::from_secs(1),
+            keep_done: Duration::from_secs(7 * 86_400),
+            stream: ALERTS_STREAM.to_owned(),
+        }
+    }
+}
+
+/// What one step did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Pump {
+    /// Messages put in the outbox (notices × sinks, before deduplication).
+    pub enqueued: u64,
+    /// The attempts made (and messages abandoned), as recorded in the log.
+    pub deliveries: Vec<AlertDelivery>,
+    /// When something is next due (a retry, a rate-limited send, an episode's quiet period).
+    pub next_wake_ms: Option<u64>,
+}
+
+/// What a sink answered, or why it did not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sent {
+    /// The HTTP status, if it answered.
+    pub status_code: Option<u16>,
+    /// Its `Retry-After` header.
+    pub retry_after: Option<String>,
+    /// The transport error (never holding the URL).
+    pub error: Option<String>,
+    /// How long the request took.
+    pub latency_ms: u64,
+}
+
+impl Sent {
+    fn answer(&self) -> Answer<'_> {
+        match self.status_code {
+            Some(code) => Answer::Status {
+                code,
+                retry_after: self.retry_after.as_deref(),
+            },
+            None => Answer::Transport,
+        }
+    }
+
+    fn problem(&self) -> Option<String> {
+        match (self.status_code, &self.error) {
+            (_, Some(e)) => Some(e.clone()),
+            (Some(c), None) if !(200..300).contains(&c) => Some(format!("HTTP {c}")),
+            _ => None,
+        }
+    }
+}
+
+/// The HTTP client of the alert sinks: no redirects (a redirected POST would change meaning;
+/// a 3xx is reported as a rejection), the configured time limit.
+pub fn client(config: &AlertsConfig) -> Result<reqwest::Client, AlertsError> {
+    let timeout = Duration::from_millis(config.timeout_ms.max(1));
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("breakerbox/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| AlertsError::Start(format!("building the HTTP client: {}", e.without_url())))
+}
+
+/// A transport error as text, with the sink's URL (a secret) removed wherever it appears.
+fn describe(e: reqwest::Error, url: &str) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        "request failed"
+    };
+    let e = e.without_url();
+    let mut text = kind.to_owned();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    scrub(&text, url)
+}
+
+/// Removes a URL (and its path, where a webhook's secret token usually is) from `text`.
+pub(crate) fn scrub(text: &str, url: &str) -> String {
+    let mut out = text.replace(url, "***");
+    if let Ok(u) = reqwest::Url::parse(url) {
+        out = out.replace(u.as_str(), "***");
+        if u.path().len() > 1 {
+            out = out.replace(u.path(), "/***");
+        }
+        if let Some(q) = u.query() {
+            out = out.replace(q, "***");
+        }
+    }
+    out
+}
+
+/// POSTs one JSON body to a sink. Never fails: the outcome is data.
+pub async fn send(client: &reqwest::Client, hook: &Webhook, body: Vec<u8>) -> Sent {
+    let started = Instant::now();
+    let result = client
+        .post(hook.url.expose())
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await;
+    let latency_ms = started.elapsed().as_millis() as u64;
+    match result {
+        Ok(r) => Sent {
+            status_code: Some(r.status().as_u16()),
+            retry_after: r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            error: None,
+            latency_ms,
+        },
+        Err(e) => Sent {
+            status_code: None,
+            retry_after: None,
+            error: Some(describe(e, hook.url.expose())),
+            latency_ms,
+        },
+    }
+}
+
+/// The alert notifier's working state. Drive it step by step with [`Notifier::pump`] (tests, a
+/// host's own loop), or run it in the background with [`Notifier::start`].
+pub struct Notifier {
+    journal: Arc<Journal>,
+    config: AlertsConfig,
+    options: NotifierOptions,
+    store: Store,
+    client: reqwest::Client,
+    links: Links,
+    limits: HashMap<String, RateLimit>,
+    /// When the next episode resolves, as of the last catch-up.
+    deadline: Option<u64>,
+    full_warned: bool,
+    pruned_ms: u64,
+}
+
+impl Notifier {
+    /// Opens the notifier on a journal (whose migrations created the outbox tables).
+    pub async fn open(
+        journal: Arc<Journal>,
+        config: AlertsConfig,
+        options: NotifierOptions,
+    ) -> Result<Notifier, AlertsError> {
+        if !config.enabled() {
+            return Err(AlertsError::NoSinks);
+        }
+        let store = Store::open(journal.path()).await?;
+        let client = client(&config)?;
+        let links = Links {
+            dashboard_url: config.dashboard_url.clone(),
+            db_path: Some(journal.path().display().to_string()),
+        };
+        Ok(Notifier {
+            journal,
+            config,
+            options,
+            store,
+            client,
+            links,
+            limits: HashMap::new(),
+            deadline: None,
+            full_warned: false,
+            pruned_ms: 0,
+        })
+    }
+
+    /// Starts the notifier on a thread of its own (its own runtime, so it runs whatever the
+    /// host runs, and a slow sink never delays anything else). Stop it with
+    /// [`NotifierHandle::stop`]; dropping the handle stops it too, without waiting.
+    pub async fn start(
+        journal: Arc<Journal>,
+        config: AlertsConfig,
+        options: NotifierOptions,
+    ) -> Result<NotifierHandle, AlertsError> {
+        let mut notifier = Notifier::open(journal, config, options).await?;
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let thread = std::thread::Builder::new()
+            .name("breakerbox-alerts".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the alert notifier could not start its runtime; no alerts will be sent");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let mut failing = false;
+                    loop {
+                        let now = notifier.options.clock.now_ms();
+                        let step = tokio::select! {
+                            step = notifier.pump(now) => step,
+                            _ = stopped.changed() => break,
+                        };
+                        let wake = match step {
+                            Ok(p) => {
+                                if failing {
+                                    tracing::info!("the alert notifier works again");
+                                    failing = false;
+                                }
+                                p.next_wake_ms
+                            }
+                            Err(e) => {
+                                if !failing {
+                                    tracing::error!(error = %e, "the alert notifier failed; retrying every second");
+                                    failing = true;
+                                }
+                                Some(now + 1_000)
+                            }
+                        };
+                        let poll = notifier.options.poll;
+                        let wait = wake.map_or(poll, |w| Duration::from_millis(w.saturating_sub(now)).min(poll));
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait.max(Duration::from_millis(1))) => {}
+                            _ = stopped.changed() => break,
+                        }
+                    }
+                    notifier.store.close().await;
+                });
+            })
+            .map_err(|e| AlertsError::Start(format!("starting its thread: {e}")))?;
+        Ok(NotifierHandle {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The configuration it delivers by.
+    pub fn config(&self) -> &AlertsConfig {
+        &self.config
+    }
+
+    /// One step at `now_ms`: read the new events into the outbox, then send what is due.
+    pub async fn pump(&mut self, now_ms: u64) -> Result<Pump, AlertsError> {
+        let enqueued = self.catch_up(now_ms).await?;
+        let deliveries = self.deliver(now_ms).await?;
+        if now_ms.saturating_sub(self.pruned_ms) >= 3_600_000 {
+            self.pruned_ms = now_ms;
+            let keep = self.options.keep_done.as_millis() as u64;
+            self.store.prune(now_ms.saturating_sub(keep)).await?;
+        }
+        let due = self.store.next_due().await?;
+        let next_wake_ms = match (due, self.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(Pump {
+            enqueued,
+            deliveries,
+            next_wake_ms,
+        })
+    }
+
+    /// Folds the log after the checkpoint into episodes and enqueues their notices for every
+    /// sink, moving the checkpoint in the same transaction. The first run on a file (no
+    /// checkpoint yet) announces only the episodes still in progress, not the whole history.
+    pub async fn catch_up(&mut self, now_ms: u64) -> Result<u64, AlertsError> {
+        let quiet = self.config.quiet_period_ms;
+        let sinks = self.config.webhooks.len().max(1) as u64;
+        let mut enqueued = 0;
+        loop {
+            let checkpoint = self.store.checkpoint().await?;
+            let first_run = checkpoint.is_none();
+            let (from, mut episodes) = checkpoint.map_or((None, Episodes::default()), |(p, e)| (Some(p), e));
+            let upto = self.store.last_position().await?;
+            let room = self.options.max_pending.saturating_sub(self.store.pending().await?) / sinks;
+            let mut position = from.unwrap_or(0);
+            let mut notices: Vec<Notice> = Vec::new();
+            let mut full = false;
+            while position < upto {
+                if !first_run && notices.len() as u64 >= room {
+                    full = true;
+                    break;
+                }
+                let page = self.store.read(position, upto, self.options.page.max(1)).await?;
+                let complete = page.len() < self.options.page.max(1) as usize;
+                for r in &page {
+                    fold(r, &mut episodes, quiet, &mut notices);
+                    position = r.position;
+                }
+                if complete {
+                    position = upto;
+                }
+            }
+            if full && !self.full_warned {
+                tracing::warn!(
+                    pending = self.options.max_pending,
+                    "the alert outbox is full (sinks are failing); reading the log waits until deliveries drain"
+                );
+                self.full_warned = true;
+            } else if !full {
+                self.full_warned = false;
+            }
+            episodes.tick(now_ms, quiet, &mut notices);
+            if first_run {
+                // History is not news: only what is still going on is announced.
+                notices = episodes.active().cloned().collect();
+            }
+            self.deadline = episodes.next_deadline(quiet);
+            if !first_run && Some(position) == from && notices.is_empty() {
+                return Ok(enqueued);
+            }
+            let messages: Vec<(String, Notice)> = notices
+                .iter()
+                .flat_map(|n| self.config.webhooks.iter().map(move |w| (w.name.clone(), n.clone())))
+                .collect();
+            if self.store.advance(from, position, &episodes, &messages, now_ms).await? {
+                enqueued += messages.len() as u64;
+                if full || position >= upto {
+                    return Ok(enqueued);
+                }
+            }
+            // Else another notifier moved the checkpoint since it was read: read it again.
+        }
+    }
+
+    /// Sends every due message (at most `max_sends`), sinks in parallel, each sink's in order,
+    /// records each attempt in the log, then in the outbox.
+    pub async fn deliver(&mut self, now_ms: u64) -> Result<Vec<AlertDelivery>, AlertsError> {
+        let due = self.store.due(now_ms, self.options.max_sends.max(1)).await?;
+        let mut by_sink: BTreeMap<String, Vec<OutboxItem>> = BTreeMap::new();
+        for item in due {
+            by_sink.entry(item.sink.clone()).or_default().push(item);
+        }
+        let policy = RetryPolicy {
+            base_ms: self.options.base_backoff.as_millis() as u64,
+            max_backoff_ms: self.config.max_backoff_ms,
+            give_up_after_ms: self.config.give_up_after_ms,
+        };
+        let mut records: Vec<AlertDelivery> = Vec::new();
+        let mut updates: Vec<(i64, OutboxState, u32, u64, Option<String>)> = Vec::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (sink, items) in by_sink {
+            let Some(hook) = self.config.webhooks.iter().find(|w| w.name == sink).cloned() else {
+                for item in items {
+                    let error = "the sink is no longer configured".to_owned();
+                    records.push(record(
+                        &item,
+                        now_ms,
+                        item.attempts,
+                        DeliveryOutcome::Abandoned,
+                        None,
+                        Some(error.clone()),
+                        None,
+                    ));
+                    updates.push((
+                        item.id,
+                        OutboxState::Abandoned,
+                        item.attempts,
+                        item.next_attempt_ms,
+                        Some(error),
+                    ));
+                }
+                continue;
+            };
+            let rate = hook.rate_limit_per_minute;
+            let limit = self
+                .limits
+                .entry(sink.clone())
+                .or_insert_with(|| RateLimit::new(rate, rate));
+            let mut batch = Vec::new();
+            for item in items {
+                match limit.acquire(now_ms) {
+                    Ok(()) => batch.push(item),
+                    // Over the rate: wait for the next slot; not an attempt.
+                    Err(at) => updates.push((item.id, OutboxState::Pending, item.attempts, at, item.last_error)),
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let bodies: Vec<Vec<u8>> = batch
+                .iter()
+                .map(|item| {
+                    serde_json::to_vec(&render(hook.format, &item.notice, &hook.name, &self.links))
+                        .expect("JSON values encode")
+                })
+                .collect();
+            let client = self.client.clone();
+            tasks.spawn(async move {
+                // One sink's messages in order; after a failure worth retrying the rest wait
+                // for the same retry instead of hammering a sink that is down.
+                let mut results = Vec::new();
+                let mut items = batch.into_iter().zip(bodies);
+                for (item, body) in items.by_ref() {
+                    let sent = send(&client, &hook, body).await;
+                    let retryable =
+                        matches!(sent.answer(), Answer::Transport) || matches!(sent.status_code, Some(429 | 500..=599));
+                    results.push((item, Some(sent)));
+                    if retryable {
+                        break;
+                    }
+                }
+                results.extend(items.map(|(item, _)| (item, None)));
+                (hook, results)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((hook, results)) = joined else { continue };
+            let mut held_until: Option<u64> = None;
+            for (item, sent) in results {
+                let Some(sent) = sent else {
+                    // Held back behind a failed message of the same sink.
+                    let at = held_until.unwrap_or(now_ms + 1_000);
+                    updates.push((item.id, OutboxState::Pending, item.attempts, at, item.last_error));
+                    continue;
+                };
+                let attempt = item.attempts.saturating_add(1);
+                let verdict = decide(
+                    &policy,
+                    sent.answer(),
+                    attempt,
+                    item.created_ms,
+                    now_ms,
+                    jitter(&item.notice.fingerprint, &item.sink, attempt),
+                );
+                let problem = sent.problem();
+                let (outcome, state, next) = match verdict {
+                    Verdict::Delivered => (DeliveryOutcome::Delivered, OutboxState::Delivered, None),
+                    Verdict::Retry { at_ms } => {
+                        held_until = Some(at_ms);
+                        (DeliveryOutcome::Retrying, OutboxState::Pending, Some(at_ms))
+                    }
+                    Verdict::Reject => (DeliveryOutcome::Rejected, OutboxState::Rejected, None),
+                    Verdict::GiveUp => (DeliveryOutcome::Abandoned, OutboxState::Abandoned, None),
+                };
+                log_attempt(&hook, &item, attempt, outcome, &sent, next, now_ms);
+                records.push(record(
+                    &item,
+                    now_ms,
+                    attempt,
+                    outcome,
+                    sent.status_code,
+                    problem.clone(),
+                    next,
+                ));
+                updates.push((item.id, state, attempt, next.unwrap_or(item.next_attempt_ms), problem));
+            }
+        }
+        // The log first: a crash after this and before the outbox update sends again (at least
+        // once), never loses the record of a delivery that is marked done.
+        let stream: Arc<str> = Arc::from(self.options.stream.as_str());
+        for r in &records {
+            self.journal.submit(
+                &stream,
+                Body::Other {
+                    event_type: ALERT_DELIVERY,
+                    event_version: 1,
+                    at_ms: r.at_ms,
+                    payload: rmp_serde::to_vec_named(r).expect("plain data encodes"),
+                },
+            );
+        }
+        if !records.is_empty() {
+            match tokio::time::timeout(Duration::from_secs(5), self.journal.flush()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "alert delivery records could not be written to the log"),
+                Err(_) => tracing::warn!("alert delivery records are not in the log yet (it is slow or failing)"),
+            }
+        }
+        for (id, state, attempts, next, error) in updates {
+            self.store
+                .update(id, state, attempts, next, error.as_deref(), now_ms)
+                .await?;
+        }
+        Ok(records)
+    }
+
+    /// Every outbox message, oldest first (inspection and tests).
+    pub async fn outbox(&mut self) -> Result<Vec<OutboxItem>, AlertsError> {
+        Ok(self.store.all().await?)
+    }
+
+    /// Closes its connection.
+    pub async fn close(self) {
+        self.store.close().await;
+    }
+}
+
+fn fold(r: &Read, episodes: &mut Episodes, quiet: u64, out: &mut Vec<Notice>) {
+    if r.event_type == OPERATOR_COMMAND {
+        match rmp_serde::from_slice::<OperatorCommand>(&r.payload) {
+            Ok(c) => episodes.command(&r.stream, c.at_ms, c.operator),
+            Err(e) => {
+                tracing::error!(position = r.position, error = %e, "an operator command does not decode; the alert will not say who")
+            }
+        }
+        return;
+    }
+    match codec::decode(&r.event_type, r.event_version, &r.payload) {
+        Ok(Event::Transitioned(t)) => episodes.observe(&r.stream, &t, quiet, out),
+        Ok(_) => {}
+        // Skipping it is loud: `breakerbox audit` and `replay` report the same position.
+        Err(e) => tracing::error!(position = r.position, error = %e, "a transition does not decode; no alert for it"),
+    }
+}
+
+fn record(
+    item: &OutboxItem,
+    at_ms: u64,
+    attempt: u32,
+    outcome: DeliveryOutcome,
+    status_code: Option<u16>,
+    error: Option<String>,
+    next_attempt_ms: Option<u64>,
+) -> AlertDelivery {
+    AlertDelivery {
+        at_ms,
+        breaker: item.notice.breaker.clone(),
+        status: item.notice.status,
+        sink: item.sink.clone(),
+        fingerprint: item.notice.fingerprint.clone(),
+        episode_start_ms: item.notice.starts_at_ms,
+        attempt,
+        outcome,
+        status_code,
+        error,
+        next_attempt_ms,
+    }
+}
+
+/// One line per attempt worth a human's attention, never with the URL: a rejection once, the
+/// first failure of a message and every tenth after it, the delivery after failures, giving up.
+fn log_attempt(
+    hook: &Webhook,
+    item: &OutboxItem,
+    attempt: u32,
+    outcome: DeliveryOutcome,
+    sent: &Sent,
+    next: Option<u64>,
+    now_ms: u64,
+) {
+    let (sink, breaker, status) = (
+        hook.name.as_str(),
+        item.notice.breaker.as_str(),
+        item.notice.status.as_str(),
+    );
+    let what = sent.problem().unwrap_or_default();
+    match outcome {
+        DeliveryOutcome::Delivered if attempt > 1 => {
+            tracing::info!(
+                sink,
+                breaker,
+                status,
+                attempt,
+                "alert delivered after {} failed attempts",
+                attempt - 1
+            )
+        }
+        DeliveryOutcome::Delivered => tracing::debug!(sink, breaker, status, "alert delivered"),
+        DeliveryOutcome::Retrying if attempt == 1 || attempt.is_multiple_of(10) => tracing::warn!(
+            sink,
+            breaker,
+            status,
+            attempt,
+            retry_in_ms = next.unwrap_or(now_ms).saturating_sub(now_ms),
+            "alert not delivered to sink {sink:?} ({what}); retrying"
+        ),
+        DeliveryOutcome::Retrying => {}
+        DeliveryOutcome::Rejected => tracing::error!(
+            sink,
+            breaker,
+            status,
+            status_code = sent.status_code,
+            fingerprint = item.notice.fingerprint,
+            "alert rejected by sink {sink:?}: {what}; not retried (a 4xx means the request itself is wrong: check the sink's url and format)"
+        ),
+        DeliveryOutcome::Abandoned => tracing::error!(
+            sink,
+            breaker,
+            status,
+            attempt,
+            "alert abandoned after {attempt} attempts: sink {sink:?} kept failing ({what}) past alerts.give_up_after"
+        ),
+    }
+}
+
+/// A running notifier (see [`Notifier::start`]).
+pub struct NotifierHandle {
+    stop: tokio::sync::watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NotifierHandle {
+    /// Stops it and waits for its thread. A send in flight is abandoned; its message stays in
+    /// the outbox and is sent again by the next run (at least once).
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+impl Drop for NotifierHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// The outcome of one test message.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TestResult {
+    /// The sink's name.
+    pub sink: String,
+    /// Its format.
+    pub format: &'static str,
+    /// Did it answer 2xx?
+    pub delivered: bool,
+    /// The HTTP status, if it answered.
+    pub status_code: Option<u16>,
+    /// What went wrong (never the URL).
+    pub error: Option<String>,
+    /// How long it took.
+    pub latency_ms: u64,
+}
+
+/// Sends one test message to `hook` (one attempt, no retry) and says how it went; the record
+/// for the log is returned beside it.
+pub async fn send_test(config: &AlertsConfig, hook: &Webhook, now_ms: u64) -> (TestResult, AlertDelivery) {
+    let notice = Notice::test(now_ms);
+    let links = Links {
+        dashboard_url: config.dashboard_url.clone(),
+        db_path: None,
+    };
+    let body = serde_json::to_vec(&render(hook.format, &notice, &hook.name, &links)).expect("JSON values encode");
+    let sent = match client(config) {
+        Ok(c) => send(&c, hook, body).await,
+        Err(e) => Sent {
+            status_code: None,
+            retry_after: None,
+            error: Some(e.to_string()),
+            latency_ms: 0,
+        },
+    };
+    let delivered = sent.status_code.is_some_and(|c| (200..300).contains(&c));
+    let outcome = if delivered {
+        DeliveryOutcome::Delivered
+    } else {
+        DeliveryOutcome::Rejected
+    };
+    let result = TestResult {
+        sink: hook.name.clone(),
+        format: hook.format.as_str(),
+        delivered,
+        status_code: sent.status_code,
+        error: sent.problem(),
+        latency_ms: sent.latency_ms,
+    };
+    let record = AlertDelivery {
+        at_ms: now_ms,
+        breaker: String::new(),
+        status: AlertStatus::Test,
+        sink: hook.name.clone(),
+        fingerprint: notice.fingerprint,
+        episode_start_ms: now_ms,
+        attempt: 1,
+        outcome,
+        status_code: sent.status_code,
+        error: result.error.clone(),
+        next_attempt_ms: None,
+    };
+    (result, record)
+}
