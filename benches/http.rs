@@ -148,9 +148,8 @@ fn sse_clients(addr: SocketAddr, n: usize, bytes: Arc<AtomicU64>) -> tokio::runt
         let bytes = bytes.clone();
         rt.spawn(async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let req = format!(
-                "GET /api/events/stream HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
-            );
+            let req =
+                format!("GET /api/events/stream HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
             s.write_all(req.as_bytes()).await.unwrap();
             let mut buf = [0u8; 16 * 1024];
             while let Ok(k) = s.read(&mut buf).await {

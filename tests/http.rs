@@ -315,11 +315,14 @@ struct Sse {
 
 impl Sse {
     async fn connect(addr: std::net::SocketAddr, last_event_id: Option<i64>) -> Sse {
+        Sse::connect_to(addr, "/api/events/stream", last_event_id).await
+    }
+
+    async fn connect_to(addr: std::net::SocketAddr, path: &str, last_event_id: Option<i64>) -> Sse {
         use tokio::io::AsyncWriteExt;
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let resume = last_event_id.map_or(String::new(), |id| format!("Last-Event-ID: {id}\r\n"));
-        let req =
-            format!("GET /api/events/stream HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n{resume}\r\n");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n{resume}\r\n");
         stream.write_all(req.as_bytes()).await.unwrap();
         let mut sse = Sse {
             stream,
@@ -407,8 +410,10 @@ async fn the_event_stream_resumes_after_last_event_id_with_exactly_the_missed_ev
     let stripe = registry.get("stripe").unwrap().clone();
     let calcom = registry.get("calcom").unwrap().clone();
 
-    // Given a dashboard connected to the stream, which sees a force-open live…
+    // Given a dashboard connected to the stream, which sees a force-open live (and a second
+    // client, following calcom only, connected at the same time)…
     let mut sse = Sse::connect(addr, None).await;
+    let mut calcom_only = Sse::connect_to(addr, "/api/events/stream?service=calcom&kind=command", None).await;
     stripe.force_open(operator("incident 1")).await.unwrap();
     let seen = sse.events(2).await;
     let kinds: Vec<&str> = seen.iter().map(|(_, k, _)| k.as_str()).collect();
@@ -441,6 +446,13 @@ async fn the_event_stream_resumes_after_last_event_id_with_exactly_the_missed_ev
     // The id is the log position, the same as the audit trail's.
     assert!(missed.iter().all(|(id, _, e)| e["position"] == *id));
     assert!(!sse.raw.contains(TOKEN), "the token never appears in the stream");
+    // The filtered client, connected all along, got calcom's command and nothing else.
+    let filtered = calcom_only.events(10).await;
+    assert_eq!(filtered.len(), 1, "{filtered:?}");
+    assert_eq!(
+        (filtered[0].1.as_str(), filtered[0].2["stream"].as_str()),
+        ("command", Some("calcom"))
+    );
     registry.shutdown().await.unwrap();
 }
 

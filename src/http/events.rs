@@ -3,6 +3,7 @@
 //! `Last-Event-ID`, so a reconnecting dashboard misses nothing).
 
 use super::{ApiState, bad_request, error};
+use crate::journal::Journal;
 use crate::replay::{AuditEntry, AuditQuery, Kind, audit, parse_time};
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::web::Bytes;
@@ -10,9 +11,10 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 /// Query parameters shared by both routes.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -145,6 +147,97 @@ pub fn frame(entry: &AuditEntry) -> Bytes {
     ))
 }
 
+/// What the shared tail publishes: an entry and its frame, rendered once for every client.
+#[derive(Debug)]
+pub(super) struct Published {
+    entry: AuditEntry,
+    frame: Bytes,
+}
+
+type Slot = Arc<std::sync::Mutex<Option<broadcast::Sender<Arc<Published>>>>>;
+
+/// One reader of the log for every stream client: it wakes on each commit (at most once per
+/// [`TAIL_PERIOD`]), reads what is new once, and broadcasts it with its frame rendered once.
+/// Clients read the log themselves only to catch up (after `Last-Event-ID`, or after falling
+/// more than [`TAIL_BUFFER`] entries behind), so a hundred dashboards cost about what one does.
+#[derive(Default)]
+pub(super) struct Tail {
+    slot: Slot,
+}
+
+/// Entries kept for a client that reads slowly; past it the client catches up from the log.
+const TAIL_BUFFER: usize = 1_024;
+/// Least time between two reads of the tail, so a burst of commits costs one read.
+const TAIL_PERIOD: Duration = Duration::from_millis(50);
+
+impl Tail {
+    /// A receiver of everything the tail reads from now on; starts the reader if none runs.
+    fn subscribe(&self, journal: &Arc<Journal>) -> broadcast::Receiver<Arc<Published>> {
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = slot.as_ref() {
+            return tx.subscribe();
+        }
+        let (tx, rx) = broadcast::channel(TAIL_BUFFER);
+        *slot = Some(tx.clone());
+        actix_web::rt::spawn(tail(journal.clone(), tx, self.slot.clone()));
+        rx
+    }
+}
+
+/// Every kind after `after`, a page at a time.
+fn everything_after(after: i64) -> AuditQuery {
+    AuditQuery {
+        stream: None,
+        kinds: Kind::ALL.to_vec(),
+        since_ms: 0,
+        until_ms: u64::MAX,
+        after_position: after,
+        limit: 500,
+    }
+}
+
+async fn tail(journal: Arc<Journal>, tx: broadcast::Sender<Arc<Published>>, slot: Slot) {
+    let mut q = everything_after(journal.last_position().await.unwrap_or(0));
+    loop {
+        match audit(&journal, &q).await {
+            Ok(page) => {
+                let full = page.len() == q.limit;
+                for entry in page {
+                    q.after_position = entry.position;
+                    let frame = frame(&entry);
+                    // Nobody listening right now is fine: a later client catches up from the log.
+                    let _ = tx.send(Arc::new(Published { entry, frame }));
+                }
+                if full {
+                    continue;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "event stream: reading the log failed; retrying"),
+        }
+        let seen = journal
+            .last_position()
+            .await
+            .unwrap_or(q.after_position)
+            .max(q.after_position);
+        let _ = journal.wait_after(seen, KEEPALIVE).await;
+        tokio::time::sleep(TAIL_PERIOD).await;
+        // No clients left: stop, under the lock a new client subscribes with, so none is left
+        // holding a receiver of a stopped tail.
+        let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if tx.receiver_count() == 0 {
+            *guard = None;
+            return;
+        }
+    }
+}
+
+/// Does a client's query want this entry?
+fn wanted(q: &AuditQuery, e: &AuditEntry) -> bool {
+    q.kinds.contains(&e.kind)
+        && q.stream.as_ref().is_none_or(|s| *s == e.stream)
+        && (q.since_ms..q.until_ms).contains(&(e.at_ms.max(0) as u64))
+}
+
 /// `GET /api/events/stream`: entries after `Last-Event-ID` (or `?after=`), then live ones as
 /// they are committed, by this process or another on the same file. Without either, it starts
 /// at the end of the log. Call statistics (one per flush under traffic) are left out unless
@@ -169,6 +262,9 @@ pub(super) async fn stream(
         Some(Err(_)) => return bad_request("Last-Event-ID must be a log position (a whole number)"),
     };
     let journal = state.registry.journal().clone();
+    // Subscribe before reading anything, so an entry committed meanwhile is in one or the
+    // other (or both: positions tell).
+    let mut live = state.tail.subscribe(&journal);
     q.after_position = match resume.or(params.after) {
         Some(p) => p,
         None => match journal.last_position().await {
@@ -189,43 +285,50 @@ pub(super) async fn stream(
         if tx.send(Bytes::from_static(b": connected\n\n")).await.is_err() {
             return;
         }
+        let mut catch_up = true;
         loop {
-            let page = match audit(&journal, &q).await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(error = %e, "event stream: reading the log failed; ending the stream");
-                    return;
+            if catch_up {
+                // From the log, up to where the live tail takes over.
+                loop {
+                    let page = match audit(&journal, &q).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "event stream: reading the log failed; ending the stream");
+                            return;
+                        }
+                    };
+                    for e in &page {
+                        if tx.send(frame(e)).await.is_err() {
+                            return;
+                        }
+                        q.after_position = e.position;
+                    }
+                    if page.len() < q.limit {
+                        break;
+                    }
                 }
-            };
-            for e in &page {
-                if tx.send(frame(e)).await.is_err() {
-                    return;
-                }
-                q.after_position = e.position;
+                catch_up = false;
             }
-            if page.len() == q.limit {
-                continue;
-            }
-            // Caught up: wait for a commit after the last position *read*, not the last one
-            // matched, or a stream filtered to rare kinds would spin on every other event.
-            let seen = match journal.last_position().await {
-                Ok(p) => p.max(q.after_position),
-                Err(_) => q.after_position,
-            };
-            match journal.wait_after(seen, KEEPALIVE).await {
-                Ok(p) if p > seen => {}
-                Ok(_) => {
+            let next = tokio::select! {
+                next = live.recv() => next,
+                _ = tokio::time::sleep(KEEPALIVE) => {
                     if tx.send(Bytes::from_static(b": keepalive\n\n")).await.is_err() {
                         return;
                     }
+                    continue;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "event stream: waiting on the log failed; ending the stream");
-                    return;
+            };
+            match next {
+                Ok(p) if p.entry.position > q.after_position && wanted(&q, &p.entry) => {
+                    if tx.send(p.frame.clone()).await.is_err() {
+                        return;
+                    }
+                    q.after_position = p.entry.position;
                 }
-            }
-            if tx.is_closed() {
-                return;
+                Ok(_) => {}
+                // Fell behind the tail's buffer: read the gap from the log.
+                Err(broadcast::error::RecvError::Lagged(_)) => catch_up = true,
+                Err(broadcast::error::RecvError::Closed) => return,
             }
         }
     });

@@ -32,6 +32,7 @@ pub struct ApiState {
     limiter: Limiter,
     projection: tokio::sync::Mutex<Option<Projection>>,
     health_cache: health::HealthCache,
+    tail: events::Tail,
 }
 
 impl ApiState {
@@ -45,6 +46,7 @@ impl ApiState {
             limiter: Limiter::new(10, Duration::from_secs(60)),
             projection: tokio::sync::Mutex::new(None),
             health_cache: health::HealthCache::default(),
+            tail: events::Tail::default(),
         }
     }
 }
