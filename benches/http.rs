@@ -206,7 +206,7 @@ fn main() {
                     from: "library".into(),
                     why: format!("event {n}"),
                 };
-                let _ = if n % 2 == 0 {
+                let _ = if n.is_multiple_of(2) {
                     rt.block_on(other.force_open(op))
                 } else {
                     rt.block_on(other.reset(op))
