@@ -21,6 +21,7 @@ pub mod http;
 pub mod journal;
 pub mod replay;
 pub mod simulate;
+pub mod tls;
 
 // The README's examples are compiled and run as doctests, so they cannot rot.
 #[doc = include_str!("../README.md")]

@@ -728,11 +728,14 @@ fn status_test_requests_each_health_url_and_says_which_services_cannot_be_tested
     let db = recorded_log(dir.path());
     let (ok_url, hits) = status_server(200);
     let (bad_url, _) = status_server(503);
+    // https to a server that speaks plain HTTP: the TLS handshake is tried and fails, clearly.
+    let (plain_url, _) = status_server(200);
+    let tls_url = plain_url.replace("http://", "https://");
     let config = dir.path().join("cb.toml");
     std::fs::write(
         &config,
         format!(
-            "[services.stripe]\nfailure_threshold = 3\nhealth_url = \"{ok_url}\"\n[services.retell]\nhealth_url = \"{bad_url}\"\n[services.calcom]\n"
+            "[services.stripe]\nfailure_threshold = 3\nhealth_url = \"{ok_url}\"\n[services.retell]\nhealth_url = \"{bad_url}\"\n[services.calcom]\n[services.paypal]\nhealth_url = \"{tls_url}\"\n"
         ),
     )
     .unwrap();
@@ -757,6 +760,12 @@ fn status_test_requests_each_health_url_and_says_which_services_cannot_be_tested
         (Some(503), Some("failure"))
     );
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let tls = by("paypal");
+    assert_eq!(tls["outcome"], "failure");
+    assert!(
+        tls["result"].as_str().unwrap().contains("corrupt message"),
+        "rustls tried a handshake and says why it failed: {tls}"
+    );
 }
 
 #[test]

@@ -98,6 +98,8 @@ impl Registry {
         journal: Arc<Journal>,
         options: RegistryOptions,
     ) -> Result<Registry, RegistryError> {
+        // Before the host builds clients for the reqwest middleware.
+        crate::tls::init();
         let lease = journal.acquire_lease(&options.holder, options.lease_ttl).await?;
         if lease.holder != options.holder {
             return Err(RegistryError::LeaseHeld { holder: lease.holder });

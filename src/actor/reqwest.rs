@@ -68,6 +68,7 @@ pub struct BreakerMiddleware {
 impl BreakerMiddleware {
     /// Classifies by the service's configured statuses.
     pub fn new(handle: BreakerHandle) -> Self {
+        crate::tls::init();
         let classifier = HttpStatuses(handle.statuses().clone());
         BreakerMiddleware { handle, classifier }
     }

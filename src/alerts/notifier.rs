@@ -123,6 +123,7 @@ impl Sent {
 /// The HTTP client of the alert sinks: no redirects (a redirected POST would change meaning;
 /// a 3xx is reported as a rejection), the configured time limit.
 pub fn client(config: &AlertsConfig) -> Result<reqwest::Client, AlertsError> {
+    crate::tls::init();
     let timeout = Duration::from_millis(config.timeout_ms.max(1));
     reqwest::Client::builder()
         .timeout(timeout)

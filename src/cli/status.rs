@@ -246,6 +246,7 @@ async fn test(b: &BreakerConfig, state: State, open_until: Option<u64>, now: u64
     if matches!(state, State::Open | State::ForcedOpen) && open_until.is_none_or(|u| u > now) {
         return json!({"testable": true, "sent": false, "result": format!("not sent: the breaker is {state}")});
     }
+    breakerbox::tls::init();
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_millis(b.call_timeout_ms()))
         .build()
@@ -269,6 +270,22 @@ async fn test(b: &BreakerConfig, state: State, open_until: Option<u64>, now: u64
                    "result": format!("HTTP {status} in {latency_ms} ms: {verdict}")})
         }
         Err(e) => json!({"testable": true, "sent": true, "latency_ms": latency_ms, "outcome": "failure",
-                         "result": format!("failure after {latency_ms} ms: {e}")}),
+                         "result": format!("failure after {latency_ms} ms: {}", causes(&e))}),
     }
+}
+
+/// An error and its causes, `a: b: c` — reqwest's top-level message alone ("error sending
+/// request") does not say whether DNS, the connection or TLS failed.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
 }

@@ -20,11 +20,6 @@ use crate::duration::format_ms;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-/// Whether this build can send to `https://` URLs. It has no TLS yet (reqwest is built without
-/// a TLS backend, as for `status --test`), so an https webhook is refused at load time rather
-/// than failing at the first incident.
-pub const HTTPS_SUPPORTED: bool = false;
-
 /// The body a sink expects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -151,16 +146,8 @@ pub(crate) fn check_webhook_url(url: &str) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url.trim())
         .map_err(|e| format!("*** is not a URL ({e}): use e.g. \"http://relay.internal:9000/hook\""))?;
     match parsed.scheme() {
-        "http" => {}
-        "https" if HTTPS_SUPPORTED => {}
-        "https" => {
-            return Err(
-                "*** is an https:// URL, but this build of breakerbox speaks plain HTTP only (no TLS yet): \
-                 point it at an http:// relay on a trusted network"
-                    .into(),
-            );
-        }
-        other => return Err(format!("*** has scheme {other:?}: use an http:// URL")),
+        "http" | "https" => {}
+        other => return Err(format!("*** has scheme {other:?}: use an https:// or http:// URL")),
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err("*** has no host".into());

@@ -24,7 +24,7 @@ mod knobs;
 mod schedule;
 mod secret;
 
-pub use alerts::{AlertsConfig, HTTPS_SUPPORTED, Webhook, WebhookFormat};
+pub use alerts::{AlertsConfig, Webhook, WebhookFormat};
 pub use classify::{StatusClassifier, StatusPattern, default_failures};
 pub use env::prefix as env_prefix;
 pub use knobs::{KnobError, Knobs, Millis, Source, Sourced, policy_keys};
