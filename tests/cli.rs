@@ -1093,3 +1093,43 @@ fn every_command_names_bad_input_in_one_line_with_exit_code_2() {
         fails_with(args, "", needle);
     }
 }
+
+#[test]
+fn serve_takes_named_tokens_from_the_config_file() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("serve.db");
+    let config = dir.path().join("cb.toml");
+    std::fs::write(&config, "[api.tokens]\noncall = \"file-token-0123456789\"\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+        .args(["serve", "--db", db.to_str().unwrap(), "--bind", "127.0.0.1:0"])
+        .args(["--config", config.to_str().unwrap()])
+        .env_remove("CIRCUIT_BREAKER_API_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = lines.next().unwrap().unwrap();
+    let addr = listening
+        .strip_prefix("listening on http://")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{listening}"))
+        .to_owned();
+    let dashboard = lines.next().unwrap().unwrap();
+    assert!(
+        dashboard.contains("it asks for") && !dashboard.contains("#token="),
+        "configured tokens: no one-time token is made: {dashboard}"
+    );
+    let (status, _) = http_get(&addr, "/api/health/circuit-breakers", Some("file-token-0123456789"));
+    assert_eq!(status, 200);
+    assert_eq!(
+        http_get(&addr, "/api/health/circuit-breakers", Some("file-token-012345678X")).0,
+        401
+    );
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}

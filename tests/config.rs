@@ -391,3 +391,32 @@ fn the_shipped_example_config_is_valid() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(c.breaker("stripe/customers.create").is_some());
 }
+
+#[test]
+fn api_tokens_come_from_the_file_by_name_and_are_never_shown() {
+    let c = load(
+        "[api.tokens]\noncall = \"0123456789abcdef-oncall\"\ngrafana = \"0123456789abcdef-grafana\"\n",
+        &[],
+    )
+    .unwrap();
+    let names: Vec<&str> = c.api.tokens.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["grafana", "oncall"], "by name");
+    assert_eq!(c.api.tokens[1].token, Secret::new("0123456789abcdef-oncall"));
+    assert_eq!(c.api.tokens[0].source.to_string(), "test.toml:3");
+    let shown = format!("{:?} {}", c.api, serde_json::to_string(&c.api).unwrap());
+    assert!(!shown.contains("0123456789abcdef"), "{shown}");
+    // A short token, a non-string and an unknown key: each named with its line, never the value.
+    let err = load(
+        "[api]\ntokenz = 1\n[api.tokens]\nweak = \"hunter2\"\nnumber = 12345678901234567\n",
+        &[],
+    )
+    .unwrap_err();
+    for needle in [
+        "test.toml:2: unknown key api.tokenz (did you mean \"tokens\"?)",
+        "test.toml:4: api.tokens.weak: *** is shorter than 16 characters",
+        "test.toml:5: api.tokens.number must be a string",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+    }
+    assert!(!err.contains("hunter2"), "{err}");
+}

@@ -73,6 +73,7 @@ async fn every_protected_route_needs_the_token_and_nothing_leaks_it() {
         ("POST", "/api/circuit-breakers/stripe/reset"),
         ("POST", "/api/circuit-breakers/stripe/force-open"),
         ("POST", "/api/circuit-breakers/stripe/disable"),
+        ("POST", "/api/config/reload"),
         ("GET", "/api/history"),
         ("GET", "/api/events"),
         ("GET", "/api/events/stream"),
@@ -530,7 +531,13 @@ async fn the_events_route_pages_the_audit_trail_by_position() {
     assert!(history["breakers"]["calcom"]["minutes"].is_array());
     // The OpenAPI document names every route.
     let doc: Value = test::call_and_read_body_json(&app, get("/api/openapi.json".into())).await;
-    for route in ["/api/events", "/api/events/stream", "/api/history", "/metrics"] {
+    for route in [
+        "/api/events",
+        "/api/events/stream",
+        "/api/history",
+        "/api/config/reload",
+        "/metrics",
+    ] {
         assert!(doc["paths"].get(route).is_some(), "{route}");
     }
     registry.shutdown().await.unwrap();
@@ -718,5 +725,79 @@ async fn the_dashboard_shows_a_breaker_opening_live_and_its_buttons_are_audited(
     browser.screenshot(&shot).await.unwrap();
     eprintln!("screenshot: {}", shot.display());
     drop(browser);
+    registry.shutdown().await.unwrap();
+}
+
+#[actix_web::test]
+async fn config_reload_over_http_applies_a_good_file_and_refuses_a_bad_one_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cb.toml");
+    std::fs::write(&file, "[services.stripe]\nfailure_threshold = 2\n[services.calcom]\n").unwrap();
+    let options = breakerbox::config::LoadOptions {
+        path: Some(file.clone()),
+        env: BTreeMap::new(),
+    };
+    let config = Config::load(&options).unwrap();
+    let journal = Arc::new(
+        Journal::open(&dir.path().join("log.db"), JournalOptions::default())
+            .await
+            .unwrap(),
+    );
+    let registry = Arc::new(
+        Registry::start(
+            &config,
+            journal,
+            RegistryOptions {
+                clock: Clock::manual(1_764_000_000_000),
+                project_every: None,
+                ..RegistryOptions::default()
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let app = test::init_service(
+        App::new()
+            .app_data(web::Data::new(
+                ApiState::new(
+                    registry.clone(),
+                    config,
+                    vec![auth::Token::new("oncall", &Secret::new(TOKEN))],
+                )
+                .with_reload(options),
+            ))
+            .wrap(actix_web::middleware::from_fn(authenticate))
+            .configure(configure),
+    )
+    .await;
+    let reload = || {
+        test::TestRequest::post()
+            .uri("/api/config/reload")
+            .peer_addr("127.0.0.6:1".parse().unwrap())
+            .insert_header(bearer(TOKEN))
+            .to_request()
+    };
+    let stripe = registry.get("stripe").unwrap().clone();
+    let threshold = || {
+        let stripe = stripe.clone();
+        async move {
+            let b = stripe.inspect().await.unwrap();
+            breakerbox::config::policy_keys(b.policy())["failure_threshold"].clone()
+        }
+    };
+    // Given a running stripe with threshold 2, when the file says 7 and reload is asked for…
+    std::fs::write(&file, "[services.stripe]\nfailure_threshold = 7\n[services.calcom]\n").unwrap();
+    let resp = test::call_service(&app, reload()).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = test::read_body_json(resp).await;
+    assert_eq!(body["changed"], serde_json::json!(["stripe"]));
+    assert_eq!(threshold().await, 7);
+    // …and a file with a problem is refused whole, naming it; the running policy stays.
+    std::fs::write(&file, "[services.stripe]\nfailure_threshold = 0\n[services.calcom]\n").unwrap();
+    let resp = test::call_service(&app, reload()).await;
+    assert_eq!(resp.status(), 422);
+    let body: Value = test::read_body_json(resp).await;
+    assert!(body["problems"][0].as_str().unwrap().contains("cb.toml:2"), "{body}");
+    assert_eq!(threshold().await, 7);
     registry.shutdown().await.unwrap();
 }

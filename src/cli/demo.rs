@@ -47,7 +47,8 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
         )));
     }
     let options = breakerbox::config::LoadOptions::from_process(None);
-    let (tokens, one_time) = super::api_tokens(&options, args.bind)?;
+    // Tokens from the environment only: the demo's configuration is its own.
+    let (tokens, one_time) = super::api_tokens(&options, &[], args.bind)?;
     let db = global.db.clone();
     let json = global.json;
     actix_web::rt::System::new().block_on(async move {

@@ -61,24 +61,35 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::Runtime(format!("starting the runtime: {e}")))
 }
 
-/// API tokens from `CIRCUIT_BREAKER_API_TOKEN`, or else a one-time token (returned, for printing)
-/// — only on a loopback address: anything else must have tokens configured.
+/// API tokens: the config file's `[api.tokens]` and `CIRCUIT_BREAKER_API_TOKEN` (which wins for
+/// a name in both), or else a one-time token (returned, for printing) — only on a loopback
+/// address: anything else must have tokens configured.
 pub fn api_tokens(
     options: &breakerbox::config::LoadOptions,
+    from_file: &[breakerbox::config::ApiToken],
     bind: std::net::SocketAddr,
 ) -> Result<(Vec<breakerbox::http::auth::Token>, Option<String>), CliError> {
     use breakerbox::http::auth;
-    match options.env.get("CIRCUIT_BREAKER_API_TOKEN") {
-        Some(v) => Ok((auth::tokens_from_env(v).map_err(CliError::BadInput)?, None)),
-        None if bind.ip().is_loopback() => {
-            let t = one_time_token()?;
-            let token = auth::Token::new("one-time", &breakerbox::config::Secret::new(t.clone()));
-            Ok((vec![token], Some(t)))
+    let mut tokens: Vec<auth::Token> = match options.env.get("CIRCUIT_BREAKER_API_TOKEN") {
+        Some(v) => auth::tokens_from_env(v).map_err(CliError::BadInput)?,
+        None => Vec::new(),
+    };
+    for t in from_file {
+        if !tokens.iter().any(|e| e.name == t.name) {
+            tokens.push(auth::Token::new(t.name.clone(), &t.token));
         }
-        None => Err(CliError::BadInput(format!(
-            "refusing to serve on {bind} without CIRCUIT_BREAKER_API_TOKEN: only loopback addresses get a one-time token"
-        ))),
     }
+    if !tokens.is_empty() {
+        return Ok((tokens, None));
+    }
+    if !bind.ip().is_loopback() {
+        return Err(CliError::BadInput(format!(
+            "refusing to serve on {bind} without a token ([api.tokens] in the config or CIRCUIT_BREAKER_API_TOKEN): only loopback addresses get a one-time token"
+        )));
+    }
+    let t = one_time_token()?;
+    let token = auth::Token::new("one-time", &breakerbox::config::Secret::new(t.clone()));
+    Ok((vec![token], Some(t)))
 }
 
 /// 128 random bits as hex, from the kernel.

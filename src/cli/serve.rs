@@ -29,7 +29,7 @@ pub struct Args {
 pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
     let options = LoadOptions::from_process(global.config.clone());
     let config = Config::load(&options).map_err(CliError::config)?;
-    let (tokens, one_time) = super::api_tokens(&options, args.bind)?;
+    let (tokens, one_time) = super::api_tokens(&options, &config.api.tokens, args.bind)?;
     let db = global.db.clone();
     actix_web::rt::System::new().block_on(async move {
         let journal = Arc::new(
@@ -63,7 +63,9 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
         };
         let watcher = watch(registry.clone(), options.clone(), Duration::from_secs(2), None)
             .map_err(|e| CliError::Runtime(format!("watching for SIGHUP: {e}")))?;
-        let state = actix_web::web::Data::new(ApiState::new(registry.clone(), config.clone(), tokens));
+        let state = actix_web::web::Data::new(
+            ApiState::new(registry.clone(), config.clone(), tokens).with_reload(options.clone()),
+        );
         let (server, addrs) =
             server(state, args.bind).map_err(|e| CliError::Runtime(format!("binding {}: {e}", args.bind)))?;
         for addr in addrs {

@@ -17,6 +17,7 @@
 //! the seed's Laravel config; `CALCOM_CIRCUIT_BREAKER_THRESHOLD` does.
 
 mod alerts;
+mod api;
 mod classify;
 mod env;
 mod file;
@@ -25,6 +26,7 @@ mod schedule;
 mod secret;
 
 pub use alerts::{AlertsConfig, Webhook, WebhookFormat};
+pub use api::{ApiConfig, ApiToken, MIN_TOKEN_LEN};
 pub use classify::{StatusClassifier, StatusPattern, default_failures};
 pub use env::prefix as env_prefix;
 pub use knobs::{KnobError, Knobs, Millis, Source, Sourced, policy_keys};
@@ -235,6 +237,8 @@ pub struct Config {
     pub breakers: Vec<BreakerConfig>,
     /// Where alerts go when a breaker opens (`[alerts]`); none by default.
     pub alerts: AlertsConfig,
+    /// Named API tokens from the file (`[api.tokens]`); none by default.
+    pub api: ApiConfig,
 }
 
 /// The embedded defaults alone (layer 1): what `simulate` starts from without `--service`.
@@ -372,6 +376,7 @@ impl Config {
                 file: path,
                 breakers,
                 alerts: file.alerts,
+                api: file.api,
             })
         } else {
             Err(ConfigError {

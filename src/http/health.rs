@@ -30,7 +30,7 @@ pub(super) async fn health_of(
         .map(|k| {
             (
                 k.clone(),
-                state.config.breaker(k).map_or(1_000, |b| b.latency_budget_ms()),
+                state.config().breaker(k).map_or(1_000, |b| b.latency_budget_ms()),
             )
         })
         .collect();
@@ -375,4 +375,38 @@ async fn history_of(
         );
     }
     Ok(out)
+}
+
+/// `POST /api/config/reload`: reads the configuration again and applies it to the running
+/// breakers (state, windows and trial permits kept), or refuses it whole with every problem —
+/// what SIGHUP does, for where signals can't be sent.
+pub(super) async fn reload(state: web::Data<ApiState>, req: HttpRequest) -> HttpResponse {
+    let Some(options) = state.reload_options.as_ref() else {
+        return error(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "reload is not enabled in this server",
+        );
+    };
+    let who = req
+        .extensions()
+        .get::<Caller>()
+        .map_or_else(|| "unknown".to_owned(), |c| format!("token:{}", c.0));
+    match crate::actor::reload(&state.registry, options).await {
+        crate::actor::ReloadOutcome::Applied(report) => {
+            if let Ok(config) = crate::config::Config::load(options) {
+                *state.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+            }
+            tracing::info!(%who, changed = report.changed.len(), "configuration reloaded over HTTP");
+            let changed: Vec<&str> = report.changed.iter().map(|(k, _)| k.as_str()).collect();
+            HttpResponse::Ok().json(json!({
+                "applied": true, "changed": changed, "added": report.added, "removed": report.removed,
+            }))
+        }
+        crate::actor::ReloadOutcome::Refused(e) => {
+            let problems: Vec<String> = e.to_string().lines().map(str::to_owned).collect();
+            HttpResponse::UnprocessableEntity().json(json!({
+                "error": "the configuration has problems; the running one stays", "problems": problems,
+            }))
+        }
+    }
 }

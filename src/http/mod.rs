@@ -27,7 +27,8 @@ use std::time::Duration;
 /// What the handlers share.
 pub struct ApiState {
     registry: Arc<Registry>,
-    config: Config,
+    config: std::sync::RwLock<Config>,
+    reload_options: Option<crate::config::LoadOptions>,
     tokens: Vec<Token>,
     limiter: Limiter,
     projection: tokio::sync::Mutex<Option<Projection>>,
@@ -41,13 +42,27 @@ impl ApiState {
     pub fn new(registry: Arc<Registry>, config: Config, tokens: Vec<Token>) -> Self {
         ApiState {
             registry,
-            config,
+            config: std::sync::RwLock::new(config),
+            reload_options: None,
             tokens,
             limiter: Limiter::new(10, Duration::from_secs(60)),
             projection: tokio::sync::Mutex::new(None),
             health_cache: health::HealthCache::default(),
             tail: events::Tail::default(),
         }
+    }
+}
+
+impl ApiState {
+    /// Enables `POST /api/config/reload`, loading with `options` (the `--config` file and the
+    /// environment) as SIGHUP does.
+    pub fn with_reload(mut self, options: crate::config::LoadOptions) -> Self {
+        self.reload_options = Some(options);
+        self
+    }
+
+    fn config(&self) -> std::sync::RwLockReadGuard<'_, Config> {
+        self.config.read().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -145,6 +160,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/api/circuit-breakers/{service}/{action}",
             web::post().to(health::command),
         )
+        .route("/api/config/reload", web::post().to(health::reload))
         .route("/api/events", web::get().to(events::list))
         .route("/api/events/stream", web::get().to(events::stream))
         .route("/api/openapi.json", web::get().to(openapi))
