@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         }
     };
     match cli::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) | Err(cli::CliError::StdoutClosed) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             e.exit_code()

@@ -935,8 +935,23 @@ fn demo_runs_end_to_end_and_every_history_command_answers_from_its_log() {
     assert!(stripe["open_ms"].as_u64().unwrap() >= 3_000, "{stripe}");
     assert!(stripe["rejected"].as_u64().unwrap() > 0 && stripe["fallbacks"].as_u64().unwrap() > 0);
 
-    // status on the same file
-    let rows = json_lines(&breakerbox(&["status", "--db", db, "--json"], ""));
+    // status on the same file, with the configuration the demo wrote beside it
+    let demo_config = dir.path().join("demo.demo.toml");
+    assert!(
+        demo_config.is_file(),
+        "the demo writes its configuration beside the log"
+    );
+    let rows = json_lines(&breakerbox(
+        &[
+            "status",
+            "--db",
+            db,
+            "--config",
+            demo_config.to_str().unwrap(),
+            "--json",
+        ],
+        "",
+    ));
     let row = rows.iter().find(|r| r["service"] == "stripe").unwrap();
     assert_eq!(row["state"], "closed");
     assert_eq!(row["last_transition"]["to"], "closed");

@@ -72,7 +72,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
         results
     });
     let mut out = std::io::stdout().lock();
-    let io = |e: std::io::Error| CliError::Runtime(format!("writing to stdout: {e}"));
+    let io = super::stdout_error;
     for (r, _) in &results {
         if global.json {
             serde_json::to_writer(&mut out, r).map_err(|e| CliError::Runtime(e.to_string()))?;

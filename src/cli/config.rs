@@ -53,7 +53,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
         None => config.breakers.iter().collect(),
     };
     let mut out = std::io::stdout().lock();
-    let io = |e: std::io::Error| CliError::Runtime(format!("writing to stdout: {e}"));
+    let io = super::stdout_error;
     if global.json {
         let list: Vec<_> = breakers
             .iter()

@@ -64,6 +64,11 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
             upstreams.insert(service, addr);
         }
         let config = demo::config(&upstreams).map_err(CliError::config)?;
+        // Written beside the log, so `status --config … --test` can reach the stand-ins while
+        // the demo runs, and later commands judge latency against the demo's budgets.
+        let config_file = db.with_extension("demo.toml");
+        std::fs::write(&config_file, demo::config_text(&upstreams))
+            .map_err(|e| CliError::Runtime(format!("writing {}: {e}", config_file.display())))?;
         println!(
             "breakerbox demo: {} of traffic to stand-in services on 127.0.0.1, {} requests/s each, recorded in {}",
             format_ms(args.duration),
@@ -113,6 +118,12 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
             .last_position()
             .await
             .map_err(|e| CliError::Runtime(e.to_string()))?;
+        println!(
+            "its configuration: {} (e.g. `breakerbox status --db {} --config {} --test` while it runs)",
+            config_file.display(),
+            db.display(),
+            config_file.display()
+        );
         println!("\ntransitions as they happen (+seconds since start):");
         let tail = actix_web::rt::spawn(print_transitions(journal.clone(), from_position, started));
 
@@ -201,7 +212,7 @@ fn secs(ms: u64) -> String {
     format!("{:.1}s", ms as f64 / 1_000.0)
 }
 
-fn print_summary(summaries: &[Summary], db: &std::path::Path) {
+fn print_summary(summaries: &[Summary], db_path: &std::path::Path) {
     println!("\npost-incident summary (from the log):");
     for s in summaries {
         println!(
@@ -219,9 +230,12 @@ fn print_summary(summaries: &[Summary], db: &std::path::Path) {
         );
     }
     let (from, to) = summaries.first().map_or((0, 0), |s| (s.from_ms, s.to_ms));
-    let db = db.display();
+    let db = db_path.display();
     println!("\nlook closer:");
-    println!("  breakerbox status --db {db}");
+    println!(
+        "  breakerbox status --db {db} --config {}",
+        db_path.with_extension("demo.toml").display()
+    );
     println!(
         "  breakerbox audit --db {db} --kind transition --since {}",
         fmt_time(from)

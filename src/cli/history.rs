@@ -151,7 +151,7 @@ pub fn audit(args: AuditArgs, global: &Global) -> Result<(), CliError> {
         r
     })?;
     let mut out = std::io::stdout().lock();
-    let io = |e: std::io::Error| CliError::Runtime(format!("writing to stdout: {e}"));
+    let io = super::stdout_error;
     let format = if global.json { Format::Json } else { args.format };
     match format {
         Format::Json => {
@@ -251,7 +251,7 @@ pub fn replay(args: ReplayArgs, global: &Global) -> Result<(), CliError> {
         Ok::<_, CliError>((entries?, state))
     })?;
     let mut out = std::io::stdout().lock();
-    let io = |e: std::io::Error| CliError::Runtime(format!("writing to stdout: {e}"));
+    let io = super::stdout_error;
     if let Some(s) = state {
         if global.json {
             serde_json::to_writer(&mut out, &s).map_err(runtime_err)?;
@@ -259,12 +259,16 @@ pub fn replay(args: ReplayArgs, global: &Global) -> Result<(), CliError> {
         }
         let v = &s.view;
         writeln!(out, "{} at {}", s.stream, fmt_time(s.at_ms)).map_err(io)?;
+        // A breaker that never changed state has been in it since the log began.
+        let since = if v.episode == 0 {
+            "since its first event".to_owned()
+        } else {
+            format!("since {}", fmt_time(v.entered_at_ms))
+        };
         writeln!(
             out,
-            "  state               {} (episode {}, since {})",
-            v.state,
-            v.episode,
-            fmt_time(v.entered_at_ms)
+            "  state               {} (episode {}, {since})",
+            v.state, v.episode
         )
         .map_err(io)?;
         if let Some(left) = s.open_remaining_ms {
@@ -561,7 +565,7 @@ pub fn what_if(args: WhatIfArgs, global: &Global) -> Result<(), CliError> {
     what.open_ms = open_time(&what.transitions, start, end, initial);
     what.calls_run = actual.calls_run - what.rejected;
     let mut out = std::io::stdout().lock();
-    let io = |e: std::io::Error| CliError::Runtime(format!("writing to stdout: {e}"));
+    let io = super::stdout_error;
     if global.json {
         let v = json!({"service": service, "from_ms": start, "to_ms": end, "actual": actual, "what_if": what});
         serde_json::to_writer(&mut out, &v).map_err(runtime_err)?;

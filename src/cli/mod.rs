@@ -161,6 +161,17 @@ pub enum CliError {
     BadInput(String),
     /// The input was fine but the work failed (I/O, storage): exit code 1.
     Runtime(String),
+    /// Whoever read the output stopped reading (`| head`): stop quietly, exit code 0.
+    StdoutClosed,
+}
+
+/// A failed write to stdout: a closed pipe ends the command quietly, anything else is a failure.
+pub fn stdout_error(e: std::io::Error) -> CliError {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        CliError::StdoutClosed
+    } else {
+        CliError::Runtime(format!("writing to stdout: {e}"))
+    }
 }
 
 impl CliError {
@@ -169,6 +180,7 @@ impl CliError {
         match self {
             CliError::BadInput(_) => ExitCode::from(2),
             CliError::Runtime(_) => ExitCode::from(1),
+            CliError::StdoutClosed => ExitCode::SUCCESS,
         }
     }
 
@@ -182,6 +194,7 @@ impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CliError::BadInput(m) | CliError::Runtime(m) => f.write_str(m),
+            CliError::StdoutClosed => f.write_str("stdout closed"),
         }
     }
 }

@@ -118,7 +118,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
 
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    let write_err = |e: std::io::Error| CliError::Runtime(format!("writing to stdout: {e}"));
+    let write_err = super::stdout_error;
     let mut events = Vec::new();
     let print = |events: &mut Vec<Event>, out: &mut BufWriter<_>| -> Result<(), CliError> {
         for event in events.drain(..) {

@@ -196,7 +196,7 @@ pub fn status(args: StatusArgs, global: &Global) -> Result<(), CliError> {
         result
     })?;
     let mut out = std::io::stdout().lock();
-    let io = |e: std::io::Error| CliError::Runtime(format!("writing to stdout: {e}"));
+    let io = super::stdout_error;
     if json_out {
         for r in &rows {
             serde_json::to_writer(&mut out, r).map_err(runtime_err)?;

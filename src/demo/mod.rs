@@ -25,14 +25,19 @@ pub const CONFIG: &str = include_str!("demo.toml");
 /// Requests per second to each stand-in.
 pub const RATE_PER_SECOND: u64 = 10;
 
-/// The demo configuration for stand-ins at these addresses (service → address).
-pub fn config(upstreams: &BTreeMap<&str, SocketAddr>) -> Result<Config, ConfigError> {
+/// The demo configuration's text for stand-ins at these addresses (service → address).
+pub fn config_text(upstreams: &BTreeMap<&str, SocketAddr>) -> String {
     let mut text = CONFIG.to_owned();
     for (service, addr) in upstreams {
         text = text.replace(&format!("{{{service}}}"), &addr.to_string());
     }
+    text
+}
+
+/// The demo configuration for stand-ins at these addresses (service → address).
+pub fn config(upstreams: &BTreeMap<&str, SocketAddr>) -> Result<Config, ConfigError> {
     // The demo's own settings only: the environment must not turn it into something else.
-    Config::from_toml(Path::new("demo.toml"), &text, &BTreeMap::new())
+    Config::from_toml(Path::new("demo.toml"), &config_text(upstreams), &BTreeMap::new())
 }
 
 /// The path each stand-in is called on, as its real API would be.
