@@ -1148,3 +1148,46 @@ fn serve_takes_named_tokens_from_the_config_file() {
         .unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn ctrl_c_ends_the_demo_cleanly_with_its_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let child = Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+        .args([
+            "demo",
+            "--duration",
+            "60s",
+            "--bind",
+            "127.0.0.1:0",
+            "--db",
+            db.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let started = std::time::Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "it stopped, not ran on"
+    );
+    assert!(stdout.contains("Ctrl-C: stopping cleanly"), "{stdout}");
+    assert!(stdout.contains("post-incident summary (from the log):"), "{stdout}");
+    assert!(stdout.contains("  stripe  opened 0x"), "{stdout}");
+}
