@@ -25,6 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
+    logging(&cli);
     match cli::run(cli) {
         Ok(()) | Err(cli::CliError::StdoutClosed) => ExitCode::SUCCESS,
         Err(e) => {
@@ -32,4 +33,18 @@ fn main() -> ExitCode {
             e.exit_code()
         }
     }
+}
+
+/// Logs to stderr: `RUST_LOG` if set (e.g. `RUST_LOG=breakerbox=debug`), else warnings, plus
+/// breakerbox's own info lines for `serve`; `demo` prints its own line per transition, so it
+/// logs errors only.
+fn logging(cli: &cli::Cli) {
+    let default = cli.default_log_filter();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
 }

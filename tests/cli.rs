@@ -861,8 +861,11 @@ fn serve_runs_the_api_on_loopback_and_stops_cleanly() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_breakerbox"))
         .args(["serve", "--db", db.to_str().unwrap(), "--bind", "127.0.0.1:0"])
         .env("CIRCUIT_BREAKER_API_TOKEN", "ci:token-for-the-test")
+        // Everything logged (to a file: a full pipe would block the server), to check that no
+        // token is.
+        .env("RUST_LOG", "debug")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
         .spawn()
         .unwrap();
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
@@ -881,15 +884,24 @@ fn serve_runs_the_api_on_loopback_and_stops_cleanly() {
         "{body}"
     );
     assert!(!body.contains("token-for-the-test"));
+    let (status, body) = http_get(&addr, "/api/health/circuit-breakers", Some("wrong-token-guess-1234"));
+    assert_eq!(status, 401);
+    assert!(!body.contains("wrong-token-guess-1234"));
     let killed = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
     let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(status.success(), "exit {status:?}, output {rest:?}");
     assert!(rest.iter().any(|l| l == "stopped cleanly"), "{rest:?}");
+    assert!(stderr.contains("DEBUG"), "debug logging was on: {stderr}");
+    assert!(
+        !stderr.contains("token-for-the-test") && !stderr.contains("wrong-token-guess-1234"),
+        "no token in the logs"
+    );
 }
 
 #[test]

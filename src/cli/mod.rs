@@ -199,6 +199,17 @@ impl fmt::Display for CliError {
     }
 }
 
+impl Cli {
+    /// What is logged without `RUST_LOG`.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Serve(_) => "warn,breakerbox=info",
+            Command::Demo(_) => "error",
+            _ => "warn",
+        }
+    }
+}
+
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
