@@ -630,6 +630,11 @@ fn given_serve_is_killed_after_a_breaker_opened_before_delivery_when_it_restarts
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_for("the first attempt (answered 503)", || !rx.got().is_empty());
+    // Its record reaches the log a few ms after the answer; kill once it is there, so the
+    // audit below can show it (the delivery itself must not depend on it).
+    wait_for("the failed attempt in the log", || {
+        alert_outcomes(db_s).contains(&"retrying".to_owned())
+    });
     first.kill().unwrap(); // SIGKILL: no shutdown, no flush, the lease left behind.
     first.wait().unwrap();
     assert!(rx.accepted().is_empty(), "not delivered before the kill");
@@ -659,6 +664,14 @@ fn given_serve_is_killed_after_a_breaker_opened_before_delivery_when_it_restarts
         "the message says why: {alert}"
     );
     // The audit trail tells the story: failed attempts before the kill, the delivery after.
+    let outcomes = alert_outcomes(db_s);
+    assert_eq!(outcomes.last().map(String::as_str), Some("delivered"), "{outcomes:?}");
+    assert_eq!(outcomes.iter().filter(|o| *o == "delivered").count(), 1);
+    assert!(outcomes.iter().any(|o| o == "retrying"), "{outcomes:?}");
+}
+
+/// The outcomes of stripe's alert deliveries in the audit trail, in order.
+fn alert_outcomes(db: &str) -> Vec<String> {
     let out = Command::new(env!("CARGO_BIN_EXE_breakerbox"))
         .args([
             "audit",
@@ -669,7 +682,7 @@ fn given_serve_is_killed_after_a_breaker_opened_before_delivery_when_it_restarts
             "--format",
             "json",
             "--db",
-            db_s,
+            db,
         ])
         .output()
         .unwrap();
@@ -679,13 +692,10 @@ fn given_serve_is_killed_after_a_breaker_opened_before_delivery_when_it_restarts
         Ok(Value::Array(a)) => a,
         _ => text.lines().map(|l| serde_json::from_str(l).unwrap()).collect(),
     };
-    let outcomes: Vec<&str> = entries
+    entries
         .iter()
-        .map(|e| e["details"]["outcome"].as_str().unwrap())
-        .collect();
-    assert_eq!(outcomes.last(), Some(&"delivered"), "{outcomes:?}");
-    assert_eq!(outcomes.iter().filter(|o| **o == "delivered").count(), 1);
-    assert!(outcomes.contains(&"retrying"), "{outcomes:?}");
+        .map(|e| e["details"]["outcome"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// `breakerbox serve` on a free loopback port, retried while the killed one's lease lasts.
