@@ -723,7 +723,22 @@ async fn the_dashboard_shows_a_breaker_opening_live_and_its_buttons_are_audited(
     assert_eq!(listed, serde_json::json!(true));
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     browser.screenshot(&shot).await.unwrap();
-    eprintln!("screenshot: {}", shot.display());
+    // Readable on a phone: at 390 px wide nothing is wider than the screen.
+    browser.set_window_size(390, 844).await.unwrap();
+    let overflow = browser
+        .execute(
+            "return document.documentElement.scrollWidth - window.innerWidth",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        overflow.as_i64().unwrap() <= 0,
+        "the page scrolls sideways on a phone by {overflow} px"
+    );
+    let phone = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-phone.png");
+    browser.screenshot(&phone).await.unwrap();
+    eprintln!("screenshots: {} {}", shot.display(), phone.display());
     drop(browser);
     registry.shutdown().await.unwrap();
 }
