@@ -1203,3 +1203,25 @@ fn ctrl_c_ends_the_demo_cleanly_with_its_summary() {
     assert!(stdout.contains("post-incident summary (from the log):"), "{stdout}");
     assert!(stdout.contains("  stripe  opened 0x"), "{stdout}");
 }
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    let top = breakerbox(&["--help"], "");
+    let text = String::from_utf8_lossy(&top.stdout).into_owned();
+    // The commands as --help lists them.
+    let commands: Vec<String> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(commands.len() >= 16, "{commands:?}");
+    for c in &commands {
+        let out = breakerbox(&[c, "--help"], "");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{c} --help");
+        assert!(help.contains("EXAMPLE"), "{c} --help has no example:\n{help}");
+    }
+}

@@ -38,6 +38,15 @@ pub struct StatusArgs {
 
 /// An operator command on one breaker.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Beside a running `serve` (or `demo`) on the same --db, the running process applies it
+within a second; otherwise it is applied to the log directly. Recorded with who (user@host),
+from where (cli) and why.
+
+EXAMPLE:
+  breakerbox force-open stripe --reason \"stripe status page: incident INC-123\"
+  breakerbox reset stripe/customers.create --reason \"resolved\""
+)]
 pub struct CommandArgs {
     /// The breaker (a service, or service/operation).
     name: String,
