@@ -35,7 +35,8 @@ use std::time::{Duration, Instant};
 
 use breakerbox::breaker::{Breaker, Decision, Event, Evidence, Outcome, Policy, Reason, State, Transition, codec};
 use breakerbox::journal::{
-    Body, CALL_BATCH, CallBatch, Decoded, Durability, Journal, Row, StoredEvent, VERSION, connect_options, decode,
+    BackgroundCheck, Body, CALL_BATCH, CallBatch, Decoded, Durability, Integrity, Journal, JournalOptions, Row,
+    StoredEvent, VERSION, connect_options, decode,
 };
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use sqlx::{ConnectOptions, Connection, Executor};
@@ -782,6 +783,43 @@ fn startup(c: &mut Criterion) {
         });
         rt.block_on(journal.close());
     });
+    // The background check after a clean open, start to verdict (delay 0, default pace: it
+    // rests as long as it works). Cold only with BREAKERBOX_BENCH_COLD_CHECK set (~7 s each).
+    let cold_check = std::env::var_os("BREAKERBOX_BENCH_COLD_CHECK").is_some();
+    for (name, cold) in [("background_check", false), ("background_check_cold", true)] {
+        if cold && !cold_check {
+            continue;
+        }
+        let path = get(&mut log);
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut elapsed = Duration::ZERO;
+                    for _ in 0..iters {
+                        if cold {
+                            drop_from_page_cache(&path);
+                        }
+                        let options = JournalOptions {
+                            background_check: BackgroundCheck {
+                                delay: Duration::ZERO,
+                                ..BackgroundCheck::default()
+                            },
+                            ..JournalOptions::default()
+                        };
+                        let journal = Journal::open(&path, options).await.expect("open");
+                        let start = Instant::now();
+                        while journal.integrity() == Integrity::Checking {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        elapsed += start.elapsed();
+                        assert_eq!(journal.integrity(), Integrity::Verified);
+                        journal.close().await;
+                    }
+                    elapsed
+                })
+            })
+        });
+    }
     // What `open` runs first on the whole file, by itself.
     group.bench_function("quick_check_only", |b| {
         let path = get(&mut log);

@@ -69,7 +69,8 @@ pub enum Integrity {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unclean {
     /// No clean-shutdown marker: a new file, a crash, a kill, a `Journal` dropped without
-    /// `close`, or another process still had it open.
+    /// `close`, or a close that left no marker (the store failing, or the WAL not emptied
+    /// because another connection was using it).
     NoMarker,
     /// A marker, but it does not describe the file as it is now (the file was written, replaced
     /// or copied after the clean close), or it cannot be read.

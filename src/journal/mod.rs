@@ -93,8 +93,8 @@ pub struct BackgroundCheck {
     /// breakers) are not slowed down by it, least of all from a cold page cache.
     pub delay: Duration,
     /// Rest after each ~10 ms of checking, as a multiple of the time it worked (default 1: it
-    /// reads at most half the time; 0: no rest). A 120 MB file then takes ~0.2–0.3 s from the
-    /// page cache and ~6–8 s from disk.
+    /// reads at most half the time; 0: no rest). A 120 MB file then takes ~0.2 s from the page
+    /// cache and ~5 s from disk (docs/performance.md, start-up).
     pub rest_ratio: u32,
 }
 
