@@ -17,6 +17,11 @@
 //!   decode + fold alone (on rows already in memory).
 //! - `startup/*`: 100 streams in a log of 10,000,000 outcomes, each ending with a snapshot
 //!   followed by a few hundred rows; `Journal::open` + `recover` of all 100, and each part alone.
+//!   `open` after a clean close (the full `quick_check` runs in the background, later) and after
+//!   an unclean one (`_unclean`: the clean-shutdown marker removed first, so `quick_check` runs in
+//!   `open`, as it did on every open before). The `_cold` cases drop the file from the page cache
+//!   before each iteration (`dd iflag=nocache count=0`, i.e. `posix_fadvise(DONTNEED)`), outside
+//!   the clock.
 //!
 //! Logs are built once per run in a temp dir, outside the timed loops, and the build times and
 //! file sizes are printed (lines starting `journal-bench:`). Without `--bench` (criterion's test
@@ -24,13 +29,14 @@
 //! overrides the size of the start-up log.
 
 use std::hint::black_box;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use breakerbox::breaker::{Breaker, Decision, Event, Evidence, Outcome, Policy, Reason, State, Transition, codec};
 use breakerbox::journal::{
-    Body, CALL_BATCH, CallBatch, Decoded, Durability, Journal, Row, StoredEvent, VERSION, connect_options, decode,
+    BackgroundCheck, Body, CALL_BATCH, CallBatch, Decoded, Durability, Integrity, Journal, JournalOptions, Row,
+    StoredEvent, VERSION, connect_options, decode,
 };
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use sqlx::{ConnectOptions, Connection, Executor};
@@ -630,6 +636,35 @@ fn build_startup_log(rt: &Runtime, outcomes: u64, tail: u64) -> StartupLog {
     })
 }
 
+/// Removes the clean-shutdown marker beside the log, so the next open is an unclean one.
+fn forget_clean_close(path: &Path) {
+    let mut marker = path.as_os_str().to_owned();
+    marker.push("-clean");
+    let _ = std::fs::remove_file(PathBuf::from(marker));
+}
+
+/// Drops the log's pages from the page cache (`posix_fadvise(DONTNEED)` through GNU dd), so the
+/// next open reads from disk. The journal's `close` has synced the file, so no page is dirty.
+fn drop_from_page_cache(path: &Path) -> bool {
+    let mut all = true;
+    for suffix in ["", "-wal"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = PathBuf::from(file);
+        if !file.exists() {
+            continue;
+        }
+        let mut arg = std::ffi::OsString::from("if=");
+        arg.push(&file);
+        all &= std::process::Command::new("dd")
+            .arg(arg)
+            .args(["iflag=nocache", "count=0", "status=none"])
+            .status()
+            .is_ok_and(|s| s.success());
+    }
+    all
+}
+
 async fn recover_all(journal: &Journal, names: &[Arc<str>]) -> Vec<Breaker> {
     let mut out = Vec::with_capacity(names.len());
     for name in names {
@@ -686,6 +721,53 @@ fn startup(c: &mut Criterion) {
             })
         })
     });
+    // As after a crash: no clean-shutdown marker, so `open` runs the full `quick_check`.
+    group.bench_function("open_only_unclean", |b| {
+        let path = get(&mut log);
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut elapsed = Duration::ZERO;
+                for _ in 0..iters {
+                    forget_clean_close(&path);
+                    let start = Instant::now();
+                    let journal = open(&path, Durability::Full).await;
+                    elapsed += start.elapsed();
+                    journal.close().await;
+                }
+                elapsed
+            })
+        })
+    });
+    for (name, unclean) in [
+        ("open_and_recover_100_cold", false),
+        ("open_and_recover_100_cold_unclean", true),
+    ] {
+        let path = get(&mut log);
+        if !drop_from_page_cache(&path) {
+            eprintln!("journal-bench: cannot drop the log from the page cache (dd iflag=nocache): {name} skipped");
+            continue;
+        }
+        let names = &log.as_ref().expect("built").names;
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut elapsed = Duration::ZERO;
+                    for _ in 0..iters {
+                        if unclean {
+                            forget_clean_close(&path);
+                        }
+                        drop_from_page_cache(&path);
+                        let start = Instant::now();
+                        let journal = open(&path, Durability::Full).await;
+                        black_box(recover_all(&journal, names).await);
+                        elapsed += start.elapsed();
+                        journal.close().await;
+                    }
+                    elapsed
+                })
+            })
+        });
+    }
     group.bench_function("recover_100_only", |b| {
         let path = get(&mut log);
         let names = &log.as_ref().expect("built").names;
@@ -701,6 +783,43 @@ fn startup(c: &mut Criterion) {
         });
         rt.block_on(journal.close());
     });
+    // The background check after a clean open, start to verdict (delay 0, default pace: it
+    // rests as long as it works). Cold only with BREAKERBOX_BENCH_COLD_CHECK set (~7 s each).
+    let cold_check = std::env::var_os("BREAKERBOX_BENCH_COLD_CHECK").is_some();
+    for (name, cold) in [("background_check", false), ("background_check_cold", true)] {
+        if cold && !cold_check {
+            continue;
+        }
+        let path = get(&mut log);
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut elapsed = Duration::ZERO;
+                    for _ in 0..iters {
+                        if cold {
+                            drop_from_page_cache(&path);
+                        }
+                        let options = JournalOptions {
+                            background_check: BackgroundCheck {
+                                delay: Duration::ZERO,
+                                ..BackgroundCheck::default()
+                            },
+                            ..JournalOptions::default()
+                        };
+                        let journal = Journal::open(&path, options).await.expect("open");
+                        let start = Instant::now();
+                        while journal.integrity() == Integrity::Checking {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        elapsed += start.elapsed();
+                        assert_eq!(journal.integrity(), Integrity::Verified);
+                        journal.close().await;
+                    }
+                    elapsed
+                })
+            })
+        });
+    }
     // What `open` runs first on the whole file, by itself.
     group.bench_function("quick_check_only", |b| {
         let path = get(&mut log);

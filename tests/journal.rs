@@ -2,7 +2,8 @@
 
 use breakerbox::breaker::{Breaker, Command, Decision, Event, Outcome, Policy, State};
 use breakerbox::journal::{
-    Body, Decoded, Durability, GAP, Journal, JournalOptions, StoreError, StoredEvent, connect_options, decode,
+    BackgroundCheck, Body, Decoded, Durability, GAP, Integrity, Journal, JournalError, JournalOptions, StoreError,
+    StoredEvent, Unclean, connect_options, decode,
 };
 use sqlx::{ConnectOptions, Connection, SqliteConnection};
 use std::path::Path;
@@ -455,41 +456,47 @@ async fn a_file_that_turns_read_only_buffers_events_until_it_is_writable_again()
     journal.close().await;
 }
 
+/// A log of 20,000 calls on one stream with a snapshot every 100 calls, closed cleanly (so a
+/// clean-shutdown marker lies beside it). Returns the breaker as it ended.
+async fn write_log(path: &Path) -> Breaker {
+    let journal = Journal::open(path, opts()).await.unwrap();
+    let stream: Arc<str> = Arc::from("stripe");
+    let mut b = Breaker::new(Policy::consecutive(3, 100)).unwrap();
+    for t in 0..20_000u64 {
+        drive(
+            &journal,
+            &stream,
+            &mut b,
+            t,
+            if t % 5 == 0 { Outcome::Failure } else { Outcome::Success },
+        );
+        if t % 100 == 0 {
+            journal.submit(
+                &stream,
+                Body::Snapshot {
+                    at_ms: t,
+                    breaker: Box::new(b.clone()),
+                },
+            );
+        }
+    }
+    journal.flush().await.unwrap();
+    journal.close().await;
+    b
+}
+
 #[tokio::test]
 async fn a_corrupt_file_is_refused_never_repaired() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.db");
-    {
-        let journal = Journal::open(&good, opts()).await.unwrap();
-        let stream: Arc<str> = Arc::from("stripe");
-        let mut b = Breaker::new(Policy::consecutive(3, 100)).unwrap();
-        for t in 0..20_000u64 {
-            drive(
-                &journal,
-                &stream,
-                &mut b,
-                t,
-                if t % 5 == 0 { Outcome::Failure } else { Outcome::Success },
-            );
-            if t % 100 == 0 {
-                journal.submit(
-                    &stream,
-                    Body::Snapshot {
-                        at_ms: t,
-                        breaker: Box::new(b.clone()),
-                    },
-                );
-            }
-        }
-        journal.flush().await.unwrap();
-        journal.close().await;
-    }
+    write_log(&good).await;
     let bytes = std::fs::read(&good).unwrap();
     assert!(
         bytes.len() > 64 * 1024,
         "a file of several pages ({} bytes)",
         bytes.len()
     );
+    // The header checks of every open name what is wrong.
     let mut cases: Vec<(&str, Vec<u8>)> = vec![
         ("truncated to half", bytes[..bytes.len() / 2].to_vec()),
         ("zeroed header", {
@@ -498,6 +505,7 @@ async fn a_corrupt_file_is_refused_never_repaired() {
             b
         }),
     ];
+    let named = [("truncated to half", "truncated"), ("zeroed header", "SQLite format 3")];
     // Flipped bytes inside pages, at seeded places.
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     for _ in 0..6 {
@@ -515,7 +523,11 @@ async fn a_corrupt_file_is_refused_never_repaired() {
         let path = dir.path().join(format!("bad-{i}.db"));
         std::fs::write(&path, &content).unwrap();
         match Journal::open(&path, opts()).await {
-            Err(StoreError::Corrupt { .. }) => {}
+            Err(StoreError::Corrupt { detail, .. }) => {
+                if let Some((_, word)) = named.iter().find(|(case, _)| *case == what) {
+                    assert!(detail.contains(word), "{what}: the error says so: {detail}");
+                }
+            }
             Err(other) => panic!("{what}: expected Corrupt, got {other}"),
             Ok(j) => {
                 // quick_check may miss damage confined to free pages; then reading must still
@@ -535,6 +547,222 @@ async fn a_corrupt_file_is_refused_never_repaired() {
             "{what}: the file was not modified"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Integrity at open: the full check after an unclean shutdown, in the background after a clean one.
+
+fn sidecar(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    p.into()
+}
+
+/// The options of these tests: the background check starts at once.
+fn checked_at_once() -> JournalOptions {
+    JournalOptions {
+        background_check: BackgroundCheck {
+            delay: Duration::ZERO,
+            ..BackgroundCheck::default()
+        },
+        ..opts()
+    }
+}
+
+/// Damages a table page in the middle of the file in place: its 8-byte page header is flipped,
+/// so `quick_check` cannot miss it. With `keep_mtime` the file's mtime is put back, as bit rot
+/// leaves it (no metadata changes). Returns the damaged bytes.
+fn damage_a_page(path: &Path, keep_mtime: bool) -> Vec<u8> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut bytes = std::fs::read(path).unwrap();
+    let page_size = usize::from(u16::from_be_bytes([bytes[16], bytes[17]]));
+    let pages = bytes.len() / page_size;
+    // A table leaf (type 0x0d) a quarter into the file: not page 1, not the last leaf.
+    let page = (pages / 4..pages - 1)
+        .find(|p| bytes[p * page_size] == 0x0d)
+        .expect("a table leaf page");
+    let at = page * page_size;
+    for b in &mut bytes[at..at + 8] {
+        *b ^= 0xA5;
+    }
+    let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+    let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.seek(SeekFrom::Start(at as u64)).unwrap();
+    file.write_all(&bytes[at..at + 8]).unwrap();
+    file.sync_all().unwrap();
+    if keep_mtime {
+        file.set_modified(mtime).unwrap();
+    }
+    bytes
+}
+
+/// Waits (bounded) until the background check has an answer.
+async fn checked(journal: &Journal) -> Integrity {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = journal.integrity();
+        if now != Integrity::Checking || std::time::Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_clean_close_lets_the_next_open_skip_the_full_check_and_a_drop_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let marker = sidecar(&path, "-clean");
+    // Given a log closed cleanly
+    let mut b = write_log(&path).await;
+    assert!(marker.exists(), "close leaves a clean-shutdown marker");
+    // When it is opened again
+    let journal = Journal::open(&path, checked_at_once()).await.unwrap();
+    // Then the full check is skipped at open, the marker is gone while the file is open (a crash
+    // now leaves none), and the check runs in the background and passes
+    assert!(matches!(journal.integrity(), Integrity::Checking | Integrity::Verified));
+    assert!(!marker.exists(), "an open writer takes the marker away");
+    assert_eq!(checked(&journal).await, Integrity::Verified);
+    let policy = Policy::consecutive(3, 100);
+    assert_eq!(journal.recover("stripe", policy.clone()).await.unwrap().breaker, b);
+    journal.close().await;
+    assert!(marker.exists());
+    // When a journal is written and dropped without `close` (as a crash or a panicking host
+    // leaves it)
+    let journal = Journal::open(&path, checked_at_once()).await.unwrap();
+    drive(&journal, &Arc::from("stripe"), &mut b, 30_000, Outcome::Success);
+    journal.flush().await.unwrap();
+    drop(journal);
+    // Then the next open runs the full check first
+    let journal = Journal::open(&path, checked_at_once()).await.unwrap();
+    assert_eq!(journal.integrity(), Integrity::CheckedAtOpen(Unclean::NoMarker));
+    assert_eq!(journal.recover("stripe", policy).await.unwrap().breaker, b);
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn damage_at_rest_after_a_clean_close_is_found_in_the_background_and_nothing_more_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let wal = sidecar(&path, "-wal");
+    // Given a log closed cleanly, whose bits then rot at rest (its metadata unchanged)
+    let mut b = write_log(&path).await;
+    let damaged = damage_a_page(&path, true);
+    // When it is opened (the check starts after 1 s: what is submitted first is committed)
+    let journal = Journal::open(
+        &path,
+        JournalOptions {
+            background_check: BackgroundCheck {
+                delay: Duration::from_secs(1),
+                ..BackgroundCheck::default()
+            },
+            ..opts()
+        },
+    )
+    .await
+    .expect("a clean shutdown's marker matches: the file opens without the full check");
+    assert_eq!(journal.integrity(), Integrity::Checking);
+    let stream: Arc<str> = Arc::from("stripe");
+    drive(&journal, &stream, &mut b, 20_000, Outcome::Success);
+    tokio::time::timeout(Duration::from_secs(5), journal.flush())
+        .await
+        .expect("committed before the check starts")
+        .unwrap();
+    // Then, within a bounded wait, the background check finds the damage and says so
+    let mut rx = journal.subscribe();
+    tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|p| p.failing == Some("corrupt")))
+        .await
+        .expect("the corruption is visible as a failing store")
+        .unwrap();
+    match journal.integrity() {
+        Integrity::Corrupt(StoreError::Corrupt { path: p, detail }) => {
+            assert_eq!(p, path.display().to_string());
+            assert!(!detail.is_empty());
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(
+        journal.stats().errors[5].load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "counted as `corrupt`"
+    );
+    let wal_when_found = std::fs::read(&wal).unwrap();
+    // and protected calls are still served: submits return at once and stay buffered, unwritten
+    let started = std::time::Instant::now();
+    let mut last = None;
+    for t in 20_001..25_001 {
+        last = drive(&journal, &stream, &mut b, t, Outcome::Success).1.or(last);
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), journal.durable(last.unwrap()))
+            .await
+            .is_err(),
+        "nothing is committed to a damaged file"
+    );
+    assert_eq!(journal.progress().failing, Some("corrupt"));
+    assert!(matches!(
+        journal.compact(0, u64::MAX / 2).await,
+        Err(JournalError::Store(StoreError::Corrupt { .. }))
+    ));
+    journal.close().await;
+    // and nothing was written to the file: not repaired, not checkpointed; the WAL keeps what was
+    // committed before the damage was found; no clean-shutdown marker
+    assert!(
+        std::fs::read(&path).unwrap() == damaged,
+        "the file is as the damage left it"
+    );
+    assert!(
+        std::fs::read(&wal).unwrap() == wal_when_found,
+        "nothing appended after the finding"
+    );
+    assert!(!sidecar(&path, "-clean").exists());
+    // and the next open runs the full check and refuses it, still without touching it
+    match Journal::open(&path, opts()).await {
+        Err(StoreError::Corrupt { .. }) => {}
+        Err(other) => panic!("expected Corrupt, got {other}"),
+        Ok(_) => panic!("a damaged file must be refused at open"),
+    }
+    assert!(
+        std::fs::read(&path).unwrap() == damaged,
+        "a refused file is left as it is"
+    );
+    assert!(std::fs::read(&wal).unwrap() == wal_when_found, "its WAL too");
+}
+
+#[tokio::test]
+async fn a_clean_shutdown_marker_that_does_not_match_the_file_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    // Given a log closed cleanly, then written by another program (an SQLite connection that is
+    // not a journal, and so does not take the marker away)
+    write_log(&path).await;
+    let mut conn = admin(&path).await;
+    sqlx::query("INSERT INTO events (stream, seq, event_type, event_version, recorded_at, payload) VALUES ('other', 1, 'x', 1, 0, x'80')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    assert!(sidecar(&path, "-clean").exists());
+    // When it is opened
+    let journal = Journal::open(&path, checked_at_once()).await.unwrap();
+    // Then the marker is ignored: the full check ran at open
+    assert_eq!(journal.integrity(), Integrity::CheckedAtOpen(Unclean::MarkerMismatch));
+    journal.close().await;
+    // Given a clean close again, then a page damaged by something that wrote the file (its mtime
+    // moved, even within the clock tick of the close)
+    let damaged = damage_a_page(&path, false);
+    // When it is opened
+    let refused = Journal::open(&path, checked_at_once()).await;
+    // Then the full check runs at open and refuses it, leaving it as it was
+    assert!(
+        matches!(refused, Err(StoreError::Corrupt { .. })),
+        "{:?}",
+        refused.err()
+    );
+    assert!(
+        std::fs::read(&path).unwrap() == damaged,
+        "a refused file is left as it is"
+    );
 }
 
 #[tokio::test]
@@ -731,7 +959,11 @@ fn crash_child_process_entry() {
                 counts[i] += events.len() as u64;
                 last = ticket.or(last);
             }
-            journal.durable(last.unwrap()).await.unwrap();
+            // The previous child's clock ran ahead of the wall clock (1 ms per call), so a
+            // recovered breaker may still be OPEN for a while of this one's: rejections write
+            // nothing, and the clock moves on.
+            let Some(last) = last else { continue };
+            journal.durable(last).await.unwrap();
             // Acknowledged: the state after exactly `count` events of the stream is durable.
             for i in 0..3 {
                 println!(
@@ -796,9 +1028,15 @@ fn no_acknowledged_event_is_lost_or_torn_when_the_writer_is_killed() {
             }
         });
         // Wait for the first acknowledgement, then kill at a random instant within 200 ms.
-        let first = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the child acknowledges writes");
+        // (The child's first line is the test harness's own "running 1 test", not an ACK.)
+        let first = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("the child acknowledges writes");
+            if line.starts_with("ACK ") {
+                break line;
+            }
+        };
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
@@ -822,6 +1060,11 @@ fn no_acknowledged_event_is_lost_or_torn_when_the_writer_is_killed() {
             let journal = Journal::open(&path, opts())
                 .await
                 .unwrap_or_else(|e| panic!("{context}: reopen: {e}"));
+            assert_eq!(
+                journal.integrity(),
+                Integrity::CheckedAtOpen(Unclean::NoMarker),
+                "{context}: a killed writer leaves no clean-shutdown marker: the full check ran at open"
+            );
             let stored = all_events(&journal).await;
             assert!(
                 stored.windows(2).all(|w| w[0].position < w[1].position),

@@ -32,10 +32,12 @@
 //! # });
 //! ```
 
+mod integrity;
 mod record;
 mod store;
 mod writer;
 
+pub use integrity::{Integrity, Unclean};
 pub use record::{
     ALERT_DELIVERY, ALERTS_STREAM, AlertDelivery, AlertStatus, Body, CALL_BATCH, CALL_STATS, CALL_SUMMARY,
     COMMAND_REQUEST, CallBatch, CallStats, CallSummary, CommandRequest, Decoded, DeliveryOutcome, GAP, Gap,
@@ -78,6 +80,32 @@ pub struct JournalOptions {
     /// Cap on the file's size (SQLite `max_page_count`); past it appends fail as "disk full"
     /// and events wait in the buffer. Default: none. Changeable with [`Journal::set_max_size`].
     pub max_size_bytes: Option<u64>,
+    /// The integrity check that runs in the background after a clean shutdown's fast open.
+    pub background_check: BackgroundCheck,
+}
+
+/// Pace of the background `PRAGMA quick_check` (after a clean shutdown, the file is opened
+/// without it; see [`Journal::integrity`]). It reads every page of the file, so it is kept off
+/// start-up and throttled; it never blocks the writer (it is a WAL reader), but while it runs
+/// checkpoints cannot move past its snapshot, so the WAL grows by what is written meanwhile.
+#[derive(Clone, Copy, Debug)]
+pub struct BackgroundCheck {
+    /// Wait after open before it starts (default 1 s), so start-up's own reads (recovering the
+    /// breakers) are not slowed down by it, least of all from a cold page cache.
+    pub delay: Duration,
+    /// Rest after each ~10 ms of checking, as a multiple of the time it worked (default 1: it
+    /// reads at most half the time; 0: no rest). A 120 MB file then takes ~0.2 s from the page
+    /// cache and ~5 s from disk (docs/performance.md, start-up).
+    pub rest_ratio: u32,
+}
+
+impl Default for BackgroundCheck {
+    fn default() -> Self {
+        BackgroundCheck {
+            delay: Duration::from_secs(1),
+            rest_ratio: 1,
+        }
+    }
 }
 
 impl Default for JournalOptions {
@@ -91,6 +119,7 @@ impl Default for JournalOptions {
             readers: 4,
             busy_timeout: Duration::from_secs(5),
             max_size_bytes: None,
+            background_check: BackgroundCheck::default(),
         }
     }
 }
@@ -160,11 +189,20 @@ pub struct Journal {
     readers: SqliteReader,
     path: PathBuf,
     thread: Mutex<Option<std::thread::JoinHandle<Result<(), StoreError>>>>,
+    /// The background integrity check, if one runs, and its stop signal.
+    check: Mutex<Option<std::thread::JoinHandle<()>>>,
+    stop_check: Arc<integrity::Stop>,
 }
 
 impl Journal {
     /// Opens (creating if missing) the log at `path`: checks integrity (a corrupt file is
     /// refused), applies migrations, and starts the writer thread.
+    ///
+    /// Integrity: the header is checked on every open. After a clean [`Journal::close`] (a
+    /// clean-shutdown marker beside the file that still matches it) the file opens without the
+    /// full `PRAGMA quick_check`, which then runs in the background ([`BackgroundCheck`]); after
+    /// anything else (a crash, a kill, a drop without `close`, a file changed since) it runs
+    /// here, before the journal opens. See [`Journal::integrity`] and `docs/durability.md`.
     pub async fn open(path: &Path, options: JournalOptions) -> Result<Journal, StoreError> {
         let limits = WriterLimits {
             capacity: options.capacity.max(1),
@@ -187,8 +225,8 @@ impl Journal {
                     .build()
                     .map_err(|e| StoreError::Io(format!("starting the journal runtime: {e}")))?;
                 rt.block_on(async move {
-                    let mut conn = match store::open_writer(&thread_path, durability, busy).await {
-                        Ok(c) => SqliteWriter(c),
+                    let (mut conn, clean) = match store::open_writer(&thread_path, durability, busy).await {
+                        Ok((c, clean)) => (SqliteWriter(c), clean),
                         Err(e) => {
                             let _ = opened_tx.send(Err(e));
                             return Ok(());
@@ -201,13 +239,34 @@ impl Journal {
                             return Ok(());
                         }
                     };
-                    let shared = writer::Shared::new(limits, position);
+                    let integrity = match clean {
+                        Ok(()) => Integrity::Checking,
+                        Err(why) => Integrity::CheckedAtOpen(why),
+                    };
+                    let shared = writer::Shared::new(limits, position, integrity);
                     shared.set_max_size(max_size);
                     if opened_tx.send(Ok(shared.clone())).is_err() {
                         return Ok(());
                     }
-                    let store = writer::Writer::new(shared, conn).run().await;
-                    store.close().await
+                    let (store, drained) = writer::Writer::new(shared.clone(), conn).run().await;
+                    if shared.is_corrupt() {
+                        // Nothing more goes into a damaged file, not even a checkpoint.
+                        return store::close_without_checkpoint(store.0, &thread_path, durability, busy).await;
+                    }
+                    store.close().await?;
+                    // A marker only after an orderly close that wrote everything it took, and
+                    // only while the file is not known to be damaged (the check is stopped by now).
+                    if shared.closed_cleanly() && drained && !shared.is_corrupt() {
+                        match integrity::write_marker(&thread_path) {
+                            Ok(true) => {}
+                            Ok(false) => tracing::info!(
+                                "the WAL is not empty after closing (another process has the file open): no \
+                                 clean-shutdown marker, the next open runs the full integrity check"
+                            ),
+                            Err(e) => tracing::warn!(error = %e, "writing the clean-shutdown marker"),
+                        }
+                    }
+                    Ok(())
                 })
             })
             .map_err(|e| StoreError::Io(format!("starting the journal thread: {e}")))?;
@@ -224,15 +283,49 @@ impl Journal {
                 });
             }
         };
-        let readers = SqliteReader(
-            store::open_readers(path, options.durability, options.busy_timeout, options.readers.max(1)).await?,
-        );
+        let readers =
+            match store::open_readers(path, options.durability, options.busy_timeout, options.readers.max(1)).await {
+                Ok(pool) => SqliteReader(pool),
+                Err(e) => {
+                    shared.close();
+                    return Err(e);
+                }
+            };
+        let stop_check = Arc::new(integrity::Stop::default());
+        let check = if matches!(shared.integrity(), Integrity::Checking) {
+            let spawned = integrity::spawn_check(
+                path,
+                options.durability,
+                options.busy_timeout,
+                options.background_check,
+                shared.clone(),
+                stop_check.clone(),
+            );
+            match spawned {
+                Ok(handle) => Some(handle),
+                Err(e) => {
+                    shared.close();
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         Ok(Journal {
             shared,
             readers,
             path: path.to_path_buf(),
             thread: Mutex::new(Some(thread)),
+            check: Mutex::new(check),
+            stop_check,
         })
+    }
+
+    /// How the file's integrity was established at open, and what the background check found
+    /// so far. A corruption found in the background also shows as `progress().failing ==
+    /// Some("corrupt")` and in `stats().errors` (kind `corrupt`).
+    pub fn integrity(&self) -> Integrity {
+        self.shared.integrity()
     }
 
     /// The file.
@@ -414,10 +507,17 @@ impl Journal {
         Ok(self.readers.lease().await?)
     }
 
-    /// Writes what is buffered, checkpoints the WAL and stops the writer. Bounded: with a
-    /// failing store it gives up after a few attempts and says so in the log.
+    /// Writes what is buffered, checkpoints the WAL and stops the writer, then leaves a
+    /// clean-shutdown marker beside the file (so the next open can skip the full integrity
+    /// check). Bounded: with a failing store it gives up after a few attempts and says so in the
+    /// log, and leaves no marker; a background check still running is stopped.
     pub async fn close(&self) {
-        self.shared.close();
+        self.stop_check.set();
+        let check = self.check.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(check) = check {
+            let _ = tokio::task::spawn_blocking(move || check.join()).await;
+        }
+        self.shared.close_cleanly();
         let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(handle) = handle {
             let joined = tokio::task::spawn_blocking(move || handle.join()).await;
@@ -431,7 +531,9 @@ impl Journal {
 
 impl Drop for Journal {
     fn drop(&mut self) {
-        // Tell the writer to finish; it drains and exits on its own thread.
+        // Tell the writer to finish; it drains and exits on its own thread. No clean-shutdown
+        // marker: the process may be exiting under it, so the next open checks the whole file.
+        self.stop_check.set();
         self.shared.close();
     }
 }

@@ -1,5 +1,8 @@
 //! SQLite storage: opening (pragmas, migrations, integrity), multi-row appends, reads.
 //!
+//! What is checked at open, and when the full `PRAGMA quick_check` runs, is in
+//! [`super::integrity`].
+//!
 //! Every pragma is set explicitly, because defaults differ between SQLite versions and builds:
 //!
 //! | pragma | value | why |
@@ -12,6 +15,7 @@
 //! | `wal_autocheckpoint` | 1000 pages | bounds the WAL file; readers use short transactions so checkpoints are not starved |
 //! | `locking_mode` | `NORMAL` | other processes may open the same file |
 
+use super::integrity::{self, Unclean};
 use super::record::{Row, StoredEvent};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteLockingMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, Executor, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
@@ -32,14 +36,16 @@ pub enum Durability {
 }
 
 /// Storage failures. Domain outcomes (rejected calls) are never here.
-#[derive(Debug, Error)]
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum StoreError {
     /// The file is damaged: refuse to start and inspect it; it is never truncated or "repaired".
+    /// Found at open (header checks, or `quick_check` after an unclean shutdown), or later by
+    /// the background `quick_check`, after which nothing more is written to the file.
     #[error("the event log {path} is corrupt: {detail}")]
     Corrupt {
         /// The file.
         path: String,
-        /// What `quick_check` or SQLite said.
+        /// What is wrong: the header check's finding, or what `quick_check` or SQLite said.
         detail: String,
     },
     /// Two writers wrote the same stream (UNIQUE(stream, seq)): stop writing that stream and let
@@ -116,15 +122,23 @@ pub fn connect_options(path: &Path, durability: Durability, busy_timeout: Durati
 }
 
 /// Opens the write connection: creates the file if missing, checks integrity, migrates.
+///
+/// Every open checks the header (cheap, [`integrity::check_header`]). The full `PRAGMA
+/// quick_check` (every page) runs here only when the last shutdown is not known to be clean;
+/// otherwise the caller starts it in the background. Returns how integrity was established:
+/// `Ok(())` — clean shutdown, background check to follow — or the reason the full check ran.
 pub(crate) async fn open_writer(
     path: &Path,
     durability: Durability,
     busy_timeout: Duration,
-) -> Result<SqliteConnection, StoreError> {
+) -> Result<(SqliteConnection, Result<(), Unclean>), StoreError> {
     let corrupt = |detail: String| StoreError::Corrupt {
         path: path.display().to_string(),
         detail,
     };
+    let header = integrity::check_header(path)?;
+    // Removes the marker before connecting: a crash from here on leaves none.
+    let clean = integrity::take_marker(path, header.as_ref());
     let mut conn = connect_options(path, durability, busy_timeout)
         .create_if_missing(true)
         .connect()
@@ -133,23 +147,41 @@ pub(crate) async fn open_writer(
             StoreError::Corrupt { detail, .. } => corrupt(detail),
             other => other,
         })?;
-    // A damaged file is refused, never truncated or "repaired": its history may be all there is.
-    let check: Vec<(String,)> = sqlx::query_as("PRAGMA quick_check")
-        .fetch_all(&mut conn)
-        .await
-        .map_err(|e| match classify(e) {
-            StoreError::Corrupt { detail, .. } => corrupt(detail),
-            other => other,
-        })?;
-    if check.len() != 1 || check[0].0 != "ok" {
-        let detail = check.into_iter().map(|(s,)| s).take(5).collect::<Vec<_>>().join("; ");
-        return Err(corrupt(detail));
+    // And again now that this connection holds the file open: another process closing cleanly
+    // between the first removal and the connect may have written one.
+    integrity::remove_marker(path);
+    match check_and_migrate(&mut conn, clean.is_err()).await {
+        Ok(()) => Ok((conn, clean)),
+        Err(StoreError::Corrupt { detail, .. }) => {
+            // Refused, and left exactly as it is: closing the last connection normally would
+            // checkpoint the WAL into the damaged file.
+            let _ = close_without_checkpoint(conn, path, durability, busy_timeout).await;
+            Err(corrupt(detail))
+        }
+        Err(e) => Err(e),
     }
-    MIGRATOR.run(&mut conn).await.map_err(|e| match e {
+}
+
+/// The full `PRAGMA quick_check` (when `full`), then the migrations, which parse the schema.
+async fn check_and_migrate(conn: &mut SqliteConnection, full: bool) -> Result<(), StoreError> {
+    if full {
+        // A damaged file is refused, never truncated or "repaired": its history may be all there is.
+        let check: Vec<(String,)> = sqlx::query_as("PRAGMA quick_check")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(classify)?;
+        if check.len() != 1 || check[0].0 != "ok" {
+            let detail = check.into_iter().map(|(s,)| s).take(5).collect::<Vec<_>>().join("; ");
+            return Err(StoreError::Corrupt {
+                path: String::new(),
+                detail,
+            });
+        }
+    }
+    MIGRATOR.run(&mut *conn).await.map_err(|e| match e {
         sqlx::migrate::MigrateError::Execute(e) => classify(e),
         other => StoreError::Io(format!("migrating the event log: {other}")),
-    })?;
-    Ok(conn)
+    })
 }
 
 /// Opens the readers' pool (WAL readers never block the writer).
@@ -367,6 +399,32 @@ pub(crate) async fn close(mut conn: SqliteConnection) -> Result<(), StoreError> 
         .await
         .map_err(classify)?;
     conn.close().await.map_err(classify)
+}
+
+/// Closes a damaged file's write connection without writing to the file: no checkpoint. The
+/// last connection to close would checkpoint the WAL into the file on its own, so a read-only
+/// connection (which cannot checkpoint) holds the file open across the close. The WAL keeps
+/// what was committed; the next open's full check sees both.
+pub(crate) async fn close_without_checkpoint(
+    conn: SqliteConnection,
+    path: &Path,
+    durability: Durability,
+    busy_timeout: Duration,
+) -> Result<(), StoreError> {
+    let mut guard = connect_options(path, durability, busy_timeout)
+        .read_only(true)
+        .connect()
+        .await
+        .ok();
+    if let Some(g) = &mut guard {
+        // A first read takes the shared lock a WAL connection then keeps until it closes.
+        let _ = g.execute("SELECT 1 FROM sqlite_schema LIMIT 1").await;
+    }
+    let closed = conn.close().await.map_err(classify);
+    if let Some(g) = guard {
+        let _ = g.close().await;
+    }
+    closed
 }
 
 /// The last position, read on the writer's own connection (before the readers exist).

@@ -6,6 +6,7 @@
 //! up to its bound, and further records are dropped and counted, to be written as a `gap` event
 //! once the store recovers. The protected calls never wait on the disk.
 
+use super::integrity::Integrity;
 use super::record::{Body, CALL_BATCH, CallBatch, GAP, Gap, JOURNAL_STREAM, Record, Row, SNAPSHOT, VERSION};
 use super::store::{self, LogWriter, StoreError};
 use crate::breaker::{Event, codec};
@@ -99,6 +100,12 @@ pub(crate) struct Shared {
     max_size_applied: AtomicU64,
     wake: Notify,
     closing: AtomicBool,
+    /// Set by `Journal::close` (not by a drop): only then is a clean-shutdown marker written.
+    clean_close: AtomicBool,
+    /// What is known of the file's integrity; `corrupt` mirrors `Integrity::Corrupt` for the
+    /// writer's cheap check before every write.
+    integrity: Mutex<Integrity>,
+    corrupt: AtomicBool,
     pub progress: watch::Sender<Progress>,
     pub stats: Stats,
     limits: WriterLimits,
@@ -111,7 +118,7 @@ fn now_ms() -> u64 {
 }
 
 impl Shared {
-    pub(crate) fn new(limits: WriterLimits, position: i64) -> Arc<Self> {
+    pub(crate) fn new(limits: WriterLimits, position: i64, integrity: Integrity) -> Arc<Self> {
         Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             requests: Mutex::new(Vec::new()),
@@ -119,6 +126,9 @@ impl Shared {
             max_size_applied: AtomicU64::new(u64::MAX),
             wake: Notify::new(),
             closing: AtomicBool::new(false),
+            clean_close: AtomicBool::new(false),
+            integrity: Mutex::new(integrity),
+            corrupt: AtomicBool::new(false),
             progress: watch::channel(Progress {
                 position,
                 ..Progress::default()
@@ -189,6 +199,54 @@ impl Shared {
     pub(crate) fn close(&self) {
         self.closing.store(true, Ordering::Relaxed);
         self.wake.notify_one();
+    }
+
+    /// `Journal::close`: the shutdown is orderly, a clean-shutdown marker may be written.
+    pub(crate) fn close_cleanly(&self) {
+        self.clean_close.store(true, Ordering::Relaxed);
+        self.close();
+    }
+
+    pub(crate) fn closed_cleanly(&self) -> bool {
+        self.clean_close.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn integrity(&self) -> Integrity {
+        self.integrity.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records what the background check found (never replaces a corruption found earlier).
+    pub(crate) fn set_integrity(&self, integrity: Integrity) {
+        let mut current = self.integrity.lock().unwrap_or_else(|e| e.into_inner());
+        if !matches!(*current, Integrity::Corrupt(_)) {
+            *current = integrity;
+        }
+    }
+
+    /// The file is damaged: from now on the writer writes nothing to it (every append fails with
+    /// this error without touching the file, so events stay buffered and overflow into a gap
+    /// count, as with any failing store), and the failure is visible at once, work or not.
+    pub(crate) fn mark_corrupt(&self, e: StoreError) {
+        self.record_error(&e);
+        *self.integrity.lock().unwrap_or_else(|e| e.into_inner()) = Integrity::Corrupt(e);
+        self.corrupt.store(true, Ordering::Release);
+        self.progress.send_modify(|p| p.failing = Some("corrupt"));
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn is_corrupt(&self) -> bool {
+        self.corrupt.load(Ordering::Acquire)
+    }
+
+    /// The corruption found, as the error every write now fails with.
+    fn corruption(&self) -> Option<StoreError> {
+        if !self.is_corrupt() {
+            return None;
+        }
+        match self.integrity() {
+            Integrity::Corrupt(e) => Some(e),
+            _ => None,
+        }
     }
 
     /// Swaps the whole buffer out: O(1) under the producers' lock (splitting it here would copy
@@ -315,8 +373,9 @@ impl<W: LogWriter> Writer<W> {
     }
 
     /// Runs until closed and drained (or, when closing with a failing store, for at most a few
-    /// more attempts: what is still unwritten then is reported, not waited on forever).
-    pub(crate) async fn run(mut self) -> W {
+    /// more attempts: what is still unwritten then is reported, not waited on forever). Returns
+    /// the store and whether everything taken was written (the store was not failing at the end).
+    pub(crate) async fn run(mut self) -> (W, bool) {
         let limits = self.shared.limits;
         let mut failing: Option<StoreError> = None;
         let mut backoff = Duration::from_millis(10);
@@ -403,17 +462,25 @@ impl<W: LogWriter> Writer<W> {
                 }
                 Err(e) => {
                     self.shared.record_error(&e);
-                    if failing.is_none() {
-                        // Logged once per outage, not per retry.
+                    // Logged once per outage, not per retry (a corruption was logged when found).
+                    if failing.is_none() && !self.shared.is_corrupt() {
                         tracing::error!(error = %e, "event log append failed; breakers keep deciding in memory, events are buffered and retried");
                     }
                     self.shared.progress.send_modify(|p| p.failing = Some(e.kind()));
                     failing = Some(e);
                     if self.shared.closing.load(Ordering::Relaxed) {
                         attempts_while_closing += 1;
-                        if attempts_while_closing >= 5 {
+                        // A damaged file does not heal: no point retrying it while closing.
+                        if attempts_while_closing >= 5 || self.shared.is_corrupt() {
                             tracing::error!("closing with the event log still failing: buffered events are lost");
                             break;
+                        }
+                    }
+                    if self.shared.is_corrupt() {
+                        // Nothing will be written again: answer compaction and lease requests
+                        // (with the corruption) instead of queuing them behind this batch forever.
+                        while let Some(request) = self.shared.take_request() {
+                            self.serve(request).await;
                         }
                     }
                     tokio::time::sleep(backoff).await;
@@ -421,10 +488,12 @@ impl<W: LogWriter> Writer<W> {
                 }
             }
         }
-        if let Some(held) = self.lease.take() {
+        if let Some(held) = self.lease.take()
+            && !self.shared.is_corrupt()
+        {
             let _ = self.store.release_lease(&held.holder).await;
         }
-        self.store
+        (self.store, failing.is_none())
     }
 
     /// Renews the lease a third of its ttl after the last renewal. A failed renewal is retried
@@ -432,7 +501,8 @@ impl<W: LogWriter> Writer<W> {
     /// stop claiming it and the stream conflict guard takes over.
     async fn renew_lease(&mut self) {
         let Some(held) = &self.lease else { return };
-        if held.renewed.elapsed() < held.ttl / 3 {
+        if held.renewed.elapsed() < held.ttl / 3 || self.shared.is_corrupt() {
+            // A damaged file is not written, the lease row included: the lease lapses.
             return;
         }
         let (holder, ttl) = (held.holder.clone(), held.ttl);
@@ -455,6 +525,13 @@ impl<W: LogWriter> Writer<W> {
     }
 
     async fn serve(&mut self, request: Request) {
+        if let Some(e) = self.shared.corruption() {
+            match request {
+                Request::Lease { reply, .. } => drop(reply.send(Err(e))),
+                Request::Compact { reply, .. } => drop(reply.send(Err(e))),
+            }
+            return;
+        }
         match request {
             Request::Lease { holder, ttl, reply } => {
                 let result = self
@@ -485,6 +562,9 @@ impl<W: LogWriter> Writer<W> {
     }
 
     async fn commit(&mut self, records: &[(u64, Record)], gap: Option<&Gap>) -> Result<(), StoreError> {
+        if let Some(e) = self.shared.corruption() {
+            return Err(e);
+        }
         let wanted = self.shared.max_size.load(Ordering::Relaxed);
         if wanted != self.shared.max_size_applied.load(Ordering::Relaxed) {
             self.store.set_max_size((wanted != u64::MAX).then_some(wanted)).await?;
@@ -555,7 +635,8 @@ impl<W: LogWriter> Writer<W> {
                 p.ticket = p.ticket.max(t);
             }
             p.position = position;
-            p.failing = None;
+            // A corruption found while this commit ran stays visible.
+            p.failing = self.shared.is_corrupt().then_some("corrupt");
         });
         Ok(())
     }
