@@ -120,11 +120,11 @@ fn health_doc_len(api: SocketAddr) -> usize {
 }
 
 /// Requests/s `wrk` reports for `url` (1 thread, 16 connections, 10 s), or None without wrk.
-fn wrk(url: &str, auth: bool) -> Option<f64> {
+fn wrk(url: &str, headers: &[&str]) -> Option<f64> {
     let mut cmd = Command::new("wrk");
     cmd.args(["-t1", "-c16", "-d10s", "--latency"]);
-    if auth {
-        cmd.args(["-H", &format!("Authorization: Bearer {TOKEN}")]);
+    for h in headers {
+        cmd.args(["-H", h]);
     }
     let out = cmd.arg(url).output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -168,14 +168,19 @@ fn main() {
     let servers = start(dir.path());
 
     // Throughput, side by side.
-    let ours = wrk(&format!("http://{}/api/health/circuit-breakers", servers.api), true);
-    let baseline = wrk(&format!("http://{}/", servers.baseline), false);
-    let same_size = wrk(&format!("http://{}/same-size", servers.baseline), false);
-    match (ours, baseline, same_size) {
-        (Some(o), Some(b), Some(z)) => println!(
-            "health of {SERVICES} services: {o:.0} req/s; minimal actix-web handler: {b:.0} req/s (ratio {:.2}); \
-             the same handler with a body as large: {z:.0} req/s (ratio {:.2})",
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let health = format!("http://{}/api/health/circuit-breakers", servers.api);
+    let ours = wrk(&health, &[&auth]);
+    let ours_gzip = wrk(&health, &[&auth, "Accept-Encoding: gzip"]);
+    let baseline = wrk(&format!("http://{}/", servers.baseline), &[]);
+    let same_size = wrk(&format!("http://{}/same-size", servers.baseline), &[]);
+    match (ours, ours_gzip, baseline, same_size) {
+        (Some(o), Some(g), Some(b), Some(z)) => println!(
+            "health of {SERVICES} services: {o:.0} req/s plain (ratio {:.2}), {g:.0} req/s gzip accepted (ratio {:.2}); \
+             minimal actix-web handler: {b:.0} req/s; the same handler with a body as large as the plain document: \
+             {z:.0} req/s (plain ratio to it {:.2})",
             o / b,
+            g / b,
             o / z
         ),
         _ => println!("wrk is not installed (apt-get install wrk): throughput not measured"),

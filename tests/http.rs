@@ -181,6 +181,33 @@ async fn health_reports_every_breaker_and_operator_actions_are_audited() {
     );
     assert_eq!(s["health"]["score"], 100);
     assert_eq!(s["policy"]["failure_threshold"], 2);
+    // The same document gzipped for a client that takes it, plain for one that refuses it.
+    let zipped = test::call_service(
+        &app,
+        test::TestRequest::get()
+            .uri("/api/health/circuit-breakers")
+            .peer_addr("127.0.0.3:1".parse().unwrap())
+            .insert_header(bearer(TOKEN))
+            .insert_header(("Accept-Encoding", "br, gzip;q=0.8"))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(zipped.headers().get("Content-Encoding").unwrap(), "gzip");
+    let bytes = test::read_body(zipped).await;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut text).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), body);
+    let plain = test::call_service(
+        &app,
+        test::TestRequest::get()
+            .uri("/api/health/circuit-breakers")
+            .peer_addr("127.0.0.3:1".parse().unwrap())
+            .insert_header(bearer(TOKEN))
+            .insert_header(("Accept-Encoding", "gzip;q=0"))
+            .to_request(),
+    )
+    .await;
+    assert!(plain.headers().get("Content-Encoding").is_none());
     // One service with its operations.
     let one: Value = test::call_and_read_body_json(&app, get("/api/health/circuit-breakers/stripe")).await;
     assert_eq!(one["breakers"].as_array().unwrap().len(), 2);
