@@ -11,10 +11,11 @@
 //! - `health_all/*`: `Projection::health_all` of 100 breakers at the end of a 24-hour log of
 //!   10,000,000 outcomes, the projection caught up beforehand.
 //! - `state_at/*`: `replay::state_at` at a random instant (a new one every iteration) of one
-//!   breaker's log at 100 calls/s: 24 hours packed (8,640,000 outcomes), and 1 hour one call per
-//!   row (360,000; what live traffic at that rate gives). Beside it: `replay::history` alone, and
-//!   a sketch of the suggested fix (start from the latest snapshot before the health window),
-//!   checked equal to `state_at` before it is timed.
+//!   breaker's log at 100 calls/s: 24 hours packed (8,640,000 outcomes), and one call per row
+//!   (what live traffic at that rate gives) over 1 hour (360,000) and over 24 hours (8,640,000).
+//!   Beside it, on the first two: `replay::history` alone, and the whole-stream fold `state_at`
+//!   was before it read a bounded stretch (`whole_fold`, the reference it is checked equal to
+//!   before anything is timed; on the 24-hour one-call-per-row log only those checks time it).
 //!
 //! Traffic comes from real breakers (`consecutive(5, 30 s)`) on a fake clock: calls spread evenly
 //! over the span, latencies of a few ms (up to 250 ms when the breaker's calls are far apart),
@@ -32,12 +33,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use breakerbox::breaker::codec::{self, types::TRANSITION};
-use breakerbox::breaker::{Breaker, Decision, Event, Outcome, Policy, State, Transition, View};
-use breakerbox::journal::{
-    Body, CALL_BATCH, CallBatch, Decoded, Durability, Journal, Row, SNAPSHOT, StoredEvent, VERSION, decode,
-};
-use breakerbox::replay::{self, Entry, Item, Projection, StateAt};
+use breakerbox::breaker::codec;
+use breakerbox::breaker::{Breaker, Decision, Event, Outcome, Policy, State, View};
+use breakerbox::journal::{Body, CALL_BATCH, CallBatch, Decoded, Durability, Journal, Row, SNAPSHOT, VERSION, decode};
+use breakerbox::replay::{self, Item, Projection, StateAt};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use sqlx::{Connection, Executor};
 use tokio::runtime::Runtime;
@@ -627,121 +626,23 @@ fn health_all(c: &mut Criterion) {
 // ---------------------------------------------------------------------------------------------
 // state_at/*
 
-/// The suggested fix, sketched over the public API (not the library's code): the state at
-/// `at_ms` folded from the latest snapshot recorded before the health window (5 minutes back,
-/// from the minute boundary), reading only the rows from there up to the instant; the last
-/// hour's transitions by time (`read_range`, as `health_all` reads them); the last transition
-/// and "was anything compacted" by indexed look-ups. It assumes no compaction inside the window
-/// (the projection's minutes would serve there).
-async fn state_at_from_snapshot(
-    journal: &Journal,
-    stream: &str,
-    at_ms: u64,
-    fallback: &Policy,
-    latency_budget_ms: u64,
-) -> StateAt {
-    type RowTuple = (i64, String, i64, String, i64, i64, Vec<u8>);
-    let pool = journal.pool();
-    let window = at_ms.saturating_sub(5 * MINUTE) / MINUTE * MINUTE;
-    let from_seq: i64 = sqlx::query_as::<_, (i64,)>(
-        "SELECT seq FROM events WHERE stream = ? AND event_type = 'snapshot' AND recorded_at < ?
-         ORDER BY seq DESC LIMIT 1",
-    )
-    .bind(stream)
-    .bind(window as i64)
-    .fetch_optional(pool)
-    .await
-    .expect("snapshot look-up")
-    .map_or(1, |(s,)| s);
-    // The first row after the instant ends the read.
-    let to_seq: i64 = sqlx::query_as::<_, (i64,)>(
-        "SELECT seq FROM events WHERE stream = ? AND recorded_at > ? ORDER BY recorded_at LIMIT 1",
-    )
-    .bind(stream)
-    .bind(at_ms as i64)
-    .fetch_optional(pool)
-    .await
-    .expect("end look-up")
-    .map_or(i64::MAX, |(s,)| s);
-    let rows: Vec<RowTuple> = sqlx::query_as(
-        "SELECT position, stream, seq, event_type, event_version, recorded_at, payload FROM events
-         WHERE stream = ? AND seq >= ? AND seq < ? ORDER BY seq",
-    )
-    .bind(stream)
-    .bind(from_seq)
-    .bind(to_seq)
-    .fetch_all(pool)
-    .await
-    .expect("rows");
-    let mut entries = Vec::new();
-    for (position, stream, seq, event_type, event_version, recorded_at, payload) in rows {
-        let e = StoredEvent {
-            position,
-            stream,
-            seq,
-            event_type,
-            event_version: event_version as u32,
-            recorded_at,
-            payload,
-        };
-        let item = |item| Entry { position, item };
-        match decode(&e).expect("decodes") {
-            Decoded::Breaker(events) => entries.extend(events.into_iter().map(|ev| item(Item::Core(ev)))),
-            Decoded::Snapshot(b) => entries.push(item(Item::Snapshot(b))),
-            Decoded::Summary(s) => entries.push(item(Item::Summary(s))),
-            Decoded::Gap(_) | Decoded::Other => entries.push(item(Item::Other(e.event_type.clone()))),
-        }
-    }
+/// The reference: `state_at` as it was before it read a bounded stretch of the stream — the
+/// whole stream read (`replay::history`) and folded. Checked equal to `state_at` before anything
+/// is timed; timed beside it as the "before" figure.
+async fn whole_fold(journal: &Journal, stream: &str, at_ms: u64, fallback: &Policy, latency_budget_ms: u64) -> StateAt {
+    let entries = replay::history(journal, stream).await.expect("history");
     let breaker = replay::fold(&entries, Some(at_ms), fallback);
     let view = breaker.view(at_ms);
-    // Transitions of the last hour, for the stability component.
-    let mut hour = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = journal
-            .read_range(
-                &[TRANSITION],
-                at_ms.saturating_sub(HOUR) as i64,
-                at_ms as i64 + 1,
-                after,
-                10_000,
-            )
-            .await
-            .expect("transitions");
-        let Some(last) = page.last() else { break };
-        after = last.position;
-        for e in page.iter().filter(|e| e.stream == stream) {
-            if let Ok(Event::Transitioned(t)) = codec::decode(&e.event_type, e.event_version, &e.payload) {
-                hour.push(*t);
-            }
-        }
-    }
-    let last_transition: Option<Transition> = sqlx::query_as::<_, (Vec<u8>,)>(
-        "SELECT payload FROM events WHERE stream = ? AND event_type = 'transition' AND recorded_at <= ?
-         ORDER BY recorded_at DESC, position DESC LIMIT 1",
-    )
-    .bind(stream)
-    .bind(at_ms as i64)
-    .fetch_optional(pool)
-    .await
-    .expect("last transition")
-    .map(|(p,)| rmp_serde::from_slice(&p).expect("a transition"));
-    let (compacted,): (bool,) =
-        sqlx::query_as("SELECT EXISTS (SELECT 1 FROM events WHERE event_type = 'call_summary' AND stream = ?)")
-            .bind(stream)
-            .fetch_one(pool)
-            .await
-            .expect("compacted");
-    let health = replay::health(&replay::minutes(&entries, at_ms), &hour, at_ms, latency_budget_ms);
+    let all = replay::transitions(&entries, 0, at_ms.saturating_add(1));
     StateAt {
         stream: stream.to_owned(),
         at_ms,
         open_remaining_ms: view.open_until_ms.map(|u| u.saturating_sub(at_ms)),
         view,
         policy: breaker.policy().clone(),
-        last_transition,
-        compacted,
-        health,
+        last_transition: all.last().cloned(),
+        compacted: entries.iter().any(|e| matches!(e.item, Item::Summary(_))),
+        health: replay::health(&replay::minutes(&entries, at_ms), &all, at_ms, latency_budget_ms),
     }
 }
 
@@ -767,46 +668,69 @@ impl StateLog {
     }
 }
 
-fn state_log(rt: &Runtime, name: &str, layout: Layout, rate: u64, span_ms: u64, snapshot_every: u64) -> StateLog {
-    let outcomes = rate * span_ms / 1_000;
+/// One `state_at/*` case: a log of one breaker at `rate` calls/s over `span_ms`, and how many
+/// random instants to check against the whole-stream fold (which costs ~1.3 s per hour of log
+/// written one call per row).
+struct StateCase {
+    name: &'static str,
+    layout: Layout,
+    span_ms: u64,
+    checks: usize,
+    /// Also time `history` and the whole-stream fold (too slow on the 24-hour one-call-per-row log:
+    /// ~30 s per iteration; their cost there comes from the checks).
+    references: bool,
+}
+
+fn state_log(rt: &Runtime, case: &StateCase, rate: u64, snapshot_every: u64) -> StateLog {
+    let outcomes = rate * case.span_ms / 1_000;
     // Opens every 200,000 calls (~33 min at 100 calls/s), 30 s each.
-    let mut traffic = Traffic::new(1, outcomes, span_ms, 200_000, snapshot_every);
+    let mut traffic = Traffic::new(1, outcomes, case.span_ms, 200_000, snapshot_every);
     traffic.record_every = Some((outcomes / 6).max(1));
-    let log = build(rt, name, layout, traffic, outcomes);
+    let log = build(rt, case.name, case.layout, traffic, outcomes);
     let journal = rt.block_on(open(&log.path, Durability::Full));
     let mut s = StateLog {
         log,
         journal,
         rng: 0x2545_F491_4F6C_DD1D,
     };
-    // Once: replay gives the live breaker back at the recorded instants, and the sketch of the
-    // fix agrees with `state_at` there and at random instants.
+    // Once: replay gives the live breaker back at the recorded instants, and equals the fold of
+    // the whole stream at random instants and just after the end.
     let stream = s.log.names[0].clone();
-    let mut instants: Vec<u64> = s.log.recorded.iter().map(|(t, _)| *t).collect();
-    instants.extend((0..4).map(|_| s.instant()));
-    instants.push(s.log.end_ms + 1);
-    let mut timings = (Duration::ZERO, Duration::ZERO);
-    for (k, at) in instants.iter().enumerate() {
+    let recorded = s.log.recorded.clone();
+    let mut bounded = Duration::ZERO;
+    for (at, live) in &recorded {
         let started = Instant::now();
-        let full = rt
+        let state = rt
             .block_on(replay::state_at(&s.journal, &stream, *at, &policy(), BUDGET_MS))
             .expect("state_at");
-        timings.0 += started.elapsed();
+        bounded += started.elapsed();
+        assert_eq!(&state.view, live, "replay at {at} gives the live breaker");
+    }
+    let mut instants: Vec<u64> = (1..case.checks).map(|_| s.instant()).collect();
+    instants.push(s.log.end_ms + 1);
+    let mut whole = Duration::ZERO;
+    for at in &instants {
         let started = Instant::now();
-        let sketch = rt.block_on(state_at_from_snapshot(&s.journal, &stream, *at, &policy(), BUDGET_MS));
-        timings.1 += started.elapsed();
-        if let Some((_, live)) = s.log.recorded.get(k) {
-            assert_eq!(&full.view, live, "replay at {at} gives the live breaker");
-        }
-        assert!(same(&full, &sketch), "the sketch agrees with state_at at {at}");
+        let state = rt
+            .block_on(replay::state_at(&s.journal, &stream, *at, &policy(), BUDGET_MS))
+            .expect("state_at");
+        bounded += started.elapsed();
+        let started = Instant::now();
+        let reference = rt.block_on(whole_fold(&s.journal, &stream, *at, &policy(), BUDGET_MS));
+        whole += started.elapsed();
+        assert!(
+            same(&state, &reference),
+            "state_at equals the whole-stream fold at {at}"
+        );
     }
     eprintln!(
-        "replay-bench: state_at/{name}: checked at {} instants ({} against the live breaker); mean state_at {:.0} ms, \
-         sketch {:.1} ms",
+        "replay-bench: state_at/{}: checked at {} instants against the live breaker and {} against the whole-stream \
+         fold; mean state_at {:.1} ms, whole-stream fold {:.0} ms",
+        case.name,
+        recorded.len(),
         instants.len(),
-        s.log.recorded.len(),
-        timings.0.as_secs_f64() * 1e3 / instants.len() as f64,
-        timings.1.as_secs_f64() * 1e3 / instants.len() as f64,
+        bounded.as_secs_f64() * 1e3 / (recorded.len() + instants.len()) as f64,
+        whole.as_secs_f64() * 1e3 / instants.len() as f64,
     );
     s
 }
@@ -820,13 +744,34 @@ fn state_at(c: &mut Criterion) {
         .sampling_mode(SamplingMode::Flat)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(10));
-    for (name, layout, span) in [
-        ("packed_24h", Layout::Packed, sizes.span_ms),
-        ("one_call_per_row_1h", Layout::OneCallPerRow, sizes.live_span_ms),
-    ] {
+    let cases = [
+        StateCase {
+            name: "packed_24h",
+            layout: Layout::Packed,
+            span_ms: sizes.span_ms,
+            checks: 6,
+            references: true,
+        },
+        StateCase {
+            name: "one_call_per_row_1h",
+            layout: Layout::OneCallPerRow,
+            span_ms: sizes.live_span_ms,
+            checks: 6,
+            references: true,
+        },
+        StateCase {
+            name: "one_call_per_row_24h",
+            layout: Layout::OneCallPerRow,
+            span_ms: sizes.span_ms,
+            checks: 2,
+            references: false,
+        },
+    ];
+    for case in &cases {
+        let name = case.name;
         let mut opened: Option<StateLog> = None;
         // Built on first use, so a filter that skips these cases skips the build too.
-        let make = || state_log(&rt, name, layout, sizes.state_rate, span, sizes.snapshot_every);
+        let make = || state_log(&rt, case, sizes.state_rate, sizes.snapshot_every);
         group.bench_function(name, |b| {
             let s = opened.get_or_insert_with(&make);
             let stream = s.log.names[0].clone();
@@ -847,35 +792,37 @@ fn state_at(c: &mut Criterion) {
                 })
             })
         });
-        group.bench_function(format!("history_only/{name}"), |b| {
-            let s = opened.get_or_insert_with(&make);
-            let stream = s.log.names[0].clone();
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        black_box(replay::history(&s.journal, &stream).await.expect("history"));
-                    }
-                    start.elapsed()
-                })
-            })
-        });
-        group.bench_function(format!("from_snapshot_sketch/{name}"), |b| {
-            let s = opened.get_or_insert_with(&make);
-            let stream = s.log.names[0].clone();
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let mut elapsed = Duration::ZERO;
-                    for _ in 0..iters {
-                        let at = s.instant();
+        if case.references {
+            group.bench_function(format!("history_only/{name}"), |b| {
+                let s = opened.get_or_insert_with(&make);
+                let stream = s.log.names[0].clone();
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
                         let start = Instant::now();
-                        black_box(state_at_from_snapshot(&s.journal, &stream, at, &policy(), BUDGET_MS).await);
-                        elapsed += start.elapsed();
-                    }
-                    elapsed
+                        for _ in 0..iters {
+                            black_box(replay::history(&s.journal, &stream).await.expect("history"));
+                        }
+                        start.elapsed()
+                    })
                 })
-            })
-        });
+            });
+            group.bench_function(format!("whole_fold/{name}"), |b| {
+                let s = opened.get_or_insert_with(&make);
+                let stream = s.log.names[0].clone();
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let mut elapsed = Duration::ZERO;
+                        for _ in 0..iters {
+                            let at = s.instant();
+                            let start = Instant::now();
+                            black_box(whole_fold(&s.journal, &stream, at, &policy(), BUDGET_MS).await);
+                            elapsed += start.elapsed();
+                        }
+                        elapsed
+                    })
+                })
+            });
+        }
         if let Some(s) = opened.take() {
             rt.block_on(s.journal.close());
         }

@@ -487,3 +487,513 @@ async fn the_metrics_projection_is_the_same_tailed_step_by_step_or_rebuilt_from_
     assert_eq!(all["stripe"], state.health);
     projection.close().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// state_at reads a bounded stretch of the stream: it must equal the fold of the whole stream.
+
+mod bounded {
+    use breakerbox::breaker::{Breaker, Command, Decision, Event, Outcome, Policy, State};
+    use breakerbox::journal::{
+        Body, CALL_STATS, CALL_SUMMARY, CallStats, Journal, JournalOptions, OPERATOR_COMMAND, Operator,
+        OperatorCommand, SNAPSHOT,
+    };
+    use breakerbox::replay::{self, Entry, Item, LATE_MS, StateAt};
+    use std::sync::Arc;
+
+    const T0: u64 = 1_764_000_000_000;
+    const MINUTE: u64 = 60_000;
+    const BUDGET_MS: u64 = 200;
+
+    /// The reference: `state_at` as it was before it was bounded, over the whole stream's entries.
+    fn whole_fold(entries: &[Entry], stream: &str, at_ms: u64, fallback: &Policy) -> StateAt {
+        let breaker = replay::fold(entries, Some(at_ms), fallback);
+        let view = breaker.view(at_ms);
+        let all = replay::transitions(entries, 0, at_ms.saturating_add(1));
+        StateAt {
+            stream: stream.to_owned(),
+            at_ms,
+            open_remaining_ms: view.open_until_ms.map(|u| u.saturating_sub(at_ms)),
+            view,
+            policy: breaker.policy().clone(),
+            last_transition: all.last().cloned(),
+            compacted: entries.iter().any(|e| matches!(e.item, Item::Summary(_))),
+            health: replay::health(&replay::minutes(entries, at_ms), &all, at_ms, BUDGET_MS),
+        }
+    }
+
+    fn assert_same(got: &StateAt, want: &StateAt, context: &str) {
+        assert_eq!(got.view, want.view, "view, {context}");
+        assert_eq!(
+            got.open_remaining_ms, want.open_remaining_ms,
+            "open remaining, {context}"
+        );
+        assert_eq!(got.policy, want.policy, "policy, {context}");
+        assert_eq!(got.last_transition, want.last_transition, "last transition, {context}");
+        assert_eq!(got.compacted, want.compacted, "compacted, {context}");
+        assert_eq!(got.health, want.health, "health, {context}");
+    }
+
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n.max(1)
+        }
+    }
+
+    /// What the generator wrote, to aim instants at.
+    #[derive(Default)]
+    struct Written {
+        end_ms: u64,
+        snapshots: Vec<u64>,
+        /// Completion times of outcomes stored after a snapshot taken later than them.
+        late: Vec<u64>,
+        /// Snapshots stamped before events stored ahead of them.
+        early: Vec<u64>,
+        transitions: usize,
+        commands: usize,
+        policies: usize,
+        stats: usize,
+        compacted_calls: u64,
+    }
+
+    struct Writer<'a> {
+        journal: &'a Journal,
+        stream: Arc<str>,
+        breaker: Breaker,
+        events: Vec<Event>,
+        since_snapshot: u64,
+        w: Written,
+    }
+
+    impl Writer<'_> {
+        fn emit(&mut self) {
+            for e in self.events.drain(..) {
+                if matches!(e, Event::Transitioned(_)) {
+                    self.w.transitions += 1;
+                }
+                self.since_snapshot += 1;
+                self.journal
+                    .submit(&self.stream, Body::Breaker(e))
+                    .expect("buffer has room");
+            }
+        }
+        fn snapshot(&mut self, at_ms: u64) {
+            self.since_snapshot = 0;
+            self.w.snapshots.push(at_ms);
+            self.journal
+                .submit(
+                    &self.stream,
+                    Body::Snapshot {
+                        at_ms,
+                        breaker: Box::new(self.breaker.clone()),
+                    },
+                )
+                .expect("buffer has room");
+        }
+        fn other<T: serde::Serialize>(&mut self, event_type: &'static str, at_ms: u64, payload: &T) {
+            self.journal
+                .submit(
+                    &self.stream,
+                    Body::Other {
+                        event_type,
+                        event_version: 1,
+                        at_ms,
+                        payload: rmp_serde::to_vec_named(payload).unwrap(),
+                    },
+                )
+                .expect("buffer has room");
+        }
+    }
+
+    /// Seeded traffic of one breaker written through the journal: calls (bursts of failures open
+    /// it), timers, operator commands, policy changes, call stats, snapshots every 150 events,
+    /// idle gaps ended by a snapshot, outcomes completed before a snapshot but stored after it
+    /// (up to 4 s late, as the actor's held records are, only later), and snapshots stamped up to
+    /// 4 s before the events stored ahead of them. Commits at random points
+    /// so call batches hold 1 to ~40 calls. Compacts twice, mid-way and at the end.
+    async fn write(journal: &Journal, seed: u64, steps: usize) -> Written {
+        let policies = [Policy::consecutive(3, 20_000), Policy::consecutive(6, 45_000)];
+        let mut rng = Rng(seed | 1);
+        let mut g = Writer {
+            journal,
+            stream: Arc::from("pay"),
+            breaker: Breaker::new(policies[0].clone()).unwrap(),
+            events: Vec::new(),
+            since_snapshot: 0,
+            w: Written::default(),
+        };
+        let mut now = T0;
+        let mut rejected = 0u64;
+        let mut failing = 0u64;
+        for step in 0..steps {
+            now += rng.below(2_000);
+            g.breaker.tick(now, &mut g.events);
+            g.emit();
+            match rng.below(100) {
+                0..=79 => {
+                    if failing == 0 && rng.below(60) == 0 {
+                        failing = 4 + rng.below(4);
+                    }
+                    let fail = failing > 0 || rng.below(10) == 0;
+                    failing = failing.saturating_sub(1);
+                    match g.breaker.acquire(now, &mut g.events) {
+                        Decision::Permit(p) => {
+                            now += rng.below(300);
+                            let outcome = if fail { Outcome::Failure } else { Outcome::Success };
+                            g.breaker.complete(now, p, outcome, &mut g.events);
+                        }
+                        Decision::Reject(_) => rejected += 1,
+                    }
+                    g.emit();
+                }
+                80..=84 => {
+                    // Late: completed at `done`, the snapshot taken after it without it, the
+                    // outcome stored after the snapshot.
+                    if let Decision::Permit(p) = g.breaker.acquire(now, &mut g.events) {
+                        g.emit();
+                        now += 1 + rng.below(200);
+                        let done = now;
+                        now += rng.below(4_000);
+                        g.snapshot(now);
+                        let outcome = if rng.below(3) == 0 {
+                            Outcome::Failure
+                        } else {
+                            Outcome::Success
+                        };
+                        g.breaker.complete(done, p, outcome, &mut g.events);
+                        g.emit();
+                        g.w.late.push(done);
+                    }
+                }
+                85..=86 => {
+                    let command = [Command::ForceOpen, Command::Disable, Command::Reset][rng.below(3) as usize];
+                    let from_state = g.breaker.state();
+                    let mut events = Vec::new();
+                    g.breaker.command(now, command, &mut events);
+                    let record = OperatorCommand {
+                        at_ms: now,
+                        command,
+                        operator: Operator {
+                            who: "test".into(),
+                            from: "cli".into(),
+                            why: "drill".into(),
+                        },
+                        from_state,
+                        to_state: g.breaker.state(),
+                        request_position: None,
+                    };
+                    g.other(OPERATOR_COMMAND, now, &record);
+                    g.events.extend(events);
+                    g.emit();
+                    g.w.commands += 1;
+                    if g.breaker.state() != State::Closed && rng.below(2) == 0 {
+                        // Don't stay forced open or disabled for long.
+                        now += rng.below(30_000);
+                        g.breaker.command(now, Command::Reset, &mut g.events);
+                        g.emit();
+                    }
+                }
+                87 => {
+                    let next = policies[(g.w.policies + 1) % 2].clone();
+                    g.breaker.set_policy(now, next, &mut g.events).unwrap();
+                    g.emit();
+                    g.w.policies += 1;
+                }
+                88..=91 if rejected > 0 => {
+                    let stats = CallStats {
+                        at_ms: now,
+                        rejected,
+                        fallbacks: rng.below(3),
+                        dropped: 0,
+                    };
+                    g.other(CALL_STATS, now, &stats);
+                    rejected = 0;
+                    g.w.stats += 1;
+                }
+                // Quiet for a while, then a snapshot with no event since the last one.
+                92 if rng.below(4) == 0 => {
+                    now += 5 * MINUTE + rng.below(20 * MINUTE);
+                    g.breaker.tick(now, &mut g.events);
+                    g.emit();
+                    g.snapshot(now);
+                }
+                93..=94 => {
+                    // A snapshot stamped up to 4 s before events stored ahead of it (its stamp
+                    // taken before the last folds): rows before a snapshot may be later than it.
+                    let at = now - rng.below(4_000);
+                    g.w.early.push(at);
+                    g.snapshot(at);
+                }
+                _ => {}
+            }
+            if g.since_snapshot >= 150 {
+                g.snapshot(now);
+            }
+            if rng.below(20) == 0 {
+                journal.flush().await.unwrap();
+            }
+            if step == steps / 2 || step + 1 == steps {
+                journal.flush().await.unwrap();
+                // Keep the last 40 minutes (from `now`) per call; the rest becomes summaries.
+                let report = journal.compact(40 * MINUTE, now).await.unwrap();
+                g.w.compacted_calls += report.calls;
+            }
+        }
+        journal.flush().await.unwrap();
+        g.w.end_ms = now;
+        g.w
+    }
+
+    /// The rows of the stream are in time order to within LATE_MS (what `state_at` assumes): the
+    /// first event of every row of a timed type is at most LATE_MS before any event stored
+    /// earlier. Call summaries and operator commands are exempt.
+    fn check_time_order(entries: &[Entry], stored: &[breakerbox::journal::StoredEvent]) {
+        let mut latest: std::collections::BTreeMap<i64, u64> = std::collections::BTreeMap::new();
+        for e in entries {
+            let at = match &e.item {
+                Item::Core(ev) => ev.at_ms(),
+                Item::Stats(s) => s.at_ms,
+                _ => continue,
+            };
+            let l = latest.entry(e.position).or_default();
+            *l = (*l).max(at);
+        }
+        let mut newest = 0u64;
+        for row in stored {
+            if row.event_type == CALL_SUMMARY || row.event_type == OPERATOR_COMMAND {
+                continue;
+            }
+            let at = row.recorded_at as u64;
+            assert!(
+                at + LATE_MS >= newest,
+                "row {} ({}) at {at} is stored after an event at {newest}",
+                row.position,
+                row.event_type
+            );
+            newest = newest.max(at).max(latest.get(&row.position).copied().unwrap_or(0));
+        }
+    }
+
+    async fn stored(journal: &Journal, stream: &str) -> Vec<breakerbox::journal::StoredEvent> {
+        let mut out = Vec::new();
+        loop {
+            let page = journal
+                .read_stream(
+                    stream,
+                    out.last().map_or(0, |e: &breakerbox::journal::StoredEvent| e.seq),
+                    10_000,
+                )
+                .await
+                .unwrap();
+            if page.is_empty() {
+                return out;
+            }
+            out.extend(page);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn state_at_equals_the_fold_of_the_whole_stream_at_random_instants() {
+        for seed in [5u64, 77, 2026] {
+            // Given a log of a few hours with snapshots, transitions, commands, policy changes,
+            // call stats, late-stored outcomes and compacted minutes,
+            let dir = tempfile::tempdir().unwrap();
+            let journal = Journal::open(&dir.path().join("log.db"), JournalOptions::default())
+                .await
+                .unwrap();
+            let w = write(&journal, seed, 9_000).await;
+            let entries = replay::history(&journal, "pay").await.unwrap();
+            let rows = stored(&journal, "pay").await;
+            check_time_order(&entries, &rows);
+            let summaries = rows.iter().filter(|r| r.event_type == CALL_SUMMARY).count();
+            assert!(
+                w.snapshots.len() > 20
+                    && w.late.len() > 50
+                    && w.early.len() > 50
+                    && w.transitions > 20
+                    && w.commands > 20
+                    && w.policies > 5
+                    && w.stats > 20
+                    && summaries >= 2
+                    && w.compacted_calls > 1_000,
+                "seed {seed}: the log exercises every case: {} snapshots, {} late outcomes, {} transitions, \
+                 {} commands, {} policy changes, {} call stats, {summaries} summaries ({} calls compacted)",
+                w.snapshots.len(),
+                w.late.len(),
+                w.transitions,
+                w.commands,
+                w.policies,
+                w.stats,
+                w.compacted_calls
+            );
+            assert!(
+                w.end_ms - T0 > 3 * 60 * MINUTE,
+                "seed {seed}: spans hours ({} min)",
+                (w.end_ms - T0) / MINUTE
+            );
+            // (the fallback policy is never the stream's: a mix-up would show)
+            let fallback = Policy::consecutive(9, 1_000);
+            // at random instants, and at those where the choice of start snapshot or the end of
+            // the read changes, and around late outcomes,
+            let mut rng = Rng(seed.wrapping_mul(31) | 1);
+            let span = w.end_ms - T0 + 2 * MINUTE;
+            let mut instants: Vec<u64> = (0..150).map(|_| T0 - MINUTE + rng.below(span)).collect();
+            for &s in w.snapshots.iter().step_by(5) {
+                let first_use = (s + LATE_MS + 1) / MINUTE * MINUTE + MINUTE + 5 * MINUTE;
+                instants.extend([s - 1, s, s + 1, first_use - 1, first_use, first_use + MINUTE]);
+            }
+            for &s in &w.early {
+                // Where the health window starts just after the snapshot's stamp.
+                let window = (s / MINUTE + 1) * MINUTE;
+                instants.extend([window + 5 * MINUTE, window + 5 * MINUTE + 30_000]);
+            }
+            for &t in w.late.iter().step_by(6) {
+                instants.extend([t - 1, t, t + LATE_MS]);
+            }
+            instants.push(w.end_ms + 1);
+            eprintln!("seed {seed}: checking {} instants", instants.len());
+            // when the state is replayed from the log, it is what the whole stream's fold gives.
+            let mut differing_from_start = 0;
+            for at in instants {
+                let got = replay::state_at(&journal, "pay", at, &fallback, BUDGET_MS)
+                    .await
+                    .unwrap();
+                let want = whole_fold(&entries, "pay", at, &fallback);
+                assert_same(&got, &want, &format!("seed {seed}, at {at}"));
+                if want.view.state != State::Closed || want.health.score < 100 {
+                    differing_from_start += 1;
+                }
+            }
+            assert!(differing_from_start > 20, "seed {seed}: instants in interesting states");
+            journal.close().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn state_at_starts_from_the_snapshot_but_keeps_outcomes_stored_after_it_that_happened_before_it() {
+        // Given a breaker with 2 failures in a row (threshold 3), a snapshot taken at T0+10 s that
+        // does not hold the third failure, which completed at T0+9 s and is stored after it,
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("log.db"), JournalOptions::default())
+            .await
+            .unwrap();
+        let stream: Arc<str> = Arc::from("pay");
+        let policy = Policy::consecutive(3, 600_000);
+        let mut b = Breaker::new(policy.clone()).unwrap();
+        let mut events = Vec::new();
+        b.set_policy(T0, policy.clone(), &mut events).unwrap();
+        for t in [T0 + 1_000, T0 + 2_000] {
+            let Decision::Permit(p) = b.acquire(t, &mut events) else {
+                unreachable!()
+            };
+            b.complete(t + 5, p, Outcome::Failure, &mut events);
+        }
+        let Decision::Permit(late) = b.acquire(T0 + 8_000, &mut events) else {
+            unreachable!()
+        };
+        for e in events.drain(..) {
+            journal.submit(&stream, Body::Breaker(e));
+        }
+        journal.submit(
+            &stream,
+            Body::Snapshot {
+                at_ms: T0 + 10_000,
+                breaker: Box::new(b.clone()),
+            },
+        );
+        b.complete(T0 + 9_000, late, Outcome::Failure, &mut events);
+        assert_eq!(b.state(), State::Open);
+        // and quiet calls for 20 minutes after (so the snapshot is the start of the read),
+        let mut t = T0 + 11_000;
+        for e in events.drain(..) {
+            journal.submit(&stream, Body::Breaker(e));
+        }
+        b.command(T0 + 10_500, Command::Reset, &mut events);
+        while t < T0 + 20 * MINUTE {
+            if let Decision::Permit(p) = b.acquire(t, &mut events) {
+                b.complete(t + 3, p, Outcome::Success, &mut events);
+            }
+            t += 1_000;
+        }
+        for e in events.drain(..) {
+            journal.submit(&stream, Body::Breaker(e));
+        }
+        journal.flush().await.unwrap();
+        assert_eq!(
+            journal
+                .latest_at_or_before("pay", SNAPSHOT, T0 + 10_000)
+                .await
+                .unwrap()
+                .map(|s| s.recorded_at as u64),
+            Some(T0 + 10_000)
+        );
+        let entries = replay::history(&journal, "pay").await.unwrap();
+        // when replayed at the late failure, just before the snapshot, and minutes later,
+        for at in [T0 + 9_000, T0 + 9_999, T0 + 10_000, T0 + 10_499, T0 + 16 * MINUTE] {
+            let got = replay::state_at(&journal, "pay", at, &policy, BUDGET_MS).await.unwrap();
+            // then it is the whole stream's fold: the late failure opened the breaker at T0+9 s.
+            assert_same(&got, &whole_fold(&entries, "pay", at, &policy), &format!("at {at}"));
+            if at < T0 + 10_500 {
+                assert_eq!(got.view.state, State::Open, "at {at}");
+                assert_eq!(got.last_transition.as_ref().map(|t| t.at_ms), Some(T0 + 9_000));
+            }
+        }
+        journal.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_look_ups_of_state_at_use_their_indexes() {
+        // Given a log (migrated),
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(&dir.path().join("log.db"), JournalOptions::default())
+            .await
+            .unwrap();
+        // when SQLite plans the look-ups `state_at` makes,
+        let plan = |sql: &'static str| {
+            let pool = journal.pool().clone();
+            async move {
+                let rows: Vec<(i64, i64, i64, String)> = sqlx::query_as(sql).fetch_all(&pool).await.unwrap();
+                rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("; ")
+            }
+        };
+        for (sql, index) in [
+            (
+                "EXPLAIN QUERY PLAN SELECT position, stream, seq, event_type, event_version, recorded_at, payload FROM events \
+                 WHERE stream = 'pay' AND event_type = 'snapshot' AND recorded_at <= 5 ORDER BY recorded_at DESC, seq DESC LIMIT 1",
+                "events_snapshots_by_time",
+            ),
+            (
+                "EXPLAIN QUERY PLAN SELECT position, stream, seq, event_type, event_version, recorded_at, payload FROM events \
+                 WHERE stream = 'pay' AND event_type = 'transition' AND recorded_at <= 5 ORDER BY recorded_at DESC, seq DESC LIMIT 1",
+                "events_transitions_by_time",
+            ),
+            (
+                "EXPLAIN QUERY PLAN SELECT position, stream, seq, event_type, event_version, recorded_at, payload FROM events \
+                 WHERE stream = 'pay' AND event_type = 'transition' AND (recorded_at, seq) > (1, 0) AND recorded_at <= 5 ORDER BY recorded_at, seq LIMIT 10",
+                "events_transitions_by_time",
+            ),
+            (
+                "EXPLAIN QUERY PLAN SELECT position, stream, seq, event_type, event_version, recorded_at, payload FROM events \
+                 WHERE stream = 'pay' AND event_type = 'call_summary' AND (recorded_at, seq) > (1, 0) AND recorded_at <= 5 ORDER BY recorded_at, seq LIMIT 10",
+                "events_summaries_by_time",
+            ),
+            (
+                "EXPLAIN QUERY PLAN SELECT EXISTS (SELECT 1 FROM events WHERE stream = 'pay' AND event_type = 'call_summary')",
+                "events_summaries_by_time",
+            ),
+        ] {
+            let plan = plan(sql).await;
+            // then each is a search of its own index, not a scan of the stream.
+            assert!(
+                plan.contains(&format!("USING COVERING INDEX {index}"))
+                    || plan.contains(&format!("USING INDEX {index}")),
+                "{sql}: {plan}"
+            );
+            assert!(!plan.contains("SCAN events"), "{sql}: {plan}");
+        }
+        journal.close().await;
+    }
+}

@@ -235,7 +235,19 @@ pub fn replay(args: ReplayArgs, global: &Global) -> Result<(), CliError> {
     let now = system_now_ms();
     let (entries, state) = rt.block_on(async {
         let journal = open(global).await?;
-        let entries = history(&journal, &args.service).await;
+        // `--at` reads only what the instant depends on (`replay::state_at`); the timeline needs
+        // the whole history.
+        let entries = match &args.at {
+            Some(_) => match journal.read_stream(&args.service, 0, 1).await {
+                Ok(first) if first.is_empty() => Err(CliError::BadInput(format!(
+                    "no history for service {:?} in this log",
+                    args.service
+                ))),
+                Ok(_) => Ok(Vec::new()),
+                Err(e) => Err(runtime_err(e)),
+            },
+            None => history(&journal, &args.service).await,
+        };
         let state = match (&entries, &args.at) {
             (Ok(_), Some(at)) => {
                 let at = parse_time(at, now).map_err(|e| CliError::BadInput(format!("--at: {e}")))?;

@@ -411,6 +411,65 @@ impl Journal {
         self.readers.latest_of_type(stream, event_type).await
     }
 
+    /// The latest snapshot, transition or call summary of a stream recorded at or before `at_ms`
+    /// (the largest `recorded_at`, the last in log order among equals): one index probe
+    /// (`migrations/0004_replay_lookups.sql`). Other types are refused (`StoreError::Io`): they
+    /// have no index for it.
+    pub async fn latest_at_or_before(
+        &self,
+        stream: &str,
+        event_type: &str,
+        at_ms: u64,
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        self.readers
+            .latest_at_or_before(stream, event_type, at_ms.min(i64::MAX as u64) as i64)
+            .await
+    }
+
+    /// A stream's snapshots, transitions or call summaries (`event_type`) recorded in
+    /// `[from_ms, to_ms]`, in log order: one index range, read in pages of `page` events.
+    pub async fn read_stream_range(
+        &self,
+        stream: &str,
+        event_type: &str,
+        from_ms: u64,
+        to_ms: u64,
+        page: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let ms = |t: u64| t.min(i64::MAX as u64) as i64;
+        let mut after = (ms(from_ms), i64::MIN);
+        let mut out: Vec<StoredEvent> = Vec::new();
+        loop {
+            let events = self
+                .readers
+                .read_stream_range(stream, event_type, after, ms(to_ms), page.max(1))
+                .await?;
+            let Some(last) = events.last() else { break };
+            after = (last.recorded_at, last.seq);
+            out.extend(events);
+        }
+        // Read by time (that is what the index serves); handed back in log order.
+        out.sort_by_key(|e| e.seq);
+        Ok(out)
+    }
+
+    /// Whether a stream holds any snapshot, transition or call summary (`event_type`): one index
+    /// probe.
+    pub async fn has_event_type(&self, stream: &str, event_type: &str) -> Result<bool, StoreError> {
+        self.readers.has_event_type(stream, event_type).await
+    }
+
+    /// A stream's first event of one of `types` with `seq > after_seq`. Walks the stream (no
+    /// index on the type): for rare look-ups.
+    pub async fn first_of_types(
+        &self,
+        stream: &str,
+        after_seq: i64,
+        types: &[&str],
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        self.readers.first_of_types(stream, after_seq, types).await
+    }
+
     /// The last position in the file, whoever wrote it (other processes included).
     pub async fn last_position(&self) -> Result<i64, StoreError> {
         self.readers.last_position().await

@@ -354,6 +354,141 @@ pub(crate) async fn latest_of_type(
     Ok(row.map(stored))
 }
 
+/// Runs `$query` (a `select!` literal with `event_type = '<type>'` inside) for the one type it
+/// names: the partial indexes of `migrations/0004_replay_lookups.sql` are only used when the type
+/// is written literally in the SQL, so each indexed type gets its own statement.
+macro_rules! by_indexed_type {
+    ($event_type:expr, |$sql:ident| $run:expr, $head:literal, $tail:literal $(,)?) => {
+        match $event_type {
+            super::record::SNAPSHOT => {
+                let $sql = concat!(
+                    "SELECT position, stream, seq, event_type, event_version, recorded_at, payload FROM events",
+                    $head,
+                    " 'snapshot' ",
+                    $tail
+                );
+                $run
+            }
+            crate::breaker::codec::types::TRANSITION => {
+                let $sql = concat!(
+                    "SELECT position, stream, seq, event_type, event_version, recorded_at, payload FROM events",
+                    $head,
+                    " 'transition' ",
+                    $tail
+                );
+                $run
+            }
+            super::record::CALL_SUMMARY => {
+                let $sql = concat!(
+                    "SELECT position, stream, seq, event_type, event_version, recorded_at, payload FROM events",
+                    $head,
+                    " 'call_summary' ",
+                    $tail
+                );
+                $run
+            }
+            other => return Err(StoreError::Io(format!("no time index for event type {other:?}"))),
+        }
+    };
+}
+
+/// The latest event of `event_type` (a snapshot, a transition or a call summary) in a stream with
+/// `recorded_at <= at_ms`: the one with the largest `recorded_at`, the last in log order among
+/// equals. One probe of that type's `*_by_time` index.
+pub(crate) async fn latest_at_or_before(
+    pool: &SqlitePool,
+    stream: &str,
+    event_type: &str,
+    at_ms: i64,
+) -> Result<Option<StoredEvent>, StoreError> {
+    let row: Option<RowTuple> = by_indexed_type!(
+        event_type,
+        |sql| sqlx::query_as(sql).bind(stream).bind(at_ms).fetch_optional(pool).await,
+        " WHERE stream = ? AND event_type =",
+        "AND recorded_at <= ? ORDER BY recorded_at DESC, seq DESC LIMIT 1",
+    )
+    .map_err(classify)?;
+    Ok(row.map(stored))
+}
+
+/// A stream's events of `event_type` (a snapshot, a transition or a call summary) with
+/// `recorded_at <= to_ms` after `after` = (recorded_at, seq), by time then log order, at most
+/// `limit`: a range of that type's `*_by_time` index. Start with `(from_ms, i64::MIN)` for
+/// `recorded_at >= from_ms`; page on with the last event's `(recorded_at, seq)`. (Ordered by
+/// time, not seq: `ORDER BY seq` makes SQLite walk the whole stream by `(stream, seq)` instead.)
+pub(crate) async fn read_stream_range(
+    pool: &SqlitePool,
+    stream: &str,
+    event_type: &str,
+    after: (i64, i64),
+    to_ms: i64,
+    limit: u32,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let rows: Vec<RowTuple> = by_indexed_type!(
+        event_type,
+        |sql| sqlx::query_as(sql)
+            .bind(stream)
+            .bind(after.0)
+            .bind(after.1)
+            .bind(to_ms)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await,
+        " WHERE stream = ? AND event_type =",
+        "AND (recorded_at, seq) > (?, ?) AND recorded_at <= ? ORDER BY recorded_at, seq LIMIT ?",
+    )
+    .map_err(classify)?;
+    Ok(rows.into_iter().map(stored).collect())
+}
+
+/// Whether a stream holds any event of `event_type` (a snapshot, a transition or a call
+/// summary). One probe of that type's `*_by_time` index.
+pub(crate) async fn has_event_type(pool: &SqlitePool, stream: &str, event_type: &str) -> Result<bool, StoreError> {
+    let sql = match event_type {
+        super::record::SNAPSHOT => "SELECT EXISTS (SELECT 1 FROM events WHERE stream = ? AND event_type = 'snapshot')",
+        crate::breaker::codec::types::TRANSITION => {
+            "SELECT EXISTS (SELECT 1 FROM events WHERE stream = ? AND event_type = 'transition')"
+        }
+        super::record::CALL_SUMMARY => {
+            "SELECT EXISTS (SELECT 1 FROM events WHERE stream = ? AND event_type = 'call_summary')"
+        }
+        other => return Err(StoreError::Io(format!("no time index for event type {other:?}"))),
+    };
+    let (found,): (bool,) = sqlx::query_as(sql)
+        .bind(stream)
+        .fetch_one(pool)
+        .await
+        .map_err(classify)?;
+    Ok(found)
+}
+
+/// A stream's first event with `seq > after_seq` of one of `types`. Walks the stream from there
+/// (no index on the type): for rare look-ups only.
+pub(crate) async fn first_of_types(
+    pool: &SqlitePool,
+    stream: &str,
+    after_seq: i64,
+    types: &[&str],
+) -> Result<Option<StoredEvent>, StoreError> {
+    if types.is_empty() {
+        return Ok(None);
+    }
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(select!(""));
+    q.push(" WHERE stream = ")
+        .push_bind(stream)
+        .push(" AND seq > ")
+        .push_bind(after_seq)
+        .push(" AND event_type IN (");
+    let mut sep = q.separated(", ");
+    for t in types {
+        sep.push_bind(*t);
+    }
+    sep.push_unseparated(")");
+    q.push(" ORDER BY seq LIMIT 1");
+    let row: Option<RowTuple> = q.build_query_as().fetch_optional(pool).await.map_err(classify)?;
+    Ok(row.map(stored))
+}
+
 /// Events of the given types (all if empty) with `from_ms <= recorded_at < to_ms`, after a
 /// position, in log order, at most `limit`.
 pub(crate) async fn read_range(
@@ -695,6 +830,32 @@ pub trait LogReader: Send + Sync {
         stream: &str,
         event_type: &str,
     ) -> impl Future<Output = Result<Option<StoredEvent>, StoreError>> + Send;
+    /// The latest event of an indexed type (snapshot, transition, call summary) at or before a
+    /// time.
+    fn latest_at_or_before(
+        &self,
+        stream: &str,
+        event_type: &str,
+        at_ms: i64,
+    ) -> impl Future<Output = Result<Option<StoredEvent>, StoreError>> + Send;
+    /// A stream's events of an indexed type up to a time, after a (time, seq), by time.
+    fn read_stream_range(
+        &self,
+        stream: &str,
+        event_type: &str,
+        after: (i64, i64),
+        to_ms: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<StoredEvent>, StoreError>> + Send;
+    /// Whether a stream holds an event of an indexed type.
+    fn has_event_type(&self, stream: &str, event_type: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// A stream's first event of some types after a seq.
+    fn first_of_types(
+        &self,
+        stream: &str,
+        after_seq: i64,
+        types: &[&str],
+    ) -> impl Future<Output = Result<Option<StoredEvent>, StoreError>> + Send;
     /// The last position.
     fn last_position(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
     /// The lease as it stands.
@@ -757,6 +918,35 @@ impl LogReader for SqliteReader {
     }
     async fn latest_of_type(&self, stream: &str, event_type: &str) -> Result<Option<StoredEvent>, StoreError> {
         latest_of_type(&self.0, stream, event_type).await
+    }
+    async fn latest_at_or_before(
+        &self,
+        stream: &str,
+        event_type: &str,
+        at_ms: i64,
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        latest_at_or_before(&self.0, stream, event_type, at_ms).await
+    }
+    async fn read_stream_range(
+        &self,
+        stream: &str,
+        event_type: &str,
+        after: (i64, i64),
+        to_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        read_stream_range(&self.0, stream, event_type, after, to_ms, limit).await
+    }
+    async fn has_event_type(&self, stream: &str, event_type: &str) -> Result<bool, StoreError> {
+        has_event_type(&self.0, stream, event_type).await
+    }
+    async fn first_of_types(
+        &self,
+        stream: &str,
+        after_seq: i64,
+        types: &[&str],
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        first_of_types(&self.0, stream, after_seq, types).await
     }
     async fn last_position(&self) -> Result<i64, StoreError> {
         last_position(&self.0).await

@@ -6,6 +6,7 @@ mod export;
 mod health;
 mod metrics;
 mod projection;
+mod state;
 mod summary;
 mod svg;
 mod time;
@@ -15,13 +16,13 @@ pub use export::export;
 pub use health::{Component, Health, health};
 pub use metrics::{Minute, minutes};
 pub use projection::{CatchUp, Projection};
+pub use state::{LATE_MS, StateAt, state_at};
 pub use summary::{Summary, summarize};
 pub use svg::timeline_svg;
 pub use time::{TimeError, parse_time};
 
 use crate::breaker::{Breaker, Event, Policy, Transition};
 use crate::journal::{Decoded, Journal, JournalError, StoredEvent, decode};
-use serde::Serialize;
 
 /// One decoded event of a stream, with where it sits in the log.
 #[derive(Clone, Debug)]
@@ -147,54 +148,4 @@ pub fn transitions(entries: &[Entry], from_ms: u64, to_ms: u64) -> Vec<Transitio
             _ => None,
         })
         .collect()
-}
-
-/// A breaker as it was at an instant.
-#[derive(Clone, Debug, Serialize)]
-pub struct StateAt {
-    /// The breaker key.
-    pub stream: String,
-    /// The instant.
-    pub at_ms: u64,
-    /// State, windows, counts, trial permits as the core has them.
-    pub view: crate::breaker::View,
-    /// Time left in OPEN at that instant.
-    pub open_remaining_ms: Option<u64>,
-    /// The policy in force.
-    pub policy: Policy,
-    /// The last transition at or before the instant.
-    pub last_transition: Option<Transition>,
-    /// Per-call detail was compacted before this instant (counts there come from snapshots and
-    /// summaries), when it was.
-    pub compacted: bool,
-    /// The health score at that instant, with its components.
-    pub health: Health,
-}
-
-/// The breaker `stream` as it was at `at_ms` (its health judged against `latency_budget_ms`).
-pub async fn state_at(
-    journal: &Journal,
-    stream: &str,
-    at_ms: u64,
-    fallback: &Policy,
-    latency_budget_ms: u64,
-) -> Result<StateAt, JournalError> {
-    let entries = history(journal, stream).await?;
-    let breaker = fold(&entries, Some(at_ms), fallback);
-    let view = breaker.view(at_ms);
-    let open_remaining_ms = view.open_until_ms.map(|u| u.saturating_sub(at_ms));
-    let last_transition = transitions(&entries, 0, at_ms.saturating_add(1)).pop();
-    let compacted = entries.iter().any(|e| matches!(e.item, Item::Summary(_)));
-    let all_transitions = transitions(&entries, 0, at_ms.saturating_add(1));
-    let health = health(&minutes(&entries, at_ms), &all_transitions, at_ms, latency_budget_ms);
-    Ok(StateAt {
-        health,
-        stream: stream.to_owned(),
-        at_ms,
-        view,
-        open_remaining_ms,
-        policy: breaker.policy().clone(),
-        last_transition,
-        compacted,
-    })
 }
