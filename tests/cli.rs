@@ -1225,3 +1225,21 @@ fn every_command_has_help_with_an_example() {
         assert!(help.contains("EXAMPLE"), "{c} --help has no example:\n{help}");
     }
 }
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for (shell, needle) in [
+        ("bash", "complete -F _breakerbox"),
+        ("zsh", "#compdef breakerbox"),
+        ("fish", "complete -c breakerbox"),
+    ] {
+        let out = breakerbox(&["completions", shell], "");
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains(needle), "{shell}: {needle:?} missing");
+        assert!(
+            script.contains("what-if") && script.contains("demo"),
+            "{shell}: every command completes"
+        );
+    }
+}

@@ -740,14 +740,25 @@ async fn the_dashboard_shows_a_breaker_opening_live_and_its_buttons_are_audited(
         .wait_for("[data-testid=events] [data-testid=event]", T)
         .await
         .unwrap();
-    let listed = browser
-        .execute(
-            "return [...document.querySelectorAll('[data-testid=event]')].some(e => e.textContent.includes(arguments[0]))",
-            vec![serde_json::json!("stripe recovered")],
-        )
-        .await
-        .unwrap();
-    assert_eq!(listed, serde_json::json!(true));
+    // It arrives over the stream shortly after the command's answer: look until it is there.
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let listed = browser
+            .execute(
+                "return [...document.querySelectorAll('[data-testid=event]')].some(e => e.textContent.includes(arguments[0]))",
+                vec![serde_json::json!("stripe recovered")],
+            )
+            .await
+            .unwrap();
+        if listed == serde_json::json!(true) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reset never showed in the page's event list"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     browser.screenshot(&shot).await.unwrap();
     // Readable on a phone: at 390 px wide nothing is wider than the screen.
