@@ -52,6 +52,9 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
     let db = global.db.clone();
     let json = global.json;
     actix_web::rt::System::new().block_on(async move {
+        // Registered before anything is printed, so a Ctrl-C at any point ends the demo cleanly.
+        let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map_err(|e| CliError::Runtime(format!("listening for Ctrl-C: {e}")))?;
         let started = Instant::now();
         let script = Script {
             length_ms: args.duration,
@@ -134,7 +137,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
         };
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(args.duration)) => {}
-            _ = tokio::signal::ctrl_c() => println!("\nCtrl-C: stopping cleanly"),
+            _ = interrupt.recv() => println!("\nCtrl-C: stopping cleanly"),
         }
         let _ = stop_tx.send(true);
         let _ = traffic.await;
