@@ -438,8 +438,9 @@ async fn the_event_stream_resumes_after_last_event_id_with_exactly_the_missed_ev
     let stripe = registry.get("stripe").unwrap().clone();
     let calcom = registry.get("calcom").unwrap().clone();
 
-    // Given a dashboard connected to the stream, which sees a force-open live (and a second
-    // client, following calcom only, connected at the same time)…
+    // Given a dashboard connected to the stream once the start-up's policy events are in the
+    // log, which sees a force-open live (and a second client, following calcom only)…
+    registry.journal().flush().await.unwrap();
     let mut sse = Sse::connect(addr, None).await;
     let mut calcom_only = Sse::connect_to(addr, "/api/events/stream?service=calcom&kind=command", None).await;
     stripe.force_open(operator("incident 1")).await.unwrap();
@@ -852,5 +853,41 @@ async fn config_reload_over_http_applies_a_good_file_and_refuses_a_bad_one_whole
     let body: Value = test::read_body_json(resp).await;
     assert!(body["problems"][0].as_str().unwrap().contains("cb.toml:2"), "{body}");
     assert_eq!(threshold().await, 7);
+    registry.shutdown().await.unwrap();
+}
+
+#[actix_web::test]
+async fn a_filtered_stream_gets_keepalives_while_other_breakers_events_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, config) = registry(dir.path()).await;
+    registry.journal().flush().await.unwrap();
+    let addr = serve(&registry, &config).await;
+    // Given a client following calcom only, while stripe's events flow every 200 ms…
+    let mut calcom_only = Sse::connect_to(addr, "/api/events/stream?service=calcom", None).await;
+    let stripe = registry.get("stripe").unwrap().clone();
+    let driver = actix_web::rt::spawn(async move {
+        for i in 0..70 {
+            let op = operator(&format!("flap {i}"));
+            let _ = if i % 2 == 0 {
+                stripe.force_open(op).await
+            } else {
+                stripe.reset(op).await
+            };
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    });
+    // …then within the keepalive period it still hears that the stream is alive (and nothing
+    // of stripe's).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(13);
+    let mut heard = None;
+    while tokio::time::Instant::now() < deadline {
+        if let Some(f) = calcom_only.frame().await {
+            heard = Some(f);
+            break;
+        }
+    }
+    let heard = heard.expect("a frame within 13 s");
+    assert!(heard.starts_with(": keepalive"), "{heard:?}");
+    driver.abort();
     registry.shutdown().await.unwrap();
 }

@@ -4,7 +4,7 @@
 
 use super::{ApiState, bad_request, error};
 use crate::journal::Journal;
-use crate::replay::{AuditEntry, AuditQuery, Kind, audit, parse_time};
+use crate::replay::{AuditEntry, AuditQuery, Kind, audit, audit_skipping_bad, parse_time};
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -171,15 +171,17 @@ const TAIL_BUFFER: usize = 1_024;
 const TAIL_PERIOD: Duration = Duration::from_millis(50);
 
 impl Tail {
-    /// A receiver of everything the tail reads from now on; starts the reader if none runs.
-    fn subscribe(&self, journal: &Arc<Journal>) -> broadcast::Receiver<Arc<Published>> {
+    /// A receiver of everything the tail reads after `from` at the latest; starts the reader
+    /// (from `from`, a position the caller read before subscribing) if none runs, so nothing
+    /// committed between the caller's own reads and the tail's first one falls between them.
+    fn subscribe(&self, journal: &Arc<Journal>, from: i64) -> broadcast::Receiver<Arc<Published>> {
         let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = slot.as_ref() {
             return tx.subscribe();
         }
         let (tx, rx) = broadcast::channel(TAIL_BUFFER);
         *slot = Some(tx.clone());
-        actix_web::rt::spawn(tail(journal.clone(), tx, self.slot.clone()));
+        actix_web::rt::spawn(tail(journal.clone(), from, tx, self.slot.clone()));
         rx
     }
 }
@@ -196,11 +198,13 @@ fn everything_after(after: i64) -> AuditQuery {
     }
 }
 
-async fn tail(journal: Arc<Journal>, tx: broadcast::Sender<Arc<Published>>, slot: Slot) {
-    let mut q = everything_after(journal.last_position().await.unwrap_or(0));
+async fn tail(journal: Arc<Journal>, from: i64, tx: broadcast::Sender<Arc<Published>>, slot: Slot) {
+    let mut q = everything_after(from);
     loop {
-        match audit(&journal, &q).await {
-            Ok(page) => {
+        // Read before the page, so a commit landing during it still wakes the wait below.
+        let before = journal.last_position().await.unwrap_or(q.after_position);
+        match audit_skipping_bad(&journal, &q).await {
+            Ok((page, scanned)) => {
                 let full = page.len() == q.limit;
                 for entry in page {
                     q.after_position = entry.position;
@@ -211,15 +215,12 @@ async fn tail(journal: Arc<Journal>, tx: broadcast::Sender<Arc<Published>>, slot
                 if full {
                     continue;
                 }
+                // Past rows that were skipped as undecodable, too.
+                q.after_position = q.after_position.max(scanned);
             }
             Err(e) => tracing::warn!(error = %e, "event stream: reading the log failed; retrying"),
         }
-        let seen = journal
-            .last_position()
-            .await
-            .unwrap_or(q.after_position)
-            .max(q.after_position);
-        let _ = journal.wait_after(seen, KEEPALIVE).await;
+        let _ = journal.wait_after(before.max(q.after_position), KEEPALIVE).await;
         tokio::time::sleep(TAIL_PERIOD).await;
         // No clients left: stop, under the lock a new client subscribes with, so none is left
         // holding a receiver of a stopped tail.
@@ -262,22 +263,20 @@ pub(super) async fn stream(
         Some(Err(_)) => return bad_request("Last-Event-ID must be a log position (a whole number)"),
     };
     let journal = state.registry.journal().clone();
+    let end = match journal.last_position().await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "reading the log position failed");
+            return error(
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                "the event log cannot be read",
+            );
+        }
+    };
     // Subscribe before reading anything, so an entry committed meanwhile is in one or the
     // other (or both: positions tell).
-    let mut live = state.tail.subscribe(&journal);
-    q.after_position = match resume.or(params.after) {
-        Some(p) => p,
-        None => match journal.last_position().await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "reading the log position failed");
-                return error(
-                    actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-                    "the event log cannot be read",
-                );
-            }
-        },
-    };
+    let mut live = state.tail.subscribe(&journal, end);
+    q.after_position = resume.or(params.after).unwrap_or(end);
     q.limit = 500;
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     actix_web::rt::spawn(async move {
@@ -285,12 +284,16 @@ pub(super) async fn stream(
         if tx.send(Bytes::from_static(b": connected\n\n")).await.is_err() {
             return;
         }
+        // A comment after KEEPALIVE without a frame sent: it shows the client the stream is
+        // alive, and shows this task when the client has gone.
+        let keepalive = tokio::time::sleep(KEEPALIVE);
+        tokio::pin!(keepalive);
         let mut catch_up = true;
         loop {
             if catch_up {
                 // From the log, up to where the live tail takes over.
                 loop {
-                    let page = match audit(&journal, &q).await {
+                    let (page, scanned) = match audit_skipping_bad(&journal, &q).await {
                         Ok(p) => p,
                         Err(e) => {
                             tracing::warn!(error = %e, "event stream: reading the log failed; ending the stream");
@@ -302,33 +305,38 @@ pub(super) async fn stream(
                             return;
                         }
                         q.after_position = e.position;
+                        keepalive.as_mut().reset(tokio::time::Instant::now() + KEEPALIVE);
                     }
                     if page.len() < q.limit {
+                        q.after_position = q.after_position.max(scanned);
                         break;
                     }
                 }
                 catch_up = false;
             }
-            let next = tokio::select! {
-                next = live.recv() => next,
-                _ = tokio::time::sleep(KEEPALIVE) => {
+            tokio::select! {
+                next = live.recv() => match next {
+                    Ok(p) if p.entry.position > q.after_position => {
+                        if wanted(&q, &p.entry) {
+                            if tx.send(p.frame.clone()).await.is_err() {
+                                return;
+                            }
+                            keepalive.as_mut().reset(tokio::time::Instant::now() + KEEPALIVE);
+                        }
+                        // Seen, wanted or not: a catch-up after lagging starts past it.
+                        q.after_position = p.entry.position;
+                    }
+                    Ok(_) => {}
+                    // Fell behind the tail's buffer: read the gap from the log.
+                    Err(broadcast::error::RecvError::Lagged(_)) => catch_up = true,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = &mut keepalive => {
                     if tx.send(Bytes::from_static(b": keepalive\n\n")).await.is_err() {
                         return;
                     }
-                    continue;
+                    keepalive.as_mut().reset(tokio::time::Instant::now() + KEEPALIVE);
                 }
-            };
-            match next {
-                Ok(p) if p.entry.position > q.after_position && wanted(&q, &p.entry) => {
-                    if tx.send(p.frame.clone()).await.is_err() {
-                        return;
-                    }
-                    q.after_position = p.entry.position;
-                }
-                Ok(_) => {}
-                // Fell behind the tail's buffer: read the gap from the log.
-                Err(broadcast::error::RecvError::Lagged(_)) => catch_up = true,
-                Err(broadcast::error::RecvError::Closed) => return,
             }
         }
     });

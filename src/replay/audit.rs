@@ -235,6 +235,17 @@ fn policy_line(p: &PolicyApplied) -> String {
 
 /// Runs an audit query, in log order. A stored event that does not decode is an error.
 pub async fn audit(journal: &Journal, q: &AuditQuery) -> Result<Vec<AuditEntry>, JournalError> {
+    scan(journal, q, false).await.map(|(out, _)| out)
+}
+
+/// As [`audit`], for readers that must keep going (the live event stream): a stored event that
+/// does not decode (e.g. written by another version) is logged with its position and skipped.
+/// Also gives the last position examined, so the next call starts after skipped rows too.
+pub async fn audit_skipping_bad(journal: &Journal, q: &AuditQuery) -> Result<(Vec<AuditEntry>, i64), JournalError> {
+    scan(journal, q, true).await
+}
+
+async fn scan(journal: &Journal, q: &AuditQuery, skip_bad: bool) -> Result<(Vec<AuditEntry>, i64), JournalError> {
     let kinds: Vec<Kind> = if q.kinds.is_empty() {
         Kind::ALL.to_vec()
     } else {
@@ -243,15 +254,17 @@ pub async fn audit(journal: &Journal, q: &AuditQuery) -> Result<Vec<AuditEntry>,
     let types: Vec<&str> = kinds.iter().map(|k| k.event_type()).collect();
     let mut out = Vec::new();
     let mut after = q.after_position;
+    let mut scanned = q.after_position;
     let (since, until) = (
         q.since_ms.min(i64::MAX as u64) as i64,
         q.until_ms.min(i64::MAX as u64) as i64,
     );
-    while out.len() < q.limit {
+    'pages: while out.len() < q.limit {
         let page = journal.read_range(&types, since, until, after, 1_000).await?;
         let Some(last) = page.last() else { break };
         after = last.position;
         for e in &page {
+            scanned = e.position;
             // Alert records live in the notifier's stream: they are matched on the breaker they name.
             if e.event_type != ALERT_DELIVERY && q.stream.as_ref().is_some_and(|s| *s != e.stream) {
                 continue;
@@ -261,15 +274,22 @@ pub async fn audit(journal: &Journal, q: &AuditQuery) -> Result<Vec<AuditEntry>,
                 .copied()
                 .find(|k| k.event_type() == e.event_type)
                 .expect("read_range returned a requested type");
-            let item = entry(e, kind).map_err(|m| JournalError::Store(crate::journal::StoreError::Io(m)))?;
+            let item = match entry(e, kind) {
+                Ok(item) => item,
+                Err(m) if skip_bad => {
+                    tracing::error!(position = e.position, error = %m, "an event that does not decode was skipped");
+                    continue;
+                }
+                Err(m) => return Err(JournalError::Store(crate::journal::StoreError::Io(m))),
+            };
             if q.stream.as_ref().is_some_and(|s| *s != item.stream) {
                 continue;
             }
             out.push(item);
             if out.len() >= q.limit {
-                break;
+                break 'pages;
             }
         }
     }
-    Ok(out)
+    Ok((out, scanned))
 }

@@ -11,7 +11,7 @@ mod summary;
 mod svg;
 mod time;
 
-pub use audit::{AuditEntry, AuditQuery, Kind, audit, evidence_text};
+pub use audit::{AuditEntry, AuditQuery, Kind, audit, audit_skipping_bad, evidence_text};
 pub use export::export;
 pub use health::{Component, Health, health};
 pub use metrics::{Minute, minutes};
