@@ -313,6 +313,15 @@ impl Notifier {
 
     /// One step at `now_ms`: read the new events into the outbox, then send what is due.
     pub async fn pump(&mut self, now_ms: u64) -> Result<Pump, AlertsError> {
+        if matches!(self.journal.integrity(), crate::journal::Integrity::Corrupt(_)) {
+            // The file is damaged: nothing more is written to it, the outbox included (its
+            // commits could checkpoint into the damaged pages). Look again in a second.
+            return Ok(Pump {
+                enqueued: 0,
+                deliveries: Vec::new(),
+                next_wake_ms: Some(now_ms + 1_000),
+            });
+        }
         let enqueued = self.catch_up(now_ms).await?;
         let deliveries = self.deliver(now_ms).await?;
         if now_ms.saturating_sub(self.pruned_ms) >= 3_600_000 {
@@ -359,6 +368,10 @@ impl Notifier {
                     fold(r, &mut episodes, quiet, &mut notices);
                     position = r.position;
                 }
+                if first_run {
+                    // History is not news (see below): keep memory flat on a long log.
+                    notices.clear();
+                }
                 if complete {
                     position = upto;
                 }
@@ -372,7 +385,11 @@ impl Notifier {
             } else if !full {
                 self.full_warned = false;
             }
-            episodes.tick(now_ms, quiet, &mut notices);
+            // Quiet periods end by the clock only once the log is read to its end: a re-open in
+            // the unread part would otherwise be announced as "resolved", then fire again.
+            if !full {
+                episodes.tick(now_ms, quiet, &mut notices);
+            }
             if first_run {
                 // History is not news: only what is still going on is announced.
                 notices = episodes.active().cloned().collect();
@@ -522,7 +539,7 @@ impl Notifier {
         // once), never loses the record of a delivery that is marked done.
         let stream: Arc<str> = Arc::from(self.options.stream.as_str());
         for r in &records {
-            self.journal.submit(
+            let queued = self.journal.submit(
                 &stream,
                 Body::Other {
                     event_type: ALERT_DELIVERY,
@@ -531,12 +548,17 @@ impl Notifier {
                     payload: rmp_serde::to_vec_named(r).expect("plain data encodes"),
                 },
             );
+            if queued.is_none() {
+                // The log's buffer is full: the delivery happened, its record is counted in the
+                // next gap event instead of being written.
+                tracing::error!(sink = %r.sink, "an alert delivery record was dropped: the event log's buffer is full");
+            }
         }
         if !records.is_empty() {
             match tokio::time::timeout(Duration::from_secs(5), self.journal.flush()).await {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "alert delivery records could not be written to the log"),
-                Err(_) => tracing::warn!("alert delivery records are not in the log yet (it is slow or failing)"),
+                Ok(Err(e)) => tracing::error!(error = %e, "alert delivery records could not be written to the log"),
+                Err(_) => tracing::error!("alert delivery records are not in the log yet (it is slow or failing)"),
             }
         }
         for (id, state, attempts, next, error) in updates {

@@ -162,6 +162,10 @@ impl Projection {
     /// Folds everything the log holds after the checkpoint, a page (`page` events) per
     /// transaction.
     pub async fn catch_up(&mut self, journal: &Journal, page: u32) -> Result<CatchUp, JournalError> {
+        if let crate::journal::Integrity::Corrupt(e) = journal.integrity() {
+            // The file is damaged: the projection writes nothing more to it either.
+            return Err(JournalError::Store(e));
+        }
         let (mut position, mut cursor) = self.checkpoint().await?;
         let mut done = CatchUp {
             position,
