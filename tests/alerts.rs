@@ -1301,3 +1301,37 @@ fn alerts_test_sends_to_each_sink_reports_the_outcome_and_refuses_an_unknown_sin
     assert_eq!(none.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&none.stderr).contains("no alert sinks are configured"));
 }
+
+#[tokio::test]
+async fn given_a_message_waiting_for_a_retry_then_the_sinks_newer_messages_wait_behind_it() {
+    // The sink fails the first request, then works.
+    let rx = Receiver::start(vec![reply(500)]);
+    let cfg = config("", &[("oncall", &rx.url(), "alertmanager")]);
+    let mut s = setup(&cfg).await;
+    open_breaker(&s.journal, "stripe", T0).await;
+    // stripe's firing is tried and fails: it waits 0.5–1 s for its retry.
+    s.notifier.pump(T0).await.unwrap();
+    // Meanwhile calcom opens: its firing must not overtake stripe's at the down sink.
+    open_breaker(&s.journal, "calcom", T0 + 10).await;
+    s.notifier.pump(T0 + 20).await.unwrap();
+    assert_eq!(
+        rx.got().len(),
+        1,
+        "nothing more sent to the sink while its oldest message waits"
+    );
+    // Once the retry is due, both go, in order.
+    for step in 1..=3 {
+        s.notifier.pump(T0 + step * MIN).await.unwrap();
+    }
+    let services: Vec<String> = rx
+        .got()
+        .iter()
+        .map(|g| {
+            g.body["alerts"][0]["labels"]["service"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(services, ["stripe", "stripe", "calcom"]);
+}

@@ -236,17 +236,23 @@ impl Store {
         }
     }
 
-    /// Pending messages due at `now_ms`, oldest first, at most `limit`. A resolved message waits
-    /// while the firing of its episode is still pending for the same sink, so a receiver never
-    /// hears "resolved" before "firing".
+    /// Pending messages due at `now_ms`, oldest first, at most `limit`. A sink's messages go out
+    /// in order: one waiting for a retry or a rate-limit slot holds back the sink's newer ones
+    /// (so a sink that is down is not hammered). A resolved message waits while the firing of
+    /// its episode is still pending for the same sink, so a receiver never hears "resolved"
+    /// before "firing".
     pub async fn due(&mut self, now_ms: u64, limit: u32) -> Result<Vec<OutboxItem>, StoreError> {
+        let now = now_ms.min(i64::MAX as u64) as i64;
         let rows: Vec<ItemRow> = sqlx::query_as(items!(
             " o WHERE o.state = 'pending' AND o.next_attempt_ms <= ?
+             AND NOT EXISTS (SELECT 1 FROM alert_outbox p WHERE p.sink = o.sink AND p.state = 'pending'
+                 AND p.id < o.id AND p.next_attempt_ms > ?)
              AND NOT (o.status = 'resolved' AND EXISTS (SELECT 1 FROM alert_outbox f WHERE f.sink = o.sink
                  AND f.fingerprint = o.fingerprint AND f.status = 'firing' AND f.state = 'pending'))
              ORDER BY o.id LIMIT ?"
         ))
-        .bind(now_ms.min(i64::MAX as u64) as i64)
+        .bind(now)
+        .bind(now)
         .bind(i64::from(limit))
         .fetch_all(&mut self.conn)
         .await
@@ -256,10 +262,13 @@ impl Store {
 
     /// When the earliest pending message is due.
     pub async fn next_due(&mut self) -> Result<Option<u64>, StoreError> {
-        // The same exclusion as `due`: a resolved message behind a pending firing is not due
-        // before that firing (else the loop would wake for it again and again).
+        // The same rules as `due`: a message is due no sooner than every older pending message
+        // of its sink, and a resolved message behind a pending firing not before that firing
+        // (else the loop would wake for it again and again).
         let (t,): (Option<i64>,) = sqlx::query_as(
-            "SELECT MIN(o.next_attempt_ms) FROM alert_outbox o WHERE o.state = 'pending'
+            "SELECT MIN(MAX(o.next_attempt_ms, COALESCE((SELECT MAX(p.next_attempt_ms) FROM alert_outbox p
+                 WHERE p.sink = o.sink AND p.state = 'pending' AND p.id < o.id), 0)))
+             FROM alert_outbox o WHERE o.state = 'pending'
              AND NOT (o.status = 'resolved' AND EXISTS (SELECT 1 FROM alert_outbox f WHERE f.sink = o.sink
                  AND f.fingerprint = o.fingerprint AND f.status = 'firing' AND f.state = 'pending'))",
         )
