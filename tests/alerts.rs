@@ -1335,3 +1335,45 @@ async fn given_a_message_waiting_for_a_retry_then_the_sinks_newer_messages_wait_
         .collect();
     assert_eq!(services, ["stripe", "stripe", "calcom"]);
 }
+
+#[tokio::test]
+async fn given_an_outbox_message_that_does_not_decode_then_it_is_abandoned_and_the_sink_moves_on() {
+    use sqlx::ConnectOptions;
+    let rx = Receiver::start(vec![]);
+    let cfg = config("", &[("oncall", &rx.url(), "alertmanager")]);
+    let mut s = setup(&cfg).await;
+    // A message written by a version whose notice this one cannot read, oldest in the queue.
+    let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&s.db)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO alert_outbox (sink, fingerprint, status, breaker, episode_start_ms, notice, created_ms, next_attempt_ms)
+         VALUES ('oncall', 'ffffffffffffffff', 'firing', 'paypal', 0, x'c1c1c1', 0, 0)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    drop(conn);
+    open_breaker(&s.journal, "stripe", T0).await;
+    for step in 0..3 {
+        s.notifier.pump(T0 + step * MIN).await.unwrap();
+    }
+    // stripe's firing went out; the unreadable one is given up, not pending forever.
+    assert_eq!(rx.accepted().len(), 1);
+    assert_eq!(rx.accepted()[0]["alerts"][0]["labels"]["service"], "stripe");
+    let state: (String, Option<String>) =
+        sqlx::query_as("SELECT state, last_error FROM alert_outbox WHERE fingerprint = 'ffffffffffffffff'")
+            .fetch_one(
+                &mut sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(&s.db)
+                    .connect()
+                    .await
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+    assert_eq!(state.0, "abandoned");
+    assert!(state.1.unwrap().contains("does not decode"));
+}

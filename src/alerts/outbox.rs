@@ -257,7 +257,29 @@ impl Store {
         .fetch_all(&mut self.conn)
         .await
         .map_err(io)?;
-        Ok(rows.into_iter().filter_map(item).collect())
+        let mut due = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id = row.0;
+            match item(row) {
+                Some(i) => due.push(i),
+                None => {
+                    // Written by a version whose message this one cannot read: it can never be
+                    // sent, so it is given up (and stops holding the sink's queue), not left
+                    // pending forever.
+                    tracing::error!(id, "an outbox message that does not decode was abandoned");
+                    self.update(
+                        id,
+                        OutboxState::Abandoned,
+                        0,
+                        0,
+                        Some("the stored message does not decode"),
+                        now_ms,
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(due)
     }
 
     /// When the earliest pending message is due.
