@@ -446,18 +446,19 @@ pub(super) async fn reload(state: web::Data<ApiState>, req: HttpRequest) -> Http
         .extensions()
         .get::<Caller>()
         .map_or_else(|| "unknown".to_owned(), |c| format!("token:{}", c.0));
-    match crate::actor::reload(&state.registry, options).await {
-        crate::actor::ReloadOutcome::Applied(report) => {
-            if let Ok(config) = crate::config::Config::load(options) {
-                *state.config.write().unwrap_or_else(|e| e.into_inner()) = config;
-            }
+    // Read once: the policies applied and the budgets the health uses come from the same file.
+    match crate::config::Config::load(options) {
+        Ok(config) => {
+            let report = state.registry.reload(&config).await;
+            *state.config.write().unwrap_or_else(|e| e.into_inner()) = config;
             tracing::info!(%who, changed = report.changed.len(), "configuration reloaded over HTTP");
             let changed: Vec<&str> = report.changed.iter().map(|(k, _)| k.as_str()).collect();
             HttpResponse::Ok().json(json!({
                 "applied": true, "changed": changed, "added": report.added, "removed": report.removed,
             }))
         }
-        crate::actor::ReloadOutcome::Refused(e) => {
+        Err(e) => {
+            tracing::error!(%who, error = %e, "configuration reload over HTTP refused; the running configuration stays");
             let problems: Vec<String> = e.to_string().lines().map(str::to_owned).collect();
             HttpResponse::UnprocessableEntity().json(json!({
                 "error": "the configuration has problems; the running one stays", "problems": problems,
