@@ -832,6 +832,16 @@ fn status_reset_from_a_second_process_resets_the_breaker_inside_a_running_server
     });
 }
 
+/// The address `serve` says it listens on, from its first line of output.
+fn listening_addr(lines: &mut impl Iterator<Item = std::io::Result<String>>) -> String {
+    let listening = lines.next().unwrap().unwrap();
+    listening
+        .strip_prefix("listening on http://")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{listening}"))
+        .to_owned()
+}
+
 fn http_get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
     use std::io::{Read, Write as _};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -869,12 +879,7 @@ fn serve_runs_the_api_on_loopback_and_stops_cleanly() {
         .spawn()
         .unwrap();
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let listening = lines.next().unwrap().unwrap();
-    let addr = listening
-        .strip_prefix("listening on http://")
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("{listening}"))
-        .to_owned();
+    let addr = listening_addr(&mut lines);
     assert_eq!(http_get(&addr, "/healthz", None).0, 200);
     assert_eq!(http_get(&addr, "/api/health/circuit-breakers", None).0, 401);
     let (status, body) = http_get(&addr, "/api/health/circuit-breakers", Some("token-for-the-test"));
@@ -1137,12 +1142,7 @@ fn serve_takes_named_tokens_from_the_config_file() {
         .spawn()
         .unwrap();
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let listening = lines.next().unwrap().unwrap();
-    let addr = listening
-        .strip_prefix("listening on http://")
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("{listening}"))
-        .to_owned();
+    let addr = listening_addr(&mut lines);
     let dashboard = lines.next().unwrap().unwrap();
     assert!(
         dashboard.contains("it asks for") && !dashboard.contains("#token="),

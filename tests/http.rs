@@ -23,13 +23,18 @@ async fn registry(dir: &Path) -> (Arc<Registry>, Config) {
         &BTreeMap::new(),
     )
     .unwrap();
+    (start(dir, &config).await, config)
+}
+
+/// The breakers of `config` on a log in `dir`, on a manual clock, without a projection tail.
+async fn start(dir: &Path, config: &Config) -> Arc<Registry> {
     let journal = Arc::new(
         Journal::open(&dir.join("log.db"), JournalOptions::default())
             .await
             .unwrap(),
     );
     let registry = Registry::start(
-        &config,
+        config,
         journal,
         RegistryOptions {
             clock: Clock::manual(1_764_000_000_000),
@@ -39,7 +44,7 @@ async fn registry(dir: &Path) -> (Arc<Registry>, Config) {
     )
     .await
     .unwrap();
-    (Arc::new(registry), config)
+    Arc::new(registry)
 }
 
 macro_rules! app {
@@ -182,31 +187,21 @@ async fn health_reports_every_breaker_and_operator_actions_are_audited() {
     assert_eq!(s["health"]["score"], 100);
     assert_eq!(s["policy"]["failure_threshold"], 2);
     // The same document gzipped for a client that takes it, plain for one that refuses it.
-    let zipped = test::call_service(
-        &app,
+    let encoded = |accept: &str| {
         test::TestRequest::get()
             .uri("/api/health/circuit-breakers")
             .peer_addr("127.0.0.3:1".parse().unwrap())
             .insert_header(bearer(TOKEN))
-            .insert_header(("Accept-Encoding", "br, gzip;q=0.8"))
-            .to_request(),
-    )
-    .await;
+            .insert_header(("Accept-Encoding", accept.to_owned()))
+            .to_request()
+    };
+    let zipped = test::call_service(&app, encoded("br, gzip;q=0.8")).await;
     assert_eq!(zipped.headers().get("Content-Encoding").unwrap(), "gzip");
     let bytes = test::read_body(zipped).await;
     let mut text = String::new();
     std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut text).unwrap();
     assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), body);
-    let plain = test::call_service(
-        &app,
-        test::TestRequest::get()
-            .uri("/api/health/circuit-breakers")
-            .peer_addr("127.0.0.3:1".parse().unwrap())
-            .insert_header(bearer(TOKEN))
-            .insert_header(("Accept-Encoding", "gzip;q=0"))
-            .to_request(),
-    )
-    .await;
+    let plain = test::call_service(&app, encoded("gzip;q=0")).await;
     assert!(plain.headers().get("Content-Encoding").is_none());
     // One service with its operations.
     let one: Value = test::call_and_read_body_json(&app, get("/api/health/circuit-breakers/stripe")).await;
@@ -792,24 +787,7 @@ async fn config_reload_over_http_applies_a_good_file_and_refuses_a_bad_one_whole
         env: BTreeMap::new(),
     };
     let config = Config::load(&options).unwrap();
-    let journal = Arc::new(
-        Journal::open(&dir.path().join("log.db"), JournalOptions::default())
-            .await
-            .unwrap(),
-    );
-    let registry = Arc::new(
-        Registry::start(
-            &config,
-            journal,
-            RegistryOptions {
-                clock: Clock::manual(1_764_000_000_000),
-                project_every: None,
-                ..RegistryOptions::default()
-            },
-        )
-        .await
-        .unwrap(),
-    );
+    let registry = start(dir.path(), &config).await;
     let app = test::init_service(
         App::new()
             .app_data(web::Data::new(

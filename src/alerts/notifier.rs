@@ -144,14 +144,10 @@ fn describe(e: reqwest::Error, url: &str) -> String {
         "request failed"
     };
     let e = e.without_url();
-    let mut text = kind.to_owned();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    scrub(&text, url)
+    // The causes only: the top level ("error sending request") is what `kind` says better.
+    let causes =
+        std::error::Error::source(&e).map_or_else(String::new, |s| format!(": {}", crate::tls::error_chain(s)));
+    scrub(&format!("{kind}{causes}"), url)
 }
 
 /// Removes a URL (and its path, where a webhook's secret token usually is) from `text`.

@@ -3,11 +3,11 @@
 //! post-incident summary from the log at the end.
 
 use super::{CliError, Global, history::fmt_time};
-use breakerbox::actor::{Registry, RegistryOptions, system_now_ms};
+use breakerbox::actor::system_now_ms;
 use breakerbox::demo::{self, SERVICES, Script};
 use breakerbox::duration::{format_ms, parse_ms};
 use breakerbox::http::{ApiState, server};
-use breakerbox::journal::{Journal, JournalOptions};
+use breakerbox::journal::Journal;
 use breakerbox::replay::{AuditQuery, Kind, Summary, audit, history, summarize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -84,23 +84,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
         for (service, from, to, what) in script.timeline() {
             println!("  {service:<7} {what} from {} to {}", secs(from), secs(to));
         }
-        let journal = Arc::new(
-            Journal::open(&db, JournalOptions::default())
-                .await
-                .map_err(|e| CliError::Runtime(format!("opening {}: {e}", db.display())))?,
-        );
-        let registry = Arc::new(
-            Registry::start(
-                &config,
-                journal.clone(),
-                RegistryOptions {
-                    holder: super::holder("demo"),
-                    ..RegistryOptions::default()
-                },
-            )
-            .await
-            .map_err(|e| CliError::Runtime(e.to_string()))?,
-        );
+        let (journal, registry) = super::start_breakers(&db, &config, "demo").await?;
         let state = actix_web::web::Data::new(ApiState::new(registry.clone(), config.clone(), tokens));
         let (http, addrs) = match server(state.clone(), args.bind) {
             Ok(s) => s,

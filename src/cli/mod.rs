@@ -114,11 +114,46 @@ pub fn print_dashboard(addr: std::net::SocketAddr, one_time: Option<&str>) {
     }
 }
 
-/// Who this process is, for leases and the audit trail: `ROLE pid N as USER@HOST`.
-pub fn holder(role: &str) -> String {
+/// Opens the log at `db` and starts the configured breakers on it, holding the writer lease as
+/// `role` (the long-running commands: serve, demo).
+pub async fn start_breakers(
+    db: &std::path::Path,
+    config: &breakerbox::config::Config,
+    role: &str,
+) -> Result<
+    (
+        std::sync::Arc<breakerbox::journal::Journal>,
+        std::sync::Arc<breakerbox::actor::Registry>,
+    ),
+    CliError,
+> {
+    use breakerbox::actor::{Registry, RegistryOptions};
+    use breakerbox::journal::{Journal, JournalOptions};
+    let journal = std::sync::Arc::new(
+        Journal::open(db, JournalOptions::default())
+            .await
+            .map_err(|e| CliError::Runtime(format!("opening {}: {e}", db.display())))?,
+    );
+    let options = RegistryOptions {
+        holder: holder(role),
+        ..RegistryOptions::default()
+    };
+    let registry = Registry::start(config, journal.clone(), options)
+        .await
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
+    Ok((journal, std::sync::Arc::new(registry)))
+}
+
+/// Who runs this command, for the audit trail: `USER@HOST`.
+pub fn user_at_host() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let host = std::fs::read_to_string("/etc/hostname").map_or_else(|_| "localhost".into(), |h| h.trim().to_owned());
-    format!("{role} pid {} as {user}@{host}", std::process::id())
+    format!("{user}@{host}")
+}
+
+/// Who this process is, for leases and the audit trail: `ROLE pid N as USER@HOST`.
+pub fn holder(role: &str) -> String {
+    format!("{role} pid {} as {}", std::process::id(), user_at_host())
 }
 
 #[derive(Debug, Subcommand)]

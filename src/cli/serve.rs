@@ -2,13 +2,11 @@
 //! changed file, retention and the metrics projection, until Ctrl-C.
 
 use super::{CliError, Global};
-use breakerbox::actor::{Registry, RegistryOptions, watch};
+use breakerbox::actor::watch;
 use breakerbox::alerts::{Notifier, NotifierOptions};
 use breakerbox::config::{Config, LoadOptions};
 use breakerbox::http::{ApiState, server};
-use breakerbox::journal::{Journal, JournalOptions};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Run the breakers and serve the HTTP API.
@@ -32,23 +30,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
     let (tokens, one_time) = super::api_tokens(&options, &config.api.tokens, args.bind)?;
     let db = global.db.clone();
     actix_web::rt::System::new().block_on(async move {
-        let journal = Arc::new(
-            Journal::open(&db, JournalOptions::default())
-                .await
-                .map_err(|e| CliError::Runtime(format!("opening {}: {e}", db.display())))?,
-        );
-        let registry = Arc::new(
-            Registry::start(
-                &config,
-                journal.clone(),
-                RegistryOptions {
-                    holder: super::holder("serve"),
-                    ..RegistryOptions::default()
-                },
-            )
-            .await
-            .map_err(|e| CliError::Runtime(e.to_string()))?,
-        );
+        let (journal, registry) = super::start_breakers(&db, &config, "serve").await?;
         // Alerts from the log, on the notifier's own thread; the breakers never wait for it.
         // Sinks are read at start: changing them takes a restart.
         let notifier = if config.alerts.enabled() {

@@ -55,12 +55,6 @@ pub struct CommandArgs {
     reason: String,
 }
 
-fn who() -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/etc/hostname").map_or_else(|_| "localhost".into(), |h| h.trim().to_owned());
-    format!("{user}@{host}")
-}
-
 fn runtime_err(e: impl std::fmt::Display) -> CliError {
     CliError::Runtime(e.to_string())
 }
@@ -82,7 +76,7 @@ async fn apply(journal: &Journal, b: &BreakerConfig, command: Command, why: &str
         target: &b.key,
         command,
         operator: Operator {
-            who: who(),
+            who: super::user_at_host(),
             from: "cli".into(),
             why: why.to_owned(),
         },
@@ -279,22 +273,6 @@ async fn test(b: &BreakerConfig, state: State, open_until: Option<u64>, now: u64
                    "result": format!("HTTP {status} in {latency_ms} ms: {verdict}")})
         }
         Err(e) => json!({"testable": true, "sent": true, "latency_ms": latency_ms, "outcome": "failure",
-                         "result": format!("failure after {latency_ms} ms: {}", causes(&e))}),
+                         "result": format!("failure after {latency_ms} ms: {}", breakerbox::tls::error_chain(&e))}),
     }
-}
-
-/// An error and its causes, `a: b: c` — reqwest's top-level message alone ("error sending
-/// request") does not say whether DNS, the connection or TLS failed.
-fn causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
 }

@@ -286,6 +286,13 @@ pub(super) struct CommandBody {
     reason: String,
 }
 
+/// "Who" for the audit trail: the name of the token the request came with.
+fn who(req: &HttpRequest) -> String {
+    req.extensions()
+        .get::<Caller>()
+        .map_or_else(|| "unknown".to_owned(), |c| format!("token:{}", c.0))
+}
+
 pub(super) async fn command(
     state: web::Data<ApiState>,
     req: HttpRequest,
@@ -315,10 +322,7 @@ pub(super) async fn command(
             "a JSON body with a non-empty \"reason\" is required",
         );
     };
-    let who = req
-        .extensions()
-        .get::<Caller>()
-        .map_or_else(|| "unknown".to_owned(), |c| format!("token:{}", c.0));
+    let who = who(&req);
     let from = if req.headers().get("X-Breakerbox-Client").and_then(|v| v.to_str().ok()) == Some("dashboard") {
         "dashboard"
     } else {
@@ -442,10 +446,7 @@ pub(super) async fn reload(state: web::Data<ApiState>, req: HttpRequest) -> Http
             "reload is not enabled in this server",
         );
     };
-    let who = req
-        .extensions()
-        .get::<Caller>()
-        .map_or_else(|| "unknown".to_owned(), |c| format!("token:{}", c.0));
+    let who = who(&req);
     // Read once: the policies applied and the budgets the health uses come from the same file.
     match crate::config::Config::load(options) {
         Ok(config) => {

@@ -44,6 +44,7 @@ pub use record::{
     JOURNAL_STREAM, LATENCY_BOUNDS_MS, MinuteSummary, OPERATOR_COMMAND, Operator, OperatorCommand, Record, Row,
     SNAPSHOT, StoredEvent, VERSION, decode,
 };
+pub(crate) use store::end_checked;
 pub use store::{
     CompactReport, Durability, Lease, LogReader, LogWriter, SqliteReader, SqliteWriter, StoreError, connect_options,
 };

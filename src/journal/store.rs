@@ -203,6 +203,23 @@ const ROWS_PER_INSERT: usize = 4_000;
 
 /// Appends rows in one `BEGIN IMMEDIATE` transaction with multi-row inserts. Returns the
 /// position of the last row. On error the transaction is rolled back whole.
+/// Ends a compare-and-set transaction begun with `BEGIN IMMEDIATE` (the projection's and the
+/// alert notifier's checkpoints): commits when its body says so (`Ok(true)`), rolls back when
+/// the checkpoint had moved meanwhile (`Ok(false)`) or the body failed.
+pub(crate) async fn end_checked(
+    conn: &mut SqliteConnection,
+    body: Result<bool, sqlx::Error>,
+) -> Result<bool, sqlx::Error> {
+    match body {
+        Ok(true) => conn.execute("COMMIT").await.map(|_| true),
+        Ok(false) => conn.execute("ROLLBACK").await.map(|_| false),
+        Err(e) => {
+            let _ = conn.execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
 pub(crate) async fn append(conn: &mut SqliteConnection, rows: &[Row]) -> Result<i64, StoreError> {
     // IMMEDIATE takes the write lock up front, so busy_timeout applies (a deferred transaction
     // upgrading to write fails at once with SQLITE_BUSY_SNAPSHOT instead). Plain statements
@@ -361,30 +378,15 @@ macro_rules! by_indexed_type {
     ($event_type:expr, |$sql:ident| $run:expr, $head:literal, $tail:literal $(,)?) => {
         match $event_type {
             super::record::SNAPSHOT => {
-                let $sql = concat!(
-                    "SELECT position, stream, seq, event_type, event_version, recorded_at, payload FROM events",
-                    $head,
-                    " 'snapshot' ",
-                    $tail
-                );
+                let $sql = concat!(select!($head), " 'snapshot' ", $tail);
                 $run
             }
             crate::breaker::codec::types::TRANSITION => {
-                let $sql = concat!(
-                    "SELECT position, stream, seq, event_type, event_version, recorded_at, payload FROM events",
-                    $head,
-                    " 'transition' ",
-                    $tail
-                );
+                let $sql = concat!(select!($head), " 'transition' ", $tail);
                 $run
             }
             super::record::CALL_SUMMARY => {
-                let $sql = concat!(
-                    "SELECT position, stream, seq, event_type, event_version, recorded_at, payload FROM events",
-                    $head,
-                    " 'call_summary' ",
-                    $tail
-                );
+                let $sql = concat!(select!($head), " 'call_summary' ", $tail);
                 $run
             }
             other => return Err(StoreError::Io(format!("no time index for event type {other:?}"))),

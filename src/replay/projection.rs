@@ -269,14 +269,7 @@ impl Projection {
             Ok(true)
         }
         .await;
-        match result {
-            Ok(true) => self.conn.execute("COMMIT").await.map(|_| true).map_err(io),
-            Ok(false) => self.conn.execute("ROLLBACK").await.map(|_| false).map_err(io),
-            Err(e) => {
-                let _ = self.conn.execute("ROLLBACK").await;
-                Err(io(e))
-            }
-        }
+        crate::journal::end_checked(&mut self.conn, result).await.map_err(io)
     }
 
     /// Forgets everything and folds the whole log again.
