@@ -304,6 +304,26 @@ async fn metrics_are_prometheus_text_with_real_histograms() {
         assert!(text.contains(family), "{family} missing from:\n{text}");
     }
     promtool_accepts(&text);
+    // Transitions are counted on from the previous scrape: one more shows as one more.
+    assert!(!text.contains("circuit_breaker_transitions_total{service=\"stripe\""));
+    stripe
+        .force_open(breakerbox::journal::Operator {
+            who: "ops".into(),
+            from: "library".into(),
+            why: "drill".into(),
+        })
+        .await
+        .unwrap();
+    let req = test::TestRequest::get()
+        .uri("/metrics")
+        .peer_addr("127.0.0.4:1".parse().unwrap())
+        .insert_header(bearer(TOKEN))
+        .to_request();
+    let again = String::from_utf8(test::call_and_read_body(&app, req).await.to_vec()).unwrap();
+    assert!(
+        again.contains("circuit_breaker_transitions_total{service=\"stripe\",from=\"closed\",to=\"forced_open\"} 1"),
+        "{again}"
+    );
     // Every sample line is `name{labels} value` with a number; buckets are cumulative.
     let mut last_bucket = 0.0;
     for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {

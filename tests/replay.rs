@@ -134,6 +134,29 @@ async fn traffic(registry: &Registry, clock: &Clock, seed: u64, steps: usize) {
     }
 }
 
+/// `simulate` run over exported trace lines: the transitions it makes.
+fn simulate_lines(
+    lines: &[serde_json::Value],
+    policy: &Policy,
+) -> Vec<(u64, State, State, breakerbox::breaker::Reason)> {
+    let mut sim = Simulator::new(policy.clone()).unwrap();
+    let mut events = Vec::new();
+    let mut previous = 0;
+    for (i, line) in lines.iter().enumerate() {
+        let input = parse_line(i + 1, &line.to_string(), previous).unwrap().unwrap();
+        previous = input.at_ms();
+        sim.step(&input, &mut events);
+    }
+    sim.finish(&mut events);
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Transitioned(t) => Some((t.at_ms, t.from, t.to, t.reason)),
+            _ => None,
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_fed_to_simulate_reproduces_exactly_the_transitions_the_live_log_recorded() {
     for seed in [1u64, 7, 42, 2026] {
@@ -152,22 +175,7 @@ async fn an_export_fed_to_simulate_reproduces_exactly_the_transitions_the_live_l
         );
 
         let lines = replay::export(&entries, None, None, &fallback);
-        let mut sim = Simulator::new(fallback.clone()).unwrap();
-        let mut events = Vec::new();
-        let mut previous = 0;
-        for (i, line) in lines.iter().enumerate() {
-            let input = parse_line(i + 1, &line.to_string(), previous).unwrap().unwrap();
-            previous = input.at_ms();
-            sim.step(&input, &mut events);
-        }
-        sim.finish(&mut events);
-        let simulated: Vec<_> = events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Transitioned(t) => Some((t.at_ms, t.from, t.to, t.reason)),
-                _ => None,
-            })
-            .collect();
+        let simulated = simulate_lines(&lines, &fallback);
         let recorded: Vec<_> = live.iter().map(|t| (t.at_ms, t.from, t.to, t.reason)).collect();
         if simulated != recorded {
             let i = simulated
@@ -201,22 +209,7 @@ async fn an_export_fed_to_simulate_reproduces_exactly_the_transitions_the_live_l
         let mid = live[live.len() / 2].at_ms + 1;
         let window = replay::export(&entries, Some(mid), None, &fallback);
         assert!(window[0].get("state").is_some());
-        let mut sim = Simulator::new(fallback.clone()).unwrap();
-        let mut events = Vec::new();
-        let mut previous = 0;
-        for (i, line) in window.iter().enumerate() {
-            let input = parse_line(i + 1, &line.to_string(), previous).unwrap().unwrap();
-            previous = input.at_ms();
-            sim.step(&input, &mut events);
-        }
-        sim.finish(&mut events);
-        let simulated: Vec<_> = events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Transitioned(t) => Some((t.at_ms, t.from, t.to, t.reason)),
-                _ => None,
-            })
-            .collect();
+        let simulated = simulate_lines(&window, &fallback);
         let recorded: Vec<_> = replay::transitions(&entries, mid, u64::MAX)
             .iter()
             .map(|t| (t.at_ms, t.from, t.to, t.reason))

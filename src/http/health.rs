@@ -387,25 +387,7 @@ async fn history_of(
     now: u64,
 ) -> Result<BTreeMap<String, Value>, crate::journal::JournalError> {
     let journal = state.registry.journal();
-    let mut transitions: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
-    let mut after = 0;
-    loop {
-        let page = journal
-            .read_range(&[codec::types::TRANSITION], since as i64, i64::MAX, after, 1_000)
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = last.position;
-        for e in &page {
-            if let (Some(k), Ok(Event::Transitioned(t))) = (
-                keys.iter().find(|k| **k == e.stream),
-                codec::decode(&e.event_type, e.event_version, &e.payload),
-            ) {
-                transitions.entry(k.as_str()).or_default().push(json!({
-                    "at_ms": t.at_ms, "from": t.from, "to": t.to, "reason": t.reason.as_str(),
-                }));
-            }
-        }
-    }
+    let (mut transitions, _) = crate::replay::transitions_by_stream(journal, since, u64::MAX, 0).await?;
     let mut guard = state.projection.lock().await;
     if guard.is_none() {
         *guard = Some(Projection::open(journal.path()).await?);
@@ -428,10 +410,13 @@ async fn history_of(
                 })
             })
             .collect();
-        out.insert(
-            k.clone(),
-            json!({"minutes": minutes, "transitions": transitions.remove(k.as_str()).unwrap_or_default()}),
-        );
+        let transitions: Vec<Value> = transitions
+            .remove(k)
+            .unwrap_or_default()
+            .iter()
+            .map(|t| json!({"at_ms": t.at_ms, "from": t.from, "to": t.to, "reason": t.reason.as_str()}))
+            .collect();
+        out.insert(k.clone(), json!({"minutes": minutes, "transitions": transitions}));
     }
     Ok(out)
 }

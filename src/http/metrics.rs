@@ -2,11 +2,14 @@
 //! outcome, duration histograms, failure and health ratios, transitions, event-log commits.
 
 use super::{ApiState, error, health::health_of};
-use crate::breaker::{Event, State, codec};
+use crate::breaker::State;
 use crate::journal::LATENCY_BOUNDS_MS;
 use actix_web::{HttpResponse, web};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+
+/// Transitions by (breaker, from, to).
+pub(super) type TransitionCounts = BTreeMap<(String, State, State), u64>;
 
 fn label(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
@@ -30,21 +33,20 @@ pub(super) async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
             None => BTreeMap::new(),
         }
     };
-    let mut transitions: BTreeMap<(String, State, State), u64> = BTreeMap::new();
     let journal = state.registry.journal();
-    let mut after = 0;
-    while let Ok(page) = journal
-        .read_range(&[codec::types::TRANSITION], 0, i64::MAX, after, 10_000)
-        .await
-    {
-        let Some(last) = page.last() else { break };
-        after = last.position;
-        for e in &page {
-            if let Ok(Event::Transitioned(t)) = codec::decode(&e.event_type, e.event_version, &e.payload) {
-                *transitions.entry((e.stream.clone(), t.from, t.to)).or_default() += 1;
+    // Counted on from where the last scrape stopped, not from the start of the log each time.
+    let transitions = {
+        let mut seen = state.transitions_seen.lock().await;
+        if let Ok((new, read_to)) = crate::replay::transitions_by_stream(journal, 0, u64::MAX, seen.0).await {
+            for (stream, ts) in new {
+                for t in ts {
+                    *seen.1.entry((stream.clone(), t.from, t.to)).or_default() += 1;
+                }
             }
+            seen.0 = read_to;
         }
-    }
+        seen.1.clone()
+    };
     let mut out = String::new();
     let _ = writeln!(
         out,

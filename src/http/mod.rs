@@ -34,6 +34,9 @@ pub struct ApiState {
     projection: tokio::sync::Mutex<Option<Projection>>,
     health_cache: health::HealthCache,
     tail: events::Tail,
+    /// Transitions counted for `/metrics`, by (breaker, from, to), and the log position they
+    /// were counted up to.
+    transitions_seen: tokio::sync::Mutex<(i64, metrics::TransitionCounts)>,
 }
 
 impl ApiState {
@@ -49,6 +52,7 @@ impl ApiState {
             projection: tokio::sync::Mutex::new(None),
             health_cache: health::HealthCache::default(),
             tail: events::Tail::default(),
+            transitions_seen: tokio::sync::Mutex::new((0, metrics::TransitionCounts::new())),
         }
     }
 }

@@ -139,6 +139,35 @@ pub fn fold(entries: &[Entry], until_ms: Option<u64>, fallback: &Policy) -> Brea
     breaker
 }
 
+/// Every breaker's transitions recorded in `[from_ms, to_ms)` after log position `after`, by
+/// stream in log order, read through the transition index (one that does not decode is left
+/// out); and the last position read, to go on from next time.
+pub async fn transitions_by_stream(
+    journal: &Journal,
+    from_ms: u64,
+    to_ms: u64,
+    after: i64,
+) -> Result<(std::collections::BTreeMap<String, Vec<Transition>>, i64), JournalError> {
+    let mut out: std::collections::BTreeMap<String, Vec<Transition>> = std::collections::BTreeMap::new();
+    let mut after = after;
+    let (from, to) = (from_ms.min(i64::MAX as u64) as i64, to_ms.min(i64::MAX as u64) as i64);
+    loop {
+        let page = journal
+            .read_range(&[crate::breaker::codec::types::TRANSITION], from, to, after, 10_000)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for e in &page {
+            if let Ok(Event::Transitioned(t)) =
+                crate::breaker::codec::decode(&e.event_type, e.event_version, &e.payload)
+            {
+                out.entry(e.stream.clone()).or_default().push(*t);
+            }
+        }
+    }
+    Ok((out, after))
+}
+
 /// The transitions of a stream in `[from_ms, to_ms)`.
 pub fn transitions(entries: &[Entry], from_ms: u64, to_ms: u64) -> Vec<Transition> {
     entries

@@ -8,7 +8,7 @@
 
 use super::health::{Health, health};
 use super::metrics::Minute;
-use crate::breaker::{Event, State, Transition};
+use crate::breaker::{Event, State};
 use crate::journal::{
     CALL_STATS, CallStats, Decoded, Durability, Journal, JournalError, StoreError, StoredEvent, connect_options, decode,
 };
@@ -373,28 +373,7 @@ impl Projection {
         at_ms: u64,
     ) -> Result<BTreeMap<String, Health>, JournalError> {
         let hour_ago = at_ms.saturating_sub(3_600_000);
-        let mut transitions: BTreeMap<String, Vec<Transition>> = BTreeMap::new();
-        let mut after = 0;
-        loop {
-            let page = journal
-                .read_range(
-                    &[crate::breaker::codec::types::TRANSITION],
-                    hour_ago as i64,
-                    at_ms as i64 + 1,
-                    after,
-                    10_000,
-                )
-                .await?;
-            let Some(last) = page.last() else { break };
-            after = last.position;
-            for e in &page {
-                if let Ok(Event::Transitioned(t)) =
-                    crate::breaker::codec::decode(&e.event_type, e.event_version, &e.payload)
-                {
-                    transitions.entry(e.stream.clone()).or_default().push(*t);
-                }
-            }
-        }
+        let (transitions, _) = super::transitions_by_stream(journal, hour_ago, at_ms + 1, 0).await?;
         // One checkpoint for every breaker: it holds all their states.
         let (_, cursor) = self.checkpoint().await?;
         let mut out = BTreeMap::new();
