@@ -677,3 +677,37 @@ async fn another_process_commands_a_running_owner_through_the_log_and_applies_it
     assert_eq!(registry.get("stripe").unwrap().state(), State::Disabled);
     registry.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn light_traffic_shares_rows_and_a_command_takes_the_waiting_calls_with_it_in_order() {
+    // Given a breaker called every 5 ms for ~0.4 s (light traffic: a commit would otherwise
+    // carry one or two calls)
+    let dir = tempfile::tempdir().unwrap();
+    let registry = start(dir.path(), Clock::system()).await;
+    let calcom = registry.get("calcom").unwrap().clone();
+    for i in 0..80u32 {
+        calcom.call("", async move { Ok::<_, &str>(i) }).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // When an operator forces it open
+    calcom.force_open(operator()).await.unwrap();
+    // Then every call is in the log, in a few rows, all before the transition they preceded
+    let log = stored(&registry).await;
+    let rows = log
+        .iter()
+        .filter(|e| e.stream == "calcom" && e.event_type == "call_batch")
+        .count();
+    assert!(rows <= 3, "80 calls over 0.4 s took {rows} rows");
+    let events = core_events(&log, "calcom");
+    let calls = events.iter().filter(|e| matches!(e, Event::CallRecorded(_))).count();
+    assert_eq!(calls, 80);
+    let opened = events
+        .iter()
+        .position(|e| matches!(e, Event::Transitioned(t) if t.to == State::ForcedOpen))
+        .expect("the transition is logged");
+    assert!(
+        events[opened..].iter().all(|e| !matches!(e, Event::CallRecorded(_))),
+        "a call was logged after the command it preceded"
+    );
+    registry.shutdown().await.unwrap();
+}

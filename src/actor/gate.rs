@@ -56,6 +56,38 @@ thread_local! {
     };
 }
 
+/// This thread's stripe (0..16).
+#[inline]
+fn stripe() -> usize {
+    STRIPE.with(|s| *s)
+}
+
+// A tally word: the millisecond (42 bits, good until the year 2109), the low 8 bits of the
+// permits' episode, and how many successes (14 bits).
+const TALLY_COUNT_BITS: u32 = 14;
+const TALLY_TAG_BITS: u32 = 8;
+const TALLY_MS_SHIFT: u32 = TALLY_COUNT_BITS + TALLY_TAG_BITS;
+const TALLY_MAX: u64 = (1 << TALLY_COUNT_BITS) - 1;
+
+fn pack_tally(ms: u64, tag: u64, count: u64) -> u64 {
+    (ms << TALLY_MS_SHIFT) | (tag << TALLY_COUNT_BITS) | count
+}
+
+fn unpack_tally(word: u64) -> (u64, u64, u64) {
+    (
+        word >> TALLY_MS_SHIFT,
+        (word >> TALLY_COUNT_BITS) & ((1 << TALLY_TAG_BITS) - 1),
+        word & TALLY_MAX,
+    )
+}
+
+/// The episode a tally's 8-bit tag stands for: the latest one at or before `current` with those
+/// low bits. Exact as long as fewer than 256 episodes pass between a call's admission and the
+/// actor's next drain (at most a few milliseconds; an episode lasts at least one).
+pub(crate) fn tally_episode(current: u64, tag: u8) -> u64 {
+    current.saturating_sub(current.wrapping_sub(u64::from(tag)) & 0xFF)
+}
+
 impl Striped {
     fn new() -> Self {
         Striped {
@@ -66,8 +98,7 @@ impl Striped {
     /// Adds `n` (callers).
     #[inline]
     pub(crate) fn add(&self, n: u64) {
-        let i = STRIPE.with(|s| *s);
-        self.cells[i].0.fetch_add(n, Ordering::Relaxed);
+        self.cells[stripe()].0.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Takes the total, leaving zero (the actor).
@@ -81,6 +112,9 @@ impl Striped {
 pub(crate) enum Record {
     /// A HALF_OPEN trial permit was taken at `at_ms`.
     Trial { at_ms: u64 },
+    /// `count` successes of non-trial calls, each admitted and completed at `at_ms`, of the
+    /// episode whose low 8 bits are `tag` (see [`tally_episode`]).
+    Tally { at_ms: u64, tag: u8, count: u32 },
     /// A permitted call completed.
     Done {
         at_ms: u64,
@@ -98,6 +132,13 @@ pub(crate) struct Gate {
     trials: AtomicU64,
     half_open_requests: AtomicU64,
     records: Mutex<Vec<Record>>,
+    /// The common case — a non-trial call that succeeds within the millisecond it was admitted —
+    /// is counted here instead of appended to `records`: one compare-and-swap on a word of the
+    /// caller's own stripe (cache line), where a record costs a lock round trip and 40 bytes.
+    /// Each word holds one millisecond's count (see [`pack_tally`]); the actor takes them with
+    /// the records and seals them at the drain's instant, so no tally ends up earlier than
+    /// records already folded.
+    tallies: [Padded; 16],
     /// A flush message is on its way to the actor: don't send another.
     flush_pending: AtomicBool,
     /// Calls rejected since the actor last collected them.
@@ -128,6 +169,7 @@ impl Gate {
             trials: AtomicU64::new(0),
             half_open_requests: AtomicU64::new(0),
             records: Mutex::new(Vec::with_capacity(1024)),
+            tallies: std::array::from_fn(|_| Padded::default()),
             flush_pending: AtomicBool::new(false),
             rejected: Striped::new(),
             fallbacks: Striped::new(),
@@ -231,6 +273,7 @@ impl Gate {
                     // the core sees the same sequence the callers made.
                     let mut r = self.records.lock().unwrap_or_else(|e| e.into_inner());
                     let at_ms = clock();
+                    self.flush_own_tally(at_ms, &mut r);
                     r.push(Record::Trial { at_ms });
                     return Admission::Permit(Permit {
                         episode,
@@ -263,44 +306,93 @@ impl Gate {
         }
     }
 
-    /// Appends a completion, stamping it with `clock()` read under the lock, so records are in
-    /// time order. Returns how many records are buffered.
+    /// Records a completion. A non-trial success within the millisecond of its admission is
+    /// tallied without the lock; anything else is appended, stamped with `clock()` read under
+    /// the lock, so records are in time order. Returns how many records are buffered (0 for a
+    /// tally: it never needs an early flush).
     #[inline]
     pub(crate) fn done(&self, clock: impl Fn() -> u64, permit: Permit, outcome: Outcome) -> usize {
+        if outcome == Outcome::Success && !permit.trial && self.tally(clock(), permit) {
+            return 0;
+        }
         let mut r = self.records.lock().unwrap_or_else(|e| e.into_inner());
         if r.len() >= self.hard_limit && !permit.trial {
             drop(r);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return self.hard_limit;
         }
-        r.push(Record::Done {
-            at_ms: clock(),
-            permit,
-            outcome,
-        });
+        let at_ms = clock();
+        // This thread's earlier successes go first, so its own calls stay in order.
+        self.flush_own_tally(at_ms, &mut r);
+        r.push(Record::Done { at_ms, permit, outcome });
         r.len()
     }
 
-    /// Takes every buffered record (actor only). O(1) under the callers' lock when `into` is
-    /// empty: the vectors are swapped, so callers get `into`'s capacity back.
-    pub(crate) fn drain(&self, into: &mut Vec<Record>) {
-        let mut r = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        if into.is_empty() {
-            std::mem::swap(&mut *r, into);
-        } else {
-            into.append(&mut r);
+    /// Counts a success at `now` in this thread's tally word if it holds `now`'s count (or
+    /// nothing) for the permit's episode. False: the caller records it under the lock instead.
+    #[inline]
+    fn tally(&self, now: u64, permit: Permit) -> bool {
+        if now != permit.admitted_at_ms || now >> (64 - TALLY_MS_SHIFT) != 0 {
+            return false;
+        }
+        let tag = permit.episode & 0xFF;
+        let cell = &self.tallies[stripe()].0;
+        let mut current = cell.load(Ordering::Relaxed);
+        loop {
+            let (ms, t, n) = unpack_tally(current);
+            let next = if n == 0 && ms <= now {
+                pack_tally(now, tag, 1)
+            } else if ms == now && t == tag && n < TALLY_MAX {
+                current + 1
+            } else {
+                // Another millisecond or episode is in the word (or it is full, or sealed at a
+                // later instant than this thread's clock read): the locked path moves it out.
+                return false;
+            };
+            match cell.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
         }
     }
 
-    /// Takes every buffered record and the instant they were complete up to: every record
-    /// pushed later is stamped at that instant or after, so records stamped before it are final.
-    pub(crate) fn drain_settled(&self, clock: impl Fn() -> u64, into: &mut Vec<Record>) -> u64 {
+    /// Moves this thread's tally into the records (under the records lock), sealing the word at
+    /// `now`.
+    fn flush_own_tally(&self, now: u64, records: &mut Vec<Record>) {
+        Self::seal(&self.tallies[stripe()], now, records);
+    }
+
+    fn seal(cell: &Padded, now: u64, records: &mut Vec<Record>) {
+        if now >> (64 - TALLY_MS_SHIFT) != 0 {
+            return;
+        }
+        let (ms, tag, count) = unpack_tally(cell.0.swap(pack_tally(now, 0, 0), Ordering::AcqRel));
+        if count > 0 {
+            records.push(Record::Tally {
+                at_ms: ms,
+                tag: tag as u8,
+                count: count as u32,
+            });
+        }
+    }
+
+    /// Takes every buffered record and tally (actor only) and returns the instant they were
+    /// complete up to: every record or tally added later is stamped at that instant or after,
+    /// so records stamped before it are final. O(1) under the callers' lock for the records when
+    /// `into` is empty (the vectors are swapped, so callers get `into`'s capacity back), plus one
+    /// swap per tally word. Tallies follow the records, so `into` is not in time order: sort it.
+    pub(crate) fn drain(&self, clock: impl Fn() -> u64, into: &mut Vec<Record>) -> u64 {
         let mut r = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let now = clock();
         if into.is_empty() {
             std::mem::swap(&mut *r, into);
         } else {
             into.append(&mut r);
+        }
+        // Under the lock: a caller's locked path moves its own tally into the records, and must
+        // not do so with a tally older than `now` after this drain.
+        for cell in &self.tallies {
+            Self::seal(cell, now, into);
         }
         now
     }
@@ -319,7 +411,7 @@ impl Gate {
 impl Record {
     pub(crate) fn at_ms(&self) -> u64 {
         match *self {
-            Record::Trial { at_ms } | Record::Done { at_ms, .. } => at_ms,
+            Record::Trial { at_ms } | Record::Tally { at_ms, .. } | Record::Done { at_ms, .. } => at_ms,
         }
     }
 
@@ -328,7 +420,7 @@ impl Record {
     /// Sorting a drained batch by this key (stably) makes the live log replayable exactly.
     pub(crate) fn order_key(&self) -> (u64, u8, u64) {
         match *self {
-            Record::Trial { at_ms } => (at_ms, 1, at_ms),
+            Record::Trial { at_ms } | Record::Tally { at_ms, .. } => (at_ms, 1, at_ms),
             Record::Done { at_ms, permit, .. } if permit.admitted_at_ms < at_ms => (at_ms, 0, permit.admitted_at_ms),
             Record::Done { at_ms, .. } => (at_ms, 1, at_ms),
         }
@@ -356,9 +448,102 @@ mod tests {
         // Trials are never dropped: the core's permit count depends on them.
         gate.done(|| 5, permit(true), Outcome::Success);
         let mut drained = Vec::new();
-        gate.drain(&mut drained);
+        gate.drain(|| 5, &mut drained);
         assert_eq!(drained.len(), 101);
         assert_eq!(gate.dropped.load(Ordering::Relaxed), 150);
+    }
+
+    fn closed(at_ms: u64, episode: u64) -> Permit {
+        Permit {
+            episode,
+            admitted_at_ms: at_ms,
+            trial: false,
+        }
+    }
+
+    #[test]
+    fn fast_successes_are_tallied_and_a_thread_keeps_its_own_order() {
+        // Given three successes and then a failure in one millisecond on one thread
+        let gate = Gate::new(10, 100);
+        for _ in 0..3 {
+            assert_eq!(gate.done(|| 7, closed(7, 2), Outcome::Success), 0);
+        }
+        gate.done(|| 7, closed(7, 2), Outcome::Failure);
+        // When the actor drains
+        let mut drained = Vec::new();
+        assert_eq!(gate.drain(|| 8, &mut drained), 8);
+        // Then the successes come first, as one tally, and nothing is left
+        assert_eq!(
+            drained,
+            vec![
+                Record::Tally {
+                    at_ms: 7,
+                    tag: 2,
+                    count: 3
+                },
+                Record::Done {
+                    at_ms: 7,
+                    permit: closed(7, 2),
+                    outcome: Outcome::Failure
+                }
+            ]
+        );
+        let mut again = Vec::new();
+        gate.drain(|| 8, &mut again);
+        assert!(again.is_empty());
+    }
+
+    #[test]
+    fn nothing_is_stamped_before_a_drain_once_it_has_happened() {
+        // Given a drain at 10
+        let gate = Gate::new(10, 100);
+        let mut drained = Vec::new();
+        gate.drain(|| 10, &mut drained);
+        // When a caller whose clock read 9 reports a success admitted at 9
+        gate.done(|| 9, closed(9, 0), Outcome::Success);
+        gate.drain(|| 11, &mut drained);
+        // Then it was not tallied at 9: it went through the lock (a stale read, stamped again)
+        assert_eq!(drained.len(), 1);
+        assert!(matches!(drained[0], Record::Done { .. }));
+    }
+
+    #[test]
+    fn a_new_millisecond_or_episode_moves_the_tally_into_the_records() {
+        let gate = Gate::new(10, 100);
+        gate.done(|| 5, closed(5, 1), Outcome::Success);
+        gate.done(|| 5, closed(5, 1), Outcome::Success);
+        // A later millisecond: the locked path moves the old tally, then records this one.
+        gate.done(|| 6, closed(6, 1), Outcome::Success);
+        // And the next success of that millisecond is tallied again.
+        gate.done(|| 6, closed(6, 1), Outcome::Success);
+        // Another episode in the same millisecond: moved again.
+        gate.done(|| 6, closed(6, 2), Outcome::Success);
+        let mut drained = Vec::new();
+        gate.drain(|| 7, &mut drained);
+        let tally = |at_ms, tag, count| Record::Tally { at_ms, tag, count };
+        let ok = |at_ms, episode| Record::Done {
+            at_ms,
+            permit: closed(at_ms, episode),
+            outcome: Outcome::Success,
+        };
+        assert_eq!(drained, vec![tally(5, 1, 2), ok(6, 1), tally(6, 1, 1), ok(6, 2)]);
+        let total: u32 = drained
+            .iter()
+            .map(|r| match r {
+                Record::Tally { count, .. } => *count,
+                _ => 1,
+            })
+            .sum();
+        assert_eq!(total, 5);
+    }
+
+    #[test]
+    fn a_tag_names_the_latest_episode_with_those_low_bits() {
+        assert_eq!(tally_episode(300, (300 & 0xFF) as u8), 300);
+        assert_eq!(tally_episode(300, (299 & 0xFF) as u8), 299);
+        assert_eq!(tally_episode(300, (45 & 0xFF) as u8), 45);
+        assert_eq!(tally_episode(256, 255), 255);
+        assert_eq!(tally_episode(0, 0), 0);
     }
 
     #[test]

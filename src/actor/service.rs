@@ -3,8 +3,8 @@
 //! to the journal, and publishes the state callers read.
 
 use super::clock::Clock;
-use super::gate::{Gate, Record};
-use crate::breaker::{Breaker, Command, Decision, Event, Outcome, Policy, State};
+use super::gate::{self, Gate, Record};
+use crate::breaker::{Breaker, Command, Decision, Event, Outcome, Permit, Policy, State};
 use crate::config::BreakerConfig;
 use crate::journal::{Body, Journal, JournalError};
 use crate::journal::{CALL_STATS, CallStats, OPERATOR_COMMAND, Operator, OperatorCommand};
@@ -32,13 +32,24 @@ pub struct ActorOptions {
     pub flush_interval: Duration,
     /// A snapshot of the breaker is written every this many events, so recovery stays short.
     pub snapshot_every: u64,
+    /// How long recorded calls may wait in the actor before they go to the journal, so a
+    /// breaker's calls share rows: a row costs the same to read whether it holds one call or
+    /// thousands, so fewer, fuller rows make every replay and rebuild faster and the log
+    /// smaller. Transitions, commands, snapshots and shutdown take the waiting calls with them
+    /// at once, so the log's order never changes; what a crash can lose grows to this (calls
+    /// are never acknowledged one by one; see docs/durability.md). Zero: no wait.
+    pub outcome_hold: Duration,
 }
+
+/// Calls held at most per breaker before they go to the journal anyway (one full row).
+const HOLD_CAP: usize = 10_000;
 
 impl Default for ActorOptions {
     fn default() -> Self {
         ActorOptions {
             flush_interval: Duration::from_millis(10),
             snapshot_every: 10_000,
+            outcome_hold: Duration::from_secs(1),
         }
     }
 }
@@ -57,6 +68,8 @@ pub(crate) struct ServiceActor {
     records: Vec<Record>,
     events: Vec<Event>,
     since_snapshot: u64,
+    /// When the oldest call in `events` was held back (see `ActorOptions::outcome_hold`).
+    holding_since_ms: Option<u64>,
     timer: Option<SpawnHandle>,
     schedule_timer: Option<SpawnHandle>,
     last_ticket: Option<u64>,
@@ -85,6 +98,7 @@ impl ServiceActor {
             spare: Vec::new(),
             events: Vec::new(),
             since_snapshot: 0,
+            holding_since_ms: None,
             timer: None,
             schedule_timer: None,
             last_ticket: None,
@@ -105,7 +119,8 @@ impl ServiceActor {
     fn drain(&mut self) {
         self.gate.release_flush();
         let mut fresh = std::mem::take(&mut self.spare);
-        self.gate.drain(&mut fresh);
+        let clock = &self.clock;
+        self.gate.drain(|| clock.now_ms(), &mut fresh);
         self.records.append(&mut self.held);
         self.records.append(&mut fresh);
         self.spare = fresh;
@@ -119,14 +134,15 @@ impl ServiceActor {
         self.gate.release_flush();
         let clock = self.clock.clone();
         let mut fresh = std::mem::take(&mut self.spare);
-        let settled_before = self.gate.drain_settled(|| clock.now_ms(), &mut fresh);
+        let settled_before = self.gate.drain(|| clock.now_ms(), &mut fresh);
         // Held records were pushed before the fresh ones: keep that order.
         self.records.append(&mut self.held);
         self.records.append(&mut fresh);
         self.spare = fresh;
-        // Stamps are non-decreasing in push order, so the unsettled records are a suffix.
-        let split = self.records.partition_point(|r| r.at_ms() < settled_before);
-        self.held.extend(self.records.drain(split..));
+        // Tallies follow the records they may predate, so the unsettled ones are picked out
+        // (in order) rather than split off as a suffix.
+        self.held
+            .extend(self.records.extract_if(.., |r| r.at_ms() >= settled_before));
         self.fold_records();
         if !self.held.is_empty() && !self.clock.is_manual() && self.gate.claim_flush() {
             ctx.run_later(Duration::from_millis(1), |act, ctx| act.on_flush(ctx));
@@ -147,6 +163,16 @@ impl ServiceActor {
                         "a trial permit taken by a caller was not a trial for the core; its outcome will count as stale"
                     ),
                 },
+                Record::Tally { at_ms, tag, count } => {
+                    let permit = Permit {
+                        episode: gate::tally_episode(self.breaker.episode(), tag),
+                        admitted_at_ms: at_ms,
+                        trial: false,
+                    };
+                    for _ in 0..count {
+                        self.breaker.complete(at_ms, permit, Outcome::Success, &mut self.events);
+                    }
+                }
                 Record::Done { at_ms, permit, outcome } => {
                     self.breaker.complete(at_ms, permit, outcome, &mut self.events)
                 }
@@ -187,8 +213,26 @@ impl ServiceActor {
             .or(self.last_ticket);
     }
 
+    /// As `emit`, but recorded calls alone wait up to `outcome_hold` (the regular drains).
+    fn emit_or_hold(&mut self, ctx: &mut Context<Self>) {
+        let hold_ms = self.options.outcome_hold.as_millis() as u64;
+        if hold_ms > 0
+            && !self.clock.is_manual()
+            && self.events.len() < HOLD_CAP
+            && self.events.iter().all(|e| matches!(e, Event::CallRecorded(_)))
+        {
+            let now = self.clock.now_ms();
+            let since = *self.holding_since_ms.get_or_insert(now);
+            if now.saturating_sub(since) < hold_ms {
+                return;
+            }
+        }
+        self.emit(ctx);
+    }
+
     /// Hands the events to the journal, logs transitions, republishes, re-arms timers.
     fn emit(&mut self, ctx: &mut Context<Self>) {
+        self.holding_since_ms = None;
         if self.events.is_empty() {
             return;
         }
@@ -278,7 +322,7 @@ impl ServiceActor {
             } else {
                 act.drain_settled(ctx);
             }
-            act.emit(ctx);
+            act.emit_or_hold(ctx);
         });
     }
 

@@ -9,7 +9,8 @@
 //!   [`StoreError::Corrupt`] naming what is wrong. Opening then has SQLite parse the schema
 //!   (migrations) and walk the right edge of the events tree (the last position).
 //! - **After an unclean shutdown** the full `PRAGMA quick_check` runs before the journal opens,
-//!   exactly as it always did. "Unclean" is anything but a matching clean-shutdown marker
+//!   exactly as it always did, after one sequential read of the file ([`prefetch`]) so the
+//!   check's page-by-page reads come from memory. "Unclean" is anything but a matching clean-shutdown marker
 //!   ([`Unclean`]).
 //! - **After a clean shutdown** the file is opened without the full check, and the same
 //!   `quick_check` runs in the background ([`spawn_check`]) on a read-only connection of its own,
@@ -129,6 +130,19 @@ fn wal_is_empty(path: &Path) -> Result<bool, StoreError> {
         Ok(m) => Ok(m.len() == 0),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
         Err(e) => Err(StoreError::Io(format!("reading {}: {e}", wal_path(path).display()))),
+    }
+}
+
+/// Reads the file and its WAL front to back into the page cache before the full check, so that
+/// check is served from memory. `quick_check` itself reads one page at a time as it walks each
+/// tree; on a cold cache that cost 2–3 s for a 120 MB log here, where one sequential pass costs
+/// ~0.25 s (the disk reads ~500 MB/s sequentially but ~55 MB/s in 4 KiB reads). Errors are left
+/// to the check itself to report. Bounded: one 1 MiB buffer; what stays cached is the kernel's.
+pub(crate) fn prefetch(path: &Path) {
+    let mut buf = vec![0u8; 1 << 20];
+    for p in [path.to_path_buf(), wal_path(path)] {
+        let Ok(mut f) = std::fs::File::open(&p) else { continue };
+        while matches!(f.read(&mut buf), Ok(n) if n > 0) {}
     }
 }
 

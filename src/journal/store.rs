@@ -139,6 +139,9 @@ pub(crate) async fn open_writer(
     let header = integrity::check_header(path)?;
     // Removes the marker before connecting: a crash from here on leaves none.
     let clean = integrity::take_marker(path, header.as_ref());
+    if clean.is_err() {
+        integrity::prefetch(path);
+    }
     let mut conn = connect_options(path, durability, busy_timeout)
         .create_if_missing(true)
         .connect()
