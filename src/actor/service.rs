@@ -42,7 +42,9 @@ pub struct ActorOptions {
 }
 
 /// Calls held at most per breaker before they go to the journal anyway (one full row).
-const HOLD_CAP: usize = 10_000;
+/// Rows of 1,000 calls already read at tens of millions of outcomes per second; a larger cap would
+/// let many breakers release bursts together that fill the journal's buffer (100,000 records).
+const HOLD_CAP: usize = 1_000;
 
 impl Default for ActorOptions {
     fn default() -> Self {
@@ -70,6 +72,8 @@ pub(crate) struct ServiceActor {
     since_snapshot: u64,
     /// When the oldest call in `events` was held back (see `ActorOptions::outcome_hold`).
     holding_since_ms: Option<u64>,
+    /// Rejections, fallbacks and drops counted since the last `emit`, logged after its calls.
+    pending_stats: Option<CallStats>,
     timer: Option<SpawnHandle>,
     schedule_timer: Option<SpawnHandle>,
     last_ticket: Option<u64>,
@@ -99,6 +103,7 @@ impl ServiceActor {
             events: Vec::new(),
             since_snapshot: 0,
             holding_since_ms: None,
+            pending_stats: None,
             timer: None,
             schedule_timer: None,
             last_ticket: None,
@@ -187,13 +192,19 @@ impl ServiceActor {
             tracing::error!(breaker = %self.key, dropped, "outcomes dropped: the breaker's buffer was full");
         }
         if rejected + fallbacks + dropped > 0 {
-            let stats = CallStats {
-                at_ms: self.clock.now_ms(),
-                rejected,
-                fallbacks,
-                dropped,
-            };
-            self.submit_other(CALL_STATS, stats.at_ms, &stats);
+            // Logged after the calls folded so far (which may be waiting, see `emit_or_hold`), so
+            // the stream stays in time order; counts of folds that wait together are summed.
+            let at_ms = self.clock.now_ms();
+            let stats = self.pending_stats.get_or_insert(CallStats {
+                at_ms,
+                rejected: 0,
+                fallbacks: 0,
+                dropped: 0,
+            });
+            stats.at_ms = at_ms;
+            stats.rejected += rejected;
+            stats.fallbacks += fallbacks;
+            stats.dropped += dropped;
         }
     }
 
@@ -234,6 +245,7 @@ impl ServiceActor {
     fn emit(&mut self, ctx: &mut Context<Self>) {
         self.holding_since_ms = None;
         if self.events.is_empty() {
+            self.submit_stats();
             return;
         }
         let mut transitioned = false;
@@ -266,9 +278,16 @@ impl ServiceActor {
                 )
                 .or(self.last_ticket);
         }
+        self.submit_stats();
         if transitioned {
             self.publish();
             self.arm_timer(ctx);
+        }
+    }
+
+    fn submit_stats(&mut self) {
+        if let Some(stats) = self.pending_stats.take() {
+            self.submit_other(CALL_STATS, stats.at_ms, &stats);
         }
     }
 
@@ -366,6 +385,7 @@ impl Supervised for ServiceActor {
         let policy = self.config.policy_at(self.clock.now_ms());
         self.events.clear();
         self.records.clear();
+        self.pending_stats = None;
         ctx.wait(
             async move {
                 journal.flush().await?;
