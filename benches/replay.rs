@@ -6,13 +6,16 @@
 //! - `rebuild/*`: `Projection::rebuild(&journal, 10_000)` over 10 breakers' 24 hours (5,000,000
 //!   outcomes) as the journal packs calls submitted in bulk (`packed`), and over the same traffic
 //!   written one call per row (`one_call_per_row`: what the writer makes of ~6 calls/s per
-//!   breaker, every group commit closing a stream's batch; 500,000 outcomes, 2.4 hours). Beside
+//!   breaker, every group commit closing a stream's batch; 500,000 outcomes, 2.4 hours), and
+//!   over the packed log's traffic as the live system writes it with the actor's 1 s
+//!   `outcome_hold` (`held_1s`: a breaker's calls of up to a second share a row). Beside
 //!   each: the `read_after` pages alone, and the pages plus `decode` alone. Outcomes per second.
 //! - `health_all/*`: `Projection::health_all` of 100 breakers at the end of a 24-hour log of
 //!   10,000,000 outcomes, the projection caught up beforehand.
 //! - `state_at/*`: `replay::state_at` at a random instant (a new one every iteration) of one
 //!   breaker's log at 100 calls/s: 24 hours packed (8,640,000 outcomes), and one call per row
-//!   (what live traffic at that rate gives) over 1 hour (360,000) and over 24 hours (8,640,000).
+//!   (what live traffic at that rate gave before the actor's `outcome_hold`) over 1 hour (360,000)
+//!   and over 24 hours (8,640,000), and as the live system writes it now (`held_1s_24h`).
 //!   Beside it, on the first two: `replay::history` alone, and the whole-stream fold `state_at`
 //!   was before it read a bounded stretch (`whole_fold`, the reference it is checked equal to
 //!   before anything is timed; on the 24-hour one-call-per-row log only those checks time it).
@@ -341,6 +344,76 @@ async fn write_one_call_per_row(path: &Path, traffic: &mut Traffic, outcomes: u6
     written
 }
 
+/// Writes `outcomes` calls of `traffic` as the live system does with the actor's default
+/// `outcome_hold` (1 s): a breaker's calls share a row until the row's first call is 1 s old,
+/// it holds 1,000 calls, or the breaker logs anything else (a transition, a snapshot). Raw sqlx
+/// into the journal's schema, 10,000 rows per transaction. Returns the rows.
+async fn write_held(path: &Path, traffic: &mut Traffic, outcomes: u64) -> u64 {
+    const HOLD_MS: u64 = 1_000;
+    const CAP: u32 = 1_000;
+    let mut conn = raw_log(path, Durability::Normal).await;
+    let names = traffic.names();
+    let mut seqs = vec![0u64; names.len()];
+    let mut open: Vec<Option<CallBatch>> = vec![None; names.len()];
+    let mut out = Vec::new();
+    let mut rows = Vec::with_capacity(10_000);
+    let mut written = 0;
+    let close = |i: usize, open: &mut Vec<Option<CallBatch>>, seqs: &mut Vec<u64>, rows: &mut Vec<Row>| {
+        if let Some(b) = open[i].take() {
+            seqs[i] += 1;
+            rows.push(Row {
+                stream: names[i].clone(),
+                seq: seqs[i],
+                event_type: CALL_BATCH,
+                event_version: VERSION,
+                recorded_at: b.at_ms,
+                payload: rmp_serde::to_vec_named(&b).expect("a batch encodes"),
+            });
+        }
+    };
+    while traffic.outcomes < outcomes {
+        traffic.step(&mut out);
+        for (i, body) in out.drain(..) {
+            match body {
+                Body::Breaker(Event::CallRecorded(call)) => {
+                    if open[i]
+                        .as_ref()
+                        .is_some_and(|b| call.at_ms >= b.at_ms + HOLD_MS || b.count >= CAP)
+                    {
+                        close(i, &mut open, &mut seqs, &mut rows);
+                    }
+                    let b = open[i].get_or_insert_with(|| CallBatch::new(call.at_ms));
+                    if !b.push(&call) {
+                        close(i, &mut open, &mut seqs, &mut rows);
+                        let b = open[i].insert(CallBatch::new(call.at_ms));
+                        assert!(b.push(&call));
+                    }
+                }
+                other => {
+                    close(i, &mut open, &mut seqs, &mut rows);
+                    seqs[i] += 1;
+                    rows.push(row(&names[i], seqs[i], other));
+                }
+            }
+        }
+        if rows.len() >= 10_000 {
+            append_raw(&mut conn, &rows).await;
+            written += rows.len() as u64;
+            rows.clear();
+        }
+    }
+    for i in 0..names.len() {
+        close(i, &mut open, &mut seqs, &mut rows);
+    }
+    append_raw(&mut conn, &rows).await;
+    written += rows.len() as u64;
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        .await
+        .expect("checkpoint");
+    conn.close().await.expect("close");
+    written
+}
+
 /// A log on disk, with what is known about it.
 struct Log {
     _dir: tempfile::TempDir,
@@ -357,6 +430,8 @@ struct Log {
 enum Layout {
     Packed,
     OneCallPerRow,
+    /// The live layout with the actor's 1 s `outcome_hold`.
+    Held,
 }
 
 fn build(rt: &Runtime, name: &str, layout: Layout, mut traffic: Traffic, outcomes: u64) -> Log {
@@ -367,6 +442,7 @@ fn build(rt: &Runtime, name: &str, layout: Layout, mut traffic: Traffic, outcome
         match layout {
             Layout::Packed => write_packed(&path, &mut traffic, outcomes).await,
             Layout::OneCallPerRow => write_one_call_per_row(&path, &mut traffic, outcomes).await,
+            Layout::Held => write_held(&path, &mut traffic, outcomes).await,
         }
     });
     eprintln!(
@@ -375,7 +451,7 @@ fn build(rt: &Runtime, name: &str, layout: Layout, mut traffic: Traffic, outcome
         traffic.outcomes as f64 / rows as f64,
         match layout {
             Layout::Packed => "through the journal (NORMAL)",
-            Layout::OneCallPerRow => "raw",
+            Layout::OneCallPerRow | Layout::Held => "raw",
         },
         started.elapsed().as_secs_f64(),
         file_mb(&path),
@@ -489,6 +565,7 @@ fn rebuild(c: &mut Criterion) {
     let sparse_span = sizes.span_ms * sizes.rebuild_sparse / sizes.rebuild;
     for (layout, name, outcomes, span) in [
         (Layout::Packed, "packed", sizes.rebuild, sizes.span_ms),
+        (Layout::Held, "held_1s", sizes.rebuild, sizes.span_ms),
         (
             Layout::OneCallPerRow,
             "one_call_per_row",
@@ -758,6 +835,13 @@ fn state_at(c: &mut Criterion) {
             span_ms: sizes.live_span_ms,
             checks: 6,
             references: true,
+        },
+        StateCase {
+            name: "held_1s_24h",
+            layout: Layout::Held,
+            span_ms: sizes.span_ms,
+            checks: 6,
+            references: false,
         },
         StateCase {
             name: "one_call_per_row_24h",
