@@ -144,8 +144,13 @@ impl BreakerHandle {
     /// Runs `fut` through the breaker of `op` (or the service's): admitted or rejected at once,
     /// limited to the service's `call_timeout` (a timeout is a failure), `Ok` a success and `Err`
     /// a failure. A future that is ready on its first poll costs no timer and no clock read.
-    pub async fn call<T, E>(&self, op: &str, fut: impl Future<Output = Result<T, E>>) -> Result<T, CallError<E>> {
-        self.call_classified(op, fut, &Results).await
+    pub fn call<T, E>(
+        &self,
+        op: &str,
+        fut: impl Future<Output = Result<T, E>>,
+    ) -> impl Future<Output = Result<T, CallError<E>>> {
+        // Not an `async fn` awaiting the other: one state machine, not two nested.
+        self.call_classified(op, fut, &Results)
     }
 
     /// As [`BreakerHandle::call`], with a classifier deciding what the result means (e.g.
@@ -167,12 +172,17 @@ impl BreakerHandle {
         let permit = match h.admit() {
             Ok(p) => p,
             Err(e) => {
-                span.record("outcome", "rejected");
+                if !span.is_disabled() {
+                    span.record("outcome", "rejected");
+                }
                 return Err(e);
             }
         };
         let (result, outcome) = h.run_admitted_outcome(permit, fut, classifier).await;
-        span.record("outcome", outcome.as_str());
+        // Recording on a disabled span still runs tracing's `log` fallback checks (~10 ns).
+        if !span.is_disabled() {
+            span.record("outcome", outcome.as_str());
+        }
         result
     }
 
@@ -197,7 +207,10 @@ impl BreakerHandle {
         let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
         let result = match first {
             Poll::Ready(r) => Some(r),
-            Poll::Pending => tokio::time::timeout(self.inner.call_timeout, fut).await.ok(),
+            // Boxed: a timer is large, and keeping it inline would make every call's future
+            // (and each move of it) that much bigger for the ready calls that never need one.
+            // A call that is really pending is waiting on I/O, next to which one allocation is noise.
+            Poll::Pending => Box::pin(tokio::time::timeout(self.inner.call_timeout, fut)).await.ok(),
         };
         match result {
             Some(r) => {
