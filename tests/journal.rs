@@ -2,8 +2,8 @@
 
 use breakerbox::breaker::{Breaker, Command, Decision, Event, Outcome, Policy, State};
 use breakerbox::journal::{
-    BackgroundCheck, Body, Decoded, Durability, GAP, Integrity, Journal, JournalError, JournalOptions, StoreError,
-    StoredEvent, Unclean, connect_options, decode,
+    BackgroundCheck, Body, Decoded, Durability, GAP, Integrity, Journal, JournalError, JournalOptions, SNAPSHOT,
+    StoreError, StoredEvent, Unclean, connect_options, decode,
 };
 use sqlx::{ConnectOptions, Connection, SqliteConnection};
 use std::path::Path;
@@ -193,6 +193,249 @@ async fn recovery_starts_from_the_latest_snapshot() {
         "only the events after the snapshot were folded ({})",
         r.folded
     );
+    journal.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The long reads (`read_after`, `read_stream`, `read_stream_range`) go through the bulk reader
+// (rusqlite, at most 10,000 rows or 8 MiB of payload per read transaction). They must return
+// exactly what the reads through sqlx returned, across those bounds and while the writer appends.
+
+type RowTuple = (i64, String, i64, String, i64, i64, Vec<u8>);
+
+fn stored_row((position, stream, seq, event_type, event_version, recorded_at, payload): RowTuple) -> StoredEvent {
+    StoredEvent {
+        position,
+        stream,
+        seq,
+        event_type,
+        event_version: event_version.clamp(0, i64::from(u32::MAX)) as u32,
+        recorded_at,
+        payload,
+    }
+}
+
+/// `read_after` as it was through sqlx (same SQL, the journal's sqlx reader pool): the reference.
+async fn sqlx_after(journal: &Journal, after: i64, limit: u32) -> Vec<StoredEvent> {
+    let rows: Vec<RowTuple> = sqlx::query_as(
+        "SELECT position, stream, seq, event_type, event_version, recorded_at, payload FROM events
+         WHERE position > ? ORDER BY position LIMIT ?",
+    )
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_all(journal.pool())
+    .await
+    .unwrap();
+    rows.into_iter().map(stored_row).collect()
+}
+
+/// `read_stream` as it was through sqlx.
+async fn sqlx_stream(journal: &Journal, stream: &str, after_seq: i64, limit: u32) -> Vec<StoredEvent> {
+    let rows: Vec<RowTuple> = sqlx::query_as(
+        "SELECT position, stream, seq, event_type, event_version, recorded_at, payload FROM events
+         WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?",
+    )
+    .bind(stream)
+    .bind(after_seq)
+    .bind(i64::from(limit))
+    .fetch_all(journal.pool())
+    .await
+    .unwrap();
+    rows.into_iter().map(stored_row).collect()
+}
+
+/// A stream's transitions recorded in `[from_ms, to_ms]`, in log order, through sqlx.
+async fn sqlx_transitions(journal: &Journal, stream: &str, from_ms: i64, to_ms: i64) -> Vec<StoredEvent> {
+    let rows: Vec<RowTuple> = sqlx::query_as(
+        "SELECT position, stream, seq, event_type, event_version, recorded_at, payload FROM events
+         WHERE stream = ? AND event_type = 'transition' AND recorded_at >= ? AND recorded_at <= ? ORDER BY seq",
+    )
+    .bind(stream)
+    .bind(from_ms)
+    .bind(to_ms)
+    .fetch_all(journal.pool())
+    .await
+    .unwrap();
+    rows.into_iter().map(stored_row).collect()
+}
+
+/// A one-row event of `bytes` bytes.
+fn note(event_type: &'static str, at_ms: u64, bytes: usize) -> Body {
+    Body::Other {
+        event_type,
+        event_version: 1,
+        at_ms,
+        payload: vec![(at_ms % 251) as u8; bytes],
+    }
+}
+
+/// Every row after `after`, read `page` rows at a time.
+async fn paged(journal: &Journal, mut after: i64, page: u32) -> Vec<StoredEvent> {
+    let mut out = Vec::new();
+    loop {
+        let events = journal.read_after(after, page).await.unwrap();
+        let Some(last) = events.last() else { break };
+        after = last.position;
+        out.extend(events);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bulk_reader_returns_exactly_what_sqlx_returns_across_its_bounds_and_while_the_writer_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&dir.path().join("log.db"), opts()).await.unwrap();
+    let (stripe, calcom, ranges): (Arc<str>, Arc<str>, Arc<str>) =
+        (Arc::from("stripe"), Arc::from("calcom"), Arc::from("ranges"));
+    // Given a log of every kind of row: call batches, transitions and snapshots of a real
+    // breaker; ~25,000 one-row events (more than two transactions' worth of rows); 160 rows of
+    // 64 KiB (more than one transaction's worth of bytes); and 12,000 rows of the time-indexed
+    // `transition` type, four to a millisecond (ties between pages of the time range).
+    let policy = Policy::consecutive(3, 50);
+    let mut b = Breaker::new(policy.clone()).unwrap();
+    for t in 0..3_000u64 {
+        let outcome = if t % 9 < 3 { Outcome::Failure } else { Outcome::Success };
+        drive(&journal, &stripe, &mut b, 1_000 + t * 20, outcome);
+        if t % 500 == 0 {
+            let breaker = Box::new(b.clone());
+            journal.submit(
+                &stripe,
+                Body::Snapshot {
+                    at_ms: 1_000 + t * 20,
+                    breaker,
+                },
+            );
+        }
+    }
+    for i in 0..25_000u64 {
+        let stream = [&stripe, &calcom, &ranges][(i % 3) as usize];
+        journal.submit(stream, note("note", 1_000 + i, (i % 97) as usize));
+        if i % 150 == 0 {
+            journal.submit(&calcom, note("note", 1_000 + i, 64 << 10));
+        }
+    }
+    for i in 0..12_000u64 {
+        journal.submit(
+            &ranges,
+            note(breakerbox::breaker::codec::types::TRANSITION, 5_000 + i / 4, 8),
+        );
+    }
+    journal.flush().await.unwrap();
+
+    // Then every read gives what sqlx gives: whole, in pages around the bounds, from anywhere.
+    let all = sqlx_after(&journal, 0, u32::MAX).await;
+    assert!(all.len() > 35_000, "{} rows", all.len());
+    for (after, limit) in [
+        (0, u32::MAX),
+        (0, 1),
+        (0, 7),
+        (123, 9_999),
+        (123, 10_000),
+        (123, 10_001),
+        (5_000, 25_000),
+    ] {
+        let bulk = journal.read_after(after, limit).await.unwrap();
+        assert!(
+            bulk == sqlx_after(&journal, after, limit).await,
+            "read_after({after}, {limit})"
+        );
+    }
+    assert!(paged(&journal, 0, 10_001).await == all, "read_after in pages of 10,001");
+    let last = all.last().unwrap().position;
+    assert!(
+        journal.read_after(last, u32::MAX).await.unwrap().is_empty(),
+        "nothing after the end"
+    );
+    for stream in ["stripe", "calcom", "ranges", "nobody"] {
+        for (after, limit) in [(0, u32::MAX), (0, 1), (17, 10_001), (0, 25_000), (i64::MAX, 5)] {
+            let bulk = journal.read_stream(stream, after, limit).await.unwrap();
+            let reference = sqlx_stream(&journal, stream, after, limit).await;
+            assert!(bulk == reference, "read_stream({stream}, {after}, {limit})");
+        }
+    }
+    for (from_ms, to_ms, page) in [
+        (0, u64::MAX, 10_000),
+        (0, u64::MAX, 25_000),
+        (5_100, 5_600, 1),
+        (5_100, 6_900, 7),
+    ] {
+        let bulk = journal
+            .read_stream_range(
+                "ranges",
+                breakerbox::breaker::codec::types::TRANSITION,
+                from_ms,
+                to_ms,
+                page,
+            )
+            .await
+            .unwrap();
+        let to = to_ms.min(i64::MAX as u64) as i64;
+        let reference = sqlx_transitions(&journal, "ranges", from_ms as i64, to).await;
+        assert!(!reference.is_empty());
+        assert!(
+            bulk == reference,
+            "read_stream_range(ranges, {from_ms}, {to_ms}, {page})"
+        );
+    }
+    let transitions = journal
+        .read_stream_range("stripe", breakerbox::breaker::codec::types::TRANSITION, 0, u64::MAX, 3)
+        .await
+        .unwrap();
+    assert!(transitions.len() > 100, "{} real transitions", transitions.len());
+    assert!(transitions == sqlx_transitions(&journal, "stripe", 0, i64::MAX).await);
+    let snapshots = journal
+        .read_stream_range("stripe", SNAPSHOT, 0, u64::MAX, 2)
+        .await
+        .unwrap();
+    assert_eq!(snapshots.len(), 6);
+    // And recovery, which reads its stream through it, still gives the breaker back.
+    assert_eq!(journal.recover("stripe", policy.clone()).await.unwrap().breaker, b);
+
+    // While the writer appends (small commits, one every few ms, on its own thread), each read
+    // is a consistent part of the log: in order, none twice, none skipped, nothing torn. Reads of
+    // everything span several transactions, so commits land between them.
+    let start = last;
+    let (mut seen, mut reads, mut i) = (Vec::new(), Vec::new(), 0u64);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while i < 30_000 {
+        for _ in 0..1_000 {
+            journal.submit(
+                [&stripe, &calcom][(i % 2) as usize],
+                note("note", 100_000 + i, (i % 50) as usize),
+            );
+            i += 1;
+        }
+        let whole = journal.read_after(start, u32::MAX).await.unwrap();
+        let page = journal
+            .read_after(seen.last().map_or(start, |e: &StoredEvent| e.position), 10_001)
+            .await
+            .unwrap();
+        let stream = journal.read_stream("calcom", 0, u32::MAX).await.unwrap();
+        seen.extend(page);
+        reads.push((whole, stream));
+        assert!(tokio::time::Instant::now() < deadline);
+    }
+    journal.flush().await.unwrap();
+    let after_start = sqlx_after(&journal, start, u32::MAX).await;
+    assert_eq!(after_start.len(), 30_000);
+    seen.extend(paged(&journal, seen.last().map_or(start, |e| e.position), 10_001).await);
+    assert!(
+        seen == after_start,
+        "read while appending, in pages: everything once, in order"
+    );
+    let calcom_now = sqlx_stream(&journal, "calcom", 0, u32::MAX).await;
+    for (whole, stream) in &reads {
+        assert!(
+            after_start.starts_with(whole),
+            "a whole read is a prefix of the log ({} rows)",
+            whole.len()
+        );
+        assert!(
+            calcom_now.starts_with(stream),
+            "a stream read is a prefix of the stream ({} rows)",
+            stream.len()
+        );
+    }
     journal.close().await;
 }
 

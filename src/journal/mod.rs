@@ -73,7 +73,8 @@ pub struct JournalOptions {
     pub flush_interval: Duration,
     /// Longest wait between retries while the store fails (default 1 s).
     pub max_backoff: Duration,
-    /// Reader connections (default 4).
+    /// Reader connections (default 4): the sqlx pool's for look-ups, and as many again for the
+    /// long sequential reads (recovery, projections), which run on tokio's blocking pool.
     pub readers: u32,
     /// How long a write waits for a lock held by another process before failing and retrying
     /// (default 5 s).
@@ -285,8 +286,8 @@ impl Journal {
             }
         };
         let readers =
-            match store::open_readers(path, options.durability, options.busy_timeout, options.readers.max(1)).await {
-                Ok(pool) => SqliteReader(pool),
+            match SqliteReader::open(path, options.durability, options.busy_timeout, options.readers.max(1)).await {
+                Ok(readers) => readers,
                 Err(e) => {
                     shared.close();
                     return Err(e);
@@ -377,7 +378,7 @@ impl Journal {
 
     /// The readers' pool, for read-only queries of projections (it cannot write).
     pub fn pool(&self) -> &SqlitePool {
-        &self.readers.0
+        &self.readers.pool
     }
 
     /// Counters for metrics.
@@ -585,7 +586,7 @@ impl Journal {
                 tracing::warn!(error = %e, "closing the event log");
             }
         }
-        self.readers.0.close().await;
+        self.readers.close().await;
     }
 }
 

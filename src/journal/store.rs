@@ -14,6 +14,9 @@
 //! | `foreign_keys` | `ON` | no foreign keys today; set so a future one is enforced |
 //! | `wal_autocheckpoint` | 1000 pages | bounds the WAL file; readers use short transactions so checkpoints are not starved |
 //! | `locking_mode` | `NORMAL` | other processes may open the same file |
+//!
+//! The long sequential reads go through the bulk reader (rusqlite, read-only connections); its
+//! settings are in [`bulk`].
 
 use super::integrity::{self, Unclean};
 use super::record::{Row, StoredEvent};
@@ -24,6 +27,47 @@ use std::time::Duration;
 use thiserror::Error;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// The row columns, as a literal (sqlx only takes audited, literal SQL).
+macro_rules! select {
+    ($rest:literal) => {
+        concat!(
+            "SELECT position, stream, seq, event_type, event_version, recorded_at, payload FROM events",
+            $rest
+        )
+    };
+}
+
+/// Runs `$query` (a `select!` literal with `event_type = '<type>'` inside) for the one type it
+/// names: the partial indexes of `migrations/0004_replay_lookups.sql` are only used when the type
+/// is written literally in the SQL, so each indexed type gets its own statement.
+macro_rules! by_indexed_type {
+    ($event_type:expr, |$sql:ident| $run:expr, $head:literal, $tail:literal $(,)?) => {
+        match $event_type {
+            crate::journal::record::SNAPSHOT => {
+                let $sql = concat!(select!($head), " 'snapshot' ", $tail);
+                $run
+            }
+            crate::breaker::codec::types::TRANSITION => {
+                let $sql = concat!(select!($head), " 'transition' ", $tail);
+                $run
+            }
+            crate::journal::record::CALL_SUMMARY => {
+                let $sql = concat!(select!($head), " 'call_summary' ", $tail);
+                $run
+            }
+            other => {
+                return Err(crate::journal::StoreError::Io(format!(
+                    "no time index for event type {other:?}"
+                )))
+            }
+        }
+    };
+}
+
+// After the macros above: the bulk reader builds its statements with them too.
+mod bulk;
+pub(crate) use bulk::BulkReader;
 
 /// How hard a commit is made durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -309,44 +353,6 @@ fn stored((position, stream, seq, event_type, event_version, recorded_at, payloa
     }
 }
 
-/// The row columns, as a literal (sqlx only takes audited, literal SQL).
-macro_rules! select {
-    ($rest:literal) => {
-        concat!(
-            "SELECT position, stream, seq, event_type, event_version, recorded_at, payload FROM events",
-            $rest
-        )
-    };
-}
-
-/// A stream's events with `seq > after_seq`, in order, at most `limit`.
-pub(crate) async fn read_stream(
-    pool: &SqlitePool,
-    stream: &str,
-    after_seq: i64,
-    limit: u32,
-) -> Result<Vec<StoredEvent>, StoreError> {
-    let rows: Vec<RowTuple> = sqlx::query_as(select!(" WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?"))
-        .bind(stream)
-        .bind(after_seq)
-        .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await
-        .map_err(classify)?;
-    Ok(rows.into_iter().map(stored).collect())
-}
-
-/// Events after a position, in log order, at most `limit`.
-pub(crate) async fn read_after(pool: &SqlitePool, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
-    let rows: Vec<RowTuple> = sqlx::query_as(select!(" WHERE position > ? ORDER BY position LIMIT ?"))
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await
-        .map_err(classify)?;
-    Ok(rows.into_iter().map(stored).collect())
-}
-
 /// The latest event of `event_type` in a stream. Snapshots use their partial index (the
 /// literal `'snapshot'` in the query is what lets SQLite pick it).
 pub(crate) async fn latest_of_type(
@@ -374,29 +380,6 @@ pub(crate) async fn latest_of_type(
     Ok(row.map(stored))
 }
 
-/// Runs `$query` (a `select!` literal with `event_type = '<type>'` inside) for the one type it
-/// names: the partial indexes of `migrations/0004_replay_lookups.sql` are only used when the type
-/// is written literally in the SQL, so each indexed type gets its own statement.
-macro_rules! by_indexed_type {
-    ($event_type:expr, |$sql:ident| $run:expr, $head:literal, $tail:literal $(,)?) => {
-        match $event_type {
-            super::record::SNAPSHOT => {
-                let $sql = concat!(select!($head), " 'snapshot' ", $tail);
-                $run
-            }
-            crate::breaker::codec::types::TRANSITION => {
-                let $sql = concat!(select!($head), " 'transition' ", $tail);
-                $run
-            }
-            super::record::CALL_SUMMARY => {
-                let $sql = concat!(select!($head), " 'call_summary' ", $tail);
-                $run
-            }
-            other => return Err(StoreError::Io(format!("no time index for event type {other:?}"))),
-        }
-    };
-}
-
 /// The latest event of `event_type` (a snapshot, a transition or a call summary) in a stream with
 /// `recorded_at <= at_ms`: the one with the largest `recorded_at`, the last in log order among
 /// equals. One probe of that type's `*_by_time` index.
@@ -414,36 +397,6 @@ pub(crate) async fn latest_at_or_before(
     )
     .map_err(classify)?;
     Ok(row.map(stored))
-}
-
-/// A stream's events of `event_type` (a snapshot, a transition or a call summary) with
-/// `recorded_at <= to_ms` after `after` = (recorded_at, seq), by time then log order, at most
-/// `limit`: a range of that type's `*_by_time` index. Start with `(from_ms, i64::MIN)` for
-/// `recorded_at >= from_ms`; page on with the last event's `(recorded_at, seq)`. (Ordered by
-/// time, not seq: `ORDER BY seq` makes SQLite walk the whole stream by `(stream, seq)` instead.)
-pub(crate) async fn read_stream_range(
-    pool: &SqlitePool,
-    stream: &str,
-    event_type: &str,
-    after: (i64, i64),
-    to_ms: i64,
-    limit: u32,
-) -> Result<Vec<StoredEvent>, StoreError> {
-    let rows: Vec<RowTuple> = by_indexed_type!(
-        event_type,
-        |sql| sqlx::query_as(sql)
-            .bind(stream)
-            .bind(after.0)
-            .bind(after.1)
-            .bind(to_ms)
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await,
-        " WHERE stream = ? AND event_type =",
-        "AND (recorded_at, seq) > (?, ?) AND recorded_at <= ? ORDER BY recorded_at, seq LIMIT ?",
-    )
-    .map_err(classify)?;
-    Ok(rows.into_iter().map(stored).collect())
 }
 
 /// Whether a stream holds any event of `event_type` (a snapshot, a transition or a call
@@ -901,15 +854,45 @@ impl LogWriter for SqliteWriter {
     }
 }
 
-/// The SQLite read side: a read-only pool.
-pub struct SqliteReader(pub(crate) SqlitePool);
+/// The SQLite read side: a read-only sqlx pool for the look-ups, and the bulk reader
+/// (`store/bulk.rs`, rusqlite) for the long sequential reads (`read_stream`, `read_after`,
+/// `read_stream_range`), whose per-row cost through sqlx bounded replay and rebuilds.
+pub struct SqliteReader {
+    pub(crate) pool: SqlitePool,
+    bulk: BulkReader,
+}
+
+impl SqliteReader {
+    /// Opens both on the file; `size` bounds the connections of each.
+    pub(crate) async fn open(
+        path: &Path,
+        durability: Durability,
+        busy_timeout: Duration,
+        size: u32,
+    ) -> Result<SqliteReader, StoreError> {
+        let pool = open_readers(path, durability, busy_timeout, size).await?;
+        match BulkReader::open(path, busy_timeout, size).await {
+            Ok(bulk) => Ok(SqliteReader { pool, bulk }),
+            Err(e) => {
+                pool.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes every connection (reads still running finish first).
+    pub(crate) async fn close(&self) {
+        self.bulk.close();
+        self.pool.close().await;
+    }
+}
 
 impl LogReader for SqliteReader {
     async fn read_stream(&self, stream: &str, after_seq: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
-        read_stream(&self.0, stream, after_seq, limit).await
+        self.bulk.read_stream(stream, after_seq, limit).await
     }
     async fn read_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
-        read_after(&self.0, after, limit).await
+        self.bulk.read_after(after, limit).await
     }
     async fn read_range(
         &self,
@@ -919,10 +902,10 @@ impl LogReader for SqliteReader {
         after: i64,
         limit: u32,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        read_range(&self.0, types, from_ms, to_ms, after, limit).await
+        read_range(&self.pool, types, from_ms, to_ms, after, limit).await
     }
     async fn latest_of_type(&self, stream: &str, event_type: &str) -> Result<Option<StoredEvent>, StoreError> {
-        latest_of_type(&self.0, stream, event_type).await
+        latest_of_type(&self.pool, stream, event_type).await
     }
     async fn latest_at_or_before(
         &self,
@@ -930,7 +913,7 @@ impl LogReader for SqliteReader {
         event_type: &str,
         at_ms: i64,
     ) -> Result<Option<StoredEvent>, StoreError> {
-        latest_at_or_before(&self.0, stream, event_type, at_ms).await
+        latest_at_or_before(&self.pool, stream, event_type, at_ms).await
     }
     async fn read_stream_range(
         &self,
@@ -940,10 +923,12 @@ impl LogReader for SqliteReader {
         to_ms: i64,
         limit: u32,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        read_stream_range(&self.0, stream, event_type, after, to_ms, limit).await
+        self.bulk
+            .read_stream_range(stream, event_type, after, to_ms, limit)
+            .await
     }
     async fn has_event_type(&self, stream: &str, event_type: &str) -> Result<bool, StoreError> {
-        has_event_type(&self.0, stream, event_type).await
+        has_event_type(&self.pool, stream, event_type).await
     }
     async fn first_of_types(
         &self,
@@ -951,12 +936,12 @@ impl LogReader for SqliteReader {
         after_seq: i64,
         types: &[&str],
     ) -> Result<Option<StoredEvent>, StoreError> {
-        first_of_types(&self.0, stream, after_seq, types).await
+        first_of_types(&self.pool, stream, after_seq, types).await
     }
     async fn last_position(&self) -> Result<i64, StoreError> {
-        last_position(&self.0).await
+        last_position(&self.pool).await
     }
     async fn lease(&self) -> Result<Option<Lease>, StoreError> {
-        lease(&self.0).await
+        lease(&self.pool).await
     }
 }
