@@ -711,3 +711,61 @@ async fn light_traffic_shares_rows_and_a_command_takes_the_waiting_calls_with_it
     );
     registry.shutdown().await.unwrap();
 }
+
+/// What a subscriber wrote, shared with the test.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_debug_subscriber_sees_a_span_per_call_with_service_op_and_outcome() {
+    // Given a subscriber listening at DEBUG that writes each span when it closes
+    let out = Captured::default();
+    let writer = out.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    tracing::subscriber::with_default(subscriber, || {
+        rt.block_on(async {
+            let registry = start(dir.path(), Clock::system()).await;
+            let stripe = registry.get("stripe").unwrap().clone();
+            // When one call succeeds and one fails
+            stripe.call("charges.create", async { Ok::<_, &str>(1) }).await.unwrap();
+            let _ = stripe.call("refunds.create", async { Err::<u32, _>("declined") }).await;
+            registry.shutdown().await.unwrap();
+        })
+    });
+    // Then each has its span with the service, the operation and the outcome
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let spans: Vec<&str> = text.lines().filter(|l| l.contains("breaker.call")).collect();
+    assert!(
+        spans.iter().any(|l| l.contains("service=\"stripe\"")
+            && l.contains("op=\"charges.create\"")
+            && l.contains("outcome=\"success\"")),
+        "{text}"
+    );
+    assert!(
+        spans
+            .iter()
+            .any(|l| l.contains("op=\"refunds.create\"") && l.contains("outcome=\"failure\"")),
+        "{text}"
+    );
+}
