@@ -42,7 +42,7 @@ pub use record::{
     ALERT_DELIVERY, ALERTS_STREAM, AlertDelivery, AlertStatus, Body, CALL_BATCH, CALL_STATS, CALL_SUMMARY,
     COMMAND_REQUEST, CallBatch, CallStats, CallSummary, CommandRequest, Decoded, DeliveryOutcome, GAP, Gap,
     JOURNAL_STREAM, LATENCY_BOUNDS_MS, MinuteSummary, OPERATOR_COMMAND, Operator, OperatorCommand, Record, Row,
-    SNAPSHOT, StoredEvent, VERSION, decode,
+    SNAPSHOT, StoredEvent, VERSION, decode, decode_batch,
 };
 pub(crate) use store::end_checked;
 pub use store::{

@@ -10,7 +10,8 @@ use super::health::{Health, health};
 use super::metrics::Minute;
 use crate::breaker::{Event, State};
 use crate::journal::{
-    CALL_STATS, CallStats, Decoded, Durability, Journal, JournalError, StoreError, StoredEvent, connect_options, decode,
+    CALL_BATCH, CALL_STATS, CallStats, Decoded, Durability, Journal, JournalError, StoreError, StoredEvent,
+    connect_options, decode, decode_batch,
 };
 use serde::{Deserialize, Serialize};
 use sqlx::{ConnectOptions, Connection, Executor, SqliteConnection};
@@ -51,7 +52,7 @@ fn minute_of(t: u64) -> u64 {
 }
 
 /// Adds `to − from` ms in `state` to the minutes it spans.
-fn spend(deltas: &mut BTreeMap<(String, u64), Minute>, stream: &str, state: State, from: u64, to: u64) {
+fn spend(deltas: &mut Deltas, stream: &str, state: State, from: u64, to: u64) {
     let index = State::ALL.iter().position(|s| *s == state).unwrap_or(0);
     let mut t = from;
     while t < to {
@@ -62,20 +63,26 @@ fn spend(deltas: &mut BTreeMap<(String, u64), Minute>, stream: &str, state: Stat
     }
 }
 
-fn entry<'a>(deltas: &'a mut BTreeMap<(String, u64), Minute>, stream: &str, minute: u64) -> &'a mut Minute {
-    deltas.entry((stream.to_owned(), minute)).or_insert_with(|| Minute {
-        minute_ms: minute,
-        ..Minute::default()
-    })
+/// A page's minutes by stream, then minute. By stream first so a row finds its stream by `&str`:
+/// a `(String, minute)` key made every row allocate its stream's name.
+type Deltas = BTreeMap<String, BTreeMap<u64, Minute>>;
+
+fn entry<'a>(deltas: &'a mut Deltas, stream: &str, minute: u64) -> &'a mut Minute {
+    if !deltas.contains_key(stream) {
+        deltas.insert(stream.to_owned(), BTreeMap::new());
+    }
+    deltas
+        .get_mut(stream)
+        .expect("inserted above")
+        .entry(minute)
+        .or_insert_with(|| Minute {
+            minute_ms: minute,
+            ..Minute::default()
+        })
 }
 
 /// Folds one stored event into the deltas and the cursor.
-fn fold(
-    e: &StoredEvent,
-    deltas: &mut BTreeMap<(String, u64), Minute>,
-    cursor: &mut Cursor,
-    calls: &mut u64,
-) -> Result<(), JournalError> {
+fn fold(e: &StoredEvent, deltas: &mut Deltas, cursor: &mut Cursor, calls: &mut u64) -> Result<(), JournalError> {
     if e.event_type == CALL_STATS {
         if let Ok(s) = rmp_serde::from_slice::<CallStats>(&e.payload) {
             let m = entry(deltas, &e.stream, minute_of(s.at_ms));
@@ -84,48 +91,18 @@ fn fold(
         }
         return Ok(());
     }
-    let decoded = decode(e).map_err(|source| JournalError::Decode {
+    let bad = |source| JournalError::Decode {
         position: e.position,
         source,
-    })?;
-    match decoded {
-        Decoded::Breaker(events) => {
-            // One cursor lookup and one running minute per row, not per call: a packed row holds
-            // thousands of calls, and per-call map lookups with owned keys dominated the rebuild.
-            if !cursor.states.contains_key(&e.stream) {
-                let first = events.first().map_or(0, Event::at_ms);
-                cursor.states.insert(e.stream.clone(), (State::Closed, first));
-            }
-            let (state, since) = cursor.states.get_mut(&e.stream).expect("inserted above");
-            let mut current: Option<Minute> = None;
-            for ev in events {
-                match ev {
-                    Event::CallRecorded(c) => {
-                        let minute = minute_of(c.at_ms);
-                        if let Some(done) = current.take_if(|m| m.minute_ms != minute) {
-                            entry(deltas, &e.stream, done.minute_ms).merge(&done);
-                        }
-                        current
-                            .get_or_insert_with(|| Minute {
-                                minute_ms: minute,
-                                ..Minute::default()
-                            })
-                            .add_call(c.outcome, c.latency_ms, c.slow);
-                        *calls += 1;
-                    }
-                    Event::Transitioned(t) => {
-                        let (from_state, from_ms) = (*state, *since);
-                        *state = t.to;
-                        *since = t.at_ms.max(from_ms);
-                        spend(deltas, &e.stream, from_state, from_ms, t.at_ms);
-                    }
-                    Event::TrialAdmitted(_) | Event::PolicyApplied(_) => {}
-                }
-            }
-            if let Some(done) = current {
-                entry(deltas, &e.stream, done.minute_ms).merge(&done);
-            }
-        }
+    };
+    if e.event_type == CALL_BATCH {
+        // Most rows: their calls are folded straight from the batch, without an event each.
+        let batch = decode_batch(e).map_err(bad)?;
+        fold_events(e, batch.iter().map(Event::CallRecorded), deltas, cursor, calls);
+        return Ok(());
+    }
+    match decode(e).map_err(bad)? {
+        Decoded::Breaker(events) => fold_events(e, events.into_iter(), deltas, cursor, calls),
         Decoded::Summary(s) => {
             for sm in &s.minutes {
                 entry(deltas, &e.stream, sm.minute_ms).merge(&Minute::from_summary(sm));
@@ -135,6 +112,52 @@ fn fold(
         Decoded::Snapshot(_) | Decoded::Gap(_) | Decoded::Other => {}
     }
     Ok(())
+}
+
+/// Folds one row's core events (in order) into the deltas and the cursor.
+fn fold_events(
+    e: &StoredEvent,
+    events: impl Iterator<Item = Event>,
+    deltas: &mut Deltas,
+    cursor: &mut Cursor,
+    calls: &mut u64,
+) {
+    let mut events = events.peekable();
+    // One cursor lookup and one running minute per row, not per call: a packed row holds
+    // thousands of calls, and per-call map lookups with owned keys dominated the rebuild.
+    if !cursor.states.contains_key(&e.stream) {
+        let first = events.peek().map_or(0, Event::at_ms);
+        cursor.states.insert(e.stream.clone(), (State::Closed, first));
+    }
+    let (state, since) = cursor.states.get_mut(&e.stream).expect("inserted above");
+    let mut current: Option<Minute> = None;
+    for ev in events {
+        match ev {
+            Event::CallRecorded(c) => {
+                let minute = minute_of(c.at_ms);
+                if let Some(done) = current.take_if(|m| m.minute_ms != minute) {
+                    entry(deltas, &e.stream, done.minute_ms).merge(&done);
+                }
+                current
+                    .get_or_insert_with(|| Minute {
+                        minute_ms: minute,
+                        ..Minute::default()
+                    })
+                    .add_call(c.outcome, c.latency_ms, c.slow);
+                *calls += 1;
+            }
+            Event::Transitioned(t) => {
+                let (from_state, from_ms) = (*state, *since);
+                *state = t.to;
+                *since = t.at_ms.max(from_ms);
+                spend(deltas, &e.stream, from_state, from_ms, t.at_ms);
+            }
+            Event::TrialAdmitted(_) | Event::PolicyApplied(_) => {}
+        }
+    }
+    if let Some(done) = current {
+        entry(deltas, &e.stream, done.minute_ms).merge(&done);
+    }
 }
 
 impl Projection {
@@ -196,7 +219,7 @@ impl Projection {
     /// transaction, only if the checkpoint is still at `from` (false: it moved, nothing written).
     async fn write(
         &mut self,
-        deltas: &BTreeMap<(String, u64), Minute>,
+        deltas: &Deltas,
         from: i64,
         position: i64,
         cursor: &Cursor,
@@ -213,12 +236,13 @@ impl Projection {
             }
             // One range read per stream and multi-row upserts: a statement per minute row cost
             // ~90 µs of round trip each and made a 10 M-outcome catch-up take 50 s.
-            let mut ranges: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-            for (stream, minute) in deltas.keys() {
-                let r = ranges.entry(stream.as_str()).or_insert((*minute, *minute));
-                r.0 = r.0.min(*minute);
-                r.1 = r.1.max(*minute);
-            }
+            let ranges: BTreeMap<&str, (u64, u64)> = deltas
+                .iter()
+                .filter_map(|(stream, minutes)| {
+                    let (lo, hi) = (minutes.first_key_value()?.0, minutes.last_key_value()?.0);
+                    Some((stream.as_str(), (*lo, *hi)))
+                })
+                .collect();
             let mut old: BTreeMap<(&str, u64), Minute> = BTreeMap::new();
             for (stream, (lo, hi)) in &ranges {
                 let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
@@ -237,7 +261,8 @@ impl Projection {
             }
             let merged: Vec<(&str, u64, Vec<u8>)> = deltas
                 .iter()
-                .map(|((stream, minute), delta)| {
+                .flat_map(|(stream, minutes)| minutes.iter().map(move |(minute, delta)| (stream, minute, delta)))
+                .map(|(stream, minute, delta)| {
                     let mut row = old.remove(&(stream.as_str(), *minute)).unwrap_or(Minute {
                         minute_ms: *minute,
                         ..Minute::default()
@@ -330,7 +355,7 @@ impl Projection {
         if let Some((state, since)) = cursor.states.get(stream) {
             let mut deltas = BTreeMap::new();
             spend(&mut deltas, stream, *state, (*since).max(from_ms), to_ms);
-            for ((_, m), d) in deltas {
+            for (m, d) in deltas.into_values().flatten() {
                 out.entry(m)
                     .or_insert_with(|| Minute {
                         minute_ms: m,
