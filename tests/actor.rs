@@ -97,8 +97,11 @@ async fn every_call_is_counted_exactly_under_contention() {
                     Err(CallError::TimedOut { .. }) => panic!("ready futures never time out"),
                 };
                 totals[slot].fetch_add(1, Ordering::Relaxed);
+                // A pause now and then, so the actor folds as the run goes (the breaker opens
+                // and rejects during it) even when the machine is busy with other tests; a run
+                // that outpaced it entirely would be folded in one burst at shutdown.
                 if i % 1_000 == 0 {
-                    tokio::task::yield_now().await;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
             }
         }));
@@ -728,6 +731,25 @@ impl std::io::Write for Captured {
 
 #[test]
 fn a_debug_subscriber_sees_a_span_per_call_with_service_op_and_outcome() {
+    // tracing caches which callsites are enabled process-wide, and this binary's other tests
+    // run concurrently without a subscriber, which races with a scoped one. So the test runs
+    // alone, in a child process of this same binary.
+    const CHILD: &str = "BREAKERBOX_SPAN_TEST_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        let name = "a_debug_subscriber_sees_a_span_per_call_with_service_op_and_outcome";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--test-threads", "1"])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
     // Given a subscriber listening at DEBUG that writes each span when it closes
     let out = Captured::default();
     let writer = out.clone();
