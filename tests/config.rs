@@ -420,3 +420,32 @@ fn api_tokens_come_from_the_file_by_name_and_are_never_shown() {
     }
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+#[test]
+fn the_outcome_hold_is_read_from_the_journal_section_and_bad_values_are_named() {
+    // Given no [journal] section, the library's default stays (None)
+    assert_eq!(load("", &[]).unwrap().journal.outcome_hold_ms, None);
+    // Given one, the hold is read as any duration is
+    let c = load("[journal]\noutcome_hold = \"250ms\"\n", &[]).unwrap();
+    assert_eq!(c.journal.outcome_hold_ms, Some(250));
+    assert_eq!(
+        load("[journal]\noutcome_hold = 0\n", &[])
+            .unwrap()
+            .journal
+            .outcome_hold_ms,
+        Some(0)
+    );
+    // Given a bad value, a value past the bound or an unknown key: each named with its line
+    let err = load("[journal]\noutcome_hold = \"soon\"\n", &[]).unwrap_err();
+    assert!(
+        err.contains("test.toml:2: journal.outcome_hold:") && err.contains("soon"),
+        "{err}"
+    );
+    let err = load("[journal]\noutcome_hold = \"2m\"\n", &[]).unwrap_err();
+    assert!(err.contains("120000 ms is longer than the 60000 ms allowed"), "{err}");
+    let err = load("[journal]\noutcome_hol = \"1s\"\n", &[]).unwrap_err();
+    assert!(
+        err.contains("unknown key journal.outcome_hol (did you mean \"outcome_hold\"?)"),
+        "{err}"
+    );
+}

@@ -134,10 +134,13 @@ pub async fn start_breakers(
             .await
             .map_err(|e| CliError::Runtime(format!("opening {}: {e}", db.display())))?,
     );
-    let options = RegistryOptions {
+    let mut options = RegistryOptions {
         holder: holder(role),
         ..RegistryOptions::default()
     };
+    if let Some(ms) = config.journal.outcome_hold_ms {
+        options.actors.outcome_hold = std::time::Duration::from_millis(ms);
+    }
     let registry = Registry::start(config, journal.clone(), options)
         .await
         .map_err(|e| CliError::Runtime(e.to_string()))?;

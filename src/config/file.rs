@@ -23,6 +23,7 @@ pub(crate) struct File {
     pub services: BTreeMap<String, Section>,
     pub alerts: super::alerts::AlertsConfig,
     pub api: super::api::ApiConfig,
+    pub journal: super::journal::JournalConfig,
 }
 
 pub(super) struct Reader<'a> {
@@ -31,7 +32,7 @@ pub(super) struct Reader<'a> {
     problems: Vec<Problem>,
 }
 
-const TOP_KEYS: [&str; 4] = ["defaults", "services", "alerts", "api"];
+const TOP_KEYS: [&str; 5] = ["defaults", "services", "alerts", "api", "journal"];
 const SCHEDULE_KEYS: [&str; 4] = ["name", "days", "hours", "timezone"];
 /// Knobs a schedule may override: the policy's, not the service's plumbing.
 const SCHEDULE_KNOBS: [&str; 16] = [
@@ -300,6 +301,7 @@ pub(crate) fn read(path: &Path, text: &str) -> (File, Vec<Problem>) {
             }
             "alerts" => file.alerts = super::alerts::read(&mut r, value),
             "api" => file.api = super::api::read(&mut r, value),
+            "journal" => file.journal = super::journal::read(&mut r, value),
             other => {
                 let offset = key.span().start;
                 r.unknown(offset, "", other, &TOP_KEYS);

@@ -21,6 +21,7 @@ mod api;
 mod classify;
 mod env;
 mod file;
+mod journal;
 mod knobs;
 mod schedule;
 mod secret;
@@ -29,6 +30,7 @@ pub use alerts::{AlertsConfig, Webhook, WebhookFormat};
 pub use api::{ApiConfig, ApiToken, MIN_TOKEN_LEN};
 pub use classify::{StatusClassifier, StatusPattern, default_failures};
 pub use env::prefix as env_prefix;
+pub use journal::{JournalConfig, MAX_OUTCOME_HOLD_MS};
 pub use knobs::{KnobError, Knobs, Millis, Source, Sourced, policy_keys};
 pub use schedule::Schedule;
 pub use secret::Secret;
@@ -239,6 +241,8 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// Named API tokens from the file (`[api.tokens]`); none by default.
     pub api: ApiConfig,
+    /// How a running process writes the log (`[journal]`).
+    pub journal: JournalConfig,
 }
 
 /// The embedded defaults alone (layer 1): what `simulate` starts from without `--service`.
@@ -377,6 +381,7 @@ impl Config {
                 breakers,
                 alerts: file.alerts,
                 api: file.api,
+                journal: file.journal,
             })
         } else {
             Err(ConfigError {
