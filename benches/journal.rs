@@ -689,61 +689,18 @@ fn startup(c: &mut Criterion) {
         .sampling_mode(SamplingMode::Flat)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
-    group.bench_function("open_and_recover_100", |b| {
-        let path = get(&mut log);
-        let names = &log.as_ref().expect("built").names;
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut elapsed = Duration::ZERO;
-                for _ in 0..iters {
-                    let start = Instant::now();
-                    let journal = open(&path, Durability::Full).await;
-                    black_box(recover_all(&journal, names).await);
-                    elapsed += start.elapsed();
-                    journal.close().await;
-                }
-                elapsed
-            })
-        })
-    });
-    group.bench_function("open_only", |b| {
-        let path = get(&mut log);
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut elapsed = Duration::ZERO;
-                for _ in 0..iters {
-                    let start = Instant::now();
-                    let journal = open(&path, Durability::Full).await;
-                    elapsed += start.elapsed();
-                    journal.close().await;
-                }
-                elapsed
-            })
-        })
-    });
-    // As after a crash: no clean-shutdown marker, so `open` runs the full `quick_check`.
-    group.bench_function("open_only_unclean", |b| {
-        let path = get(&mut log);
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut elapsed = Duration::ZERO;
-                for _ in 0..iters {
-                    forget_clean_close(&path);
-                    let start = Instant::now();
-                    let journal = open(&path, Durability::Full).await;
-                    elapsed += start.elapsed();
-                    journal.close().await;
-                }
-                elapsed
-            })
-        })
-    });
-    for (name, unclean) in [
-        ("open_and_recover_100_cold", false),
-        ("open_and_recover_100_cold_unclean", true),
+    // `open` (and `recover` of every stream), each iteration from a file left as the case says,
+    // outside the clock: unclean = no clean-shutdown marker, so `open` runs the full
+    // `quick_check`, as after a crash; cold = the file and its WAL dropped from the page cache.
+    for (name, recover, unclean, cold) in [
+        ("open_and_recover_100", true, false, false),
+        ("open_only", false, false, false),
+        ("open_only_unclean", false, true, false),
+        ("open_and_recover_100_cold", true, false, true),
+        ("open_and_recover_100_cold_unclean", true, true, true),
     ] {
         let path = get(&mut log);
-        if !drop_from_page_cache(&path) {
+        if cold && !drop_from_page_cache(&path) {
             eprintln!("journal-bench: cannot drop the log from the page cache (dd iflag=nocache): {name} skipped");
             continue;
         }
@@ -756,10 +713,14 @@ fn startup(c: &mut Criterion) {
                         if unclean {
                             forget_clean_close(&path);
                         }
-                        drop_from_page_cache(&path);
+                        if cold {
+                            drop_from_page_cache(&path);
+                        }
                         let start = Instant::now();
                         let journal = open(&path, Durability::Full).await;
-                        black_box(recover_all(&journal, names).await);
+                        if recover {
+                            black_box(recover_all(&journal, names).await);
+                        }
                         elapsed += start.elapsed();
                         journal.close().await;
                     }

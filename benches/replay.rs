@@ -283,15 +283,10 @@ async fn write_packed(path: &Path, traffic: &mut Traffic, outcomes: u64) -> u64 
     rows
 }
 
-/// One row per event, one call per `call_batch`, in the journal's own row format.
+/// The row of an event other than a call (calls go into `call_batch` rows, see `write_raw`), in
+/// the journal's own row format.
 fn row(stream: &Arc<str>, seq: u64, body: Body) -> Row {
     let (event_type, event_version, recorded_at, payload) = match body {
-        Body::Breaker(Event::CallRecorded(call)) => {
-            let mut batch = CallBatch::new(call.at_ms);
-            assert!(batch.push(&call));
-            let payload = rmp_serde::to_vec_named(&batch).expect("a batch encodes");
-            (CALL_BATCH, VERSION, call.at_ms, payload)
-        }
         Body::Breaker(e) => {
             let encoded = codec::encode(&e);
             (encoded.event_type, encoded.event_version, e.at_ms(), encoded.payload)
@@ -312,44 +307,13 @@ fn row(stream: &Arc<str>, seq: u64, body: Body) -> Row {
     }
 }
 
-/// Writes `outcomes` calls of `traffic` one call per row, as the writer does when every group
-/// commit holds at most one call of a breaker (live traffic of up to ~100 calls/s per breaker,
-/// with the default 2 ms flush interval). Raw sqlx into the journal's schema, 10,000 rows per
-/// transaction. Returns the rows.
-async fn write_one_call_per_row(path: &Path, traffic: &mut Traffic, outcomes: u64) -> u64 {
-    let mut conn = raw_log(path, Durability::Normal).await;
-    let names = traffic.names();
-    let mut seqs = vec![0u64; names.len()];
-    let mut out = Vec::new();
-    let mut rows = Vec::with_capacity(10_000);
-    let mut written = 0;
-    while traffic.outcomes < outcomes {
-        traffic.step(&mut out);
-        for (i, body) in out.drain(..) {
-            seqs[i] += 1;
-            rows.push(row(&names[i], seqs[i], body));
-        }
-        if rows.len() >= 10_000 {
-            append_raw(&mut conn, &rows).await;
-            written += rows.len() as u64;
-            rows.clear();
-        }
-    }
-    append_raw(&mut conn, &rows).await;
-    written += rows.len() as u64;
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        .await
-        .expect("checkpoint");
-    conn.close().await.expect("close");
-    written
-}
-
-/// Writes `outcomes` calls of `traffic` as the live system does with the actor's default
-/// `outcome_hold` (1 s): a breaker's calls share a row until the row's first call is 1 s old,
-/// it holds 1,000 calls, or the breaker logs anything else (a transition, a snapshot). Raw sqlx
-/// into the journal's schema, 10,000 rows per transaction. Returns the rows.
-async fn write_held(path: &Path, traffic: &mut Traffic, outcomes: u64) -> u64 {
-    const HOLD_MS: u64 = 1_000;
+/// Writes `outcomes` calls of `traffic` as the live system does with an actor `outcome_hold` of
+/// `hold_ms`: a breaker's calls share a row until the row's first call is `hold_ms` old, it holds
+/// 1,000 calls, or the breaker logs anything else (a transition, a snapshot). `hold_ms` 1,000 is
+/// today's default; 0 gives one call per row, what the writer made of light traffic before the
+/// hold (every group commit closing a breaker's batch). Raw sqlx into the journal's schema,
+/// 10,000 rows per transaction. Returns the rows.
+async fn write_raw(path: &Path, traffic: &mut Traffic, outcomes: u64, hold_ms: u64) -> u64 {
     const CAP: u32 = 1_000;
     let mut conn = raw_log(path, Durability::Normal).await;
     let names = traffic.names();
@@ -378,7 +342,7 @@ async fn write_held(path: &Path, traffic: &mut Traffic, outcomes: u64) -> u64 {
                 Body::Breaker(Event::CallRecorded(call)) => {
                     if open[i]
                         .as_ref()
-                        .is_some_and(|b| call.at_ms >= b.at_ms + HOLD_MS || b.count >= CAP)
+                        .is_some_and(|b| call.at_ms >= b.at_ms + hold_ms || b.count >= CAP)
                     {
                         close(i, &mut open, &mut seqs, &mut rows);
                     }
@@ -441,8 +405,8 @@ fn build(rt: &Runtime, name: &str, layout: Layout, mut traffic: Traffic, outcome
     let rows = rt.block_on(async {
         match layout {
             Layout::Packed => write_packed(&path, &mut traffic, outcomes).await,
-            Layout::OneCallPerRow => write_one_call_per_row(&path, &mut traffic, outcomes).await,
-            Layout::Held => write_held(&path, &mut traffic, outcomes).await,
+            Layout::OneCallPerRow => write_raw(&path, &mut traffic, outcomes, 0).await,
+            Layout::Held => write_raw(&path, &mut traffic, outcomes, 1_000).await,
         }
     });
     eprintln!(

@@ -215,48 +215,44 @@ fn stored_row((position, stream, seq, event_type, event_version, recorded_at, pa
     }
 }
 
-/// `read_after` as it was through sqlx (same SQL, the journal's sqlx reader pool): the reference.
+/// A query's rows through sqlx (the journal's sqlx reader pool): the reference.
+async fn through_sqlx(
+    journal: &Journal,
+    query: sqlx::query::QueryAs<'_, sqlx::Sqlite, RowTuple, sqlx::sqlite::SqliteArguments>,
+) -> Vec<StoredEvent> {
+    let rows = query.fetch_all(journal.pool()).await.unwrap();
+    rows.into_iter().map(stored_row).collect()
+}
+
+/// `read_after` as it was through sqlx (same SQL).
 async fn sqlx_after(journal: &Journal, after: i64, limit: u32) -> Vec<StoredEvent> {
-    let rows: Vec<RowTuple> = sqlx::query_as(
+    let q = sqlx::query_as(
         "SELECT position, stream, seq, event_type, event_version, recorded_at, payload FROM events
          WHERE position > ? ORDER BY position LIMIT ?",
-    )
-    .bind(after)
-    .bind(i64::from(limit))
-    .fetch_all(journal.pool())
-    .await
-    .unwrap();
-    rows.into_iter().map(stored_row).collect()
+    );
+    through_sqlx(journal, q.bind(after).bind(i64::from(limit))).await
 }
 
 /// `read_stream` as it was through sqlx.
 async fn sqlx_stream(journal: &Journal, stream: &str, after_seq: i64, limit: u32) -> Vec<StoredEvent> {
-    let rows: Vec<RowTuple> = sqlx::query_as(
+    let q = sqlx::query_as(
         "SELECT position, stream, seq, event_type, event_version, recorded_at, payload FROM events
          WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?",
+    );
+    through_sqlx(
+        journal,
+        q.bind(stream.to_owned()).bind(after_seq).bind(i64::from(limit)),
     )
-    .bind(stream)
-    .bind(after_seq)
-    .bind(i64::from(limit))
-    .fetch_all(journal.pool())
     .await
-    .unwrap();
-    rows.into_iter().map(stored_row).collect()
 }
 
 /// A stream's transitions recorded in `[from_ms, to_ms]`, in log order, through sqlx.
 async fn sqlx_transitions(journal: &Journal, stream: &str, from_ms: i64, to_ms: i64) -> Vec<StoredEvent> {
-    let rows: Vec<RowTuple> = sqlx::query_as(
+    let q = sqlx::query_as(
         "SELECT position, stream, seq, event_type, event_version, recorded_at, payload FROM events
          WHERE stream = ? AND event_type = 'transition' AND recorded_at >= ? AND recorded_at <= ? ORDER BY seq",
-    )
-    .bind(stream)
-    .bind(from_ms)
-    .bind(to_ms)
-    .fetch_all(journal.pool())
-    .await
-    .unwrap();
-    rows.into_iter().map(stored_row).collect()
+    );
+    through_sqlx(journal, q.bind(stream.to_owned()).bind(from_ms).bind(to_ms)).await
 }
 
 /// A one-row event of `bytes` bytes.
