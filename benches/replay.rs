@@ -709,6 +709,20 @@ impl StateLog {
     }
 }
 
+/// Runs `f` at `iters` random instants of the log, a new one each time, timing `f` alone.
+fn at_random_instants(rt: &Runtime, s: &mut StateLog, iters: u64, f: impl AsyncFn(&Journal, u64)) -> Duration {
+    rt.block_on(async {
+        let mut elapsed = Duration::ZERO;
+        for _ in 0..iters {
+            let at = s.instant();
+            let start = Instant::now();
+            f(&s.journal, at).await;
+            elapsed += start.elapsed();
+        }
+        elapsed
+    })
+}
+
 /// One `state_at/*` case: a log of one breaker at `rate` calls/s over `span_ms`, and how many
 /// random instants to check against the whole-stream fold (which costs ~1.3 s per hour of log
 /// written one call per row).
@@ -824,19 +838,12 @@ fn state_at(c: &mut Criterion) {
             let s = opened.get_or_insert_with(&make);
             let stream = s.log.names[0].clone();
             b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let mut elapsed = Duration::ZERO;
-                    for _ in 0..iters {
-                        let at = s.instant();
-                        let start = Instant::now();
-                        black_box(
-                            replay::state_at(&s.journal, &stream, at, &policy(), BUDGET_MS)
-                                .await
-                                .expect("state_at"),
-                        );
-                        elapsed += start.elapsed();
-                    }
-                    elapsed
+                at_random_instants(&rt, s, iters, async |journal, at| {
+                    black_box(
+                        replay::state_at(journal, &stream, at, &policy(), BUDGET_MS)
+                            .await
+                            .expect("state_at"),
+                    );
                 })
             })
         });
@@ -858,15 +865,8 @@ fn state_at(c: &mut Criterion) {
                 let s = opened.get_or_insert_with(&make);
                 let stream = s.log.names[0].clone();
                 b.iter_custom(|iters| {
-                    rt.block_on(async {
-                        let mut elapsed = Duration::ZERO;
-                        for _ in 0..iters {
-                            let at = s.instant();
-                            let start = Instant::now();
-                            black_box(whole_fold(&s.journal, &stream, at, &policy(), BUDGET_MS).await);
-                            elapsed += start.elapsed();
-                        }
-                        elapsed
+                    at_random_instants(&rt, s, iters, async |journal, at| {
+                        black_box(whole_fold(journal, &stream, at, &policy(), BUDGET_MS).await);
                     })
                 })
             });
