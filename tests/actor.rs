@@ -97,11 +97,11 @@ async fn every_call_is_counted_exactly_under_contention() {
                     Err(CallError::TimedOut { .. }) => panic!("ready futures never time out"),
                 };
                 totals[slot].fetch_add(1, Ordering::Relaxed);
-                // A pause now and then, so the actor folds as the run goes (the breaker opens
-                // and rejects during it) even when the machine is busy with other tests; a run
-                // that outpaced it entirely would be folded in one burst at shutdown.
+                // Now and then, wait for the actor to fold what was recorded, so the breaker
+                // opens and rejects during the run however busy the machine is: a run that
+                // outpaced the actor entirely would be folded in one burst at shutdown.
                 if i % 1_000 == 0 {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    stripe.inspect().await;
                 }
             }
         }));

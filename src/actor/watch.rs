@@ -41,7 +41,9 @@ fn modified(options: &LoadOptions) -> Option<Vec<u8>> {
 }
 
 /// Reloads on SIGHUP and whenever the config file's contents change (checked every
-/// `poll`), until the returned task is aborted. Each attempt's outcome is sent to `outcomes` if
+/// `poll`) and then stay the same for one more poll, until the returned task is aborted. The
+/// wait is what keeps a file caught half-written (an editor or `echo >` truncates it, then
+/// writes) from being applied when its first half happens to be valid; SIGHUP reloads at once. Each attempt's outcome is sent to `outcomes` if
 /// given (tests, status pages). Must run inside a tokio runtime.
 pub fn watch(
     registry: Arc<Registry>,
@@ -55,6 +57,8 @@ pub fn watch(
     let mut seen = modified(&options);
     Ok(tokio::spawn(async move {
         let mut tick = tokio::time::interval(poll);
+        // Contents that differ from `seen`, read at the previous poll: applied if still there.
+        let mut changing: Option<Option<Vec<u8>>> = None;
         loop {
             let signalled = tokio::select! {
                 _ = hangup.recv() => true,
@@ -62,8 +66,14 @@ pub fn watch(
             };
             let now = modified(&options);
             if !signalled && now == seen {
+                changing = None;
                 continue;
             }
+            if !signalled && changing.as_ref() != Some(&now) {
+                changing = Some(now);
+                continue;
+            }
+            changing = None;
             seen = now;
             let outcome = reload(&registry, &options).await;
             if let Some(tx) = &outcomes {
