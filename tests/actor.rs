@@ -791,3 +791,380 @@ fn a_debug_subscriber_sees_a_span_per_call_with_service_op_and_outcome() {
         "{text}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// [robust]: every admitted call ends exactly once; per-operation last successes; trial deadline;
+// commands acknowledged with their own position, never with another write's.
+// ---------------------------------------------------------------------------------------------
+
+const TRIALS: &str = r#"
+[services.stripe]
+failure_threshold = 3
+timeout = "30s"
+half_open_requests = 2
+success_threshold = 2
+call_timeout = "10s"
+half_open_max_wait = "1m"
+"#;
+
+async fn start_with(dir: &Path, clock: Clock, toml: &str, journal: JournalOptions) -> Registry {
+    let config = Config::from_toml(Path::new("test.toml"), toml, &BTreeMap::new()).unwrap();
+    let journal = Arc::new(Journal::open(&dir.join("log.db"), journal).await.unwrap());
+    Registry::start(
+        &config,
+        journal,
+        RegistryOptions {
+            clock,
+            holder: format!("test {:?}", std::thread::current().id()),
+            ..RegistryOptions::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Opens stripe and lets its OPEN period pass, so the next calls are HALF_OPEN trials.
+async fn open_then_wait(stripe: &breakerbox::actor::BreakerHandle, clock: &Clock) {
+    for _ in 0..3 {
+        let _ = stripe.call("", async { Err::<(), _>("down") }).await;
+    }
+    assert_eq!(stripe.inspect().await.unwrap().state(), State::Open);
+    clock.advance(30_000);
+}
+
+/// Healthy calls after the trials were given up: the breaker must close, not reject them all.
+async fn healthy_calls_close_it(stripe: &breakerbox::actor::BreakerHandle, what: &str) {
+    let mut ok = 0;
+    for _ in 0..50 {
+        if stripe.call("", async { Ok::<_, &str>(()) }).await.is_ok() {
+            ok += 1;
+        }
+        // Calls spread out in time: the actor folds each one before the next comes.
+        stripe.inspect().await;
+    }
+    assert_eq!(ok, 50, "{what}: every healthy call after the cancelled trials got through");
+    assert_eq!(stripe.inspect().await.unwrap().state(), State::Closed, "{what}");
+}
+
+fn cancelled_calls(log: &[StoredEvent], stream: &str) -> usize {
+    core_events(log, stream)
+        .iter()
+        .filter(|e| matches!(e, Event::CallRecorded(c) if c.outcome == breakerbox::breaker::Outcome::Cancelled))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dropped_trial_futures_give_their_permits_back_and_the_breaker_closes_on_healthy_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1_764_000_000_000);
+    let registry = start_with(dir.path(), clock.clone(), TRIALS, JournalOptions::default()).await;
+    let stripe = registry.get("stripe").unwrap().clone();
+    open_then_wait(&stripe, &clock).await;
+    // Two trial calls whose callers give up (a timeout around the call, as a user writes it),
+    // each on its own task of the multi-threaded runtime.
+    let tasks: Vec<_> = (0..2)
+        .map(|_| {
+            let stripe = stripe.clone();
+            tokio::spawn(async move {
+                tokio::time::timeout(
+                    Duration::from_millis(20),
+                    stripe.call("", std::future::pending::<Result<(), &str>>()),
+                )
+                .await
+            })
+        })
+        .collect();
+    for r in futures_join(tasks).await {
+        assert!(r.is_err(), "the caller's own timeout dropped the call");
+    }
+    assert_eq!(stripe.trial_permits(), 0, "both permits came back at once");
+    healthy_calls_close_it(&stripe, "call").await;
+    registry.shutdown().await.unwrap();
+    let log = stored(&registry).await;
+    assert_eq!(cancelled_calls(&log, "stripe"), 2, "recorded as cancelled, once each");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_call_sync_closure_and_an_unpolled_tower_future_end_their_calls() {
+    use tower::{Layer, Service};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1_764_000_000_000);
+    let registry = start_with(dir.path(), clock.clone(), TRIALS, JournalOptions::default()).await;
+    let stripe = registry.get("stripe").unwrap().clone();
+
+    open_then_wait(&stripe, &clock).await;
+    for _ in 0..2 {
+        let s = stripe.clone();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            s.call_sync("", || -> Result<(), &str> { panic!("bug") })
+        }));
+        assert!(panicked.is_err());
+    }
+    healthy_calls_close_it(&stripe, "call_sync").await;
+
+    open_then_wait(&stripe, &clock).await;
+    let calls = Arc::new(AtomicU64::new(0));
+    let mut svc = breakerbox::actor::BreakerLayer::new(stripe.clone()).layer(Upstream { calls: calls.clone() });
+    for _ in 0..2 {
+        // Admitted in `call`, then dropped without a poll (a lost select! branch).
+        drop(svc.call(false));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "both trials were admitted");
+    healthy_calls_close_it(&stripe, "tower").await;
+
+    open_then_wait(&stripe, &clock).await;
+    let (url, _) = hanging_server();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(breakerbox::actor::BreakerMiddleware::new(stripe.clone()))
+        .build();
+    for _ in 0..2 {
+        let r = tokio::time::timeout(Duration::from_millis(50), client.get(&url).send()).await;
+        assert!(r.is_err(), "the request hangs until its caller gives up");
+    }
+    healthy_calls_close_it(&stripe, "reqwest").await;
+    registry.shutdown().await.unwrap();
+    let log = stored(&registry).await;
+    assert_eq!(cancelled_calls(&log, "stripe"), 6);
+}
+
+/// A server on 127.0.0.1 that accepts connections and never answers (bounded: it exits with
+/// the test process; at most a few connections).
+fn hanging_server() -> (String, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let t = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(4) {
+            held.push(stream);
+        }
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    (url, t)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_call_after_its_call_timeout_is_a_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1_764_000_000_000);
+    let registry = start_with(dir.path(), clock.clone(), TRIALS, JournalOptions::default()).await;
+    let stripe = registry.get("stripe").unwrap().clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let call = {
+        let stripe = stripe.clone();
+        tokio::spawn(async move {
+            let _ = stripe
+                .call("", async move {
+                    let _ = rx.await;
+                    Ok::<_, &str>(())
+                })
+                .await;
+        })
+    };
+    while stripe.inspect().await.is_none() {}
+    tokio::task::yield_now().await;
+    // The breaker's clock says the call ran 11 s (its call timeout is 10 s) when it is dropped.
+    clock.advance(11_000);
+    call.abort();
+    let _ = call.await;
+    drop(tx);
+    registry.shutdown().await.unwrap();
+    let log = stored(&registry).await;
+    let outcomes: Vec<_> = core_events(&log, "stripe")
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::CallRecorded(c) => Some(c.outcome),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(outcomes, vec![breakerbox::breaker::Outcome::Timeout]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_success_is_kept_per_operation_and_never_answers_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = start(dir.path(), Clock::manual(1_764_000_000_000)).await;
+    let stripe = registry.get("stripe").unwrap().clone();
+    let prices = stripe
+        .call_with_fallback("prices.list", async { Ok::<_, &str>("PRICES") }, Fallback::LastSuccess)
+        .await;
+    assert_eq!(prices.unwrap(), "PRICES");
+    let customer = stripe
+        .call_with_fallback("customers.create", async { Err::<&str, _>("down") }, Fallback::LastSuccess)
+        .await;
+    assert!(
+        matches!(customer, Err(CallError::Inner("down"))),
+        "customers.create has no good answer of its own: {customer:?}"
+    );
+    // prices.list still gets its own.
+    let again = stripe
+        .call_with_fallback("prices.list", async { Err::<&str, _>("down") }, Fallback::LastSuccess)
+        .await;
+    assert_eq!(again.unwrap(), "PRICES");
+    // A value of another type is never served either.
+    let n = stripe
+        .call_with_fallback("prices.list", async { Err::<u32, _>("down") }, Fallback::LastSuccess)
+        .await;
+    assert!(n.is_err());
+    registry.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trial_nobody_decides_sends_half_open_back_to_open_at_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1_764_000_000_000);
+    let registry = start_with(dir.path(), clock.clone(), TRIALS, JournalOptions::default()).await;
+    let stripe = registry.get("stripe").unwrap().clone();
+    open_then_wait(&stripe, &clock).await;
+    // One trial that hangs (its caller still waits: not cancelled).
+    let release = Arc::new(tokio::sync::Notify::new());
+    let held = {
+        let (stripe, release) = (stripe.clone(), release.clone());
+        tokio::spawn(async move {
+            stripe
+                .call("", async move {
+                    release.notified().await;
+                    Ok::<_, &str>(())
+                })
+                .await
+        })
+    };
+    while stripe.trial_permits() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let b = stripe.inspect().await.unwrap();
+    assert_eq!(b.state(), State::HalfOpen);
+    let deadline = b.view(clock.now_ms()).trial_deadline_ms.expect("a deadline runs");
+    assert_eq!(deadline, clock.now_ms() + 60_000);
+    clock.advance(60_000);
+    stripe.tick().await;
+    let b = stripe.inspect().await.unwrap();
+    assert_eq!(b.state(), State::Open, "the deadline re-opened it");
+    release.notify_one();
+    assert!(held.await.unwrap().is_ok(), "the late call still returns its value");
+    registry.shutdown().await.unwrap();
+    let log = stored(&registry).await;
+    let reopened = core_events(&log, "stripe").into_iter().find_map(|e| match e {
+        Event::Transitioned(t) if t.reason == breakerbox::breaker::Reason::TrialDeadline => Some(t),
+        _ => None,
+    });
+    let t = reopened.expect("a trial_deadline transition is in the log");
+    assert_eq!((t.from, t.to, t.at_ms), (State::HalfOpen, State::Open, deadline));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_command_answer_names_its_own_command_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = start(dir.path(), Clock::system()).await;
+    let stripe = registry.get("stripe").unwrap().clone();
+    let calcom = registry.get("calcom").unwrap().clone();
+    // Traffic and commands on both breakers at once, so group commits mix their writes.
+    let traffic = {
+        let stripe = stripe.clone();
+        tokio::spawn(async move {
+            for i in 0..2_000u32 {
+                let _ = stripe.call("", async move { if i % 7 == 0 { Err("x") } else { Ok(()) } }).await;
+                if i % 50 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+    let commands: Vec<_> = (0..120)
+        .map(|i| {
+            let h = if i % 2 == 0 { stripe.clone() } else { calcom.clone() };
+            tokio::spawn(async move {
+                let r = if i % 3 == 0 {
+                    h.force_open(operator()).await
+                } else {
+                    h.reset(operator()).await
+                };
+                (h.key().to_owned(), r.unwrap())
+            })
+        })
+        .collect();
+    let answers = futures_join(commands).await;
+    traffic.await.unwrap();
+    let log = stored(&registry).await;
+    let by_position: BTreeMap<i64, &StoredEvent> = log.iter().map(|e| (e.position, e)).collect();
+    let mut positions = std::collections::BTreeSet::new();
+    for (key, answer) in &answers {
+        let e = by_position
+            .get(&answer.position)
+            .unwrap_or_else(|| panic!("{key}: position {} is in the log", answer.position));
+        assert_eq!(
+            (e.stream.as_str(), e.event_type.as_str()),
+            (key.as_str(), "operator_command"),
+            "the answer's position {} is its own command",
+            answer.position
+        );
+        assert!(positions.insert(answer.position), "each answer has its own position");
+    }
+    registry.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_the_log_cannot_take_is_refused_and_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal_options = JournalOptions {
+        capacity: 8,
+        busy_timeout: Duration::from_millis(50),
+        ..JournalOptions::default()
+    };
+    let registry = start_with(dir.path(), Clock::manual(1_764_000_000_000), CONFIG, journal_options).await;
+    let stripe = registry.get("stripe").unwrap().clone();
+    // Another process holds the file's write lock: the journal can't commit, its buffer fills.
+    let mut blocker = rusqlite_lock(&dir.path().join("log.db"));
+    let calcom = registry.get("calcom").unwrap().clone();
+    for _ in 0..40 {
+        let _ = calcom.call("", async { Err::<(), _>("down") }).await;
+        calcom.inspect().await;
+    }
+    let answer = tokio::time::timeout(Duration::from_secs(5), stripe.force_open(operator()))
+        .await
+        .expect("answered at once, not when the store recovers");
+    assert!(
+        matches!(answer, Err(breakerbox::journal::JournalError::Full)),
+        "refused: {answer:?}"
+    );
+    assert_eq!(stripe.state(), State::Closed, "a refused command changes nothing");
+    blocker.release();
+    registry.shutdown().await.unwrap();
+    let log = stored(&registry).await;
+    assert!(
+        !log.iter().any(|e| e.event_type == "operator_command" && e.stream == "stripe"),
+        "nothing of the refused command reached the log"
+    );
+}
+
+/// Holds SQLite's write lock on `path` from another connection until released.
+struct Lock(Option<std::sync::mpsc::Sender<()>>, Option<std::thread::JoinHandle<()>>);
+
+impl Lock {
+    fn release(&mut self) {
+        drop(self.0.take());
+        if let Some(t) = self.1.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+fn rusqlite_lock(path: &Path) -> Lock {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let path = path.to_owned();
+    let t = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            use sqlx::Connection;
+            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                .await
+                .unwrap();
+            sqlx::query("BEGIN EXCLUSIVE").execute(&mut conn).await.unwrap();
+            ready_tx.send(()).unwrap();
+            let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
+            sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
+        });
+    });
+    ready_rx.recv().unwrap();
+    Lock(Some(tx), Some(t))
+}

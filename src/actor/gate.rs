@@ -4,40 +4,11 @@
 //! The actor is the only writer of the published state; callers only read it, take HALF_OPEN
 //! trial permits by compare-and-swap, and append outcome records.
 
-use crate::breaker::{Outcome, Permit, Rejection, State};
+pub(crate) use super::admission::Admission;
+use super::admission::Published;
+use crate::breaker::{AdmissionView, Outcome, Permit, State};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-const STATE_BITS: u32 = 3;
-
-fn state_code(s: State) -> u64 {
-    match s {
-        State::Closed => 0,
-        State::Open => 1,
-        State::HalfOpen => 2,
-        State::ForcedOpen => 3,
-        State::Disabled => 4,
-    }
-}
-
-fn code_state(c: u64) -> State {
-    match c {
-        0 => State::Closed,
-        1 => State::Open,
-        2 => State::HalfOpen,
-        3 => State::ForcedOpen,
-        _ => State::Disabled,
-    }
-}
-
-/// Trial permits: the episode they belong to (high 40 bits) and how many are out (low 24).
-fn pack_trials(episode: u64, count: u64) -> u64 {
-    (episode << 24) | (count & 0xFF_FFFF)
-}
-
-fn unpack_trials(word: u64) -> (u64, u64) {
-    (word >> 24, word & 0xFF_FFFF)
-}
 
 /// A counter many threads add to without sharing a cache line: one padded cell per stripe,
 /// a thread always adding to the same one. Only the actor reads (and resets) the sum.
@@ -125,12 +96,8 @@ pub(crate) enum Record {
 
 /// The published state of one breaker plus its outcome buffer.
 pub(crate) struct Gate {
-    /// `episode << 3 | state`.
-    word: AtomicU64,
-    open_until_ms: AtomicU64,
-    /// Trial permits of the current HALF_OPEN episode (or of the next one, while OPEN).
-    trials: AtomicU64,
-    half_open_requests: AtomicU64,
+    /// The core's admission view and the trial permits taken from it.
+    published: Published,
     records: Mutex<Vec<Record>>,
     /// The common case — a non-trial call that succeeds within the millisecond it was admitted —
     /// is counted here instead of appended to `records`: one compare-and-swap on a word of the
@@ -154,20 +121,10 @@ pub(crate) struct Gate {
     pub(crate) dropped: AtomicU64,
 }
 
-/// What admission decided.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Admission {
-    Permit(Permit),
-    Reject(Rejection),
-}
-
 impl Gate {
     pub(crate) fn new(soft_limit: usize, hard_limit: usize) -> Self {
         Gate {
-            word: AtomicU64::new(0),
-            open_until_ms: AtomicU64::new(0),
-            trials: AtomicU64::new(0),
-            half_open_requests: AtomicU64::new(0),
+            published: Published::new(),
             records: Mutex::new(Vec::with_capacity(1024)),
             tallies: std::array::from_fn(|_| Padded::default()),
             flush_pending: AtomicBool::new(false),
@@ -179,131 +136,39 @@ impl Gate {
         }
     }
 
-    /// Publishes the breaker's state (actor only). A new episode resets the trial permits to
-    /// that episode (or, entering OPEN, to the HALF_OPEN episode that follows it).
-    pub(crate) fn publish(&self, state: State, episode: u64, open_until_ms: Option<u64>, half_open_requests: u32) {
-        self.half_open_requests
-            .store(u64::from(half_open_requests), Ordering::Relaxed);
-        self.open_until_ms.store(open_until_ms.unwrap_or(0), Ordering::Relaxed);
-        let trial_episode = if state == State::Open { episode + 1 } else { episode };
-        // Keep permits already taken for this very episode (callers may have taken trials of the
-        // HALF_OPEN episode before the actor's timer moved the core there).
-        let mut current = self.trials.load(Ordering::Acquire);
-        while unpack_trials(current).0 != trial_episode {
-            // A caller may be taking a (now stale) permit at this very moment: retry until the
-            // word is ours, so the new episode always starts at 0.
-            match self.trials.compare_exchange_weak(
-                current,
-                pack_trials(trial_episode, 0),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break,
-                Err(actual) => current = actual,
-            }
-        }
-        self.word
-            .store((episode << STATE_BITS) | state_code(state), Ordering::Release);
+    /// Publishes the core's admission view (actor only).
+    pub(crate) fn publish(&self, view: &AdmissionView) {
+        self.published.publish(view);
     }
 
     /// The published state and episode.
     pub(crate) fn state(&self) -> (State, u64) {
-        let w = self.word.load(Ordering::Acquire);
-        (code_state(w & 7), w >> STATE_BITS)
+        self.published.state()
     }
 
-    /// Trial permits out for the episode they belong to.
-    pub(crate) fn trials(&self) -> (u64, u64) {
-        unpack_trials(self.trials.load(Ordering::Acquire))
+    /// Trial permits out (of the trial episode the published state hands them out for).
+    pub(crate) fn trials_out(&self) -> u64 {
+        self.published.trials_out()
     }
 
-    /// Admission at `now_ms`, without the actor. Exact for trial permits under contention:
-    /// never more than `half_open_requests` per episode.
+    /// Admission at `now_ms`, without the actor: the core's rule on the published view. Exact
+    /// for trial permits under contention: never more than `half_open_requests` per episode.
     #[inline]
     pub(crate) fn admit(&self, clock: &impl Fn() -> u64) -> Admission {
-        let now_ms = clock();
-        let w = self.word.load(Ordering::Acquire);
-        let (state, episode) = (code_state(w & 7), w >> STATE_BITS);
-        match state {
-            State::Closed | State::Disabled => Admission::Permit(Permit {
-                episode,
-                admitted_at_ms: now_ms,
-                trial: false,
-            }),
-            State::Open => {
-                let until = self.open_until_ms.load(Ordering::Relaxed);
-                if now_ms < until {
-                    Admission::Reject(Rejection {
-                        state: State::Open,
-                        retry_after_ms: Some(until - now_ms),
-                    })
-                } else {
-                    // The OPEN period is over: this is already the next (HALF_OPEN) episode,
-                    // whether or not the actor's timer has run yet.
-                    self.trial(episode + 1, clock)
-                }
-            }
-            State::HalfOpen => self.trial(episode, clock),
-            State::ForcedOpen => Admission::Reject(Rejection {
-                state: State::ForcedOpen,
-                retry_after_ms: None,
-            }),
-        }
+        self.published.admit(clock(), || {
+            // Recorded in order with the outcomes (time read under the same lock), so the core
+            // sees the same sequence the callers made.
+            let mut r = self.records.lock().unwrap_or_else(|e| e.into_inner());
+            let at_ms = clock();
+            self.flush_own_tally(at_ms, &mut r);
+            r.push(Record::Trial { at_ms });
+            at_ms
+        })
     }
 
-    fn trial(&self, episode: u64, clock: &impl Fn() -> u64) -> Admission {
-        let limit = self.half_open_requests.load(Ordering::Relaxed);
-        let mut current = self.trials.load(Ordering::Acquire);
-        loop {
-            let (ep, count) = unpack_trials(current);
-            if ep != episode || count >= limit {
-                return Admission::Reject(Rejection {
-                    state: State::HalfOpen,
-                    retry_after_ms: None,
-                });
-            }
-            match self.trials.compare_exchange_weak(
-                current,
-                pack_trials(ep, count + 1),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    // Recorded in order with the outcomes (time read under the same lock), so
-                    // the core sees the same sequence the callers made.
-                    let mut r = self.records.lock().unwrap_or_else(|e| e.into_inner());
-                    let at_ms = clock();
-                    self.flush_own_tally(at_ms, &mut r);
-                    r.push(Record::Trial { at_ms });
-                    return Admission::Permit(Permit {
-                        episode,
-                        admitted_at_ms: at_ms,
-                        trial: true,
-                    });
-                }
-                Err(actual) => current = actual,
-            }
-        }
-    }
-
-    /// An ignored trial gives its permit back (as the core does).
+    /// A trial that ended without counting gives its permit back (as the core does).
     pub(crate) fn return_trial(&self, episode: u64) {
-        let mut current = self.trials.load(Ordering::Acquire);
-        loop {
-            let (ep, count) = unpack_trials(current);
-            if ep != episode || count == 0 {
-                return;
-            }
-            match self.trials.compare_exchange_weak(
-                current,
-                pack_trials(ep, count - 1),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return,
-                Err(actual) => current = actual,
-            }
-        }
+        self.published.return_trial(episode);
     }
 
     /// Records a completion. A non-trial success within the millisecond of its admission is
@@ -546,15 +411,26 @@ mod tests {
         assert_eq!(tally_episode(0, 0), 0);
     }
 
+    fn view(state: State, episode: u64, open_until_ms: u64, half_open_requests: u32) -> AdmissionView {
+        AdmissionView {
+            state,
+            episode,
+            trial_episode: episode + u64::from(state == State::Open),
+            open_until_ms,
+            trial_deadline_ms: u64::MAX,
+            half_open_requests,
+        }
+    }
+
     #[test]
     fn a_stale_view_never_takes_a_trial_of_a_later_episode() {
         let gate = Gate::new(10, 100);
-        gate.publish(State::HalfOpen, 4, None, 2);
+        gate.publish(&view(State::HalfOpen, 4, 0, 2));
         let clock = || 7;
         assert!(matches!(gate.admit(&clock), Admission::Permit(p) if p.trial && p.episode == 4));
         // The actor re-opens (episode 5): the permits now belong to episode 6 and start at 0.
-        gate.publish(State::Open, 5, Some(100), 2);
-        assert_eq!(gate.trials(), (6, 0));
+        gate.publish(&view(State::Open, 5, 100, 2));
+        assert_eq!(gate.published.trials(), (6, 0));
         assert!(matches!(gate.admit(&clock), Admission::Reject(r) if r.state == State::Open));
         // Past the deadline, callers take trials of episode 6, two at most.
         let later = || 100;
@@ -562,11 +438,25 @@ mod tests {
         assert!(matches!(gate.admit(&later), Admission::Permit(p) if p.trial && p.episode == 6));
         assert!(matches!(gate.admit(&later), Admission::Reject(r) if r.state == State::HalfOpen));
         // The actor's timer moves to HALF_OPEN episode 6: the permits already taken are kept.
-        gate.publish(State::HalfOpen, 6, None, 2);
-        assert_eq!(gate.trials(), (6, 2));
+        gate.publish(&view(State::HalfOpen, 6, 0, 2));
+        assert_eq!(gate.published.trials(), (6, 2));
         gate.return_trial(5); // a stale return changes nothing
-        assert_eq!(gate.trials(), (6, 2));
+        assert_eq!(gate.published.trials(), (6, 2));
         gate.return_trial(6);
-        assert_eq!(gate.trials(), (6, 1));
+        assert_eq!(gate.published.trials(), (6, 1));
+        // A reset to CLOSED 7: a caller on the older view can't take a trial of episode 7.
+        gate.publish(&view(State::Closed, 7, 0, 2));
+        assert!(matches!(gate.admit(&later), Admission::Permit(p) if !p.trial && p.episode == 7));
+        assert_eq!(gate.trials_out(), 0);
+    }
+
+    #[test]
+    fn no_trial_is_admitted_past_the_trial_deadline() {
+        let gate = Gate::new(10, 100);
+        let mut v = view(State::HalfOpen, 3, 0, 3);
+        v.trial_deadline_ms = 50;
+        gate.publish(&v);
+        assert!(matches!(gate.admit(&|| 49), Admission::Permit(p) if p.trial));
+        assert!(matches!(gate.admit(&|| 50), Admission::Reject(r) if r.state == State::HalfOpen));
     }
 }

@@ -10,8 +10,9 @@ use crate::config::StatusClassifier;
 use crate::journal::JournalError;
 use crate::journal::Operator;
 use actix::Addr;
-use std::any::Any;
-use std::collections::BTreeMap;
+use std::any::{Any, TypeId};
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -28,7 +29,76 @@ pub(crate) struct Inner {
     pub call_timeout: Duration,
     pub statuses: StatusClassifier,
     pub operations: BTreeMap<String, BreakerHandle>,
-    pub last_ok: Mutex<Option<Box<dyn Any + Send + Sync>>>,
+    pub last_ok: LastSuccesses,
+}
+
+/// The last good value of each operation of one breaker, by its type: `Fallback::LastSuccess`
+/// for `prices.list` never answers with what `customers.create` returned, nor with a value of
+/// another type.
+#[derive(Default)]
+pub(crate) struct LastSuccesses(Mutex<HashMap<TypeId, HashMap<String, Box<dyn Any + Send + Sync>>>>);
+
+impl LastSuccesses {
+    fn remember<T: Clone + Send + Sync + 'static>(&self, op: &str, value: &T) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let by_op = map.entry(TypeId::of::<T>()).or_default();
+        match by_op.get_mut(op) {
+            Some(slot) => *slot = Box::new(value.clone()),
+            None => {
+                by_op.insert(op.to_owned(), Box::new(value.clone()));
+            }
+        }
+    }
+
+    fn last<T: Clone + 'static>(&self, op: &str) -> Option<T> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&TypeId::of::<T>())?.get(op)?.downcast_ref::<T>().cloned()
+    }
+}
+
+/// An admitted call that has not ended yet. It ends exactly once: [`Admitted::complete`] with
+/// the call's outcome, or — if it is dropped first (the caller's future was dropped, a `select!`
+/// branch lost, the closure panicked) — as `cancelled`, or as a timeout once the call ran past
+/// its call timeout. Either way a HALF_OPEN trial permit is given back at once, so a breaker can
+/// never lock itself shut on calls nobody waits for any more.
+pub(crate) struct Admitted<H: Borrow<BreakerHandle>> {
+    handle: H,
+    permit: Permit,
+    ended: bool,
+}
+
+impl<H: Borrow<BreakerHandle>> Admitted<H> {
+    #[inline]
+    pub(crate) fn new(handle: H, permit: Permit) -> Self {
+        Admitted {
+            handle,
+            permit,
+            ended: false,
+        }
+    }
+
+    /// Ends the call with its outcome.
+    #[inline]
+    pub(crate) fn complete(mut self, outcome: Outcome) {
+        self.ended = true;
+        self.handle.borrow().finish(self.permit, outcome);
+    }
+}
+
+impl<H: Borrow<BreakerHandle>> Drop for Admitted<H> {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let h = self.handle.borrow();
+        let elapsed_ms = h.inner.clock.now_ms().saturating_sub(self.permit.admitted_at_ms);
+        let outcome = if u128::from(elapsed_ms) >= h.inner.call_timeout.as_millis() {
+            Outcome::Timeout
+        } else {
+            Outcome::Cancelled
+        };
+        h.finish(self.permit, outcome);
+    }
 }
 
 /// A handle on one breaker (a service, or an operation of one).
@@ -69,14 +139,7 @@ impl BreakerHandle {
     /// HALF_OPEN trial permits in use (of the current HALF_OPEN episode, or of the one that
     /// follows an OPEN period).
     pub fn trial_permits(&self) -> u64 {
-        let (state, episode) = self.inner.gate.state();
-        let (trial_episode, count) = self.inner.gate.trials();
-        let expected = if state == State::Open { episode + 1 } else { episode };
-        if trial_episode == expected && matches!(state, State::Open | State::HalfOpen) {
-            count
-        } else {
-            0
-        }
+        self.inner.gate.trials_out()
     }
 
     /// The handle of an operation's own breaker, or this one if the operation has none.
@@ -92,8 +155,21 @@ impl BreakerHandle {
         &self.inner.statuses
     }
 
+    /// Admission: a guard that ends the call exactly once (see [`Admitted`]).
     #[inline]
-    pub(crate) fn admit<E>(&self) -> Result<Permit, CallError<E>> {
+    pub(crate) fn admit<E>(&self) -> Result<Admitted<&BreakerHandle>, CallError<E>> {
+        self.admit_permit().map(|p| Admitted::new(self, p))
+    }
+
+    /// As [`BreakerHandle::admit`], with a guard that owns its handle (futures that outlive
+    /// the borrow: the tower service's).
+    #[inline]
+    pub(crate) fn admit_owned<E>(&self) -> Result<Admitted<BreakerHandle>, CallError<E>> {
+        self.admit_permit().map(|p| Admitted::new(self.clone(), p))
+    }
+
+    #[inline]
+    fn admit_permit<E>(&self) -> Result<Permit, CallError<E>> {
         let clock = &self.inner.clock;
         match self.inner.gate.admit(&|| clock.now_ms()) {
             Admission::Permit(p) => Ok(p),
@@ -125,19 +201,19 @@ impl BreakerHandle {
 
     /// Runs `call` through the breaker if it is admitted: `Ok` is a success, `Err` a failure.
     /// No timeout (it is not async); see [`BreakerHandle::call`].
+    ///
+    /// If `call` panics, the call is recorded as cancelled (a trial permit comes back) and the
+    /// panic goes on to the caller.
     #[inline]
     pub fn call_sync<T, E>(&self, op: &str, call: impl FnOnce() -> Result<T, E>) -> Result<T, CallError<E>> {
         let h = self.operation(op);
-        let permit = h.admit()?;
+        let admitted = h.admit()?;
         let result = call();
-        h.finish(
-            permit,
-            if result.is_ok() {
-                Outcome::Success
-            } else {
-                Outcome::Failure
-            },
-        );
+        admitted.complete(if result.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        });
         result.map_err(CallError::Inner)
     }
 
@@ -176,8 +252,8 @@ impl BreakerHandle {
         } else {
             tracing::Span::none()
         };
-        let permit = match h.admit() {
-            Ok(p) => p,
+        let admitted = match h.admit() {
+            Ok(a) => a,
             Err(e) => {
                 if !span.is_disabled() {
                     span.record("outcome", "rejected");
@@ -185,55 +261,12 @@ impl BreakerHandle {
                 return Err(e);
             }
         };
-        let (result, outcome) = h.run_admitted_outcome(permit, fut, classifier).await;
+        let (result, outcome) = run_admitted_outcome(admitted, fut, classifier).await;
         // Recording on a disabled span still runs tracing's `log` fallback checks (~10 ns).
         if !span.is_disabled() {
             span.record("outcome", outcome.as_str());
         }
         result
-    }
-
-    /// Runs a call that `admit` let through: timeout, classification, recording. Split from
-    /// admission so integrations (tower) can admit before they even build the call.
-    pub(crate) async fn run_admitted<T, E, C: Classifier<T, E> + ?Sized>(
-        &self,
-        permit: Permit,
-        fut: impl Future<Output = Result<T, E>>,
-        classifier: &C,
-    ) -> Result<T, CallError<E>> {
-        self.run_admitted_outcome(permit, fut, classifier).await.0
-    }
-
-    async fn run_admitted_outcome<T, E, C: Classifier<T, E> + ?Sized>(
-        &self,
-        permit: Permit,
-        fut: impl Future<Output = Result<T, E>>,
-        classifier: &C,
-    ) -> (Result<T, CallError<E>>, Outcome) {
-        let mut fut = std::pin::pin!(fut);
-        let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
-        let result = match first {
-            Poll::Ready(r) => Some(r),
-            // Boxed: a timer is large, and keeping it inline would make every call's future
-            // (and each move of it) that much bigger for the ready calls that never need one.
-            // A call that is really pending is waiting on I/O, next to which one allocation is noise.
-            Poll::Pending => Box::pin(tokio::time::timeout(self.inner.call_timeout, fut)).await.ok(),
-        };
-        match result {
-            Some(r) => {
-                let outcome = classifier.classify(&r);
-                self.finish(permit, outcome);
-                (r.map_err(CallError::Inner), outcome)
-            }
-            None => {
-                self.finish(permit, Outcome::Timeout);
-                let e = CallError::TimedOut {
-                    service: self.inner.key,
-                    after: self.inner.call_timeout,
-                };
-                (Err(e), Outcome::Timeout)
-            }
-        }
     }
 
     /// As [`BreakerHandle::call`], answering with `fallback` when the call is rejected, times out
@@ -252,7 +285,7 @@ impl BreakerHandle {
         match h.call("", fut).await {
             Ok(v) => {
                 if remember {
-                    *h.inner.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(v.clone()));
+                    h.inner.last_ok.remember(op, &v);
                 }
                 Ok(v)
             }
@@ -260,14 +293,7 @@ impl BreakerHandle {
                 let value = match fallback {
                     Fallback::With(f) => Some(f(&e)),
                     Fallback::Value(v) => Some(v),
-                    Fallback::LastSuccess => h
-                        .inner
-                        .last_ok
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .as_ref()
-                        .and_then(|b| b.downcast_ref::<T>())
-                        .cloned(),
+                    Fallback::LastSuccess => h.inner.last_ok.last::<T>(op),
                 };
                 match value {
                     Some(v) => {
@@ -336,6 +362,48 @@ impl BreakerHandle {
     #[doc(hidden)]
     pub async fn crash_for_test(&self) {
         let _ = self.inner.addr.send(Crash).await;
+    }
+}
+
+/// Runs a call that admission let through: timeout, classification, recording. Split from
+/// admission so integrations (tower) can admit before they even build the call. If this future
+/// is dropped before it ends, `admitted` records the call as cancelled (or timed out).
+pub(crate) async fn run_admitted_outcome<H, T, E, C>(
+    admitted: Admitted<H>,
+    fut: impl Future<Output = Result<T, E>>,
+    classifier: &C,
+) -> (Result<T, CallError<E>>, Outcome)
+where
+    H: Borrow<BreakerHandle>,
+    C: Classifier<T, E> + ?Sized,
+{
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+    let (key, call_timeout) = {
+        let inner = &admitted.handle.borrow().inner;
+        (inner.key, inner.call_timeout)
+    };
+    let result = match first {
+        Poll::Ready(r) => Some(r),
+        // Boxed: a timer is large, and keeping it inline would make every call's future
+        // (and each move of it) that much bigger for the ready calls that never need one.
+        // A call that is really pending is waiting on I/O, next to which one allocation is noise.
+        Poll::Pending => Box::pin(tokio::time::timeout(call_timeout, fut)).await.ok(),
+    };
+    match result {
+        Some(r) => {
+            let outcome = classifier.classify(&r);
+            admitted.complete(outcome);
+            (r.map_err(CallError::Inner), outcome)
+        }
+        None => {
+            admitted.complete(Outcome::Timeout);
+            let e = CallError::TimedOut {
+                service: key,
+                after: call_timeout,
+            };
+            (Err(e), Outcome::Timeout)
+        }
     }
 }
 

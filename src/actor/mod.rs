@@ -4,7 +4,7 @@
 //! ```text
 //!  caller thread                         actor (own actix system thread)          journal thread
 //!  handle.call(op, fut)
-//!    gate.admit()  ── atomics ──────────  gate.publish(state, episode, …)
+//!    gate.admit()  ── atomics ──────────  gate.publish(core.admission())
 //!    fut.await (call_timeout)
 //!    gate.done(outcome) ── mutex'd buffer ─▶ drain → core.complete → events ──submit──▶ group commit
 //!    failure? one coalesced Flush ───────▶ (successes every flush_interval)
@@ -15,6 +15,7 @@
 //! compare-and-swap on an episode-tagged counter, so never more than `half_open_requests` per
 //! episode, whatever the contention. See `docs/library.md`.
 
+mod admission;
 mod call;
 mod clock;
 mod gate;
@@ -25,6 +26,13 @@ mod reqwest;
 mod service;
 mod tower;
 mod watch;
+
+/// What `admission.rs` is built on: std's atomics here, loom's in the model test
+/// (`tests/actor.rs`), which compiles that one file on its own.
+mod admission_deps {
+    pub(super) use crate::breaker::{AdmissionView, Permit, Rejection, State, Verdict};
+    pub(super) use std::sync::atomic::{AtomicU64, Ordering};
+}
 
 pub use crate::journal::{CALL_STATS, CallStats, OPERATOR_COMMAND, Operator, OperatorCommand};
 pub use call::{CallError, Classifier, Fallback, FallbackFn, FallbackReason, HasStatus, HttpStatuses, Results};

@@ -135,8 +135,7 @@ impl Registry {
                         .map(|(config, breaker)| {
                             let gate = Arc::new(Gate::new(opts2.soft_limit, opts2.hard_limit));
                             // Published before any handle exists, so no call sees a default state.
-                            let v = breaker.view(clock2.now_ms());
-                            gate.publish(v.state, v.episode, v.open_until_ms, breaker.policy().half_open_requests);
+                            gate.publish(&breaker.admission());
                             let key: Arc<str> = Arc::from(config.key.as_str());
                             let (g, j, c, o, cfg) = (
                                 gate.clone(),
@@ -175,7 +174,7 @@ impl Registry {
                 call_timeout: Duration::from_millis(s.config.call_timeout_ms()),
                 statuses: s.config.classifier(),
                 operations,
-                last_ok: Mutex::new(None),
+                last_ok: Default::default(),
             }),
         };
         for s in &ops {

@@ -75,8 +75,9 @@ pub(crate) struct ServiceActor {
     /// Rejections, fallbacks and drops counted since the last `emit`, logged after its calls.
     pending_stats: Option<CallStats>,
     timer: Option<SpawnHandle>,
+    /// The deadline `timer` is armed for.
+    armed_deadline: Option<u64>,
     schedule_timer: Option<SpawnHandle>,
-    last_ticket: Option<u64>,
 }
 
 impl ServiceActor {
@@ -105,19 +106,22 @@ impl ServiceActor {
             holding_since_ms: None,
             pending_stats: None,
             timer: None,
+            armed_deadline: None,
             schedule_timer: None,
-            last_ticket: None,
+        }
+    }
+
+    /// Keeps the timer and the published view on the core's next deadline: a HALF_OPEN trial
+    /// deadline starts with a trial and ends with its outcome, not with a transition.
+    fn sync_deadline(&mut self, ctx: &mut Context<Self>) {
+        if self.breaker.next_deadline_ms() != self.armed_deadline {
+            self.publish();
+            self.arm_timer(ctx);
         }
     }
 
     fn publish(&self) {
-        let v = self.breaker.view(self.clock.now_ms());
-        self.gate.publish(
-            v.state,
-            v.episode,
-            v.open_until_ms,
-            self.breaker.policy().half_open_requests,
-        );
+        self.gate.publish(&self.breaker.admission());
     }
 
     /// Folds everything callers recorded into the core (commands, inspection, shutdown).
@@ -209,19 +213,7 @@ impl ServiceActor {
     }
 
     fn submit_other<T: Serialize>(&mut self, event_type: &'static str, at_ms: u64, payload: &T) {
-        let payload = rmp_serde::to_vec_named(payload).expect("plain data encodes");
-        self.last_ticket = self
-            .journal
-            .submit(
-                &self.key,
-                Body::Other {
-                    event_type,
-                    event_version: 1,
-                    at_ms,
-                    payload,
-                },
-            )
-            .or(self.last_ticket);
+        self.journal.submit(&self.key, other_body(event_type, at_ms, payload));
     }
 
     /// As `emit`, but recorded calls alone wait up to `outcome_hold` (the regular drains).
@@ -252,31 +244,21 @@ impl ServiceActor {
         for event in self.events.drain(..) {
             if let Event::Transitioned(t) = &event {
                 transitioned = true;
-                if t.to == State::Open || t.to == State::ForcedOpen {
-                    tracing::warn!(breaker = %self.key, from = %t.from, to = %t.to, reason = t.reason.as_str(), at_ms = t.at_ms, "circuit breaker opened");
-                } else {
-                    tracing::info!(breaker = %self.key, from = %t.from, to = %t.to, reason = t.reason.as_str(), at_ms = t.at_ms, "circuit breaker transition");
-                }
+                log_transition(&self.key, t);
             }
             self.since_snapshot += 1;
-            self.last_ticket = self
-                .journal
-                .submit(&self.key, Body::Breaker(event))
-                .or(self.last_ticket);
+            self.journal.submit(&self.key, Body::Breaker(event));
         }
         if self.since_snapshot >= self.options.snapshot_every {
             self.since_snapshot = 0;
             let at_ms = self.clock.now_ms();
-            self.last_ticket = self
-                .journal
-                .submit(
-                    &self.key,
-                    Body::Snapshot {
-                        at_ms,
-                        breaker: Box::new(self.breaker.clone()),
-                    },
-                )
-                .or(self.last_ticket);
+            self.journal.submit(
+                &self.key,
+                Body::Snapshot {
+                    at_ms,
+                    breaker: Box::new(self.breaker.clone()),
+                },
+            );
         }
         self.submit_stats();
         if transitioned {
@@ -295,10 +277,11 @@ impl ServiceActor {
         if let Some(t) = self.timer.take() {
             ctx.cancel_future(t);
         }
+        self.armed_deadline = self.breaker.next_deadline_ms();
         if self.clock.is_manual() {
             return; // tests drive time: `tick` after `advance`
         }
-        if let Some(deadline) = self.breaker.next_deadline_ms() {
+        if let Some(deadline) = self.armed_deadline {
             let wait = deadline.saturating_sub(self.clock.now_ms());
             self.timer = Some(ctx.run_later(Duration::from_millis(wait), |act, ctx| act.on_tick(ctx)));
         }
@@ -342,6 +325,7 @@ impl ServiceActor {
                 act.drain_settled(ctx);
             }
             act.emit_or_hold(ctx);
+            act.sync_deadline(ctx);
         });
     }
 
@@ -352,6 +336,7 @@ impl ServiceActor {
             let now = act.clock.now_ms();
             act.breaker.tick(now, &mut act.events);
             act.emit(ctx);
+            act.sync_deadline(ctx);
         });
     }
 
@@ -445,9 +430,11 @@ impl Handler<Operate> for ServiceActor {
         self.emit(ctx);
         let now = self.clock.now_ms();
         let from = self.breaker.state();
+        // Decided on a copy: the command takes effect only if the log takes its records.
+        let mut after = self.breaker.clone();
         let mut events = Vec::new();
-        self.breaker.command(now, msg.command, &mut events);
-        let to = self.breaker.state();
+        after.command(now, msg.command, &mut events);
+        let to = after.state();
         let record = OperatorCommand {
             at_ms: now,
             command: msg.command,
@@ -456,23 +443,31 @@ impl Handler<Operate> for ServiceActor {
             to_state: to,
             request_position: msg.request_position,
         };
-        // The command first, then what it did: the audit trail reads in that order.
-        self.submit_other(OPERATOR_COMMAND, now, &record);
-        self.events.extend(events);
-        self.emit(ctx);
+        // The command first, then what it did: the audit trail reads in that order. All of them
+        // or none: a command whose transition the log dropped would replay as never applied.
+        let mut bodies = Vec::with_capacity(1 + events.len());
+        bodies.push(other_body(OPERATOR_COMMAND, now, &record));
+        for event in &events {
+            if let Event::Transitioned(t) = event {
+                log_transition(&self.key, t);
+            }
+        }
+        self.since_snapshot += events.len() as u64;
+        bodies.extend(events.into_iter().map(Body::Breaker));
+        let tracked = match self.journal.submit_all(&self.key, bodies) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(breaker = %self.key, command = ?msg.command, error = %e, "operator command refused: the event log cannot take it");
+                return Box::pin(std::future::ready(Err(e)));
+            }
+        };
+        self.breaker = after;
         self.publish();
+        self.arm_timer(ctx);
         let journal = self.journal.clone();
-        let ticket = self.last_ticket;
         Box::pin(async move {
-            let progress = match ticket {
-                Some(t) => journal.durable(t).await?,
-                None => journal.flush().await?,
-            };
-            Ok(CommandResult {
-                from,
-                to,
-                position: progress.position,
-            })
+            let position = journal.durable_position(tracked).await?;
+            Ok(CommandResult { from, to, position })
         })
     }
 }
@@ -526,6 +521,7 @@ impl Handler<Inspect> for ServiceActor {
         self.guard(ctx, |act, ctx| {
             act.drain();
             act.emit(ctx);
+            act.sync_deadline(ctx);
         });
         MessageResult(self.breaker.clone())
     }
@@ -549,8 +545,26 @@ impl Handler<Crash> for ServiceActor {
     }
 }
 
+/// An event of the runtime layer, encoded (version 1).
+fn other_body<T: Serialize>(event_type: &'static str, at_ms: u64, payload: &T) -> Body {
+    Body::Other {
+        event_type,
+        event_version: 1,
+        at_ms,
+        payload: rmp_serde::to_vec_named(payload).expect("plain data encodes"),
+    }
+}
+
+fn log_transition(key: &str, t: &crate::breaker::Transition) {
+    if t.to == State::Open || t.to == State::ForcedOpen {
+        tracing::warn!(breaker = %key, from = %t.from, to = %t.to, reason = t.reason.as_str(), at_ms = t.at_ms, "circuit breaker opened");
+    } else {
+        tracing::info!(breaker = %key, from = %t.from, to = %t.to, reason = t.reason.as_str(), at_ms = t.at_ms, "circuit breaker transition");
+    }
+}
+
 /// Trial outcomes that were ignored give their permit back in the gate as well; see
 /// [`super::handle`]. (Kept here so the rule sits beside the core's.)
 pub(crate) fn returns_permit(outcome: Outcome, trial: bool) -> bool {
-    trial && outcome == Outcome::Ignored
+    trial && !outcome.counts()
 }

@@ -12,7 +12,7 @@
 //! ([`BreakerLayer::with_classifier`]); errors come back as [`CallError`].
 
 use super::call::{CallError, Classifier, Results};
-use super::handle::BreakerHandle;
+use super::handle::{BreakerHandle, run_admitted_outcome};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -83,12 +83,14 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         // Admission first: a rejected request must not reach the inner service at all (many
         // services start their work in `call`, not when the future is polled).
-        let permit = match self.handle.admit::<S::Error>() {
-            Ok(p) => p,
+        // The guard is taken before the inner call: a future dropped unpolled still ends the call
+        // (cancelled), so its trial permit comes back.
+        let admitted = match self.handle.admit_owned::<S::Error>() {
+            Ok(a) => a,
             Err(rejected) => return Box::pin(std::future::ready(Err(rejected))),
         };
         let fut = self.inner.call(req);
-        let (handle, classifier) = (self.handle.clone(), self.classifier.clone());
-        Box::pin(async move { handle.run_admitted(permit, fut, classifier.as_ref()).await })
+        let classifier = self.classifier.clone();
+        Box::pin(async move { run_admitted_outcome(admitted, fut, classifier.as_ref()).await.0 })
     }
 }

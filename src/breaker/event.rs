@@ -61,6 +61,10 @@ pub enum Outcome {
     Timeout,
     /// Counts as neither (e.g. a 404 that is the caller's fault); returns a HALF_OPEN trial permit.
     Ignored,
+    /// The caller gave up before the call ended (its future was dropped, or it panicked): counts
+    /// as neither success nor failure and returns a HALF_OPEN trial permit at once. A call
+    /// abandoned after its call timeout is a [`Outcome::Timeout`] instead.
+    Cancelled,
 }
 
 impl Outcome {
@@ -76,7 +80,14 @@ impl Outcome {
             Outcome::Failure => "failure",
             Outcome::Timeout => "timeout",
             Outcome::Ignored => "ignored",
+            Outcome::Cancelled => "cancelled",
         }
+    }
+
+    /// Counted by the trip rules and trials (success, failure, timeout); ignored and cancelled
+    /// calls are recorded but count nowhere, and give a trial permit back.
+    pub fn counts(self) -> bool {
+        !matches!(self, Outcome::Ignored | Outcome::Cancelled)
     }
 }
 
@@ -110,6 +121,8 @@ pub enum Reason {
     TrialFailed,
     /// HALF_OPEN → OPEN: a trial call was slow (only with a slow-call rule).
     TrialSlow,
+    /// HALF_OPEN → OPEN: trials were still out, undecided, when `half_open_max_wait` ran out.
+    TrialDeadline,
     /// HALF_OPEN → CLOSED: `success_threshold` trial calls succeeded.
     TrialsSucceeded,
     /// Operator reset.
@@ -131,6 +144,7 @@ impl Reason {
             Reason::TimeoutElapsed => "timeout_elapsed",
             Reason::TrialFailed => "trial_failed",
             Reason::TrialSlow => "trial_slow",
+            Reason::TrialDeadline => "trial_deadline",
             Reason::TrialsSucceeded => "trials_succeeded",
             Reason::Reset => "reset",
             Reason::ForceOpen => "force_open",

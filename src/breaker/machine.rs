@@ -32,6 +32,84 @@ pub struct Rejection {
     pub retry_after_ms: Option<u64>,
 }
 
+/// What the breaker lets callers do right now, as plain data: the one admission rule, read by
+/// [`Breaker::acquire`] and by the runtime's lock-free gate alike (which publishes this view and
+/// counts trial permits itself), so the hot path never re-implements a rule of the core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdmissionView {
+    /// The state.
+    pub state: State,
+    /// The current episode.
+    pub episode: u64,
+    /// The episode trial permits belong to: this one when HALF_OPEN; when OPEN, the HALF_OPEN
+    /// episode that the end of the OPEN period starts.
+    pub trial_episode: u64,
+    /// End of the OPEN period (0 unless OPEN).
+    pub open_until_ms: u64,
+    /// HALF_OPEN: no trial is admitted at or after this instant (`u64::MAX`: none running).
+    pub trial_deadline_ms: u64,
+    /// Trial permits per HALF_OPEN episode.
+    pub half_open_requests: u32,
+}
+
+/// What [`AdmissionView::decide`] says about one call attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Run it: not a trial.
+    Permit {
+        /// The episode it is admitted in.
+        episode: u64,
+    },
+    /// Run it as a trial of `episode` if one of the episode's `half_open_requests` permits is
+    /// left; otherwise reject it as [`AdmissionView::trials_exhausted`] says.
+    Trial {
+        /// The HALF_OPEN episode the permit belongs to.
+        episode: u64,
+    },
+    /// Don't run it.
+    Reject(Rejection),
+}
+
+impl AdmissionView {
+    /// The verdict for a call attempted at `now_ms`.
+    #[inline]
+    pub fn decide(&self, now_ms: u64) -> Verdict {
+        match self.state {
+            State::Closed | State::Disabled => Verdict::Permit { episode: self.episode },
+            State::Open if now_ms < self.open_until_ms => Verdict::Reject(Rejection {
+                state: State::Open,
+                retry_after_ms: Some(self.open_until_ms - now_ms),
+            }),
+            // The OPEN period is over: this is already the HALF_OPEN episode that follows,
+            // whether or not a timer has moved the breaker there yet.
+            State::Open => Verdict::Trial {
+                episode: self.trial_episode,
+            },
+            State::HalfOpen if now_ms < self.trial_deadline_ms => Verdict::Trial {
+                episode: self.trial_episode,
+            },
+            State::HalfOpen | State::ForcedOpen => Verdict::Reject(Rejection {
+                state: self.state,
+                retry_after_ms: None,
+            }),
+        }
+    }
+
+    /// May a trial be admitted when `taken` of the episode's permits are out?
+    #[inline]
+    pub fn trial_left(&self, taken: u64) -> bool {
+        taken < u64::from(self.half_open_requests)
+    }
+
+    /// The rejection of a trial attempt that found no permit left.
+    pub fn trials_exhausted() -> Rejection {
+        Rejection {
+            state: State::HalfOpen,
+            retry_after_ms: None,
+        }
+    }
+}
+
 /// The answer to a call attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -79,6 +157,10 @@ pub struct Breaker {
     trials_issued: u32,
     /// HALF_OPEN trials that succeeded.
     trial_successes: u32,
+    /// HALF_OPEN: when the trials out must have been decided (0: no deadline running). Set by
+    /// the first trial admitted while none is out, cleared when none is out any more.
+    #[serde(default)]
+    trial_deadline_ms: u64,
 }
 
 /// A read-only view of a breaker's state, for status output and snapshots.
@@ -102,6 +184,8 @@ pub struct View {
     pub trials_issued: u32,
     /// Successful trials, when HALF_OPEN.
     pub trial_successes: u32,
+    /// When HALF_OPEN with trials out: the instant they must have been decided by.
+    pub trial_deadline_ms: Option<u64>,
 }
 
 impl Breaker {
@@ -120,6 +204,7 @@ impl Breaker {
             open_streak: 0,
             trials_issued: 0,
             trial_successes: 0,
+            trial_deadline_ms: 0,
         })
     }
 
@@ -138,9 +223,42 @@ impl Breaker {
         &self.policy
     }
 
-    /// The next instant at which [`Breaker::tick`] has something to do: the end of OPEN.
+    /// The next instant at which [`Breaker::tick`] has something to do: the end of OPEN, or
+    /// the HALF_OPEN trial deadline.
     pub fn next_deadline_ms(&self) -> Option<u64> {
-        (self.state == State::Open).then_some(self.open_until_ms)
+        match self.state {
+            State::Open => Some(self.open_until_ms),
+            State::HalfOpen if self.trial_deadline_ms > 0 => Some(self.trial_deadline_ms),
+            _ => None,
+        }
+    }
+
+    /// What callers may do now (see [`AdmissionView`]). The runtime publishes this after every
+    /// change; [`Breaker::acquire`] decides by it too.
+    #[inline]
+    pub fn admission(&self) -> AdmissionView {
+        AdmissionView {
+            state: self.state,
+            episode: self.episode,
+            // Every transition starts the next episode, so the HALF_OPEN that ends an OPEN
+            // period is this episode's successor (see `transition`).
+            trial_episode: if self.state == State::Open {
+                self.episode.saturating_add(1)
+            } else {
+                self.episode
+            },
+            open_until_ms: if self.state == State::Open { self.open_until_ms } else { 0 },
+            trial_deadline_ms: match self.trial_deadline_ms {
+                0 => u64::MAX,
+                d => d,
+            },
+            half_open_requests: self.policy.half_open_requests,
+        }
+    }
+
+    /// Trial permits out whose outcome is not known yet (HALF_OPEN).
+    fn trials_undecided(&self) -> u32 {
+        self.trials_issued.saturating_sub(self.trial_successes)
     }
 
     /// The state as seen at `now_ms` (time windows slide; nothing changes).
@@ -155,39 +273,41 @@ impl Breaker {
             open_until_ms: (self.state == State::Open).then_some(self.open_until_ms),
             trials_issued: self.trials_issued,
             trial_successes: self.trial_successes,
+            trial_deadline_ms: (self.state == State::HalfOpen && self.trial_deadline_ms > 0)
+                .then_some(self.trial_deadline_ms),
         }
     }
 
     /// Asks to run one call at `now_ms`. OPEN whose period has ended first moves to HALF_OPEN
     /// (that transition is stamped at the period's end). Events go to `out`.
+    ///
+    /// The decision is [`AdmissionView::decide`]'s, the rule the runtime's gate reads too.
     #[inline]
     pub fn acquire(&mut self, now_ms: u64, out: &mut Vec<Event>) -> Decision {
-        match self.state {
-            State::Closed | State::Disabled => Decision::Permit(Permit {
-                episode: self.episode,
+        // Timers due by now first (the end of OPEN, a trial deadline), as `simulate` orders them.
+        if self.next_deadline_ms().is_some_and(|d| d <= now_ms) {
+            self.tick(now_ms, out);
+        }
+        match self.admission().decide(now_ms) {
+            Verdict::Permit { episode } => Decision::Permit(Permit {
+                episode,
                 admitted_at_ms: now_ms,
                 trial: false,
             }),
-            State::Open if now_ms < self.open_until_ms => Decision::Reject(Rejection {
-                state: State::Open,
-                retry_after_ms: Some(self.open_until_ms - now_ms),
-            }),
-            State::Open => {
-                self.tick(now_ms, out);
-                self.acquire(now_ms, out)
-            }
-            State::HalfOpen if self.trials_issued < self.policy.half_open_requests => {
+            Verdict::Trial { episode } => {
+                debug_assert_eq!((self.state, episode), (State::HalfOpen, self.episode));
+                if !self.admission().trial_left(u64::from(self.trials_issued)) {
+                    return Decision::Reject(AdmissionView::trials_exhausted());
+                }
                 self.emit(Event::TrialAdmitted(TrialAdmitted { at_ms: now_ms }), out);
+                debug_assert!(self.trials_issued <= self.policy.half_open_requests);
                 Decision::Permit(Permit {
-                    episode: self.episode,
+                    episode,
                     admitted_at_ms: now_ms,
                     trial: true,
                 })
             }
-            State::HalfOpen | State::ForcedOpen => Decision::Reject(Rejection {
-                state: self.state,
-                retry_after_ms: None,
-            }),
+            Verdict::Reject(r) => Decision::Reject(r),
         }
     }
 
@@ -195,12 +315,18 @@ impl Breaker {
     /// earlier episode is recorded as stale and changes nothing. Events go to `out`.
     #[inline]
     pub fn complete(&mut self, now_ms: u64, permit: Permit, outcome: Outcome, out: &mut Vec<Event>) {
+        // A trial deadline that passed before this completion decided the episode first.
+        if self.state == State::HalfOpen && self.next_deadline_ms().is_some_and(|d| d <= now_ms) {
+            self.tick(now_ms, out);
+        }
         let latency_ms = now_ms.saturating_sub(permit.admitted_at_ms);
         let slow = match &self.policy.slow_calls {
-            Some(rule) => outcome != Outcome::Ignored && latency_ms >= rule.duration_ms,
+            Some(rule) => outcome.counts() && latency_ms >= rule.duration_ms,
             None => false,
         };
-        let stale = permit.episode != self.episode;
+        // Trials are only handed out in HALF_OPEN, so a trial permit that meets another state of
+        // the same episode number was taken on a view that a command overtook: it counts nowhere.
+        let stale = permit.episode != self.episode || (permit.trial && self.state != State::HalfOpen);
         self.emit(
             Event::CallRecorded(CallRecorded {
                 at_ms: now_ms,
@@ -211,7 +337,7 @@ impl Breaker {
             }),
             out,
         );
-        if stale || outcome == Outcome::Ignored {
+        if stale || !outcome.counts() {
             return;
         }
         match self.state {
@@ -245,8 +371,18 @@ impl Breaker {
         }
     }
 
-    /// Runs timers due at `now_ms`: OPEN → HALF_OPEN at the end of the OPEN period.
+    /// Runs timers due at `now_ms`: OPEN → HALF_OPEN at the end of the OPEN period; HALF_OPEN →
+    /// OPEN at the trial deadline if trials are still undecided. Each transition is stamped at
+    /// the instant its timer was due, not when it is noticed.
     pub fn tick(&mut self, now_ms: u64, out: &mut Vec<Event>) {
+        // A trial deadline re-opens the breaker, and that OPEN period may be over by now too: run
+        // timers until none is due (each step starts a state whose timer is later, or none).
+        while self.next_deadline_ms().is_some_and(|d| d <= now_ms) {
+            self.tick_once(now_ms, out);
+        }
+    }
+
+    fn tick_once(&mut self, now_ms: u64, out: &mut Vec<Event>) {
         if self.state == State::Open && now_ms >= self.open_until_ms {
             let at = self.open_until_ms;
             let evidence = Evidence {
@@ -254,6 +390,17 @@ impl Breaker {
                 ..Evidence::default()
             };
             self.transition(at, State::HalfOpen, Reason::TimeoutElapsed, evidence, None, out);
+        }
+        if self.state == State::HalfOpen && self.trial_deadline_ms > 0 && now_ms >= self.trial_deadline_ms {
+            // The deadline is cleared whenever no trial is out, so one is still out here.
+            debug_assert!(self.trials_undecided() > 0);
+            let at = self.trial_deadline_ms;
+            let evidence = Evidence {
+                calls: Some(u64::from(self.trials_issued)),
+                successes: Some(u64::from(self.trial_successes)),
+                ..Evidence::default()
+            };
+            self.open(at, State::HalfOpen, Reason::TrialDeadline, evidence, out);
         }
     }
 
@@ -287,10 +434,11 @@ impl Breaker {
     pub fn apply(&mut self, event: &Event) {
         match event {
             Event::CallRecorded(call) => {
-                if call.stale || call.outcome == Outcome::Ignored {
-                    // An ignored trial gives its permit back.
+                if call.stale || !call.outcome.counts() {
+                    // An ignored or cancelled trial gives its permit back.
                     if !call.stale && self.state == State::HalfOpen {
                         self.trials_issued = self.trials_issued.saturating_sub(1);
+                        self.end_deadline_if_decided();
                     }
                     return;
                 }
@@ -311,11 +459,20 @@ impl Breaker {
                     }
                     State::HalfOpen if call.outcome == Outcome::Success => {
                         self.trial_successes = self.trial_successes.saturating_add(1);
+                        self.end_deadline_if_decided();
                     }
                     _ => {}
                 }
             }
-            Event::TrialAdmitted(_) => self.trials_issued = self.trials_issued.saturating_add(1),
+            Event::TrialAdmitted(t) => {
+                if self.trials_undecided() == 0 {
+                    self.trial_deadline_ms = self
+                        .policy
+                        .half_open_max_wait_ms
+                        .map_or(0, |wait| t.at_ms.saturating_add(wait));
+                }
+                self.trials_issued = self.trials_issued.saturating_add(1);
+            }
             Event::Transitioned(t) => {
                 self.state = t.to;
                 self.episode = t.episode;
@@ -323,6 +480,7 @@ impl Breaker {
                 self.consecutive_failures = 0;
                 self.trials_issued = 0;
                 self.trial_successes = 0;
+                self.trial_deadline_ms = 0;
                 for w in self.trip_window.iter_mut().chain(self.slow_window.iter_mut()) {
                     w.clear();
                 }
@@ -352,6 +510,13 @@ impl Breaker {
         }
     }
 
+    /// No trial out any more: the HALF_OPEN episode waits for callers again, with no deadline.
+    fn end_deadline_if_decided(&mut self) {
+        if self.trials_undecided() == 0 {
+            self.trial_deadline_ms = 0;
+        }
+    }
+
     /// Applies then hands out: the event is a fact before anyone sees it.
     #[inline]
     fn emit(&mut self, event: Event, out: &mut Vec<Event>) {
@@ -372,7 +537,7 @@ impl Breaker {
             at_ms,
             from: self.state,
             to,
-            episode: self.episode + 1,
+            episode: self.episode.saturating_add(1),
             reason,
             evidence,
             open_until_ms,
@@ -382,7 +547,10 @@ impl Breaker {
 
     fn open(&mut self, now_ms: u64, from: State, reason: Reason, mut evidence: Evidence, out: &mut Vec<Event>) {
         debug_assert_eq!(from, self.state);
-        let open_ms = self.policy.open.open_ms(self.open_streak + 1, self.episode + 1);
+        let open_ms = self
+            .policy
+            .open
+            .open_ms(self.open_streak.saturating_add(1), self.episode.saturating_add(1));
         evidence.open_ms = Some(open_ms);
         let until = now_ms.saturating_add(open_ms);
         self.transition(now_ms, State::Open, reason, evidence, Some(until), out);

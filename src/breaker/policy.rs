@@ -29,6 +29,12 @@ pub struct Policy {
     pub half_open_requests: u32,
     /// Successful trials needed to close again (the seed's `success_threshold`, default 2).
     pub success_threshold: u32,
+    /// Longest a HALF_OPEN episode waits for the trials it let through (Resilience4j's
+    /// `maxWaitDurationInHalfOpenState`): counted from the first trial out, it goes back to OPEN
+    /// with reason `trial_deadline` if trials are still out and undecided then. `None`: no
+    /// deadline (policies written before it existed read so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_open_max_wait_ms: Option<u64>,
 }
 
 /// The rule that opens a CLOSED breaker. One per policy.
@@ -175,6 +181,7 @@ impl Policy {
             open: OpenPolicy::fixed(timeout_ms),
             half_open_requests: 3,
             success_threshold: 2,
+            half_open_max_wait_ms: None,
         }
     }
 
@@ -239,6 +246,15 @@ impl Policy {
                 "jitter",
                 open.jitter_percent,
                 "must be at least 0 and below 100",
+            ));
+        }
+        if let Some(wait) = self.half_open_max_wait_ms
+            && !(1..=MAX_OPEN_MS).contains(&wait)
+        {
+            return Err(PolicyError::new(
+                "half_open_max_wait",
+                format!("{wait} ms"),
+                "must be at least 1 ms and at most 365 days (0 in the config turns the deadline off)",
             ));
         }
         at_least_one("half_open_requests", self.half_open_requests)?;

@@ -23,6 +23,10 @@ pub struct PolicyArgs {
     /// Trial calls admitted in HALF_OPEN [default: 3].
     #[arg(long, value_name = "N")]
     half_open_requests: Option<u32>,
+    /// Longest HALF_OPEN waits for its trials' outcomes before it re-opens; 0s: no deadline
+    /// [default: twice the call timeout].
+    #[arg(long, value_name = "DUR", value_parser = parse_ms)]
+    half_open_max_wait: Option<u64>,
     /// Count failures within this time window instead of in a row.
     #[arg(long, value_name = "DUR", value_parser = parse_ms, conflicts_with = "failure_rate")]
     failure_window: Option<u64>,
@@ -79,6 +83,7 @@ impl PolicyArgs {
             success_threshold: flag(self.success_threshold, "success-threshold"),
             timeout: flag(ms(self.timeout), "timeout"),
             half_open_requests: flag(self.half_open_requests, "half-open-requests"),
+            half_open_max_wait: flag(ms(self.half_open_max_wait), "half-open-max-wait"),
             failure_window: flag(ms(self.failure_window), "failure-window"),
             failure_rate: flag(self.failure_rate, "failure-rate"),
             window_calls: flag(self.window_calls, "window-calls"),

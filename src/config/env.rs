@@ -6,6 +6,7 @@
 //! | `CIRCUIT_BREAKER_SUCCESS_THRESHOLD` | `success_threshold` |
 //! | `CIRCUIT_BREAKER_TIMEOUT` | `timeout` (seconds when a bare number) |
 //! | `CIRCUIT_BREAKER_HALF_OPEN_REQUESTS` | `half_open_requests` |
+//! | `CIRCUIT_BREAKER_HALF_OPEN_MAX_WAIT` | `half_open_max_wait` (seconds when a bare number) |
 //! | `<NAME>_CIRCUIT_BREAKER_THRESHOLD` | `failure_threshold` of service NAME |
 //! | `<NAME>_CIRCUIT_BREAKER_TIMEOUT` | `timeout` of service NAME |
 //!
@@ -18,11 +19,12 @@ use super::{Problem, did_you_mean};
 use std::collections::BTreeMap;
 
 /// Global variables and the knob each sets.
-pub const GLOBAL: [(&str, &str); 4] = [
+pub const GLOBAL: [(&str, &str); 5] = [
     ("CIRCUIT_BREAKER_FAILURE_THRESHOLD", "failure_threshold"),
     ("CIRCUIT_BREAKER_SUCCESS_THRESHOLD", "success_threshold"),
     ("CIRCUIT_BREAKER_TIMEOUT", "timeout"),
     ("CIRCUIT_BREAKER_HALF_OPEN_REQUESTS", "half_open_requests"),
+    ("CIRCUIT_BREAKER_HALF_OPEN_MAX_WAIT", "half_open_max_wait"),
 ];
 
 /// Other variables breakerbox reads (not knobs).

@@ -269,6 +269,8 @@ knobs! {
     timeout: Millis => |r: &Raw<'_>| parse_duration(r).map(Millis);
     /// Trial calls admitted per HALF_OPEN episode.
     half_open_requests: u32 => parse_count;
+    /// Longest HALF_OPEN waits for its trials before it re-opens (0: no deadline).
+    half_open_max_wait: Millis => |r: &Raw<'_>| parse_duration(r).map(Millis);
     /// Count failures within this window instead of in a row.
     failure_window: Millis => |r: &Raw<'_>| parse_duration(r).map(Millis);
     /// Open at this failure percentage over the window.
@@ -304,6 +306,9 @@ knobs! {
     /// HTTP statuses that count as neither success nor failure (default: none).
     ignored_statuses: Vec<StatusPattern> => parse_statuses;
 }
+
+/// The call timeout when none is set (the embedded defaults set "10s").
+pub(crate) const DEFAULT_CALL_TIMEOUT_MS: u64 = 10_000;
 
 /// Window knobs only mean something with a rate rule: set without one, they are refused rather
 /// than silently ignored (wherever they were set, `[defaults]` included).
@@ -393,6 +398,13 @@ impl Knobs {
             },
             half_open_requests: v(&self.half_open_requests, 3),
             success_threshold: v(&self.success_threshold, 2),
+            // Unset: twice the call timeout, so a trial that ran out its time has been decided
+            // (as a timeout) well before; "0s" turns the deadline off.
+            half_open_max_wait_ms: match ms(&self.half_open_max_wait) {
+                Some(0) => None,
+                Some(wait) => Some(wait),
+                None => Some(ms(&self.call_timeout).unwrap_or(DEFAULT_CALL_TIMEOUT_MS).saturating_mul(2)),
+            },
         };
         policy.validate().map_err(|e| self.explain(e))?;
         Ok(policy)
@@ -480,6 +492,10 @@ pub fn policy_keys(policy: &Policy) -> serde_json::Map<String, serde_json::Value
     m.insert("jitter".into(), json!(policy.open.jitter_percent));
     m.insert("seed".into(), json!(policy.open.seed));
     m.insert("half_open_requests".into(), json!(policy.half_open_requests));
+    m.insert(
+        "half_open_max_wait".into(),
+        policy.half_open_max_wait_ms.map_or_else(|| json!("0s"), ms),
+    );
     m.insert("success_threshold".into(), json!(policy.success_threshold));
     m
 }

@@ -181,7 +181,10 @@ impl BreakerConfig {
 
     /// Time limit of one protected call.
     pub fn call_timeout_ms(&self) -> u64 {
-        self.knobs.call_timeout.as_ref().map_or(10_000, |v| v.value.0)
+        self.knobs
+            .call_timeout
+            .as_ref()
+            .map_or(knobs::DEFAULT_CALL_TIMEOUT_MS, |v| v.value.0)
     }
 
     /// Latency the health score compares calls against.

@@ -79,7 +79,7 @@ async fn breaker_json(state: &ApiState, key: &str, health: Option<&Health>, rece
         "health": health,
         "metrics_5m": {
             "calls": m.calls(), "successes": m.successes, "failures": m.failures, "timeouts": m.timeouts,
-            "ignored": m.ignored, "slow": m.slow, "rejected": m.rejected, "fallbacks": m.fallbacks,
+            "ignored": m.ignored, "cancelled": m.cancelled, "slow": m.slow, "rejected": m.rejected, "fallbacks": m.fallbacks,
             "p50_ms": m.latency_quantile_ms(0.5), "p95_ms": m.latency_quantile_ms(0.95), "p99_ms": m.latency_quantile_ms(0.99),
         },
         "failure_ratio_5m": failure_ratio,

@@ -77,6 +77,7 @@ pub(super) async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
             ("failure", m.failures),
             ("timeout", m.timeouts),
             ("ignored", m.ignored),
+            ("cancelled", m.cancelled),
             ("rejected", m.rejected),
             ("fallback", m.fallbacks),
         ] {

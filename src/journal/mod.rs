@@ -43,6 +43,7 @@ pub use record::{
     COMMAND_REQUEST, CallBatch, CallStats, CallSummary, CommandRequest, Decoded, DeliveryOutcome, GAP, Gap,
     JOURNAL_STREAM, LATENCY_BOUNDS_MS, MinuteSummary, OPERATOR_COMMAND, Operator, OperatorCommand, Record, Row,
     SNAPSHOT, StoredEvent, VERSION, decode, decode_batch,
+    CALL_BATCH_VERSION,
 };
 pub(crate) use store::end_checked;
 pub use store::{
@@ -147,6 +148,21 @@ pub enum JournalError {
     /// The journal was closed: nothing more can be written or awaited.
     #[error("the journal is closed")]
     Closed,
+    /// The journal's buffer could not take the records (the store has been failing for a while,
+    /// or is far behind): nothing was submitted and nothing was applied. Retry later.
+    #[error("the event log's buffer is full: nothing was applied; retry when the log catches up")]
+    Full,
+    /// The records were refused by the log (another writer took their stream): they are not in
+    /// the log. Report it.
+    #[error("the records were not written: another process writes this stream")]
+    Dropped,
+}
+
+/// Records submitted together by [`Journal::submit_all`], whose position is tracked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tracked {
+    first: u64,
+    last: u64,
 }
 
 /// Follows the journal's commits. It only ever hands out copies: nothing a subscriber does can
@@ -342,6 +358,27 @@ impl Journal {
             stream: stream.clone(),
             body,
         })
+    }
+
+    /// Queues `bodies` of one stream together, or none of them ([`JournalError::Full`]): the
+    /// records of one operator command are in the log all or not at all. Wait on the result with
+    /// [`Journal::durable_position`].
+    pub fn submit_all(&self, stream: &Arc<str>, bodies: Vec<Body>) -> Result<Tracked, JournalError> {
+        let records = bodies
+            .into_iter()
+            .map(|body| Record {
+                stream: stream.clone(),
+                body,
+            })
+            .collect();
+        let (first, last) = self.shared.submit_all(records).ok_or(JournalError::Full)?;
+        Ok(Tracked { first, last })
+    }
+
+    /// Resolves when the records of `tracked` are committed, with the first one's position.
+    pub async fn durable_position(&self, tracked: Tracked) -> Result<i64, JournalError> {
+        self.durable(tracked.last).await?;
+        self.shared.take_position(tracked.first).ok_or(JournalError::Dropped)
     }
 
     /// Resolves when the record with this ticket (and every one before it) is committed.

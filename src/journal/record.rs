@@ -17,8 +17,11 @@ pub const CALL_BATCH: &str = "call_batch";
 pub const SNAPSHOT: &str = "snapshot";
 /// Event type of a record of events dropped because the buffer overflowed.
 pub const GAP: &str = "gap";
-/// Version of the three types above.
+/// Version of `snapshot` and `gap` (and of `call_summary`).
 pub const VERSION: u32 = 1;
+/// Version of `call_batch` written now: 2 added the `cancelled` outcome (see [`CallBatch`]);
+/// version 1 rows are still read.
+pub const CALL_BATCH_VERSION: u32 = 2;
 /// Stream of the journal's own events (gaps).
 pub const JOURNAL_STREAM: &str = "_journal";
 
@@ -106,8 +109,12 @@ pub struct StoredEvent {
 }
 
 /// Outcomes of one stream packed into one event. Layout of `calls`, 9 bytes per call, little
-/// endian: `dt_ms: u32` (after `at_ms`), `latency_ms: u32` (saturating), `code: u8` (bits 0–1
-/// outcome: success, failure, timeout, ignored; bit 2 slow; bit 3 stale).
+/// endian: `dt_ms: u32` (after `at_ms`), `latency_ms: u32` (saturating), `code: u8`:
+///
+/// - version 2: bits 0–2 outcome (success, failure, timeout, ignored, cancelled), bit 3 slow,
+///   bit 4 stale;
+/// - version 1 (written before `cancelled` existed): bits 0–1 outcome (success, failure,
+///   timeout, ignored), bit 2 slow, bit 3 stale.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallBatch {
     /// Completion time of the first call.
@@ -117,6 +124,13 @@ pub struct CallBatch {
     /// The packed calls.
     #[serde(with = "serde_bytes")]
     pub calls: Vec<u8>,
+    /// The layout of `calls`: the row's `event_version` (not stored in the payload).
+    #[serde(skip, default = "current_layout")]
+    layout: u32,
+}
+
+fn current_layout() -> u32 {
+    CALL_BATCH_VERSION
 }
 
 const CALL_BYTES: usize = 9;
@@ -127,10 +141,22 @@ fn outcome_code(o: Outcome) -> u8 {
         Outcome::Failure => 1,
         Outcome::Timeout => 2,
         Outcome::Ignored => 3,
+        Outcome::Cancelled => 4,
     }
 }
 
-const OUTCOMES: [Outcome; 4] = [Outcome::Success, Outcome::Failure, Outcome::Timeout, Outcome::Ignored];
+const OUTCOMES: [Outcome; 5] = [
+    Outcome::Success,
+    Outcome::Failure,
+    Outcome::Timeout,
+    Outcome::Ignored,
+    Outcome::Cancelled,
+];
+
+/// (outcome mask, slow bit, stale bit, known bits) of a layout.
+fn code_bits(layout: u32) -> (u8, u8, u8, u8) {
+    if layout == 1 { (3, 4, 8, 0x0F) } else { (7, 8, 16, 0x1F) }
+}
 
 impl CallBatch {
     /// An empty batch starting at `at_ms`.
@@ -139,7 +165,20 @@ impl CallBatch {
             at_ms,
             count: 0,
             calls: Vec::new(),
+            layout: CALL_BATCH_VERSION,
         }
+    }
+
+    /// A stored batch: its payload and the row's `event_version`, checked. Bad bytes or an
+    /// unknown version are an error naming what is wrong, never a panic.
+    pub fn from_stored(event_version: u32, payload: &[u8]) -> Result<CallBatch, String> {
+        if !(1..=CALL_BATCH_VERSION).contains(&event_version) {
+            return Err(format!("call_batch version {event_version} is not one this build reads"));
+        }
+        let mut batch: CallBatch = rmp_serde::from_slice(payload).map_err(|e| e.to_string())?;
+        batch.layout = event_version;
+        batch.check()?;
+        Ok(batch)
     }
 
     /// Adds a call; `false` (nothing added) if it lies more than `u32::MAX` ms after `at_ms`,
@@ -149,7 +188,8 @@ impl CallBatch {
             return false;
         };
         let latency = u32::try_from(call.latency_ms).unwrap_or(u32::MAX);
-        let code = outcome_code(call.outcome) | (u8::from(call.slow) << 2) | (u8::from(call.stale) << 3);
+        debug_assert_eq!(self.layout, CALL_BATCH_VERSION, "only the current layout is written");
+        let code = outcome_code(call.outcome) | (u8::from(call.slow) << 3) | (u8::from(call.stale) << 4);
         self.calls.extend_from_slice(&dt.to_le_bytes());
         self.calls.extend_from_slice(&latency.to_le_bytes());
         self.calls.push(code);
@@ -159,16 +199,17 @@ impl CallBatch {
 
     /// The calls, in order. Malformed bytes end the iteration early; [`CallBatch::check`] tells.
     pub fn iter(&self) -> impl Iterator<Item = CallRecorded> + '_ {
-        self.calls.chunks_exact(CALL_BYTES).map(move |c| {
+        let (outcome, slow, stale, _) = code_bits(self.layout);
+        self.calls.chunks_exact(CALL_BYTES).map_while(move |c| {
             let dt = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             let latency = u32::from_le_bytes([c[4], c[5], c[6], c[7]]);
-            CallRecorded {
+            Some(CallRecorded {
                 at_ms: self.at_ms.saturating_add(u64::from(dt)),
-                outcome: OUTCOMES[usize::from(c[8] & 3)],
+                outcome: *OUTCOMES.get(usize::from(c[8] & outcome))?,
                 latency_ms: u64::from(latency),
-                slow: c[8] & 4 != 0,
-                stale: c[8] & 8 != 0,
-            }
+                slow: c[8] & slow != 0,
+                stale: c[8] & stale != 0,
+            })
         })
     }
 
@@ -181,8 +222,16 @@ impl CallBatch {
                 self.calls.len()
             ));
         }
-        if self.calls.chunks_exact(CALL_BYTES).any(|c| c[8] & !0x0F != 0) {
+        let (outcome, _, _, known) = code_bits(self.layout);
+        if self.calls.chunks_exact(CALL_BYTES).any(|c| c[8] & !known != 0) {
             return Err("call batch has unknown flag bits".to_owned());
+        }
+        if self
+            .calls
+            .chunks_exact(CALL_BYTES)
+            .any(|c| usize::from(c[8] & outcome) >= OUTCOMES.len())
+        {
+            return Err("call batch has an unknown outcome code".to_owned());
         }
         Ok(())
     }
@@ -222,7 +271,7 @@ pub fn decode(e: &StoredEvent) -> Result<Decoded, DecodeError> {
         source,
     };
     match e.event_type.as_str() {
-        CALL_BATCH | SNAPSHOT | GAP | CALL_SUMMARY if e.event_version != VERSION => Err(DecodeError::UnknownVersion {
+        SNAPSHOT | GAP | CALL_SUMMARY if e.event_version != VERSION => Err(DecodeError::UnknownVersion {
             event_type: e.event_type.clone(),
             event_version: e.event_version,
         }),
@@ -247,17 +296,13 @@ pub fn decode_batch(e: &StoredEvent) -> Result<CallBatch, DecodeError> {
         event_version: e.event_version,
         source,
     };
-    if e.event_type != CALL_BATCH || e.event_version != VERSION {
+    if e.event_type != CALL_BATCH || !(1..=CALL_BATCH_VERSION).contains(&e.event_version) {
         return Err(DecodeError::UnknownVersion {
             event_type: e.event_type.clone(),
             event_version: e.event_version,
         });
     }
-    let batch: CallBatch = rmp_serde::from_slice(&e.payload).map_err(malformed)?;
-    batch
-        .check()
-        .map_err(|m| malformed(rmp_serde::decode::Error::Syntax(m)))?;
-    Ok(batch)
+    CallBatch::from_stored(e.event_version, &e.payload).map_err(|m| malformed(rmp_serde::decode::Error::Syntax(m)))
 }
 
 /// Event type of per-minute summaries of compacted call batches.
@@ -280,6 +325,9 @@ pub struct MinuteSummary {
     pub timeouts: u32,
     /// Ignored calls.
     pub ignored: u32,
+    /// Cancelled calls (the caller gave up before they ended).
+    #[serde(default)]
+    pub cancelled: u32,
     /// Slow calls (any outcome).
     pub slow: u32,
     /// Calls from an earlier episode.
@@ -300,6 +348,7 @@ impl MinuteSummary {
             Outcome::Failure => self.failures += 1,
             Outcome::Timeout => self.timeouts += 1,
             Outcome::Ignored => self.ignored += 1,
+            Outcome::Cancelled => self.cancelled += 1,
         }
         self.slow += u32::from(call.slow);
         self.stale += u32::from(call.stale);
@@ -315,7 +364,11 @@ impl MinuteSummary {
 
     /// All calls of the minute.
     pub fn calls(&self) -> u64 {
-        u64::from(self.successes) + u64::from(self.failures) + u64::from(self.timeouts) + u64::from(self.ignored)
+        u64::from(self.successes)
+            + u64::from(self.failures)
+            + u64::from(self.timeouts)
+            + u64::from(self.ignored)
+            + u64::from(self.cancelled)
     }
 }
 

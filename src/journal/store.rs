@@ -605,8 +605,8 @@ pub(crate) async fn compact(
                 report.streams_without_snapshot.push(stream);
                 continue;
             };
-            let batches: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-                "SELECT position, payload FROM events
+            let batches: Vec<(i64, u32, Vec<u8>)> = sqlx::query_as(
+                "SELECT position, event_version, payload FROM events
                  WHERE stream = ? AND event_type = 'call_batch' AND recorded_at < ? AND seq < ? ORDER BY seq",
             )
             .bind(&stream)
@@ -619,8 +619,8 @@ pub(crate) async fn compact(
                 continue;
             }
             let mut minutes: std::collections::BTreeMap<u64, MinuteSummary> = std::collections::BTreeMap::new();
-            for (position, payload) in &batches {
-                let batch: CallBatch = rmp_serde::from_slice(payload)
+            for (position, version, payload) in &batches {
+                let batch = CallBatch::from_stored(*version, payload)
                     .map_err(|e| StoreError::Io(format!("call batch at position {position} does not decode: {e}")))?;
                 for call in batch.iter() {
                     let minute = call.at_ms / 60_000 * 60_000;

@@ -7,7 +7,7 @@
 //! once the store recovers. The protected calls never wait on the disk.
 
 use super::integrity::Integrity;
-use super::record::{Body, CALL_BATCH, CallBatch, GAP, Gap, JOURNAL_STREAM, Record, Row, SNAPSHOT, VERSION};
+use super::record::{Body, CALL_BATCH, CALL_BATCH_VERSION, CallBatch, GAP, Gap, JOURNAL_STREAM, Record, Row, SNAPSHOT, VERSION};
 use super::store::{self, LogWriter, StoreError};
 use crate::breaker::{Event, codec};
 use std::collections::HashMap;
@@ -107,6 +107,9 @@ pub(crate) struct Shared {
     integrity: Mutex<Integrity>,
     corrupt: AtomicBool,
     pub progress: watch::Sender<Progress>,
+    /// Tracked records (operator commands) by ticket: their log position once committed (taken
+    /// by `take_position`). Few and short-lived: each is taken by the one who submitted it.
+    positions: Mutex<HashMap<u64, Option<i64>>>,
     pub stats: Stats,
     limits: WriterLimits,
 }
@@ -134,6 +137,7 @@ impl Shared {
                 ..Progress::default()
             })
             .0,
+            positions: Mutex::new(HashMap::new()),
             stats: Stats::default(),
             limits,
         })
@@ -169,6 +173,44 @@ impl Shared {
             self.wake.notify_one();
         }
         Some(ticket)
+    }
+
+    /// Queues records of one stream together, or none of them when the buffer can't take them
+    /// all (nothing is counted as dropped then: the caller was refused and knows). The first
+    /// record's position is kept for [`Shared::take_position`]. Returns the first and last ticket.
+    pub(crate) fn submit_all(&self, records: Vec<Record>) -> Option<(u64, u64)> {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if records.is_empty()
+            || p.records.len() + records.len() > self.limits.capacity
+            || self.closing.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        let first = p.next_ticket + 1;
+        for record in records {
+            p.next_ticket += 1;
+            let ticket = p.next_ticket;
+            p.records.push((ticket, record));
+        }
+        self.positions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(first, None);
+        let last = p.next_ticket;
+        p.urgent = true;
+        drop(p);
+        self.wake.notify_one();
+        Some((first, last))
+    }
+
+    /// The log position a tracked record was committed at, once (`None`: not committed, or its
+    /// stream was fenced and the record dropped).
+    pub(crate) fn take_position(&self, ticket: u64) -> Option<i64> {
+        self.positions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ticket)
+            .flatten()
     }
 
     /// The ticket of the last accepted record, and a wake-up for the writer to commit now.
@@ -280,6 +322,8 @@ enum Payload {
 }
 
 struct Draft {
+    /// The ticket of the (first) record it holds; 0 for the gap.
+    ticket: u64,
     stream: Arc<str>,
     event_type: &'static str,
     event_version: u32,
@@ -292,7 +336,7 @@ fn pack(records: &[(u64, Record)], gap: Option<&Gap>) -> Vec<Draft> {
     let mut drafts: Vec<Draft> = Vec::with_capacity(records.len().min(1024));
     // The open call batch of each stream: closed by any other event of that stream.
     let mut open: HashMap<Arc<str>, usize> = HashMap::new();
-    for (_, r) in records {
+    for (ticket, r) in records {
         let (event_type, event_version, at, payload) = match &r.body {
             Body::Breaker(Event::CallRecorded(call)) => {
                 if let Some(&i) = open.get(&r.stream)
@@ -304,7 +348,7 @@ fn pack(records: &[(u64, Record)], gap: Option<&Gap>) -> Vec<Draft> {
                 let mut batch = CallBatch::new(call.at_ms);
                 batch.push(call);
                 open.insert(r.stream.clone(), drafts.len());
-                (CALL_BATCH, VERSION, call.at_ms, Payload::Batch(batch))
+                (CALL_BATCH, CALL_BATCH_VERSION, call.at_ms, Payload::Batch(batch))
             }
             Body::Breaker(event) => {
                 open.remove(&r.stream);
@@ -332,6 +376,7 @@ fn pack(records: &[(u64, Record)], gap: Option<&Gap>) -> Vec<Draft> {
             }
         };
         drafts.push(Draft {
+            ticket: *ticket,
             stream: r.stream.clone(),
             event_type,
             event_version,
@@ -341,6 +386,7 @@ fn pack(records: &[(u64, Record)], gap: Option<&Gap>) -> Vec<Draft> {
     }
     if let Some(gap) = gap {
         drafts.push(Draft {
+            ticket: 0,
             stream: Arc::from(JOURNAL_STREAM),
             event_type: GAP,
             event_version: VERSION,
@@ -588,8 +634,10 @@ impl<W: LogWriter> Writer<W> {
         // Seqs continue each stream's; a stream seen for the first time is looked up once.
         let mut next: HashMap<Arc<str>, u64> = HashMap::new();
         let mut rows = Vec::with_capacity(drafts.len());
+        let mut tickets = Vec::with_capacity(drafts.len());
         let mut calls = 0u64;
         for d in drafts {
+            tickets.push(d.ticket);
             let seq = match next.get_mut(&d.stream) {
                 Some(s) => s,
                 None => {
@@ -623,6 +671,18 @@ impl<W: LogWriter> Writer<W> {
             self.store.append(&rows).await?
         };
         self.seqs.extend(next);
+        {
+            // One writer, one transaction: the rows took consecutive positions ending at `position`.
+            let mut tracked = self.shared.positions.lock().unwrap_or_else(|e| e.into_inner());
+            if !tracked.is_empty() {
+                let first = position - rows.len() as i64 + 1;
+                for (i, ticket) in tickets.iter().enumerate() {
+                    if let Some(slot) = tracked.get_mut(ticket) {
+                        *slot = Some(first + i as i64);
+                    }
+                }
+            }
+        }
         let elapsed = started.elapsed().as_micros() as u64;
         let s = &self.shared.stats;
         s.events.fetch_add(rows.len() as u64, Ordering::Relaxed);

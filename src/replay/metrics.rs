@@ -20,6 +20,9 @@ pub struct Minute {
     pub timeouts: u64,
     /// Ignored calls.
     pub ignored: u64,
+    /// Cancelled calls (the caller gave up before they ended).
+    #[serde(default)]
+    pub cancelled: u64,
     /// Slow calls.
     pub slow: u64,
     /// Calls rejected by the breaker.
@@ -37,7 +40,7 @@ pub struct Minute {
 impl Minute {
     /// Calls that ran (every outcome).
     pub fn calls(&self) -> u64 {
-        self.successes + self.failures + self.timeouts + self.ignored
+        self.successes + self.failures + self.timeouts + self.ignored + self.cancelled
     }
 
     pub(crate) fn add_call(&mut self, outcome: Outcome, latency_ms: u64, slow: bool) {
@@ -46,6 +49,7 @@ impl Minute {
             Outcome::Failure => self.failures += 1,
             Outcome::Timeout => self.timeouts += 1,
             Outcome::Ignored => self.ignored += 1,
+            Outcome::Cancelled => self.cancelled += 1,
         }
         self.slow += u64::from(slow);
         self.latency_total_ms += latency_ms;
@@ -64,6 +68,7 @@ impl Minute {
             failures: u64::from(sm.failures),
             timeouts: u64::from(sm.timeouts),
             ignored: u64::from(sm.ignored),
+            cancelled: u64::from(sm.cancelled),
             slow: u64::from(sm.slow),
             latency_total_ms: sm.latency_total_ms,
             latency_buckets: sm.latency_buckets.iter().map(|&c| u64::from(c)).collect(),
@@ -77,6 +82,7 @@ impl Minute {
         self.failures += other.failures;
         self.timeouts += other.timeouts;
         self.ignored += other.ignored;
+        self.cancelled += other.cancelled;
         self.slow += other.slow;
         self.rejected += other.rejected;
         self.fallbacks += other.fallbacks;

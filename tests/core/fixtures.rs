@@ -77,6 +77,7 @@ fn samples() -> Vec<(&'static str, Event)> {
                     },
                     half_open_requests: 3,
                     success_threshold: 2,
+                    half_open_max_wait_ms: None,
                 },
             })),
         ),

@@ -192,6 +192,9 @@ pub struct Model {
     pub trials_out: u32,
     /// Successful HALF_OPEN trials this episode.
     pub trial_successes: u32,
+    /// HALF_OPEN with trials out and undecided: when they must be decided by (docs/core.md:
+    /// counted from the trial that found none out).
+    pub trial_deadline_ms: Option<u64>,
 }
 
 impl Model {
@@ -208,6 +211,23 @@ impl Model {
             streak: 0,
             trials_out: 0,
             trial_successes: 0,
+            trial_deadline_ms: None,
+        }
+    }
+
+    /// The next instant a timer is due.
+    pub fn deadline(&self) -> Option<u64> {
+        match self.state {
+            State::Open => Some(self.open_until_ms),
+            State::HalfOpen => self.trial_deadline_ms,
+            _ => None,
+        }
+    }
+
+    /// No trial undecided any more: no deadline.
+    fn decided(&mut self) {
+        if self.trials_out == self.trial_successes {
+            self.trial_deadline_ms = None;
         }
     }
 
@@ -299,6 +319,7 @@ impl Model {
         self.slow_since = 0;
         self.trials_out = 0;
         self.trial_successes = 0;
+        self.trial_deadline_ms = None;
         let mut open_until_ms = None;
         match to {
             State::Closed | State::Disabled => self.streak = 0,
@@ -321,8 +342,17 @@ impl Model {
 
     /// OPEN → HALF_OPEN once the period is over, stamped at its end.
     fn run_timer(&mut self, now_ms: u64, out: &mut Vec<ModelEvent>) {
-        if self.state == State::Open && now_ms >= self.open_until_ms {
-            self.transition(self.open_until_ms, State::HalfOpen, Reason::TimeoutElapsed, out);
+        loop {
+            if self.state == State::Open && now_ms >= self.open_until_ms {
+                self.transition(self.open_until_ms, State::HalfOpen, Reason::TimeoutElapsed, out);
+            } else if self.state == State::HalfOpen
+                && let Some(deadline) = self.trial_deadline_ms
+                && now_ms >= deadline
+            {
+                self.transition(deadline, State::Open, Reason::TrialDeadline, out);
+            } else {
+                break;
+            }
         }
     }
 
@@ -343,6 +373,9 @@ impl Model {
             },
             State::HalfOpen if self.trials_out < self.policy.half_open_requests => {
                 let decision = permit(true);
+                if self.trials_out == self.trial_successes {
+                    self.trial_deadline_ms = self.policy.half_open_max_wait_ms.map(|w| now_ms + w);
+                }
                 self.trials_out += 1;
                 out.push(ModelEvent::Trial { at_ms: now_ms });
                 decision
@@ -355,8 +388,11 @@ impl Model {
     }
 
     pub fn complete(&mut self, now_ms: u64, permit: ModelPermit, outcome: Outcome, out: &mut Vec<ModelEvent>) {
+        if self.state == State::HalfOpen {
+            self.run_timer(now_ms, out);
+        }
         let latency_ms = now_ms.saturating_sub(permit.admitted_at_ms);
-        let ignored = outcome == Outcome::Ignored;
+        let ignored = matches!(outcome, Outcome::Ignored | Outcome::Cancelled);
         let failed = matches!(outcome, Outcome::Failure | Outcome::Timeout);
         let slow = !ignored
             && self
@@ -396,12 +432,14 @@ impl Model {
                 assert!(permit.trial, "model: a current HALF_OPEN permit is a trial");
                 if ignored {
                     self.trials_out -= 1;
+                    self.decided();
                 } else if failed {
                     self.transition(now_ms, State::Open, Reason::TrialFailed, out);
                 } else if slow {
                     self.transition(now_ms, State::Open, Reason::TrialSlow, out);
                 } else {
                     self.trial_successes += 1;
+                    self.decided();
                     if self.trial_successes >= self.policy.success_threshold {
                         self.transition(now_ms, State::Closed, Reason::TrialsSucceeded, out);
                     }
@@ -561,24 +599,27 @@ fn policy() -> impl Strategy<Value = Policy> {
         proptest::option::weighted(0.4, slow_rule()),
         open_policy(),
         (1u32..=4).prop_flat_map(|h| (Just(h), 1u32..=h)),
+        proptest::option::weighted(0.5, 1u64..=300),
     )
         .prop_map(
-            |(trip, slow_calls, open, (half_open_requests, success_threshold))| Policy {
+            |(trip, slow_calls, open, (half_open_requests, success_threshold), half_open_max_wait_ms)| Policy {
                 trip,
                 slow_calls,
                 open,
                 half_open_requests,
                 success_threshold,
+                half_open_max_wait_ms,
             },
         )
 }
 
 /// A policy `validate` must refuse (for `set_policy`: refused, nothing emitted, nothing changed).
 fn invalid_policy() -> impl Strategy<Value = Policy> {
-    (policy(), 0u32..3).prop_map(|(mut p, which)| {
+    (policy(), 0u32..4).prop_map(|(mut p, which)| {
         match which {
             0 => p.success_threshold = p.half_open_requests + 1,
             1 => p.open.timeout_ms = 0,
+            2 => p.half_open_max_wait_ms = Some(0),
             _ => p.half_open_requests = 0,
         }
         p
@@ -609,6 +650,7 @@ fn outcome() -> impl Strategy<Value = Outcome> {
         3 => Just(Outcome::Failure),
         1 => Just(Outcome::Timeout),
         1 => Just(Outcome::Ignored),
+        1 => Just(Outcome::Cancelled),
     ]
 }
 
@@ -723,7 +765,7 @@ fn check_against_model(policy: Policy, start_ms: u64, steps: &[Step]) -> Result<
         prop_assert_eq!(&real_events, &model_events, "step {} at {}: {:?}", i, now, step);
         prop_assert_eq!(real.state(), model.state, "step {} at {}: state", i, now);
         prop_assert_eq!(real.episode(), model.episode, "step {} at {}: episode", i, now);
-        let model_deadline = (model.state == State::Open).then_some(model.open_until_ms);
+        let model_deadline = model.deadline();
         prop_assert_eq!(
             real.next_deadline_ms(),
             model_deadline,
