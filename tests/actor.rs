@@ -1168,3 +1168,103 @@ fn rusqlite_lock(path: &Path) -> Lock {
     ready_rx.recv().unwrap();
     Lock(Some(tx), Some(t))
 }
+
+/// The gate's lock-free admission, model-checked with loom over every interleaving (up to a
+/// preemption bound): `src/actor/admission.rs` compiled against loom's atomics instead of std's.
+mod admission_deps {
+    pub(super) use breakerbox::breaker::{AdmissionView, Permit, Rejection, State, Verdict};
+    pub(super) use loom::sync::atomic::{AtomicU64, Ordering};
+}
+#[allow(dead_code)]
+#[path = "../src/actor/admission.rs"]
+mod admission;
+
+mod loom_gate {
+    use crate::admission::{Admission, Published};
+    use breakerbox::breaker::{AdmissionView, State};
+    use loom::sync::Arc;
+
+    fn view(state: State, episode: u64, open_until_ms: u64) -> AdmissionView {
+        AdmissionView {
+            state,
+            episode,
+            trial_episode: episode + u64::from(state == State::Open),
+            open_until_ms,
+            trial_deadline_ms: u64::MAX,
+            half_open_requests: 1,
+        }
+    }
+
+    fn model(f: impl Fn() + Send + Sync + 'static) {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(2);
+        builder.check(f);
+    }
+
+    /// Two callers race for HALF_OPEN 4's one trial while the actor re-opens it (OPEN 5, its
+    /// period already over, so its trials are HALF_OPEN 6's); one caller gives its trial back
+    /// (an ignored or cancelled outcome) and tries again.
+    #[test]
+    fn no_episode_hands_out_more_trials_than_its_limit_and_none_counts_in_another() {
+        model(|| {
+            let published = Arc::new(Published::new());
+            published.publish(&view(State::HalfOpen, 4, 0));
+            let caller = |give_back: bool| {
+                let p = published.clone();
+                loom::thread::spawn(move || {
+                    let mut kept = Vec::new();
+                    if let Admission::Permit(permit) = p.admit(100, || 100) {
+                        if give_back {
+                            p.return_trial(permit.episode);
+                            if let Admission::Permit(again) = p.admit(100, || 100) {
+                                kept.push(again);
+                            }
+                        } else {
+                            kept.push(permit);
+                        }
+                    }
+                    kept
+                })
+            };
+            let (a, b) = (caller(true), caller(false));
+            published.publish(&view(State::Open, 5, 50));
+            let kept: Vec<_> = [a, b].into_iter().flat_map(|t| t.join().unwrap()).collect();
+            for episode in [4, 6] {
+                let trials = kept.iter().filter(|p| p.trial && p.episode == episode).count();
+                assert!(trials <= 1, "episode {episode} handed out {trials} trials kept at once");
+            }
+            assert!(kept.iter().all(|p| p.trial && [4, 6].contains(&p.episode)), "{kept:?}");
+            // Permits of 6 taken before the timer moved the core there are kept; no more.
+            let out_for_6 = kept.iter().filter(|p| p.episode == 6).count() as u64;
+            published.publish(&view(State::HalfOpen, 6, 0));
+            assert_eq!(published.trials(), (6, out_for_6));
+            // CLOSED: no trial can be taken on any view.
+            published.publish(&view(State::Closed, 7, 0));
+            assert_eq!(published.trials_out(), 0);
+            assert!(matches!(published.admit(100, || 100), Admission::Permit(p) if !p.trial && p.episode == 7));
+        });
+    }
+
+    /// A give-back of an old episode's permit never frees a permit of the current one.
+    #[test]
+    fn a_late_give_back_never_frees_a_permit_of_a_later_episode() {
+        model(|| {
+            let published = Arc::new(Published::new());
+            published.publish(&view(State::HalfOpen, 4, 0));
+            let Admission::Permit(old) = published.admit(10, || 10) else {
+                panic!("the first trial of episode 4 is admitted")
+            };
+            let late = {
+                let p = published.clone();
+                loom::thread::spawn(move || p.return_trial(old.episode))
+            };
+            published.publish(&view(State::Open, 5, 50));
+            let taken = published.admit(100, || 100);
+            late.join().unwrap();
+            assert!(matches!(taken, Admission::Permit(p) if p.trial && p.episode == 6));
+            // Episode 6's one permit is out: the late give-back of 4's did not free it.
+            assert_eq!(published.trials(), (6, 1));
+            assert!(matches!(published.admit(100, || 100), Admission::Reject(r) if r.state == State::HalfOpen));
+        });
+    }
+}

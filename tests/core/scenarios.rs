@@ -509,3 +509,102 @@ fn a_resized_count_window_keeps_its_most_recent_calls() {
     assert_eq!(b.state(), State::Closed, "S S S F: 25%");
     assert_eq!(b.calls(1, 3, Outcome::Failure).state(), State::Open, "S S F F: 50%");
 }
+
+// --- HALF_OPEN trial deadline and cancelled calls (docs/core.md) ------------------------------
+
+fn with_deadline(wait_ms: u64) -> Policy {
+    Policy {
+        half_open_max_wait_ms: Some(wait_ms),
+        open: OpenPolicy {
+            backoff_factor: 2.0,
+            ..OpenPolicy::fixed(30_000)
+        },
+        ..Policy::consecutive(3, 30_000)
+    }
+}
+
+#[test]
+fn trials_still_undecided_at_the_deadline_reopen_the_breaker_with_backoff() {
+    // Given an OPEN period over at 30,000 and two trials taken at 30,000 and 30,500
+    let mut b = given(with_deadline(20_000)).calls(3, 0, Outcome::Failure);
+    let _t1 = b.permit(30_000);
+    let _t2 = b.permit(30_500);
+    assert_eq!(b.breaker.next_deadline_ms(), Some(50_000), "counted from the first trial out");
+    // When nobody decides them by the deadline
+    let b = b.tick(49_999);
+    assert_eq!(b.state(), State::HalfOpen);
+    let b = b.tick(60_000);
+    // Then HALF_OPEN went back to OPEN, stamped at the deadline, for a doubled period
+    let t = b.transitions();
+    assert_eq!(t[2], (50_000, State::HalfOpen, State::Open, Reason::TrialDeadline));
+    assert_eq!(b.breaker.next_deadline_ms(), Some(50_000 + 60_000));
+}
+
+#[test]
+fn a_half_open_breaker_with_no_trial_out_waits_for_callers_without_cycling() {
+    let b = given(with_deadline(20_000))
+        .calls(3, 0, Outcome::Failure)
+        .tick(30_000)
+        .tick(10_000_000);
+    assert_eq!(b.state(), State::HalfOpen);
+    assert_eq!(b.breaker.next_deadline_ms(), None);
+}
+
+#[test]
+fn a_cancelled_trial_gives_its_permit_back_and_ends_the_deadline_when_it_was_the_last() {
+    let mut b = given(with_deadline(20_000)).calls(3, 0, Outcome::Failure);
+    let trials: Vec<Permit> = (0..3).map(|_| b.permit(30_000)).collect();
+    assert!(matches!(b.acquire(30_001), Decision::Reject(r) if r.state == State::HalfOpen));
+    b.breaker.complete(30_002, trials[0], Outcome::Cancelled, &mut b.events);
+    assert!(matches!(b.acquire(30_003), Decision::Permit(p) if p.trial), "its permit came back");
+    for p in &trials[1..] {
+        b.breaker.complete(30_004, *p, Outcome::Cancelled, &mut b.events);
+    }
+    assert_eq!(b.breaker.next_deadline_ms(), Some(50_000), "one trial still out");
+    let last = trials[0]; // stands for the trial taken at 30,003: same episode, a trial
+    b.breaker.complete(30_005, last, Outcome::Cancelled, &mut b.events);
+    assert_eq!(b.breaker.next_deadline_ms(), None, "none out: no deadline");
+    assert_eq!(b.state(), State::HalfOpen);
+    let cancelled = b
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::CallRecorded(c) if c.outcome == Outcome::Cancelled && !c.stale))
+        .count();
+    assert_eq!(cancelled, 4, "recorded, counted nowhere");
+}
+
+#[test]
+fn a_trial_completing_after_the_deadline_is_stale() {
+    let mut b = given(with_deadline(20_000)).calls(3, 0, Outcome::Failure);
+    let trial = b.permit(30_000);
+    b.breaker.complete(70_000, trial, Outcome::Success, &mut b.events);
+    assert_eq!(b.state(), State::Open, "the deadline at 50,000 decided first");
+    assert!(matches!(b.events.last(), Some(Event::CallRecorded(c)) if c.stale));
+}
+
+#[test]
+fn a_trial_permit_meeting_a_closed_breaker_of_the_same_episode_counts_nowhere() {
+    // A trial taken on a view a reset overtook: OPEN(1) past its period hands out trials of
+    // episode 2, and a reset from OPEN(1) starts CLOSED(2).
+    let orphan = Permit {
+        episode: 2,
+        admitted_at_ms: 30_000,
+        trial: true,
+    };
+    let b = given(seed_policy())
+        .calls(3, 0, Outcome::Failure)
+        .command(30_000, Command::Reset);
+    assert_eq!((b.state(), b.breaker.episode()), (State::Closed, 2));
+    let mut b = b.calls(2, 30_001, Outcome::Failure);
+    b.breaker.complete(30_002, orphan, Outcome::Failure, &mut b.events);
+    assert!(matches!(b.events.last(), Some(Event::CallRecorded(c)) if c.stale));
+    assert_eq!(b.breaker.view(30_002).consecutive_failures, 2, "not counted in CLOSED(2)");
+}
+
+#[test]
+fn a_zero_or_oversized_half_open_max_wait_is_refused_naming_the_knob() {
+    for wait in [0, MAX_OPEN_MS + 1] {
+        let e = Breaker::new(with_deadline(wait)).unwrap_err();
+        assert_eq!(e.field, "half_open_max_wait");
+    }
+}
