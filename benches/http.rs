@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-const TOKEN: &str = "bench-token-0123456789abcdef";
+const TOKEN: &str = "bench-token-0123456789abcdef0123456789";
 const SERVICES: usize = 30;
 const SSE_CLIENTS: usize = 100;
 

@@ -870,7 +870,7 @@ fn serve_runs_the_api_on_loopback_and_stops_cleanly() {
     );
     let mut child = Command::new(env!("CARGO_BIN_EXE_breakerbox"))
         .args(["serve", "--db", db.to_str().unwrap(), "--bind", "127.0.0.1:0"])
-        .env("CIRCUIT_BREAKER_API_TOKEN", "ci:token-for-the-test")
+        .env("CIRCUIT_BREAKER_API_TOKEN", "ci:token-for-the-test-0123456789abcdef")
         // Everything logged (to a file: a full pipe would block the server), to check that no
         // token is.
         .env("RUST_LOG", "debug")
@@ -882,13 +882,17 @@ fn serve_runs_the_api_on_loopback_and_stops_cleanly() {
     let addr = listening_addr(&mut lines);
     assert_eq!(http_get(&addr, "/healthz", None).0, 200);
     assert_eq!(http_get(&addr, "/api/health/circuit-breakers", None).0, 401);
-    let (status, body) = http_get(&addr, "/api/health/circuit-breakers", Some("token-for-the-test"));
+    let (status, body) = http_get(
+        &addr,
+        "/api/health/circuit-breakers",
+        Some("token-for-the-test-0123456789abcdef"),
+    );
     assert_eq!(status, 200);
     assert!(
         body.contains("\"status\":\"pass\"") && body.contains("\"service\":\"stripe\""),
         "{body}"
     );
-    assert!(!body.contains("token-for-the-test"));
+    assert!(!body.contains("token-for-the-test-0123456789abcdef"));
     let (status, body) = http_get(&addr, "/api/health/circuit-breakers", Some("wrong-token-guess-1234"));
     assert_eq!(status, 401);
     assert!(!body.contains("wrong-token-guess-1234"));
@@ -904,7 +908,7 @@ fn serve_runs_the_api_on_loopback_and_stops_cleanly() {
     assert!(rest.iter().any(|l| l == "stopped cleanly"), "{rest:?}");
     assert!(stderr.contains("DEBUG"), "debug logging was on: {stderr}");
     assert!(
-        !stderr.contains("token-for-the-test") && !stderr.contains("wrong-token-guess-1234"),
+        !stderr.contains("token-for-the-test-0123456789abcdef") && !stderr.contains("wrong-token-guess-1234"),
         "no token in the logs"
     );
 }
@@ -1132,7 +1136,11 @@ fn serve_takes_named_tokens_from_the_config_file() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("serve.db");
     let config = dir.path().join("cb.toml");
-    std::fs::write(&config, "[api.tokens]\noncall = \"file-token-0123456789\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "[api.tokens]\noncall = \"file-token-0123456789abcdef0123456789\"\n",
+    )
+    .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_breakerbox"))
         .args(["serve", "--db", db.to_str().unwrap(), "--bind", "127.0.0.1:0"])
         .args(["--config", config.to_str().unwrap()])
@@ -1148,12 +1156,173 @@ fn serve_takes_named_tokens_from_the_config_file() {
         dashboard.contains("it asks for") && !dashboard.contains("#token="),
         "configured tokens: no one-time token is made: {dashboard}"
     );
-    let (status, _) = http_get(&addr, "/api/health/circuit-breakers", Some("file-token-0123456789"));
+    let (status, _) = http_get(
+        &addr,
+        "/api/health/circuit-breakers",
+        Some("file-token-0123456789abcdef0123456789"),
+    );
     assert_eq!(status, 200);
     assert_eq!(
-        http_get(&addr, "/api/health/circuit-breakers", Some("file-token-012345678X")).0,
+        http_get(
+            &addr,
+            "/api/health/circuit-breakers",
+            Some("file-token-0123456789abcdef012345678X")
+        )
+        .0,
         401
     );
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// Runs breakerbox with `env` (and no API token but the one given) and expects exit code 2
+/// with one line on stderr holding each of `needles`; gives back that line.
+fn refused_with(args: &[&str], env: &[(&str, &str)], needles: &[&str]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+        .args(args)
+        .env_remove("CIRCUIT_BREAKER_API_TOKEN")
+        .env_remove("CIRCUIT_BREAKER_CONFIG")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A refusal is immediate; one that does not come means the command started serving.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("{args:?} was not refused: it ran");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "{args:?} printed {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one-line error: {stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
+    }
+    stderr
+}
+
+#[test]
+fn a_token_shorter_than_32_characters_is_refused_at_start_and_by_config_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("serve.db");
+    let db = db.to_str().unwrap();
+    // In the environment: serve, demo and config check say which token, never its value.
+    let env = [("CIRCUIT_BREAKER_API_TOKEN", "ops:changeme")];
+    for args in [
+        &["serve", "--db", db, "--bind", "127.0.0.1:0"][..],
+        &["demo", "--db", db, "--bind", "127.0.0.1:0", "--duration", "5s"],
+        &["config", "check"],
+    ] {
+        let err = refused_with(
+            args,
+            &env,
+            &[
+                "CIRCUIT_BREAKER_API_TOKEN",
+                "token \"ops\"",
+                "shorter than 32 characters",
+            ],
+        );
+        assert!(!err.contains("changeme"), "{err}");
+    }
+    assert!(
+        !dir.path().join("serve.db").exists(),
+        "refused before the log was opened"
+    );
+    // In the file: named by its key and line.
+    let short = dir.path().join("short.toml");
+    std::fs::write(&short, "[api.tokens]\noncall = \"changeme\"\n").unwrap();
+    let config = short.to_str().unwrap();
+    for args in [
+        &["serve", "--db", db, "--bind", "127.0.0.1:0", "--config", config][..],
+        &["config", "check", "--config", config],
+    ] {
+        let err = refused_with(
+            args,
+            &[],
+            &[
+                "short.toml:2: api.tokens.oncall",
+                "shorter than 32 characters",
+                "allow_short_tokens",
+            ],
+        );
+        assert!(!err.contains("changeme"), "{err}");
+    }
+    // Allowed by `[api] allow_short_tokens = true`, but on loopback only: refused on 0.0.0.0
+    // before anything is bound or opened.
+    let allowed = dir.path().join("allowed.toml");
+    std::fs::write(
+        &allowed,
+        "[api]\nallow_short_tokens = true\n[api.tokens]\noncall = \"changeme\"\n",
+    )
+    .unwrap();
+    let allowed = allowed.to_str().unwrap();
+    let err = refused_with(
+        &["serve", "--db", db, "--bind", "0.0.0.0:0", "--config", allowed],
+        &[],
+        &[
+            "api.tokens.oncall",
+            "shorter than 32 characters",
+            "loopback",
+            "0.0.0.0:0",
+        ],
+    );
+    assert!(!err.contains("changeme"), "{err}");
+    let allowed_no_tokens = dir.path().join("allowed-no-tokens.toml");
+    std::fs::write(&allowed_no_tokens, "[api]\nallow_short_tokens = true\n").unwrap();
+    refused_with(
+        &[
+            "serve",
+            "--db",
+            db,
+            "--bind",
+            "0.0.0.0:0",
+            "--config",
+            allowed_no_tokens.to_str().unwrap(),
+        ],
+        &[(
+            "CIRCUIT_BREAKER_API_TOKEN",
+            "ops:0123456789abcdef0123456789abcdef,dev:changeme",
+        )],
+        &["env CIRCUIT_BREAKER_API_TOKEN: token \"dev\"", "loopback"],
+    );
+    assert!(
+        !dir.path().join("serve.db").exists(),
+        "refused before the log was opened"
+    );
+    let out = breakerbox_env(&["config", "check", "--config", allowed], &[], "");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("allow_short_tokens") && stdout.contains("loopback"),
+        "{stdout}"
+    );
+    // …and on 127.0.0.1 it serves, with that token.
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+        .args(["serve", "--db", db, "--bind", "127.0.0.1:0", "--config", allowed])
+        .env_remove("CIRCUIT_BREAKER_API_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = listening_addr(&mut lines);
+    assert_eq!(http_get(&addr, "/api/health/circuit-breakers", Some("changeme")).0, 200);
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

@@ -395,13 +395,13 @@ fn the_shipped_example_config_is_valid() {
 #[test]
 fn api_tokens_come_from_the_file_by_name_and_are_never_shown() {
     let c = load(
-        "[api.tokens]\noncall = \"0123456789abcdef-oncall\"\ngrafana = \"0123456789abcdef-grafana\"\n",
+        "[api.tokens]\noncall = \"0123456789abcdef0123456789-oncall\"\ngrafana = \"0123456789abcdef0123456789-grafana\"\n",
         &[],
     )
     .unwrap();
     let names: Vec<&str> = c.api.tokens.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["grafana", "oncall"], "by name");
-    assert_eq!(c.api.tokens[1].token, Secret::new("0123456789abcdef-oncall"));
+    assert_eq!(c.api.tokens[1].token, Secret::new("0123456789abcdef0123456789-oncall"));
     assert_eq!(c.api.tokens[0].source.to_string(), "test.toml:3");
     let shown = format!("{:?} {}", c.api, serde_json::to_string(&c.api).unwrap());
     assert!(!shown.contains("0123456789abcdef"), "{shown}");
@@ -413,12 +413,77 @@ fn api_tokens_come_from_the_file_by_name_and_are_never_shown() {
     .unwrap_err();
     for needle in [
         "test.toml:2: unknown key api.tokenz (did you mean \"tokens\"?)",
-        "test.toml:4: api.tokens.weak: *** is shorter than 16 characters",
+        "test.toml:4: api.tokens.weak: the token is shorter than 32 characters",
         "test.toml:5: api.tokens.number must be a string",
     ] {
         assert!(err.contains(needle), "{needle:?} not in {err}");
     }
     assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn a_token_shorter_than_32_characters_is_refused_from_the_file_and_the_environment() {
+    // 31 characters: one short of the rule. `changeme` in the environment.
+    let file = "[api.tokens]\noncall = \"0123456789012345678901234567890\"\n";
+    let err = load(file, &[]).unwrap_err();
+    assert!(
+        err.contains("test.toml:2: api.tokens.oncall: the token is shorter than 32 characters"),
+        "{err}"
+    );
+    assert!(err.contains("allow_short_tokens"), "says how to allow it: {err}");
+    assert!(!err.contains("0123456789012345678901234567890"), "{err}");
+    let err = load(
+        "",
+        &[(
+            "CIRCUIT_BREAKER_API_TOKEN",
+            "ci:0123456789abcdef0123456789abcdef,dev:changeme",
+        )],
+    )
+    .unwrap_err();
+    assert_eq!(err.lines().count(), 1, "only the short one: {err}");
+    assert!(
+        err.starts_with("env CIRCUIT_BREAKER_API_TOKEN: token \"dev\": the token is shorter than 32 characters"),
+        "{err}"
+    );
+    assert!(!err.contains("changeme"), "{err}");
+    // A bare token is named `default`.
+    let err = load("", &[("CIRCUIT_BREAKER_API_TOKEN", "changeme")]).unwrap_err();
+    assert!(err.contains("token \"default\""), "{err}");
+    // 32 is enough.
+    load("[api.tokens]\noncall = \"01234567890123456789012345678901\"\n", &[]).unwrap();
+    load("", &[("CIRCUIT_BREAKER_API_TOKEN", "01234567890123456789012345678901")]).unwrap();
+}
+
+#[test]
+fn allow_short_tokens_lets_short_tokens_through_the_file_check() {
+    let c = load(
+        "[api]\nallow_short_tokens = true\n[api.tokens]\ndev = \"changeme\"\n",
+        &[("CIRCUIT_BREAKER_API_TOKEN", "local:short")],
+    )
+    .unwrap();
+    assert!(c.api.allow_short_tokens);
+    // Whether the address is loopback is for serve to judge; the rule itself is one function.
+    use breakerbox::config::{ApiToken, check_token_lengths};
+    let dev: Vec<ApiToken> = c.api.tokens.clone();
+    assert!(check_token_lengths(&dev, true, None).is_empty());
+    assert!(check_token_lengths(&dev, true, Some("127.0.0.1:8080".parse().unwrap())).is_empty());
+    assert!(check_token_lengths(&dev, true, Some("[::1]:8080".parse().unwrap())).is_empty());
+    let refused = check_token_lengths(&dev, true, Some("0.0.0.0:8080".parse().unwrap()));
+    assert_eq!(refused.len(), 1);
+    assert!(
+        refused[0].to_string().contains("api.tokens.dev") && refused[0].to_string().contains("0.0.0.0:8080"),
+        "{}",
+        refused[0]
+    );
+    assert_eq!(
+        check_token_lengths(&dev, false, Some("127.0.0.1:8080".parse().unwrap())).len(),
+        1
+    );
+    let err = load("[api]\nallow_short_tokens = \"yes\"\n", &[]).unwrap_err();
+    assert!(
+        err.contains("test.toml:2: api.allow_short_tokens must be true or false"),
+        "{err}"
+    );
 }
 
 #[test]

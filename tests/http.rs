@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-const TOKEN: &str = "s3cret-token-0123456789";
+/// 33 characters: serve and demo refuse a token shorter than 32.
+const TOKEN: &str = "s3cret-token-0123456789abcdefghij";
 
 async fn registry(dir: &Path) -> (Arc<Registry>, Config) {
     let config = Config::from_toml(
@@ -122,6 +123,15 @@ async fn every_protected_route_needs_the_token_and_nothing_leaks_it() {
     registry.shutdown().await.unwrap();
 }
 
+/// The `Retry-After` of a 429, which must be there and be whole seconds.
+fn retry_after<B>(resp: &actix_web::dev::ServiceResponse<B>) -> u64 {
+    let v = resp.headers().get("Retry-After").expect("every 429 says when to retry");
+    v.to_str()
+        .unwrap()
+        .parse()
+        .unwrap_or_else(|_| panic!("Retry-After {v:?}: not whole seconds"))
+}
+
 #[actix_web::test]
 async fn repeated_bad_tokens_from_one_address_get_429_and_others_are_unaffected() {
     let dir = tempfile::tempdir().unwrap();
@@ -137,18 +147,165 @@ async fn repeated_bad_tokens_from_one_address_get_429_and_others_are_unaffected(
             .to_request();
         let resp = test::call_service(&app, req).await;
         if resp.status() == 429 {
-            assert!(resp.headers().get("Retry-After").is_some());
+            // One more bad token is allowed every 6 s (10 a minute): that, rounded up, is the
+            // wait, not the rest of a minute.
+            let wait = retry_after(&resp);
+            assert!((1..=6).contains(&wait), "Retry-After {wait}");
         }
         statuses.push(resp.status().as_u16());
     }
-    assert!(statuses.iter().filter(|s| **s == 429).count() >= 9, "{statuses:?}");
+    // A burst of 10 bad tokens is answered 401; after that, 429 until the bucket refills.
+    assert_eq!(statuses, [[401; 10], [429; 10]].concat(), "{statuses:?}");
     let ok = test::TestRequest::get()
         .uri("/metrics")
         .peer_addr("127.0.0.10:5000".parse().unwrap())
         .insert_header(bearer(TOKEN))
         .to_request();
     assert_eq!(test::call_service(&app, ok).await.status(), 200);
+    // IPv6 clients are counted by their /64 (one host usually has all of it).
+    for host in 1..=11 {
+        let req = test::TestRequest::get()
+            .uri("/metrics")
+            .peer_addr(format!("[2001:db8:1:2::{host:x}]:5000").parse().unwrap())
+            .insert_header(bearer("guess"))
+            .to_request();
+        let status = test::call_service(&app, req).await.status();
+        assert_eq!(status, if host <= 10 { 401 } else { 429 }, "host {host}");
+    }
+    let other_net = test::TestRequest::get()
+        .uri("/metrics")
+        .peer_addr("[2001:db8:1:3::1]:5000".parse().unwrap())
+        .insert_header(bearer("guess"))
+        .to_request();
+    assert_eq!(test::call_service(&app, other_net).await.status(), 401);
     registry.shutdown().await.unwrap();
+}
+
+#[actix_web::test]
+async fn the_right_token_gets_through_however_many_bad_ones_came_from_its_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, config) = registry(dir.path()).await;
+    let app = app!(registry, config);
+    // The on-call engineer's address, shared (a NAT, a proxy) with something sending junk:
+    // wrong tokens, no token, Basic credentials.
+    let shared = "127.0.0.11:5000".parse().unwrap();
+    let mut limited = 0;
+    for i in 0..50 {
+        let mut req = test::TestRequest::get().uri("/metrics").peer_addr(shared);
+        req = match i % 3 {
+            0 => req.insert_header(bearer(&format!("guess-{i}"))),
+            1 => req,
+            _ => req.insert_header(("Authorization", "Basic b25jYWxsOmh1bnRlcjI=")),
+        };
+        let resp = test::call_service(&app, req.to_request()).await;
+        limited += usize::from(resp.status() == 429);
+    }
+    assert!(limited > 0, "the junk is throttled");
+    for _ in 0..3 {
+        let req = test::TestRequest::get()
+            .uri("/metrics")
+            .peer_addr(shared)
+            .insert_header(bearer(TOKEN))
+            .to_request();
+        assert_eq!(test::call_service(&app, req).await.status(), 200);
+    }
+    // …and a good token does not lift the throttle for the junk.
+    let req = test::TestRequest::get()
+        .uri("/metrics")
+        .peer_addr(shared)
+        .insert_header(bearer("guess"))
+        .to_request();
+    assert_eq!(test::call_service(&app, req).await.status(), 429);
+    registry.shutdown().await.unwrap();
+}
+
+#[actix_web::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, config) = registry(dir.path()).await;
+    let app = app!(registry, config);
+    for (n, scheme) in ["bearer", "BEARER", "Bearer", "bEaReR"].into_iter().enumerate() {
+        let req = test::TestRequest::get()
+            .uri("/metrics")
+            .peer_addr(format!("127.0.2.{n}:1").parse().unwrap())
+            .insert_header(("Authorization", format!("{scheme} {TOKEN}")))
+            .to_request();
+        assert_eq!(test::call_service(&app, req).await.status(), 200, "{scheme}");
+    }
+    // The scheme, not a prefix of it: "Bearer" glued to the token is not a bearer credential.
+    let req = test::TestRequest::get()
+        .uri("/metrics")
+        .peer_addr("127.0.2.9:1".parse().unwrap())
+        .insert_header(("Authorization", format!("Bearer{TOKEN}")))
+        .to_request();
+    assert_eq!(test::call_service(&app, req).await.status(), 401);
+    registry.shutdown().await.unwrap();
+}
+
+#[actix_web::test]
+async fn a_throttled_address_stays_throttled_however_many_other_addresses_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, config) = registry(dir.path()).await;
+    let app = app!(registry, config);
+    let bad = |addr: String| {
+        test::TestRequest::get()
+            .uri("/metrics")
+            .peer_addr(addr.parse().unwrap())
+            .insert_header(bearer("guess"))
+            .to_request()
+    };
+    let blocked = "127.0.0.12:5000".to_owned();
+    for _ in 0..11 {
+        test::call_service(&app, bad(blocked.clone())).await;
+    }
+    assert_eq!(test::call_service(&app, bad(blocked.clone())).await.status(), 429);
+    // More addresses than are tracked, each with one bad token: none of them evicts the
+    // throttled one. Past the bound, a bad token from a new address is refused too (429): the
+    // table never grows, and a good token is never counted, so no operator is affected.
+    let mut statuses = BTreeMap::new();
+    for i in 0..auth::MAX_TRACKED_CLIENTS as u32 {
+        let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+        let resp = test::call_service(&app, bad(format!("{ip}:1"))).await;
+        if resp.status() == 429 {
+            assert!(retry_after(&resp) >= 1);
+        }
+        *statuses.entry(resp.status().as_u16()).or_insert(0) += 1;
+    }
+    assert_eq!(statuses.get(&429), Some(&1), "{statuses:?}");
+    assert_eq!(test::call_service(&app, bad(blocked.clone())).await.status(), 429);
+    let ok = test::TestRequest::get()
+        .uri("/metrics")
+        .peer_addr("10.255.0.1:1".parse().unwrap())
+        .insert_header(bearer(TOKEN))
+        .to_request();
+    assert_eq!(test::call_service(&app, ok).await.status(), 200);
+    registry.shutdown().await.unwrap();
+}
+
+#[actix_web::test]
+async fn the_bad_token_limiter_tracks_at_most_its_bound() {
+    let limiter = auth::Limiter::new(
+        std::num::NonZeroU32::new(3).unwrap(),
+        std::time::Duration::from_secs(60),
+        100,
+    );
+    let ip = |i: u32| std::net::IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+    for _ in 0..3 {
+        assert!(limiter.failed(ip(0)).is_ok());
+    }
+    let wait = limiter.failed(ip(0)).unwrap_err();
+    assert!(
+        wait > std::time::Duration::ZERO && wait <= std::time::Duration::from_secs(20),
+        "{wait:?}"
+    );
+    let refused = (1..1_000).filter(|i| limiter.failed(ip(*i)).is_err()).count();
+    assert_eq!(
+        refused,
+        1_000 - 100,
+        "past the bound, new addresses are refused, not tracked"
+    );
+    assert!(limiter.tracked() <= 100, "{}", limiter.tracked());
+    assert!(limiter.failed(ip(0)).is_err(), "still throttled");
 }
 
 #[actix_web::test]

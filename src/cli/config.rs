@@ -46,6 +46,12 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
             config.breakers.len(),
             config.alerts.webhooks.len()
         );
+        if config.api.allow_short_tokens {
+            println!(
+                "note: [api] allow_short_tokens = true: serve takes tokens shorter than {} characters on a loopback address only",
+                breakerbox::config::MIN_TOKEN_LEN
+            );
+        }
         return Ok(());
     }
     let breakers: Vec<&BreakerConfig> = match &args.service {

@@ -48,7 +48,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
     }
     let options = breakerbox::config::LoadOptions::from_process(None);
     // Tokens from the environment only: the demo's configuration is its own.
-    let (tokens, one_time) = super::api_tokens(&options, &[], args.bind)?;
+    let (tokens, one_time) = super::api_tokens(&options, &breakerbox::config::ApiConfig::default(), args.bind)?;
     let db = global.db.clone();
     let json = global.json;
     actix_web::rt::System::new().block_on(async move {

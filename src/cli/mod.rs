@@ -63,18 +63,41 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 
 /// API tokens: the config file's `[api.tokens]` and `CIRCUIT_BREAKER_API_TOKEN` (which wins for
 /// a name in both), or else a one-time token (returned, for printing) — only on a loopback
-/// address: anything else must have tokens configured.
+/// address: anything else must have tokens configured. A token shorter than 32 characters is
+/// refused unless `[api] allow_short_tokens` allows it and `bind` is loopback.
 pub fn api_tokens(
     options: &breakerbox::config::LoadOptions,
-    from_file: &[breakerbox::config::ApiToken],
+    api: &breakerbox::config::ApiConfig,
     bind: std::net::SocketAddr,
 ) -> Result<(Vec<breakerbox::http::auth::Token>, Option<String>), CliError> {
+    use breakerbox::config::{ConfigError, MIN_TOKEN_LEN, TOKEN_VAR, check_token_lengths, tokens_from_env};
     use breakerbox::http::auth;
-    let mut tokens: Vec<auth::Token> = match options.env.get("CIRCUIT_BREAKER_API_TOKEN") {
-        Some(v) => auth::tokens_from_env(v).map_err(CliError::BadInput)?,
+    let from_env = match options.env.get(TOKEN_VAR) {
+        Some(v) => tokens_from_env(v).map_err(|e| CliError::BadInput(format!("{TOKEN_VAR}: {e}")))?,
         None => Vec::new(),
     };
-    for t in from_file {
+    let mut configured = from_env.clone();
+    configured.extend(api.tokens.iter().cloned());
+    let problems = check_token_lengths(&configured, api.allow_short_tokens, Some(bind));
+    if !problems.is_empty() {
+        return Err(CliError::config(ConfigError { problems }));
+    }
+    let short: Vec<&str> = configured
+        .iter()
+        .filter(|t| t.token.expose().chars().count() < MIN_TOKEN_LEN)
+        .map(|t| t.name.as_str())
+        .collect();
+    if !short.is_empty() {
+        tracing::warn!(
+            "allow_short_tokens: tokens shorter than {MIN_TOKEN_LEN} characters in use on {bind} ({})",
+            short.join(", ")
+        );
+    }
+    let mut tokens: Vec<auth::Token> = from_env
+        .iter()
+        .map(|t| auth::Token::new(t.name.clone(), &t.token))
+        .collect();
+    for t in &api.tokens {
         if !tokens.iter().any(|e| e.name == t.name) {
             tokens.push(auth::Token::new(t.name.clone(), &t.token));
         }
@@ -92,10 +115,14 @@ pub fn api_tokens(
     Ok((vec![token], Some(t)))
 }
 
+/// Random bytes in a one-time token: as hex, 32 characters, the shortest token accepted.
+const ONE_TIME_TOKEN_BYTES: usize = 16;
+const _: () = assert!(2 * ONE_TIME_TOKEN_BYTES >= breakerbox::config::MIN_TOKEN_LEN);
+
 /// 128 random bits as hex, from the kernel.
 pub fn one_time_token() -> Result<String, CliError> {
     use std::io::Read;
-    let mut bytes = [0u8; 16];
+    let mut bytes = [0u8; ONE_TIME_TOKEN_BYTES];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
         .map_err(|e| CliError::Runtime(format!("reading /dev/urandom for a token: {e}")))?;

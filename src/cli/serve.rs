@@ -13,7 +13,8 @@ use std::time::Duration;
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Tokens: CIRCUIT_BREAKER_API_TOKEN=name:token[,name:token…] (or one token). Without it,
-serve prints a one-time token on start, and only on a loopback address.
+serve prints a one-time token on start, and only on a loopback address. A token must have 32
+characters or more ([api] allow_short_tokens = true allows shorter ones on loopback only).
 
 EXAMPLE:
   CIRCUIT_BREAKER_API_TOKEN=oncall:$(openssl rand -hex 16) breakerbox serve --bind 127.0.0.1:8080"
@@ -27,7 +28,7 @@ pub struct Args {
 pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
     let options = LoadOptions::from_process(global.config.clone());
     let config = Config::load(&options).map_err(CliError::config)?;
-    let (tokens, one_time) = super::api_tokens(&options, &config.api.tokens, args.bind)?;
+    let (tokens, one_time) = super::api_tokens(&options, &config.api, args.bind)?;
     let db = global.db.clone();
     actix_web::rt::System::new().block_on(async move {
         let (journal, registry) = super::start_breakers(&db, &config, "serve").await?;

@@ -27,7 +27,7 @@ mod schedule;
 mod secret;
 
 pub use alerts::{AlertsConfig, Webhook, WebhookFormat};
-pub use api::{ApiConfig, ApiToken, MIN_TOKEN_LEN};
+pub use api::{ApiConfig, ApiToken, MIN_TOKEN_LEN, TOKEN_VAR, check_token_lengths, tokens_from_env};
 pub use classify::{StatusClassifier, StatusPattern, default_failures};
 pub use env::prefix as env_prefix;
 pub use journal::{JournalConfig, MAX_OUTCOME_HOLD_MS};
@@ -354,6 +354,17 @@ impl Config {
             }
         }
         let env_layers = env::read(env, &services, problems);
+        // Token lengths, before any address is known: serve and demo judge the bind address.
+        let mut tokens = file.api.tokens.clone();
+        match env.get(TOKEN_VAR).map(|v| tokens_from_env(v)) {
+            Some(Ok(from_env)) => tokens.extend(from_env),
+            Some(Err(message)) => problems.push(Problem {
+                location: format!("env {TOKEN_VAR}"),
+                message,
+            }),
+            None => {}
+        }
+        problems.extend(check_token_lengths(&tokens, file.api.allow_short_tokens, None));
         let mut base = defaults();
         base.overlay(&file.defaults);
         base.overlay(&env_layers.global);

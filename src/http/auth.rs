@@ -1,11 +1,13 @@
 //! Bearer tokens: compared as SHA-256 digests in constant time (so neither the token nor its
 //! length leaks through timing), never logged, never echoed; repeated bad tokens from one
-//! address get 429 with `Retry-After`.
+//! client get 429 with `Retry-After`, and never lock out a valid token.
 
 use crate::config::Secret;
+use governor::clock::Clock;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
+use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
@@ -34,24 +36,18 @@ impl std::fmt::Debug for Token {
 }
 
 /// Tokens from `CIRCUIT_BREAKER_API_TOKEN`: `name:token,name:token`, or one bare token (named
-/// `default`). Empty parts are refused with the position named, never the token.
+/// `default`). Empty parts are refused with the position named, never the token. Lengths are
+/// judged apart ([`crate::config::check_token_lengths`]), as they depend on the bind address.
 pub fn tokens_from_env(value: &str) -> Result<Vec<Token>, String> {
-    let mut out = Vec::new();
-    for (i, part) in value.split(',').enumerate() {
-        let part = part.trim();
-        let (name, token) = match part.split_once(':') {
-            Some((n, t)) => (n.trim(), t.trim()),
-            None => ("default", part),
-        };
-        if name.is_empty() || token.is_empty() {
-            return Err(format!(
-                "CIRCUIT_BREAKER_API_TOKEN: entry {} is empty: use name:token[,name:token…] or one token",
-                i + 1
-            ));
-        }
-        out.push(Token::new(name, &Secret::new(token)));
-    }
-    Ok(out)
+    let tokens = crate::config::tokens_from_env(value).map_err(|e| format!("{}: {e}", crate::config::TOKEN_VAR))?;
+    Ok(tokens.iter().map(|t| Token::new(t.name.clone(), &t.token)).collect())
+}
+
+/// The credentials of an `Authorization` value if its scheme is `Bearer`, in any case (schemes
+/// are case-insensitive, RFC 7235 §2.1).
+pub fn bearer(authorization: &str) -> Option<&str> {
+    let (scheme, credentials) = authorization.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| credentials.trim())
 }
 
 /// Which token a presented bearer value is, if any. Every token is compared (no early exit).
@@ -66,47 +62,92 @@ pub fn check<'t>(tokens: &'t [Token], presented: &str) -> Option<&'t Token> {
     found
 }
 
-/// Counts bad tokens per address: more than `limit` within `window` blocks the address until the
-/// window ends. Bounded: at most `max_addresses` are tracked (the oldest entries go first).
+/// Bad tokens allowed in a burst from one client before it gets 429.
+pub const BAD_TOKEN_BURST: u32 = 10;
+
+/// The time over which a client's whole burst comes back: one more bad token every
+/// `BAD_TOKEN_REFILL / BAD_TOKEN_BURST` (6 s).
+pub const BAD_TOKEN_REFILL: Duration = Duration::from_secs(60);
+
+/// Clients the limiter keeps state for. A state is some 50 bytes in the map, so this bounds it
+/// to about 1 MiB at most.
+pub const MAX_TRACKED_CLIENTS: usize = 10_000;
+
+/// The bad-token limiter: a GCRA bucket per client (an IPv4 address, or an IPv6 /64, which one
+/// host usually holds whole). Only failed authentications reach it, so a valid token is never
+/// throttled by what others send from its address (a NAT, a proxy).
+///
+/// Bounded: at most `max_tracked` clients. When the map reaches it, the clients whose bucket is
+/// full again are dropped (governor's `retain_recent`, at most once a second); if it is still
+/// full, a bad token from anyone is refused (429) rather than tracked. A throttled client is
+/// never evicted to make room, so cycling addresses cannot lift a throttle.
 pub struct Limiter {
-    limit: u32,
-    window: Duration,
-    max_addresses: usize,
-    seen: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    buckets: DefaultKeyedRateLimiter<IpAddr>,
+    max_tracked: usize,
+    /// When the map was last swept, and the wait a refused client is told while it is full.
+    last_sweep: Mutex<Option<Instant>>,
+    full_wait: Duration,
+}
+
+impl Default for Limiter {
+    /// [`BAD_TOKEN_BURST`] per [`BAD_TOKEN_REFILL`], [`MAX_TRACKED_CLIENTS`] clients.
+    fn default() -> Self {
+        let burst = NonZeroU32::new(BAD_TOKEN_BURST).expect("a positive constant");
+        Limiter::new(burst, BAD_TOKEN_REFILL, MAX_TRACKED_CLIENTS)
+    }
 }
 
 impl Limiter {
-    /// `limit` bad tokens per `window` per address.
-    pub fn new(limit: u32, window: Duration) -> Self {
+    /// `burst` bad tokens at once per client, all back after `refill`; `max_tracked` clients.
+    pub fn new(burst: NonZeroU32, refill: Duration, max_tracked: usize) -> Self {
+        // A zero refill would be no limit at all: take the shortest one governor allows.
+        let quota = Quota::with_period(refill / burst.get())
+            .unwrap_or_else(|| Quota::with_period(Duration::from_nanos(1)).expect("1 ns is a period"))
+            .allow_burst(burst);
         Limiter {
-            limit,
-            window,
-            max_addresses: 10_000,
-            seen: Mutex::new(HashMap::new()),
+            buckets: RateLimiter::keyed(quota),
+            max_tracked,
+            last_sweep: Mutex::new(None),
+            full_wait: quota.replenish_interval(),
         }
     }
 
-    /// Time left blocked for `ip`, if it is blocked.
-    pub fn blocked(&self, ip: IpAddr) -> Option<Duration> {
-        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let (count, since) = seen.get(&ip)?;
-        let elapsed = since.elapsed();
-        (*count > self.limit && elapsed < self.window).then(|| self.window - elapsed)
+    /// Records a failed authentication from `ip`: `Ok` if it is within the client's allowance
+    /// (answer 401), or how long the client must wait (answer 429 with `Retry-After`).
+    pub fn failed(&self, ip: IpAddr) -> Result<(), Duration> {
+        if self.buckets.len() >= self.max_tracked {
+            self.sweep();
+            if self.buckets.len() >= self.max_tracked {
+                return Err(self.full_wait);
+            }
+        }
+        self.buckets
+            .check_key(&client(ip))
+            .map_err(|not_until| not_until.wait_time_from(self.buckets.clock().now()))
     }
 
-    /// Records a bad token from `ip`.
-    pub fn failed(&self, ip: IpAddr) {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.len() >= self.max_addresses
-            && !seen.contains_key(&ip)
-            && let Some(oldest) = seen.iter().min_by_key(|(_, (_, t))| *t).map(|(ip, _)| *ip)
-        {
-            seen.remove(&oldest);
+    /// How many clients have state now (at most `max_tracked`, give or take the requests in
+    /// flight when it was reached).
+    pub fn tracked(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Drops the clients whose bucket is full again; O(clients), so at most once a second.
+    fn sweep(&self) {
+        let mut last = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
         }
-        let entry = seen.entry(ip).or_insert((0, Instant::now()));
-        if entry.1.elapsed() >= self.window {
-            *entry = (0, Instant::now());
-        }
-        entry.0 += 1;
+        *last = Some(Instant::now());
+        self.buckets.retain_recent();
+        self.buckets.shrink_to_fit();
+    }
+}
+
+/// The key a client is counted by: its IPv4 address, or its IPv6 /64.
+fn client(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
+        v4 => v4,
     }
 }

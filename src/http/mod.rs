@@ -40,15 +40,15 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    /// The API over running breakers. Bad tokens: more than 10 per minute from one address
-    /// blocks it for the rest of the minute.
+    /// The API over running breakers. Bad tokens: a burst of 10 per client, then one more every
+    /// 6 s ([`auth::Limiter`]); a valid token is never throttled.
     pub fn new(registry: Arc<Registry>, config: Config, tokens: Vec<Token>) -> Self {
         ApiState {
             registry,
             config: std::sync::RwLock::new(config),
             reload_options: None,
             tokens,
-            limiter: Limiter::new(10, Duration::from_secs(60)),
+            limiter: Limiter::default(),
             projection: tokio::sync::Mutex::new(None),
             health_cache: health::HealthCache::default(),
             tail: events::Tail::default(),
@@ -102,32 +102,32 @@ pub async fn authenticate(
         let r = error(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR, "api state missing");
         return Ok(req.into_response(r).map_into_right_body());
     };
-    let ip = req.peer_addr().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
-    if let Some(wait) = state.limiter.blocked(ip) {
-        let r = HttpResponse::TooManyRequests()
-            .insert_header(("Retry-After", wait.as_secs().max(1).to_string()))
-            .json(json!({"error": "too many bad tokens from this address"}));
-        return Ok(req.into_response(r).map_into_right_body());
-    }
+    // The token first: a valid one is never throttled, whatever else came from its address.
     let presented = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented.and_then(|p| auth::check(&state.tokens, p)) {
-        Some(token) => {
-            req.extensions_mut().insert(Caller(token.name.clone()));
-            next.call(req).await.map(ServiceResponse::map_into_left_body)
-        }
-        None => {
-            state.limiter.failed(ip);
-            let r = HttpResponse::Unauthorized()
-                .insert_header(("WWW-Authenticate", "Bearer"))
-                .json(json!({"error": "missing or invalid bearer token"}));
-            Ok(req.into_response(r).map_into_right_body())
-        }
+        .and_then(auth::bearer);
+    if let Some(token) = presented.and_then(|p| auth::check(&state.tokens, p)) {
+        req.extensions_mut().insert(Caller(token.name.clone()));
+        return next.call(req).await.map(ServiceResponse::map_into_left_body);
     }
+    let ip = req.peer_addr().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    let r = match state.limiter.failed(ip) {
+        Ok(()) => HttpResponse::Unauthorized()
+            .insert_header(("WWW-Authenticate", "Bearer"))
+            .json(json!({"error": "missing or invalid bearer token"})),
+        Err(wait) => HttpResponse::TooManyRequests()
+            .insert_header(("Retry-After", retry_after_secs(wait).to_string()))
+            .json(json!({"error": "too many bad tokens from this address"})),
+    };
+    Ok(req.into_response(r).map_into_right_body())
+}
+
+/// Whole seconds for `Retry-After`, rounded up (and at least 1), so a client that waits that
+/// long is let through.
+fn retry_after_secs(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 /// An HTTP server with the API on `bind` (one worker: the API is I/O-bound and the protected
