@@ -80,6 +80,10 @@ impl Published {
     /// permits already taken for that very episode are kept (callers may take trials of the
     /// HALF_OPEN episode before the actor's timer moves the core there).
     pub(crate) fn publish(&self, view: &AdmissionView) {
+        debug_assert!(
+            view.trial_episode >= view.episode && view.half_open_requests > 0,
+            "a view the core cannot produce: {view:?}"
+        );
         self.half_open_requests
             .store(u64::from(view.half_open_requests), Ordering::Relaxed);
         self.open_until_ms.store(view.open_until_ms, Ordering::Relaxed);

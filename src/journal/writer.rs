@@ -665,11 +665,19 @@ impl<W: LogWriter> Writer<W> {
                 payload,
             });
         }
+        let before = self.shared.progress.borrow().position;
         let position = if rows.is_empty() {
-            self.shared.progress.borrow().position
+            before
         } else {
             self.store.append(&rows).await?
         };
+        // One writer per file: its rows take positions after everything it committed before
+        // (AUTOINCREMENT never reuses one), which is what the tracked positions below rely on.
+        assert!(
+            rows.is_empty() || position >= before + rows.len() as i64,
+            "the log's positions went backwards: {before} then {position} for {} rows",
+            rows.len()
+        );
         self.seqs.extend(next);
         {
             // One writer, one transaction: the rows took consecutive positions ending at `position`.
@@ -692,6 +700,7 @@ impl<W: LogWriter> Writer<W> {
         s.commit_us_total.fetch_add(elapsed, Ordering::Relaxed);
         self.shared.progress.send_modify(|p| {
             if let Some(t) = ticket {
+                debug_assert!(t >= p.ticket, "tickets are committed in order");
                 p.ticket = p.ticket.max(t);
             }
             p.position = position;
