@@ -97,6 +97,34 @@ fn completions_due_at_t_come_before_the_lines_at_t() {
 }
 
 #[test]
+fn simulate_reopens_at_the_trial_deadline_and_a_cancelled_trial_gives_its_permit_back() {
+    // Open at 0 for 100 ms; at 100 a trial that runs 10 s. With a 1 s trial deadline the breaker
+    // re-opens at 1,100 (stamped at the deadline); without one it waits for the trial.
+    let trace = r#"{"at_ms":0,"outcome":"failure"}
+{"at_ms":100,"outcome":"success","latency_ms":10000}
+"#;
+    let flags = ["simulate", "--failure-threshold", "1", "--timeout", "100ms", "--half-open-requests", "1", "--success-threshold", "1"];
+    let with = json_lines(&breakerbox(&[&flags[..], &["--half-open-max-wait", "1s"]].concat(), trace));
+    assert_eq!(
+        transitions(&with)[2],
+        (1_100, "half_open".into(), "open".into(), "trial_deadline".into())
+    );
+    let without = json_lines(&breakerbox(&[&flags[..], &["--half-open-max-wait", "0s"]].concat(), trace));
+    assert_eq!(
+        transitions(&without)[2],
+        (10_100, "half_open".into(), "closed".into(), "trials_succeeded".into())
+    );
+    // A cancelled trial gives its one permit back: the next caller is a trial, not rejected.
+    let trace = r#"{"at_ms":0,"outcome":"failure"}
+{"at_ms":100,"outcome":"cancelled","latency_ms":5}
+{"at_ms":110,"outcome":"success"}
+"#;
+    let lines = json_lines(&breakerbox(&flags, trace));
+    assert_eq!(summary(&lines)["rejected"], 0);
+    assert_eq!(transitions(&lines)[2].3, "trials_succeeded");
+}
+
+#[test]
 fn a_zero_latency_call_completes_before_the_next_line() {
     let trace = "{\"at_ms\":0,\"outcome\":\"failure\"}\n{\"at_ms\":0,\"outcome\":\"success\"}\n";
     let lines = json_lines(&breakerbox(&["simulate", "--failure-threshold", "1"], trace));
