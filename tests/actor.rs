@@ -645,7 +645,12 @@ async fn another_process_commands_a_running_owner_through_the_log_and_applies_it
     };
     let started = std::time::Instant::now();
     let outcome = remote::command(&cli, request(Command::ForceOpen)).await.unwrap();
-    let RemoteOutcome::AppliedByOwner { holder, record } = outcome else {
+    let RemoteOutcome::AppliedByOwner {
+        holder,
+        record,
+        position,
+    } = outcome
+    else {
         panic!("{outcome:?}")
     };
     assert!(
@@ -662,19 +667,28 @@ async fn another_process_commands_a_running_owner_through_the_log_and_applies_it
     assert!(log.iter().filter(|e| e.stream == "stripe").count() > 0);
     assert!(
         log.iter()
+            .any(|e| e.position == position && e.stream == "stripe" && e.event_type == "operator_command"),
+        "the ack names its record's position"
+    );
+    assert!(
+        log.iter()
             .any(|e| e.stream == "_commands/cli pid 7" && e.event_type == "command_request")
     );
     registry.shutdown().await.unwrap();
     registry.journal().close().await;
     // No owner any more: the CLI applies the command itself, and the next owner recovers it.
     let outcome = remote::command(&cli, request(Command::Disable)).await.unwrap();
-    assert_eq!(
-        outcome,
-        RemoteOutcome::AppliedHere {
-            from: State::ForcedOpen,
-            to: State::Disabled
-        }
-    );
+    let RemoteOutcome::AppliedHere {
+        from,
+        to,
+        position: here,
+        took_over: None,
+    } = outcome
+    else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!((from, to), (State::ForcedOpen, State::Disabled));
+    assert!(here > position, "its own record, after the owner's");
     cli.close().await;
     let registry = start(dir.path(), clock.clone()).await;
     assert_eq!(registry.get("stripe").unwrap().state(), State::Disabled);

@@ -1440,3 +1440,223 @@ fn completions_are_printed_for_each_shell() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Commands after a crash: the lease holder was killed (SIGKILL: no release, a fresh lease left
+// behind), and an operator acts at once.
+
+/// `serve` on a fresh port of `db`, its stdout read by a thread: returns the child, its lines
+/// (as they come) and its stderr file.
+fn spawn_serve(db: &str, dir: &std::path::Path, run: &str) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+        .args(["serve", "--db", db, "--bind", "127.0.0.1:0"])
+        .env("CIRCUIT_BREAKER_API_TOKEN", "ci:token-for-the-test")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join(format!("{run}.stderr"))).unwrap())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Waits (bounded) for serve's readiness line; `None` if it ended or said nothing in time.
+fn listening_within(lines: &std::sync::mpsc::Receiver<String>, within: std::time::Duration) -> Option<String> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let left = deadline.checked_duration_since(std::time::Instant::now())?;
+        match lines.recv_timeout(left) {
+            Ok(l) if l.starts_with("listening on") => return Some(l),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// A `serve` started, ready, then killed with SIGKILL (and reaped, as the operator's shell or
+/// systemd would).
+fn serve_then_sigkill(db: &str, dir: &std::path::Path) {
+    let (mut child, lines) = spawn_serve(db, dir, "first");
+    let ready = listening_within(&lines, std::time::Duration::from_secs(30));
+    assert!(
+        ready.is_some(),
+        "serve did not start: {:?}",
+        std::fs::read_to_string(dir.join("first.stderr"))
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_command_right_after_the_server_was_killed_is_applied_and_names_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("log.db");
+    let db = db.to_str().unwrap();
+    serve_then_sigkill(db, dir.path());
+    let started = std::time::Instant::now();
+    let out = breakerbox(&["force-open", "stripe", "--reason", "x", "--db", db], "");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "the dead holder was seen at once, not waited out: {:?}",
+        started.elapsed()
+    );
+    assert!(stdout.contains("→ forced_open"), "{stdout}");
+    assert!(
+        stdout.contains("is gone"),
+        "the ack says why this process applied it: {stdout}"
+    );
+    let position: i64 = stdout
+        .split("at position ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the ack names its position: {stdout}"));
+    let rows = json_lines(&breakerbox(
+        &["status", "--db", db, "--service", "stripe", "--json"],
+        "",
+    ));
+    assert_eq!(rows[0]["state"], "forced_open");
+    let audit = json_lines(&breakerbox(&["audit", "--db", db, "--kind", "command", "--json"], ""));
+    let entry = audit
+        .iter()
+        .find(|e| e["position"] == position)
+        .unwrap_or_else(|| panic!("no command at position {position}: {audit:?}"));
+    assert_eq!(entry["stream"], "stripe");
+    assert_eq!(entry["details"]["operator"]["why"], "x");
+}
+
+#[test]
+fn serve_restarted_right_after_a_sigkill_takes_the_log_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("log.db");
+    let db = db.to_str().unwrap();
+    serve_then_sigkill(db, dir.path());
+    let (mut child, lines) = spawn_serve(db, dir.path(), "second");
+    let ready = listening_within(&lines, std::time::Duration::from_secs(30));
+    if let Some(line) = &ready {
+        // It serves (and so has its signal handlers) before it is asked to stop.
+        let addr = listening_addr(&mut std::iter::once(Ok(line.clone())));
+        assert_eq!(http_get(&addr, "/healthz", None).0, 200);
+    }
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(dir.path().join("second.stderr")).unwrap();
+    assert!(ready.is_some(), "the restart did not start ({status:?}): {stderr}");
+    assert!(
+        stderr.contains("took over the event log") && stderr.contains("is gone"),
+        "it says whose lease it took and why: {stderr}"
+    );
+    assert!(status.success(), "{stderr}");
+}
+
+#[test]
+fn a_command_to_an_owner_that_is_alive_but_does_not_answer_says_so() {
+    use breakerbox::journal::{Holder, Journal, JournalOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("log.db");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // An owner on this host that is alive and keeps its lease (this test process renews it) but
+    // follows no command requests: a stalled server, as the requester sees it.
+    let owner = Holder::this_process("serve");
+    let journal = rt.block_on(async {
+        let j = Journal::open(&db, JournalOptions::default()).await.unwrap();
+        let lease = j
+            .acquire_lease(&owner.to_string(), std::time::Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(lease.holder, owner.to_string());
+        j
+    });
+    // The writer renews from its own thread while the CLI waits.
+    let out = breakerbox(
+        &["force-open", "stripe", "--reason", "x", "--db", db.to_str().unwrap()],
+        "",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let expected = format!("serve pid {} on this host is alive", std::process::id());
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(stderr.contains("did not apply the command within 5000 ms"), "{stderr}");
+    rt.block_on(journal.close());
+    let rows = json_lines(&breakerbox(
+        &["status", "--db", db.to_str().unwrap(), "--service", "stripe", "--json"],
+        "",
+    ));
+    assert_eq!(rows[0]["state"], "closed", "nobody applied it");
+}
+
+#[test]
+fn a_command_to_an_owner_on_another_host_that_stops_renewing_is_applied_once_its_lease_lapses() {
+    use breakerbox::journal::{Durability, Journal, JournalOptions, connect_options};
+    use sqlx::{ConnectOptions, Connection};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("log.db");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // An owner on another host (its pid means nothing here) that renewed its 1 s lease just now
+    // and then died: only the lapse tells.
+    rt.block_on(async {
+        Journal::open(&db, JournalOptions::default())
+            .await
+            .unwrap()
+            .close()
+            .await;
+        let mut conn = connect_options(&db, Durability::Full, std::time::Duration::from_millis(50))
+            .connect()
+            .await
+            .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        sqlx::query("INSERT INTO writer_lease (id, holder, renewed_at, ttl_ms) VALUES (1, ?, ?, 1000)")
+            .bind("serve pid 4242 on db-2 as ops")
+            .bind(now)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    });
+    let started = std::time::Instant::now();
+    let out = breakerbox(
+        &["force-open", "stripe", "--reason", "x", "--db", db.to_str().unwrap()],
+        "",
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "taken when the owner's own 1 s ttl ran out: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        stdout.contains("serve pid 4242 on host db-2 did not renew the lease") && stdout.contains("at position "),
+        "{stdout}"
+    );
+    let rows = json_lines(&breakerbox(
+        &["status", "--db", db.to_str().unwrap(), "--service", "stripe", "--json"],
+        "",
+    ));
+    assert_eq!(rows[0]["state"], "forced_open");
+}

@@ -1142,6 +1142,69 @@ async fn one_process_holds_the_writer_lease_and_keeps_it_while_alive() {
     next.close().await;
 }
 
+#[tokio::test]
+async fn a_lease_lapses_by_its_holders_own_ttl_and_is_taken_from_a_dead_holder_only_as_judged() {
+    use breakerbox::journal::{Claim, Holder, Standing};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let cli = Journal::open(&path, opts()).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let set = |holder: String, renewed_at: i64, ttl_ms: i64| {
+        let path = path.clone();
+        async move {
+            let mut conn = admin(&path).await;
+            sqlx::query("INSERT OR REPLACE INTO writer_lease (id, holder, renewed_at, ttl_ms) VALUES (1, ?, ?, ?)")
+                .bind(holder)
+                .bind(renewed_at)
+                .bind(ttl_ms)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+        }
+    };
+    // A holder with a 10 s ttl, renewed 3.5 s ago: alive by its own promise, though older than
+    // the 3 s a caller would assume.
+    set("serve pid 4242 on db-2 as ops".into(), now - 3_500, 10_000).await;
+    let ttl = Duration::from_secs(3);
+    assert_eq!(
+        cli.acquire_lease("cli", ttl).await.unwrap().holder,
+        "serve pid 4242 on db-2 as ops"
+    );
+    let Claim::Held { lease, standing } = cli.claim_lease("cli", ttl).await.unwrap() else {
+        panic!("taken from a live holder")
+    };
+    assert_eq!((lease.ttl_ms, standing), (Some(10_000), Standing::Unchecked));
+    // A holder of this host whose process is gone (this process's identity, with a start time
+    // that no process of its pid has), renewed just now: taken at once, but only as judged.
+    let mut gone = Holder::this_process("serve");
+    match &mut gone.mark {
+        Some(m) => m.start += 1,
+        None => return, // not Linux: only the ttl tells (tested above)
+    }
+    set(gone.to_string(), now, 10_000).await;
+    let seen = cli.lease().await.unwrap().unwrap();
+    let stale = breakerbox::journal::Lease {
+        renewed_at_ms: now - 1,
+        ..seen.clone()
+    };
+    assert_eq!(
+        cli.take_over_lease("cli", ttl, &stale).await.unwrap().holder,
+        gone.to_string(),
+        "renewed since it was judged: not taken"
+    );
+    let Claim::Taken { replaced } = cli.claim_lease("cli", ttl).await.unwrap() else {
+        panic!("a gone holder's lease was not taken")
+    };
+    assert_eq!(replaced, Some((seen, Standing::Gone)));
+    let mine = cli.lease().await.unwrap().unwrap();
+    assert_eq!((mine.holder.as_str(), mine.ttl_ms), ("cli", Some(3_000)));
+    cli.close().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Crash test: SIGKILL a writer at a random instant, then check what the file holds.
 

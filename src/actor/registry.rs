@@ -8,7 +8,7 @@ use super::handle::{BreakerHandle, Inner};
 use super::service::{ActorOptions, CommandResult, Reconfigure, ServiceActor, Settle};
 use crate::config::{BreakerConfig, Config};
 use crate::journal::Operator;
-use crate::journal::{Body, Journal, JournalError};
+use crate::journal::{Body, Claim, DEFAULT_LEASE_TTL, Holder, Journal, JournalError, Lease};
 use actix::{Addr, Supervisor, System};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -26,9 +26,11 @@ pub struct RegistryOptions {
     pub soft_limit: usize,
     /// Buffered outcomes per breaker at most; past it outcomes are dropped and counted.
     pub hard_limit: usize,
-    /// Name this process takes the writer lease under (who writes the breakers' streams).
+    /// Name this process takes the writer lease under (who writes the breakers' streams): a
+    /// [`Holder`] written out, so that another process on this host can tell at once when this
+    /// one is gone; any other name is judged by the lease's age only.
     pub holder: String,
-    /// The lease's time to live; renewed every third of it.
+    /// The lease's time to live, recorded with it; renewed every third of it.
     pub lease_ttl: Duration,
     /// Per-call outcomes older than this are compacted into per-minute summaries (None: never).
     pub retention: Option<Duration>,
@@ -45,8 +47,8 @@ impl Default for RegistryOptions {
             actors: ActorOptions::default(),
             soft_limit: 4_096,
             hard_limit: 1_000_000,
-            holder: format!("breakerbox pid {}", std::process::id()),
-            lease_ttl: Duration::from_secs(3),
+            holder: Holder::this_process("breakerbox").to_string(),
+            lease_ttl: DEFAULT_LEASE_TTL,
             retention: Some(Duration::from_secs(7 * 86_400)),
             compact_every: Duration::from_secs(3_600),
             project_every: Some(Duration::from_secs(1)),
@@ -60,11 +62,14 @@ pub enum RegistryError {
     /// The log could not be read or written: see the journal error.
     #[error(transparent)]
     Journal(#[from] JournalError),
-    /// Another process writes these breakers' streams: run beside it as a reader (CLI), or stop it.
-    #[error("the event log is owned by {holder}; only one process may run the breakers")]
+    /// Another process writes these breakers' streams and is alive (it renewed its lease while
+    /// this one waited): run beside it as a reader (CLI), or stop it.
+    #[error("the event log is owned by another process: {account}; only one process may run the breakers")]
     LeaseHeld {
         /// Who holds the lease.
         holder: String,
+        /// Who it is and how it stands, for people.
+        account: String,
     },
     /// The actor system could not start.
     #[error("starting the actor system: {0}")]
@@ -100,10 +105,7 @@ impl Registry {
     ) -> Result<Registry, RegistryError> {
         // Before the host builds clients for the reqwest middleware.
         crate::tls::init();
-        let lease = journal.acquire_lease(&options.holder, options.lease_ttl).await?;
-        if lease.holder != options.holder {
-            return Err(RegistryError::LeaseHeld { holder: lease.holder });
-        }
+        take_lease(&journal, &options.holder, options.lease_ttl).await?;
         let now = options.clock.now_ms();
         let mut recovered = Vec::new();
         for b in &config.breakers {
@@ -335,6 +337,44 @@ impl Registry {
         }
         self.journal.flush().await?;
         result
+    }
+}
+
+/// Takes the writer lease: at once if nobody holds it or its holder is dead (its lease lapsed, or
+/// it ran on this host and its process is gone). A holder that may be alive gets one ttl: a
+/// live one renews within a third of it (then this start fails, naming it); a dead one's lease
+/// lapses and is taken.
+async fn take_lease(journal: &Journal, me: &str, ttl: Duration) -> Result<(), RegistryError> {
+    let started = std::time::Instant::now();
+    let mut first: Option<Lease> = None;
+    loop {
+        let now = super::clock::system_now_ms();
+        let (lease, standing) = match journal.claim_lease(me, ttl).await? {
+            Claim::Taken { replaced } => {
+                if let Some((dead, standing)) = replaced {
+                    tracing::warn!(
+                        previous = dead.holder,
+                        "took over the event log: {}",
+                        dead.account(standing, now, ttl)
+                    );
+                }
+                return Ok(());
+            }
+            Claim::Held { lease, standing } => (lease, standing),
+        };
+        let renewed = first
+            .as_ref()
+            .is_some_and(|f| f.holder == lease.holder && f.renewed_at_ms != lease.renewed_at_ms);
+        if renewed || started.elapsed() > lease.ttl(ttl) + Duration::from_secs(1) {
+            return Err(RegistryError::LeaseHeld {
+                account: lease.account(standing, now, ttl),
+                holder: lease.holder,
+            });
+        }
+        if first.as_ref().is_none_or(|f| f.holder != lease.holder) {
+            first = Some(lease);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

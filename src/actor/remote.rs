@@ -5,12 +5,15 @@
 //! through the log: a `command_request` event in a stream of the requester's own, which the
 //! holder's registry picks up (within 200 ms), applies through the breaker's actor and answers
 //! with an `operator_command` naming the request. With no live lease, the requester takes the
-//! lease and applies the command itself, as the holder would.
+//! lease and applies the command itself, as the holder would. "No live lease" includes a holder
+//! that dies while the requester waits: its lease lapses, or (on this host) its process is seen
+//! gone at once — right after a crash, when operators act.
 
 use super::clock::system_now_ms;
 use crate::breaker::{Command, Event, Policy, State};
 use crate::journal::{
-    Body, COMMAND_REQUEST, CommandRequest, Journal, JournalError, OPERATOR_COMMAND, Operator, OperatorCommand,
+    Body, COMMAND_REQUEST, Claim, CommandRequest, Holder, Journal, JournalError, Lease, OPERATOR_COMMAND, Operator,
+    OperatorCommand, Standing,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,17 +24,24 @@ use thiserror::Error;
 pub enum RemoteOutcome {
     /// The running process that owns the log applied it.
     AppliedByOwner {
-        /// The owner (lease holder).
+        /// The owner (lease holder), for people (`serve pid 4242 on this host`).
         holder: String,
         /// Its record of the command.
         record: OperatorCommand,
+        /// The log position of that record.
+        position: i64,
     },
-    /// Nobody owned the log: this process applied it.
+    /// Nobody owned the log, or its owner was dead: this process applied it.
     AppliedHere {
         /// The state before.
         from: State,
         /// The state after.
         to: State,
+        /// The log position of this process's `operator_command` record.
+        position: i64,
+        /// Why this process could: how the dead owner stood (`serve pid 4242 on this host is
+        /// gone …`); `None` when nobody held the lease.
+        took_over: Option<String>,
     },
 }
 
@@ -41,11 +51,16 @@ pub enum RemoteError {
     /// The log failed: see the journal error.
     #[error(transparent)]
     Journal(#[from] JournalError),
-    /// The owner did not answer in time (it may be stalled or stopping): try again, or check it.
-    #[error("{holder} owns the log but did not apply the command within {} ms", waited.as_millis())]
+    /// The owner is alive (or cannot be checked and keeps renewing its lease) but did not answer
+    /// in time (it may be stalled or stopping): try again, or check it.
+    #[error("{account} and holds the log, but did not apply the command within {} ms", waited.as_millis())]
     NotAnswered {
-        /// The owner.
+        /// The owner, as written in its lease.
         holder: String,
+        /// Who it is and how it stands, for people: `serve pid 4242 on this host is alive (it
+        /// renewed the lease 0.4 s ago)`, `… on host db-2 (not this host) renewed the lease 1.2 s
+        /// ago`.
+        account: String,
         /// How long we waited.
         waited: Duration,
     },
@@ -68,42 +83,94 @@ pub struct Request<'a> {
     pub command: Command,
     /// Who, from where, why.
     pub operator: Operator,
-    /// This process's name (lease and audit), e.g. `cli pid 42 as bob@laptop`.
+    /// This process's name (lease and audit): a [`Holder`] written out, e.g.
+    /// `Holder::this_process("cli").to_string()`.
     pub me: &'a str,
     /// The breaker's configured policy (for a stream with no history yet).
     pub policy: Policy,
-    /// How recent a renewal makes an owner alive (the owners' `lease_ttl`, default 3 s).
+    /// The ttl this process takes the lease with, if it does; also how recent a renewal makes
+    /// an owner alive when its lease recorded no ttl of its own (usually
+    /// [`crate::journal::DEFAULT_LEASE_TTL`]).
     pub lease_ttl: Duration,
     /// How long to wait for the owner's answer.
     pub wait: Duration,
 }
 
+/// A request sent to an owner, waiting for its answer.
+struct Asked {
+    /// The owner asked: its lease's holder.
+    holder: String,
+    /// The request's log position.
+    position: i64,
+    /// Answers are looked for after this position.
+    after: i64,
+    deadline: tokio::time::Instant,
+}
+
+/// How many times a request follows the lease to a new owner (each gets the whole `wait`).
+const MAX_OWNERS: usize = 3;
+
 /// Applies a command from a process that may not own the log; see the module docs.
 pub async fn command(journal: &Journal, request: Request<'_>) -> Result<RemoteOutcome, RemoteError> {
-    let Request {
-        target,
-        command,
-        operator,
-        me,
-        policy,
-        lease_ttl,
-        wait,
-    } = request;
+    let mut asked: Option<Asked> = None;
+    let mut owners = 0;
+    loop {
+        let (lease, standing) = match journal.claim_lease(request.me, request.lease_ttl).await? {
+            Claim::Taken { replaced } => {
+                // An owner asked before it died may have answered just before.
+                if let Some(a) = &mut asked
+                    && let Some(answered) = answer(journal, a).await?
+                {
+                    return Ok(answered);
+                }
+                let took_over =
+                    replaced.map(|(dead, standing)| dead.account(standing, system_now_ms(), request.lease_ttl));
+                return apply_here(journal, &request, asked.map(|a| a.position), took_over).await;
+            }
+            Claim::Held { lease, standing } => (lease, standing),
+        };
+        match &mut asked {
+            Some(a) if a.holder == lease.holder => {
+                if let Some(answered) = answer(journal, a).await? {
+                    return Ok(answered);
+                }
+                if tokio::time::Instant::now() >= a.deadline {
+                    return Err(not_answered(&lease, standing, &request));
+                }
+                let _ = journal.wait_after(a.after, Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Nobody asked yet, or the lease moved to a live process that started after the
+            // request (a restarted server only follows requests from its start on): ask it.
+            _ => {
+                if owners == MAX_OWNERS {
+                    return Err(not_answered(&lease, standing, &request));
+                }
+                owners += 1;
+                asked = Some(ask(journal, &request, lease.holder).await?);
+            }
+        }
+    }
+}
+
+fn not_answered(lease: &Lease, standing: Standing, request: &Request<'_>) -> RemoteError {
+    RemoteError::NotAnswered {
+        holder: lease.holder.clone(),
+        account: lease.account(standing, system_now_ms(), request.lease_ttl),
+        waited: request.wait,
+    }
+}
+
+/// This process holds the lease: does what the owner's actor does, and waits until it is durable.
+async fn apply_here(
+    journal: &Journal,
+    request: &Request<'_>,
+    request_position: Option<i64>,
+    took_over: Option<String>,
+) -> Result<RemoteOutcome, RemoteError> {
     let now = system_now_ms();
-    let alive = |renewed: i64| now.saturating_sub(renewed.max(0) as u64) < lease_ttl.as_millis() as u64;
-    if let Some(lease) = journal.lease().await?
-        && lease.holder != me
-        && alive(lease.renewed_at_ms)
-    {
-        return ask(journal, target, command, operator, me, lease.holder, wait).await;
-    }
-    let lease = journal.acquire_lease(me, lease_ttl).await?;
-    if lease.holder != me {
-        // Someone took it between our look and our try: ask them instead.
-        return ask(journal, target, command, operator, me, lease.holder, wait).await;
-    }
-    // We own the log now: do what the owner's actor does.
-    let mut breaker = journal.recover(target, policy).await?.breaker;
+    let (target, command) = (request.target, request.command);
+    let mut breaker = journal.recover(target, request.policy.clone()).await?.breaker;
     let from = breaker.state();
     let mut events: Vec<Event> = Vec::new();
     breaker.command(now, command, &mut events);
@@ -112,10 +179,11 @@ pub async fn command(journal: &Journal, request: Request<'_>) -> Result<RemoteOu
     let record = OperatorCommand {
         at_ms: now,
         command,
-        operator,
+        operator: request.operator.clone(),
         from_state: from,
         to_state: to,
-        request_position: None,
+        // Its own request, if it asked an owner that then died: the log shows it answered.
+        request_position,
     };
     journal.submit(
         &stream,
@@ -130,25 +198,29 @@ pub async fn command(journal: &Journal, request: Request<'_>) -> Result<RemoteOu
         journal.submit(&stream, Body::Breaker(e));
     }
     journal.flush().await?;
-    Ok(RemoteOutcome::AppliedHere { from, to })
+    // This process holds the lease: the stream's latest command is the one just written.
+    let position = journal
+        .latest(target, OPERATOR_COMMAND)
+        .await
+        .map_err(JournalError::from)?
+        .map_or(0, |e| e.position);
+    Ok(RemoteOutcome::AppliedHere {
+        from,
+        to,
+        position,
+        took_over,
+    })
 }
 
-async fn ask(
-    journal: &Journal,
-    target: &str,
-    command: Command,
-    operator: Operator,
-    me: &str,
-    holder: String,
-    wait: Duration,
-) -> Result<RemoteOutcome, RemoteError> {
+/// Appends a `command_request` for the owner and waits until it is durable.
+async fn ask(journal: &Journal, request: &Request<'_>, holder: String) -> Result<Asked, RemoteError> {
     // A stream of this requester's own: two requesters never race for one stream's seqs.
-    let stream: Arc<str> = Arc::from(format!("_commands/{me}").as_str());
-    let request = CommandRequest {
+    let stream: Arc<str> = Arc::from(format!("_commands/{}", request.me).as_str());
+    let payload = CommandRequest {
         at_ms: system_now_ms(),
-        target: target.to_owned(),
-        command,
-        operator,
+        target: request.target.to_owned(),
+        command: request.command,
+        operator: request.operator.clone(),
     };
     let ticket = journal
         .submit(
@@ -156,36 +228,46 @@ async fn ask(
             Body::Other {
                 event_type: COMMAND_REQUEST,
                 event_version: 1,
-                at_ms: request.at_ms,
-                payload: rmp_serde::to_vec_named(&request).expect("plain data encodes"),
+                at_ms: payload.at_ms,
+                payload: rmp_serde::to_vec_named(&payload).expect("plain data encodes"),
             },
         )
         .ok_or(JournalError::Closed)?;
     journal.durable(ticket).await?;
-    let mine = journal
-        .read_stream(&stream, 0, u32::MAX)
+    let position = journal
+        .latest(&stream, COMMAND_REQUEST)
         .await
-        .map_err(JournalError::from)?;
-    let position = mine.last().map_or(0, |e| e.position);
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut after = position;
+        .map_err(JournalError::from)?
+        .map_or(0, |e| e.position);
+    Ok(Asked {
+        holder,
+        position,
+        after: position,
+        deadline: tokio::time::Instant::now() + request.wait,
+    })
+}
+
+/// The owner's answer to the request, if it is in the log yet.
+async fn answer(journal: &Journal, asked: &mut Asked) -> Result<Option<RemoteOutcome>, RemoteError> {
     loop {
         let page = journal
-            .read_range(&[OPERATOR_COMMAND], 0, i64::MAX, after, 1_000)
+            .read_range(&[OPERATOR_COMMAND], 0, i64::MAX, asked.after, 1_000)
             .await
             .map_err(JournalError::from)?;
+        let Some(last) = page.last() else { return Ok(None) };
+        let last = last.position;
         for e in page {
-            after = e.position;
             if let Ok(record) = rmp_serde::from_slice::<OperatorCommand>(&e.payload)
-                && record.request_position == Some(position)
+                && record.request_position == Some(asked.position)
             {
-                return Ok(RemoteOutcome::AppliedByOwner { holder, record });
+                let holder = Holder::describe_name(&asked.holder);
+                return Ok(Some(RemoteOutcome::AppliedByOwner {
+                    holder,
+                    record,
+                    position: e.position,
+                }));
             }
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(RemoteError::NotAnswered { holder, waited: wait });
-        }
-        let _ = journal.wait_after(after, Duration::from_millis(200)).await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        asked.after = last;
     }
 }

@@ -1,9 +1,9 @@
 //! `breakerbox compact`: retention by hand (a running server does it periodically).
 
 use super::{CliError, Global};
+use breakerbox::actor::system_now_ms as now_ms;
 use breakerbox::duration::parse_ms;
-use breakerbox::journal::{Journal, JournalOptions};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use breakerbox::journal::{Claim, DEFAULT_LEASE_TTL, Journal, JournalOptions};
 
 /// Fold per-call outcomes older than the horizon into per-minute summaries and delete them.
 #[derive(Debug, clap::Args)]
@@ -29,22 +29,20 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
             .await
             .map_err(|e| CliError::Runtime(format!("opening {}: {e}", path.display())))?;
         let me = super::holder("compact");
-        let lease = journal
-            .acquire_lease(&me, Duration::from_secs(5))
+        // A dead owner (gone from this host, or its lease lapsed) does not stop retention.
+        let claim = journal
+            .claim_lease(&me, DEFAULT_LEASE_TTL)
             .await
             .map_err(|e| CliError::Runtime(e.to_string()))?;
-        if lease.holder != me {
+        if let Claim::Held { lease, standing } = claim {
             journal.close().await;
             return Err(CliError::Runtime(format!(
-                "{} is owned by a running process ({}), which compacts it itself; nothing done",
+                "{} is owned by a running process, which compacts it itself: {}; nothing done",
                 path.display(),
-                lease.holder
+                lease.account(standing, now_ms(), DEFAULT_LEASE_TTL)
             )));
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let report = journal.compact(args.horizon, now).await;
+        let report = journal.compact(args.horizon, now_ms()).await;
         journal.close().await;
         let report = report.map_err(|e| CliError::Runtime(e.to_string()))?;
         if global.json {

@@ -177,13 +177,13 @@ pub async fn start_breakers(
 /// Who runs this command, for the audit trail: `USER@HOST`.
 pub fn user_at_host() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/etc/hostname").map_or_else(|_| "localhost".into(), |h| h.trim().to_owned());
-    format!("{user}@{host}")
+    format!("{user}@{}", breakerbox::journal::host_name())
 }
 
-/// Who this process is, for leases and the audit trail: `ROLE pid N as USER@HOST`.
+/// Who this process is, for the writer lease: `ROLE pid N on HOST as USER [...]`, which tells
+/// another process on this host at once when this one is gone.
 pub fn holder(role: &str) -> String {
-    format!("{role} pid {} as {}", std::process::id(), user_at_host())
+    breakerbox::journal::Holder::this_process(role).to_string()
 }
 
 #[derive(Debug, Subcommand)]

@@ -82,15 +82,34 @@ async fn apply(journal: &Journal, b: &BreakerConfig, command: Command, why: &str
         },
         me: &me,
         policy: b.policy.clone(),
-        lease_ttl: Duration::from_secs(3),
+        // The ttl serve and demo take the lease with (recorded with it: a holder's own decides).
+        lease_ttl: breakerbox::journal::DEFAULT_LEASE_TTL,
         wait: Duration::from_secs(5),
     };
     Ok(match remote::command(journal, request).await.map_err(runtime_err)? {
-        RemoteOutcome::AppliedByOwner { holder, record } => format!(
-            "{}: {} → {} (applied by {holder})",
+        RemoteOutcome::AppliedByOwner {
+            holder,
+            record,
+            position,
+        } => format!(
+            "{}: {} → {} at position {position} (applied by {holder})",
             b.key, record.from_state, record.to_state
         ),
-        RemoteOutcome::AppliedHere { from, to } => format!("{}: {from} → {to}", b.key),
+        RemoteOutcome::AppliedHere {
+            from,
+            to,
+            position,
+            took_over: None,
+        } => format!("{}: {from} → {to} at position {position}", b.key),
+        RemoteOutcome::AppliedHere {
+            from,
+            to,
+            position,
+            took_over: Some(dead),
+        } => format!(
+            "{}: {from} → {to} at position {position} (applied here; the log's owner was dead: {dead})",
+            b.key
+        ),
     })
 }
 

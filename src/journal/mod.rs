@@ -32,11 +32,13 @@
 //! # });
 //! ```
 
+mod holder;
 mod integrity;
 mod record;
 mod store;
 mod writer;
 
+pub use holder::{Claim, DEFAULT_LEASE_TTL, Holder, Mark, Standing, host_name};
 pub use integrity::{Integrity, Unclean};
 pub use record::{
     ALERT_DELIVERY, ALERTS_STREAM, AlertDelivery, AlertStatus, Body, CALL_BATCH, CALL_STATS, CALL_SUMMARY,
@@ -587,7 +589,8 @@ impl Journal {
     }
 
     /// Takes the writer lease for `holder` and keeps renewing it (every `ttl / 3`) until
-    /// [`Journal::close`], unless another holder renewed it within `ttl`. Returns the lease as it
+    /// [`Journal::close`], unless another holder renewed it within its ttl (the one it recorded;
+    /// `ttl` for a lease that recorded none). `ttl` is recorded with the lease. Returns the lease as it
     /// stands: compare its `holder` with yours. Only the holder writes breaker streams; another
     /// process sends operator commands through the log instead.
     pub async fn acquire_lease(&self, holder: &str, ttl: Duration) -> Result<Lease, JournalError> {
@@ -595,6 +598,7 @@ impl Journal {
         self.shared.request(writer::Request::Lease {
             holder: holder.to_owned(),
             ttl,
+            dead: None,
             reply,
         });
         Ok(answer.await.map_err(|_| JournalError::Closed)??)

@@ -680,14 +680,20 @@ pub(crate) async fn compact(
 /// Who holds the writer lease, and when they last renewed it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Lease {
-    /// The holder (e.g. `serve pid 4242 on host`).
+    /// The holder: a [`crate::journal::Holder`] written out (e.g. `serve pid 4242 on host as
+    /// bob [...]`), or any name a library host chose.
     pub holder: String,
     /// Last renewal, Unix epoch ms.
     pub renewed_at_ms: i64,
+    /// The ttl the holder renews within (None: a lease written before it was recorded).
+    pub ttl_ms: Option<i64>,
 }
 
-/// Takes or renews the lease for `holder` unless another holder renewed it within `ttl_ms`.
-/// Returns the lease as it stands afterwards (ours if taken).
+const SELECT_LEASE: &str = "SELECT holder, renewed_at, ttl_ms FROM writer_lease WHERE id = 1";
+
+/// Takes or renews the lease for `holder` unless another holder renewed it within its ttl (the
+/// one it recorded; `ttl_ms` for a lease that recorded none). Returns the lease as it stands
+/// afterwards (ours if taken).
 pub(crate) async fn acquire_lease(
     conn: &mut SqliteConnection,
     holder: &str,
@@ -695,9 +701,11 @@ pub(crate) async fn acquire_lease(
     ttl_ms: i64,
 ) -> Result<Lease, StoreError> {
     sqlx::query(
-        "INSERT INTO writer_lease (id, holder, renewed_at) VALUES (1, ?1, ?2)
-         ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, renewed_at = excluded.renewed_at
-         WHERE writer_lease.holder = excluded.holder OR writer_lease.renewed_at < ?2 - ?3",
+        "INSERT INTO writer_lease (id, holder, renewed_at, ttl_ms) VALUES (1, ?1, ?2, ?3)
+         ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, renewed_at = excluded.renewed_at,
+             ttl_ms = excluded.ttl_ms
+         WHERE writer_lease.holder = excluded.holder
+            OR writer_lease.renewed_at < ?2 - COALESCE(writer_lease.ttl_ms, ?3)",
     )
     .bind(holder)
     .bind(now_ms)
@@ -705,12 +713,44 @@ pub(crate) async fn acquire_lease(
     .execute(&mut *conn)
     .await
     .map_err(classify)?;
-    let (holder, renewed_at_ms): (String, i64) =
-        sqlx::query_as("SELECT holder, renewed_at FROM writer_lease WHERE id = 1")
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(classify)?;
-    Ok(Lease { holder, renewed_at_ms })
+    fetch_lease(conn).await
+}
+
+/// Takes the lease from a holder judged dead before its ttl ran out (its process is gone), only
+/// if the lease is still exactly as judged: the same holder, not renewed since. Returns the lease
+/// as it stands afterwards (ours if taken).
+pub(crate) async fn take_over_lease(
+    conn: &mut SqliteConnection,
+    holder: &str,
+    now_ms: i64,
+    ttl_ms: i64,
+    dead: &Lease,
+) -> Result<Lease, StoreError> {
+    sqlx::query(
+        "UPDATE writer_lease SET holder = ?1, renewed_at = ?2, ttl_ms = ?3
+         WHERE id = 1 AND holder = ?4 AND renewed_at = ?5",
+    )
+    .bind(holder)
+    .bind(now_ms)
+    .bind(ttl_ms)
+    .bind(&dead.holder)
+    .bind(dead.renewed_at_ms)
+    .execute(&mut *conn)
+    .await
+    .map_err(classify)?;
+    fetch_lease(conn).await
+}
+
+async fn fetch_lease(conn: &mut SqliteConnection) -> Result<Lease, StoreError> {
+    let (holder, renewed_at_ms, ttl_ms): (String, i64, Option<i64>) = sqlx::query_as(SELECT_LEASE)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(classify)?;
+    Ok(Lease {
+        holder,
+        renewed_at_ms,
+        ttl_ms,
+    })
 }
 
 /// Gives the lease up if `holder` has it.
@@ -725,11 +765,15 @@ pub(crate) async fn release_lease(conn: &mut SqliteConnection, holder: &str) -> 
 
 /// The lease as it stands, if anyone took it.
 pub(crate) async fn lease(pool: &SqlitePool) -> Result<Option<Lease>, StoreError> {
-    let row: Option<(String, i64)> = sqlx::query_as("SELECT holder, renewed_at FROM writer_lease WHERE id = 1")
+    let row: Option<(String, i64, Option<i64>)> = sqlx::query_as(SELECT_LEASE)
         .fetch_optional(pool)
         .await
         .map_err(classify)?;
-    Ok(row.map(|(holder, renewed_at_ms)| Lease { holder, renewed_at_ms }))
+    Ok(row.map(|(holder, renewed_at_ms, ttl_ms)| Lease {
+        holder,
+        renewed_at_ms,
+        ttl_ms,
+    }))
 }
 
 /// The write side of a storage backend: what the single writer needs. SQLite implements it
@@ -753,6 +797,14 @@ pub trait LogWriter: Send + 'static {
         holder: &str,
         now_ms: i64,
         ttl_ms: i64,
+    ) -> impl Future<Output = Result<Lease, StoreError>> + Send;
+    /// Takes the lease from a holder judged dead, if the lease is still exactly `dead`.
+    fn take_over_lease(
+        &mut self,
+        holder: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+        dead: &Lease,
     ) -> impl Future<Output = Result<Lease, StoreError>> + Send;
     /// Gives the lease up.
     fn release_lease(&mut self, holder: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -842,6 +894,15 @@ impl LogWriter for SqliteWriter {
     }
     async fn acquire_lease(&mut self, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<Lease, StoreError> {
         acquire_lease(&mut self.0, holder, now_ms, ttl_ms).await
+    }
+    async fn take_over_lease(
+        &mut self,
+        holder: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+        dead: &Lease,
+    ) -> Result<Lease, StoreError> {
+        take_over_lease(&mut self.0, holder, now_ms, ttl_ms, dead).await
     }
     async fn release_lease(&mut self, holder: &str) -> Result<(), StoreError> {
         release_lease(&mut self.0, holder).await

@@ -77,10 +77,12 @@ pub(crate) enum Request {
         watermark: i64,
         reply: tokio::sync::oneshot::Sender<Result<store::CompactReport, StoreError>>,
     },
-    /// Take the writer lease for `holder` (and keep renewing it), unless someone else holds it.
+    /// Take the writer lease for `holder` (and keep renewing it), unless someone else holds it;
+    /// with `dead`, from that holder, judged dead, if the lease is still exactly as judged.
     Lease {
         holder: String,
         ttl: Duration,
+        dead: Option<store::Lease>,
         reply: tokio::sync::oneshot::Sender<Result<store::Lease, StoreError>>,
     },
 }
@@ -114,7 +116,7 @@ pub(crate) struct Shared {
     limits: WriterLimits,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -579,11 +581,17 @@ impl<W: LogWriter> Writer<W> {
             return;
         }
         match request {
-            Request::Lease { holder, ttl, reply } => {
-                let result = self
-                    .store
-                    .acquire_lease(&holder, now_ms() as i64, ttl.as_millis() as i64)
-                    .await;
+            Request::Lease {
+                holder,
+                ttl,
+                dead,
+                reply,
+            } => {
+                let (now, ttl_ms) = (now_ms() as i64, ttl.as_millis() as i64);
+                let result = match &dead {
+                    Some(dead) => self.store.take_over_lease(&holder, now, ttl_ms, dead).await,
+                    None => self.store.acquire_lease(&holder, now, ttl_ms).await,
+                };
                 if let Ok(lease) = &result
                     && lease.holder == holder
                 {
