@@ -61,25 +61,21 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::Runtime(format!("starting the runtime: {e}")))
 }
 
-/// API tokens: the config file's `[api.tokens]` and `CIRCUIT_BREAKER_API_TOKEN` (which wins for
-/// a name in both), or else a one-time token (returned, for printing) — only on a loopback
-/// address: anything else must have tokens configured.
+/// API tokens beside the config file's `[api.tokens]` (which `ApiState` takes from the
+/// configuration, and again on every reload): `CIRCUIT_BREAKER_API_TOKEN` (which wins for a name
+/// in both), or, with no token anywhere, a one-time token (returned, for printing) — only on a
+/// loopback address: anything else must have tokens configured.
 pub fn api_tokens(
     options: &breakerbox::config::LoadOptions,
     from_file: &[breakerbox::config::ApiToken],
     bind: std::net::SocketAddr,
 ) -> Result<(Vec<breakerbox::http::auth::Token>, Option<String>), CliError> {
     use breakerbox::http::auth;
-    let mut tokens: Vec<auth::Token> = match options.env.get("CIRCUIT_BREAKER_API_TOKEN") {
+    let tokens: Vec<auth::Token> = match options.env.get("CIRCUIT_BREAKER_API_TOKEN") {
         Some(v) => auth::tokens_from_env(v).map_err(CliError::BadInput)?,
         None => Vec::new(),
     };
-    for t in from_file {
-        if !tokens.iter().any(|e| e.name == t.name) {
-            tokens.push(auth::Token::new(t.name.clone(), &t.token));
-        }
-    }
-    if !tokens.is_empty() {
+    if !tokens.is_empty() || !from_file.is_empty() {
         return Ok((tokens, None));
     }
     if !bind.ip().is_loopback() {
