@@ -567,7 +567,8 @@ async fn a_changed_file_or_sighup_reloads_policies_without_losing_state() {
     );
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let watcher = breakerbox::actor::watch(registry.clone(), options, Duration::from_millis(20), Some(tx)).unwrap();
+    let reloader = Arc::new(breakerbox::actor::Reloader::new(registry.clone(), options));
+    let watcher = breakerbox::actor::watch(reloader, Duration::from_millis(20), Some(tx)).unwrap();
     // The file changes: the new timeout applies, the HALF_OPEN progress stays.
     std::fs::write(&file, "[services.stripe]\nfailure_threshold = 2\ntimeout = \"90s\"\n").unwrap();
     let outcome = tokio::time::timeout(Duration::from_secs(5), rx.recv())

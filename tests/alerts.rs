@@ -670,6 +670,98 @@ fn given_serve_is_killed_after_a_breaker_opened_before_delivery_when_it_restarts
     assert!(outcomes.iter().any(|o| o == "retrying"), "{outcomes:?}");
 }
 
+#[test]
+fn given_reloads_over_http_add_then_replace_the_sink_then_each_alert_goes_to_the_sink_in_force() {
+    let (old, new) = (Receiver::start(vec![]), Receiver::start(vec![]));
+    let dir = tempfile::tempdir().unwrap();
+    let (db, cfg) = (dir.path().join("log.db"), dir.path().join("breakers.toml"));
+    let sink = |name: &str, url: &str| format!("[[alerts.webhooks]]\nname = \"{name}\"\nurl = \"{url}\"\n");
+    // Given serve started without sinks, and a reload that adds the first one…
+    std::fs::write(&cfg, "").unwrap();
+    let (db_s, cfg_s) = (db.to_str().unwrap(), cfg.to_str().unwrap());
+    let (mut child, addr) = serve_with_token(db_s, cfg_s, "reload-test-token-0123");
+    std::fs::write(&cfg, sink("oncall", &old.url())).unwrap();
+    let (status, response) = post(&addr, "/api/config/reload", "reload-test-token-0123");
+    assert_eq!(status, 200, "{response}");
+    force_open(db_s, cfg_s, "stripe");
+    wait_for("stripe's firing at the first sink", || !old.accepted().is_empty());
+    // When the file names another sink and a reload is asked for over HTTP…
+    std::fs::write(&cfg, sink("pager", &new.url())).unwrap();
+    let (status, response) = post(&addr, "/api/config/reload", "reload-test-token-0123");
+    assert_eq!(status, 200, "{response}");
+    // …then the next alert goes to the new sink, and nothing more to the old one.
+    force_open(db_s, cfg_s, "calcom");
+    wait_for("calcom's firing at the new sink", || {
+        new.accepted()
+            .iter()
+            .any(|b| b["alerts"][0]["labels"]["service"] == "calcom")
+    });
+    let at_old: Vec<Value> = old
+        .accepted()
+        .iter()
+        .map(|b| b["alerts"][0]["labels"]["service"].clone())
+        .collect();
+    assert_eq!(at_old, ["stripe"], "the removed sink hears nothing after the reload");
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+fn force_open(db: &str, config: &str, service: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+        .args([
+            "force-open",
+            service,
+            "--reason",
+            "drill",
+            "--db",
+            db,
+            "--config",
+            config,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `breakerbox serve` on an ephemeral loopback port with an API token, and its address.
+fn serve_with_token(db: &str, config: &str, token: &str) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--db", db, "--config", config])
+        .env("CIRCUIT_BREAKER_API_TOKEN", format!("ci:{token}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("listening on http://")
+                .and_then(|r| r.split_whitespace().next())
+                .map(str::to_owned)
+        })
+        .expect("serve says where it listens");
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+/// An empty POST with a bearer token: its status and the whole response.
+fn post(addr: &str, path: &str, token: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    (response.split_whitespace().nth(1).unwrap().parse().unwrap(), response)
+}
+
 /// The outcomes of stripe's alert deliveries in the audit trail, in order.
 fn alert_outcomes(db: &str) -> Vec<String> {
     let out = Command::new(env!("CARGO_BIN_EXE_breakerbox"))

@@ -1358,6 +1358,166 @@ fn a_token_shorter_than_32_characters_is_refused_at_start_and_by_config_check() 
     assert!(child.wait().unwrap().success());
 }
 
+/// Records `calls` successful calls of `latency_ms` each to stripe in the log at `db`, a minute
+/// ago, through the library (as an application would), and stops cleanly.
+fn record_calls(db: &std::path::Path, config: &std::path::Path, calls: u32, latency_ms: u64) {
+    use breakerbox::actor::{Clock, Registry, RegistryOptions, system_now_ms};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let options = breakerbox::config::LoadOptions {
+            path: Some(config.to_path_buf()),
+            env: Default::default(),
+        };
+        let config = breakerbox::config::Config::load(&options).unwrap();
+        let journal = std::sync::Arc::new(
+            breakerbox::journal::Journal::open(db, breakerbox::journal::JournalOptions::default())
+                .await
+                .unwrap(),
+        );
+        let clock = Clock::manual(system_now_ms() - 60_000);
+        let registry = Registry::start(
+            &config,
+            journal.clone(),
+            RegistryOptions {
+                clock: clock.clone(),
+                project_every: None,
+                ..RegistryOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let stripe = registry.get("stripe").unwrap().clone();
+        for _ in 0..calls {
+            let clock = clock.clone();
+            stripe
+                .call("", async move {
+                    clock.advance(latency_ms);
+                    Ok::<_, &str>(())
+                })
+                .await
+                .unwrap();
+        }
+        registry.shutdown().await.unwrap();
+        journal.close().await;
+    });
+}
+
+/// `serve` on a free loopback port with `config` and the API token `ci:token-for-the-test-0123456789abcdef`.
+fn serve_with(db: &std::path::Path, config: &std::path::Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+        .args(["serve", "--db", db.to_str().unwrap(), "--bind", "127.0.0.1:0"])
+        .args(["--config", config.to_str().unwrap()])
+        .env("CIRCUIT_BREAKER_API_TOKEN", "ci:token-for-the-test-0123456789abcdef")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = listening_addr(&mut lines);
+    // Keep reading, so serve never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+fn stop(mut child: std::process::Child) {
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// Polls `probe` every 50 ms until it is true, for at most 20 s.
+fn within_20s(what: &str, mut probe: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !probe() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_sighup_reload_gives_the_health_score_the_new_latency_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, config) = (dir.path().join("serve.db"), dir.path().join("cb.toml"));
+    // Given stripe's recent calls took 500 ms each, against a budget of 100 ms…
+    std::fs::write(&config, "[services.stripe]\nlatency_budget = \"100ms\"\n").unwrap();
+    record_calls(&db, &config, 20, 500);
+    let (child, addr) = serve_with(&db, &config);
+    let latency = || {
+        let (status, response) = http_get(&addr, "/api/health/circuit-breakers/stripe", Some("token-for-the-test-0123456789abcdef"));
+        assert_eq!(status, 200, "{response}");
+        let body: Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        body["breakers"][0]["health"]["latency"].clone()
+    };
+    let before = latency();
+    assert!(
+        before["why"].as_str().unwrap().contains("against a 100 ms budget"),
+        "{before}"
+    );
+    assert!(before["points"].as_f64().unwrap() < 10.0, "{before}");
+    // …when the budget becomes 1 s and serve gets SIGHUP, the health score judges by 1 s.
+    std::fs::write(&config, "[services.stripe]\nlatency_budget = \"1s\"\n").unwrap();
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    within_20s("the health score with the new budget", || {
+        latency()["why"].as_str().unwrap().contains("against a 1000 ms budget")
+    });
+    assert_eq!(latency()["points"], 25.0, "500 ms calls are within a 1 s budget");
+    stop(child);
+}
+
+#[test]
+fn a_changed_config_file_swaps_the_api_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, config) = (dir.path().join("serve.db"), dir.path().join("cb.toml"));
+    std::fs::write(&config, "[api.tokens]\noncall = \"old-token-0123456789abcdef0123456789\"\n").unwrap();
+    let (child, addr) = serve_with(&db, &config);
+    let health = |token: &str| http_get(&addr, "/api/health/circuit-breakers", Some(token)).0;
+    assert_eq!(health("old-token-0123456789abcdef0123456789"), 200);
+    // The file changes (no signal): oncall's token is replaced by grafana's.
+    std::fs::write(&config, "[api.tokens]\ngrafana = \"new-token-0123456789abcdef0123456789\"\n").unwrap();
+    // Polled with the old token, which works until the reload (so the bad-token limiter
+    // sees one failure, not one per poll).
+    within_20s("the reload to drop the old token", || {
+        health("old-token-0123456789abcdef0123456789") == 401
+    });
+    assert_eq!(health("new-token-0123456789abcdef0123456789"), 200, "the added token works");
+    assert_eq!(health("token-for-the-test-0123456789abcdef"), 200, "the environment's token stays");
+    // A file with a problem is refused whole: the token it adds is not taken either.
+    std::fs::write(
+        &config,
+        "[api.tokens]\ngrafana = \"new-token-0123456789abcdef0123456789\"\nthird = \"third-token-0123456789abcdef0123456789\"\n[services.stripe]\nfailure_threshold = 0\n",
+    )
+    .unwrap();
+    let (status, response) = http_post(&addr, "/api/config/reload", "new-token-0123456789abcdef0123456789");
+    assert_eq!(status, 422, "{response}");
+    assert!(response.contains("cb.toml:5"), "{response}");
+    assert_eq!(health("third-token-0123456789abcdef0123456789"), 401);
+    assert_eq!(health("new-token-0123456789abcdef0123456789"), 200);
+    stop(child);
+}
+
+/// An empty POST with a bearer token: its status and the whole response.
+fn http_post(addr: &str, path: &str, token: &str) -> (u16, String) {
+    use std::io::{Read, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    (response.split_whitespace().nth(1).unwrap().parse().unwrap(), response)
+}
+
 #[test]
 fn ctrl_c_ends_the_demo_cleanly_with_its_summary() {
     let dir = tempfile::tempdir().unwrap();

@@ -328,6 +328,88 @@ fn bad_schedules_are_refused() {
     load(&format!("[services.acme]\n{ok}"), &[]).unwrap();
 }
 
+/// A service window (New York business hours: 5 of 5 trials must succeed) and an operation
+/// window at `op_hours` in `op_zone` that admits `op_trials` trials.
+fn service_and_operation_windows(op_days: &str, op_hours: &str, op_zone: &str, op_trials: u32) -> String {
+    format!(
+        r#"[services.stripe]
+
+[[services.stripe.schedules]]
+name = "peak"
+days = ["mon-fri"]
+hours = "09:00-17:00"
+timezone = "America/New_York"
+success_threshold = 5
+half_open_requests = 5
+
+[services.stripe.operations."charges.create"]
+
+[[services.stripe.operations."charges.create".schedules]]
+name = "batch"
+days = ["{op_days}"]
+hours = "{op_hours}"
+timezone = "{op_zone}"
+half_open_requests = {op_trials}
+"#
+    )
+}
+
+#[test]
+fn a_service_window_and_an_operation_window_active_together_are_validated_together() {
+    // Each window is fine alone; together (Berlin 14:00-22:00 is New York 08:00-16:00) 5
+    // successes would be needed of 3 trials: refused at load, naming both windows and lines.
+    let err = load(
+        &service_and_operation_windows("mon-fri", "14:00-22:00", "Europe/Berlin", 3),
+        &[],
+    )
+    .unwrap_err();
+    assert!(
+        err.contains(
+            "test.toml:8: stripe/charges.create: success_threshold = 5 must not exceed half_open_requests (3)"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("schedules \"peak\" (test.toml:3) and \"batch\" (test.toml:13) are active together"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // Berlin 14:00-15:00 is New York 08:00-09:00, outside "peak", except in the weeks of March
+    // and October when New York is on summer time and Berlin not yet (or no longer): then it is
+    // 09:00-10:00, and the two are active together.
+    let err = load(
+        &service_and_operation_windows("mon-fri", "14:00-15:00", "Europe/Berlin", 3),
+        &[],
+    )
+    .unwrap_err();
+    assert!(err.contains("\"peak\"") && err.contains("\"batch\""), "{err}");
+    // A compatible pair loads, and while both are active both apply.
+    let c = load(
+        &service_and_operation_windows("mon-fri", "14:00-22:00", "Europe/Berlin", 6),
+        &[],
+    )
+    .unwrap();
+    let both = c
+        .breaker("stripe/charges.create")
+        .unwrap()
+        .policy_at(utc_ms("2026-01-05T15:00:00Z"));
+    assert_eq!((both.success_threshold, both.half_open_requests), (5, 6));
+    // Windows that are never active at the same instant load with jointly invalid values:
+    // Berlin 00:00-06:00 is New York 18:00-00:00 (19:00-01:00 in those weeks), and weekends in
+    // New York are not weekdays there.
+    for (days, hours, zone) in [
+        ("mon-fri", "00:00-06:00", "Europe/Berlin"),
+        ("sat-sun", "09:00-17:00", "America/New_York"),
+        ("mon-fri", "17:00-09:00", "America/New_York"),
+    ] {
+        let c = load(&service_and_operation_windows(days, hours, zone, 3), &[])
+            .unwrap_or_else(|e| panic!("{days} {hours} {zone}: {e}"));
+        let op = c.breaker("stripe/charges.create").unwrap();
+        let t = utc_ms("2026-01-05T15:00:00Z"); // Monday 10:00 in New York
+        assert_eq!(op.policy_at(t).success_threshold, 5, "{days} {hours} {zone}");
+    }
+}
+
 #[test]
 fn a_reload_keeps_half_open_progress_and_trial_permits() {
     let before = load("[services.acme]\nfailure_threshold = 2\ntimeout = \"30s\"\n", &[]).unwrap();

@@ -965,16 +965,15 @@ async fn config_reload_over_http_applies_a_good_file_and_refuses_a_bad_one_whole
     };
     let config = Config::load(&options).unwrap();
     let registry = start(dir.path(), &config).await;
+    let state = ApiState::new(
+        registry.clone(),
+        config,
+        vec![auth::Token::new("oncall", &Secret::new(TOKEN))],
+    );
+    let reloader = Arc::new(breakerbox::actor::Reloader::new(registry.clone(), options).with(state.settings()));
     let app = test::init_service(
         App::new()
-            .app_data(web::Data::new(
-                ApiState::new(
-                    registry.clone(),
-                    config,
-                    vec![auth::Token::new("oncall", &Secret::new(TOKEN))],
-                )
-                .with_reload(options),
-            ))
+            .app_data(web::Data::new(state.with_reload(reloader)))
             .wrap(actix_web::middleware::from_fn(authenticate))
             .configure(configure),
     )
@@ -1008,6 +1007,48 @@ async fn config_reload_over_http_applies_a_good_file_and_refuses_a_bad_one_whole
     let body: Value = test::read_body_json(resp).await;
     assert!(body["problems"][0].as_str().unwrap().contains("cb.toml:2"), "{body}");
     assert_eq!(threshold().await, 7);
+    registry.shutdown().await.unwrap();
+}
+
+#[actix_web::test]
+async fn a_reload_that_would_leave_the_api_without_a_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cb.toml");
+    std::fs::write(&file, format!("[api.tokens]\noncall = \"{TOKEN}\"\n")).unwrap();
+    let options = breakerbox::config::LoadOptions {
+        path: Some(file.clone()),
+        env: BTreeMap::new(),
+    };
+    let config = Config::load(&options).unwrap();
+    let registry = start(dir.path(), &config).await;
+    // The file's token only: none from elsewhere.
+    let state = ApiState::new(registry.clone(), config, Vec::new());
+    let reloader = Arc::new(breakerbox::actor::Reloader::new(registry.clone(), options).with(state.settings()));
+    let app = test::init_service(
+        App::new()
+            .app_data(web::Data::new(state.with_reload(reloader)))
+            .wrap(actix_web::middleware::from_fn(authenticate))
+            .configure(configure),
+    )
+    .await;
+    let post = || {
+        test::TestRequest::post()
+            .uri("/api/config/reload")
+            .peer_addr("127.0.0.7:1".parse().unwrap())
+            .insert_header(bearer(TOKEN))
+            .to_request()
+    };
+    std::fs::write(&file, "[services.stripe]\n").unwrap();
+    let resp = test::call_service(&app, post()).await;
+    assert_eq!(resp.status(), 422);
+    let body: Value = test::read_body_json(resp).await;
+    assert!(
+        body["problems"][0].as_str().unwrap().contains("no API token left"),
+        "{body}"
+    );
+    // Nothing of it was applied: the token still works, and the next reload is heard.
+    std::fs::write(&file, format!("[api.tokens]\noncall = \"{TOKEN}\"\n")).unwrap();
+    assert_eq!(test::call_service(&app, post()).await.status(), 200);
     registry.shutdown().await.unwrap();
 }
 

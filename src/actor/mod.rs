@@ -42,4 +42,4 @@ pub use registry::{Registry, RegistryError, RegistryOptions};
 pub use reqwest::{BreakerMiddleware, Operation, Rejected, TimedOut};
 pub use service::{ActorOptions, CommandResult};
 pub use tower::{BreakerLayer, BreakerService};
-pub use watch::{ReloadOutcome, reload, watch};
+pub use watch::{Apply, ReloadOutcome, Reloadable, Reloader, watch};

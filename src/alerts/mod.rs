@@ -35,6 +35,8 @@ pub mod payload;
 pub mod retry;
 
 pub use episode::{Episodes, Notice, fingerprint};
-pub use notifier::{AlertsError, Notifier, NotifierHandle, NotifierOptions, Pump, Sent, TestResult, send, send_test};
+pub use notifier::{
+    Alerting, AlertsError, Notifier, NotifierHandle, NotifierOptions, Pump, Sent, TestResult, send, send_test,
+};
 pub use outbox::{OutboxItem, OutboxState};
 pub use payload::Links;

@@ -243,14 +243,20 @@ impl Notifier {
 
     /// Starts the notifier on a thread of its own (its own runtime, so it runs whatever the
     /// host runs, and a slow sink never delays anything else). Stop it with
-    /// [`NotifierHandle::stop`]; dropping the handle stops it too, without waiting.
+    /// [`NotifierHandle::stop`]; dropping the handle stops it too, without waiting. Give it new
+    /// sinks with [`NotifierHandle::reconfigure`].
     pub async fn start(
         journal: Arc<Journal>,
         config: AlertsConfig,
         options: NotifierOptions,
     ) -> Result<NotifierHandle, AlertsError> {
-        let mut notifier = Notifier::open(journal, config, options).await?;
+        Notifier::open(journal, config, options).await?.spawn()
+    }
+
+    fn spawn(mut self) -> Result<NotifierHandle, AlertsError> {
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let sinks = Arc::new(NewSinks::default());
+        let new_sinks = sinks.clone();
         let thread = std::thread::Builder::new()
             .name("breakerbox-alerts".into())
             .spawn(move || {
@@ -264,9 +270,14 @@ impl Notifier {
                 rt.block_on(async move {
                     let mut failing = false;
                     loop {
-                        let now = notifier.options.clock.now_ms();
+                        // A reload's sinks, before the step that reads what followed it.
+                        let pending = new_sinks.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+                        if let Some((config, client)) = pending {
+                            self.set(config, client);
+                        }
+                        let now = self.options.clock.now_ms();
                         let step = tokio::select! {
-                            step = notifier.pump(now) => step,
+                            step = self.pump(now) => step,
                             _ = stopped.changed() => break,
                         };
                         let wake = match step {
@@ -285,21 +296,42 @@ impl Notifier {
                                 Some(now + 1_000)
                             }
                         };
-                        let poll = notifier.options.poll;
+                        let poll = self.options.poll;
                         let wait = wake.map_or(poll, |w| Duration::from_millis(w.saturating_sub(now)).min(poll));
                         tokio::select! {
                             _ = tokio::time::sleep(wait.max(Duration::from_millis(1))) => {}
+                            _ = new_sinks.wake.notified() => {}
                             _ = stopped.changed() => break,
                         }
                     }
-                    notifier.store.close().await;
+                    self.store.close().await;
                 });
             })
             .map_err(|e| AlertsError::Start(format!("starting its thread: {e}")))?;
         Ok(NotifierHandle {
             stop,
+            sinks,
             thread: Some(thread),
         })
+    }
+
+    /// Delivers by `config` from now on (a reload): new notices go to its sinks; messages still
+    /// waiting for a sink it no longer has are abandoned, as "no longer configured". A sink
+    /// added now gets what happens from now on, not the episodes already announced.
+    pub fn reconfigure(&mut self, config: AlertsConfig) -> Result<(), AlertsError> {
+        let client = client(&config)?;
+        self.set(config, client);
+        Ok(())
+    }
+
+    fn set(&mut self, config: AlertsConfig, client: reqwest::Client) {
+        // A sink's rate limit starts over when its settings change.
+        self.limits.retain(|name, _| {
+            self.config.webhooks.iter().find(|w| &w.name == name) == config.webhooks.iter().find(|w| &w.name == name)
+        });
+        self.links.dashboard_url = config.dashboard_url.clone();
+        self.client = client;
+        self.config = config;
     }
 
     /// The configuration it delivers by.
@@ -677,10 +709,34 @@ fn log_attempt(
 /// A running notifier (see [`Notifier::start`]).
 pub struct NotifierHandle {
     stop: tokio::sync::watch::Sender<bool>,
+    sinks: Arc<NewSinks>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Settings handed to the notifier's thread: taken at its next step.
+#[derive(Default)]
+struct NewSinks {
+    pending: std::sync::Mutex<Option<(AlertsConfig, reqwest::Client)>>,
+    wake: tokio::sync::Notify,
+}
+
+impl NewSinks {
+    fn hand_over(&self, config: AlertsConfig, client: reqwest::Client) {
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some((config, client));
+        // A permit is kept if the thread is not waiting yet: the wake is never lost.
+        self.wake.notify_one();
+    }
+}
+
 impl NotifierHandle {
+    /// Gives the running notifier new sinks and settings ([`Notifier::reconfigure`]); its next
+    /// step uses them.
+    pub fn reconfigure(&self, config: AlertsConfig) -> Result<(), AlertsError> {
+        let client = client(&config)?;
+        self.sinks.hand_over(config, client);
+        Ok(())
+    }
+
     /// Stops it and waits for its thread. A send in flight is abandoned; its message stays in
     /// the outbox and is sent again by the next run (at least once).
     pub async fn stop(mut self) {
@@ -694,6 +750,87 @@ impl NotifierHandle {
 impl Drop for NotifierHandle {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+    }
+}
+
+/// The alert notifier of a long-running process (`breakerbox serve`), as a reload sees it:
+/// running while the configuration has sinks, given the new sinks by every reload
+/// ([`crate::actor::Reloader`]), started by a reload that adds the first ones. A reload that
+/// removes every sink leaves it running with none, so what waited for the old ones is closed
+/// (abandoned, "no longer configured") rather than left pending.
+pub struct Alerting {
+    journal: Arc<Journal>,
+    options: NotifierOptions,
+    running: Arc<std::sync::Mutex<Option<NotifierHandle>>>,
+}
+
+impl Alerting {
+    /// Starts the notifier if `config` has sinks (see [`Notifier::start`]).
+    pub async fn start(
+        journal: Arc<Journal>,
+        config: &AlertsConfig,
+        options: NotifierOptions,
+    ) -> Result<Alerting, AlertsError> {
+        let running = if config.enabled() {
+            Some(Notifier::start(journal.clone(), config.clone(), options.clone()).await?)
+        } else {
+            None
+        };
+        Ok(Alerting {
+            journal,
+            options,
+            running: Arc::new(std::sync::Mutex::new(running)),
+        })
+    }
+
+    /// Is a notifier running?
+    pub fn is_running(&self) -> bool {
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// Stops the notifier, if one runs (see [`NotifierHandle::stop`]).
+    pub async fn stop(&self) {
+        let handle = self.running.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = handle {
+            h.stop().await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::actor::Reloadable for Alerting {
+    async fn prepare(&self, config: &crate::config::Config) -> Result<crate::actor::Apply, crate::config::ConfigError> {
+        let refuse = |e: AlertsError| crate::config::ConfigError {
+            problems: vec![crate::config::Problem {
+                location: config
+                    .file
+                    .as_ref()
+                    .map_or_else(|| "default".to_owned(), |p| p.display().to_string()),
+                message: format!("alerts: {e}"),
+            }],
+        };
+        let alerts = config.alerts.clone();
+        let slot = self.running.clone();
+        if self.is_running() {
+            // Built here, so a client that cannot be made refuses the reload instead of
+            // leaving the notifier on the old sinks after the rest was applied.
+            let client = client(&alerts).map_err(refuse)?;
+            return Ok(Box::new(move || {
+                if let Some(h) = slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                    h.sinks.hand_over(alerts, client);
+                }
+            }));
+        }
+        if !alerts.enabled() {
+            return Ok(Box::new(|| {}));
+        }
+        let notifier = Notifier::open(self.journal.clone(), alerts, self.options.clone())
+            .await
+            .map_err(refuse)?;
+        Ok(Box::new(move || match notifier.spawn() {
+            Ok(h) => *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(h),
+            Err(e) => tracing::error!(error = %e, "the alert notifier could not start; no alerts will be sent"),
+        }))
     }
 }
 

@@ -61,10 +61,12 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::Runtime(format!("starting the runtime: {e}")))
 }
 
-/// API tokens: the config file's `[api.tokens]` and `CIRCUIT_BREAKER_API_TOKEN` (which wins for
-/// a name in both), or else a one-time token (returned, for printing) — only on a loopback
-/// address: anything else must have tokens configured. A token shorter than 32 characters is
-/// refused unless `[api] allow_short_tokens` allows it and `bind` is loopback.
+/// API tokens beside the config file's `[api.tokens]` (which `ApiState` takes from the
+/// configuration, and again on every reload): `CIRCUIT_BREAKER_API_TOKEN` (which wins for a name
+/// in both), or, with no token anywhere, a one-time token (returned, for printing) — only on a
+/// loopback address: anything else must have tokens configured. A token shorter than 32
+/// characters (environment or file) is refused unless `[api] allow_short_tokens` allows it and
+/// `bind` is loopback.
 pub fn api_tokens(
     options: &breakerbox::config::LoadOptions,
     api: &breakerbox::config::ApiConfig,
@@ -93,16 +95,11 @@ pub fn api_tokens(
             short.join(", ")
         );
     }
-    let mut tokens: Vec<auth::Token> = from_env
+    let tokens: Vec<auth::Token> = from_env
         .iter()
         .map(|t| auth::Token::new(t.name.clone(), &t.token))
         .collect();
-    for t in &api.tokens {
-        if !tokens.iter().any(|e| e.name == t.name) {
-            tokens.push(auth::Token::new(t.name.clone(), &t.token));
-        }
-    }
-    if !tokens.is_empty() {
+    if !configured.is_empty() {
         return Ok((tokens, None));
     }
     if !bind.ip().is_loopback() {

@@ -1,12 +1,14 @@
-//! `breakerbox serve`: the breakers of the config, the HTTP API, config reload on SIGHUP or a
-//! changed file, retention and the metrics projection, until Ctrl-C.
+//! `breakerbox serve`: the breakers of the config, the HTTP API, the alert notifier, config
+//! reload on SIGHUP, a changed file or `POST /api/config/reload`, retention and the metrics
+//! projection, until Ctrl-C.
 
 use super::{CliError, Global};
-use breakerbox::actor::watch;
-use breakerbox::alerts::{Notifier, NotifierOptions};
+use breakerbox::actor::{Reloader, watch};
+use breakerbox::alerts::{Alerting, NotifierOptions};
 use breakerbox::config::{Config, LoadOptions};
 use breakerbox::http::{ApiState, server};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Run the breakers and serve the HTTP API.
@@ -33,22 +35,26 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
     actix_web::rt::System::new().block_on(async move {
         let (journal, registry) = super::start_breakers(&db, &config, "serve").await?;
         // Alerts from the log, on the notifier's own thread; the breakers never wait for it.
-        // Sinks are read at start: changing them takes a restart.
-        let notifier = if config.alerts.enabled() {
-            let n = Notifier::start(journal.clone(), config.alerts.clone(), NotifierOptions::default())
+        let alerting = Arc::new(
+            Alerting::start(journal.clone(), &config.alerts, NotifierOptions::default())
                 .await
-                .map_err(|e| CliError::Runtime(e.to_string()))?;
+                .map_err(|e| CliError::Runtime(e.to_string()))?,
+        );
+        if alerting.is_running() {
             let names: Vec<&str> = config.alerts.webhooks.iter().map(|w| w.name.as_str()).collect();
             println!("alerts: {} sinks ({})", names.len(), names.join(", "));
-            Some(n)
-        } else {
-            None
-        };
-        let watcher = watch(registry.clone(), options.clone(), Duration::from_secs(2), None)
-            .map_err(|e| CliError::Runtime(format!("watching for SIGHUP: {e}")))?;
-        let state = actix_web::web::Data::new(
-            ApiState::new(registry.clone(), config.clone(), tokens).with_reload(options.clone()),
+        }
+        let state = ApiState::new(registry.clone(), config.clone(), tokens);
+        // One reload for SIGHUP, the file watcher and POST /api/config/reload: policies, the
+        // API's budgets and tokens, the alert sinks, all from one read of the file or none.
+        let reloader = Arc::new(
+            Reloader::new(registry.clone(), options.clone())
+                .with(state.settings())
+                .with(alerting.clone()),
         );
+        let watcher = watch(reloader.clone(), Duration::from_secs(2), None)
+            .map_err(|e| CliError::Runtime(format!("watching for SIGHUP: {e}")))?;
+        let state = actix_web::web::Data::new(state.with_reload(reloader));
         let (server, addrs) =
             server(state, args.bind).map_err(|e| CliError::Runtime(format!("binding {}: {e}", args.bind)))?;
         for addr in addrs {
@@ -61,9 +67,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
         }
         let result = server.await;
         watcher.abort();
-        if let Some(n) = notifier {
-            n.stop().await;
-        }
+        alerting.stop().await;
         registry
             .shutdown()
             .await

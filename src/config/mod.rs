@@ -156,9 +156,18 @@ impl BreakerConfig {
         if !self.layers.iter().any(|l| matches!(l, Layer::Scheduled(_))) {
             return self.policy.clone();
         }
-        // Every combination was validated at load, so this cannot fail; fall back to the base
-        // policy rather than panic if it ever did.
-        self.knobs_at(at_ms).policy().unwrap_or_else(|_| self.policy.clone())
+        // Every combination that can be active at one instant was validated at load, so this
+        // cannot fail; if it ever did, the base policy is used (never a panic on the call path),
+        // and said.
+        self.knobs_at(at_ms).policy().unwrap_or_else(|e| {
+            tracing::error!(
+                breaker = %self.key,
+                at_ms,
+                error = %e,
+                "the schedules active at this instant give an invalid policy (a bug: load validates every combination); the base policy is used"
+            );
+            self.policy.clone()
+        })
     }
 
     /// The first minute boundary after `at_ms` at which the policy in force changes, looking
@@ -414,38 +423,69 @@ impl Config {
             Some(op) => format!("{service}/{op}"),
             None => service.clone(),
         };
-        let fold = |active: Option<&Schedule>| {
+        // The layers with the schedules at these indexes active (as `knobs_at` stacks them).
+        let fold = |active: &[usize]| {
             let mut knobs = Knobs::default();
-            for layer in &layers {
+            for (i, layer) in layers.iter().enumerate() {
                 match layer {
                     Layer::Always(k) => knobs.overlay(k),
-                    Layer::Scheduled(s) if Some(s) == active => knobs.overlay(&s.knobs),
+                    Layer::Scheduled(s) if active.contains(&i) => knobs.overlay(&s.knobs),
                     Layer::Scheduled(_) => {}
                 }
             }
             knobs
         };
-        let report = |e: KnobError, during: Option<&Schedule>, problems: &mut Vec<Problem>| {
-            let during = during.map_or(String::new(), |s| format!(" (while schedule {:?} is active)", s.name));
+        let report = |e: KnobError, during: String, problems: &mut Vec<Problem>| {
             problems.push(Problem {
                 location: e.source.to_string(),
                 message: format!("{key}: {} {}{during}", e.key, e.message),
             });
         };
-        let knobs = fold(None);
+        let knobs = fold(&[]);
         let policy = match knobs.policy() {
             Ok(p) => Some(p),
             Err(e) => {
-                report(e, None, problems);
+                report(e, String::new(), problems);
                 None
             }
         };
         // Every schedule's policy must work too, so a switch at 09:00 can never fail.
-        for layer in &layers {
-            if let Layer::Scheduled(s) = layer
-                && let Err(e) = fold(Some(s)).policy()
-            {
-                report(e, Some(s), problems);
+        let scheduled: Vec<(usize, &Schedule)> = layers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| match l {
+                Layer::Scheduled(s) => Some((i, s)),
+                Layer::Always(_) => None,
+            })
+            .collect();
+        for &(i, s) in &scheduled {
+            if let Err(e) = fold(&[i]).policy() {
+                report(e, format!(" (while schedule {:?} is active)", s.name), problems);
+            }
+        }
+        // And every two that can be active at the same instant: a window of the service and
+        // one of the operation (an always-on layer, the operation's section, lies between
+        // them; windows of one section never overlap), each in its own time zone.
+        for (n, &(i, a)) in scheduled.iter().enumerate() {
+            for &(j, b) in &scheduled[n + 1..] {
+                let different_sections = layers[i..j].iter().any(|l| matches!(l, Layer::Always(_)));
+                if !different_sections {
+                    continue;
+                }
+                let Some(at_ms) = a.active_together(b) else {
+                    continue;
+                };
+                if let Err(e) = fold(&[i, j]).policy() {
+                    let during = format!(
+                        " (while schedules {:?} ({}) and {:?} ({}) are active together, e.g. {})",
+                        a.name,
+                        a.source,
+                        b.name,
+                        b.source,
+                        a.local_time(at_ms)
+                    );
+                    report(e, during, problems);
+                }
             }
         }
         Some(BreakerConfig {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
 /// A named API token; the name is "who" in the audit trail.
+#[derive(Clone)]
 pub struct Token {
     /// The token's name (e.g. `oncall`).
     pub name: String,

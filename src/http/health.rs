@@ -25,14 +25,11 @@ pub(super) async fn health_of(
     }
     let projection = guard.as_mut().expect("opened above");
     projection.catch_up(journal, 10_000).await.map_err(|e| e.to_string())?;
+    // The configuration in force now: a reload replaces it (see `ApiSettings`).
+    let config = state.config();
     let budgets: BTreeMap<String, u64> = keys
         .iter()
-        .map(|k| {
-            (
-                k.clone(),
-                state.config().breaker(k).map_or(1_000, |b| b.latency_budget_ms()),
-            )
-        })
+        .map(|k| (k.clone(), config.breaker(k).map_or(1_000, |b| b.latency_budget_ms())))
         .collect();
     let health = projection
         .health_all(journal, &budgets, now)
@@ -421,30 +418,28 @@ async fn history_of(
     Ok(out)
 }
 
-/// `POST /api/config/reload`: reads the configuration again and applies it to the running
-/// breakers (state, windows and trial permits kept), or refuses it whole with every problem —
-/// what SIGHUP does, for where signals can't be sent.
+/// `POST /api/config/reload`: reads the configuration again and applies all of it — the
+/// breakers' policies (state, windows and trial permits kept), the API's budgets and tokens,
+/// the alert sinks — or refuses it whole with every problem: what SIGHUP does, through the same
+/// [`crate::actor::Reloader`], for where signals can't be sent.
 pub(super) async fn reload(state: web::Data<ApiState>, req: HttpRequest) -> HttpResponse {
-    let Some(options) = state.reload_options.as_ref() else {
+    let Some(reloader) = state.reloader.as_ref() else {
         return error(
             actix_web::http::StatusCode::NOT_FOUND,
             "reload is not enabled in this server",
         );
     };
     let who = who(&req);
-    // Read once: the policies applied and the budgets the health uses come from the same file.
-    match crate::config::Config::load(options) {
-        Ok(config) => {
-            let report = state.registry.reload(&config).await;
-            *state.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+    match reloader.reload().await {
+        crate::actor::ReloadOutcome::Applied(report) => {
             tracing::info!(%who, changed = report.changed.len(), "configuration reloaded over HTTP");
             let changed: Vec<&str> = report.changed.iter().map(|(k, _)| k.as_str()).collect();
             HttpResponse::Ok().json(json!({
                 "applied": true, "changed": changed, "added": report.added, "removed": report.removed,
             }))
         }
-        Err(e) => {
-            tracing::error!(%who, error = %e, "configuration reload over HTTP refused; the running configuration stays");
+        crate::actor::ReloadOutcome::Refused(e) => {
+            tracing::error!(%who, "configuration reload over HTTP refused; the running configuration stays");
             let problems: Vec<String> = e.to_string().lines().map(str::to_owned).collect();
             HttpResponse::UnprocessableEntity().json(json!({
                 "error": "the configuration has problems; the running one stays", "problems": problems,

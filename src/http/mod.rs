@@ -11,8 +11,8 @@ mod metrics;
 
 pub use events::frame;
 
-use crate::actor::Registry;
-use crate::config::Config;
+use crate::actor::{Apply, Registry, Reloadable, Reloader};
+use crate::config::{Config, ConfigError, Problem};
 use crate::replay::Projection;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -27,9 +27,8 @@ use std::time::Duration;
 /// What the handlers share.
 pub struct ApiState {
     registry: Arc<Registry>,
-    config: std::sync::RwLock<Config>,
-    reload_options: Option<crate::config::LoadOptions>,
-    tokens: Vec<Token>,
+    settings: Arc<ApiSettings>,
+    reloader: Option<Arc<Reloader>>,
     limiter: Limiter,
     projection: tokio::sync::Mutex<Option<Projection>>,
     health_cache: health::HealthCache,
@@ -40,14 +39,15 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    /// The API over running breakers. Bad tokens: a burst of 10 per client, then one more every
-    /// 6 s ([`auth::Limiter`]); a valid token is never throttled.
+    /// The API over running breakers, with the configuration's `[api.tokens]` and `tokens`
+    /// beside them (the environment's, a one-time token: kept for the whole run; for a name in
+    /// both, these win). Bad tokens: a burst of 10 per client, then one more every 6 s
+    /// ([`auth::Limiter`]); a valid token is never throttled.
     pub fn new(registry: Arc<Registry>, config: Config, tokens: Vec<Token>) -> Self {
         ApiState {
             registry,
-            config: std::sync::RwLock::new(config),
-            reload_options: None,
-            tokens,
+            settings: Arc::new(ApiSettings::new(config, tokens)),
+            reloader: None,
             limiter: Limiter::default(),
             projection: tokio::sync::Mutex::new(None),
             health_cache: health::HealthCache::default(),
@@ -58,15 +58,94 @@ impl ApiState {
 }
 
 impl ApiState {
-    /// Enables `POST /api/config/reload`, loading with `options` (the `--config` file and the
-    /// environment) as SIGHUP does.
-    pub fn with_reload(mut self, options: crate::config::LoadOptions) -> Self {
-        self.reload_options = Some(options);
+    /// Enables `POST /api/config/reload`, through `reloader` — the one SIGHUP and the file
+    /// watcher use ([`crate::actor::watch`]). Give it [`ApiState::settings`] as a part, so a
+    /// reload reaches the API's budgets and tokens too.
+    pub fn with_reload(mut self, reloader: Arc<Reloader>) -> Self {
+        self.reloader = Some(reloader);
         self
     }
 
-    fn config(&self) -> std::sync::RwLockReadGuard<'_, Config> {
-        self.config.read().unwrap_or_else(|e| e.into_inner())
+    /// The API's share of the configuration (latency budgets, tokens), for a [`Reloader`].
+    pub fn settings(&self) -> Arc<ApiSettings> {
+        self.settings.clone()
+    }
+
+    fn config(&self) -> Arc<Current> {
+        self.settings.current()
+    }
+}
+
+/// What the API takes from the configuration: the latency budgets the health score judges by
+/// and the bearer tokens. A reload replaces both at once, from one read of the file.
+pub struct ApiSettings {
+    /// Tokens that are not the file's: kept across reloads.
+    kept: Vec<Token>,
+    current: Arc<std::sync::RwLock<Arc<Current>>>,
+}
+
+/// The settings in force.
+struct Current {
+    config: Config,
+    tokens: Vec<Token>,
+}
+
+impl std::ops::Deref for Current {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl ApiSettings {
+    fn new(config: Config, kept: Vec<Token>) -> Self {
+        let tokens = tokens(&kept, &config);
+        ApiSettings {
+            kept,
+            current: Arc::new(std::sync::RwLock::new(Arc::new(Current { config, tokens }))),
+        }
+    }
+
+    fn current(&self) -> Arc<Current> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// `kept`, then the file's tokens whose names `kept` does not have.
+fn tokens(kept: &[Token], config: &Config) -> Vec<Token> {
+    let mut out = kept.to_vec();
+    for t in &config.api.tokens {
+        if !kept.iter().any(|k| k.name == t.name) {
+            out.push(Token::new(t.name.clone(), &t.token));
+        }
+    }
+    out
+}
+
+#[async_trait::async_trait]
+impl Reloadable for ApiSettings {
+    async fn prepare(&self, config: &Config) -> Result<Apply, ConfigError> {
+        let tokens = tokens(&self.kept, config);
+        if tokens.is_empty() && !self.current().tokens.is_empty() {
+            // Refused rather than locking every client out.
+            return Err(ConfigError {
+                problems: vec![Problem {
+                    location: config
+                        .file
+                        .as_ref()
+                        .map_or_else(|| "default".to_owned(), |p| p.display().to_string()),
+                    message: "api.tokens: the configuration has no API token left and CIRCUIT_BREAKER_API_TOKEN is not set: the API would refuse every request; keep at least one token".to_owned(),
+                }],
+            });
+        }
+        let next = Arc::new(Current {
+            config: config.clone(),
+            tokens,
+        });
+        let cell = self.current.clone();
+        Ok(Box::new(move || {
+            *cell.write().unwrap_or_else(|e| e.into_inner()) = next;
+        }))
     }
 }
 
@@ -108,7 +187,7 @@ pub async fn authenticate(
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(auth::bearer);
-    if let Some(token) = presented.and_then(|p| auth::check(&state.tokens, p)) {
+    if let Some(token) = presented.and_then(|p| auth::check(&state.settings.current().tokens, p)) {
         req.extensions_mut().insert(Caller(token.name.clone()));
         return next.call(req).await.map(ServiceResponse::map_into_left_body);
     }
