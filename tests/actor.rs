@@ -30,23 +30,7 @@ fn operator() -> Operator {
 }
 
 async fn start(dir: &Path, clock: Clock) -> Registry {
-    let config = Config::from_toml(Path::new("test.toml"), CONFIG, &BTreeMap::new()).unwrap();
-    let journal = Arc::new(
-        Journal::open(&dir.join("log.db"), JournalOptions::default())
-            .await
-            .unwrap(),
-    );
-    Registry::start(
-        &config,
-        journal,
-        RegistryOptions {
-            clock,
-            holder: format!("test {:?}", std::thread::current().id()),
-            ..RegistryOptions::default()
-        },
-    )
-    .await
-    .unwrap()
+    start_with(dir, clock, CONFIG, JournalOptions::default()).await
 }
 
 async fn stored(registry: &Registry) -> Vec<StoredEvent> {
@@ -857,7 +841,10 @@ async fn healthy_calls_close_it(stripe: &breakerbox::actor::BreakerHandle, what:
         // Calls spread out in time: the actor folds each one before the next comes.
         stripe.inspect().await;
     }
-    assert_eq!(ok, 50, "{what}: every healthy call after the cancelled trials got through");
+    assert_eq!(
+        ok, 50,
+        "{what}: every healthy call after the cancelled trials got through"
+    );
     assert_eq!(stripe.inspect().await.unwrap().state(), State::Closed, "{what}");
 }
 
@@ -1004,7 +991,11 @@ async fn last_success_is_kept_per_operation_and_never_answers_another() {
         .await;
     assert_eq!(prices.unwrap(), "PRICES");
     let customer = stripe
-        .call_with_fallback("customers.create", async { Err::<&str, _>("down") }, Fallback::LastSuccess)
+        .call_with_fallback(
+            "customers.create",
+            async { Err::<&str, _>("down") },
+            Fallback::LastSuccess,
+        )
         .await;
     assert!(
         matches!(customer, Err(CallError::Inner("down"))),
@@ -1077,7 +1068,9 @@ async fn every_command_answer_names_its_own_command_in_the_log() {
         let stripe = stripe.clone();
         tokio::spawn(async move {
             for i in 0..2_000u32 {
-                let _ = stripe.call("", async move { if i % 7 == 0 { Err("x") } else { Ok(()) } }).await;
+                let _ = stripe
+                    .call("", async move { if i % 7 == 0 { Err("x") } else { Ok(()) } })
+                    .await;
                 if i % 50 == 0 {
                     tokio::task::yield_now().await;
                 }
@@ -1146,7 +1139,8 @@ async fn a_command_the_log_cannot_take_is_refused_and_not_applied() {
     registry.shutdown().await.unwrap();
     let log = stored(&registry).await;
     assert!(
-        !log.iter().any(|e| e.event_type == "operator_command" && e.stream == "stripe"),
+        !log.iter()
+            .any(|e| e.event_type == "operator_command" && e.stream == "stripe"),
         "nothing of the refused command reached the log"
     );
 }
@@ -1168,7 +1162,10 @@ fn rusqlite_lock(path: &Path) -> Lock {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let path = path.to_owned();
     let t = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             use sqlx::Connection;
             let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))

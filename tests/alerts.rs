@@ -679,15 +679,15 @@ fn given_reloads_over_http_add_then_replace_the_sink_then_each_alert_goes_to_the
     // Given serve started without sinks, and a reload that adds the first one…
     std::fs::write(&cfg, "").unwrap();
     let (db_s, cfg_s) = (db.to_str().unwrap(), cfg.to_str().unwrap());
-    let (mut child, addr) = serve_with_token(db_s, cfg_s, "reload-test-token-0123");
+    let (mut child, addr) = serve_with_token(db_s, cfg_s, "reload-test-token-0123456789abcdef");
     std::fs::write(&cfg, sink("oncall", &old.url())).unwrap();
-    let (status, response) = post(&addr, "/api/config/reload", "reload-test-token-0123");
+    let (status, response) = post(&addr, "/api/config/reload", "reload-test-token-0123456789abcdef");
     assert_eq!(status, 200, "{response}");
     force_open(db_s, cfg_s, "stripe");
     wait_for("stripe's firing at the first sink", || !old.accepted().is_empty());
     // When the file names another sink and a reload is asked for over HTTP…
     std::fs::write(&cfg, sink("pager", &new.url())).unwrap();
-    let (status, response) = post(&addr, "/api/config/reload", "reload-test-token-0123");
+    let (status, response) = post(&addr, "/api/config/reload", "reload-test-token-0123456789abcdef");
     assert_eq!(status, 200, "{response}");
     // …then the next alert goes to the new sink, and nothing more to the old one.
     force_open(db_s, cfg_s, "calcom");

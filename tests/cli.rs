@@ -103,13 +103,29 @@ fn simulate_reopens_at_the_trial_deadline_and_a_cancelled_trial_gives_its_permit
     let trace = r#"{"at_ms":0,"outcome":"failure"}
 {"at_ms":100,"outcome":"success","latency_ms":10000}
 "#;
-    let flags = ["simulate", "--failure-threshold", "1", "--timeout", "100ms", "--half-open-requests", "1", "--success-threshold", "1"];
-    let with = json_lines(&breakerbox(&[&flags[..], &["--half-open-max-wait", "1s"]].concat(), trace));
+    let flags = [
+        "simulate",
+        "--failure-threshold",
+        "1",
+        "--timeout",
+        "100ms",
+        "--half-open-requests",
+        "1",
+        "--success-threshold",
+        "1",
+    ];
+    let with = json_lines(&breakerbox(
+        &[&flags[..], &["--half-open-max-wait", "1s"]].concat(),
+        trace,
+    ));
     assert_eq!(
         transitions(&with)[2],
         (1_100, "half_open".into(), "open".into(), "trial_deadline".into())
     );
-    let without = json_lines(&breakerbox(&[&flags[..], &["--half-open-max-wait", "0s"]].concat(), trace));
+    let without = json_lines(&breakerbox(
+        &[&flags[..], &["--half-open-max-wait", "0s"]].concat(),
+        trace,
+    ));
     assert_eq!(
         transitions(&without)[2],
         (10_100, "half_open".into(), "closed".into(), "trials_succeeded".into())
@@ -1449,7 +1465,11 @@ fn a_sighup_reload_gives_the_health_score_the_new_latency_budget() {
     record_calls(&db, &config, 20, 500);
     let (child, addr) = serve_with(&db, &config);
     let latency = || {
-        let (status, response) = http_get(&addr, "/api/health/circuit-breakers/stripe", Some("token-for-the-test-0123456789abcdef"));
+        let (status, response) = http_get(
+            &addr,
+            "/api/health/circuit-breakers/stripe",
+            Some("token-for-the-test-0123456789abcdef"),
+        );
         assert_eq!(status, 200, "{response}");
         let body: Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
         body["breakers"][0]["health"]["latency"].clone()
@@ -1477,19 +1497,35 @@ fn a_sighup_reload_gives_the_health_score_the_new_latency_budget() {
 fn a_changed_config_file_swaps_the_api_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let (db, config) = (dir.path().join("serve.db"), dir.path().join("cb.toml"));
-    std::fs::write(&config, "[api.tokens]\noncall = \"old-token-0123456789abcdef0123456789\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "[api.tokens]\noncall = \"old-token-0123456789abcdef0123456789\"\n",
+    )
+    .unwrap();
     let (child, addr) = serve_with(&db, &config);
     let health = |token: &str| http_get(&addr, "/api/health/circuit-breakers", Some(token)).0;
     assert_eq!(health("old-token-0123456789abcdef0123456789"), 200);
     // The file changes (no signal): oncall's token is replaced by grafana's.
-    std::fs::write(&config, "[api.tokens]\ngrafana = \"new-token-0123456789abcdef0123456789\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "[api.tokens]\ngrafana = \"new-token-0123456789abcdef0123456789\"\n",
+    )
+    .unwrap();
     // Polled with the old token, which works until the reload (so the bad-token limiter
     // sees one failure, not one per poll).
     within_20s("the reload to drop the old token", || {
         health("old-token-0123456789abcdef0123456789") == 401
     });
-    assert_eq!(health("new-token-0123456789abcdef0123456789"), 200, "the added token works");
-    assert_eq!(health("token-for-the-test-0123456789abcdef"), 200, "the environment's token stays");
+    assert_eq!(
+        health("new-token-0123456789abcdef0123456789"),
+        200,
+        "the added token works"
+    );
+    assert_eq!(
+        health("token-for-the-test-0123456789abcdef"),
+        200,
+        "the environment's token stays"
+    );
     // A file with a problem is refused whole: the token it adds is not taken either.
     std::fs::write(
         &config,
@@ -1611,7 +1647,7 @@ fn spawn_serve(db: &str, dir: &std::path::Path, run: &str) -> (std::process::Chi
     use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_breakerbox"))
         .args(["serve", "--db", db, "--bind", "127.0.0.1:0"])
-        .env("CIRCUIT_BREAKER_API_TOKEN", "ci:token-for-the-test")
+        .env("CIRCUIT_BREAKER_API_TOKEN", "ci:token-for-the-test-0123456789abcdef")
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(dir.join(format!("{run}.stderr"))).unwrap())
         .spawn()

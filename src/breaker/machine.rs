@@ -247,7 +247,11 @@ impl Breaker {
             } else {
                 self.episode
             },
-            open_until_ms: if self.state == State::Open { self.open_until_ms } else { 0 },
+            open_until_ms: if self.state == State::Open {
+                self.open_until_ms
+            } else {
+                0
+            },
             trial_deadline_ms: match self.trial_deadline_ms {
                 0 => u64::MAX,
                 d => d,

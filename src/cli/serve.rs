@@ -45,6 +45,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
             println!("alerts: {} sinks ({})", names.len(), names.join(", "));
         }
         let state = ApiState::new(registry.clone(), config.clone(), tokens);
+        state.settings().serving_on(args.bind);
         // One reload for SIGHUP, the file watcher and POST /api/config/reload: policies, the
         // API's budgets and tokens, the alert sinks, all from one read of the file or none.
         let reloader = Arc::new(

@@ -403,7 +403,11 @@ impl Knobs {
             half_open_max_wait_ms: match ms(&self.half_open_max_wait) {
                 Some(0) => None,
                 Some(wait) => Some(wait),
-                None => Some(ms(&self.call_timeout).unwrap_or(DEFAULT_CALL_TIMEOUT_MS).saturating_mul(2)),
+                None => Some(
+                    ms(&self.call_timeout)
+                        .unwrap_or(DEFAULT_CALL_TIMEOUT_MS)
+                        .saturating_mul(2),
+                ),
             },
         };
         policy.validate().map_err(|e| self.explain(e))?;

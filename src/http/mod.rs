@@ -81,6 +81,9 @@ impl ApiState {
 pub struct ApiSettings {
     /// Tokens that are not the file's: kept across reloads.
     kept: Vec<Token>,
+    /// The address served on, once known: a reload's short tokens are judged against it as at
+    /// start (`allow_short_tokens` holds on loopback only).
+    bind: std::sync::OnceLock<std::net::SocketAddr>,
     current: Arc<std::sync::RwLock<Arc<Current>>>,
 }
 
@@ -102,12 +105,18 @@ impl ApiSettings {
         let tokens = tokens(&kept, &config);
         ApiSettings {
             kept,
+            bind: std::sync::OnceLock::new(),
             current: Arc::new(std::sync::RwLock::new(Arc::new(Current { config, tokens }))),
         }
     }
 
     fn current(&self) -> Arc<Current> {
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The address the API serves on, for judging reloaded tokens as the start did.
+    pub fn serving_on(&self, bind: std::net::SocketAddr) {
+        let _ = self.bind.set(bind);
     }
 }
 
@@ -125,6 +134,14 @@ fn tokens(kept: &[Token], config: &Config) -> Vec<Token> {
 #[async_trait::async_trait]
 impl Reloadable for ApiSettings {
     async fn prepare(&self, config: &Config) -> Result<Apply, ConfigError> {
+        let problems = crate::config::check_token_lengths(
+            &config.api.tokens,
+            config.api.allow_short_tokens,
+            self.bind.get().copied(),
+        );
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
         let tokens = tokens(&self.kept, config);
         if tokens.is_empty() && !self.current().tokens.is_empty() {
             // Refused rather than locking every client out.
@@ -187,8 +204,9 @@ pub async fn authenticate(
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(auth::bearer);
-    if let Some(token) = presented.and_then(|p| auth::check(&state.settings.current().tokens, p)) {
-        req.extensions_mut().insert(Caller(token.name.clone()));
+    let current = state.settings.current();
+    if let Some(name) = presented.and_then(|p| auth::check(&current.tokens, p).map(|t| t.name.clone())) {
+        req.extensions_mut().insert(Caller(name));
         return next.call(req).await.map(ServiceResponse::map_into_left_body);
     }
     let ip = req.peer_addr().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());

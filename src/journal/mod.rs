@@ -41,11 +41,10 @@ mod writer;
 pub use holder::{Claim, DEFAULT_LEASE_TTL, Holder, Mark, Standing, host_name};
 pub use integrity::{Integrity, Unclean};
 pub use record::{
-    ALERT_DELIVERY, ALERTS_STREAM, AlertDelivery, AlertStatus, Body, CALL_BATCH, CALL_STATS, CALL_SUMMARY,
-    COMMAND_REQUEST, CallBatch, CallStats, CallSummary, CommandRequest, Decoded, DeliveryOutcome, GAP, Gap,
-    JOURNAL_STREAM, LATENCY_BOUNDS_MS, MinuteSummary, OPERATOR_COMMAND, Operator, OperatorCommand, Record, Row,
+    ALERT_DELIVERY, ALERTS_STREAM, AlertDelivery, AlertStatus, Body, CALL_BATCH, CALL_BATCH_VERSION, CALL_STATS,
+    CALL_SUMMARY, COMMAND_REQUEST, CallBatch, CallStats, CallSummary, CommandRequest, Decoded, DeliveryOutcome, GAP,
+    Gap, JOURNAL_STREAM, LATENCY_BOUNDS_MS, MinuteSummary, OPERATOR_COMMAND, Operator, OperatorCommand, Record, Row,
     SNAPSHOT, StoredEvent, VERSION, decode, decode_batch,
-    CALL_BATCH_VERSION,
 };
 pub(crate) use store::end_checked;
 pub use store::{

@@ -173,7 +173,9 @@ impl CallBatch {
     /// unknown version are an error naming what is wrong, never a panic.
     pub fn from_stored(event_version: u32, payload: &[u8]) -> Result<CallBatch, String> {
         if !(1..=CALL_BATCH_VERSION).contains(&event_version) {
-            return Err(format!("call_batch version {event_version} is not one this build reads"));
+            return Err(format!(
+                "call_batch version {event_version} is not one this build reads"
+            ));
         }
         let mut batch: CallBatch = rmp_serde::from_slice(payload).map_err(|e| e.to_string())?;
         batch.layout = event_version;

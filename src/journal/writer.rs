@@ -7,7 +7,9 @@
 //! once the store recovers. The protected calls never wait on the disk.
 
 use super::integrity::Integrity;
-use super::record::{Body, CALL_BATCH, CALL_BATCH_VERSION, CallBatch, GAP, Gap, JOURNAL_STREAM, Record, Row, SNAPSHOT, VERSION};
+use super::record::{
+    Body, CALL_BATCH, CALL_BATCH_VERSION, CallBatch, GAP, Gap, JOURNAL_STREAM, Record, Row, SNAPSHOT, VERSION,
+};
 use super::store::{self, LogWriter, StoreError};
 use crate::breaker::{Event, codec};
 use std::collections::HashMap;

@@ -529,7 +529,11 @@ fn trials_still_undecided_at_the_deadline_reopen_the_breaker_with_backoff() {
     let mut b = given(with_deadline(20_000)).calls(3, 0, Outcome::Failure);
     let _t1 = b.permit(30_000);
     let _t2 = b.permit(30_500);
-    assert_eq!(b.breaker.next_deadline_ms(), Some(50_000), "counted from the first trial out");
+    assert_eq!(
+        b.breaker.next_deadline_ms(),
+        Some(50_000),
+        "counted from the first trial out"
+    );
     // When nobody decides them by the deadline
     let b = b.tick(49_999);
     assert_eq!(b.state(), State::HalfOpen);
@@ -556,7 +560,10 @@ fn a_cancelled_trial_gives_its_permit_back_and_ends_the_deadline_when_it_was_the
     let trials: Vec<Permit> = (0..3).map(|_| b.permit(30_000)).collect();
     assert!(matches!(b.acquire(30_001), Decision::Reject(r) if r.state == State::HalfOpen));
     b.breaker.complete(30_002, trials[0], Outcome::Cancelled, &mut b.events);
-    assert!(matches!(b.acquire(30_003), Decision::Permit(p) if p.trial), "its permit came back");
+    assert!(
+        matches!(b.acquire(30_003), Decision::Permit(p) if p.trial),
+        "its permit came back"
+    );
     for p in &trials[1..] {
         b.breaker.complete(30_004, *p, Outcome::Cancelled, &mut b.events);
     }
@@ -598,7 +605,11 @@ fn a_trial_permit_meeting_a_closed_breaker_of_the_same_episode_counts_nowhere() 
     let mut b = b.calls(2, 30_001, Outcome::Failure);
     b.breaker.complete(30_002, orphan, Outcome::Failure, &mut b.events);
     assert!(matches!(b.events.last(), Some(Event::CallRecorded(c)) if c.stale));
-    assert_eq!(b.breaker.view(30_002).consecutive_failures, 2, "not counted in CLOSED(2)");
+    assert_eq!(
+        b.breaker.view(30_002).consecutive_failures,
+        2,
+        "not counted in CLOSED(2)"
+    );
 }
 
 #[test]
