@@ -606,6 +606,40 @@ async fn a_conflict_fences_the_stream_that_collided_not_the_first_of_the_group_c
     journal.close().await;
 }
 
+#[test]
+fn call_summaries_written_before_they_named_their_tailers_still_decode() {
+    // Golden bytes of a `call_summary` as compaction first wrote it: minutes only.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/events/call_summary.v1.msgpack");
+    let golden = std::fs::read(&path).unwrap();
+    let stored = StoredEvent {
+        position: 9,
+        stream: "stripe".into(),
+        seq: 3,
+        event_type: breakerbox::journal::CALL_SUMMARY.into(),
+        event_version: 1,
+        recorded_at: 1_764_000_000_000,
+        payload: golden,
+    };
+    let Decoded::Summary(s) = decode(&stored).unwrap() else {
+        panic!("a call summary decodes as one")
+    };
+    // Which rows it replaced and who folded them were not recorded: nobody skips it.
+    assert_eq!((s.through_position, s.folded_by.len()), (0, 0));
+    let calls: Vec<(u64, u64)> = s.minutes.iter().map(|m| (m.minute_ms, m.calls())).collect();
+    assert_eq!(calls, [(1_764_000_000_000, 4), (1_764_000_060_000, 1)]);
+    let m = &s.minutes[0];
+    assert_eq!(
+        (m.successes, m.failures, m.timeouts, m.ignored, m.slow, m.stale),
+        (1, 1, 1, 1, 1, 1)
+    );
+    assert_eq!((m.latency_total_ms, m.latency_max_ms), (3_263, 3_000));
+    assert_eq!(
+        s.minutes[1].latency_buckets.last(),
+        Some(&1),
+        "40 s is past the last bound"
+    );
+}
+
 #[tokio::test]
 async fn a_full_disk_buffers_events_and_nothing_acknowledged_is_lost_when_it_clears() {
     let dir = tempfile::tempdir().unwrap();

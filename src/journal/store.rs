@@ -624,6 +624,14 @@ pub(crate) async fn compact(
             .execute(&mut *conn)
             .await
             .map_err(classify)?;
+        // The tailing projections' checkpoints, read under the write lock so none moves meanwhile:
+        // a summary must not mix calls a tailer has folded with calls it has not (see
+        // `CallSummary::folded_by`).
+        let mut tailers: Vec<(String, i64)> = sqlx::query_as("SELECT name, position FROM projections")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(classify)?;
+        tailers.sort_by_key(|(_, position)| *position);
         let streams: Vec<(String, Option<i64>)> = sqlx::query_as(
             "SELECT b.stream, (SELECT MAX(s.seq) FROM events s WHERE s.stream = b.stream AND s.event_type = 'snapshot')
              FROM (SELECT DISTINCT stream FROM events WHERE event_type = 'call_batch' AND recorded_at < ?) b",
@@ -651,12 +659,21 @@ pub(crate) async fn compact(
             if batches.is_empty() {
                 continue;
             }
-            let mut minutes: std::collections::BTreeMap<u64, MinuteSummary> = std::collections::BTreeMap::new();
+            // By hour, then by how many tailers' checkpoints lie before the batch (its side of
+            // each checkpoint): one summary per stream, hour and side, which tailers skip or count.
+            type Side = usize;
+            let mut summaries: std::collections::BTreeMap<
+                (u64, Side),
+                (i64, std::collections::BTreeMap<u64, MinuteSummary>),
+            > = std::collections::BTreeMap::new();
             for (position, payload) in &batches {
                 let batch: CallBatch = rmp_serde::from_slice(payload)
                     .map_err(|e| StoreError::Io(format!("call batch at position {position} does not decode: {e}")))?;
+                let side = tailers.partition_point(|(_, checkpoint)| checkpoint < position);
                 for call in batch.iter() {
                     let minute = call.at_ms / 60_000 * 60_000;
+                    let (through, minutes) = summaries.entry((minute / 3_600_000 * 3_600_000, side)).or_default();
+                    *through = (*through).max(*position);
                     minutes
                         .entry(minute)
                         .or_insert_with(|| MinuteSummary {
@@ -673,12 +690,16 @@ pub(crate) async fn compact(
                 Some(&s) => s,
                 None => last_seq(&mut *conn, &stream).await?,
             };
-            // One event per stream and hour.
-            let mut hours: std::collections::BTreeMap<u64, CallSummary> = std::collections::BTreeMap::new();
-            for (minute, m) in minutes {
-                hours.entry(minute / 3_600_000 * 3_600_000).or_default().minutes.push(m);
-            }
-            for (hour, summary) in hours {
+            for ((hour, _), (through_position, minutes)) in summaries {
+                let summary = CallSummary {
+                    minutes: minutes.into_values().collect(),
+                    through_position,
+                    folded_by: tailers
+                        .iter()
+                        .filter(|(_, checkpoint)| *checkpoint >= through_position)
+                        .map(|(name, _)| name.clone())
+                        .collect(),
+                };
                 seq += 1;
                 rows.push(Row {
                     stream: key.clone(),

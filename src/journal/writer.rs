@@ -400,8 +400,9 @@ impl<W: LogWriter> Writer<W> {
                 let batch: Vec<_> = backlog.drain(..n).collect();
                 // Settled with this commit whatever is dropped from it, so nobody waits forever.
                 let settles = batch.last().map(|(t, _)| *t);
-                let (dropped, batch): (Vec<_>, Vec<_>) =
-                    batch.into_iter().partition(|(_, r)| self.fenced.contains_key(&r.stream));
+                let (dropped, batch): (Vec<_>, Vec<_>) = batch
+                    .into_iter()
+                    .partition(|(_, r)| self.fenced.contains_key(&r.stream));
                 // A fenced stream's later records are lost too: counted, never silent.
                 self.drop_into_gap(&mut backlog_gap, &dropped);
                 let gap = if backlog.is_empty() { backlog_gap.take() } else { None };
