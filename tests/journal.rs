@@ -530,6 +530,116 @@ async fn a_second_writer_of_a_stream_is_a_conflict_not_an_interleave() {
     journal.close().await;
 }
 
+/// A flush with a deadline: a dropped record's ticket must settle too, or it would wait forever.
+async fn flush(journal: &Journal) {
+    tokio::time::timeout(Duration::from_secs(10), journal.flush())
+        .await
+        .expect("the flush returns")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_conflict_fences_the_stream_that_collided_not_the_first_of_the_group_commit() {
+    // Given a log where another process has written seq 2 of "stripe" behind this journal's
+    // back,
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let journal = Journal::open(&path, opts()).await.unwrap();
+    let (innocent, stripe): (Arc<str>, Arc<str>) = (Arc::from("calcom"), Arc::from("stripe"));
+    let mut ours = Breaker::new(Policy::consecutive(2, 100)).unwrap();
+    let mut theirs = Breaker::new(Policy::consecutive(2, 100)).unwrap();
+    drive(&journal, &stripe, &mut theirs, 0, Outcome::Success);
+    flush(&journal).await;
+    let mut conn = admin(&path).await;
+    sqlx::query("INSERT INTO events (stream, seq, event_type, event_version, recorded_at, payload) VALUES ('stripe', 2, 'x', 1, 0, x'80')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    // when one group commit holds an innocent stream's events first and the conflicting
+    // stream's after them,
+    let mut expected = Vec::new();
+    for t in 10..20 {
+        expected.extend(drive(&journal, &innocent, &mut ours, t, Outcome::Success).0);
+    }
+    drive(&journal, &stripe, &mut theirs, 10, Outcome::Success);
+    flush(&journal).await;
+    // and both streams go on after it,
+    for t in 30..35 {
+        expected.extend(drive(&journal, &innocent, &mut ours, t, Outcome::Success).0);
+    }
+    drive(&journal, &stripe, &mut theirs, 30, Outcome::Success);
+    flush(&journal).await;
+    // then every event of the innocent stream is durable, in order: it is not fenced;
+    let stored = all_events(&journal).await;
+    assert_eq!(
+        core_events(&stored, "calcom"),
+        expected,
+        "the innocent stream is written whole"
+    );
+    // the conflicting stream is fenced: only ours (seq 1) and theirs (seq 2), nothing interleaved;
+    let stripe_rows: Vec<i64> = stored.iter().filter(|e| e.stream == "stripe").map(|e| e.seq).collect();
+    assert_eq!(stripe_rows, [1, 2]);
+    // and its losses, only its, are recorded as gaps, the later record's too.
+    let mut dropped: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>> =
+        std::collections::BTreeMap::new();
+    for e in stored.iter().filter(|e| e.event_type == GAP) {
+        let Decoded::Gap(g) = decode(e).unwrap() else {
+            panic!("a gap decodes as a gap")
+        };
+        assert!(g.from_ms > 0 && g.from_ms <= g.to_ms, "{g:?}");
+        for (stream, kinds) in g.dropped {
+            for (kind, n) in kinds {
+                *dropped.entry(stream.clone()).or_default().entry(kind).or_default() += n;
+            }
+        }
+    }
+    assert_eq!(
+        dropped,
+        std::collections::BTreeMap::from([(
+            "stripe".to_owned(),
+            std::collections::BTreeMap::from([("call_batch".to_owned(), 2)])
+        )])
+    );
+    assert_eq!(journal.stats().dropped.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(journal.stats().errors[4].load(std::sync::atomic::Ordering::Relaxed), 1);
+    conn.close().await.unwrap();
+    journal.close().await;
+}
+
+#[test]
+fn call_summaries_written_before_they_named_their_tailers_still_decode() {
+    // Golden bytes of a `call_summary` as compaction first wrote it: minutes only.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/events/call_summary.v1.msgpack");
+    let golden = std::fs::read(&path).unwrap();
+    let stored = StoredEvent {
+        position: 9,
+        stream: "stripe".into(),
+        seq: 3,
+        event_type: breakerbox::journal::CALL_SUMMARY.into(),
+        event_version: 1,
+        recorded_at: 1_764_000_000_000,
+        payload: golden,
+    };
+    let Decoded::Summary(s) = decode(&stored).unwrap() else {
+        panic!("a call summary decodes as one")
+    };
+    // Which rows it replaced and who folded them were not recorded: nobody skips it.
+    assert_eq!((s.through_position, s.folded_by.len()), (0, 0));
+    let calls: Vec<(u64, u64)> = s.minutes.iter().map(|m| (m.minute_ms, m.calls())).collect();
+    assert_eq!(calls, [(1_764_000_000_000, 4), (1_764_000_060_000, 1)]);
+    let m = &s.minutes[0];
+    assert_eq!(
+        (m.successes, m.failures, m.timeouts, m.ignored, m.slow, m.stale),
+        (1, 1, 1, 1, 1, 1)
+    );
+    assert_eq!((m.latency_total_ms, m.latency_max_ms), (3_263, 3_000));
+    assert_eq!(
+        s.minutes[1].latency_buckets.last(),
+        Some(&1),
+        "40 s is past the last bound"
+    );
+}
+
 #[tokio::test]
 async fn a_full_disk_buffers_events_and_nothing_acknowledged_is_lost_when_it_clears() {
     let dir = tempfile::tempdir().unwrap();

@@ -374,11 +374,26 @@ impl MinuteSummary {
     }
 }
 
-/// Summaries of one stream's compacted calls, one event per stream and hour.
+/// Summaries of one stream's compacted calls, one event per stream and hour (or more: see
+/// `folded_by`).
+///
+/// It is appended at a new log position, after the batches it replaces, so a projection tailing
+/// the log would meet those calls twice: `folded_by` says which tailers already counted them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallSummary {
     /// The minutes, in order.
     pub minutes: Vec<MinuteSummary>,
+    /// The highest log position of the call batches it replaced (0: written before this was
+    /// recorded).
+    #[serde(default)]
+    pub through_position: i64,
+    /// The tailing projections (rows of the `projections` table, by name) whose checkpoint was at
+    /// or past `through_position` when it was written: they had folded every call it holds, and
+    /// skip it. Compaction splits a stream's batches at every such checkpoint, so no summary
+    /// holds calls from both sides of one. A projection folding from before the summary existed
+    /// (a rebuild) counts it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub folded_by: Vec<String>,
 }
 
 // Events of the runtime layer, defined here so every reader (projections, audit) decodes them

@@ -309,24 +309,57 @@ async fn append_in_transaction(conn: &mut SqliteConnection, rows: &[Row]) -> Res
                 .push_bind(r.recorded_at.min(i64::MAX as u64) as i64)
                 .push_bind(r.payload.as_slice());
         });
-        q.build().execute(&mut *conn).await.map_err(|e| {
-            let unique = matches!(&e, sqlx::Error::Database(db) if db.is_unique_violation());
-            if unique {
-                // Which row collided is not reported by SQLite; name the first of the chunk.
-                StoreError::Conflict {
-                    stream: chunk[0].stream.to_string(),
-                    seq: chunk[0].seq,
-                }
-            } else {
-                classify(e)
+        if let Err(e) = q.build().execute(&mut *conn).await {
+            if matches!(&e, sqlx::Error::Database(db) if db.is_unique_violation()) {
+                return Err(collision(conn, chunk).await);
             }
-        })?;
+            return Err(classify(e));
+        }
     }
     let (last,): (i64,) = sqlx::query_as("SELECT last_insert_rowid()")
         .fetch_one(&mut *conn)
         .await
         .map_err(classify)?;
     Ok(last)
+}
+
+/// Which row of `chunk` hit `UNIQUE(stream, seq)`: SQLite does not say, so each stream of the
+/// chunk is looked up (a failed statement leaves the transaction open, and the look-up sees what
+/// it already wrote). Naming the wrong stream would fence an innocent one and drop its events.
+async fn collision(conn: &mut SqliteConnection, chunk: &[Row]) -> StoreError {
+    // Each stream's seqs in the chunk, in order of first appearance.
+    let mut ranges: Vec<(&str, u64, u64)> = Vec::new();
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for r in chunk {
+        let i = *index.entry(&r.stream).or_insert_with(|| {
+            ranges.push((&r.stream, r.seq, r.seq));
+            ranges.len() - 1
+        });
+        let (_, lo, hi) = &mut ranges[i];
+        (*lo, *hi) = ((*lo).min(r.seq), (*hi).max(r.seq));
+    }
+    for (stream, lo, hi) in ranges {
+        let taken: Result<Option<(i64,)>, _> =
+            sqlx::query_as("SELECT seq FROM events WHERE stream = ? AND seq BETWEEN ? AND ? ORDER BY seq LIMIT 1")
+                .bind(stream)
+                .bind(lo as i64)
+                .bind(hi as i64)
+                .fetch_optional(&mut *conn)
+                .await;
+        match taken {
+            Ok(Some((seq,))) => {
+                return StoreError::Conflict {
+                    stream: stream.to_owned(),
+                    seq: seq.max(0) as u64,
+                };
+            }
+            Ok(None) => {}
+            Err(e) => return classify(e),
+        }
+    }
+    // Only a duplicate inside the chunk itself could do this (a bug of the writer's seqs): not
+    // another writer, so no stream is fenced; the append fails and is retried, loudly.
+    StoreError::Io("UNIQUE(stream, seq) violated, but no stored row collides with the append".to_owned())
 }
 
 /// The highest `seq` of a stream (0 when empty).
@@ -591,6 +624,14 @@ pub(crate) async fn compact(
             .execute(&mut *conn)
             .await
             .map_err(classify)?;
+        // The tailing projections' checkpoints, read under the write lock so none moves meanwhile:
+        // a summary must not mix calls a tailer has folded with calls it has not (see
+        // `CallSummary::folded_by`).
+        let mut tailers: Vec<(String, i64)> = sqlx::query_as("SELECT name, position FROM projections")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(classify)?;
+        tailers.sort_by_key(|(_, position)| *position);
         let streams: Vec<(String, Option<i64>)> = sqlx::query_as(
             "SELECT b.stream, (SELECT MAX(s.seq) FROM events s WHERE s.stream = b.stream AND s.event_type = 'snapshot')
              FROM (SELECT DISTINCT stream FROM events WHERE event_type = 'call_batch' AND recorded_at < ?) b",
@@ -618,12 +659,21 @@ pub(crate) async fn compact(
             if batches.is_empty() {
                 continue;
             }
-            let mut minutes: std::collections::BTreeMap<u64, MinuteSummary> = std::collections::BTreeMap::new();
+            // By hour, then by how many tailers' checkpoints lie before the batch (its side of
+            // each checkpoint): one summary per stream, hour and side, which tailers skip or count.
+            type Side = usize;
+            let mut summaries: std::collections::BTreeMap<
+                (u64, Side),
+                (i64, std::collections::BTreeMap<u64, MinuteSummary>),
+            > = std::collections::BTreeMap::new();
             for (position, version, payload) in &batches {
                 let batch = CallBatch::from_stored(*version, payload)
                     .map_err(|e| StoreError::Io(format!("call batch at position {position} does not decode: {e}")))?;
+                let side = tailers.partition_point(|(_, checkpoint)| checkpoint < position);
                 for call in batch.iter() {
                     let minute = call.at_ms / 60_000 * 60_000;
+                    let (through, minutes) = summaries.entry((minute / 3_600_000 * 3_600_000, side)).or_default();
+                    *through = (*through).max(*position);
                     minutes
                         .entry(minute)
                         .or_insert_with(|| MinuteSummary {
@@ -640,12 +690,16 @@ pub(crate) async fn compact(
                 Some(&s) => s,
                 None => last_seq(&mut *conn, &stream).await?,
             };
-            // One event per stream and hour.
-            let mut hours: std::collections::BTreeMap<u64, CallSummary> = std::collections::BTreeMap::new();
-            for (minute, m) in minutes {
-                hours.entry(minute / 3_600_000 * 3_600_000).or_default().minutes.push(m);
-            }
-            for (hour, summary) in hours {
+            for ((hour, _), (through_position, minutes)) in summaries {
+                let summary = CallSummary {
+                    minutes: minutes.into_values().collect(),
+                    through_position,
+                    folded_by: tailers
+                        .iter()
+                        .filter(|(_, checkpoint)| *checkpoint >= through_position)
+                        .map(|(name, _)| name.clone())
+                        .collect(),
+                };
                 seq += 1;
                 rows.push(Row {
                     stream: key.clone(),

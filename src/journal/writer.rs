@@ -320,6 +320,16 @@ impl Shared {
 /// A batch taken from the buffer: records with their tickets, and the gap to write with them.
 type Taken = (Vec<(u64, Record)>, Option<Gap>);
 
+/// The commit being attempted.
+struct Inflight {
+    /// What is still to be written (a fenced stream's records are taken out).
+    records: Vec<(u64, Record)>,
+    gap: Option<Gap>,
+    /// The highest ticket of the batch as it was cut, fenced records included: settled once
+    /// the rest is committed, so a caller waiting on a dropped record does not wait forever.
+    settles: Option<u64>,
+}
+
 enum Payload {
     Encoded(Vec<u8>),
     Batch(CallBatch),
@@ -430,7 +440,7 @@ impl<W: LogWriter> Writer<W> {
         let mut failing: Option<StoreError> = None;
         let mut backoff = Duration::from_millis(10);
         let mut attempts_while_closing = 0;
-        let mut inflight: Option<Taken> = None;
+        let mut inflight: Option<Inflight> = None;
         // Records taken from the buffer and not yet cut into a commit.
         let mut backlog: std::collections::VecDeque<(u64, Record)> = std::collections::VecDeque::new();
         let mut backlog_gap: Option<Gap> = None;
@@ -438,8 +448,19 @@ impl<W: LogWriter> Writer<W> {
             if inflight.is_none() && (!backlog.is_empty() || backlog_gap.is_some()) {
                 let n = backlog.len().min(limits.max_batch);
                 let batch: Vec<_> = backlog.drain(..n).collect();
+                // Settled with this commit whatever is dropped from it, so nobody waits forever.
+                let settles = batch.last().map(|(t, _)| *t);
+                let (dropped, batch): (Vec<_>, Vec<_>) = batch
+                    .into_iter()
+                    .partition(|(_, r)| self.fenced.contains_key(&r.stream));
+                // A fenced stream's later records are lost too: counted, never silent.
+                self.drop_into_gap(&mut backlog_gap, &dropped);
                 let gap = if backlog.is_empty() { backlog_gap.take() } else { None };
-                inflight = Some((batch, gap));
+                inflight = Some(Inflight {
+                    records: batch,
+                    gap,
+                    settles,
+                });
             }
             if inflight.is_none() {
                 if let Some(request) = self.shared.take_request() {
@@ -473,8 +494,8 @@ impl<W: LogWriter> Writer<W> {
                 }
                 continue;
             }
-            let (records, gap) = inflight.as_ref().expect("set above");
-            match self.commit(records, gap.as_ref()).await {
+            let batch = inflight.as_ref().expect("set above");
+            match self.commit(&batch.records, batch.gap.as_ref(), batch.settles).await {
                 Ok(()) => {
                     if let Some(e) = failing.take() {
                         tracing::warn!(error = %e, "event log recovered; buffered events written");
@@ -483,8 +504,9 @@ impl<W: LogWriter> Writer<W> {
                     inflight = None;
                 }
                 Err(StoreError::Conflict { stream, seq }) => {
-                    // Another process wrote this stream. Never interleave: fence the stream,
-                    // drop its records (counted as a gap) and write the rest.
+                    // Another process wrote this stream (the store names the one that collided).
+                    // Never interleave: fence it, drop its records (counted as a gap) and write
+                    // the rest; if another stream of the batch collided too, the retry says so.
                     tracing::error!(
                         stream,
                         seq,
@@ -493,22 +515,12 @@ impl<W: LogWriter> Writer<W> {
                     let key: Arc<str> = Arc::from(stream.as_str());
                     self.fenced.insert(key.clone(), seq);
                     self.shared.record_error(&StoreError::Conflict { stream, seq });
-                    let (records, gap) = inflight.take().expect("set above");
-                    let (dropped, kept): (Vec<_>, Vec<_>) = records.into_iter().partition(|(_, r)| r.stream == key);
-                    let mut gap = gap.unwrap_or_default();
-                    for (_, r) in &dropped {
-                        *gap.dropped
-                            .entry(r.stream.to_string())
-                            .or_default()
-                            .entry(r.body.kind().to_owned())
-                            .or_default() += 1;
-                        gap.to_ms = gap.to_ms.max(now_ms());
-                    }
-                    self.shared
-                        .stats
-                        .dropped
-                        .fetch_add(dropped.len() as u64, Ordering::Relaxed);
-                    inflight = Some((kept, Some(gap)));
+                    let mut batch = inflight.take().expect("set above");
+                    let (dropped, kept): (Vec<_>, Vec<_>) =
+                        batch.records.into_iter().partition(|(_, r)| r.stream == key);
+                    self.drop_into_gap(&mut batch.gap, &dropped);
+                    batch.records = kept;
+                    inflight = Some(batch);
                 }
                 Err(e) => {
                     self.shared.record_error(&e);
@@ -617,7 +629,38 @@ impl<W: LogWriter> Writer<W> {
         }
     }
 
-    async fn commit(&mut self, records: &[(u64, Record)], gap: Option<&Gap>) -> Result<(), StoreError> {
+    /// Counts records of fenced streams into `gap` (created if there is none yet).
+    fn drop_into_gap(&self, gap: &mut Option<Gap>, dropped: &[(u64, Record)]) {
+        if dropped.is_empty() {
+            return;
+        }
+        let at = now_ms();
+        let gap = gap.get_or_insert_with(|| Gap {
+            from_ms: at,
+            ..Gap::default()
+        });
+        gap.to_ms = gap.to_ms.max(at);
+        for (_, r) in dropped {
+            *gap.dropped
+                .entry(r.stream.to_string())
+                .or_default()
+                .entry(r.body.kind().to_owned())
+                .or_default() += 1;
+        }
+        self.shared
+            .stats
+            .dropped
+            .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Writes `records` and `gap` in one append; on success every ticket up to `settles` is
+    /// settled.
+    async fn commit(
+        &mut self,
+        records: &[(u64, Record)],
+        gap: Option<&Gap>,
+        settles: Option<u64>,
+    ) -> Result<(), StoreError> {
         if let Some(e) = self.shared.corruption() {
             return Err(e);
         }
@@ -627,19 +670,6 @@ impl<W: LogWriter> Writer<W> {
             self.shared.max_size_applied.store(wanted, Ordering::Relaxed);
         }
         let started = Instant::now();
-        // Tickets of fenced records count as settled too, so nobody waits on them forever.
-        let ticket = records.last().map(|(t, _)| *t);
-        let kept: Vec<(u64, Record)>;
-        let records = if self.fenced.is_empty() {
-            records
-        } else {
-            kept = records
-                .iter()
-                .filter(|(_, r)| !self.fenced.contains_key(&r.stream))
-                .cloned()
-                .collect();
-            &kept[..]
-        };
         let drafts = pack(records, gap);
         // Seqs continue each stream's; a stream seen for the first time is looked up once.
         let mut next: HashMap<Arc<str>, u64> = HashMap::new();
@@ -709,8 +739,7 @@ impl<W: LogWriter> Writer<W> {
         s.last_commit_us.store(elapsed, Ordering::Relaxed);
         s.commit_us_total.fetch_add(elapsed, Ordering::Relaxed);
         self.shared.progress.send_modify(|p| {
-            if let Some(t) = ticket {
-                debug_assert!(t >= p.ticket, "tickets are committed in order");
+            if let Some(t) = settles {
                 p.ticket = p.ticket.max(t);
             }
             p.position = position;

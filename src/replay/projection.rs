@@ -1,6 +1,7 @@
 //! The stored metrics projection (the seed's `circuit_breaker_metrics`): per breaker, per minute,
 //! kept up to date by tailing the log from a checkpoint, and rebuildable from scratch. Folding
-//! the log in one go or in any number of steps gives the same rows (tested).
+//! the log in one go or in any number of steps gives the same rows (tested), compaction between
+//! the steps included: see `Cursor::origin` and `CallSummary::folded_by`.
 //!
 //! Each step folds a page of events into per-minute deltas and, in one transaction, merges them
 //! into the stored rows and moves the checkpoint: a crash leaves the projection at the previous
@@ -25,6 +26,13 @@ const NAME: &str = "metrics";
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Cursor {
     states: BTreeMap<String, (State, u64)>,
+    /// The log's last position when this fold began from scratch. A call summary at or before it
+    /// was written before the fold read anything, so the batches it replaced were never folded:
+    /// it is counted. A later one was written while this projection's checkpoint was known to
+    /// compaction, and is skipped when it names the projection in `folded_by`. (0 in cursors
+    /// written before this was recorded.)
+    #[serde(default)]
+    origin: i64,
 }
 
 /// What a catch-up did.
@@ -103,6 +111,8 @@ fn fold(e: &StoredEvent, deltas: &mut Deltas, cursor: &mut Cursor, calls: &mut u
     }
     match decode(e).map_err(bad)? {
         Decoded::Breaker(events) => fold_events(e, events.into_iter(), deltas, cursor, calls),
+        // Compaction appends summaries after the batches they replace: count the calls once.
+        Decoded::Summary(s) if e.position > cursor.origin && s.folded_by.iter().any(|n| n == NAME) => {}
         Decoded::Summary(s) => {
             for sm in &s.minutes {
                 entry(deltas, &e.stream, sm.minute_ms).merge(&Minute::from_summary(sm));
@@ -160,6 +170,19 @@ fn fold_events(
     }
 }
 
+/// The encoded cursor of a fold beginning now: its origin is the log's last position. Run inside
+/// the transaction that stores it, under the write lock, so no compaction commits in between.
+async fn fresh_cursor(conn: &mut SqliteConnection) -> Result<Vec<u8>, sqlx::Error> {
+    let (origin,): (Option<i64>,) = sqlx::query_as("SELECT MAX(position) FROM events")
+        .fetch_one(&mut *conn)
+        .await?;
+    let cursor = Cursor {
+        origin: origin.unwrap_or(0),
+        ..Cursor::default()
+    };
+    Ok(rmp_serde::to_vec_named(&cursor).expect("plain data encodes"))
+}
+
 impl Projection {
     /// Opens the projection on the log file (the journal has created its tables).
     pub async fn open(path: &Path) -> Result<Projection, JournalError> {
@@ -170,16 +193,40 @@ impl Projection {
         Ok(Projection { conn })
     }
 
-    async fn checkpoint(&mut self) -> Result<(i64, Cursor), JournalError> {
+    /// The checkpoint, created at position 0 if there is none yet, with the log's last position
+    /// as its origin, both read under the write lock so no compaction commits in between.
+    async fn checkpoint_or_start(&mut self) -> Result<(i64, Cursor), JournalError> {
+        if let Some(found) = self.stored_checkpoint().await? {
+            return Ok(found);
+        }
+        self.conn.execute("BEGIN IMMEDIATE").await.map_err(io)?;
+        let started = async {
+            let cursor = fresh_cursor(&mut self.conn).await?;
+            sqlx::query(
+                "INSERT INTO projections (name, position, cursor) VALUES (?, 0, ?) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(NAME)
+            .bind(cursor)
+            .execute(&mut self.conn)
+            .await?;
+            Ok(true)
+        }
+        .await;
+        crate::journal::end_checked(&mut self.conn, started).await.map_err(io)?;
+        self.checkpoint().await
+    }
+
+    async fn stored_checkpoint(&mut self) -> Result<Option<(i64, Cursor)>, JournalError> {
         let row: Option<(i64, Vec<u8>)> = sqlx::query_as("SELECT position, cursor FROM projections WHERE name = ?")
             .bind(NAME)
             .fetch_optional(&mut self.conn)
             .await
             .map_err(io)?;
-        Ok(match row {
-            Some((p, c)) => (p, rmp_serde::from_slice(&c).unwrap_or_default()),
-            None => (0, Cursor::default()),
-        })
+        Ok(row.map(|(p, c)| (p, rmp_serde::from_slice(&c).unwrap_or_default())))
+    }
+
+    async fn checkpoint(&mut self) -> Result<(i64, Cursor), JournalError> {
+        Ok(self.stored_checkpoint().await?.unwrap_or_default())
     }
 
     /// Folds everything the log holds after the checkpoint, a page (`page` events) per
@@ -189,7 +236,7 @@ impl Projection {
             // The file is damaged: the projection writes nothing more to it either.
             return Err(JournalError::Store(e));
         }
-        let (mut position, mut cursor) = self.checkpoint().await?;
+        let (mut position, mut cursor) = self.checkpoint_or_start().await?;
         let mut done = CatchUp {
             position,
             ..CatchUp::default()
@@ -208,7 +255,7 @@ impl Projection {
             } else {
                 // Another projector (or a rebuild) moved the checkpoint since this page was read:
                 // the page would count twice. Start again from where it left the checkpoint.
-                (position, cursor) = self.checkpoint().await?;
+                (position, cursor) = self.checkpoint_or_start().await?;
             }
         }
         done.position = position;
@@ -216,7 +263,8 @@ impl Projection {
     }
 
     /// Adds a page's deltas and moves the checkpoint from `from` to `position`, in one
-    /// transaction, only if the checkpoint is still at `from` (false: it moved, nothing written).
+    /// transaction, only if the checkpoint is still at `from` and its fold began at the same
+    /// origin (false: it moved or was rebuilt meanwhile, nothing written).
     async fn write(
         &mut self,
         deltas: &Deltas,
@@ -227,11 +275,16 @@ impl Projection {
         self.conn.execute("BEGIN IMMEDIATE").await.map_err(io)?;
         let result: Result<bool, sqlx::Error> = async {
             // Checked under the write lock, so two projectors on one file never both add a page.
-            let stored: Option<(i64,)> = sqlx::query_as("SELECT position FROM projections WHERE name = ?")
-                .bind(NAME)
-                .fetch_optional(&mut self.conn)
-                .await?;
-            if stored.map_or(0, |(p,)| p) != from {
+            let stored: Option<(i64, Vec<u8>)> =
+                sqlx::query_as("SELECT position, cursor FROM projections WHERE name = ?")
+                    .bind(NAME)
+                    .fetch_optional(&mut self.conn)
+                    .await?;
+            let Some((at, stored)) = stored else {
+                return Ok(false);
+            };
+            let origin = rmp_serde::from_slice::<Cursor>(&stored).unwrap_or_default().origin;
+            if at != from || origin != cursor.origin {
                 return Ok(false);
             }
             // One range read per stream and multi-row upserts: a statement per minute row cost
@@ -302,10 +355,17 @@ impl Projection {
         self.conn.execute("BEGIN IMMEDIATE").await.map_err(io)?;
         let cleared = async {
             self.conn.execute("DELETE FROM metrics_minutes").await?;
-            sqlx::query("DELETE FROM projections WHERE name = ?")
-                .bind(NAME)
-                .execute(&mut self.conn)
-                .await?;
+            // Back to position 0 with a new origin in the same transaction: no compaction commits
+            // between the two, and none in between sees no checkpoint.
+            let cursor = fresh_cursor(&mut self.conn).await?;
+            sqlx::query(
+                "INSERT INTO projections (name, position, cursor) VALUES (?, 0, ?)
+                 ON CONFLICT (name) DO UPDATE SET position = excluded.position, cursor = excluded.cursor",
+            )
+            .bind(NAME)
+            .bind(cursor)
+            .execute(&mut self.conn)
+            .await?;
             Ok::<_, sqlx::Error>(())
         }
         .await;
