@@ -36,7 +36,10 @@ pub(crate) struct Inner {
 /// for `prices.list` never answers with what `customers.create` returned, nor with a value of
 /// another type.
 #[derive(Default)]
-pub(crate) struct LastSuccesses(Mutex<HashMap<TypeId, HashMap<String, Box<dyn Any + Send + Sync>>>>);
+pub(crate) struct LastSuccesses(Mutex<HashMap<TypeId, ByOperation>>);
+
+/// One type's last good values, by operation.
+type ByOperation = HashMap<String, Box<dyn Any + Send + Sync>>;
 
 impl LastSuccesses {
     fn remember<T: Clone + Send + Sync + 'static>(&self, op: &str, value: &T) {
