@@ -145,14 +145,21 @@ impl Published {
     fn view(&self) -> AdmissionView {
         let w = self.word.load(Ordering::Acquire);
         let (state, episode) = (code_state(w & 7), w >> WORD_SHIFT);
-        AdmissionView {
+        let mut view = AdmissionView {
             state,
             episode,
             trial_episode: episode + u64::from(w & NEXT_BIT != 0),
-            open_until_ms: self.open_until_ms.load(Ordering::Relaxed),
-            trial_deadline_ms: self.trial_deadline_ms.load(Ordering::Relaxed),
-            half_open_requests: self.half_open_requests.load(Ordering::Relaxed) as u32,
+            open_until_ms: 0,
+            trial_deadline_ms: u64::MAX,
+            half_open_requests: 0,
+        };
+        // The hot CLOSED path reads one word; the rest only where the rule reads it.
+        if AdmissionView::reads_timing(state) {
+            view.open_until_ms = self.open_until_ms.load(Ordering::Relaxed);
+            view.trial_deadline_ms = self.trial_deadline_ms.load(Ordering::Relaxed);
+            view.half_open_requests = self.half_open_requests.load(Ordering::Relaxed) as u32;
         }
+        view
     }
 
     /// Admission at `now_ms`, without the actor: the core's verdict on the published view, with

@@ -89,10 +89,20 @@ impl<H: Borrow<BreakerHandle>> Admitted<H> {
 }
 
 impl<H: Borrow<BreakerHandle>> Drop for Admitted<H> {
+    #[inline]
     fn drop(&mut self) {
-        if self.ended {
-            return;
+        if !self.ended {
+            self.cancel();
         }
+    }
+}
+
+impl<H: Borrow<BreakerHandle>> Admitted<H> {
+    /// The call was given up before it ended (kept out of line: the common path only checks the
+    /// flag).
+    #[cold]
+    #[inline(never)]
+    fn cancel(&mut self) {
         let h = self.handle.borrow();
         let elapsed_ms = h.inner.clock.now_ms().saturating_sub(self.permit.admitted_at_ms);
         let outcome = if u128::from(elapsed_ms) >= h.inner.call_timeout.as_millis() {
@@ -382,16 +392,17 @@ where
 {
     let mut fut = std::pin::pin!(fut);
     let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
-    let (key, call_timeout) = {
-        let inner = &admitted.handle.borrow().inner;
-        (inner.key, inner.call_timeout)
-    };
+    // Nothing but the guard is held across the await below: every byte held there sizes every
+    // call's future, ready or not.
     let result = match first {
         Poll::Ready(r) => Some(r),
         // Boxed: a timer is large, and keeping it inline would make every call's future
         // (and each move of it) that much bigger for the ready calls that never need one.
         // A call that is really pending is waiting on I/O, next to which one allocation is noise.
-        Poll::Pending => Box::pin(tokio::time::timeout(call_timeout, fut)).await.ok(),
+        Poll::Pending => {
+            let after = admitted.handle.borrow().inner.call_timeout;
+            Box::pin(tokio::time::timeout(after, fut)).await.ok()
+        }
     };
     match result {
         Some(r) => {
@@ -400,11 +411,12 @@ where
             (r.map_err(CallError::Inner), outcome)
         }
         None => {
-            admitted.complete(Outcome::Timeout);
+            let inner = &admitted.handle.borrow().inner;
             let e = CallError::TimedOut {
-                service: key,
-                after: call_timeout,
+                service: inner.key,
+                after: inner.call_timeout,
             };
+            admitted.complete(Outcome::Timeout);
             (Err(e), Outcome::Timeout)
         }
     }

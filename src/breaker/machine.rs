@@ -95,6 +95,14 @@ impl AdmissionView {
         }
     }
 
+    /// Does [`AdmissionView::decide`] read the timing fields (`open_until_ms`,
+    /// `trial_deadline_ms`, `half_open_requests`) in `state`? A reader that keeps the view in
+    /// separate words (the runtime's gate) need not load them otherwise.
+    #[inline]
+    pub fn reads_timing(state: State) -> bool {
+        matches!(state, State::Open | State::HalfOpen)
+    }
+
     /// May a trial be admitted when `taken` of the episode's permits are out?
     #[inline]
     pub fn trial_left(&self, taken: u64) -> bool {
