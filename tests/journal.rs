@@ -607,6 +607,67 @@ async fn a_conflict_fences_the_stream_that_collided_not_the_first_of_the_group_c
 }
 
 #[test]
+fn call_batches_of_version_1_still_decode_and_version_2_holds_cancelled_calls() {
+    use breakerbox::breaker::CallRecorded;
+    use breakerbox::journal::decode_batch;
+    // Golden bytes of a `call_batch` as version 1 wrote it (written by the tree before
+    // `cancelled` existed, never rewritten): its outcome code has 2 bits, slow bit 2, stale bit 3.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/events/call_batch.v1.msgpack");
+    let stored = |event_version: u32, payload: Vec<u8>| StoredEvent {
+        position: 7,
+        stream: "stripe".into(),
+        seq: 2,
+        event_type: "call_batch".into(),
+        event_version,
+        recorded_at: 1_764_000_000_000,
+        payload,
+    };
+    let call = |dt: u64, outcome, latency_ms, slow, stale| CallRecorded {
+        at_ms: 1_764_000_000_000 + dt,
+        outcome,
+        latency_ms,
+        slow,
+        stale,
+    };
+    let v1 = stored(1, std::fs::read(&path).unwrap());
+    let Decoded::Breaker(events) = decode(&v1).unwrap() else {
+        panic!("a call batch decodes as calls")
+    };
+    let expected = vec![
+        call(0, Outcome::Success, 12, false, false),
+        call(5, Outcome::Failure, 3_000, true, false),
+        call(9, Outcome::Timeout, 10_000, true, false),
+        call(9, Outcome::Ignored, 1, false, true),
+    ];
+    assert_eq!(
+        events,
+        expected.iter().copied().map(Event::CallRecorded).collect::<Vec<_>>()
+    );
+    // Version 2 (written now) adds `cancelled`, and reads back exactly.
+    let mut batch = breakerbox::journal::CallBatch::new(1_764_000_000_000);
+    let written = [
+        call(0, Outcome::Cancelled, 40, false, false),
+        call(1, Outcome::Ignored, 2, false, true),
+        call(2, Outcome::Failure, 9, true, false),
+    ];
+    for c in &written {
+        assert!(batch.push(c));
+    }
+    let v2 = stored(
+        breakerbox::journal::CALL_BATCH_VERSION,
+        rmp_serde::to_vec_named(&batch).unwrap(),
+    );
+    assert_eq!(breakerbox::journal::CALL_BATCH_VERSION, 2);
+    let back: Vec<CallRecorded> = decode_batch(&v2).unwrap().iter().collect();
+    assert_eq!(back, written);
+    // The same bytes read as version 1 are refused (bit 4 is not a v1 bit), never misread.
+    assert!(decode_batch(&stored(1, v2.payload.clone())).is_err());
+    // A version this build does not know is named, not guessed.
+    let e = decode(&stored(3, v2.payload)).unwrap_err().to_string();
+    assert!(e.contains("version 3"), "{e}");
+}
+
+#[test]
 fn call_summaries_written_before_they_named_their_tailers_still_decode() {
     // Golden bytes of a `call_summary` as compaction first wrote it: minutes only.
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/events/call_summary.v1.msgpack");
