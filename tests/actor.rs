@@ -951,19 +951,21 @@ async fn a_cancelled_call_after_its_call_timeout_is_a_timeout() {
     let registry = start_with(dir.path(), clock.clone(), TRIALS, JournalOptions::default()).await;
     let stripe = registry.get("stripe").unwrap().clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
     let call = {
         let stripe = stripe.clone();
         tokio::spawn(async move {
             let _ = stripe
                 .call("", async move {
+                    let _ = started_tx.send(());
                     let _ = rx.await;
                     Ok::<_, &str>(())
                 })
                 .await;
         })
     };
-    while stripe.inspect().await.is_none() {}
-    tokio::task::yield_now().await;
+    // The call was admitted and runs (its body is polled only after admission).
+    started.await.unwrap();
     // The breaker's clock says the call ran 11 s (its call timeout is 10 s) when it is dropped.
     clock.advance(11_000);
     call.abort();

@@ -30,6 +30,23 @@ fn json_lines(out: &Output) -> Vec<Value> {
         .collect()
 }
 
+/// `status --json`'s output: exactly one JSON document (as `JSON.parse` / `json.load` read it);
+/// its breakers.
+fn status_rows(out: &Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("status --json prints one JSON document");
+    assert!(
+        matches!(doc["status"].as_str(), Some("pass" | "warn" | "fail")),
+        "{doc}"
+    );
+    doc["breakers"].as_array().expect("a breakers array").clone()
+}
+
 fn transitions(lines: &[Value]) -> Vec<(u64, String, String, String)> {
     lines
         .iter()
@@ -709,7 +726,7 @@ fn status_shows_every_breaker_and_operator_commands_are_audited() {
     let dir = tempfile::tempdir().unwrap();
     let db = recorded_log(dir.path());
     let db = db.to_str().unwrap();
-    let rows = json_lines(&breakerbox(&["status", "--db", db], ""));
+    let rows = status_rows(&breakerbox(&["status", "--db", db], ""));
     let keys: Vec<&str> = rows.iter().map(|r| r["service"].as_str().unwrap()).collect();
     assert_eq!(
         keys,
@@ -721,7 +738,7 @@ fn status_shows_every_breaker_and_operator_commands_are_audited() {
     assert!(stripe["health"]["score"].as_u64().unwrap() <= 100);
     assert!(stripe["last_transition"]["reason"].as_str().is_some());
     assert_eq!(rows[0]["last_transition"], Value::Null, "calcom has no history");
-    let one = json_lines(&breakerbox(&["status", "--db", db, "--service=stripe"], ""));
+    let one = status_rows(&breakerbox(&["status", "--db", db, "--service=stripe"], ""));
     assert_eq!(one.len(), 1);
 
     let out = breakerbox(
@@ -731,7 +748,7 @@ fn status_shows_every_breaker_and_operator_commands_are_audited() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("closed → forced_open"));
     assert_eq!(
-        json_lines(&breakerbox(&["status", "--db", db, "--service", "stripe"], ""))[0]["state"],
+        status_rows(&breakerbox(&["status", "--db", db, "--service", "stripe"], ""))[0]["state"],
         "forced_open"
     );
     let out = breakerbox(
@@ -748,7 +765,7 @@ fn status_shows_every_breaker_and_operator_commands_are_audited() {
         ],
         "",
     );
-    assert_eq!(json_lines(&out)[0]["state"], "closed");
+    assert_eq!(status_rows(&out)[0]["state"], "closed");
     let audit = json_lines(&breakerbox(&["audit", "--db", db, "--kind", "command", "--json"], ""));
     let last = &audit.last().unwrap()["details"];
     assert_eq!(
@@ -791,7 +808,7 @@ fn status_test_requests_each_health_url_and_says_which_services_cannot_be_tested
         "--config",
         config.to_str().unwrap(),
     ];
-    let rows = json_lines(&breakerbox(&args, ""));
+    let rows = status_rows(&breakerbox(&args, ""));
     let by = |k: &str| rows.iter().find(|r| r["service"] == k).unwrap()["test"].clone();
     assert_eq!(by("calcom")["testable"], false, "reported, not skipped");
     assert_eq!(
@@ -868,7 +885,7 @@ fn status_reset_from_a_second_process_resets_the_breaker_inside_a_running_server
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
     assert_eq!(stripe.state(), State::Closed, "the running process applied the reset");
-    let rows = json_lines(&out);
+    let rows = status_rows(&out);
     assert_eq!(rows[0]["state"], "closed");
     rt.block_on(async {
         registry.shutdown().await.unwrap();
@@ -1006,7 +1023,7 @@ fn demo_runs_end_to_end_and_every_history_command_answers_from_its_log() {
         demo_config.is_file(),
         "the demo writes its configuration beside the log"
     );
-    let rows = json_lines(&breakerbox(
+    let rows = status_rows(&breakerbox(
         &[
             "status",
             "--db",
@@ -1020,7 +1037,7 @@ fn demo_runs_end_to_end_and_every_history_command_answers_from_its_log() {
     let row = rows.iter().find(|r| r["service"] == "stripe").unwrap();
     assert_eq!(row["state"], "closed");
     assert_eq!(row["last_transition"]["to"], "closed");
-    assert!(row["calls_5m"].as_u64().unwrap() > 0);
+    assert!(row["metrics_5m"]["calls"].as_u64().unwrap() > 0);
 
     // the audit trail shows stripe opening and closing
     let audit = json_lines(&breakerbox(
@@ -1494,6 +1511,60 @@ fn a_sighup_reload_gives_the_health_score_the_new_latency_budget() {
 }
 
 #[test]
+fn status_json_is_the_document_the_health_api_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = recorded_log(dir.path());
+    let config = dir.path().join("cb.toml");
+    std::fs::write(&config, "[services.stripe]\nfailure_threshold = 3\ntimeout = \"20s\"\n").unwrap();
+    let (child, addr) = serve_with(&db, &config);
+    let args = [
+        "status",
+        "--db",
+        db.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--json",
+    ];
+    // Asked at (nearly) the same instant: equal but for the instant itself. The five-minute
+    // window moves at minute boundaries; a pair asked across one is asked again.
+    let mut agreed = None;
+    for _ in 0..3 {
+        let (code, response) = http_get(
+            &addr,
+            "/api/health/circuit-breakers",
+            Some("token-for-the-test-0123456789abcdef"),
+        );
+        assert_eq!(code, 200, "{response}");
+        let mut http: Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        let out = breakerbox(&args, "");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut cli: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+        let minute = |v: &Value| v["as_of_ms"].as_u64().unwrap() / 60_000;
+        if minute(&http) != minute(&cli) {
+            continue;
+        }
+        http.as_object_mut().unwrap().remove("as_of_ms");
+        cli.as_object_mut().unwrap().remove("as_of_ms");
+        agreed = Some((http, cli));
+        break;
+    }
+    stop(child);
+    let (http, cli) = agreed.expect("three pairs, each across a minute boundary");
+    assert_eq!(cli, http, "the CLI and the HTTP API give one answer");
+    let stripe = http["breakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["service"] == "stripe")
+        .unwrap();
+    assert!(
+        stripe["metrics_5m"]["calls"].as_u64().unwrap() > 0,
+        "the recorded calls of the last five minutes are in it: {stripe}"
+    );
+    assert_eq!(stripe["last_transition"]["to"], "closed", "{stripe}");
+}
+
+#[test]
 fn a_changed_config_file_swaps_the_api_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let (db, config) = (dir.path().join("serve.db"), dir.path().join("cb.toml"));
@@ -1720,7 +1791,7 @@ fn a_command_right_after_the_server_was_killed_is_applied_and_names_its_position
         .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("the ack names its position: {stdout}"));
-    let rows = json_lines(&breakerbox(
+    let rows = status_rows(&breakerbox(
         &["status", "--db", db, "--service", "stripe", "--json"],
         "",
     ));
@@ -1790,7 +1861,7 @@ fn a_command_to_an_owner_that_is_alive_but_does_not_answer_says_so() {
     assert!(stderr.contains(&expected), "{stderr}");
     assert!(stderr.contains("did not apply the command within 5000 ms"), "{stderr}");
     rt.block_on(journal.close());
-    let rows = json_lines(&breakerbox(
+    let rows = status_rows(&breakerbox(
         &["status", "--db", db.to_str().unwrap(), "--service", "stripe", "--json"],
         "",
     ));
@@ -1850,7 +1921,7 @@ fn a_command_to_an_owner_on_another_host_that_stops_renewing_is_applied_once_its
         stdout.contains("serve pid 4242 on host db-2 did not renew the lease") && stdout.contains("at position "),
         "{stdout}"
     );
-    let rows = json_lines(&breakerbox(
+    let rows = status_rows(&breakerbox(
         &["status", "--db", db.to_str().unwrap(), "--service", "stripe", "--json"],
         "",
     ));

@@ -174,7 +174,10 @@ async fn an_export_fed_to_simulate_reproduces_exactly_the_transitions_the_live_l
             live.len()
         );
 
-        let lines = replay::export(&entries, None, None, &fallback);
+        let lines: Vec<_> = replay::export(&entries, None, None, &fallback)
+            .iter()
+            .map(replay::TraceLine::to_json)
+            .collect();
         let simulated = simulate_lines(&lines, &fallback);
         let recorded: Vec<_> = live.iter().map(|t| (t.at_ms, t.from, t.to, t.reason)).collect();
         if simulated != recorded {
@@ -207,7 +210,10 @@ async fn an_export_fed_to_simulate_reproduces_exactly_the_transitions_the_live_l
         assert_eq!(simulated, recorded, "seed {seed}");
         // A window that starts mid-history (state line) reproduces that window's transitions.
         let mid = live[live.len() / 2].at_ms + 1;
-        let window = replay::export(&entries, Some(mid), None, &fallback);
+        let window: Vec<_> = replay::export(&entries, Some(mid), None, &fallback)
+            .iter()
+            .map(replay::TraceLine::to_json)
+            .collect();
         assert!(window[0].get("state").is_some());
         let simulated = simulate_lines(&window, &fallback);
         let recorded: Vec<_> = replay::transitions(&entries, mid, u64::MAX)
@@ -215,6 +221,10 @@ async fn an_export_fed_to_simulate_reproduces_exactly_the_transitions_the_live_l
             .map(|t| (t.at_ms, t.from, t.to, t.reason))
             .collect();
         assert_eq!(simulated, recorded, "seed {seed}: window from {mid}");
+        // What-if with nothing changed is what happened; the library answers without the CLI.
+        let same = replay::what_if(&entries, Some(mid), None, &fallback, &Default::default()).unwrap();
+        assert_eq!(same.alternative.transitions, same.actual.transitions, "seed {seed}");
+        assert_eq!(same.alternative.open_ms, same.actual.open_ms, "seed {seed}");
         registry.journal().close().await;
     }
 }

@@ -3,11 +3,10 @@
 use super::policy_args::PolicyArgs;
 use super::{CliError, Global};
 use breakerbox::actor::system_now_ms;
-use breakerbox::breaker::{Event, Policy, State, Transition};
+use breakerbox::breaker::{Policy, State, Transition};
 use breakerbox::config::{Config, LoadOptions, defaults};
 use breakerbox::journal::{Journal, JournalOptions};
 use breakerbox::replay::{self, AuditQuery, Kind, parse_time};
-use breakerbox::simulate::{Input, Simulator, parse_line};
 use serde_json::{Value, json};
 use std::io::Write;
 
@@ -329,51 +328,53 @@ pub fn replay(args: ReplayArgs, global: &Global) -> Result<(), CliError> {
     }
     let from = time_arg(&args.from, "--from", 0)?;
     let to = time_arg(&args.to, "--to", u64::MAX)?;
-    let timeline = replay::transitions(&entries, from, to);
-    let minutes = per_minute(&entries, from, to);
+    let t = replay::timeline(&entries, from, to.min(now), &fallback);
     if let Some(file) = &args.svg {
-        let end = to.min(now);
-        let initial = replay::fold(&entries, Some(from.saturating_sub(1)), &fallback).state();
-        let picture = replay::timeline_svg(
-            &args.service,
-            from,
-            end,
-            initial,
-            &timeline,
-            &replay::minutes(&entries, end),
-        );
+        let picture = replay::timeline_svg(&args.service, t.from_ms, t.to_ms, t.initial, &t.transitions, &t.minutes);
         std::fs::write(file, picture).map_err(|e| CliError::Runtime(format!("writing {}: {e}", file.display())))?;
     }
     if global.json {
-        let v = json!({"service": args.service, "transitions": timeline, "minutes": minutes});
+        let minutes: Vec<Value> = t.minutes.values().map(minute_json).collect();
+        let v = json!({"service": args.service, "transitions": t.transitions, "minutes": minutes});
         serde_json::to_writer(&mut out, &v).map_err(runtime_err)?;
         return writeln!(out).map_err(io);
     }
-    writeln!(out, "{}: {} transitions", args.service, timeline.len()).map_err(io)?;
-    for t in &timeline {
-        writeln!(out, "  {}", transition_line(t)).map_err(io)?;
+    writeln!(out, "{}: {} transitions", args.service, t.transitions.len()).map_err(io)?;
+    for tr in &t.transitions {
+        writeln!(out, "  {}", transition_line(tr)).map_err(io)?;
     }
     writeln!(
         out,
-        "per minute: calls, failed, timed out, slow, p50/p95/p99 latency (ms)"
+        "per minute: calls, failed, timed out, slow, rejected, p50/p95/p99 latency (ms, histogram bucket bounds)"
     )
     .map_err(io)?;
-    for m in &minutes {
+    let ms = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    for m in t.minutes.values() {
         writeln!(
             out,
-            "  {}  {:>6} {:>6} {:>6} {:>6}  {}/{}/{}",
-            fmt_time(m["minute_ms"].as_u64().unwrap_or(0)),
-            m["calls"],
-            m["failures"],
-            m["timeouts"],
-            m["slow"],
-            m["p50_ms"],
-            m["p95_ms"],
-            m["p99_ms"]
+            "  {}  {:>6} {:>6} {:>6} {:>6} {:>6}  {}/{}/{}",
+            fmt_time(m.minute_ms),
+            m.calls(),
+            m.failures,
+            m.timeouts,
+            m.slow,
+            m.rejected,
+            ms(m.latency_quantile_ms(0.5)),
+            ms(m.latency_quantile_ms(0.95)),
+            ms(m.latency_quantile_ms(0.99))
         )
         .map_err(io)?;
     }
     Ok(())
+}
+
+/// A minute as `replay --json` and `/api/history` show it.
+fn minute_json(m: &replay::Minute) -> Value {
+    json!({"minute_ms": m.minute_ms, "calls": m.calls(), "successes": m.successes, "failures": m.failures,
+           "timeouts": m.timeouts, "ignored": m.ignored, "cancelled": m.cancelled, "slow": m.slow,
+           "rejected": m.rejected, "fallbacks": m.fallbacks,
+           "p50_ms": m.latency_quantile_ms(0.5), "p95_ms": m.latency_quantile_ms(0.95),
+           "p99_ms": m.latency_quantile_ms(0.99)})
 }
 
 fn transition_line(t: &Transition) -> String {
@@ -385,37 +386,6 @@ fn transition_line(t: &Transition) -> String {
         t.reason.as_str(),
         replay::evidence_text(&t.evidence)
     )
-}
-
-/// Calls per minute in `[from, to)` with latency percentiles.
-fn per_minute(entries: &[replay::Entry], from: u64, to: u64) -> Vec<Value> {
-    let mut minutes: std::collections::BTreeMap<u64, (u64, u64, u64, u64, Vec<u64>)> = Default::default();
-    for e in entries {
-        if let replay::Item::Core(Event::CallRecorded(c)) = &e.item
-            && c.at_ms >= from
-            && c.at_ms < to
-        {
-            let m = minutes.entry(c.at_ms / 60_000 * 60_000).or_default();
-            m.0 += 1;
-            m.1 += u64::from(c.outcome == breakerbox::breaker::Outcome::Failure);
-            m.2 += u64::from(c.outcome == breakerbox::breaker::Outcome::Timeout);
-            m.3 += u64::from(c.slow);
-            m.4.push(c.latency_ms);
-        }
-    }
-    minutes
-        .into_iter()
-        .map(|(minute, (calls, failures, timeouts, slow, mut lat))| {
-            lat.sort_unstable();
-            let pct = |p: f64| {
-                lat.get(((lat.len() as f64 * p).ceil() as usize).saturating_sub(1))
-                    .copied()
-                    .unwrap_or(0)
-            };
-            json!({"minute_ms": minute, "calls": calls, "failures": failures, "timeouts": timeouts, "slow": slow,
-                   "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99)})
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -449,7 +419,7 @@ pub fn export(args: ExportArgs, global: &Global) -> Result<(), CliError> {
     let entries = load_history(global, &args.service)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for line in replay::export(&entries, from, to, &fallback) {
-        serde_json::to_writer(&mut out, &line).map_err(runtime_err)?;
+        serde_json::to_writer(&mut out, &line.to_json()).map_err(runtime_err)?;
         writeln!(out).map_err(runtime_err)?;
     }
     out.flush().map_err(runtime_err)
@@ -479,31 +449,6 @@ pub struct WhatIfArgs {
     policy: PolicyArgs,
 }
 
-#[derive(Default, serde::Serialize)]
-struct Side {
-    transitions: Vec<Transition>,
-    open_ms: u64,
-    calls_run: u64,
-    rejected: u64,
-    failed_calls_rejected: u64,
-}
-
-fn open_time(transitions: &[Transition], start: u64, end: u64, initial: State) -> u64 {
-    let mut total = 0;
-    let (mut state, mut since) = (initial, start);
-    for t in transitions {
-        if matches!(state, State::Open | State::ForcedOpen) {
-            total += t.at_ms.saturating_sub(since);
-        }
-        state = t.to;
-        since = t.at_ms;
-    }
-    if matches!(state, State::Open | State::ForcedOpen) {
-        total += end.saturating_sub(since);
-    }
-    total
-}
-
 pub fn what_if(args: WhatIfArgs, global: &Global) -> Result<(), CliError> {
     let service = args
         .policy
@@ -512,70 +457,10 @@ pub fn what_if(args: WhatIfArgs, global: &Global) -> Result<(), CliError> {
         .ok_or_else(|| CliError::BadInput("what-if needs --service NAME".into()))?;
     let (from, to) = (optional_time(&args.from, "--from")?, optional_time(&args.to, "--to")?);
     let fallback = configured(global, &service)?;
-    let flags = args.policy.knobs();
     let entries = load_history(global, &service)?;
-    let lines = replay::export(&entries, from, to, &fallback);
-    let inputs: Vec<Input> = lines
-        .iter()
-        .enumerate()
-        .map(|(i, l)| parse_line(i + 1, &l.to_string(), 0).map(|o| o.expect("export writes no blank lines")))
-        .collect::<Result<_, _>>()
-        .map_err(runtime_err)?;
-    let start = inputs.first().map_or(0, Input::at_ms);
-    let end = inputs.iter().map(Input::at_ms).max().unwrap_or(start);
-    // What actually happened in the window (the log's own transitions).
-    let actual_transitions = replay::transitions(&entries, start, end.saturating_add(1));
-    let initial = replay::fold(&entries, Some(start.saturating_sub(1)), &fallback).state();
-    let actual = Side {
-        open_ms: open_time(&actual_transitions, start, end, initial),
-        calls_run: inputs.iter().filter(|i| matches!(i, Input::Call { .. })).count() as u64,
-        transitions: actual_transitions,
-        ..Side::default()
-    };
-    // The same calls under the other policy: recorded policy lines with the flags on top.
-    let mut sim: Option<Simulator> = None;
-    let mut events = Vec::new();
-    let mut what = Side::default();
-    for input in &inputs {
-        match input {
-            Input::Policy { at_ms, knobs } => {
-                let mut k = defaults();
-                k.overlay(knobs);
-                k.overlay(&flags);
-                let policy = k
-                    .policy()
-                    .map_err(|e| CliError::BadInput(format!("invalid policy: {e}")))?;
-                match &mut sim {
-                    Some(s) => s.set_policy(*at_ms, policy, &mut events).map_err(runtime_err)?,
-                    None => sim = Some(Simulator::new(policy).map_err(runtime_err)?),
-                }
-            }
-            // The state at the window's start; the policy line that follows applies the flags.
-            Input::State { breaker, .. } => sim = Some(Simulator::with_breaker((**breaker).clone())),
-            Input::Call { outcome, .. } => {
-                let s = sim.as_mut().expect("export starts with a policy or state line");
-                let before = s.summary().rejected;
-                s.step(input, &mut events);
-                if s.summary().rejected > before {
-                    what.rejected += 1;
-                    what.failed_calls_rejected += u64::from(outcome.is_failure());
-                }
-            }
-            Input::Command { .. } => sim.as_mut().expect("policy line first").step(input, &mut events),
-        }
-    }
-    if let Some(s) = &mut sim {
-        s.finish(&mut events);
-    }
-    what.transitions = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Transitioned(t) => Some((**t).clone()),
-            _ => None,
-        })
-        .collect();
-    what.open_ms = open_time(&what.transitions, start, end, initial);
-    what.calls_run = actual.calls_run - what.rejected;
+    let r = replay::what_if(&entries, from, to, &fallback, &args.policy.knobs())
+        .map_err(|e| CliError::BadInput(format!("invalid policy: {e}")))?;
+    let (start, end, actual, what) = (r.from_ms, r.to_ms, &r.actual, &r.alternative);
     let mut out = std::io::stdout().lock();
     let io = super::stdout_error;
     if global.json {
@@ -593,13 +478,12 @@ pub fn what_if(args: WhatIfArgs, global: &Global) -> Result<(), CliError> {
         what.transitions.len()
     )
     .map_err(io)?;
-    let opened = |s: &Side| s.transitions.iter().filter(|t| t.to == State::Open).count();
     writeln!(
         out,
         "{:<28} {:>14} {:>14}",
         "times opened",
-        opened(&actual),
-        opened(&what)
+        actual.times_opened(),
+        what.times_opened()
     )
     .map_err(io)?;
     writeln!(

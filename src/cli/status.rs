@@ -4,23 +4,25 @@
 use super::{CliError, Global};
 use breakerbox::actor::remote::{self, RemoteOutcome};
 use breakerbox::actor::system_now_ms;
-use breakerbox::breaker::{Command, Event, Outcome, State, codec};
+use breakerbox::breaker::{Command, Outcome, State};
 use breakerbox::config::{BreakerConfig, Config, LoadOptions};
 use breakerbox::journal::{Journal, JournalOptions, Operator};
-use breakerbox::replay::Projection;
+use breakerbox::replay::{BreakerNow, Projection, health_report};
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 /// Every breaker's state, health and recent calls; or reset them.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "A table on a terminal, JSON lines otherwise (or with --json).
+#[command(
+    after_help = "A table on a terminal; otherwise (or with --json) one JSON document, the same as
+GET /api/health/circuit-breakers answers.
 
 EXAMPLES:
   breakerbox status
   breakerbox status --service=stripe --test
-  breakerbox status --reset --service stripe --reason \"provider fixed the outage\"")]
+  breakerbox status --reset --service stripe --reason \"provider fixed the outage\""
+)]
 pub struct StatusArgs {
     /// Only this breaker (a service, or service/operation).
     #[arg(long, value_name = "NAME")]
@@ -145,9 +147,8 @@ pub fn status(args: StatusArgs, global: &Global) -> Result<(), CliError> {
     let breakers = selected(&config, args.service.as_deref())?;
     let path = global.existing_db()?;
     let json_out = global.json || !std::io::stdout().is_terminal();
-    let now = system_now_ms();
     let rt = super::runtime()?;
-    let rows = rt.block_on(async {
+    let report = rt.block_on(async {
         let journal = Journal::open(&path, JournalOptions::default())
             .await
             .map_err(runtime_err)?;
@@ -161,57 +162,28 @@ pub fn status(args: StatusArgs, global: &Global) -> Result<(), CliError> {
                     }
                 }
             }
-            let mut projection = Projection::open(&path).await.map_err(runtime_err)?;
-            projection.catch_up(&journal, 10_000).await.map_err(runtime_err)?;
-            let budgets: BTreeMap<String, u64> = breakers
-                .iter()
-                .map(|b| (b.key.clone(), b.latency_budget_ms()))
-                .collect();
-            let health = projection
-                .health_all(&journal, &budgets, now)
-                .await
-                .map_err(runtime_err)?;
-            let mut rows = Vec::new();
+            let mut recovered = Vec::with_capacity(breakers.len());
             for b in &breakers {
-                let breaker = journal
-                    .recover(&b.key, b.policy.clone())
-                    .await
-                    .map_err(runtime_err)?
-                    .breaker;
-                let minutes = projection
-                    .minutes(&b.key, now.saturating_sub(5 * 60_000), now)
-                    .await
-                    .map_err(runtime_err)?;
-                let (calls, failures) = minutes
-                    .values()
-                    .fold((0, 0), |(c, f), m| (c + m.calls(), f + m.failures + m.timeouts));
-                let last = journal
-                    .latest(&b.key, codec::types::TRANSITION)
-                    .await
-                    .map_err(runtime_err)?
-                    .and_then(|e| match codec::decode(&e.event_type, e.event_version, &e.payload) {
-                        Ok(Event::Transitioned(t)) => Some(*t),
-                        _ => None,
-                    });
-                let view = breaker.view(now);
-                let test = if args.test {
-                    Some(test(b, view.state, view.open_until_ms, now).await)
-                } else {
-                    None
-                };
-                rows.push(json!({
-                    "service": b.key,
-                    "state": view.state,
-                    "open_remaining_ms": view.open_until_ms.map(|u| u.saturating_sub(now)),
-                    "health": health.get(&b.key),
-                    "calls_5m": calls,
-                    "failures_5m": failures,
-                    "last_transition": last,
-                    "test": test,
-                }));
+                let r = journal.recover(&b.key, b.policy.clone()).await.map_err(runtime_err)?;
+                recovered.push(r.breaker);
             }
+            let now = system_now_ms();
+            let now_of: Vec<BreakerNow<'_>> = breakers
+                .iter()
+                .zip(&recovered)
+                .map(|(b, breaker)| BreakerNow::recovered(&b.key, breaker, b.latency_budget_ms(), now))
+                .collect();
+            let mut projection = Projection::open(&path).await.map_err(runtime_err)?;
+            let report = health_report(&journal, &mut projection, &now_of, now, false).await;
             projection.close().await;
-            Ok::<_, CliError>(rows)
+            let mut report = report.map_err(runtime_err)?;
+            report.service = args.service.clone();
+            if args.test {
+                for (b, row) in breakers.iter().zip(report.breakers.iter_mut()) {
+                    row.test = Some(test(b, row.state, row.open_remaining_ms).await);
+                }
+            }
+            Ok::<_, CliError>(report)
         }
         .await;
         journal.close().await;
@@ -220,40 +192,40 @@ pub fn status(args: StatusArgs, global: &Global) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     let io = super::stdout_error;
     if json_out {
-        for r in &rows {
-            serde_json::to_writer(&mut out, r).map_err(runtime_err)?;
-            writeln!(out).map_err(io)?;
-        }
-        return Ok(());
+        // One document, the same as `GET /api/health/circuit-breakers` answers.
+        serde_json::to_writer(&mut out, &report).map_err(runtime_err)?;
+        return writeln!(out).map_err(io);
     }
+    let now = report.as_of_ms;
     writeln!(
         out,
         "{:<28} {:<12} {:>6} {:>9} {:>9}  last transition",
         "breaker", "state", "health", "calls 5m", "failed 5m"
     )
     .map_err(io)?;
-    for r in &rows {
-        let last = match r["last_transition"].as_object() {
+    for r in &report.breakers {
+        let last = match &r.last_transition {
             Some(t) => format!(
                 "{} → {} ({}) {}",
-                t["from"].as_str().unwrap_or(""),
-                t["to"].as_str().unwrap_or(""),
-                t["reason"].as_str().unwrap_or(""),
-                fmt_ago(now, t["at_ms"].as_u64().unwrap_or(now))
+                t.from,
+                t.to,
+                t.reason.as_str(),
+                fmt_ago(now, t.at_ms)
             ),
             None => "none".into(),
         };
+        let m = &r.metrics_5m;
         writeln!(
             out,
             "{:<28} {:<12} {:>6} {:>9} {:>9}  {last}",
-            r["service"].as_str().unwrap_or(""),
-            r["state"].as_str().unwrap_or(""),
-            r["health"]["score"],
-            r["calls_5m"],
-            r["failures_5m"]
+            r.service,
+            r.state.to_string(),
+            r.health.score,
+            m.calls,
+            m.failures + m.timeouts
         )
         .map_err(io)?;
-        if let Some(t) = r["test"].as_object() {
+        if let Some(t) = r.test.as_ref().and_then(|t| t.as_object()) {
             writeln!(out, "    test: {}", t["result"].as_str().unwrap_or("")).map_err(io)?;
         }
     }
@@ -261,11 +233,11 @@ pub fn status(args: StatusArgs, global: &Global) -> Result<(), CliError> {
 }
 
 /// A real request to the service's `health_url`, unless its breaker would reject it.
-async fn test(b: &BreakerConfig, state: State, open_until: Option<u64>, now: u64) -> serde_json::Value {
+async fn test(b: &BreakerConfig, state: State, open_remaining_ms: Option<u64>) -> serde_json::Value {
     let Some(url) = b.health_url() else {
         return json!({"testable": false, "result": "not testable: no health_url configured"});
     };
-    if matches!(state, State::Open | State::ForcedOpen) && open_until.is_none_or(|u| u > now) {
+    if matches!(state, State::Open | State::ForcedOpen) && open_remaining_ms.is_none_or(|left| left > 0) {
         return json!({"testable": true, "sent": false, "result": format!("not sent: the breaker is {state}")});
     }
     breakerbox::tls::init();

@@ -505,6 +505,12 @@ pub fn policy_keys(policy: &Policy) -> serde_json::Map<String, serde_json::Value
 }
 
 impl Knobs {
+    /// The settings that give `policy` over the embedded defaults (its [`policy_keys`]): a
+    /// recorded policy with some keys changed is `defaults` + this + the changes.
+    pub fn of_policy(policy: &Policy) -> Knobs {
+        Knobs::from_json(&policy_keys(policy), &Source::Default).expect("policy_keys writes only valid keys")
+    }
+
     /// Settings from a JSON object of config keys (a `simulate` policy line), each with `source`.
     pub fn from_json(object: &serde_json::Map<String, serde_json::Value>, source: &Source) -> Result<Knobs, String> {
         let mut knobs = Knobs::default();

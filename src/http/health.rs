@@ -2,109 +2,54 @@
 //! the dashboard (`/api/history`), and operator actions (`POST /api/circuit-breakers/{key}/…`).
 
 use super::{ApiState, Caller, bad_request, error};
-use crate::breaker::{Breaker, Command, Event, State, codec};
-use crate::config::policy_keys;
-use crate::journal::Operator;
-use crate::replay::{Health, Minute, Projection};
+use crate::breaker::{Command, State};
+use crate::journal::{JournalError, Operator};
+use crate::replay::{BreakerNow, HealthReport, Projection, Verdict};
 use actix_web::web::Bytes;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// Health and recent metrics of the given breakers, from the projection (brought up to date).
-pub(super) async fn health_of(
-    state: &ApiState,
-    keys: &[String],
-) -> Result<(BTreeMap<String, Health>, BTreeMap<String, Minute>), String> {
+/// The health report of the given breakers now: the one [`crate::replay::health_report`] that
+/// `breakerbox status` prints too, from the live breakers and the projection (brought up to date).
+pub(super) async fn report_of(state: &ApiState, keys: &[String]) -> Result<HealthReport, JournalError> {
     let journal = state.registry.journal();
-    let now = state.registry.clock().now_ms();
-    let mut guard = state.projection.lock().await;
-    if guard.is_none() {
-        *guard = Some(Projection::open(journal.path()).await.map_err(|e| e.to_string())?);
-    }
-    let projection = guard.as_mut().expect("opened above");
-    projection.catch_up(journal, 10_000).await.map_err(|e| e.to_string())?;
     // The configuration in force now: a reload replaces it (see `ApiSettings`).
     let config = state.config();
-    let budgets: BTreeMap<String, u64> = keys
-        .iter()
-        .map(|k| (k.clone(), config.breaker(k).map_or(1_000, |b| b.latency_budget_ms())))
-        .collect();
-    let health = projection
-        .health_all(journal, &budgets, now)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut recent = BTreeMap::new();
+    let mut live = Vec::with_capacity(keys.len());
     for k in keys {
-        let mut sum = Minute::default();
-        for m in projection
-            .minutes(k, now.saturating_sub(5 * 60_000), now)
-            .await
-            .map_err(|e| e.to_string())?
-            .values()
-        {
-            sum.merge(m);
-        }
-        recent.insert(k.clone(), sum);
+        let handle = state.registry.get(k).expect("keys come from the registry");
+        let Some(breaker) = handle.inspect().await else {
+            continue;
+        };
+        let budget = config.breaker(k).map_or(1_000, |b| b.latency_budget_ms());
+        live.push((k, handle, breaker, budget));
     }
-    Ok((health, recent))
-}
-
-async fn breaker_json(state: &ApiState, key: &str, health: Option<&Health>, recent: Option<&Minute>) -> Value {
-    let handle = state.registry.get(key).expect("keys come from the registry");
     let now = state.registry.clock().now_ms();
-    let breaker: Option<Breaker> = handle.inspect().await;
-    let last = state
-        .registry
-        .journal()
-        .latest(key, codec::types::TRANSITION)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|e| match codec::decode(&e.event_type, e.event_version, &e.payload) {
-            Ok(Event::Transitioned(t)) => Some(*t),
-            _ => None,
-        });
-    let view = breaker.as_ref().map(|b| b.view(now));
-    let m = recent.cloned().unwrap_or_default();
-    let ran = m.successes + m.failures + m.timeouts;
-    let failure_ratio = (ran > 0).then(|| (m.failures + m.timeouts) as f64 / ran as f64);
-    json!({
-        "service": key,
-        "state": handle.state(),
-        "health": health,
-        "metrics_5m": {
-            "calls": m.calls(), "successes": m.successes, "failures": m.failures, "timeouts": m.timeouts,
-            "ignored": m.ignored, "cancelled": m.cancelled, "slow": m.slow, "rejected": m.rejected, "fallbacks": m.fallbacks,
-            "p50_ms": m.latency_quantile_ms(0.5), "p95_ms": m.latency_quantile_ms(0.95), "p99_ms": m.latency_quantile_ms(0.99),
-        },
-        "failure_ratio_5m": failure_ratio,
-        "last_transition": last,
-        "open_remaining_ms": view.as_ref().and_then(|v| v.open_until_ms).map(|u| u.saturating_sub(now)),
-        "trial_permits_in_use": handle.trial_permits(),
-        "trial_permits_max": breaker.as_ref().map(|b| b.policy().half_open_requests),
-        "policy": breaker.as_ref().map(|b| policy_keys(b.policy())),
-    })
-}
-
-fn overall(state: &ApiState, breakers: &[Value]) -> &'static str {
-    if state.registry.journal().progress().failing.is_some() {
-        "fail"
-    } else if breakers
+    let breakers: Vec<BreakerNow<'_>> = live
         .iter()
-        .any(|b| b["state"] == json!(State::Open) || b["state"] == json!(State::ForcedOpen))
-    {
-        "warn"
-    } else {
-        "pass"
+        .map(|(k, handle, breaker, budget)| BreakerNow {
+            key: k,
+            breaker,
+            state: handle.state(),
+            trial_permits_in_use: handle.trial_permits(),
+            latency_budget_ms: *budget,
+        })
+        .collect();
+    let mut guard = state.projection.lock().await;
+    if guard.is_none() {
+        *guard = Some(Projection::open(journal.path()).await?);
     }
+    let projection = guard.as_mut().expect("opened above");
+    let failing = journal.progress().failing.is_some();
+    crate::replay::health_report(journal, projection, &breakers, now, failing).await
 }
 
 /// The health document of `keys`: its status code and JSON body.
 async fn render(state: &ApiState, keys: Vec<String>, service: Option<&str>) -> Result<(u16, Bytes), HttpResponse> {
-    let (health, recent) = match health_of(state, &keys).await {
-        Ok(h) => h,
+    let mut report = match report_of(state, &keys).await {
+        Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "reading health from the log failed");
             return Err(error(
@@ -113,20 +58,12 @@ async fn render(state: &ApiState, keys: Vec<String>, service: Option<&str>) -> R
             ));
         }
     };
-    let mut breakers = Vec::new();
-    for k in &keys {
-        breakers.push(breaker_json(state, k, health.get(k), recent.get(k)).await);
-    }
-    let status = overall(state, &breakers);
+    report.service = service.map(str::to_owned);
     // `fail` (our own log is failing) is a 503 so orchestrators can tell; `warn` (a dependency is
     // down, this process is fine) stays 200.
-    let code = if status == "fail" { 503 } else { 200 };
-    let as_of = state.registry.clock().now_ms();
-    let body = match service {
-        Some(s) => json!({"status": status, "service": s, "as_of_ms": as_of, "breakers": breakers}),
-        None => json!({"status": status, "as_of_ms": as_of, "breakers": breakers}),
-    };
-    Ok((code, Bytes::from(body.to_string())))
+    let code = if report.status == Verdict::Fail { 503 } else { 200 };
+    let body = serde_json::to_vec(&report).expect("a report always encodes");
+    Ok((code, Bytes::from(body)))
 }
 
 fn health_response(code: u16, body: Bytes) -> HttpResponse {

@@ -1,7 +1,7 @@
 //! `GET /metrics` in Prometheus text format (0.0.4): state gauges like Resilience4j's, calls by
 //! outcome, duration histograms, failure and health ratios, transitions, event-log commits.
 
-use super::{ApiState, error, health::health_of};
+use super::{ApiState, error, health::report_of};
 use crate::breaker::State;
 use crate::journal::LATENCY_BOUNDS_MS;
 use actix_web::{HttpResponse, web};
@@ -17,8 +17,8 @@ fn label(s: &str) -> String {
 
 pub(super) async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
     let keys: Vec<String> = state.registry.handles().map(|h| h.key().to_owned()).collect();
-    let (health, recent) = match health_of(&state, &keys).await {
-        Ok(h) => h,
+    let report = match report_of(&state, &keys).await {
+        Ok(r) => r,
         Err(_) => {
             return error(
                 actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -129,27 +129,25 @@ pub(super) async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
         "# HELP circuit_breaker_failure_ratio Failed and timed-out share of the calls of the last 5 minutes."
     );
     let _ = writeln!(out, "# TYPE circuit_breaker_failure_ratio gauge");
-    for k in &keys {
-        let m = recent.get(k).cloned().unwrap_or_default();
-        let ran = m.successes + m.failures + m.timeouts;
-        let ratio = if ran == 0 {
-            0.0
-        } else {
-            (m.failures + m.timeouts) as f64 / ran as f64
-        };
-        let _ = writeln!(out, "circuit_breaker_failure_ratio{{service=\"{}\"}} {ratio}", label(k));
+    for b in &report.breakers {
+        let ratio = b.failure_ratio_5m.unwrap_or(0.0);
+        let _ = writeln!(
+            out,
+            "circuit_breaker_failure_ratio{{service=\"{}\"}} {ratio}",
+            label(&b.service)
+        );
     }
     let _ = writeln!(
         out,
         "# HELP circuit_breaker_health_ratio The health score (docs/health-score.md) as a 0-1 ratio."
     );
     let _ = writeln!(out, "# TYPE circuit_breaker_health_ratio gauge");
-    for (k, h) in &health {
+    for b in &report.breakers {
         let _ = writeln!(
             out,
             "circuit_breaker_health_ratio{{service=\"{}\"}} {}",
-            label(k),
-            f64::from(h.score) / 100.0
+            label(&b.service),
+            f64::from(b.health.score) / 100.0
         );
     }
     let _ = writeln!(

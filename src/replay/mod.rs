@@ -6,20 +6,26 @@ mod export;
 mod health;
 mod metrics;
 mod projection;
+mod report;
 mod state;
 mod summary;
 mod svg;
 mod time;
+mod timeline;
+mod whatif;
 
 pub use audit::{AuditEntry, AuditQuery, Kind, audit, audit_skipping_bad, evidence_text};
-pub use export::export;
+pub use export::{TraceLine, export};
 pub use health::{Component, Health, health};
 pub use metrics::{Minute, minutes};
 pub use projection::{CatchUp, Projection};
+pub use report::{BreakerNow, BreakerReport, HealthReport, Recent, Verdict, health_report};
 pub use state::{LATE_MS, StateAt, state_at};
 pub use summary::{Summary, summarize};
 pub use svg::timeline_svg;
 pub use time::{TimeError, parse_time};
+pub use timeline::{Timeline, timeline};
+pub use whatif::{Side, WhatIf, WhatIfError, open_time, what_if};
 
 use crate::breaker::{Breaker, Event, Policy, Transition};
 use crate::journal::{Decoded, Journal, JournalError, StoredEvent, decode};
