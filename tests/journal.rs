@@ -633,7 +633,7 @@ fn call_batches_of_version_1_still_decode_and_version_2_holds_cancelled_calls() 
     let Decoded::Breaker(events) = decode(&v1).unwrap() else {
         panic!("a call batch decodes as calls")
     };
-    let expected = vec![
+    let expected = [
         call(0, Outcome::Success, 12, false, false),
         call(5, Outcome::Failure, 3_000, true, false),
         call(9, Outcome::Timeout, 10_000, true, false),
