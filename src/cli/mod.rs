@@ -116,13 +116,14 @@ pub fn api_tokens(
 const ONE_TIME_TOKEN_BYTES: usize = 16;
 const _: () = assert!(2 * ONE_TIME_TOKEN_BYTES >= breakerbox::config::MIN_TOKEN_LEN);
 
-/// 128 random bits as hex, from the kernel.
+/// 128 random bits as hex, from the operating system's generator (`getrandom`).
 pub fn one_time_token() -> Result<String, CliError> {
-    use std::io::Read;
     let mut bytes = [0u8; ONE_TIME_TOKEN_BYTES];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| CliError::Runtime(format!("reading /dev/urandom for a token: {e}")))?;
+    getrandom::getrandom(&mut bytes).map_err(|e| {
+        CliError::Runtime(format!(
+            "reading the system's random source (getrandom) for a token: {e}"
+        ))
+    })?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 

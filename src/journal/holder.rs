@@ -188,15 +188,14 @@ fn own_mark() -> Option<&'static Mark> {
     .as_ref()
 }
 
-/// This host's name: the kernel's, else `/etc/hostname`, else `localhost`.
+/// This host's name, as the system gives it (`gethostname`), else `localhost` (empty, not UTF-8,
+/// or with a space).
 pub fn host_name() -> String {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .find_map(|p| {
-            let h = std::fs::read_to_string(p).ok()?;
-            let h = h.trim();
-            (!h.is_empty() && !h.contains(' ')).then(|| h.to_owned())
-        })
+    gethostname::gethostname()
+        .into_string()
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && !h.contains(' '))
         .unwrap_or_else(|| "localhost".into())
 }
 
