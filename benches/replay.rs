@@ -465,7 +465,7 @@ struct Opened {
 fn open_log(rt: &Runtime, log: Log) -> Opened {
     rt.block_on(async {
         let journal = open(&log.path, Durability::Full).await;
-        let projection = Projection::open(&log.path).await.expect("projection");
+        let projection = Projection::open(&journal);
         Opened {
             log,
             journal,
@@ -477,7 +477,6 @@ fn open_log(rt: &Runtime, log: Log) -> Opened {
 fn close(rt: &Runtime, opened: Option<Opened>) {
     if let Some(o) = opened {
         rt.block_on(async {
-            o.projection.close().await;
             o.journal.close().await;
         });
     }

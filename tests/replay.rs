@@ -440,7 +440,7 @@ async fn the_metrics_projection_is_the_same_tailed_step_by_step_or_rebuilt_from_
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::manual(1_764_000_000_000);
     let (registry, config) = start(dir.path(), &clock).await;
-    let mut projection = replay::Projection::open(&dir.path().join("log.db")).await.unwrap();
+    let mut projection = replay::Projection::open(registry.journal());
     // Traffic in phases; the projection tails the log between them, a few events per step.
     for (phase, seed) in [3u64, 11, 29, 31].iter().enumerate() {
         traffic(&registry, &clock, *seed, 150).await;
@@ -460,7 +460,7 @@ async fn the_metrics_projection_is_the_same_tailed_step_by_step_or_rebuilt_from_
     assert!(!tailed.is_empty());
     // A second projector on the same file (another process) catching up at the same time never
     // counts anything twice.
-    let mut other = replay::Projection::open(&dir.path().join("log.db")).await.unwrap();
+    let mut other = replay::Projection::open(registry.journal());
     projection.rebuild(registry.journal(), 10_000).await.unwrap();
     projection.catch_up(registry.journal(), 10_000).await.unwrap();
     let (a, b) = tokio::join!(
@@ -473,7 +473,6 @@ async fn the_metrics_projection_is_the_same_tailed_step_by_step_or_rebuilt_from_
         tailed,
         "two projectors at once: still exact"
     );
-    other.close().await;
     let rebuilt = projection.rebuild(registry.journal(), 10_000).await.unwrap();
     assert!(rebuilt.calls > 0);
     assert_eq!(
@@ -494,7 +493,6 @@ async fn the_metrics_projection_is_the_same_tailed_step_by_step_or_rebuilt_from_
         .await
         .unwrap();
     assert_eq!(all["stripe"], state.health);
-    projection.close().await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -596,7 +594,7 @@ mod tailing_across_compaction {
             ..JournalOptions::default()
         };
         let journal = Journal::open(&path, options).await.unwrap();
-        let mut projection = Projection::open(&path).await.unwrap();
+        let mut projection = Projection::open(&journal);
         let streams: Vec<Arc<str>> = ["stripe", "calcom", "retell"].into_iter().map(Arc::from).collect();
         let policy = Policy::consecutive(4, 30_000);
         let mut events = Vec::new();
@@ -678,7 +676,6 @@ mod tailing_across_compaction {
             projection.totals().await.unwrap(),
             "tailed and rebuilt totals"
         );
-        projection.close().await;
         journal.close().await;
         Ok(())
     }
@@ -1219,4 +1216,61 @@ mod bounded {
         }
         journal.close().await;
     }
+}
+
+/// Holds the file's write lock from another connection (another process, in effect) until
+/// the returned sender is dropped; returns once the lock is held.
+fn hold_write_lock(path: &Path) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let path = path.to_owned();
+    let t = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use sqlx::Connection;
+            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                .await
+                .unwrap();
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await.unwrap();
+            ready_tx.send(()).unwrap();
+            let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
+            sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
+        });
+    });
+    ready_rx.recv().unwrap();
+    (tx, t)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_projection_writes_through_the_journals_writer_and_always_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let options = JournalOptions {
+        busy_timeout: Duration::from_millis(100),
+        ..JournalOptions::default()
+    };
+    let journal = Journal::open(&path, options).await.unwrap();
+    let mut projection = replay::Projection::open(&journal);
+    // Another process holds the write lock: the projection's write fails with the store's error
+    // as soon as SQLite gives up (its busy timeout), it does not wait for the lock to go away.
+    let (release, holder) = hold_write_lock(&path);
+    let refused = tokio::time::timeout(Duration::from_secs(10), projection.catch_up(&journal, 100))
+        .await
+        .expect("answered while the lock is held");
+    let e = refused.expect_err("the checkpoint could not be written");
+    assert!(e.to_string().contains("locked"), "{e}");
+    drop(release);
+    holder.join().unwrap();
+    // Once the lock is gone it writes, through the journal's own connection.
+    let done = projection.catch_up(&journal, 100).await.unwrap();
+    assert_eq!(done.position, 0);
+    journal.close().await;
+    // After the journal closed, its writer takes no more work: an error, never a wait forever.
+    let after = tokio::time::timeout(Duration::from_secs(10), projection.rebuild(&journal, 100))
+        .await
+        .expect("answered after the journal closed");
+    assert!(after.is_err(), "{after:?}");
 }

@@ -2,10 +2,10 @@
 //! thread or runtime. Admission never waits on the actor.
 
 use super::call::{CallError, Classifier, Fallback, Results};
-use super::clock::Clock;
 use super::gate::{Admission, Gate};
 use super::service::{self, CommandResult, Crash, Flush, Inspect, Operate, ServiceActor, Tick};
 use crate::breaker::{Breaker, Command, Outcome, Permit, State};
+use crate::clock::Clock;
 use crate::config::StatusClassifier;
 use crate::journal::JournalError;
 use crate::journal::Operator;

@@ -17,7 +17,6 @@
 
 mod admission;
 mod call;
-mod clock;
 mod gate;
 mod handle;
 mod registry;
@@ -34,12 +33,13 @@ mod admission_deps {
     pub(super) use std::sync::atomic::{AtomicU64, Ordering};
 }
 
+pub use crate::clock::{Clock, system_now_ms};
+pub use crate::config::{Apply, Reloadable};
 pub use crate::journal::{CALL_STATS, CallStats, OPERATOR_COMMAND, Operator, OperatorCommand};
 pub use call::{CallError, Classifier, Fallback, FallbackFn, FallbackReason, HasStatus, HttpStatuses, Results};
-pub use clock::{Clock, system_now_ms};
 pub use handle::{BreakerHandle, HasCircuitBreaker};
 pub use registry::{Registry, RegistryError, RegistryOptions};
 pub use reqwest::{BreakerMiddleware, Operation, Rejected, TimedOut};
 pub use service::{ActorOptions, CommandResult};
 pub use tower::{BreakerLayer, BreakerService};
-pub use watch::{Apply, ReloadOutcome, Reloadable, Reloader, watch};
+pub use watch::{ReloadOutcome, Reloader, watch};

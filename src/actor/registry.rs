@@ -2,10 +2,10 @@
 //! configuration, each recovered from the log, on an actix system it owns on its own thread, so
 //! callers on any runtime (or none) never need `#[actix::main]`.
 
-use super::clock::Clock;
 use super::gate::Gate;
 use super::handle::{BreakerHandle, Inner};
 use super::service::{ActorOptions, CommandResult, Reconfigure, ServiceActor, Settle};
+use crate::clock::Clock;
 use crate::config::{BreakerConfig, Config};
 use crate::journal::Operator;
 use crate::journal::{Body, Claim, DEFAULT_LEASE_TTL, Holder, Journal, JournalError, Lease};
@@ -205,13 +205,7 @@ impl Registry {
         if let Some(every) = options.project_every {
             let j = journal.clone();
             tasks.push(tokio::spawn(async move {
-                let mut projection = match crate::replay::Projection::open(j.path()).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::error!(error = %e, "the metrics projection could not open; it will not be kept up to date");
-                        return;
-                    }
-                };
+                let mut projection = crate::replay::Projection::open(&j);
                 let mut tick = tokio::time::interval(every);
                 loop {
                     tick.tick().await;
@@ -348,7 +342,7 @@ async fn take_lease(journal: &Journal, me: &str, ttl: Duration) -> Result<(), Re
     let started = std::time::Instant::now();
     let mut first: Option<Lease> = None;
     loop {
-        let now = super::clock::system_now_ms();
+        let now = crate::clock::system_now_ms();
         let (lease, standing) = match journal.claim_lease(me, ttl).await? {
             Claim::Taken { replaced } => {
                 if let Some((dead, standing)) = replaced {

@@ -9,8 +9,8 @@
 //! that dies while the requester waits: its lease lapses, or (on this host) its process is seen
 //! gone at once — right after a crash, when operators act.
 
-use super::clock::system_now_ms;
 use crate::breaker::{Command, Event, Policy, State};
+use crate::clock::system_now_ms;
 use crate::journal::{
     Body, COMMAND_REQUEST, Claim, CommandRequest, Holder, Journal, JournalError, Lease, OPERATOR_COMMAND, Operator,
     OperatorCommand, Standing,

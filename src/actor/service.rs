@@ -2,9 +2,9 @@
 //! the callers' records, runs the timers, applies commands and policy changes, hands every event
 //! to the journal, and publishes the state callers read.
 
-use super::clock::Clock;
 use super::gate::{self, Gate, Record};
 use crate::breaker::{Breaker, Command, Decision, Event, Outcome, Permit, Policy, State};
+use crate::clock::Clock;
 use crate::config::BreakerConfig;
 use crate::journal::{Body, Journal, JournalError};
 use crate::journal::{CALL_STATS, CallStats, OPERATOR_COMMAND, Operator, OperatorCommand};

@@ -2,7 +2,7 @@
 //! or when asked (`POST /api/config/reload`) — all through one [`Reloader`].
 
 use super::registry::Registry;
-use crate::config::{Config, ConfigError, LoadOptions};
+use crate::config::{Apply, Config, ConfigError, LoadOptions, Reloadable};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,18 +13,6 @@ pub enum ReloadOutcome {
     Applied(crate::config::Reload),
     /// The new configuration has problems: nothing of it was applied; the old one stays.
     Refused(crate::config::ConfigError),
-}
-
-/// A change a [`Reloadable`] made ready; running it applies it, and cannot fail.
-pub type Apply = Box<dyn FnOnce() + Send>;
-
-/// A part of a running process besides the breakers that takes settings from the
-/// configuration: the HTTP API (latency budgets, tokens), the alert notifier (sinks).
-#[async_trait::async_trait]
-pub trait Reloadable: Send + Sync {
-    /// Checks what it takes of `config` and makes the change ready, without applying it. An
-    /// error refuses the whole reload: nothing of it is applied, anywhere.
-    async fn prepare(&self, config: &Config) -> Result<Apply, ConfigError>;
 }
 
 /// The one way a running process reloads its configuration: reads and validates the file once,

@@ -10,8 +10,8 @@ use super::episode::{Episodes, Notice};
 use super::outbox::{OutboxItem, OutboxState, Read, Store};
 use super::payload::{Links, render};
 use super::retry::{Answer, RateLimit, RetryPolicy, Verdict, decide, jitter};
-use crate::actor::Clock;
 use crate::breaker::{Event, codec};
+use crate::clock::Clock;
 use crate::config::{AlertsConfig, Webhook};
 use crate::journal::{
     ALERT_DELIVERY, ALERTS_STREAM, AlertDelivery, AlertStatus, Body, DeliveryOutcome, Journal, OPERATOR_COMMAND,
@@ -221,7 +221,7 @@ impl Notifier {
         if !config.enabled() {
             return Err(AlertsError::NoSinks);
         }
-        let store = Store::open(journal.path()).await?;
+        let store = Store::open(&journal);
         let client = client(&config)?;
         let links = Links {
             dashboard_url: config.dashboard_url.clone(),
@@ -304,7 +304,6 @@ impl Notifier {
                             _ = stopped.changed() => break,
                         }
                     }
-                    self.store.close().await;
                 });
             })
             .map_err(|e| AlertsError::Start(format!("starting its thread: {e}")))?;
@@ -589,22 +588,13 @@ impl Notifier {
                 Err(_) => tracing::error!("alert delivery records are not in the log yet (it is slow or failing)"),
             }
         }
-        for (id, state, attempts, next, error) in updates {
-            self.store
-                .update(id, state, attempts, next, error.as_deref(), now_ms)
-                .await?;
-        }
+        self.store.update(updates, now_ms).await?;
         Ok(records)
     }
 
     /// Every outbox message, oldest first (inspection and tests).
     pub async fn outbox(&mut self) -> Result<Vec<OutboxItem>, AlertsError> {
         Ok(self.store.all().await?)
-    }
-
-    /// Closes its connection.
-    pub async fn close(self) {
-        self.store.close().await;
     }
 }
 
@@ -755,7 +745,7 @@ impl Drop for NotifierHandle {
 
 /// The alert notifier of a long-running process (`breakerbox serve`), as a reload sees it:
 /// running while the configuration has sinks, given the new sinks by every reload
-/// ([`crate::actor::Reloader`]), started by a reload that adds the first ones. A reload that
+/// ([`crate::actor::Reloader`] in a running process), started by a reload that adds the first ones. A reload that
 /// removes every sink leaves it running with none, so what waited for the old ones is closed
 /// (abandoned, "no longer configured") rather than left pending.
 pub struct Alerting {
@@ -798,8 +788,11 @@ impl Alerting {
 }
 
 #[async_trait::async_trait]
-impl crate::actor::Reloadable for Alerting {
-    async fn prepare(&self, config: &crate::config::Config) -> Result<crate::actor::Apply, crate::config::ConfigError> {
+impl crate::config::Reloadable for Alerting {
+    async fn prepare(
+        &self,
+        config: &crate::config::Config,
+    ) -> Result<crate::config::Apply, crate::config::ConfigError> {
         let refuse = |e: AlertsError| crate::config::ConfigError {
             problems: vec![crate::config::Problem {
                 location: config

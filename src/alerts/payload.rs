@@ -12,7 +12,6 @@ use super::episode::Notice;
 use crate::breaker::{Reason, State};
 use crate::config::WebhookFormat;
 use crate::journal::AlertStatus;
-use crate::replay::evidence_text;
 use serde_json::{Map, Value, json};
 
 /// Where a reader can look closer; the same for every message of a notifier.
@@ -107,7 +106,7 @@ fn why(n: &Notice) -> String {
             format!("forced open by {} from {}: \"{}\"", op.who, op.from, op.why)
         }
         _ => {
-            let evidence = evidence_text(&n.evidence);
+            let evidence = n.evidence.text();
             if evidence.is_empty() {
                 n.reason.as_str().to_owned()
             } else {

@@ -192,6 +192,18 @@ pub struct Evidence {
     pub outcome: Option<Outcome>,
 }
 
+impl Evidence {
+    /// The fields set, as `key=value` pairs (values as JSON), for people: audit lines, alerts.
+    pub fn text(&self) -> String {
+        let e = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        let pairs: Vec<String> = e
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect())
+            .unwrap_or_default();
+        pairs.join(" ")
+    }
+}
+
 /// A change of state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Transition {

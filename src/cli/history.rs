@@ -384,7 +384,7 @@ fn transition_line(t: &Transition) -> String {
         t.from,
         t.to,
         t.reason.as_str(),
-        replay::evidence_text(&t.evidence)
+        t.evidence.text()
     )
 }
 
@@ -522,14 +522,14 @@ pub fn what_if(args: WhatIfArgs, global: &Global) -> Result<(), CliError> {
 pub struct RebuildArgs {}
 
 pub fn rebuild(_: RebuildArgs, global: &Global) -> Result<(), CliError> {
-    let path = global.existing_db()?;
+    // A clear error naming the file when there is no log there (never a new empty one).
+    global.existing_db()?;
     let rt = super::runtime()?;
     let started = std::time::Instant::now();
     let done = rt.block_on(async {
         let journal = open(global).await?;
-        let mut projection = replay::Projection::open(&path).await.map_err(runtime_err)?;
+        let mut projection = replay::Projection::open(&journal);
         let r = projection.rebuild(&journal, 10_000).await.map_err(runtime_err);
-        projection.close().await;
         journal.close().await;
         r
     })?;

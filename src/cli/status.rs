@@ -173,9 +173,8 @@ pub fn status(args: StatusArgs, global: &Global) -> Result<(), CliError> {
                 .zip(&recovered)
                 .map(|(b, breaker)| BreakerNow::recovered(&b.key, breaker, b.latency_budget_ms(), now))
                 .collect();
-            let mut projection = Projection::open(&path).await.map_err(runtime_err)?;
+            let mut projection = Projection::open(&journal);
             let report = health_report(&journal, &mut projection, &now_of, now, false).await;
-            projection.close().await;
             let mut report = report.map_err(runtime_err)?;
             report.service = args.service.clone();
             if args.test {

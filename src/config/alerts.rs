@@ -13,8 +13,8 @@
 //!
 //! Webhook URLs are [`Secret`]s: `config` prints `***`, and no error message ever repeats one.
 
-use super::file::Reader;
 use super::knobs::{Raw, Source, describe_toml, parse_count, parse_duration, parse_string};
+use super::reader::Reader;
 use super::{Secret, did_you_mean};
 use crate::duration::format_ms;
 use toml::Spanned;

@@ -10,8 +10,8 @@
 //! grafana = "b71e…"
 //! ```
 
-use super::file::Reader;
 use super::knobs::{Raw, Source, parse_string};
+use super::reader::Reader;
 use super::{Problem, Secret};
 use std::net::SocketAddr;
 use toml::Spanned;

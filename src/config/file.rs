@@ -1,8 +1,9 @@
 //! Reading `circuit_breaker.toml`: every key checked, every value kept with its line.
 
+use super::Problem;
 use super::knobs::{Knobs, Raw, Source, describe_toml};
+use super::reader::Reader;
 use super::schedule::{Schedule, parse_days, parse_hours, parse_timezone};
-use super::{Problem, did_you_mean};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
@@ -24,12 +25,6 @@ pub(crate) struct File {
     pub alerts: super::alerts::AlertsConfig,
     pub api: super::api::ApiConfig,
     pub journal: super::journal::JournalConfig,
-}
-
-pub(super) struct Reader<'a> {
-    path: &'a Path,
-    text: &'a str,
-    problems: Vec<Problem>,
 }
 
 const TOP_KEYS: [&str; 5] = ["defaults", "services", "alerts", "api", "journal"];
@@ -55,44 +50,6 @@ const SCHEDULE_KNOBS: [&str; 16] = [
 ];
 
 impl Reader<'_> {
-    fn line(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
-    }
-
-    pub(super) fn source(&self, offset: usize) -> Source {
-        Source::File {
-            path: self.path.to_path_buf(),
-            line: self.line(offset),
-        }
-    }
-
-    pub(super) fn problem(&mut self, offset: usize, message: String) {
-        self.problems.push(Problem {
-            location: format!("{}:{}", self.path.display(), self.line(offset)),
-            message,
-        });
-    }
-
-    pub(super) fn table<'t>(&mut self, path: &str, value: &'t Spanned<DeValue<'t>>) -> Option<&'t DeTable<'t>> {
-        match value.get_ref() {
-            DeValue::Table(t) => Some(t),
-            other => {
-                self.problem(
-                    value.span().start,
-                    format!("{path} must be a table, not {}", describe_toml(other)),
-                );
-                None
-            }
-        }
-    }
-
-    pub(super) fn unknown(&mut self, offset: usize, path: &str, key: &str, known: &[&str]) {
-        self.problem(
-            offset,
-            format!("unknown key {path}{key}{}", did_you_mean(key, known.iter().copied())),
-        );
-    }
-
     fn knobs(&mut self, path: &str, table: &DeTable<'_>, extra: &[&str], into: &mut Knobs) {
         for (key, value) in table.iter() {
             let name: &str = key.get_ref();

@@ -5,8 +5,8 @@
 //! outcome_hold = "1s"   # how long a breaker's recorded calls may wait to share a row; "0s": none
 //! ```
 
-use super::file::Reader;
 use super::knobs::{Raw, parse_duration};
+use super::reader::Reader;
 use toml::Spanned;
 use toml::de::DeValue;
 

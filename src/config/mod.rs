@@ -18,20 +18,25 @@
 
 mod alerts;
 mod api;
-mod classify;
 mod env;
 mod file;
 mod journal;
-mod knobs;
+mod reader;
+mod reload;
 mod schedule;
 mod secret;
 
+// The knob vocabulary lives below the config (and below `simulate`, which speaks it too).
+use crate::knobs;
+pub(crate) use crate::knobs::did_you_mean;
+
+pub use crate::knobs::{KnobError, Knobs, Millis, Source, Sourced, defaults, policy_keys};
+pub use crate::knobs::{StatusClassifier, StatusPattern, default_failures};
 pub use alerts::{AlertsConfig, Webhook, WebhookFormat};
 pub use api::{ApiConfig, ApiToken, MIN_TOKEN_LEN, TOKEN_VAR, check_token_lengths, tokens_from_env};
-pub use classify::{StatusClassifier, StatusPattern, default_failures};
 pub use env::prefix as env_prefix;
 pub use journal::{JournalConfig, MAX_OUTCOME_HOLD_MS};
-pub use knobs::{KnobError, Knobs, Millis, Source, Sourced, policy_keys};
+pub use reload::{Apply, Reloadable};
 pub use schedule::Schedule;
 pub use secret::Secret;
 
@@ -81,20 +86,6 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
-
-/// ` (did you mean "x"?)` when a known word is close to `word`, else nothing.
-pub(crate) fn did_you_mean<'a>(word: &str, known: impl Iterator<Item = &'a str>) -> String {
-    let best = known
-        .map(|k| {
-            (
-                strsim::levenshtein(&word.to_ascii_lowercase(), &k.to_ascii_lowercase()),
-                k,
-            )
-        })
-        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
-        .min_by_key(|(d, _)| *d);
-    best.map(|(_, k)| format!(" (did you mean {k:?}?)")).unwrap_or_default()
-}
 
 /// One layer of a breaker's stack: always in force, or only while its schedule is active.
 #[derive(Clone, Debug, PartialEq)]
@@ -245,23 +236,6 @@ pub struct Config {
     pub api: ApiConfig,
     /// How a running process writes the log (`[journal]`).
     pub journal: JournalConfig,
-}
-
-/// The embedded defaults alone (layer 1): what `simulate` starts from without `--service`.
-pub fn defaults() -> Knobs {
-    let mut k = Knobs::default();
-    let set = |k: &mut Knobs, key: &str, v: &str| {
-        k.set(key, &knobs::Raw::Text(v), Source::Default)
-            .expect("embedded defaults parse");
-    };
-    set(&mut k, "failure_threshold", "5");
-    set(&mut k, "success_threshold", "2");
-    set(&mut k, "timeout", "60s");
-    set(&mut k, "half_open_requests", "3");
-    set(&mut k, "call_timeout", "10s");
-    set(&mut k, "latency_budget", "1s");
-    set(&mut k, "failure_statuses", "5xx,408,429");
-    k
 }
 
 fn embedded_service(name: &str) -> Knobs {

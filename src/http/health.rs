@@ -39,7 +39,7 @@ pub(super) async fn report_of(state: &ApiState, keys: &[String]) -> Result<Healt
         .collect();
     let mut guard = state.projection.lock().await;
     if guard.is_none() {
-        *guard = Some(Projection::open(journal.path()).await?);
+        *guard = Some(Projection::open(journal));
     }
     let projection = guard.as_mut().expect("opened above");
     let failing = journal.progress().failing.is_some();
@@ -324,7 +324,7 @@ async fn history_of(
     let (mut transitions, _) = crate::replay::transitions_by_stream(journal, since, u64::MAX, 0).await?;
     let mut guard = state.projection.lock().await;
     if guard.is_none() {
-        *guard = Some(Projection::open(journal.path()).await?);
+        *guard = Some(Projection::open(journal));
     }
     let projection = guard.as_mut().expect("opened above");
     projection.catch_up(journal, 10_000).await?;

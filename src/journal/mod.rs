@@ -33,22 +33,22 @@
 //! ```
 
 mod holder;
-mod integrity;
 mod record;
 mod store;
 mod writer;
 
 pub use holder::{Claim, DEFAULT_LEASE_TTL, Holder, Mark, Standing, host_name};
-pub use integrity::{Integrity, Unclean};
 pub use record::{
     ALERT_DELIVERY, ALERTS_STREAM, AlertDelivery, AlertStatus, Body, CALL_BATCH, CALL_BATCH_VERSION, CALL_STATS,
     CALL_SUMMARY, COMMAND_REQUEST, CallBatch, CallStats, CallSummary, CommandRequest, Decoded, DeliveryOutcome, GAP,
     Gap, JOURNAL_STREAM, LATENCY_BOUNDS_MS, MinuteSummary, OPERATOR_COMMAND, Operator, OperatorCommand, Record, Row,
     SNAPSHOT, StoredEvent, VERSION, decode, decode_batch,
 };
-pub(crate) use store::end_checked;
+use store::integrity;
+pub use store::integrity::{Integrity, Unclean};
 pub use store::{
-    CompactReport, Durability, Lease, LogReader, LogWriter, SqliteReader, SqliteWriter, StoreError, connect_options,
+    CompactReport, Deltas, Durability, Lease, LogReader, LogWriter, MinuteRow, OutboxMessage, OutboxRow, OutboxState,
+    OutboxStore, ProjectionStore, SqliteReader, SqliteWriter, StoreError, connect_options,
 };
 pub use writer::{ERROR_KINDS, Progress, Stats, WriterLimits};
 
@@ -417,6 +417,22 @@ impl Journal {
     /// The readers' pool, for read-only queries of projections (it cannot write).
     pub fn pool(&self) -> &SqlitePool {
         &self.readers.pool
+    }
+
+    /// Hands writes to the derived tables to this journal's writer.
+    fn side_writer(&self) -> store::SideWriter {
+        let shared = self.shared.clone();
+        store::SideWriter(Arc::new(move |work| shared.request(writer::Request::Side(work))))
+    }
+
+    /// The metrics projection's tables: writes through this journal's one write connection.
+    pub fn projection_store(&self) -> ProjectionStore {
+        ProjectionStore::new("metrics", self.side_writer(), self.readers.pool.clone())
+    }
+
+    /// The alert notifier's tables: writes through this journal's one write connection.
+    pub fn outbox_store(&self) -> OutboxStore {
+        OutboxStore::new(self.side_writer(), self.readers.pool.clone())
     }
 
     /// Counters for metrics.

@@ -18,8 +18,9 @@
 //! The long sequential reads go through the bulk reader (rusqlite, read-only connections); its
 //! settings are in [`bulk`].
 
-use super::integrity::{self, Unclean};
+pub(crate) mod integrity;
 use super::record::{Row, StoredEvent};
+use integrity::Unclean;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteLockingMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, Executor, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use std::path::Path;
@@ -68,6 +69,10 @@ macro_rules! by_indexed_type {
 // After the macros above: the bulk reader builds its statements with them too.
 mod bulk;
 pub(crate) use bulk::BulkReader;
+mod outbox;
+mod projection;
+pub use outbox::{OutboxMessage, OutboxRow, OutboxState, OutboxStore};
+pub use projection::{Deltas, MinuteRow, ProjectionStore};
 
 /// How hard a commit is made durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -864,8 +869,48 @@ pub trait LogWriter: Send + 'static {
     fn release_lease(&mut self, holder: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Caps the store's size (None: no cap).
     fn set_max_size(&mut self, bytes: Option<u64>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Runs a write to the derived tables on this connection (see [`SideWriter`]).
+    fn side(&mut self, work: SideWork) -> impl Future<Output = ()> + Send;
     /// Closes cleanly.
     fn close(self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// A boxed future borrowing the connection it runs on.
+pub(crate) type ConnFuture<'c, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'c>>;
+
+/// A write to the derived tables, run by the writer on its connection (or handed the error every
+/// write fails with, when the file is known to be damaged). It answers through a reply it holds.
+pub(crate) type SideWork =
+    Box<dyn for<'c> FnOnce(Result<&'c mut SqliteConnection, StoreError>) -> ConnFuture<'c, ()> + Send>;
+
+/// Writes to the tables derived from the log — the metrics projection's, the alert outbox's —
+/// through the process's one write connection: the event writer runs them between two commits,
+/// so they never contend with it for SQLite's write lock (`docs/architecture.md`).
+#[derive(Clone)]
+pub(crate) struct SideWriter(pub(crate) std::sync::Arc<dyn Fn(SideWork) + Send + Sync>);
+
+impl SideWriter {
+    /// Runs `f` in the writer on its connection and returns what it returned. Fails with the
+    /// store's error, or when the writer has stopped (the journal closed: the work is dropped
+    /// unrun, and with it the reply).
+    pub(crate) async fn run<T: Send + 'static>(
+        &self,
+        f: impl for<'c> FnOnce(&'c mut SqliteConnection) -> ConnFuture<'c, Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let work: SideWork = Box::new(move |conn| {
+            Box::pin(async move {
+                let result = match conn {
+                    Ok(conn) => f(conn).await,
+                    Err(e) => Err(e),
+                };
+                let _ = tx.send(result);
+            })
+        });
+        (self.0)(work);
+        rx.await
+            .map_err(|_| StoreError::Io("the event log's writer has stopped (the journal is closed)".into()))?
+    }
 }
 
 /// The read side of a storage backend.
@@ -963,6 +1008,9 @@ impl LogWriter for SqliteWriter {
     }
     async fn set_max_size(&mut self, bytes: Option<u64>) -> Result<(), StoreError> {
         set_max_size(&mut self.0, bytes).await
+    }
+    async fn side(&mut self, work: SideWork) {
+        work(Ok(&mut self.0)).await
     }
     async fn close(self) -> Result<(), StoreError> {
         close(self.0).await

@@ -6,10 +6,10 @@
 //! up to its bound, and further records are dropped and counted, to be written as a `gap` event
 //! once the store recovers. The protected calls never wait on the disk.
 
-use super::integrity::Integrity;
 use super::record::{
     Body, CALL_BATCH, CALL_BATCH_VERSION, CallBatch, GAP, Gap, JOURNAL_STREAM, Record, Row, SNAPSHOT, VERSION,
 };
+use super::store::integrity::{CheckReport, Integrity};
 use super::store::{self, LogWriter, StoreError};
 use crate::breaker::{Event, codec};
 use std::collections::HashMap;
@@ -87,6 +87,10 @@ pub(crate) enum Request {
         dead: Option<store::Lease>,
         reply: tokio::sync::oneshot::Sender<Result<store::Lease, StoreError>>,
     },
+    /// A write to the tables derived from the log (the metrics projection, the alert outbox),
+    /// on the process's one write connection, between two commits of events (see
+    /// [`store::SideWriter`]). It answers through the reply its closure holds.
+    Side(store::SideWork),
 }
 
 /// The lease this writer holds and keeps renewing.
@@ -104,6 +108,8 @@ pub(crate) struct Shared {
     max_size_applied: AtomicU64,
     wake: Notify,
     closing: AtomicBool,
+    /// The writer has stopped: requests are refused (see [`Shared::request`]).
+    stopped: AtomicBool,
     /// Set by `Journal::close` (not by a drop): only then is a clean-shutdown marker written.
     clean_close: AtomicBool,
     /// What is known of the file's integrity; `corrupt` mirrors `Integrity::Corrupt` for the
@@ -133,6 +139,7 @@ impl Shared {
             max_size_applied: AtomicU64::new(u64::MAX),
             wake: Notify::new(),
             closing: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             clean_close: AtomicBool::new(false),
             integrity: Mutex::new(integrity),
             corrupt: AtomicBool::new(false),
@@ -232,14 +239,37 @@ impl Shared {
         self.wake.notify_one();
     }
 
+    /// Queues work for the writer. After the writer stopped, the request is dropped at once,
+    /// so its caller's reply channel closes (an error for it, never a wait forever).
     pub(crate) fn request(&self, request: Request) {
-        self.requests.lock().unwrap_or_else(|e| e.into_inner()).push(request);
+        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        if self.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        requests.push(request);
+        drop(requests);
         self.wake.notify_one();
     }
 
     fn take_request(&self) -> Option<Request> {
         let mut r = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         (!r.is_empty()).then(|| r.remove(0))
+    }
+
+    /// Side writes waiting (served while appends are failing too: they fail fast with the store).
+    fn take_side_requests(&self) -> Vec<Request> {
+        let mut r = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        let (side, rest): (Vec<_>, Vec<_>) = r.drain(..).partition(|q| matches!(q, Request::Side(_)));
+        *r = rest;
+        side
+    }
+
+    /// The writer has stopped: requests still queued are dropped (their callers get an error)
+    /// and later ones are refused the same way.
+    fn stop_requests(&self) {
+        let mut r = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        self.stopped.store(true, Ordering::Release);
+        r.clear();
     }
 
     pub(crate) fn close(&self) {
@@ -544,6 +574,12 @@ impl<W: LogWriter> Writer<W> {
                         while let Some(request) = self.shared.take_request() {
                             self.serve(request).await;
                         }
+                    } else {
+                        // Side writes are tried now rather than behind this batch: they fail
+                        // fast with the store's error (or succeed), never wait for the outage.
+                        for request in self.shared.take_side_requests() {
+                            self.serve(request).await;
+                        }
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(limits.max_backoff);
@@ -555,6 +591,7 @@ impl<W: LogWriter> Writer<W> {
         {
             let _ = self.store.release_lease(&held.holder).await;
         }
+        self.shared.stop_requests();
         (self.store, failing.is_none())
     }
 
@@ -591,10 +628,12 @@ impl<W: LogWriter> Writer<W> {
             match request {
                 Request::Lease { reply, .. } => drop(reply.send(Err(e))),
                 Request::Compact { reply, .. } => drop(reply.send(Err(e))),
+                Request::Side(work) => work(Err(e)).await,
             }
             return;
         }
         match request {
+            Request::Side(work) => self.store.side(work).await,
             Request::Lease {
                 holder,
                 ttl,
@@ -747,5 +786,14 @@ impl<W: LogWriter> Writer<W> {
             p.failing = self.shared.is_corrupt().then_some("corrupt");
         });
         Ok(())
+    }
+}
+
+impl CheckReport for Shared {
+    fn set_integrity(&self, integrity: Integrity) {
+        Shared::set_integrity(self, integrity);
+    }
+    fn mark_corrupt(&self, e: StoreError) {
+        Shared::mark_corrupt(self, e);
     }
 }

@@ -209,22 +209,12 @@ fn command_name(c: crate::breaker::Command) -> &'static str {
 }
 
 fn transition_line(t: &Transition) -> String {
-    let evidence = evidence_text(&t.evidence);
+    let evidence = t.evidence.text();
     if evidence.is_empty() {
         format!("{} → {} ({})", t.from, t.to, t.reason.as_str())
     } else {
         format!("{} → {} ({}: {evidence})", t.from, t.to, t.reason.as_str())
     }
-}
-
-/// A transition's evidence as `key=value` pairs, for people.
-pub fn evidence_text(evidence: &crate::breaker::Evidence) -> String {
-    let e = serde_json::to_value(evidence).unwrap_or(Value::Null);
-    let pairs: Vec<String> = e
-        .as_object()
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect())
-        .unwrap_or_default();
-    pairs.join(" ")
 }
 
 fn policy_line(p: &PolicyApplied) -> String {

@@ -14,7 +14,7 @@ mod time;
 mod timeline;
 mod whatif;
 
-pub use audit::{AuditEntry, AuditQuery, Kind, audit, audit_skipping_bad, evidence_text};
+pub use audit::{AuditEntry, AuditQuery, Kind, audit, audit_skipping_bad};
 pub use export::{TraceLine, export};
 pub use health::{Component, Health, health};
 pub use metrics::{Minute, minutes};

@@ -11,14 +11,11 @@ use super::health::{Health, health};
 use super::metrics::Minute;
 use crate::breaker::{Event, State};
 use crate::journal::{
-    CALL_BATCH, CALL_STATS, CallStats, Decoded, Durability, Journal, JournalError, StoreError, StoredEvent,
-    connect_options, decode, decode_batch,
+    CALL_BATCH, CALL_STATS, CallStats, Decoded, Journal, JournalError, MinuteRow, ProjectionStore, StoreError,
+    StoredEvent, decode, decode_batch,
 };
 use serde::{Deserialize, Serialize};
-use sqlx::{ConnectOptions, Connection, Executor, SqliteConnection};
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::time::Duration;
 
 const NAME: &str = "metrics";
 
@@ -46,13 +43,10 @@ pub struct CatchUp {
     pub position: i64,
 }
 
-/// The projection's own connection to the log file (it writes only its own tables).
+/// The metrics projection: folds the log into its tables (kept by the storage layer's
+/// [`ProjectionStore`], written through the journal's one write connection).
 pub struct Projection {
-    conn: SqliteConnection,
-}
-
-fn io(e: sqlx::Error) -> JournalError {
-    JournalError::Store(StoreError::Io(e.to_string()))
+    store: ProjectionStore,
 }
 
 fn minute_of(t: u64) -> u64 {
@@ -73,7 +67,7 @@ fn spend(deltas: &mut Deltas, stream: &str, state: State, from: u64, to: u64) {
 
 /// A page's minutes by stream, then minute. By stream first so a row finds its stream by `&str`:
 /// a `(String, minute)` key made every row allocate its stream's name.
-type Deltas = BTreeMap<String, BTreeMap<u64, Minute>>;
+type Deltas = crate::journal::Deltas<Minute>;
 
 fn entry<'a>(deltas: &'a mut Deltas, stream: &str, minute: u64) -> &'a mut Minute {
     if !deltas.contains_key(stream) {
@@ -170,27 +164,39 @@ fn fold_events(
     }
 }
 
-/// The encoded cursor of a fold beginning now: its origin is the log's last position. Run inside
-/// the transaction that stores it, under the write lock, so no compaction commits in between.
-async fn fresh_cursor(conn: &mut SqliteConnection) -> Result<Vec<u8>, sqlx::Error> {
-    let (origin,): (Option<i64>,) = sqlx::query_as("SELECT MAX(position) FROM events")
-        .fetch_one(&mut *conn)
-        .await?;
+/// The encoded cursor of a fold beginning at `origin` (the log's last position then).
+fn fresh_cursor(origin: i64) -> Vec<u8> {
     let cursor = Cursor {
-        origin: origin.unwrap_or(0),
+        origin,
         ..Cursor::default()
     };
-    Ok(rmp_serde::to_vec_named(&cursor).expect("plain data encodes"))
+    rmp_serde::to_vec_named(&cursor).expect("plain data encodes")
+}
+
+fn store_err(e: StoreError) -> JournalError {
+    JournalError::Store(e)
+}
+
+impl MinuteRow for Minute {
+    fn empty(minute_ms: u64) -> Minute {
+        Minute {
+            minute_ms,
+            ..Minute::default()
+        }
+    }
+
+    fn add(&mut self, delta: &Minute) {
+        self.merge(delta);
+    }
 }
 
 impl Projection {
-    /// Opens the projection on the log file (the journal has created its tables).
-    pub async fn open(path: &Path) -> Result<Projection, JournalError> {
-        let conn = connect_options(path, Durability::Normal, Duration::from_secs(5))
-            .connect()
-            .await
-            .map_err(io)?;
-        Ok(Projection { conn })
+    /// The projection on the journal's file (the journal has created its tables); its writes go
+    /// through the journal's one write connection.
+    pub fn open(journal: &Journal) -> Projection {
+        Projection {
+            store: journal.projection_store(),
+        }
     }
 
     /// The checkpoint, created at position 0 if there is none yet, with the log's last position
@@ -199,30 +205,20 @@ impl Projection {
         if let Some(found) = self.stored_checkpoint().await? {
             return Ok(found);
         }
-        self.conn.execute("BEGIN IMMEDIATE").await.map_err(io)?;
-        let started = async {
-            let cursor = fresh_cursor(&mut self.conn).await?;
-            sqlx::query(
-                "INSERT INTO projections (name, position, cursor) VALUES (?, 0, ?) ON CONFLICT (name) DO NOTHING",
-            )
-            .bind(NAME)
-            .bind(cursor)
-            .execute(&mut self.conn)
-            .await?;
-            Ok(true)
-        }
-        .await;
-        crate::journal::end_checked(&mut self.conn, started).await.map_err(io)?;
+        self.store.start(fresh_cursor).await.map_err(store_err)?;
         self.checkpoint().await
     }
 
     async fn stored_checkpoint(&mut self) -> Result<Option<(i64, Cursor)>, JournalError> {
-        let row: Option<(i64, Vec<u8>)> = sqlx::query_as("SELECT position, cursor FROM projections WHERE name = ?")
-            .bind(NAME)
-            .fetch_optional(&mut self.conn)
-            .await
-            .map_err(io)?;
-        Ok(row.map(|(p, c)| (p, rmp_serde::from_slice(&c).unwrap_or_default())))
+        match self.store.checkpoint().await.map_err(store_err)? {
+            None => Ok(None),
+            Some((p, c)) => match rmp_serde::from_slice(&c) {
+                Ok(cursor) => Ok(Some((p, cursor))),
+                Err(e) => Err(store_err(StoreError::Io(format!(
+                    "the metrics projection's checkpoint does not decode: {e} (run `breakerbox rebuild`)"
+                )))),
+            },
+        }
     }
 
     async fn checkpoint(&mut self) -> Result<(i64, Cursor), JournalError> {
@@ -248,7 +244,7 @@ impl Projection {
             for e in &events {
                 fold(e, &mut deltas, &mut next, &mut calls)?;
             }
-            if self.write(&deltas, position, last.position, &next).await? {
+            if self.write(deltas, position, last.position, &next).await? {
                 (position, cursor) = (last.position, next);
                 done.events += events.len() as u64;
                 done.calls += calls;
@@ -265,117 +261,21 @@ impl Projection {
     /// Adds a page's deltas and moves the checkpoint from `from` to `position`, in one
     /// transaction, only if the checkpoint is still at `from` and its fold began at the same
     /// origin (false: it moved or was rebuilt meanwhile, nothing written).
-    async fn write(
-        &mut self,
-        deltas: &Deltas,
-        from: i64,
-        position: i64,
-        cursor: &Cursor,
-    ) -> Result<bool, JournalError> {
-        self.conn.execute("BEGIN IMMEDIATE").await.map_err(io)?;
-        let result: Result<bool, sqlx::Error> = async {
-            // Checked under the write lock, so two projectors on one file never both add a page.
-            let stored: Option<(i64, Vec<u8>)> =
-                sqlx::query_as("SELECT position, cursor FROM projections WHERE name = ?")
-                    .bind(NAME)
-                    .fetch_optional(&mut self.conn)
-                    .await?;
-            let Some((at, stored)) = stored else {
-                return Ok(false);
-            };
-            let origin = rmp_serde::from_slice::<Cursor>(&stored).unwrap_or_default().origin;
-            if at != from || origin != cursor.origin {
-                return Ok(false);
-            }
-            // One range read per stream and multi-row upserts: a statement per minute row cost
-            // ~90 µs of round trip each and made a 10 M-outcome catch-up take 50 s.
-            let ranges: BTreeMap<&str, (u64, u64)> = deltas
-                .iter()
-                .filter_map(|(stream, minutes)| {
-                    let (lo, hi) = (minutes.first_key_value()?.0, minutes.last_key_value()?.0);
-                    Some((stream.as_str(), (*lo, *hi)))
-                })
-                .collect();
-            let mut old: BTreeMap<(&str, u64), Minute> = BTreeMap::new();
-            for (stream, (lo, hi)) in &ranges {
-                let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-                    "SELECT minute_ms, data FROM metrics_minutes WHERE stream = ? AND minute_ms BETWEEN ? AND ?",
-                )
-                .bind(*stream)
-                .bind(*lo as i64)
-                .bind(*hi as i64)
-                .fetch_all(&mut self.conn)
-                .await?;
-                for (m, d) in rows {
-                    if let Ok(row) = rmp_serde::from_slice::<Minute>(&d) {
-                        old.insert((stream, m as u64), row);
-                    }
-                }
-            }
-            let merged: Vec<(&str, u64, Vec<u8>)> = deltas
-                .iter()
-                .flat_map(|(stream, minutes)| minutes.iter().map(move |(minute, delta)| (stream, minute, delta)))
-                .map(|(stream, minute, delta)| {
-                    let mut row = old.remove(&(stream.as_str(), *minute)).unwrap_or(Minute {
-                        minute_ms: *minute,
-                        ..Minute::default()
-                    });
-                    row.merge(delta);
-                    let data = rmp_serde::to_vec_named(&row).expect("plain data encodes");
-                    (stream.as_str(), *minute, data)
-                })
-                .collect();
-            // 3 binds per row stays far below SQLite's 32,766-variable limit.
-            for chunk in merged.chunks(1_000) {
-                let mut q =
-                    sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO metrics_minutes (stream, minute_ms, data) ");
-                q.push_values(chunk, |mut b, (s, m, d)| {
-                    b.push_bind(*s).push_bind(*m as i64).push_bind(d.as_slice());
-                });
-                q.push(" ON CONFLICT (stream, minute_ms) DO UPDATE SET data = excluded.data");
-                q.build().execute(&mut self.conn).await?;
-            }
-            sqlx::query(
-                "INSERT INTO projections (name, position, cursor) VALUES (?, ?, ?)
-                 ON CONFLICT (name) DO UPDATE SET position = excluded.position, cursor = excluded.cursor",
-            )
-            .bind(NAME)
-            .bind(position)
-            .bind(rmp_serde::to_vec_named(cursor).expect("plain data encodes"))
-            .execute(&mut self.conn)
-            .await?;
-            Ok(true)
-        }
-        .await;
-        crate::journal::end_checked(&mut self.conn, result).await.map_err(io)
+    async fn write(&mut self, deltas: Deltas, from: i64, position: i64, cursor: &Cursor) -> Result<bool, JournalError> {
+        let origin = cursor.origin;
+        let same_fold = move |stored: &[u8]| rmp_serde::from_slice::<Cursor>(stored).is_ok_and(|c| c.origin == origin);
+        let encoded = rmp_serde::to_vec_named(cursor).expect("plain data encodes");
+        self.store
+            .advance(from, position, encoded, same_fold, deltas)
+            .await
+            .map_err(store_err)
     }
 
     /// Forgets everything and folds the whole log again.
     pub async fn rebuild(&mut self, journal: &Journal, page: u32) -> Result<CatchUp, JournalError> {
-        self.conn.execute("BEGIN IMMEDIATE").await.map_err(io)?;
-        let cleared = async {
-            self.conn.execute("DELETE FROM metrics_minutes").await?;
-            // Back to position 0 with a new origin in the same transaction: no compaction commits
-            // between the two, and none in between sees no checkpoint.
-            let cursor = fresh_cursor(&mut self.conn).await?;
-            sqlx::query(
-                "INSERT INTO projections (name, position, cursor) VALUES (?, 0, ?)
-                 ON CONFLICT (name) DO UPDATE SET position = excluded.position, cursor = excluded.cursor",
-            )
-            .bind(NAME)
-            .bind(cursor)
-            .execute(&mut self.conn)
-            .await?;
-            Ok::<_, sqlx::Error>(())
-        }
-        .await;
-        match cleared {
-            Ok(()) => self.conn.execute("COMMIT").await.map_err(io)?,
-            Err(e) => {
-                let _ = self.conn.execute("ROLLBACK").await;
-                return Err(io(e));
-            }
-        };
+        // Back to position 0 with a new origin in one transaction: no compaction commits between
+        // the two, and none in between sees no checkpoint.
+        self.store.restart(fresh_cursor).await.map_err(store_err)?;
         self.catch_up(journal, page).await
     }
 
@@ -399,19 +299,11 @@ impl Projection {
         to_ms: u64,
         cursor: &Cursor,
     ) -> Result<BTreeMap<u64, Minute>, JournalError> {
-        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-            "SELECT minute_ms, data FROM metrics_minutes WHERE stream = ? AND minute_ms >= ? AND minute_ms <= ? ORDER BY minute_ms",
-        )
-        .bind(stream)
-        .bind(minute_of(from_ms) as i64)
-        .bind(to_ms as i64)
-        .fetch_all(&mut self.conn)
-        .await
-        .map_err(io)?;
-        let mut out: BTreeMap<u64, Minute> = rows
-            .into_iter()
-            .filter_map(|(m, d)| rmp_serde::from_slice(&d).ok().map(|row| (m as u64, row)))
-            .collect();
+        let mut out: BTreeMap<u64, Minute> = self
+            .store
+            .rows(stream, minute_of(from_ms), to_ms)
+            .await
+            .map_err(store_err)?;
         if let Some((state, since)) = cursor.states.get(stream) {
             let mut deltas = BTreeMap::new();
             spend(&mut deltas, stream, *state, (*since).max(from_ms), to_ms);
@@ -438,15 +330,7 @@ impl Projection {
 
     /// Everything stored, for comparing two projections.
     pub async fn dump(&mut self) -> Result<Vec<(String, u64, Minute)>, JournalError> {
-        let rows: Vec<(String, i64, Vec<u8>)> =
-            sqlx::query_as("SELECT stream, minute_ms, data FROM metrics_minutes ORDER BY stream, minute_ms")
-                .fetch_all(&mut self.conn)
-                .await
-                .map_err(io)?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(s, m, d)| rmp_serde::from_slice(&d).ok().map(|row| (s, m as u64, row)))
-            .collect())
+        self.store.all_rows().await.map_err(store_err)
     }
 
     /// The health of every breaker in `budgets` (key → latency budget) at `at_ms`, from the
@@ -470,10 +354,5 @@ impl Projection {
             out.insert(stream.clone(), health(&minutes, t, at_ms, *budget));
         }
         Ok(out)
-    }
-
-    /// Closes the connection.
-    pub async fn close(self) {
-        let _ = self.conn.close().await;
     }
 }

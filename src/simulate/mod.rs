@@ -128,7 +128,7 @@ impl Simulator {
             Input::Command { at_ms, command } => self.breaker.command(at_ms, command, out),
             Input::Policy { at_ms, ref knobs } => {
                 // Over the embedded defaults; `breakerbox simulate` puts its flags on top instead.
-                let mut all = crate::config::defaults();
+                let mut all = crate::knobs::defaults();
                 all.overlay(knobs);
                 if let Ok(policy) = all.policy() {
                     let _ = self.breaker.set_policy(at_ms, policy, out);

@@ -1,7 +1,7 @@
 //! The `simulate` trace format: JSON lines, one call attempt or operator command per line.
 
 use crate::breaker::{Breaker, Command, Outcome};
-use crate::config::{Knobs, Source};
+use crate::knobs::{Knobs, Source};
 use serde::Deserialize;
 use std::fmt;
 

@@ -1,9 +1,13 @@
-//! The knobs a section of the config can set, where each value came from, and how a stack of
-//! layers becomes a [`Policy`].
+//! The knob vocabulary: the keys a section of the config (or a `simulate` policy line, or a
+//! flag) can set, how their values parse, where each value came from, the embedded defaults,
+//! and how a stack of layers becomes a [`Policy`]. Pure: `config` reads files and the
+//! environment into these; `simulate` and `replay` speak them without the config.
 
-use super::classify::StatusPattern;
+mod classify;
+
 use crate::breaker::{OpenPolicy, Policy, PolicyError, SlidingWindow, SlowCallRule, TripRule};
 use crate::duration::{format_ms, parse_ms};
+pub use classify::{StatusClassifier, StatusPattern, default_failures};
 use serde::Serialize;
 use std::fmt;
 use std::path::PathBuf;
@@ -530,7 +534,7 @@ impl Knobs {
                 Ok(false) => {
                     return Err(format!(
                         "unknown key {key}{}",
-                        super::did_you_mean(key, Knobs::KEYS.iter().copied())
+                        did_you_mean(key, Knobs::KEYS.iter().copied())
                     ));
                 }
                 Err(e) => return Err(format!("{key}: {e}")),
@@ -538,4 +542,35 @@ impl Knobs {
         }
         Ok(knobs)
     }
+}
+
+/// ` (did you mean "x"?)` when a known word is close to `word`, else nothing.
+pub(crate) fn did_you_mean<'a>(word: &str, known: impl Iterator<Item = &'a str>) -> String {
+    let best = known
+        .map(|k| {
+            (
+                strsim::levenshtein(&word.to_ascii_lowercase(), &k.to_ascii_lowercase()),
+                k,
+            )
+        })
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .min_by_key(|(d, _)| *d);
+    best.map(|(_, k)| format!(" (did you mean {k:?}?)")).unwrap_or_default()
+}
+
+/// The embedded defaults alone (layer 1): what `simulate` starts from without `--service`.
+pub fn defaults() -> Knobs {
+    let mut k = Knobs::default();
+    let set = |k: &mut Knobs, key: &str, v: &str| {
+        k.set(key, &Raw::Text(v), Source::Default)
+            .expect("embedded defaults parse");
+    };
+    set(&mut k, "failure_threshold", "5");
+    set(&mut k, "success_threshold", "2");
+    set(&mut k, "timeout", "60s");
+    set(&mut k, "half_open_requests", "3");
+    set(&mut k, "call_timeout", "10s");
+    set(&mut k, "latency_budget", "1s");
+    set(&mut k, "failure_statuses", "5xx,408,429");
+    k
 }

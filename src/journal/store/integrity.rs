@@ -35,9 +35,8 @@
 //! changes the stamp — and then the next open runs the full check. What the marker cannot see
 //! (bits rotting at rest, a writer that puts the mtime back) the background check finds.
 
-use super::store::{StoreError, classify, connect_options};
-use super::writer::Shared;
-use super::{BackgroundCheck, Durability};
+use super::{Durability, StoreError, classify, connect_options};
+use crate::journal::BackgroundCheck;
 use serde::{Deserialize, Serialize};
 use sqlx::{ConnectOptions, Connection};
 use std::io::Read;
@@ -363,6 +362,15 @@ const WORK_QUANTUM: Duration = Duration::from_millis(10);
 /// progress handler.
 const PROGRESS_OPS: i32 = 100;
 
+/// Where the background check reports what it found: the writer's shared state, which stops
+/// writing a damaged file (`Shared::mark_corrupt`).
+pub(crate) trait CheckReport: Send + Sync + 'static {
+    /// What the check established (never replaces a corruption found earlier).
+    fn set_integrity(&self, integrity: Integrity);
+    /// The file is damaged.
+    fn mark_corrupt(&self, e: StoreError);
+}
+
 /// The background check: a thread of its own (the writer's commits never wait on it), a
 /// read-only connection of its own (the readers' pool keeps all its connections), started after
 /// `pace.delay`, resting `pace.rest_ratio` times as long as it worked. Stopped by `stop`.
@@ -371,7 +379,7 @@ pub(crate) fn spawn_check(
     durability: Durability,
     busy_timeout: Duration,
     pace: BackgroundCheck,
-    shared: Arc<Shared>,
+    shared: Arc<dyn CheckReport>,
     stop: Arc<Stop>,
 ) -> Result<std::thread::JoinHandle<()>, StoreError> {
     let path = path.to_path_buf();
