@@ -14,6 +14,7 @@
 
 pub mod actor;
 pub mod alerts;
+pub mod app;
 pub mod breaker;
 pub mod clock;
 pub mod config;

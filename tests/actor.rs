@@ -1288,3 +1288,56 @@ mod loom_gate {
         });
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_keeps_the_projection_beside_its_breakers_and_stops_them_in_order() {
+    use breakerbox::app::{App, AppOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("log.db");
+    let config = Config::from_toml(Path::new("t.toml"), CONFIG, &Default::default()).unwrap();
+    let clock = Clock::manual(1_764_000_000_000);
+    let options = || AppOptions {
+        registry: RegistryOptions {
+            clock: clock.clone(),
+            ..RegistryOptions::default()
+        },
+        project_every: Some(Duration::from_millis(20)),
+        alerts: false,
+        ..AppOptions::default()
+    };
+    let app = App::start(&db, &config, options()).await.unwrap();
+    let stripe = app.registry().get("stripe").unwrap().clone();
+    for _ in 0..5 {
+        let _ = stripe.call("", async { Err::<(), _>("down") }).await;
+    }
+    stripe.inspect().await;
+    assert_eq!(stripe.state(), State::Open);
+    app.journal().flush().await.unwrap();
+    // The app, not the registry, folds the log into the projection: its stored minutes fill up
+    // without anyone asking for a catch-up.
+    let mut reader = breakerbox::replay::Projection::open(app.journal());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let calls: u64 = reader
+            .minutes("stripe", 0, clock.now_ms())
+            .await
+            .unwrap()
+            .values()
+            .map(|m| m.calls())
+            .sum();
+        if calls == 5 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the projection has {calls} of 5 calls"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.shutdown().await.unwrap();
+    // Stopped in order: the lease is given back and the breakers' state is durable, so the next
+    // app on the file starts at once with stripe still open.
+    let again = App::start(&db, &config, options()).await.unwrap();
+    assert_eq!(again.registry().get("stripe").unwrap().state(), State::Open);
+    again.shutdown().await.unwrap();
+}

@@ -1416,7 +1416,6 @@ fn record_calls(db: &std::path::Path, config: &std::path::Path, calls: u32, late
             journal.clone(),
             RegistryOptions {
                 clock: clock.clone(),
-                project_every: None,
                 ..RegistryOptions::default()
             },
         )

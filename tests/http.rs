@@ -39,7 +39,6 @@ async fn start(dir: &Path, config: &Config) -> Arc<Registry> {
         journal,
         RegistryOptions {
             clock: Clock::manual(1_764_000_000_000),
-            project_every: None,
             ..RegistryOptions::default()
         },
     )

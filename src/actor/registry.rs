@@ -32,12 +32,6 @@ pub struct RegistryOptions {
     pub holder: String,
     /// The lease's time to live, recorded with it; renewed every third of it.
     pub lease_ttl: Duration,
-    /// Per-call outcomes older than this are compacted into per-minute summaries (None: never).
-    pub retention: Option<Duration>,
-    /// How often retention runs.
-    pub compact_every: Duration,
-    /// How often the metrics projection folds new events (None: not kept by this process).
-    pub project_every: Option<Duration>,
 }
 
 impl Default for RegistryOptions {
@@ -49,9 +43,6 @@ impl Default for RegistryOptions {
             hard_limit: 1_000_000,
             holder: Holder::this_process("breakerbox").to_string(),
             lease_ttl: DEFAULT_LEASE_TTL,
-            retention: Some(Duration::from_secs(7 * 86_400)),
-            compact_every: Duration::from_secs(3_600),
-            project_every: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -202,35 +193,6 @@ impl Registry {
             options.holder.clone(),
             start_position,
         )));
-        if let Some(every) = options.project_every {
-            let j = journal.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut projection = crate::replay::Projection::open(&j);
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tick.tick().await;
-                    if let Err(e) = projection.catch_up(&j, 10_000).await {
-                        tracing::warn!(error = %e, "folding new events into the metrics projection failed; retrying");
-                    }
-                }
-            }));
-        }
-        if let Some(retention) = options.retention {
-            let (j, every, clock) = (journal.clone(), options.compact_every, options.clock.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tick.tick().await;
-                    match j.compact(retention.as_millis() as u64, clock.now_ms()).await {
-                        Ok(r) if r.batches > 0 => {
-                            tracing::info!(batches = r.batches, calls = r.calls, "compacted old call outcomes")
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "retention failed; retrying at the next interval"),
-                    }
-                }
-            }));
-        }
         Ok(Registry {
             handles,
             configs,

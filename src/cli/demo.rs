@@ -4,9 +4,9 @@
 
 use super::{CliError, Global, history::fmt_time};
 use breakerbox::actor::system_now_ms;
+use breakerbox::app::{App, AppOptions, HttpOptions};
 use breakerbox::demo::{self, SERVICES, Script};
 use breakerbox::duration::{format_ms, parse_ms};
-use breakerbox::http::{ApiState, server};
 use breakerbox::journal::Journal;
 use breakerbox::replay::{AuditQuery, Kind, Summary, audit, history, summarize};
 use std::collections::BTreeMap;
@@ -84,19 +84,25 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
         for (service, from, to, what) in script.timeline() {
             println!("  {service:<7} {what} from {} to {}", secs(from), secs(to));
         }
-        let (journal, registry) = super::start_breakers(&db, &config, "demo").await?;
-        let state = actix_web::web::Data::new(ApiState::new(registry.clone(), config.clone(), tokens));
-        let (http, addrs) = match server(state.clone(), args.bind) {
-            Ok(s) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                println!("{} is busy; taking another port", args.bind);
-                server(state, SocketAddr::from(([127, 0, 0, 1], 0)))
-                    .map_err(|e| CliError::Runtime(format!("binding 127.0.0.1: {e}")))?
-            }
-            Err(e) => return Err(CliError::Runtime(format!("binding {}: {e}", args.bind))),
+        let app_options = AppOptions {
+            registry: super::registry_options(&config, "demo"),
+            // The demo's configuration has no alert sinks and is its own: nothing to reload.
+            alerts: false,
+            http: Some(HttpOptions {
+                bind: args.bind,
+                tokens,
+                any_port_if_taken: true,
+            }),
+            ..AppOptions::default()
         };
-        let http_handle = http.handle();
-        let http_task = actix_web::rt::spawn(http);
+        let app = App::start(&db, &config, app_options)
+            .await
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        let (journal, registry) = (app.journal().clone(), app.registry().clone());
+        let addrs = app.http_addrs().to_vec();
+        if addrs.first().is_some_and(|a| *a != args.bind) && args.bind.port() != 0 {
+            println!("{} is busy; took another port", args.bind);
+        }
         for addr in &addrs {
             super::print_dashboard(*addr, one_time.as_deref());
         }
@@ -130,8 +136,6 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
         // Let the tail print what the last flush committed before the summary.
         tokio::time::sleep(Duration::from_millis(300)).await;
         tail.abort();
-        http_handle.stop(true).await;
-        let _ = http_task.await;
 
         let mut summaries = Vec::new();
         for handle in registry.handles() {
@@ -149,11 +153,8 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
                 b.latency_budget_ms(),
             ));
         }
-        registry
-            .shutdown()
-            .await
-            .map_err(|e| CliError::Runtime(e.to_string()))?;
-        journal.close().await;
+        drop((journal, registry));
+        app.shutdown().await.map_err(|e| CliError::Runtime(e.to_string()))?;
         if json {
             let out = serde_json::to_string_pretty(&summaries).map_err(|e| CliError::Runtime(e.to_string()))?;
             println!("{out}");

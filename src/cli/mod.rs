@@ -1,14 +1,20 @@
 //! The `breakerbox` command line: parsing and rendering only; the work is in the library.
 
 mod alerts;
+mod audit;
+mod command;
 mod compact;
 mod config;
 mod demo;
+mod export;
 mod history;
 mod policy_args;
+mod rebuild;
+mod replay;
 mod serve;
 mod simulate;
 mod status;
+mod what_if;
 
 use clap::{Parser, Subcommand};
 use std::fmt;
@@ -139,37 +145,17 @@ pub fn print_dashboard(addr: std::net::SocketAddr, one_time: Option<&str>) {
     }
 }
 
-/// Opens the log at `db` and starts the configured breakers on it, holding the writer lease as
-/// `role` (the long-running commands: serve, demo).
-pub async fn start_breakers(
-    db: &std::path::Path,
-    config: &breakerbox::config::Config,
-    role: &str,
-) -> Result<
-    (
-        std::sync::Arc<breakerbox::journal::Journal>,
-        std::sync::Arc<breakerbox::actor::Registry>,
-    ),
-    CliError,
-> {
-    use breakerbox::actor::{Registry, RegistryOptions};
-    use breakerbox::journal::{Journal, JournalOptions};
-    let journal = std::sync::Arc::new(
-        Journal::open(db, JournalOptions::default())
-            .await
-            .map_err(|e| CliError::Runtime(format!("opening {}: {e}", db.display())))?,
-    );
-    let mut options = RegistryOptions {
+/// The breakers' settings of a long-running command (`serve`, `demo`): the writer lease held as
+/// `role`, and the configuration's `[journal] outcome_hold`.
+pub fn registry_options(config: &breakerbox::config::Config, role: &str) -> breakerbox::actor::RegistryOptions {
+    let mut options = breakerbox::actor::RegistryOptions {
         holder: holder(role),
-        ..RegistryOptions::default()
+        ..breakerbox::actor::RegistryOptions::default()
     };
     if let Some(ms) = config.journal.outcome_hold_ms {
         options.actors.outcome_hold = std::time::Duration::from_millis(ms);
     }
-    let registry = Registry::start(config, journal.clone(), options)
-        .await
-        .map_err(|e| CliError::Runtime(e.to_string()))?;
-    Ok((journal, std::sync::Arc::new(registry)))
+    options
 }
 
 /// Who runs this command, for the audit trail: `USER@HOST`.
@@ -190,21 +176,21 @@ enum Command {
     Simulate(simulate::Args),
     Config(config::Args),
     Compact(compact::Args),
-    Audit(history::AuditArgs),
-    Replay(history::ReplayArgs),
-    Export(history::ExportArgs),
-    WhatIf(history::WhatIfArgs),
-    Rebuild(history::RebuildArgs),
+    Audit(audit::AuditArgs),
+    Replay(replay::ReplayArgs),
+    Export(export::ExportArgs),
+    WhatIf(what_if::WhatIfArgs),
+    Rebuild(rebuild::RebuildArgs),
     Status(status::StatusArgs),
     Serve(serve::Args),
     Alerts(alerts::Args),
     Completions(CompletionsArgs),
     /// Force a breaker OPEN: every call rejected until reset.
-    ForceOpen(status::CommandArgs),
+    ForceOpen(command::CommandArgs),
     /// Disable a breaker: every call permitted, never trips, until reset.
-    Disable(status::CommandArgs),
+    Disable(command::CommandArgs),
     /// Reset a breaker to CLOSED with empty counts.
-    Reset(status::CommandArgs),
+    Reset(command::CommandArgs),
 }
 
 /// Print a shell completion script.
@@ -279,11 +265,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Simulate(args) => simulate::run(args, &cli.global),
         Command::Config(args) => config::run(args, &cli.global),
         Command::Compact(args) => compact::run(args, &cli.global),
-        Command::Audit(args) => history::audit(args, &cli.global),
-        Command::Replay(args) => history::replay(args, &cli.global),
-        Command::Export(args) => history::export(args, &cli.global),
-        Command::WhatIf(args) => history::what_if(args, &cli.global),
-        Command::Rebuild(args) => history::rebuild(args, &cli.global),
+        Command::Audit(args) => audit::audit(args, &cli.global),
+        Command::Replay(args) => replay::replay(args, &cli.global),
+        Command::Export(args) => export::export(args, &cli.global),
+        Command::WhatIf(args) => what_if::what_if(args, &cli.global),
+        Command::Rebuild(args) => rebuild::rebuild(args, &cli.global),
         Command::Status(args) => status::status(args, &cli.global),
         Command::Serve(args) => serve::run(args, &cli.global),
         Command::Demo(args) => demo::run(args, &cli.global),
@@ -293,8 +279,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             clap_complete::generate(args.shell, &mut Cli::command(), "breakerbox", &mut std::io::stdout());
             Ok(())
         }
-        Command::ForceOpen(args) => status::command(args, breakerbox::breaker::Command::ForceOpen, &cli.global),
-        Command::Disable(args) => status::command(args, breakerbox::breaker::Command::Disable, &cli.global),
-        Command::Reset(args) => status::command(args, breakerbox::breaker::Command::Reset, &cli.global),
+        Command::ForceOpen(args) => command::command(args, breakerbox::breaker::Command::ForceOpen, &cli.global),
+        Command::Disable(args) => command::command(args, breakerbox::breaker::Command::Disable, &cli.global),
+        Command::Reset(args) => command::command(args, breakerbox::breaker::Command::Reset, &cli.global),
     }
 }

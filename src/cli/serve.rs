@@ -1,15 +1,11 @@
-//! `breakerbox serve`: the breakers of the config, the HTTP API, the alert notifier, config
-//! reload on SIGHUP, a changed file or `POST /api/config/reload`, retention and the metrics
-//! projection, until Ctrl-C.
+//! `breakerbox serve`: an [`App`] — the breakers of the config, the HTTP API, the alert
+//! notifier, config reload on SIGHUP, a changed file or `POST /api/config/reload`, retention and
+//! the metrics projection — until Ctrl-C or SIGTERM.
 
 use super::{CliError, Global};
-use breakerbox::actor::{Reloader, watch};
-use breakerbox::alerts::{Alerting, NotifierOptions};
+use breakerbox::app::{App, AppOptions, HttpOptions};
 use breakerbox::config::{Config, LoadOptions};
-use breakerbox::http::{ApiState, server};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
 /// Run the breakers and serve the HTTP API.
 #[derive(Debug, clap::Args)]
@@ -33,48 +29,35 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
     let (tokens, one_time) = super::api_tokens(&options, &config.api, args.bind)?;
     let db = global.db.clone();
     actix_web::rt::System::new().block_on(async move {
-        let (journal, registry) = super::start_breakers(&db, &config, "serve").await?;
-        // Alerts from the log, on the notifier's own thread; the breakers never wait for it.
-        let alerting = Arc::new(
-            Alerting::start(journal.clone(), &config.alerts, NotifierOptions::default())
-                .await
-                .map_err(|e| CliError::Runtime(e.to_string()))?,
-        );
-        if alerting.is_running() {
+        let app_options = AppOptions {
+            registry: super::registry_options(&config, "serve"),
+            reload: Some(options),
+            http: Some(HttpOptions {
+                bind: args.bind,
+                tokens,
+                any_port_if_taken: false,
+            }),
+            ..AppOptions::default()
+        };
+        let mut app = App::start(&db, &config, app_options)
+            .await
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        if app.alerting() {
             let names: Vec<&str> = config.alerts.webhooks.iter().map(|w| w.name.as_str()).collect();
             println!("alerts: {} sinks ({})", names.len(), names.join(", "));
         }
-        let state = ApiState::new(registry.clone(), config.clone(), tokens);
-        state.settings().serving_on(args.bind);
-        // One reload for SIGHUP, the file watcher and POST /api/config/reload: policies, the
-        // API's budgets and tokens, the alert sinks, all from one read of the file or none.
-        let reloader = Arc::new(
-            Reloader::new(registry.clone(), options.clone())
-                .with(state.settings())
-                .with(alerting.clone()),
-        );
-        let watcher = watch(reloader.clone(), Duration::from_secs(2), None)
-            .map_err(|e| CliError::Runtime(format!("watching for SIGHUP: {e}")))?;
-        let state = actix_web::web::Data::new(state.with_reload(reloader));
-        let (server, addrs) =
-            server(state, args.bind).map_err(|e| CliError::Runtime(format!("binding {}: {e}", args.bind)))?;
-        for addr in addrs {
+        for addr in app.http_addrs() {
             println!(
                 "listening on http://{addr} ({} breakers, log {})",
-                registry.handles().count(),
+                app.registry().handles().count(),
                 db.display()
             );
-            super::print_dashboard(addr, one_time.as_deref());
+            super::print_dashboard(*addr, one_time.as_deref());
         }
-        let result = server.await;
-        watcher.abort();
-        alerting.stop().await;
-        registry
-            .shutdown()
-            .await
-            .map_err(|e| CliError::Runtime(e.to_string()))?;
-        journal.close().await;
+        // Until SIGINT or SIGTERM (actix-web stops the server on either).
+        let served = app.served().await;
+        app.shutdown().await.map_err(|e| CliError::Runtime(e.to_string()))?;
         println!("stopped cleanly");
-        result.map_err(|e| CliError::Runtime(e.to_string()))
+        served.map_err(|e| CliError::Runtime(e.to_string()))
     })
 }

@@ -1,0 +1,301 @@
+//! The composition root: the one place that opens the log, starts the breakers and everything a
+//! long-running process keeps beside them — the metrics projection, retention, the alert
+//! notifier, the config reload (SIGHUP, a changed file, `POST /api/config/reload`), the HTTP
+//! API — and stops them in order. `breakerbox serve` and `breakerbox demo` are an [`App`]; an
+//! embedding application can be one too. The registry only runs breakers.
+
+use crate::actor::{Registry, RegistryError, RegistryOptions, Reloader, watch};
+use crate::alerts::{Alerting, AlertsError, NotifierOptions};
+use crate::config::{Config, LoadOptions};
+use crate::http::{ApiState, auth::Token, server};
+use crate::journal::{Journal, JournalError, JournalOptions, StoreError};
+use crate::replay::Projection;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+
+/// What an [`App`] runs beside the breakers.
+pub struct AppOptions {
+    /// How the log is written.
+    pub journal: JournalOptions,
+    /// The breakers' settings (clock, lease holder, buffers, actor settings).
+    pub registry: RegistryOptions,
+    /// Per-call outcomes older than this are compacted into per-minute summaries (None: never).
+    pub retention: Option<Duration>,
+    /// How often retention runs.
+    pub compact_every: Duration,
+    /// How often the metrics projection folds new events (None: not kept by this process; the
+    /// HTTP API still brings it up to date when asked).
+    pub project_every: Option<Duration>,
+    /// Deliver the configuration's alerts (`[alerts]`; nothing runs without sinks).
+    pub alerts: bool,
+    /// Reload from this file and environment on SIGHUP or when the file changes (None: no
+    /// reload but through the HTTP API, and none there either).
+    pub reload: Option<LoadOptions>,
+    /// Serve the HTTP API (None: no server). Needs an actix-web runtime (`actix_web::rt::System`).
+    pub http: Option<HttpOptions>,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        AppOptions {
+            journal: JournalOptions::default(),
+            registry: RegistryOptions::default(),
+            retention: Some(Duration::from_secs(7 * 86_400)),
+            compact_every: Duration::from_secs(3_600),
+            project_every: Some(Duration::from_secs(1)),
+            alerts: true,
+            reload: None,
+            http: None,
+        }
+    }
+}
+
+/// Where and how the HTTP API is served.
+pub struct HttpOptions {
+    /// The address.
+    pub bind: SocketAddr,
+    /// Tokens besides the configuration's `[api.tokens]` (the environment's, a one-time one).
+    pub tokens: Vec<Token>,
+    /// When `bind` is taken, serve on any free loopback port instead (the demo does).
+    pub any_port_if_taken: bool,
+}
+
+/// Why an app could not start.
+#[derive(Debug, Error)]
+pub enum AppError {
+    /// The log could not be opened.
+    #[error("opening {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: StoreError,
+    },
+    /// The breakers could not start (the log is another process's, or unreadable).
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The alert notifier could not start.
+    #[error("starting the alert notifier: {0}")]
+    Alerts(#[from] AlertsError),
+    /// SIGHUP could not be listened for.
+    #[error("watching for SIGHUP: {0}")]
+    Watch(std::io::Error),
+    /// The HTTP API could not bind.
+    #[error("binding {bind}: {source}")]
+    Bind {
+        /// The address.
+        bind: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Stopping: the breakers' last events could not be made durable.
+    #[error("stopping: {0}")]
+    Stop(#[from] JournalError),
+}
+
+/// A running process's parts, owned in one place.
+pub struct App {
+    journal: Arc<Journal>,
+    registry: Arc<Registry>,
+    alerting: Option<Arc<Alerting>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    http: Option<(
+        actix_web::dev::ServerHandle,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    )>,
+    addrs: Vec<SocketAddr>,
+}
+
+impl App {
+    /// Opens the log at `db`, starts the breakers of `config` on it, and what `options` asks for.
+    /// On an error, what was started is stopped again.
+    pub async fn start(db: &Path, config: &Config, options: AppOptions) -> Result<App, AppError> {
+        let journal = Arc::new(
+            Journal::open(db, options.journal)
+                .await
+                .map_err(|source| AppError::Open {
+                    path: db.to_path_buf(),
+                    source,
+                })?,
+        );
+        let registry = match Registry::start(config, journal.clone(), options.registry).await {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                journal.close().await;
+                return Err(e.into());
+            }
+        };
+        let mut app = App {
+            journal,
+            registry,
+            alerting: None,
+            tasks: Vec::new(),
+            http: None,
+            addrs: Vec::new(),
+        };
+        if let Some(every) = options.project_every {
+            app.tasks
+                .push(tokio::spawn(keep_projection(app.journal.clone(), every)));
+        }
+        if let Some(retention) = options.retention {
+            app.tasks.push(tokio::spawn(keep_retention(
+                app.journal.clone(),
+                app.registry.clock().clone(),
+                retention,
+                options.compact_every,
+            )));
+        }
+        match app
+            .start_parts(config, options.alerts, options.reload, options.http)
+            .await
+        {
+            Ok(()) => Ok(app),
+            Err(e) => {
+                let _ = app.shutdown().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_parts(
+        &mut self,
+        config: &Config,
+        alerts: bool,
+        reload: Option<LoadOptions>,
+        http: Option<HttpOptions>,
+    ) -> Result<(), AppError> {
+        if alerts {
+            // Alerts from the log, on the notifier's own thread; the breakers never wait for it.
+            let alerting = Alerting::start(self.journal.clone(), &config.alerts, NotifierOptions::default()).await?;
+            self.alerting = Some(Arc::new(alerting));
+        }
+        let state = http
+            .as_ref()
+            .map(|h| ApiState::new(self.registry.clone(), config.clone(), h.tokens.clone()));
+        let reloader = reload.map(|options| {
+            // One reload for SIGHUP, the file watcher and POST /api/config/reload: policies, the
+            // API's budgets and tokens, the alert sinks, all from one read of the file or none.
+            let mut r = Reloader::new(self.registry.clone(), options);
+            if let Some(s) = &state {
+                r = r.with(s.settings());
+            }
+            if let Some(a) = &self.alerting {
+                r = r.with(a.clone());
+            }
+            Arc::new(r)
+        });
+        if let Some(r) = &reloader {
+            self.tasks
+                .push(watch(r.clone(), Duration::from_secs(2), None).map_err(AppError::Watch)?);
+        }
+        if let (Some(h), Some(state)) = (http, state) {
+            let state = match reloader {
+                Some(r) => state.with_reload(r),
+                None => state,
+            };
+            let settings = state.settings();
+            let state = actix_web::web::Data::new(state);
+            let (server, addrs) = match server(state.clone(), h.bind) {
+                Ok(s) => s,
+                Err(e) if h.any_port_if_taken && e.kind() == std::io::ErrorKind::AddrInUse => {
+                    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+                    server(state, any).map_err(|source| AppError::Bind { bind: any, source })?
+                }
+                Err(source) => return Err(AppError::Bind { bind: h.bind, source }),
+            };
+            if let Some(first) = addrs.first() {
+                settings.serving_on(*first);
+            }
+            self.http = Some((server.handle(), actix_web::rt::spawn(server)));
+            self.addrs = addrs;
+        }
+        Ok(())
+    }
+
+    /// The log.
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+
+    /// The breakers.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Where the HTTP API listens (empty without one).
+    pub fn http_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Whether alerts are being delivered (the configuration has sinks).
+    pub fn alerting(&self) -> bool {
+        self.alerting.as_ref().is_some_and(|a| a.is_running())
+    }
+
+    /// Waits until the HTTP server ends (actix-web stops it on SIGINT or SIGTERM); at once
+    /// without one. Its error, if it failed.
+    pub async fn served(&mut self) -> std::io::Result<()> {
+        match self.http.as_mut() {
+            Some((_, task)) => match task.await {
+                Ok(r) => {
+                    self.http = None;
+                    r
+                }
+                Err(e) => {
+                    self.http = None;
+                    Err(std::io::Error::other(e.to_string()))
+                }
+            },
+            None => Ok(()),
+        }
+    }
+
+    /// Stops everything in order: the HTTP API (requests in flight finish), the reload watcher,
+    /// the notifier, the projection and retention, then the breakers (their last events and
+    /// snapshots made durable), then the log, cleanly.
+    pub async fn shutdown(mut self) -> Result<(), AppError> {
+        if let Some((handle, task)) = self.http.take() {
+            handle.stop(true).await;
+            let _ = task.await;
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        if let Some(a) = self.alerting.take() {
+            a.stop().await;
+        }
+        let stopped = self.registry.shutdown().await;
+        self.journal.close().await;
+        stopped.map_err(AppError::Stop)
+    }
+}
+
+/// Folds new events into the metrics projection every `every`.
+async fn keep_projection(journal: Arc<Journal>, every: Duration) {
+    let mut projection = Projection::open(&journal);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        if let Err(e) = projection.catch_up(&journal, 10_000).await {
+            tracing::warn!(error = %e, "folding new events into the metrics projection failed; retrying");
+        }
+    }
+}
+
+/// Compacts per-call outcomes older than `retention` every `every`.
+async fn keep_retention(journal: Arc<Journal>, clock: crate::clock::Clock, retention: Duration, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        match journal.compact(retention.as_millis() as u64, clock.now_ms()).await {
+            Ok(r) if r.batches > 0 => {
+                tracing::info!(batches = r.batches, calls = r.calls, "compacted old call outcomes")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "retention failed; retrying at the next interval"),
+        }
+    }
+}
