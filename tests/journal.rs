@@ -1578,3 +1578,128 @@ fn no_acknowledged_event_is_lost_or_torn_when_the_writer_is_killed() {
         });
     }
 }
+
+/// Golden bytes of every record kind the journal and the layers above store (the core's events
+/// have theirs in `tests/core/fixtures.rs`): decoded by every later build, the version checked.
+/// Never rewritten; `BREAKERBOX_WRITE_FIXTURES=1` creates missing files only.
+#[test]
+fn every_stored_record_kind_decodes_from_its_golden_bytes_and_refuses_an_unknown_version() {
+    use breakerbox::breaker::{Breaker, Command, State};
+    use breakerbox::journal::{
+        AlertDelivery, AlertStatus, CallStats, CommandRequest, DeliveryOutcome, Gap, Operator, OperatorCommand,
+        Recorded,
+    };
+    let operator = Operator {
+        who: "carol@ops".into(),
+        from: "cli".into(),
+        why: "provider incident INC-12".into(),
+    };
+    let mut breaker = Breaker::new(Policy::consecutive(3, 30_000)).unwrap();
+    let mut events = Vec::new();
+    breaker.command(1_764_000_000_000, Command::ForceOpen, &mut events);
+    fn bytes<R: Recorded>(r: &R) -> Vec<u8> {
+        rmp_serde::to_vec_named(r).unwrap()
+    }
+    let gap = Gap {
+        from_ms: 1_764_000_000_000,
+        to_ms: 1_764_000_004_000,
+        dropped: [("stripe".to_owned(), [("call_batch".to_owned(), 12u64)].into())].into(),
+    };
+    let command = OperatorCommand {
+        at_ms: 1_764_000_000_000,
+        command: Command::ForceOpen,
+        operator: operator.clone(),
+        from_state: State::Closed,
+        to_state: State::ForcedOpen,
+        request_position: Some(41),
+    };
+    let request = CommandRequest {
+        at_ms: 1_764_000_000_000,
+        target: "stripe/customers.create".into(),
+        command: Command::Reset,
+        operator,
+    };
+    let stats = CallStats {
+        at_ms: 1_764_000_001_000,
+        rejected: 17,
+        fallbacks: 9,
+        dropped: 2,
+    };
+    let delivery = AlertDelivery {
+        at_ms: 1_764_000_002_000,
+        breaker: "stripe".into(),
+        status: AlertStatus::Firing,
+        sink: "oncall".into(),
+        // The sample of tests/alerts.rs, which wrote this fixture.
+        fingerprint: "d7adf68bc26f56b7".into(),
+        episode_start_ms: 1_764_000_000_000,
+        attempt: 2,
+        outcome: DeliveryOutcome::Retrying,
+        status_code: Some(503),
+        error: None,
+        next_attempt_ms: Some(1_764_000_004_000),
+    };
+    let cases: Vec<(&str, &str, Vec<u8>, Decoded)> = vec![
+        (
+            "gap",
+            "gap.v1.msgpack",
+            rmp_serde::to_vec_named(&gap).unwrap(),
+            Decoded::Gap(gap),
+        ),
+        (
+            "snapshot",
+            "snapshot.v1.msgpack",
+            rmp_serde::to_vec_named(&breaker).unwrap(),
+            Decoded::Snapshot(Box::new(breaker)),
+        ),
+        (
+            "operator_command",
+            "operator_command.v1.msgpack",
+            bytes(&command),
+            Decoded::Command(command),
+        ),
+        (
+            "command_request",
+            "command_request.v1.msgpack",
+            bytes(&request),
+            Decoded::Request(request),
+        ),
+        (
+            "call_stats",
+            "call_stats.v1.msgpack",
+            bytes(&stats),
+            Decoded::Stats(stats),
+        ),
+        (
+            "alert_delivery",
+            "alert_delivery.v1.msgpack",
+            bytes(&delivery),
+            Decoded::Delivery(delivery),
+        ),
+    ];
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/events");
+    let write = std::env::var_os("BREAKERBOX_WRITE_FIXTURES").is_some();
+    for (event_type, file, encoded, expected) in cases {
+        let path = dir.join(file);
+        if write && !path.exists() {
+            std::fs::write(&path, &encoded).unwrap();
+        }
+        let golden = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let stored = |event_version: u32, payload: Vec<u8>| StoredEvent {
+            position: 7,
+            stream: "stripe".into(),
+            seq: 2,
+            event_type: event_type.into(),
+            event_version,
+            recorded_at: 1_764_000_000_000,
+            payload,
+        };
+        assert_eq!(decode(&stored(1, golden.clone())).unwrap(), expected, "{file}");
+        assert_eq!(
+            encoded, golden,
+            "{file}: the current encoding changed; bump the version"
+        );
+        let e = decode(&stored(2, golden)).unwrap_err().to_string();
+        assert!(e.contains("version 2"), "{file}: {e}");
+    }
+}

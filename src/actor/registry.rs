@@ -349,9 +349,12 @@ async fn follow_requests(journal: Arc<Journal>, handles: BTreeMap<String, Breake
         };
         for e in page {
             after = e.position;
-            let Ok(request) = rmp_serde::from_slice::<CommandRequest>(&e.payload) else {
-                tracing::error!(position = e.position, "a command request does not decode; skipped");
-                continue;
+            let request = match crate::journal::decode_record::<CommandRequest>(&e) {
+                Ok(r) => r,
+                Err(err) => {
+                    tracing::error!(position = e.position, error = %err, "a command request does not decode; skipped");
+                    continue;
+                }
             };
             let Some(handle) = handles.get(&request.target) else {
                 tracing::warn!(

@@ -13,7 +13,7 @@ use crate::breaker::{Command, Event, Policy, State};
 use crate::clock::system_now_ms;
 use crate::journal::{
     Body, COMMAND_REQUEST, Claim, CommandRequest, Holder, Journal, JournalError, Lease, OPERATOR_COMMAND, Operator,
-    OperatorCommand, Standing,
+    OperatorCommand, Standing, decode_record,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -185,15 +185,7 @@ async fn apply_here(
         // Its own request, if it asked an owner that then died: the log shows it answered.
         request_position,
     };
-    journal.submit(
-        &stream,
-        Body::Other {
-            event_type: OPERATOR_COMMAND,
-            event_version: 1,
-            at_ms: now,
-            payload: rmp_serde::to_vec_named(&record).expect("plain data encodes"),
-        },
-    );
+    journal.submit(&stream, Body::record(&record));
     for e in events {
         journal.submit(&stream, Body::Breaker(e));
     }
@@ -223,15 +215,7 @@ async fn ask(journal: &Journal, request: &Request<'_>, holder: String) -> Result
         operator: request.operator.clone(),
     };
     let ticket = journal
-        .submit(
-            &stream,
-            Body::Other {
-                event_type: COMMAND_REQUEST,
-                event_version: 1,
-                at_ms: payload.at_ms,
-                payload: rmp_serde::to_vec_named(&payload).expect("plain data encodes"),
-            },
-        )
+        .submit(&stream, Body::record(&payload))
         .ok_or(JournalError::Closed)?;
     journal.durable(ticket).await?;
     let position = journal
@@ -257,9 +241,11 @@ async fn answer(journal: &Journal, asked: &mut Asked) -> Result<Option<RemoteOut
         let Some(last) = page.last() else { return Ok(None) };
         let last = last.position;
         for e in page {
-            if let Ok(record) = rmp_serde::from_slice::<OperatorCommand>(&e.payload)
-                && record.request_position == Some(asked.position)
-            {
+            let record = decode_record::<OperatorCommand>(&e).map_err(|source| JournalError::Decode {
+                position: e.position,
+                source,
+            })?;
+            if record.request_position == Some(asked.position) {
                 let holder = Holder::describe_name(&asked.holder);
                 return Ok(Some(RemoteOutcome::AppliedByOwner {
                     holder,

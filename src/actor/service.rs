@@ -7,9 +7,8 @@ use crate::breaker::{Breaker, Command, Decision, Event, Outcome, Permit, Policy,
 use crate::clock::Clock;
 use crate::config::BreakerConfig;
 use crate::journal::{Body, Journal, JournalError};
-use crate::journal::{CALL_STATS, CallStats, OPERATOR_COMMAND, Operator, OperatorCommand};
+use crate::journal::{CallStats, Operator, OperatorCommand};
 use actix::prelude::*;
-use serde::Serialize;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -212,10 +211,6 @@ impl ServiceActor {
         }
     }
 
-    fn submit_other<T: Serialize>(&mut self, event_type: &'static str, at_ms: u64, payload: &T) {
-        self.journal.submit(&self.key, other_body(event_type, at_ms, payload));
-    }
-
     /// As `emit`, but recorded calls alone wait up to `outcome_hold` (the regular drains).
     fn emit_or_hold(&mut self, ctx: &mut Context<Self>) {
         let hold_ms = self.options.outcome_hold.as_millis() as u64;
@@ -269,7 +264,7 @@ impl ServiceActor {
 
     fn submit_stats(&mut self) {
         if let Some(stats) = self.pending_stats.take() {
-            self.submit_other(CALL_STATS, stats.at_ms, &stats);
+            self.journal.submit(&self.key, Body::record(&stats));
         }
     }
 
@@ -446,7 +441,7 @@ impl Handler<Operate> for ServiceActor {
         // The command first, then what it did: the audit trail reads in that order. All of them
         // or none: a command whose transition the log dropped would replay as never applied.
         let mut bodies = Vec::with_capacity(1 + events.len());
-        bodies.push(other_body(OPERATOR_COMMAND, now, &record));
+        bodies.push(Body::record(&record));
         for event in &events {
             if let Event::Transitioned(t) = event {
                 log_transition(&self.key, t);
@@ -542,16 +537,6 @@ impl Handler<Crash> for ServiceActor {
             act.breaker.command(0, Command::ForceOpen, &mut scratch);
             panic!("injected panic in breaker {}", act.key);
         });
-    }
-}
-
-/// An event of the runtime layer, encoded (version 1).
-fn other_body<T: Serialize>(event_type: &'static str, at_ms: u64, payload: &T) -> Body {
-    Body::Other {
-        event_type,
-        event_version: 1,
-        at_ms,
-        payload: rmp_serde::to_vec_named(payload).expect("plain data encodes"),
     }
 }
 

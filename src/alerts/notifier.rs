@@ -14,8 +14,8 @@ use crate::breaker::{Event, codec};
 use crate::clock::Clock;
 use crate::config::{AlertsConfig, Webhook};
 use crate::journal::{
-    ALERT_DELIVERY, ALERTS_STREAM, AlertDelivery, AlertStatus, Body, DeliveryOutcome, Journal, OPERATOR_COMMAND,
-    OperatorCommand, StoreError,
+    ALERTS_STREAM, AlertDelivery, AlertStatus, Body, DeliveryOutcome, Journal, OPERATOR_COMMAND, OperatorCommand,
+    StoreError,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -443,23 +443,34 @@ impl Notifier {
     /// records each attempt in the log, then in the outbox.
     pub async fn deliver(&mut self, now_ms: u64) -> Result<Vec<AlertDelivery>, AlertsError> {
         let due = self.store.due(now_ms, self.options.max_sends.max(1)).await?;
-        let mut by_sink: BTreeMap<String, Vec<OutboxItem>> = BTreeMap::new();
-        for item in due {
-            by_sink.entry(item.sink.clone()).or_default().push(item);
-        }
+        // Plan (no I/O): which messages go out now, per sink, rendered; which wait or are given up.
+        let mut plan = self.plan(due, now_ms);
+        // Send (the network): each sink's messages in order, sinks in parallel.
+        let sent = send_all(&self.client, std::mem::take(&mut plan.sends)).await;
+        // Decide (pure): what each answer means for the message.
         let policy = RetryPolicy {
             base_ms: self.options.base_backoff.as_millis() as u64,
             max_backoff_ms: self.config.max_backoff_ms,
             give_up_after_ms: self.config.give_up_after_ms,
         };
-        let mut records: Vec<AlertDelivery> = Vec::new();
-        let mut updates: Vec<(i64, OutboxState, u32, u64, Option<String>)> = Vec::new();
-        let mut tasks = tokio::task::JoinSet::new();
+        settle(&policy, sent, now_ms, &mut plan);
+        // Record: the log first, then the outbox.
+        self.record(plan, now_ms).await
+    }
+
+    /// Groups the due messages by sink: a sink no longer configured gives its messages up; a
+    /// sink over its rate keeps the rest waiting for its next slot (not an attempt).
+    fn plan(&mut self, due: Vec<OutboxItem>, now_ms: u64) -> Plan {
+        let mut by_sink: BTreeMap<String, Vec<OutboxItem>> = BTreeMap::new();
+        for item in due {
+            by_sink.entry(item.sink.clone()).or_default().push(item);
+        }
+        let mut plan = Plan::default();
         for (sink, items) in by_sink {
             let Some(hook) = self.config.webhooks.iter().find(|w| w.name == sink).cloned() else {
                 for item in items {
                     let error = "the sink is no longer configured".to_owned();
-                    records.push(record(
+                    plan.records.push(record(
                         &item,
                         now_ms,
                         item.attempts,
@@ -468,7 +479,7 @@ impl Notifier {
                         Some(error.clone()),
                         None,
                     ));
-                    updates.push((
+                    plan.updates.push((
                         item.id,
                         OutboxState::Abandoned,
                         item.attempts,
@@ -486,95 +497,30 @@ impl Notifier {
             let mut batch = Vec::new();
             for item in items {
                 match limit.acquire(now_ms) {
-                    Ok(()) => batch.push(item),
-                    // Over the rate: wait for the next slot; not an attempt.
-                    Err(at) => updates.push((item.id, OutboxState::Pending, item.attempts, at, item.last_error)),
+                    Ok(()) => {
+                        let body = serde_json::to_vec(&render(hook.format, &item.notice, &hook.name, &self.links))
+                            .expect("JSON values encode");
+                        batch.push((item, body));
+                    }
+                    Err(at) => plan
+                        .updates
+                        .push((item.id, OutboxState::Pending, item.attempts, at, item.last_error)),
                 }
             }
-            if batch.is_empty() {
-                continue;
-            }
-            let bodies: Vec<Vec<u8>> = batch
-                .iter()
-                .map(|item| {
-                    serde_json::to_vec(&render(hook.format, &item.notice, &hook.name, &self.links))
-                        .expect("JSON values encode")
-                })
-                .collect();
-            let client = self.client.clone();
-            tasks.spawn(async move {
-                // One sink's messages in order; after a failure worth retrying the rest wait
-                // for the same retry instead of hammering a sink that is down.
-                let mut results = Vec::new();
-                let mut items = batch.into_iter().zip(bodies);
-                for (item, body) in items.by_ref() {
-                    let sent = send(&client, &hook, body).await;
-                    let retryable =
-                        matches!(sent.answer(), Answer::Transport) || matches!(sent.status_code, Some(429 | 500..=599));
-                    results.push((item, Some(sent)));
-                    if retryable {
-                        break;
-                    }
-                }
-                results.extend(items.map(|(item, _)| (item, None)));
-                (hook, results)
-            });
-        }
-        while let Some(joined) = tasks.join_next().await {
-            let Ok((hook, results)) = joined else { continue };
-            let mut held_until: Option<u64> = None;
-            for (item, sent) in results {
-                let Some(sent) = sent else {
-                    // Held back behind a failed message of the same sink.
-                    let at = held_until.unwrap_or(now_ms + 1_000);
-                    updates.push((item.id, OutboxState::Pending, item.attempts, at, item.last_error));
-                    continue;
-                };
-                let attempt = item.attempts.saturating_add(1);
-                let verdict = decide(
-                    &policy,
-                    sent.answer(),
-                    attempt,
-                    item.created_ms,
-                    now_ms,
-                    jitter(&item.notice.fingerprint, &item.sink, attempt),
-                );
-                let problem = sent.problem();
-                let (outcome, state, next) = match verdict {
-                    Verdict::Delivered => (DeliveryOutcome::Delivered, OutboxState::Delivered, None),
-                    Verdict::Retry { at_ms } => {
-                        held_until = Some(at_ms);
-                        (DeliveryOutcome::Retrying, OutboxState::Pending, Some(at_ms))
-                    }
-                    Verdict::Reject => (DeliveryOutcome::Rejected, OutboxState::Rejected, None),
-                    Verdict::GiveUp => (DeliveryOutcome::Abandoned, OutboxState::Abandoned, None),
-                };
-                log_attempt(&hook, &item, attempt, outcome, &sent, next, now_ms);
-                records.push(record(
-                    &item,
-                    now_ms,
-                    attempt,
-                    outcome,
-                    sent.status_code,
-                    problem.clone(),
-                    next,
-                ));
-                updates.push((item.id, state, attempt, next.unwrap_or(item.next_attempt_ms), problem));
+            if !batch.is_empty() {
+                plan.sends.push((hook, batch));
             }
         }
-        // The log first: a crash after this and before the outbox update sends again (at least
-        // once), never loses the record of a delivery that is marked done.
+        plan
+    }
+
+    /// The attempts' records into the log, then the outbox's rows: a crash between the two sends
+    /// again (at least once), never loses the record of a delivery that is marked done.
+    async fn record(&mut self, plan: Plan, now_ms: u64) -> Result<Vec<AlertDelivery>, AlertsError> {
+        let Plan { records, updates, .. } = plan;
         let stream: Arc<str> = Arc::from(self.options.stream.as_str());
         for r in &records {
-            let queued = self.journal.submit(
-                &stream,
-                Body::Other {
-                    event_type: ALERT_DELIVERY,
-                    event_version: 1,
-                    at_ms: r.at_ms,
-                    payload: rmp_serde::to_vec_named(r).expect("plain data encodes"),
-                },
-            );
+            let queued = self.journal.submit(&stream, Body::record(r));
             if queued.is_none() {
                 // The log's buffer is full: the delivery happened, its record is counted in the
                 // next gap event instead of being written.
@@ -598,9 +544,105 @@ impl Notifier {
     }
 }
 
+/// One delivery round: the messages to send per sink (rendered), and the records and outbox
+/// updates decided so far.
+#[derive(Default)]
+struct Plan {
+    sends: Sends,
+    records: Vec<AlertDelivery>,
+    updates: Vec<(i64, OutboxState, u32, u64, Option<String>)>,
+}
+
+/// Per sink, its messages to send now with their rendered bodies, in order.
+type Sends = Vec<(Webhook, Vec<(OutboxItem, Vec<u8>)>)>;
+
+/// What one sink answered: per message, its answer, or `None` when it was held back behind a
+/// failed one of the same sink.
+type Answers = Vec<(Webhook, Vec<(OutboxItem, Option<Sent>)>)>;
+
+/// Sends every sink's messages, sinks in parallel, each sink's in order; after a failure worth
+/// retrying the rest of that sink's wait for the same retry instead of hammering a sink that is
+/// down.
+async fn send_all(client: &reqwest::Client, sends: Sends) -> Answers {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (hook, batch) in sends {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let mut results = Vec::new();
+            let mut items = batch.into_iter();
+            for (item, body) in items.by_ref() {
+                let sent = send(&client, &hook, body).await;
+                let retryable =
+                    matches!(sent.answer(), Answer::Transport) || matches!(sent.status_code, Some(429 | 500..=599));
+                results.push((item, Some(sent)));
+                if retryable {
+                    break;
+                }
+            }
+            results.extend(items.map(|(item, _)| (item, None)));
+            (hook, results)
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(answered) = joined {
+            out.push(answered);
+        }
+    }
+    out
+}
+
+/// What each answer means for its message (retry, give up, done), into the plan's records and
+/// outbox updates. No I/O.
+fn settle(policy: &RetryPolicy, answers: Answers, now_ms: u64, plan: &mut Plan) {
+    for (hook, results) in answers {
+        let mut held_until: Option<u64> = None;
+        for (item, sent) in results {
+            let Some(sent) = sent else {
+                // Held back behind a failed message of the same sink.
+                let at = held_until.unwrap_or(now_ms + 1_000);
+                plan.updates
+                    .push((item.id, OutboxState::Pending, item.attempts, at, item.last_error));
+                continue;
+            };
+            let attempt = item.attempts.saturating_add(1);
+            let verdict = decide(
+                policy,
+                sent.answer(),
+                attempt,
+                item.created_ms,
+                now_ms,
+                jitter(&item.notice.fingerprint, &item.sink, attempt),
+            );
+            let problem = sent.problem();
+            let (outcome, state, next) = match verdict {
+                Verdict::Delivered => (DeliveryOutcome::Delivered, OutboxState::Delivered, None),
+                Verdict::Retry { at_ms } => {
+                    held_until = Some(at_ms);
+                    (DeliveryOutcome::Retrying, OutboxState::Pending, Some(at_ms))
+                }
+                Verdict::Reject => (DeliveryOutcome::Rejected, OutboxState::Rejected, None),
+                Verdict::GiveUp => (DeliveryOutcome::Abandoned, OutboxState::Abandoned, None),
+            };
+            log_attempt(&hook, &item, attempt, outcome, &sent, next, now_ms);
+            plan.records.push(record(
+                &item,
+                now_ms,
+                attempt,
+                outcome,
+                sent.status_code,
+                problem.clone(),
+                next,
+            ));
+            plan.updates
+                .push((item.id, state, attempt, next.unwrap_or(item.next_attempt_ms), problem));
+        }
+    }
+}
+
 fn fold(r: &Read, episodes: &mut Episodes, quiet: u64, out: &mut Vec<Notice>) {
     if r.event_type == OPERATOR_COMMAND {
-        match rmp_serde::from_slice::<OperatorCommand>(&r.payload) {
+        match crate::journal::decode_record::<OperatorCommand>(r) {
             Ok(c) => episodes.command(&r.stream, c.at_ms, c.operator),
             Err(e) => {
                 tracing::error!(position = r.position, error = %e, "an operator command does not decode; the alert will not say who")

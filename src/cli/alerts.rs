@@ -4,7 +4,7 @@ use super::{CliError, Global};
 use breakerbox::actor::system_now_ms;
 use breakerbox::alerts::send_test;
 use breakerbox::config::{Config, LoadOptions, Webhook};
-use breakerbox::journal::{ALERT_DELIVERY, ALERTS_STREAM, Body, Journal, JournalOptions};
+use breakerbox::journal::{ALERTS_STREAM, Body, Journal, JournalOptions};
 use std::io::Write;
 use std::sync::Arc;
 
@@ -56,15 +56,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
         {
             let stream: Arc<str> = Arc::from(format!("{ALERTS_STREAM}/{}", super::holder("alerts-test")).as_str());
             for (_, record) in &results {
-                journal.submit(
-                    &stream,
-                    Body::Other {
-                        event_type: ALERT_DELIVERY,
-                        event_version: 1,
-                        at_ms: record.at_ms,
-                        payload: rmp_serde::to_vec_named(record).expect("plain data encodes"),
-                    },
-                );
+                journal.submit(&stream, Body::record(record));
             }
             let _ = journal.flush().await;
             journal.close().await;

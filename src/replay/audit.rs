@@ -2,8 +2,8 @@
 
 use crate::breaker::{PolicyApplied, Transition, codec};
 use crate::journal::{
-    ALERT_DELIVERY, AlertDelivery, CALL_STATS, CallStats, GAP, Gap, Journal, JournalError, OPERATOR_COMMAND,
-    OperatorCommand,
+    ALERT_DELIVERY, AlertDelivery, CALL_STATS, CallStats, Decoded, GAP, Journal, JournalError, OPERATOR_COMMAND,
+    OperatorCommand, decode, decode_record,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -127,7 +127,7 @@ fn entry(e: &crate::journal::StoredEvent, kind: Kind) -> Result<AuditEntry, Stri
             Err(err) => return Err(bad(err.to_string())),
         },
         Kind::Command => {
-            let c: OperatorCommand = rmp_serde::from_slice(&e.payload).map_err(|err| bad(err.to_string()))?;
+            let c: OperatorCommand = decode_record(e).map_err(|err| bad(err.to_string()))?;
             let line = format!(
                 "{} by {} from {}: {} ({} → {})",
                 command_name(c.command),
@@ -140,12 +140,14 @@ fn entry(e: &crate::journal::StoredEvent, kind: Kind) -> Result<AuditEntry, Stri
             (line, json!(c))
         }
         Kind::Gap => {
-            let g: Gap = rmp_serde::from_slice(&e.payload).map_err(|err| bad(err.to_string()))?;
+            let Decoded::Gap(g) = decode(e).map_err(|err| bad(err.to_string()))? else {
+                return Err(bad("not a gap".into()));
+            };
             let total: u64 = g.dropped.values().flat_map(|m| m.values()).sum();
             (format!("{total} events dropped (the log's buffer was full)"), json!(g))
         }
         Kind::Stats => {
-            let s: CallStats = rmp_serde::from_slice(&e.payload).map_err(|err| bad(err.to_string()))?;
+            let s: CallStats = decode_record(e).map_err(|err| bad(err.to_string()))?;
             (
                 format!(
                     "{} rejected, {} served by fallback, {} dropped",
@@ -155,7 +157,7 @@ fn entry(e: &crate::journal::StoredEvent, kind: Kind) -> Result<AuditEntry, Stri
             )
         }
         Kind::Alert => {
-            let d: AlertDelivery = rmp_serde::from_slice(&e.payload).map_err(|err| bad(err.to_string()))?;
+            let d: AlertDelivery = decode_record(e).map_err(|err| bad(err.to_string()))?;
             return Ok(AuditEntry {
                 position: e.position,
                 at_ms: e.recorded_at,

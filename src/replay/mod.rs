@@ -101,18 +101,15 @@ fn push(out: &mut Vec<Entry>, e: &StoredEvent) -> Result<(), JournalError> {
             position: e.position,
             item: Item::Summary(s),
         }),
-        Decoded::Other if e.event_type == crate::journal::CALL_STATS => {
-            if let Ok(stats) = rmp_serde::from_slice(&e.payload) {
-                out.push(Entry {
-                    position: e.position,
-                    item: Item::Stats(stats),
-                });
-            }
-        }
-        Decoded::Gap(_) | Decoded::Other => out.push(Entry {
+        Decoded::Stats(stats) => out.push(Entry {
             position: e.position,
-            item: Item::Other(e.event_type.clone()),
+            item: Item::Stats(stats),
         }),
+        Decoded::Gap(_) | Decoded::Command(_) | Decoded::Request(_) | Decoded::Delivery(_) | Decoded::Other => out
+            .push(Entry {
+                position: e.position,
+                item: Item::Other(e.event_type.clone()),
+            }),
     }
     Ok(())
 }

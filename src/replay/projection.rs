@@ -11,8 +11,8 @@ use super::health::{Health, health};
 use super::metrics::Minute;
 use crate::breaker::{Event, State};
 use crate::journal::{
-    CALL_BATCH, CALL_STATS, CallStats, Decoded, Journal, JournalError, MinuteRow, ProjectionStore, StoreError,
-    StoredEvent, decode, decode_batch,
+    CALL_BATCH, Decoded, Journal, JournalError, MinuteRow, ProjectionStore, StoreError, StoredEvent, decode,
+    decode_batch,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -85,14 +85,6 @@ fn entry<'a>(deltas: &'a mut Deltas, stream: &str, minute: u64) -> &'a mut Minut
 
 /// Folds one stored event into the deltas and the cursor.
 fn fold(e: &StoredEvent, deltas: &mut Deltas, cursor: &mut Cursor, calls: &mut u64) -> Result<(), JournalError> {
-    if e.event_type == CALL_STATS {
-        if let Ok(s) = rmp_serde::from_slice::<CallStats>(&e.payload) {
-            let m = entry(deltas, &e.stream, minute_of(s.at_ms));
-            m.rejected += s.rejected;
-            m.fallbacks += s.fallbacks;
-        }
-        return Ok(());
-    }
     let bad = |source| JournalError::Decode {
         position: e.position,
         source,
@@ -113,7 +105,17 @@ fn fold(e: &StoredEvent, deltas: &mut Deltas, cursor: &mut Cursor, calls: &mut u
                 *calls += sm.calls();
             }
         }
-        Decoded::Snapshot(_) | Decoded::Gap(_) | Decoded::Other => {}
+        Decoded::Stats(s) => {
+            let m = entry(deltas, &e.stream, minute_of(s.at_ms));
+            m.rejected += s.rejected;
+            m.fallbacks += s.fallbacks;
+        }
+        Decoded::Snapshot(_)
+        | Decoded::Gap(_)
+        | Decoded::Command(_)
+        | Decoded::Request(_)
+        | Decoded::Delivery(_)
+        | Decoded::Other => {}
     }
     Ok(())
 }
