@@ -207,6 +207,7 @@ pub struct Journal {
     shared: Arc<writer::Shared>,
     readers: SqliteReader,
     path: PathBuf,
+    durability: Durability,
     thread: Mutex<Option<std::thread::JoinHandle<Result<(), StoreError>>>>,
     /// The background integrity check, if one runs, and its stop signal.
     check: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -334,6 +335,7 @@ impl Journal {
             shared,
             readers,
             path: path.to_path_buf(),
+            durability: options.durability,
             thread: Mutex::new(Some(thread)),
             check: Mutex::new(check),
             stop_check,
@@ -427,7 +429,12 @@ impl Journal {
 
     /// The metrics projection's tables: writes through this journal's one write connection.
     pub fn projection_store(&self) -> ProjectionStore {
-        ProjectionStore::new("metrics", self.side_writer(), self.readers.pool.clone())
+        ProjectionStore::new(
+            "metrics",
+            self.side_writer(),
+            self.readers.pool.clone(),
+            self.durability,
+        )
     }
 
     /// The alert notifier's tables: writes through this journal's one write connection.

@@ -301,24 +301,12 @@ impl Projection {
         to_ms: u64,
         cursor: &Cursor,
     ) -> Result<BTreeMap<u64, Minute>, JournalError> {
-        let mut out: BTreeMap<u64, Minute> = self
+        let out: BTreeMap<u64, Minute> = self
             .store
             .rows(stream, minute_of(from_ms), to_ms)
             .await
             .map_err(store_err)?;
-        if let Some((state, since)) = cursor.states.get(stream) {
-            let mut deltas = BTreeMap::new();
-            spend(&mut deltas, stream, *state, (*since).max(from_ms), to_ms);
-            for (m, d) in deltas.into_values().flatten() {
-                out.entry(m)
-                    .or_insert_with(|| Minute {
-                        minute_ms: m,
-                        ..Minute::default()
-                    })
-                    .merge(&d);
-            }
-        }
-        Ok(out)
+        Ok(with_time_in_state(out, stream, from_ms, to_ms, cursor))
     }
 
     /// Each breaker's minutes added up over everything stored (the counters `/metrics` exports).
@@ -345,16 +333,46 @@ impl Projection {
     ) -> Result<BTreeMap<String, Health>, JournalError> {
         let hour_ago = at_ms.saturating_sub(3_600_000);
         let (transitions, _) = super::transitions_by_stream(journal, hour_ago, at_ms + 1, 0).await?;
-        // One checkpoint for every breaker: it holds all their states.
+        // One checkpoint for every breaker (it holds all their states), and one read of every
+        // breaker's rows of the last five minutes.
         let (_, cursor) = self.checkpoint().await?;
+        let from_ms = at_ms.saturating_sub(5 * 60_000);
+        let mut rows = self
+            .store
+            .rows_of_all::<Minute>(minute_of(from_ms), at_ms)
+            .await
+            .map_err(store_err)?;
         let mut out = BTreeMap::new();
         for (stream, budget) in budgets {
-            let minutes = self
-                .minutes_at(stream, at_ms.saturating_sub(5 * 60_000), at_ms, &cursor)
-                .await?;
+            let stored = rows.remove(stream).unwrap_or_default();
+            let minutes = with_time_in_state(stored, stream, from_ms, at_ms, &cursor);
             let t = transitions.get(stream).map(Vec::as_slice).unwrap_or(&[]);
             out.insert(stream.clone(), health(&minutes, t, at_ms, *budget));
         }
         Ok(out)
     }
+}
+
+/// A stream's stored minutes with the time in its current state up to `to_ms` added (the stored
+/// rows hold time in state only up to the last transition the checkpoint has folded).
+fn with_time_in_state(
+    mut out: BTreeMap<u64, Minute>,
+    stream: &str,
+    from_ms: u64,
+    to_ms: u64,
+    cursor: &Cursor,
+) -> BTreeMap<u64, Minute> {
+    if let Some((state, since)) = cursor.states.get(stream) {
+        let mut deltas = BTreeMap::new();
+        spend(&mut deltas, stream, *state, (*since).max(from_ms), to_ms);
+        for (m, d) in deltas.into_values().flatten() {
+            out.entry(m)
+                .or_insert_with(|| Minute {
+                    minute_ms: m,
+                    ..Minute::default()
+                })
+                .merge(&d);
+        }
+    }
+    out
 }

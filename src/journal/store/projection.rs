@@ -3,7 +3,7 @@
 //! rows. Writes go through the one write connection ([`SideWriter`]); reads use the read pool.
 //! The rows' type is the projection's ([`MinuteRow`]); this layer only stores and merges them.
 
-use super::{ConnFuture, SideWriter, StoreError, classify};
+use super::{ConnFuture, Durability, SideWriter, StoreError, classify};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::{Executor, SqliteConnection, SqlitePool};
@@ -25,6 +25,8 @@ pub struct ProjectionStore {
     name: &'static str,
     side: SideWriter,
     pool: SqlitePool,
+    /// The write connection's own durability, given back after each projection transaction.
+    durability: Durability,
 }
 
 fn corrupt_row(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -41,14 +43,54 @@ async fn origin(conn: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
     Ok(origin.unwrap_or(0))
 }
 
-/// Ends a transaction begun with `BEGIN IMMEDIATE`: commits when the body says so.
-async fn end(conn: &mut SqliteConnection, body: Result<bool, sqlx::Error>) -> Result<bool, StoreError> {
-    super::end_checked(conn, body).await.map_err(classify)
+/// Ends a transaction begun with [`begin`]: commits when the body says so, then gives the
+/// connection its own durability back.
+async fn end(
+    conn: &mut SqliteConnection,
+    body: Result<bool, sqlx::Error>,
+    durability: Durability,
+) -> Result<bool, StoreError> {
+    let ended = super::end_checked(conn, body).await.map_err(classify);
+    let restored = conn.execute(sync_pragma(durability)).await.map_err(classify);
+    let ended = ended?;
+    restored?;
+    Ok(ended)
+}
+
+/// Begins a projection transaction on the shared write connection. The projection is derived
+/// data (rebuilt from the log if its last commits are lost), so its commits skip the fsync a
+/// `Full` journal gives its events: `synchronous = NORMAL` for this transaction only. An event
+/// commit after it syncs the WAL, projection frames included.
+async fn begin(conn: &mut SqliteConnection, durability: Durability) -> Result<(), StoreError> {
+    conn.execute("PRAGMA synchronous = NORMAL").await.map_err(classify)?;
+    if let Err(e) = conn.execute("BEGIN IMMEDIATE").await {
+        // Not begun: the connection's own durability back at once.
+        let _ = conn.execute(sync_pragma(durability)).await;
+        return Err(classify(e));
+    }
+    Ok(())
+}
+
+fn sync_pragma(durability: Durability) -> &'static str {
+    match durability {
+        Durability::Full => "PRAGMA synchronous = FULL",
+        Durability::Normal => "PRAGMA synchronous = NORMAL",
+    }
 }
 
 impl ProjectionStore {
-    pub(crate) fn new(name: &'static str, side: SideWriter, pool: SqlitePool) -> ProjectionStore {
-        ProjectionStore { name, side, pool }
+    pub(crate) fn new(
+        name: &'static str,
+        side: SideWriter,
+        pool: SqlitePool,
+        durability: Durability,
+    ) -> ProjectionStore {
+        ProjectionStore {
+            name,
+            side,
+            pool,
+            durability,
+        }
     }
 
     /// The checkpoint: the position folded up to and the encoded carry-over.
@@ -64,11 +106,11 @@ impl ProjectionStore {
     /// carry-over, `origin` being the log's last position — both under the write lock, so no
     /// compaction commits in between.
     pub async fn start(&self, start: impl FnOnce(i64) -> Vec<u8> + Send + 'static) -> Result<(), StoreError> {
-        let name = self.name;
+        let (name, durability) = (self.name, self.durability);
         self.side
             .run(move |conn: &mut SqliteConnection| -> ConnFuture<'_, Result<(), StoreError>> {
                 Box::pin(async move {
-                    conn.execute("BEGIN IMMEDIATE").await.map_err(classify)?;
+                    begin(conn, durability).await?;
                     let body = async {
                         let cursor = start(origin(conn).await?);
                         sqlx::query(
@@ -81,7 +123,7 @@ impl ProjectionStore {
                         Ok(true)
                     }
                     .await;
-                    end(conn, body).await.map(|_| ())
+                    end(conn, body, durability).await.map(|_| ())
                 })
             })
             .await
@@ -90,12 +132,12 @@ impl ProjectionStore {
     /// Forgets every row and puts the checkpoint back at 0 with `start(origin)`, in one
     /// transaction (no compaction commits between the two, and none sees no checkpoint).
     pub async fn restart(&self, start: impl FnOnce(i64) -> Vec<u8> + Send + 'static) -> Result<(), StoreError> {
-        let name = self.name;
+        let (name, durability) = (self.name, self.durability);
         self.side
             .run(
                 move |conn: &mut SqliteConnection| -> ConnFuture<'_, Result<(), StoreError>> {
                     Box::pin(async move {
-                        conn.execute("BEGIN IMMEDIATE").await.map_err(classify)?;
+                        begin(conn, durability).await?;
                         let body = async {
                             conn.execute("DELETE FROM metrics_minutes").await?;
                             let cursor = start(origin(conn).await?);
@@ -110,7 +152,7 @@ impl ProjectionStore {
                             Ok(true)
                         }
                         .await;
-                        end(conn, body).await.map(|_| ())
+                        end(conn, body, durability).await.map(|_| ())
                     })
                 },
             )
@@ -129,20 +171,20 @@ impl ProjectionStore {
         same_fold: impl FnOnce(&[u8]) -> bool + Send + 'static,
         deltas: Deltas<R>,
     ) -> Result<bool, StoreError> {
-        let name = self.name;
+        let (name, durability) = (self.name, self.durability);
         self.side
             .run(
                 move |conn: &mut SqliteConnection| -> ConnFuture<'_, Result<bool, StoreError>> {
                     Box::pin(async move {
-                        conn.execute("BEGIN IMMEDIATE").await.map_err(classify)?;
+                        begin(conn, durability).await?;
                         let body = advance_in(conn, name, from, to, cursor, same_fold, &deltas).await;
                         match body {
-                            Ok(Ok(moved)) => end(conn, Ok(moved)).await,
+                            Ok(Ok(moved)) => end(conn, Ok(moved), durability).await,
                             Ok(Err(e)) => {
-                                let _ = end(conn, Ok(false)).await;
+                                let _ = end(conn, Ok(false), durability).await;
                                 Err(e)
                             }
-                            Err(e) => end(conn, Err(e)).await,
+                            Err(e) => end(conn, Err(e), durability).await,
                         }
                     })
                 },
@@ -174,6 +216,28 @@ impl ProjectionStore {
                 ))
             })
             .collect()
+    }
+
+    /// Every stream's rows for minutes starting in `[from_minute, to_ms]`, in one read.
+    pub async fn rows_of_all<R: MinuteRow>(
+        &self,
+        from_minute: u64,
+        to_ms: u64,
+    ) -> Result<BTreeMap<String, BTreeMap<u64, R>>, StoreError> {
+        let rows: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT stream, minute_ms, data FROM metrics_minutes WHERE minute_ms >= ? AND minute_ms <= ?",
+        )
+        .bind(from_minute.min(i64::MAX as u64) as i64)
+        .bind(to_ms.min(i64::MAX as u64) as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        let mut out: BTreeMap<String, BTreeMap<u64, R>> = BTreeMap::new();
+        for (s, m, d) in rows {
+            let row = rmp_serde::from_slice(&d).map_err(|e| corrupt_row("minute", e))?;
+            out.entry(s).or_default().insert(m as u64, row);
+        }
+        Ok(out)
     }
 
     /// Every row, by stream and minute.
