@@ -337,9 +337,10 @@ impl Projection {
         // breaker's rows of the last five minutes.
         let (_, cursor) = self.checkpoint().await?;
         let from_ms = at_ms.saturating_sub(5 * 60_000);
+        let streams: Vec<&str> = budgets.keys().map(String::as_str).collect();
         let mut rows = self
             .store
-            .rows_of_all::<Minute>(minute_of(from_ms), at_ms)
+            .rows_of::<Minute>(&streams, minute_of(from_ms), at_ms)
             .await
             .map_err(store_err)?;
         let mut out = BTreeMap::new();

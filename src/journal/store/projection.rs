@@ -218,24 +218,38 @@ impl ProjectionStore {
             .collect()
     }
 
-    /// Every stream's rows for minutes starting in `[from_minute, to_ms]`, in one read.
-    pub async fn rows_of_all<R: MinuteRow>(
+    /// The rows of `streams` for minutes starting in `[from_minute, to_ms]`, in one read (an
+    /// index range per stream, not a scan of every stream's minutes).
+    pub async fn rows_of<R: MinuteRow>(
         &self,
+        streams: &[&str],
         from_minute: u64,
         to_ms: u64,
     ) -> Result<BTreeMap<String, BTreeMap<u64, R>>, StoreError> {
-        let rows: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(
-            "SELECT stream, minute_ms, data FROM metrics_minutes WHERE minute_ms >= ? AND minute_ms <= ?",
-        )
-        .bind(from_minute.min(i64::MAX as u64) as i64)
-        .bind(to_ms.min(i64::MAX as u64) as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify)?;
         let mut out: BTreeMap<String, BTreeMap<u64, R>> = BTreeMap::new();
-        for (s, m, d) in rows {
-            let row = rmp_serde::from_slice(&d).map_err(|e| corrupt_row("minute", e))?;
-            out.entry(s).or_default().insert(m as u64, row);
+        // 500 streams per statement stays far below SQLite's variable limit.
+        for chunk in streams.chunks(500) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "SELECT stream, minute_ms, data FROM metrics_minutes WHERE minute_ms >= ",
+            );
+            q.push_bind(from_minute.min(i64::MAX as u64) as i64);
+            q.push(" AND minute_ms <= ");
+            q.push_bind(to_ms.min(i64::MAX as u64) as i64);
+            q.push(" AND stream IN (");
+            let mut list = q.separated(", ");
+            for s in chunk {
+                list.push_bind(*s);
+            }
+            q.push(")");
+            let rows: Vec<(String, i64, Vec<u8>)> = q
+                .build_query_as()
+                .fetch_all(&self.pool)
+                .await
+                .map_err(classify)?;
+            for (s, m, d) in rows {
+                let row = rmp_serde::from_slice(&d).map_err(|e| corrupt_row("minute", e))?;
+                out.entry(s).or_default().insert(m as u64, row);
+            }
         }
         Ok(out)
     }
