@@ -241,11 +241,7 @@ impl ProjectionStore {
                 list.push_bind(*s);
             }
             q.push(")");
-            let rows: Vec<(String, i64, Vec<u8>)> = q
-                .build_query_as()
-                .fetch_all(&self.pool)
-                .await
-                .map_err(classify)?;
+            let rows: Vec<(String, i64, Vec<u8>)> = q.build_query_as().fetch_all(&self.pool).await.map_err(classify)?;
             for (s, m, d) in rows {
                 let row = rmp_serde::from_slice(&d).map_err(|e| corrupt_row("minute", e))?;
                 out.entry(s).or_default().insert(m as u64, row);
