@@ -17,6 +17,7 @@
 
 mod admission;
 mod call;
+mod command;
 mod gate;
 mod handle;
 mod registry;

@@ -9,7 +9,8 @@
 //! that dies while the requester waits: its lease lapses, or (on this host) its process is seen
 //! gone at once — right after a crash, when operators act.
 
-use crate::breaker::{Command, Event, Policy, State};
+use super::command::Decided;
+use crate::breaker::{Command, Policy, State};
 use crate::clock::system_now_ms;
 use crate::journal::{
     Body, COMMAND_REQUEST, Claim, CommandRequest, Holder, Journal, JournalError, Lease, OPERATOR_COMMAND, Operator,
@@ -169,36 +170,24 @@ async fn apply_here(
     took_over: Option<String>,
 ) -> Result<RemoteOutcome, RemoteError> {
     let now = system_now_ms();
-    let (target, command) = (request.target, request.command);
-    let mut breaker = journal.recover(target, request.policy.clone()).await?.breaker;
-    let from = breaker.state();
-    let mut events: Vec<Event> = Vec::new();
-    breaker.command(now, command, &mut events);
-    let to = breaker.state();
-    let stream: Arc<str> = Arc::from(target);
-    let record = OperatorCommand {
-        at_ms: now,
-        command,
-        operator: request.operator.clone(),
-        from_state: from,
-        to_state: to,
-        // Its own request, if it asked an owner that then died: the log shows it answered.
+    let breaker = journal.recover(request.target, request.policy.clone()).await?.breaker;
+    // What the owner's actor would do, decided the same way; its own request, if it asked an
+    // owner that then died, is named so the log shows it answered.
+    let decided = Decided::decide(
+        &breaker,
+        now,
+        request.command,
+        request.operator.clone(),
         request_position,
-    };
-    journal.submit(&stream, Body::record(&record));
-    for e in events {
-        journal.submit(&stream, Body::Breaker(e));
-    }
-    journal.flush().await?;
-    // This process holds the lease: the stream's latest command is the one just written.
-    let position = journal
-        .latest(target, OPERATOR_COMMAND)
-        .await
-        .map_err(JournalError::from)?
-        .map_or(0, |e| e.position);
+    );
+    let stream: Arc<str> = Arc::from(request.target);
+    // All the records or none (refused when the log's buffer can't take them), and the answer
+    // names the position of this command's own record.
+    let tracked = journal.submit_all(&stream, decided.bodies())?;
+    let position = journal.durable_position(tracked).await?;
     Ok(RemoteOutcome::AppliedHere {
-        from,
-        to,
+        from: decided.record.from_state,
+        to: decided.record.to_state,
         position,
         took_over,
     })

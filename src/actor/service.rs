@@ -2,12 +2,13 @@
 //! the callers' records, runs the timers, applies commands and policy changes, hands every event
 //! to the journal, and publishes the state callers read.
 
+use super::command::Decided;
 use super::gate::{self, Gate, Record};
 use crate::breaker::{Breaker, Command, Decision, Event, Outcome, Permit, Policy, State};
 use crate::clock::Clock;
 use crate::config::BreakerConfig;
 use crate::journal::{Body, Journal, JournalError};
-use crate::journal::{CallStats, Operator, OperatorCommand};
+use crate::journal::{CallStats, Operator};
 use actix::prelude::*;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -424,39 +425,22 @@ impl Handler<Operate> for ServiceActor {
         self.drain();
         self.emit(ctx);
         let now = self.clock.now_ms();
-        let from = self.breaker.state();
-        // Decided on a copy: the command takes effect only if the log takes its records.
-        let mut after = self.breaker.clone();
-        let mut events = Vec::new();
-        after.command(now, msg.command, &mut events);
-        let to = after.state();
-        let record = OperatorCommand {
-            at_ms: now,
-            command: msg.command,
-            operator: msg.operator,
-            from_state: from,
-            to_state: to,
-            request_position: msg.request_position,
-        };
-        // The command first, then what it did: the audit trail reads in that order. All of them
-        // or none: a command whose transition the log dropped would replay as never applied.
-        let mut bodies = Vec::with_capacity(1 + events.len());
-        bodies.push(Body::record(&record));
-        for event in &events {
-            if let Event::Transitioned(t) = event {
-                log_transition(&self.key, t);
-            }
-        }
-        self.since_snapshot += events.len() as u64;
-        bodies.extend(events.into_iter().map(Body::Breaker));
-        let tracked = match self.journal.submit_all(&self.key, bodies) {
+        let decided = Decided::decide(&self.breaker, now, msg.command, msg.operator, msg.request_position);
+        let (from, to) = (decided.record.from_state, decided.record.to_state);
+        let tracked = match self.journal.submit_all(&self.key, decided.bodies()) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(breaker = %self.key, command = ?msg.command, error = %e, "operator command refused: the event log cannot take it");
                 return Box::pin(std::future::ready(Err(e)));
             }
         };
-        self.breaker = after;
+        for event in &decided.events {
+            if let Event::Transitioned(t) = event {
+                log_transition(&self.key, t);
+            }
+        }
+        self.since_snapshot += decided.events.len() as u64;
+        self.breaker = decided.after;
         self.publish();
         self.arm_timer(ctx);
         let journal = self.journal.clone();
