@@ -1,5 +1,8 @@
 //! The live breakers: the call path under contention, exact trial permits, commands, restarts.
 
+#[path = "support/lock.rs"]
+mod lock;
+
 use breakerbox::actor::{CallError, Clock, Fallback, FallbackReason, Operator, Registry, RegistryOptions};
 use breakerbox::breaker::{Event, State};
 use breakerbox::config::Config;
@@ -1123,7 +1126,7 @@ async fn a_command_the_log_cannot_take_is_refused_and_not_applied() {
     let registry = start_with(dir.path(), Clock::manual(1_764_000_000_000), CONFIG, journal_options).await;
     let stripe = registry.get("stripe").unwrap().clone();
     // Another process holds the file's write lock: the journal can't commit, its buffer fills.
-    let mut blocker = rusqlite_lock(&dir.path().join("log.db"));
+    let mut blocker = lock::hold_write_lock(&dir.path().join("log.db"));
     let calcom = registry.get("calcom").unwrap().clone();
     // Until the buffer is full: the writer holds one batch it can't commit and takes no more, so
     // once a record was dropped, the buffer stays full (however the writer was scheduled).
@@ -1151,42 +1154,6 @@ async fn a_command_the_log_cannot_take_is_refused_and_not_applied() {
             .any(|e| e.event_type == "operator_command" && e.stream == "stripe"),
         "nothing of the refused command reached the log"
     );
-}
-
-/// Holds SQLite's write lock on `path` from another connection until released.
-struct Lock(Option<std::sync::mpsc::Sender<()>>, Option<std::thread::JoinHandle<()>>);
-
-impl Lock {
-    fn release(&mut self) {
-        drop(self.0.take());
-        if let Some(t) = self.1.take() {
-            t.join().unwrap();
-        }
-    }
-}
-
-fn rusqlite_lock(path: &Path) -> Lock {
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let path = path.to_owned();
-    let t = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            use sqlx::Connection;
-            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-                .await
-                .unwrap();
-            sqlx::query("BEGIN EXCLUSIVE").execute(&mut conn).await.unwrap();
-            ready_tx.send(()).unwrap();
-            let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
-            sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
-        });
-    });
-    ready_rx.recv().unwrap();
-    Lock(Some(tx), Some(t))
 }
 
 /// The gate's lock-free admission, model-checked with loom over every interleaving (up to a

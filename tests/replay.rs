@@ -1,6 +1,9 @@
 //! Answers about the past: export → simulate reproduces the live log; state at an instant;
 //! the audit trail.
 
+#[path = "support/lock.rs"]
+mod lock;
+
 use breakerbox::actor::{Clock, Operator, Registry, RegistryOptions};
 use breakerbox::breaker::{Event, Outcome, Policy, State};
 use breakerbox::config::Config;
@@ -1218,32 +1221,6 @@ mod bounded {
     }
 }
 
-/// Holds the file's write lock from another connection (another process, in effect) until
-/// the returned sender is dropped; returns once the lock is held.
-fn hold_write_lock(path: &Path) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let path = path.to_owned();
-    let t = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            use sqlx::Connection;
-            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-                .await
-                .unwrap();
-            sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await.unwrap();
-            ready_tx.send(()).unwrap();
-            let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
-            sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
-        });
-    });
-    ready_rx.recv().unwrap();
-    (tx, t)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_projection_writes_through_the_journals_writer_and_always_answers() {
     let dir = tempfile::tempdir().unwrap();
@@ -1256,14 +1233,13 @@ async fn the_projection_writes_through_the_journals_writer_and_always_answers() 
     let mut projection = replay::Projection::open(&journal);
     // Another process holds the write lock: the projection's write fails with the store's error
     // as soon as SQLite gives up (its busy timeout), it does not wait for the lock to go away.
-    let (release, holder) = hold_write_lock(&path);
+    let mut lock = lock::hold_write_lock(&path);
     let refused = tokio::time::timeout(Duration::from_secs(10), projection.catch_up(&journal, 100))
         .await
         .expect("answered while the lock is held");
     let e = refused.expect_err("the checkpoint could not be written");
     assert!(e.to_string().contains("locked"), "{e}");
-    drop(release);
-    holder.join().unwrap();
+    lock.release();
     // Once the lock is gone it writes, through the journal's own connection.
     let done = projection.catch_up(&journal, 100).await.unwrap();
     assert_eq!(done.position, 0);

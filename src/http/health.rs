@@ -21,6 +21,8 @@ pub(super) async fn report_of(state: &ApiState, keys: &[String]) -> Result<Healt
     for k in keys {
         let handle = state.registry.get(k).expect("keys come from the registry");
         let Some(breaker) = handle.inspect().await else {
+            // Its actor has stopped (the registry is shutting down): nothing live to report.
+            tracing::error!(breaker = %k, "a breaker's actor did not answer; it is left out of the health document");
             continue;
         };
         let budget = config.breaker(k).map_or(1_000, |b| b.latency_budget_ms());

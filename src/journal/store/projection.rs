@@ -106,56 +106,43 @@ impl ProjectionStore {
     /// carry-over, `origin` being the log's last position — both under the write lock, so no
     /// compaction commits in between.
     pub async fn start(&self, start: impl FnOnce(i64) -> Vec<u8> + Send + 'static) -> Result<(), StoreError> {
+        self.checkpoint_at_zero(false, start).await
+    }
+
+    /// Forgets every row and puts the checkpoint back at 0 with `start(origin)`, in one
+    /// transaction (no compaction commits between the two, and none sees no checkpoint).
+    pub async fn restart(&self, start: impl FnOnce(i64) -> Vec<u8> + Send + 'static) -> Result<(), StoreError> {
+        self.checkpoint_at_zero(true, start).await
+    }
+
+    /// [`start`](Self::start) (`forget: false`: an existing checkpoint stays) and
+    /// [`restart`](Self::restart) (`forget: true`: rows and checkpoint replaced).
+    async fn checkpoint_at_zero(
+        &self,
+        forget: bool,
+        start: impl FnOnce(i64) -> Vec<u8> + Send + 'static,
+    ) -> Result<(), StoreError> {
         let (name, durability) = (self.name, self.durability);
         self.side
             .run(move |conn: &mut SqliteConnection| -> ConnFuture<'_, Result<(), StoreError>> {
                 Box::pin(async move {
                     begin(conn, durability).await?;
                     let body = async {
+                        let insert = if forget {
+                            conn.execute("DELETE FROM metrics_minutes").await?;
+                            "INSERT INTO projections (name, position, cursor) VALUES (?, 0, ?)
+                             ON CONFLICT (name) DO UPDATE SET position = excluded.position, cursor = excluded.cursor"
+                        } else {
+                            "INSERT INTO projections (name, position, cursor) VALUES (?, 0, ?) ON CONFLICT (name) DO NOTHING"
+                        };
                         let cursor = start(origin(conn).await?);
-                        sqlx::query(
-                            "INSERT INTO projections (name, position, cursor) VALUES (?, 0, ?) ON CONFLICT (name) DO NOTHING",
-                        )
-                        .bind(name)
-                        .bind(cursor)
-                        .execute(&mut *conn)
-                        .await?;
+                        sqlx::query(insert).bind(name).bind(cursor).execute(&mut *conn).await?;
                         Ok(true)
                     }
                     .await;
                     end(conn, body, durability).await.map(|_| ())
                 })
             })
-            .await
-    }
-
-    /// Forgets every row and puts the checkpoint back at 0 with `start(origin)`, in one
-    /// transaction (no compaction commits between the two, and none sees no checkpoint).
-    pub async fn restart(&self, start: impl FnOnce(i64) -> Vec<u8> + Send + 'static) -> Result<(), StoreError> {
-        let (name, durability) = (self.name, self.durability);
-        self.side
-            .run(
-                move |conn: &mut SqliteConnection| -> ConnFuture<'_, Result<(), StoreError>> {
-                    Box::pin(async move {
-                        begin(conn, durability).await?;
-                        let body = async {
-                            conn.execute("DELETE FROM metrics_minutes").await?;
-                            let cursor = start(origin(conn).await?);
-                            sqlx::query(
-                                "INSERT INTO projections (name, position, cursor) VALUES (?, 0, ?)
-                             ON CONFLICT (name) DO UPDATE SET position = excluded.position, cursor = excluded.cursor",
-                            )
-                            .bind(name)
-                            .bind(cursor)
-                            .execute(&mut *conn)
-                            .await?;
-                            Ok(true)
-                        }
-                        .await;
-                        end(conn, body, durability).await.map(|_| ())
-                    })
-                },
-            )
             .await
     }
 
