@@ -36,6 +36,10 @@ pub struct AppOptions {
     pub reload: Option<LoadOptions>,
     /// Serve the HTTP API (None: no server). Needs an actix-web runtime (`actix_web::rt::System`).
     pub http: Option<HttpOptions>,
+    /// How long [`App::shutdown`] may take in all, whatever state the log is in (a full disk,
+    /// a corrupt page, a lock held by another process): what the log has not taken by then is
+    /// reported as lost, not waited on.
+    pub stop_within: Duration,
 }
 
 impl Default for AppOptions {
@@ -49,9 +53,13 @@ impl Default for AppOptions {
             alerts: true,
             reload: None,
             http: None,
+            stop_within: DEFAULT_STOP_WITHIN,
         }
     }
 }
+
+/// [`AppOptions::stop_within`]'s default: 5 s.
+pub const DEFAULT_STOP_WITHIN: Duration = Duration::from_secs(5);
 
 /// Where and how the HTTP API is served.
 pub struct HttpOptions {
@@ -80,8 +88,8 @@ pub enum AppError {
     /// The alert notifier could not start.
     #[error("starting the alert notifier: {0}")]
     Alerts(#[from] AlertsError),
-    /// SIGHUP could not be listened for.
-    #[error("watching for SIGHUP: {0}")]
+    /// SIGHUP, SIGTERM or SIGINT could not be listened for.
+    #[error("listening for signals: {0}")]
     Watch(std::io::Error),
     /// The HTTP API could not bind.
     #[error("binding {bind}: {source}")]
@@ -106,7 +114,11 @@ pub struct App {
         actix_web::dev::ServerHandle,
         tokio::task::JoinHandle<std::io::Result<()>>,
     )>,
+    api: Option<actix_web::web::Data<ApiState>>,
+    /// SIGTERM and SIGINT, listened for from the start (see [`App::served`]).
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
     addrs: Vec<SocketAddr>,
+    stop_within: Duration,
 }
 
 impl App {
@@ -134,7 +146,10 @@ impl App {
             alerting: None,
             tasks: Vec::new(),
             http: None,
+            api: None,
+            signals: None,
             addrs: Vec::new(),
+            stop_within: options.stop_within,
         };
         if let Some(every) = options.project_every {
             app.tasks
@@ -192,6 +207,10 @@ impl App {
                 .push(watch(r.clone(), Duration::from_secs(2), None).map_err(AppError::Watch)?);
         }
         if let (Some(h), Some(state)) = (http, state) {
+            use tokio::signal::unix::{SignalKind, signal};
+            let term = signal(SignalKind::terminate()).map_err(AppError::Watch)?;
+            let int = signal(SignalKind::interrupt()).map_err(AppError::Watch)?;
+            self.signals = Some((term, int));
             let state = match reloader {
                 Some(r) => state.with_reload(r),
                 None => state,
@@ -202,7 +221,7 @@ impl App {
                 Ok(s) => s,
                 Err(e) if h.any_port_if_taken && e.kind() == std::io::ErrorKind::AddrInUse => {
                     let any = SocketAddr::from(([127, 0, 0, 1], 0));
-                    server(state, any).map_err(|source| AppError::Bind { bind: any, source })?
+                    server(state.clone(), any).map_err(|source| AppError::Bind { bind: any, source })?
                 }
                 Err(source) => return Err(AppError::Bind { bind: h.bind, source }),
             };
@@ -210,6 +229,7 @@ impl App {
                 settings.serving_on(*first);
             }
             self.http = Some((server.handle(), actix_web::rt::spawn(server)));
+            self.api = Some(state);
             self.addrs = addrs;
         }
         Ok(())
@@ -235,40 +255,65 @@ impl App {
         self.alerting.as_ref().is_some_and(|a| a.is_running())
     }
 
-    /// Waits until the HTTP server ends (actix-web stops it on SIGINT or SIGTERM); at once
-    /// without one. Its error, if it failed.
+    /// Waits until SIGTERM or SIGINT (Ctrl-C), or until the HTTP server ends on its own; at once
+    /// without a server. Its error, if it failed. Then call [`App::shutdown`].
     pub async fn served(&mut self) -> std::io::Result<()> {
-        match self.http.as_mut() {
-            Some((_, task)) => match task.await {
-                Ok(r) => {
-                    self.http = None;
-                    r
-                }
-                Err(e) => {
-                    self.http = None;
-                    Err(std::io::Error::other(e.to_string()))
-                }
+        let Some((_, task)) = self.http.as_mut() else {
+            return Ok(());
+        };
+        let ended = match self.signals.as_mut() {
+            Some((term, int)) => tokio::select! {
+                r = task => Some(r),
+                _ = term.recv() => None,
+                _ = int.recv() => None,
             },
+            None => Some(task.await),
+        };
+        match ended {
             None => Ok(()),
+            Some(r) => {
+                self.http = None;
+                r.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+            }
         }
     }
 
-    /// Stops everything in order: the HTTP API (requests in flight finish), the reload watcher,
-    /// the notifier, the projection and retention, then the breakers (their last events and
-    /// snapshots made durable), then the log, cleanly.
+    /// Stops everything in order, within [`AppOptions::stop_within`] in all: the HTTP API (event
+    /// streams end with a closing event; requests in flight get [`crate::http::SHUTDOWN_GRACE_SECS`]),
+    /// the reload watcher, the notifier, the projection and retention, then the breakers (their
+    /// last events and snapshots made durable), then the log, cleanly. While the log is failing
+    /// it still ends in time, and says what was not written ([`AppError::Stop`]).
     pub async fn shutdown(mut self) -> Result<(), AppError> {
+        let deadline = tokio::time::Instant::now() + self.stop_within;
+        if let Some(api) = self.api.take() {
+            api.stop_streams();
+        }
         if let Some((handle, task)) = self.http.take() {
-            handle.stop(true).await;
-            let _ = task.await;
+            let _ = tokio::time::timeout_at(deadline, handle.stop(true)).await;
+            let _ = tokio::time::timeout_at(deadline, task).await;
         }
         for t in self.tasks.drain(..) {
             t.abort();
         }
         if let Some(a) = self.alerting.take() {
-            a.stop().await;
+            let _ = tokio::time::timeout_at(deadline, a.stop()).await;
         }
-        let stopped = self.registry.shutdown().await;
-        self.journal.close().await;
+        // The breakers get what is left but the last second, the log's close that second.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let stopped = self
+            .registry
+            .shutdown_within(left.saturating_sub(Duration::from_secs(1)))
+            .await;
+        let closed = tokio::time::timeout(
+            deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .max(Duration::from_millis(500)),
+            self.journal.close(),
+        )
+        .await;
+        if closed.is_err() {
+            tracing::error!("the event log did not close in time; what it had not written is lost");
+        }
         stopped.map_err(AppError::Stop)
     }
 }

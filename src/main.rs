@@ -16,7 +16,7 @@ fn main() -> ExitCode {
                 .map(str::trim)
                 .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information"))
                 .collect();
-            eprintln!("{}", line.join(" "));
+            cli::to_stderr(format_args!("{}\n", line.join(" ")));
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     match cli::run(cli) {
         Ok(()) | Err(cli::CliError::StdoutClosed) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            cli::to_stderr(format_args!("error: {e}\n"));
             e.exit_code()
         }
     }
@@ -44,7 +44,10 @@ fn logging(cli: &cli::Cli) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| cli::Stderr)
+        // A closed or full stderr drops log lines (counted); it never fails, or panics, the
+        // request or command that logged (tracing-subscriber would `eprintln!` the error).
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

@@ -276,7 +276,7 @@ async fn operator_commands_are_durable_and_audited_before_they_return() {
         ("alice@laptop", "library")
     );
     assert!(log.iter().any(|e| e.event_type == "transition"));
-    assert!(done.position >= cmd.position);
+    assert!(done.position.expect("durable: the log is written") >= cmd.position);
     let r = stripe.call("", async { Ok::<_, &str>(1) }).await;
     assert!(matches!(
         r,
@@ -504,6 +504,7 @@ async fn a_changed_file_or_sighup_reloads_policies_without_losing_state() {
     let options = LoadOptions {
         path: Some(file.clone()),
         env: BTreeMap::new(),
+        ..Default::default()
     };
     let config = Config::load(&options).unwrap();
     let journal = Arc::new(
@@ -1101,16 +1102,16 @@ async fn every_command_answer_names_its_own_command_in_the_log() {
     let by_position: BTreeMap<i64, &StoredEvent> = log.iter().map(|e| (e.position, e)).collect();
     let mut positions = std::collections::BTreeSet::new();
     for (key, answer) in &answers {
+        let position = answer.position.expect("durable: the log is written");
         let e = by_position
-            .get(&answer.position)
-            .unwrap_or_else(|| panic!("{key}: position {} is in the log", answer.position));
+            .get(&position)
+            .unwrap_or_else(|| panic!("{key}: position {position} is in the log"));
         assert_eq!(
             (e.stream.as_str(), e.event_type.as_str()),
             (key.as_str(), "operator_command"),
-            "the answer's position {} is its own command",
-            answer.position
+            "the answer's position {position} is its own command"
         );
-        assert!(positions.insert(answer.position), "each answer has its own position");
+        assert!(positions.insert(position), "each answer has its own position");
     }
     registry.shutdown().await.unwrap();
 }
@@ -1307,4 +1308,99 @@ async fn an_app_keeps_the_projection_beside_its_breakers_and_stops_them_in_order
     let again = App::start(&db, &config, options()).await.unwrap();
     assert_eq!(again.registry().get("stripe").unwrap().state(), State::Open);
     again.shutdown().await.unwrap();
+}
+
+/// Caps the log below its size and appends to a stream of its own until an append fails as
+/// "full" (the file's free pages take a few first).
+async fn fill_up(journal: &Journal) {
+    use breakerbox::breaker::{Breaker, Decision, Outcome, Policy};
+    journal.flush().await.unwrap();
+    journal.set_max_size(Some(1));
+    let stream: Arc<str> = Arc::from("filler");
+    let mut b = Breaker::new(Policy::consecutive(1_000_000, 100)).unwrap();
+    let mut rx = journal.subscribe();
+    for t in 0..1_000_000u64 {
+        let mut events = Vec::new();
+        if let Decision::Permit(p) = b.acquire(t, &mut events) {
+            b.complete(t + 1, p, Outcome::Success, &mut events);
+        }
+        for e in events {
+            journal.submit(&stream, breakerbox::journal::Body::Breaker(e));
+        }
+        if t % 100 == 99 {
+            let full = tokio::time::timeout(Duration::from_millis(50), rx.wait_for(|p| p.failing.is_some())).await;
+            if full.is_ok() {
+                return;
+            }
+        }
+    }
+    panic!("the capped log never filled up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_during_a_log_outage_is_answered_applied_not_durable_and_written_when_it_clears() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = start(dir.path(), Clock::manual(1_764_000_000_000)).await;
+    let stripe = registry.get("stripe").unwrap().clone();
+    let journal = registry.journal().clone();
+    // The disk fills up: every append fails as "full".
+    fill_up(&journal).await;
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(10), stripe.force_open(operator()))
+        .await
+        .expect("a command is answered while the log is down")
+        .unwrap();
+    let waited = started.elapsed();
+    // Answered once the command wait (2 s by default) is over, not when the disk clears.
+    assert!(waited < Duration::from_secs(4), "answered after {waited:?}");
+    assert_eq!((answer.from, answer.to), (State::Closed, State::ForcedOpen));
+    assert_eq!(answer.position, None, "not durable: the log did not take it");
+    assert_eq!((answer.log.status, answer.log.kind), ("failing", Some("full")));
+    assert!(answer.log.since_ms.is_some());
+    // What the caller was told is what the breaker does.
+    assert_eq!(stripe.state(), State::ForcedOpen);
+    assert!(stripe.call("", async { Ok::<_, &str>(1) }).await.is_err());
+    // Space comes back: the command is in the log, in the order it was applied.
+    journal.set_max_size(None);
+    tokio::time::timeout(Duration::from_secs(10), journal.flush())
+        .await
+        .expect("written once the disk clears")
+        .unwrap();
+    assert!(journal.condition().is_ok());
+    let log = stored(&registry).await;
+    let types: Vec<&str> = log
+        .iter()
+        .filter(|e| e.stream == "stripe")
+        .map(|e| e.event_type.as_str())
+        .filter(|t| *t != "snapshot" && *t != "call_stats")
+        .collect();
+    assert_eq!(types, ["policy_applied", "operator_command", "transition"]);
+    assert_eq!(journal.condition().dropped, 0, "nothing accepted was lost");
+    registry.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_the_log_failing_ends_within_its_bound_and_says_what_was_not_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = start(dir.path(), Clock::manual(1_764_000_000_000)).await;
+    let stripe = registry.get("stripe").unwrap().clone();
+    fill_up(registry.journal()).await;
+    let _ = stripe.call("", async { Err::<u8, _>("down") }).await;
+    let started = std::time::Instant::now();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), registry.shutdown_within(Duration::from_millis(500)))
+        .await
+        .expect("shutdown ends while the log is down");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    match stopped {
+        Err(breakerbox::journal::JournalError::NotDurable(c)) => {
+            assert_eq!(c.kind, Some("full"));
+            let text = breakerbox::journal::JournalError::NotDurable(c).to_string();
+            assert!(text.contains("not durable") && text.contains("full since"), "{text}");
+        }
+        other => panic!("expected NotDurable, got {other:?}"),
+    }
+    let closing = std::time::Instant::now();
+    registry.journal().close().await;
+    assert!(closing.elapsed() < Duration::from_secs(4), "close took {:?}", closing.elapsed());
 }

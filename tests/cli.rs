@@ -1402,7 +1402,7 @@ fn record_calls(db: &std::path::Path, config: &std::path::Path, calls: u32, late
     rt.block_on(async {
         let options = breakerbox::config::LoadOptions {
             path: Some(config.to_path_buf()),
-            env: Default::default(),
+            ..Default::default()
         };
         let config = breakerbox::config::Config::load(&options).unwrap();
         let journal = std::sync::Arc::new(

@@ -97,6 +97,7 @@ fn every_seed_variable_applies_and_bad_values_are_named() {
     let c = Config::load(&LoadOptions {
         path: None,
         env: env(&good),
+        ..Default::default()
     })
     .unwrap();
     let acme = load("[services.acme]\n", &good[..4]).unwrap();
@@ -139,6 +140,7 @@ fn every_seed_variable_applies_and_bad_values_are_named() {
         let err = Config::load(&LoadOptions {
             path: None,
             env: env(&[(var, bad)]),
+            ..Default::default()
         })
         .unwrap_err()
         .to_string();
@@ -469,6 +471,7 @@ fn the_shipped_example_config_is_valid() {
     let c = Config::load(&LoadOptions {
         path: Some(path.into()),
         env: BTreeMap::new(),
+        ..Default::default()
     })
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(c.breaker("stripe/customers.create").is_some());

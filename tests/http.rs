@@ -961,6 +961,7 @@ async fn config_reload_over_http_applies_a_good_file_and_refuses_a_bad_one_whole
     let options = breakerbox::config::LoadOptions {
         path: Some(file.clone()),
         env: BTreeMap::new(),
+        ..Default::default()
     };
     let config = Config::load(&options).unwrap();
     let registry = start(dir.path(), &config).await;
@@ -1017,6 +1018,7 @@ async fn a_reload_that_would_leave_the_api_without_a_token_is_refused() {
     let options = breakerbox::config::LoadOptions {
         path: Some(file.clone()),
         env: BTreeMap::new(),
+        ..Default::default()
     };
     let config = Config::load(&options).unwrap();
     let registry = start(dir.path(), &config).await;

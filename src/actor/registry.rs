@@ -274,27 +274,38 @@ impl Registry {
         })
     }
 
-    /// Folds every buffered outcome, writes a snapshot of each breaker, waits until the journal
-    /// has it all, and stops the actors. The journal itself stays open (close it after).
+    /// Folds every buffered outcome, writes a snapshot of each breaker, stops the actors, and
+    /// waits until the journal has it all — for [`DEFAULT_STOP_WITHIN`] at most. The journal
+    /// itself stays open (close it after).
     pub async fn shutdown(&self) -> Result<(), JournalError> {
+        self.shutdown_within(DEFAULT_STOP_WITHIN).await
+    }
+
+    /// [`Registry::shutdown`], waiting at most `within` for the log: while it is failing the
+    /// answer is [`JournalError::NotDurable`] naming how it stands, never a wait without end.
+    pub async fn shutdown_within(&self, within: Duration) -> Result<(), JournalError> {
+        let deadline = tokio::time::Instant::now() + within;
         for task in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             task.abort();
         }
-        let mut result = Ok(());
         for addr in self.addrs.values() {
-            if let Ok(Err(e)) = addr.send(Settle).await {
-                result = Err(e);
-            }
+            // Folds and submits; nothing here waits on the log.
+            let _ = addr.send(Settle).await;
         }
         self.system.stop();
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = thread {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            let _ = crate::journal::joined(t).await;
         }
-        self.journal.flush().await?;
-        result
+        match tokio::time::timeout_at(deadline, self.journal.flush()).await {
+            Ok(flushed) => flushed.map(|_| ()),
+            Err(_) => Err(JournalError::NotDurable(self.journal.condition())),
+        }
     }
 }
+
+/// How long [`Registry::shutdown`] waits for the log to take the breakers' last events.
+pub const DEFAULT_STOP_WITHIN: Duration = Duration::from_secs(3);
 
 /// Takes the writer lease: at once if nobody holds it or its holder is dead (its lease lapsed, or
 /// it ran on this host and its process is gone). A holder that may be alive gets one ttl: a

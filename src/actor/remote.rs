@@ -49,6 +49,21 @@ pub enum RemoteOutcome {
 /// Why a command could not be applied.
 #[derive(Debug, Error)]
 pub enum RemoteError {
+    /// The log did not take the command (or the request for its owner) within the wait: it is
+    /// failing. Nothing is confirmed: the records stay buffered while this process runs, so
+    /// they may still be written as it exits; `breakerbox audit` shows whether they were.
+    #[error(
+        "{what} not written within {} ms: {condition}; not confirmed (it may still be written before this process exits: check `breakerbox audit`)",
+        waited.as_millis()
+    )]
+    NotDurable {
+        /// What was not written: `the command`, `the request to the log's owner`.
+        what: &'static str,
+        /// How the log stood.
+        condition: crate::journal::LogCondition,
+        /// How long it waited.
+        waited: Duration,
+    },
     /// The log failed: see the journal error.
     #[error(transparent)]
     Journal(#[from] JournalError),
@@ -184,7 +199,7 @@ async fn apply_here(
     // All the records or none (refused when the log's buffer can't take them), and the answer
     // names the position of this command's own record.
     let tracked = journal.submit_all(&stream, decided.bodies())?;
-    let position = journal.durable_position(tracked).await?;
+    let position = within(journal, request.wait, "the command", journal.durable_position(tracked)).await?;
     Ok(RemoteOutcome::AppliedHere {
         from: decided.record.from_state,
         to: decided.record.to_state,
@@ -206,7 +221,7 @@ async fn ask(journal: &Journal, request: &Request<'_>, holder: String) -> Result
     let ticket = journal
         .submit(&stream, Body::record(&payload))
         .ok_or(JournalError::Closed)?;
-    journal.durable(ticket).await?;
+    within(journal, request.wait, "the request to the log's owner", journal.durable(ticket)).await?;
     let position = journal
         .latest(&stream, COMMAND_REQUEST)
         .await
@@ -218,6 +233,23 @@ async fn ask(journal: &Journal, request: &Request<'_>, holder: String) -> Result
         after: position,
         deadline: tokio::time::Instant::now() + request.wait,
     })
+}
+
+/// `durable`, or [`RemoteError::NotDurable`] once `wait` has passed without it.
+async fn within<T>(
+    journal: &Journal,
+    wait: Duration,
+    what: &'static str,
+    durable: impl std::future::Future<Output = Result<T, JournalError>>,
+) -> Result<T, RemoteError> {
+    match tokio::time::timeout(wait, durable).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(RemoteError::NotDurable {
+            what,
+            condition: journal.condition(),
+            waited: wait,
+        }),
+    }
 }
 
 /// The owner's answer to the request, if it is in the log yet.

@@ -7,7 +7,7 @@ use super::gate::{self, Gate, Record};
 use crate::breaker::{Breaker, Command, Decision, Event, Outcome, Permit, Policy, State};
 use crate::clock::Clock;
 use crate::config::BreakerConfig;
-use crate::journal::{Body, Journal, JournalError};
+use crate::journal::{Body, Journal, JournalError, LogCondition};
 use crate::journal::{CallStats, Operator};
 use actix::prelude::*;
 use std::panic::AssertUnwindSafe;
@@ -19,10 +19,21 @@ use std::time::Duration;
 pub struct CommandResult {
     /// State before.
     pub from: State,
-    /// State after.
+    /// State after (in force when this is returned).
     pub to: State,
-    /// Log position of the command's events (durable when this is returned).
-    pub position: i64,
+    /// Log position of the command's own record, once durable; `None` when the log did not
+    /// take it within [`ActorOptions::command_wait`]: the command is applied and buffered, and
+    /// durable only once the log recovers (`log` says how it stands).
+    pub position: Option<i64>,
+    /// The log's condition when answered.
+    pub log: LogCondition,
+}
+
+impl CommandResult {
+    /// Whether the command's records are durable.
+    pub fn durable(&self) -> bool {
+        self.position.is_some()
+    }
 }
 
 /// Settings of the actors.
@@ -39,6 +50,10 @@ pub struct ActorOptions {
     /// at once, so the log's order never changes; what a crash can lose grows to this (calls
     /// are never acknowledged one by one; see docs/durability.md). Zero: no wait.
     pub outcome_hold: Duration,
+    /// How long an operator command waits for its records to be durable before it is answered
+    /// anyway as applied but not yet durable (the log failing, and since when): a caller is
+    /// never left without an answer while the log is down.
+    pub command_wait: Duration,
 }
 
 /// Calls held at most per breaker before they go to the journal anyway (one full row).
@@ -52,6 +67,7 @@ impl Default for ActorOptions {
             flush_interval: Duration::from_millis(10),
             snapshot_every: 10_000,
             outcome_hold: Duration::from_secs(1),
+            command_wait: Duration::from_secs(2),
         }
     }
 }
@@ -434,19 +450,30 @@ impl Handler<Operate> for ServiceActor {
                 return Box::pin(std::future::ready(Err(e)));
             }
         };
+        // In force as the log has it, before anything else can fail (logging included).
+        self.since_snapshot += decided.events.len() as u64;
+        self.breaker = decided.after;
+        self.publish();
+        self.arm_timer(ctx);
         for event in &decided.events {
             if let Event::Transitioned(t) = event {
                 log_transition(&self.key, t);
             }
         }
-        self.since_snapshot += decided.events.len() as u64;
-        self.breaker = decided.after;
-        self.publish();
-        self.arm_timer(ctx);
         let journal = self.journal.clone();
+        let wait = self.options.command_wait;
         Box::pin(async move {
-            let position = journal.durable_position(tracked).await?;
-            Ok(CommandResult { from, to, position })
+            let position = match tokio::time::timeout(wait, journal.durable_position(tracked)).await {
+                Ok(durable) => Some(durable?),
+                // Applied and buffered; the caller is told so rather than left waiting.
+                Err(_) => None,
+            };
+            Ok(CommandResult {
+                from,
+                to,
+                position,
+                log: journal.condition(),
+            })
         })
     }
 }
@@ -466,14 +493,15 @@ impl Handler<Reconfigure> for ServiceActor {
     }
 }
 
-/// Folds everything, writes a snapshot, and answers when it is durable (clean shutdown).
+/// Folds everything and submits it with a snapshot (clean shutdown); the registry then waits,
+/// bounded, for the journal to make it durable.
 #[derive(Message)]
-#[rtype(result = "Result<(), JournalError>")]
+#[rtype(result = "()")]
 pub(crate) struct Settle;
 
 impl Handler<Settle> for ServiceActor {
-    type Result = ResponseFuture<Result<(), JournalError>>;
-    fn handle(&mut self, _: Settle, ctx: &mut Context<Self>) -> Self::Result {
+    type Result = ();
+    fn handle(&mut self, _: Settle, ctx: &mut Context<Self>) {
         self.drain();
         self.emit(ctx);
         let at_ms = self.clock.now_ms();
@@ -484,8 +512,6 @@ impl Handler<Settle> for ServiceActor {
                 breaker: Box::new(self.breaker.clone()),
             },
         );
-        let journal = self.journal.clone();
-        Box::pin(async move { journal.flush().await.map(|_| ()) })
     }
 }
 

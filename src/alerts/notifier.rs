@@ -774,7 +774,7 @@ impl NotifierHandle {
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
         if let Some(t) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            let _ = crate::journal::joined(t).await;
         }
     }
 }

@@ -47,6 +47,21 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
         )));
     }
     let options = breakerbox::config::LoadOptions::from_process(None);
+    // The environment is read and checked as every command reads it, so a bad value is named
+    // here too; the demo's settings are its own, and a valid setting it does not apply is said.
+    breakerbox::config::Config::load(&options).map_err(CliError::config)?;
+    let ignored: Vec<&str> = options
+        .env
+        .keys()
+        .map(String::as_str)
+        .filter(|v| breakerbox::config::env_is_ours(v) && *v != breakerbox::config::TOKEN_VAR)
+        .collect();
+    if !ignored.is_empty() {
+        println!(
+            "demo: not applying {} (the demo runs its own settings; `breakerbox serve` applies them)",
+            ignored.join(", ")
+        );
+    }
     // Tokens from the environment only: the demo's configuration is its own.
     let (tokens, one_time) = super::api_tokens(&options, &breakerbox::config::ApiConfig::default(), args.bind)?;
     let db = global.db.clone();
@@ -132,29 +147,23 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
         let _ = stop_tx.send(true);
         let _ = traffic.await;
         let end_ms = system_now_ms();
-        journal.flush().await.map_err(|e| CliError::Runtime(e.to_string()))?;
-        // Let the tail print what the last flush committed before the summary.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Bounded: with the log failing the demo still ends now, and says why there is no summary.
+        let flushed = tokio::time::timeout(Duration::from_secs(2), journal.flush()).await;
+        let summaries = match flushed {
+            Ok(Ok(_)) => {
+                // Let the tail print what the last flush committed before the summary.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                tail.abort();
+                summaries_of(&journal, &registry, &config, start_ms, end_ms).await
+            }
+            Ok(Err(e)) => Err(CliError::Runtime(format!("no summary: {e}"))),
+            Err(_) => Err(CliError::Runtime(format!("no summary: {}", journal.condition()))),
+        };
         tail.abort();
-
-        let mut summaries = Vec::new();
-        for handle in registry.handles() {
-            let key = handle.key().to_owned();
-            let b = config.breaker(&key).expect("breakers come from the config");
-            let entries = history(&journal, &key)
-                .await
-                .map_err(|e| CliError::Runtime(e.to_string()))?;
-            summaries.push(summarize(
-                &entries,
-                &key,
-                start_ms,
-                end_ms,
-                &b.policy,
-                b.latency_budget_ms(),
-            ));
-        }
         drop((journal, registry));
-        app.shutdown().await.map_err(|e| CliError::Runtime(e.to_string()))?;
+        let stopped = app.shutdown().await.map_err(|e| CliError::Runtime(e.to_string()));
+        let summaries = summaries?;
+        stopped?;
         if json {
             let out = serde_json::to_string_pretty(&summaries).map_err(|e| CliError::Runtime(e.to_string()))?;
             println!("{out}");
@@ -198,6 +207,33 @@ async fn print_transitions(journal: Arc<Journal>, mut after: i64, started: Insta
 /// Seconds with one decimal, for people: `13.5s`.
 fn secs(ms: u64) -> String {
     format!("{:.1}s", ms as f64 / 1_000.0)
+}
+
+/// Each breaker's post-incident summary, folded from the log.
+async fn summaries_of(
+    journal: &breakerbox::journal::Journal,
+    registry: &breakerbox::actor::Registry,
+    config: &breakerbox::config::Config,
+    start_ms: u64,
+    end_ms: u64,
+) -> Result<Vec<Summary>, CliError> {
+    let mut summaries = Vec::new();
+    for handle in registry.handles() {
+        let key = handle.key().to_owned();
+        let b = config.breaker(&key).expect("breakers come from the config");
+        let entries = history(journal, &key)
+            .await
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        summaries.push(summarize(
+            &entries,
+            &key,
+            start_ms,
+            end_ms,
+            &b.policy,
+            b.latency_budget_ms(),
+        ));
+    }
+    Ok(summaries)
 }
 
 fn print_summary(summaries: &[Summary], db_path: &std::path::Path) {

@@ -65,14 +65,14 @@ pub(super) async fn history(journal: &Journal, service: &str) -> Result<Vec<repl
     let mut shown = false;
     let entries = replay::history_with_progress(journal, service, |read| {
         if show && read >= 50_000 {
-            eprint!("\rreading {service}: {read} events");
+            super::to_stderr(format_args!("\rreading {service}: {read} events"));
             shown = true;
         }
     })
     .await
     .map_err(|e| CliError::Runtime(e.to_string()))?;
     if shown {
-        eprintln!();
+        super::to_stderr(format_args!("\n"));
     }
     if entries.is_empty() {
         return Err(CliError::BadInput(format!(

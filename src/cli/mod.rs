@@ -284,3 +284,33 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Reset(args) => command::command(args, breakerbox::breaker::Command::Reset, &cli.global),
     }
 }
+
+/// Log lines and messages that could not be written to stderr (it was closed or full).
+pub static STDERR_DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Writes to stderr without failing: a closed or full stderr (`serve 2>&1 | tee log` with
+/// `tee` gone) drops the text and counts it in [`STDERR_DROPPED`], never fails or panics the
+/// request or command that wrote it (`eprintln!` panics there).
+pub fn to_stderr(text: fmt::Arguments<'_>) {
+    use std::io::Write;
+    if std::io::stderr().lock().write_fmt(text).is_err() {
+        STDERR_DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The log's writer: stderr through [`to_stderr`]'s rule (every write succeeds; what could not
+/// be written is counted).
+pub struct Stderr;
+
+impl std::io::Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if std::io::stderr().lock().write_all(buf).is_err() {
+            STDERR_DROPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}

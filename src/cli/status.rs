@@ -93,8 +93,7 @@ pub fn status(args: StatusArgs, global: &Global) -> Result<(), CliError> {
                 .map(|(b, breaker)| BreakerNow::recovered(&b.key, breaker, b.latency_budget_ms(), now))
                 .collect();
             let mut projection = Projection::open(&journal);
-            let report = health_report(&journal, &mut projection, &now_of, now, false).await;
-            let mut report = report.map_err(runtime_err)?;
+            let mut report = health_report(&journal, &mut projection, &now_of, now, journal.condition()).await;
             report.service = args.service.clone();
             if args.test {
                 for (b, row) in breakers.iter().zip(report.breakers.iter_mut()) {
@@ -132,15 +131,17 @@ pub fn status(args: StatusArgs, global: &Global) -> Result<(), CliError> {
             ),
             None => "none".into(),
         };
-        let m = &r.metrics_5m;
+        let dash = || "—".to_owned();
         writeln!(
             out,
             "{:<28} {:<12} {:>6} {:>9} {:>9}  {last}",
             r.service,
             r.state.to_string(),
-            r.health.score,
-            m.calls,
-            m.failures + m.timeouts
+            r.health.as_ref().map_or_else(dash, |h| h.score.to_string()),
+            r.metrics_5m.as_ref().map_or_else(dash, |m| m.calls.to_string()),
+            r.metrics_5m
+                .as_ref()
+                .map_or_else(dash, |m| (m.failures + m.timeouts).to_string())
         )
         .map_err(io)?;
         if let Some(t) = r.test.as_ref().and_then(|t| t.as_object()) {

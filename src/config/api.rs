@@ -4,6 +4,7 @@
 //! ```toml
 //! [api]
 //! allow_short_tokens = false   # true: tokens under 32 characters, on a loopback address only
+//! unready_when_log_fails = false  # true: the health endpoints answer 503 while the log fails
 //!
 //! [api.tokens]
 //! oncall = "3f9c…"      # the name is "who" in the audit trail: token:oncall
@@ -33,6 +34,11 @@ pub struct ApiConfig {
     /// `allow_short_tokens`: tokens under [`MIN_TOKEN_LEN`] are accepted, on a loopback bind
     /// address only ([`check_token_lengths`]).
     pub allow_short_tokens: bool,
+    /// `unready_when_log_fails`: the health endpoints answer 503 while this process's event log
+    /// is failing. Off by default: the breakers keep deciding in memory through an outage of
+    /// the log, and when a fleet shares one database its outage must not take every node out of
+    /// its load balancer while protected calls work. The document says `"status": "fail"` either way.
+    pub unready_when_log_fails: bool,
 }
 
 /// One `[api.tokens]` entry.
@@ -46,7 +52,7 @@ pub struct ApiToken {
     pub source: Source,
 }
 
-const API_KEYS: [&str; 2] = ["tokens", "allow_short_tokens"];
+const API_KEYS: [&str; 3] = ["tokens", "allow_short_tokens", "unready_when_log_fails"];
 
 /// Tokens from [`TOKEN_VAR`]'s value: `name:token,name:token`, or one bare token (named
 /// `default`). Empty parts are refused with the position named (the error does not name the
@@ -138,6 +144,13 @@ pub(super) fn read(r: &mut Reader<'_>, value: &Spanned<DeValue<'_>>) -> ApiConfi
                 _ => r.problem(
                     v.span().start,
                     "api.allow_short_tokens must be true or false".to_owned(),
+                ),
+            },
+            "unready_when_log_fails" => match v.get_ref() {
+                DeValue::Boolean(b) => config.unready_when_log_fails = *b,
+                _ => r.problem(
+                    v.span().start,
+                    "api.unready_when_log_fails must be true or false".to_owned(),
                 ),
             },
             other => r.unknown(key.span().start, "api.", other, &API_KEYS),

@@ -36,6 +36,11 @@ pub const PER_SERVICE: [(&str, &str); 2] = [
     ("_CIRCUIT_BREAKER_TIMEOUT", "timeout"),
 ];
 
+/// Whether `var` is one of breakerbox's variables (or looks like one: a typo is reported).
+pub fn is_ours(var: &str) -> bool {
+    var.starts_with("CIRCUIT_BREAKER_") || var.contains("_CIRCUIT_BREAKER_") || var.starts_with("BREAKERBOX_")
+}
+
 /// A service name as an environment variable prefix.
 pub fn prefix(service: &str) -> String {
     service

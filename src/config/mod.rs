@@ -34,7 +34,7 @@ pub use crate::knobs::{KnobError, Knobs, Millis, Source, Sourced, defaults, poli
 pub use crate::knobs::{StatusClassifier, StatusPattern, default_failures};
 pub use alerts::{AlertsConfig, Webhook, WebhookFormat};
 pub use api::{ApiConfig, ApiToken, MIN_TOKEN_LEN, TOKEN_VAR, check_token_lengths, tokens_from_env};
-pub use env::prefix as env_prefix;
+pub use env::{is_ours as env_is_ours, prefix as env_prefix};
 pub use journal::{JournalConfig, MAX_OUTCOME_HOLD_MS};
 pub use reload::{Apply, Reloadable};
 pub use schedule::Schedule;
@@ -211,15 +211,40 @@ pub struct LoadOptions {
     pub path: Option<PathBuf>,
     /// The environment (a snapshot, so loading is a pure function of its inputs).
     pub env: BTreeMap<String, String>,
+    /// Variables whose value is not UTF-8 (left out of `env`): one of breakerbox's is an error
+    /// naming it, any other is ignored.
+    pub not_utf8: Vec<String>,
 }
 
 impl LoadOptions {
-    /// `--config` (if any) and this process's environment.
+    /// `--config` (if any) and this process's environment. Never panics on a value that is not
+    /// UTF-8 (`std::env::vars` would): see [`LoadOptions::not_utf8`].
     pub fn from_process(path: Option<PathBuf>) -> Self {
-        LoadOptions {
-            path,
-            env: std::env::vars().collect(),
+        let mut env = BTreeMap::new();
+        let mut not_utf8 = Vec::new();
+        for (name, value) in std::env::vars_os() {
+            // A name that is not UTF-8 is none of breakerbox's variables.
+            let Ok(name) = name.into_string() else { continue };
+            match value.into_string() {
+                Ok(value) => {
+                    env.insert(name, value);
+                }
+                Err(_) => not_utf8.push(name),
+            }
         }
+        LoadOptions { path, env, not_utf8 }
+    }
+
+    /// A problem for each of breakerbox's own variables whose value is not UTF-8.
+    pub fn encoding_problems(&self) -> Vec<Problem> {
+        self.not_utf8
+            .iter()
+            .filter(|v| env::is_ours(v))
+            .map(|v| Problem {
+                location: format!("env {v}"),
+                message: format!("{v}: the value is not valid UTF-8"),
+            })
+            .collect()
     }
 }
 
@@ -275,7 +300,7 @@ impl Config {
     /// Reads the file (if any) and the environment, validates everything, and gives back the
     /// effective configuration, or every problem found. Never half-applied.
     pub fn load(options: &LoadOptions) -> Result<Config, ConfigError> {
-        let mut problems = Vec::new();
+        let mut problems = options.encoding_problems();
         let located =
             file::locate(options.path.as_deref(), &options.env).map_err(|p| ConfigError { problems: vec![p] })?;
         let (path, file) = match located {

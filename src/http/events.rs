@@ -279,6 +279,7 @@ pub(super) async fn stream(
     q.after_position = resume.or(params.after).unwrap_or(end);
     q.limit = 500;
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    let mut stopping = state.stopping.subscribe();
     actix_web::rt::spawn(async move {
         // A first comment so the client sees the stream open before any event.
         if tx.send(Bytes::from_static(b": connected\n\n")).await.is_err() {
@@ -331,6 +332,12 @@ pub(super) async fn stream(
                     Err(broadcast::error::RecvError::Lagged(_)) => catch_up = true,
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
+                // The server is stopping: say so, and end the stream (EventSource reconnects
+                // on its own to whichever server answers next).
+                _ = stopping.wait_for(|s| *s) => {
+                    let _ = tx.send(Bytes::from_static(b"event: shutdown\ndata: {\"reason\":\"the server is stopping\"}\n\n")).await;
+                    return;
+                }
                 _ = &mut keepalive => {
                     if tx.send(Bytes::from_static(b": keepalive\n\n")).await.is_err() {
                         return;

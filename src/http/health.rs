@@ -3,7 +3,7 @@
 
 use super::{ApiState, Caller, bad_request, error};
 use crate::breaker::{Command, State};
-use crate::journal::{JournalError, Operator};
+use crate::journal::Operator;
 use crate::replay::{BreakerNow, HealthReport, Projection, Verdict};
 use actix_web::web::Bytes;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 /// The health report of the given breakers now: the one [`crate::replay::health_report`] that
 /// `breakerbox status` prints too, from the live breakers and the projection (brought up to date).
-pub(super) async fn report_of(state: &ApiState, keys: &[String]) -> Result<HealthReport, JournalError> {
+pub(super) async fn report_of(state: &ApiState, keys: &[String]) -> HealthReport {
     let journal = state.registry.journal();
     // The configuration in force now: a reload replaces it (see `ApiSettings`).
     let config = state.config();
@@ -44,28 +44,34 @@ pub(super) async fn report_of(state: &ApiState, keys: &[String]) -> Result<Healt
         *guard = Some(Projection::open(journal));
     }
     let projection = guard.as_mut().expect("opened above");
-    let failing = journal.progress().failing.is_some();
-    crate::replay::health_report(journal, projection, &breakers, now, failing).await
+    let report = crate::replay::health_report(journal, projection, &breakers, now, journal.condition()).await;
+    if let Some(e) = &report.read_error {
+        // Once per distinct reason, not once per request while an outage lasts.
+        let mut last = state.last_read_error.lock().unwrap_or_else(|e| e.into_inner());
+        if last.as_deref() != Some(e.as_str()) {
+            tracing::error!(error = %e, "health: answering with the breakers' states only");
+            *last = Some(e.clone());
+        }
+    } else {
+        *state.last_read_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+    report
 }
 
-/// The health document of `keys`: its status code and JSON body.
-async fn render(state: &ApiState, keys: Vec<String>, service: Option<&str>) -> Result<(u16, Bytes), HttpResponse> {
-    let mut report = match report_of(state, &keys).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "reading health from the log failed");
-            return Err(error(
-                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-                "the event log cannot be read",
-            ));
-        }
-    };
+/// The health document of `keys`: its status code and JSON body. Always the breakers' states;
+/// 503 only while the log fails and `[api] unready_when_log_fails` asks for it.
+async fn render(state: &ApiState, keys: Vec<String>, service: Option<&str>) -> (u16, Bytes) {
+    let mut report = report_of(state, &keys).await;
     report.service = service.map(str::to_owned);
-    // `fail` (our own log is failing) is a 503 so orchestrators can tell; `warn` (a dependency is
-    // down, this process is fine) stays 200.
-    let code = if report.status == Verdict::Fail { 503 } else { 200 };
+    // `warn` (a dependency is down, this process is fine) and `fail` (this process's own log is
+    // failing or unreadable) are 200 unless configured: the breakers still decide.
+    let code = if report.status == Verdict::Fail && state.config().config.api.unready_when_log_fails {
+        503
+    } else {
+        200
+    };
     let body = serde_json::to_vec(&report).expect("a report always encodes");
-    Ok((code, Bytes::from(body)))
+    (code, Bytes::from(body))
 }
 
 fn health_response(code: u16, body: Bytes) -> HttpResponse {
@@ -182,21 +188,17 @@ pub(super) async fn all_breakers(state: web::Data<ApiState>, req: HttpRequest) -
         return response;
     }
     let keys: Vec<String> = state.registry.handles().map(|h| h.key().to_owned()).collect();
-    match render(&state, keys, None).await {
-        Ok((code, body)) => {
-            let doc = CachedDoc {
-                made: Instant::now(),
-                key,
-                code,
-                gzip: gzip(&body),
-                body,
-            };
-            let response = cached_response(&doc, &req);
-            *state.health_cache.doc.lock().unwrap_or_else(|e| e.into_inner()) = Some(doc);
-            response
-        }
-        Err(response) => response,
-    }
+    let (code, body) = render(&state, keys, None).await;
+    let doc = CachedDoc {
+        made: Instant::now(),
+        key,
+        code,
+        gzip: gzip(&body),
+        body,
+    };
+    let response = cached_response(&doc, &req);
+    *state.health_cache.doc.lock().unwrap_or_else(|e| e.into_inner()) = Some(doc);
+    response
 }
 
 pub(super) async fn one_service(state: web::Data<ApiState>, path: web::Path<String>) -> HttpResponse {
@@ -211,10 +213,8 @@ pub(super) async fn one_service(state: web::Data<ApiState>, path: web::Path<Stri
         // The name is never echoed: it came from the request.
         return error(actix_web::http::StatusCode::NOT_FOUND, "unknown service");
     }
-    match render(&state, keys, Some(&service)).await {
-        Ok((code, body)) => health_response(code, body),
-        Err(response) => response,
-    }
+    let (code, body) = render(&state, keys, Some(&service)).await;
+    health_response(code, body)
 }
 
 #[derive(serde::Deserialize)]
@@ -275,10 +275,15 @@ pub(super) async fn command(
         Command::Disable => handle.disable(operator).await,
     };
     match result {
-        // Answered once the command is durable.
-        Ok(r) => {
-            HttpResponse::Ok().json(json!({"service": service, "from": r.from, "to": r.to, "position": r.position}))
-        }
+        // 200 once the command is durable; 202 when it is applied but the log has not taken it
+        // within the command wait (failing: `log` says since when) — never no answer.
+        Ok(r) if r.durable() => HttpResponse::Ok().json(json!({
+            "service": service, "from": r.from, "to": r.to, "durable": true, "position": r.position, "log": r.log,
+        })),
+        Ok(r) => HttpResponse::Accepted().json(json!({
+            "service": service, "from": r.from, "to": r.to, "durable": false, "position": null, "log": r.log,
+            "message": format!("applied, not yet durable: {}; it is written when the log recovers, and lost if this process stops first", r.log),
+        })),
         Err(e) => {
             tracing::error!(error = %e, "an operator command could not be recorded");
             error(

@@ -1,7 +1,7 @@
 //! `GET /metrics` in Prometheus text format (0.0.4): state gauges like Resilience4j's, calls by
 //! outcome, duration histograms, failure and health ratios, transitions, event-log commits.
 
-use super::{ApiState, error, health::report_of};
+use super::{ApiState, health::report_of};
 use crate::breaker::State;
 use crate::journal::LATENCY_BOUNDS_MS;
 use actix_web::{HttpResponse, web};
@@ -17,15 +17,8 @@ fn label(s: &str) -> String {
 
 pub(super) async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
     let keys: Vec<String> = state.registry.handles().map(|h| h.key().to_owned()).collect();
-    let report = match report_of(&state, &keys).await {
-        Ok(r) => r,
-        Err(_) => {
-            return error(
-                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-                "the event log cannot be read",
-            );
-        }
-    };
+    // Always the breakers' states; series read from the log are left out while it cannot be read.
+    let report = report_of(&state, &keys).await;
     let totals = {
         let mut guard = state.projection.lock().await;
         match guard.as_mut() {
@@ -129,7 +122,7 @@ pub(super) async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
         "# HELP circuit_breaker_failure_ratio Failed and timed-out share of the calls of the last 5 minutes."
     );
     let _ = writeln!(out, "# TYPE circuit_breaker_failure_ratio gauge");
-    for b in &report.breakers {
+    for b in report.breakers.iter().filter(|b| b.metrics_5m.is_some()) {
         let ratio = b.failure_ratio_5m.unwrap_or(0.0);
         let _ = writeln!(
             out,
@@ -143,11 +136,12 @@ pub(super) async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
     );
     let _ = writeln!(out, "# TYPE circuit_breaker_health_ratio gauge");
     for b in &report.breakers {
+        let Some(health) = &b.health else { continue };
         let _ = writeln!(
             out,
             "circuit_breaker_health_ratio{{service=\"{}\"}} {}",
             label(&b.service),
-            f64::from(b.health.score) / 100.0
+            f64::from(health.score) / 100.0
         );
     }
     let _ = writeln!(
@@ -175,6 +169,22 @@ pub(super) async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
             label(k)
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP circuit_breaker_event_log_up 1 while this process's event log takes appends, 0 while they fail."
+    );
+    let _ = writeln!(out, "# TYPE circuit_breaker_event_log_up gauge");
+    let _ = writeln!(out, "circuit_breaker_event_log_up {}", u8::from(report.log.is_ok()));
+    let _ = writeln!(
+        out,
+        "# HELP circuit_breaker_event_log_readable 1 while the health figures could be read from the log."
+    );
+    let _ = writeln!(out, "# TYPE circuit_breaker_event_log_readable gauge");
+    let _ = writeln!(
+        out,
+        "circuit_breaker_event_log_readable {}",
+        u8::from(report.breakers.iter().all(|b| b.health.is_some()))
+    );
     let stats = journal.stats();
     let _ = writeln!(
         out,

@@ -36,6 +36,11 @@ pub struct ApiState {
     /// Transitions counted for `/metrics`, by (breaker, from, to), and the log position they
     /// were counted up to.
     transitions_seen: tokio::sync::Mutex<(i64, metrics::TransitionCounts)>,
+    /// The last reason the health report could not read the log (logged once, not per request).
+    last_read_error: std::sync::Mutex<Option<String>>,
+    /// Set when the server stops: every event stream sends a closing event and ends, so a
+    /// dashboard left open never holds the shutdown up.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl ApiState {
@@ -51,6 +56,8 @@ impl ApiState {
             limiter: Limiter::default(),
             projection: tokio::sync::Mutex::new(None),
             health_cache: health::HealthCache::default(),
+            last_read_error: std::sync::Mutex::new(None),
+            stopping: tokio::sync::watch::channel(false).0,
             tail: events::Tail::default(),
             transitions_seen: tokio::sync::Mutex::new((0, metrics::TransitionCounts::new())),
         }
@@ -73,6 +80,12 @@ impl ApiState {
 
     fn config(&self) -> Arc<Current> {
         self.settings.current()
+    }
+
+    /// Ends every event stream (`/api/events/stream`) with a closing `shutdown` event, now and
+    /// for any opened after: call it before stopping the server.
+    pub fn stop_streams(&self) {
+        self.stopping.send_replace(true);
     }
 }
 
@@ -227,8 +240,13 @@ fn retry_after_secs(wait: Duration) -> u64 {
     (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
+/// How long requests in flight may finish when the server stops, in seconds.
+pub const SHUTDOWN_GRACE_SECS: u64 = 1;
+
 /// An HTTP server with the API on `bind` (one worker: the API is I/O-bound and the protected
-/// calls need the other cores), and the addresses it listens on. Ctrl-C stops it.
+/// calls need the other cores), and the addresses it listens on. It does not handle signals
+/// itself: [`crate::app::App::served`] does (so event streams end first, and the whole stop is
+/// bounded); stop it through its handle.
 pub fn server(
     state: web::Data<ApiState>,
     bind: std::net::SocketAddr,
@@ -240,6 +258,10 @@ pub fn server(
             .configure(configure)
     })
     .workers(1)
+    // Requests in flight get this long once the server is told to stop (event streams end at
+    // once: see `ApiState::stop_streams`); then their connections are closed.
+    .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+    .disable_signals()
     .bind(bind)?;
     let addrs = server.addrs();
     Ok((server.run(), addrs))

@@ -153,10 +153,69 @@ pub enum JournalError {
     /// or is far behind): nothing was submitted and nothing was applied. Retry later.
     #[error("the event log's buffer is full: nothing was applied; retry when the log catches up")]
     Full,
+    /// A shutdown's last events were not durable within its bound: the log is failing. They
+    /// are lost when the process exits.
+    #[error("the last events are not durable: {0}")]
+    NotDurable(LogCondition),
     /// The records were refused by the log (another writer took their stream): they are not in
     /// the log. Report it.
     #[error("the records were not written: another process writes this stream")]
     Dropped,
+}
+
+/// How a process's event log stands (health, `/metrics`, command answers and shutdown say it).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LogCondition {
+    /// `ok` (appends are written) or `failing` (the last append failed: breakers keep deciding
+    /// in memory and their events are buffered, or counted as dropped once the buffer is full).
+    pub status: &'static str,
+    /// What fails: `busy`, `full`, `read_only`, `io`, `conflict` or `corrupt`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    /// Since when (ms since the Unix epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<u64>,
+    /// The last committed position.
+    pub position: i64,
+    /// Records dropped since this process started (buffer full, or another writer's stream).
+    pub dropped: u64,
+}
+
+impl LogCondition {
+    fn of(p: &Progress, stats: &Stats) -> LogCondition {
+        LogCondition {
+            status: if p.failing.is_some() { "failing" } else { "ok" },
+            kind: p.failing,
+            since_ms: p.failing.and(p.failing_since_ms),
+            position: p.position,
+            dropped: stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// Whether appends are being written.
+    pub fn is_ok(&self) -> bool {
+        self.kind.is_none()
+    }
+}
+
+impl std::fmt::Display for LogCondition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.kind, self.since_ms) {
+            (None, _) => write!(f, "the event log is written (position {})", self.position),
+            (Some(kind), since) => {
+                write!(f, "the event log is failing ({kind}")?;
+                if let Some(ms) = since {
+                    let at = chrono::DateTime::from_timestamp_millis(ms as i64).unwrap_or_default();
+                    write!(f, " since {}", at.format("%Y-%m-%dT%H:%M:%S%.3fZ"))?;
+                }
+                write!(f, ")")?;
+                if self.dropped > 0 {
+                    write!(f, "; {} records dropped", self.dropped)?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Records submitted together by [`Journal::submit_all`], whose position is tracked.
@@ -405,6 +464,11 @@ impl Journal {
         self.subscribe().get()
     }
 
+    /// How this process's log stands now: written, or failing since when and with what.
+    pub fn condition(&self) -> LogCondition {
+        LogCondition::of(&self.progress(), &self.shared.stats)
+    }
+
     /// Wakes on every commit of this process (SSE, alerts and projections tail with it).
     pub fn subscribe(&self) -> ProgressWatch {
         ProgressWatch(self.shared.progress.subscribe())
@@ -646,18 +710,27 @@ impl Journal {
         self.stop_check.set();
         let check = self.check.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(check) = check {
-            let _ = tokio::task::spawn_blocking(move || check.join()).await;
+            let _ = joined(check).await;
         }
         self.shared.close_cleanly();
         let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(handle) = handle {
-            let joined = tokio::task::spawn_blocking(move || handle.join()).await;
-            if let Ok(Ok(Err(e))) = joined {
-                tracing::warn!(error = %e, "closing the event log");
-            }
+        if let Some(handle) = handle
+            && let Ok(Err(e)) = joined(handle).await
+        {
+            tracing::warn!(error = %e, "closing the event log");
         }
         self.readers.close().await;
     }
+}
+
+/// Joins `thread` once it has finished, polling: no blocking task is left behind when the
+/// caller stops waiting (a runtime waits for its blocking tasks as it shuts down, so a close cut
+/// short by a deadline would otherwise hold the process's exit).
+pub(crate) async fn joined<T>(thread: std::thread::JoinHandle<T>) -> std::thread::Result<T> {
+    while !thread.is_finished() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    thread.join()
 }
 
 impl Drop for Journal {

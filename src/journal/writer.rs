@@ -31,6 +31,16 @@ pub struct WriterLimits {
     pub max_backoff: Duration,
 }
 
+impl Progress {
+    /// An attempt failed with `kind`: the outage starts now unless it already had.
+    fn fail(&mut self, kind: &'static str) {
+        self.failing = Some(kind);
+        if self.failing_since_ms.is_none() {
+            self.failing_since_ms = Some(now_ms());
+        }
+    }
+}
+
 /// What has been made durable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -40,6 +50,9 @@ pub struct Progress {
     pub position: i64,
     /// The store's current failure, if the last attempt failed.
     pub failing: Option<&'static str>,
+    /// Since when it has been failing (ms since the Unix epoch): the first failed attempt of
+    /// this outage.
+    pub failing_since_ms: Option<u64>,
 }
 
 #[derive(Default)]
@@ -306,7 +319,7 @@ impl Shared {
         self.record_error(&e);
         *self.integrity.lock().unwrap_or_else(|e| e.into_inner()) = Integrity::Corrupt(e);
         self.corrupt.store(true, Ordering::Release);
-        self.progress.send_modify(|p| p.failing = Some("corrupt"));
+        self.progress.send_modify(|p| p.fail("corrupt"));
         self.wake.notify_one();
     }
 
@@ -441,6 +454,9 @@ fn pack(records: &[(u64, Record)], gap: Option<&Gap>) -> Vec<Draft> {
     drafts
 }
 
+/// How long a closing writer keeps retrying a failing store.
+const CLOSING_RETRIES_FOR: Duration = Duration::from_secs(2);
+
 pub(crate) struct Writer<W: LogWriter> {
     pub shared: Arc<Shared>,
     pub store: W,
@@ -470,6 +486,7 @@ impl<W: LogWriter> Writer<W> {
         let mut failing: Option<StoreError> = None;
         let mut backoff = Duration::from_millis(10);
         let mut attempts_while_closing = 0;
+        let mut closing_since: Option<Instant> = None;
         let mut inflight: Option<Inflight> = None;
         // Records taken from the buffer and not yet cut into a commit.
         let mut backlog: std::collections::VecDeque<(u64, Record)> = std::collections::VecDeque::new();
@@ -558,12 +575,17 @@ impl<W: LogWriter> Writer<W> {
                     if failing.is_none() && !self.shared.is_corrupt() {
                         tracing::error!(error = %e, "event log append failed; breakers keep deciding in memory, events are buffered and retried");
                     }
-                    self.shared.progress.send_modify(|p| p.failing = Some(e.kind()));
+                    self.shared.progress.send_modify(|p| p.fail(e.kind()));
                     failing = Some(e);
                     if self.shared.closing.load(Ordering::Relaxed) {
                         attempts_while_closing += 1;
+                        let closing_since = *closing_since.get_or_insert_with(Instant::now);
                         // A damaged file does not heal: no point retrying it while closing.
-                        if attempts_while_closing >= 5 || self.shared.is_corrupt() {
+                        // Bounded in attempts and in time (an attempt may wait for a lock).
+                        if attempts_while_closing >= 5
+                            || closing_since.elapsed() >= CLOSING_RETRIES_FOR
+                            || self.shared.is_corrupt()
+                        {
                             tracing::error!("closing with the event log still failing: buffered events are lost");
                             break;
                         }
@@ -784,6 +806,9 @@ impl<W: LogWriter> Writer<W> {
             p.position = position;
             // A corruption found while this commit ran stays visible.
             p.failing = self.shared.is_corrupt().then_some("corrupt");
+            if p.failing.is_none() {
+                p.failing_since_ms = None;
+            }
         });
         Ok(())
     }

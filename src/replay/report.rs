@@ -4,7 +4,7 @@
 
 use super::{Health, Minute, Projection};
 use crate::breaker::{Breaker, Event, State, Transition, codec};
-use crate::journal::{Journal, JournalError};
+use crate::journal::{Journal, JournalError, LogCondition};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -103,13 +103,14 @@ pub struct BreakerReport {
     pub service: String,
     /// Its state.
     pub state: State,
-    /// Its health score with the components.
-    pub health: Health,
-    /// The last five minutes.
-    pub metrics_5m: Recent,
+    /// Its health score with the components; `null` when the log could not be read (see the
+    /// report's `read_error`): no score is better than a made-up one.
+    pub health: Option<Health>,
+    /// The last five minutes; `null` when the log could not be read.
+    pub metrics_5m: Option<Recent>,
     /// Failed and timed-out calls among those that succeeded, failed or timed out; none without calls.
     pub failure_ratio_5m: Option<f64>,
-    /// Its last transition in the log.
+    /// Its last transition in the log (`null` when there is none or the log could not be read).
     pub last_transition: Option<Transition>,
     /// Time left in OPEN.
     pub open_remaining_ms: Option<u64>,
@@ -129,6 +130,14 @@ pub struct BreakerReport {
 pub struct HealthReport {
     /// `pass`, `warn` or `fail`.
     pub status: Verdict,
+    /// This process's event log: written (`ok`) or `failing`, with what and since when (a
+    /// process only reading the log, like `breakerbox status`, reports `ok` with the position it
+    /// read to).
+    pub log: LogCondition,
+    /// Why the figures from the log (health, last five minutes, last transition) are missing or
+    /// behind, when they are: the states are the breakers' own and always there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_error: Option<String>,
     /// The service asked about, when one was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
@@ -140,22 +149,86 @@ pub struct HealthReport {
 
 const FIVE_MIN: u64 = 5 * 60_000;
 
-/// The report of `breakers` at `now_ms`: the projection is brought up to date first; `log_failing`
-/// says whether this process's own log is failing (a reader of the log passes `false`).
+/// The report of `breakers` at `now_ms`, with `log` the condition of the process's log. The
+/// projection is brought up to date first. It always answers: the states are the breakers'
+/// own, and when the log cannot be read (a corrupt page, an I/O error) the figures that come
+/// from it are `null` and `read_error` says why — an operator needs the states most then.
 pub async fn health_report(
     journal: &Journal,
     projection: &mut Projection,
     breakers: &[BreakerNow<'_>],
     now_ms: u64,
-    log_failing: bool,
-) -> Result<HealthReport, JournalError> {
-    projection.catch_up(journal, 10_000).await?;
+    log: LogCondition,
+) -> HealthReport {
+    // While the log fails to take appends the projection may not be written either; what it
+    // holds is then as recent as the log itself, and the figures are read from it as they are.
+    let behind = projection.catch_up(journal, 10_000).await.err();
+    let (mut figures, read_error) = match from_log(journal, projection, breakers, now_ms).await {
+        Ok(f) => (f, behind.map(|e| format!("the metrics projection could not be brought up to date: {e}"))),
+        Err(e) => (Figures::new(), Some(format!("the event log could not be read: {e}"))),
+    };
+    let mut out = Vec::with_capacity(breakers.len());
+    for b in breakers {
+        let got = figures.remove(b.key);
+        let (health, recent, last_transition) = match got {
+            Some((h, m, t)) => (Some(h), Some(m), t),
+            None => (None, None, None),
+        };
+        let ran = recent.as_ref().map_or(0, |r| r.successes + r.failures + r.timeouts);
+        let view = b.breaker.view(now_ms);
+        out.push(BreakerReport {
+            service: b.key.to_owned(),
+            state: b.state,
+            health,
+            failure_ratio_5m: recent
+                .as_ref()
+                .filter(|_| ran > 0)
+                .map(|r| (r.failures + r.timeouts) as f64 / ran as f64),
+            metrics_5m: recent.as_ref().map(Recent::from),
+            last_transition,
+            open_remaining_ms: view.open_until_ms.map(|u| u.saturating_sub(now_ms)),
+            trial_permits_in_use: b.trial_permits_in_use,
+            trial_permits_max: b.breaker.policy().half_open_requests,
+            policy: crate::config::policy_keys(b.breaker.policy()),
+            test: None,
+        });
+    }
+    let status = if !log.is_ok() || figures_missing(&out) {
+        Verdict::Fail
+    } else if out.iter().any(|b| matches!(b.state, State::Open | State::ForcedOpen)) {
+        Verdict::Warn
+    } else {
+        Verdict::Pass
+    };
+    HealthReport {
+        status,
+        log,
+        read_error,
+        service: None,
+        as_of_ms: now_ms,
+        breakers: out,
+    }
+}
+
+fn figures_missing(breakers: &[BreakerReport]) -> bool {
+    breakers.iter().any(|b| b.health.is_none())
+}
+
+/// Per breaker, what the log says: health, the last five minutes and the last transition.
+type Figures = BTreeMap<String, (Health, Minute, Option<Transition>)>;
+
+async fn from_log(
+    journal: &Journal,
+    projection: &mut Projection,
+    breakers: &[BreakerNow<'_>],
+    now_ms: u64,
+) -> Result<Figures, JournalError> {
     let budgets: BTreeMap<String, u64> = breakers
         .iter()
         .map(|b| (b.key.to_owned(), b.latency_budget_ms))
         .collect();
     let mut health = projection.health_all(journal, &budgets, now_ms).await?;
-    let mut out = Vec::with_capacity(breakers.len());
+    let mut out = Figures::new();
     for b in breakers {
         let mut recent = Minute::default();
         for m in projection
@@ -178,35 +251,10 @@ pub async fn health_report(
             },
             None => None,
         };
-        let ran = recent.successes + recent.failures + recent.timeouts;
-        let view = b.breaker.view(now_ms);
-        out.push(BreakerReport {
-            service: b.key.to_owned(),
-            state: b.state,
-            health: health
-                .remove(b.key)
-                .unwrap_or_else(|| super::health(&BTreeMap::new(), &[], now_ms, b.latency_budget_ms)),
-            failure_ratio_5m: (ran > 0).then(|| (recent.failures + recent.timeouts) as f64 / ran as f64),
-            metrics_5m: Recent::from(&recent),
-            last_transition,
-            open_remaining_ms: view.open_until_ms.map(|u| u.saturating_sub(now_ms)),
-            trial_permits_in_use: b.trial_permits_in_use,
-            trial_permits_max: b.breaker.policy().half_open_requests,
-            policy: crate::config::policy_keys(b.breaker.policy()),
-            test: None,
-        });
+        let h = health
+            .remove(b.key)
+            .unwrap_or_else(|| super::health(&BTreeMap::new(), &[], now_ms, b.latency_budget_ms));
+        out.insert(b.key.to_owned(), (h, recent, last_transition));
     }
-    let status = if log_failing {
-        Verdict::Fail
-    } else if out.iter().any(|b| matches!(b.state, State::Open | State::ForcedOpen)) {
-        Verdict::Warn
-    } else {
-        Verdict::Pass
-    };
-    Ok(HealthReport {
-        status,
-        service: None,
-        as_of_ms: now_ms,
-        breakers: out,
-    })
+    Ok(out)
 }
