@@ -1544,6 +1544,11 @@ fn status_json_is_the_document_the_health_api_answers() {
         }
         http.as_object_mut().unwrap().remove("as_of_ms");
         cli.as_object_mut().unwrap().remove("as_of_ms");
+        // Each process says how its own log stands (the server's writes, the CLI's reads).
+        for doc in [&mut http, &mut cli] {
+            let log = doc.as_object_mut().unwrap().remove("log").expect("the log's condition");
+            assert_eq!(log["status"], "ok", "{log}");
+        }
         agreed = Some((http, cli));
         break;
     }
