@@ -683,6 +683,7 @@ async fn whole_fold(journal: &Journal, stream: &str, at_ms: u64, fallback: &Poli
         last_transition: all.last().cloned(),
         compacted: entries.iter().any(|e| matches!(e.item, Item::Summary(_))),
         health: replay::health(&replay::minutes(&entries, at_ms), &all, at_ms, latency_budget_ms),
+        damaged: replay::damaged(&entries),
     }
 }
 

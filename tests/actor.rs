@@ -1387,9 +1387,12 @@ async fn shutdown_with_the_log_failing_ends_within_its_bound_and_says_what_was_n
     fill_up(registry.journal()).await;
     let _ = stripe.call("", async { Err::<u8, _>("down") }).await;
     let started = std::time::Instant::now();
-    let stopped = tokio::time::timeout(Duration::from_secs(10), registry.shutdown_within(Duration::from_millis(500)))
-        .await
-        .expect("shutdown ends while the log is down");
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(10),
+        registry.shutdown_within(Duration::from_millis(500)),
+    )
+    .await
+    .expect("shutdown ends while the log is down");
     let took = started.elapsed();
     assert!(took < Duration::from_secs(2), "took {took:?}");
     match stopped {
@@ -1402,5 +1405,9 @@ async fn shutdown_with_the_log_failing_ends_within_its_bound_and_says_what_was_n
     }
     let closing = std::time::Instant::now();
     registry.journal().close().await;
-    assert!(closing.elapsed() < Duration::from_secs(4), "close took {:?}", closing.elapsed());
+    assert!(
+        closing.elapsed() < Duration::from_secs(4),
+        "close took {:?}",
+        closing.elapsed()
+    );
 }

@@ -263,6 +263,7 @@ async fn alert_audit(journal: &Journal, service: Option<&str>) -> Vec<AlertDeliv
     audit(journal, &q)
         .await
         .unwrap()
+        .entries
         .into_iter()
         .map(|e| serde_json::from_value(e.details).unwrap())
         .collect()

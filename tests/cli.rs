@@ -1126,6 +1126,7 @@ fn every_command_names_bad_input_in_one_line_with_exit_code_2() {
     let not_a_file = dir.path().to_str().unwrap();
     let missing = dir.path().join("missing.db");
     let missing = missing.to_str().unwrap();
+    let long_reason = "x".repeat(2_000);
     let cases: &[(&[&str], &str)] = &[
         // unknown service
         (&["status", "--db", db, "--service", "paypal"], "paypal"),
@@ -1182,6 +1183,27 @@ fn every_command_names_bad_input_in_one_line_with_exit_code_2() {
         (&["serve", "--config", not_a_file], not_a_file),
         (&["simulate", "--service", "stripe", "--config", not_a_file], not_a_file),
         (&["demo", "--config", not_a_file], "its own configuration"),
+        // a reason the audit trail cannot show as one line, or none
+        (
+            &["reset", "stripe", "--reason", "", "--db", db],
+            "--reason: a reason is required",
+        ),
+        (
+            &["force-open", "stripe", "--reason", "  ", "--db", db],
+            "--reason: a reason is required",
+        ),
+        (
+            &["force-open", "stripe", "--reason", "a\u{1b}[2Jb", "--db", db],
+            "control character (\\u{1b}) at byte 1",
+        ),
+        (
+            &["disable", "stripe", "--reason", &long_reason, "--db", db],
+            "at most 1024",
+        ),
+        (
+            &["status", "--reset", "--reason", "two\nlines", "--db", db],
+            "control character (\\u{a})",
+        ),
         // others
         (&["completions", "tcsh"], "tcsh"),
         (&["serve", "--bind", "nope"], "nope"),

@@ -80,7 +80,9 @@ fn serve(db: &Path, stderr: Stdio) -> (Child, String, mpsc::Receiver<String>) {
             }
         }
     });
-    let line = rx.recv_timeout(Duration::from_secs(30)).expect("serve says where it listens");
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("serve says where it listens");
     let addr = line
         .strip_prefix("listening on http://")
         .and_then(|r| r.split_whitespace().next())
@@ -174,7 +176,10 @@ fn serve_on_a_full_disk_answers_states_and_commands_and_stops_on_sigterm_in_its_
     assert_eq!(code, 202, "{body}");
     assert!(waited < Duration::from_secs(5), "answered after {waited:?}");
     let answer = json(&body);
-    assert_eq!((answer["durable"].as_bool(), answer["to"].as_str()), (Some(false), Some("forced_open")));
+    assert_eq!(
+        (answer["durable"].as_bool(), answer["to"].as_str()),
+        (Some(false), Some("forced_open"))
+    );
     assert_eq!(answer["log"]["kind"], "full", "{answer}");
 
     // The health document still has every breaker's state, and the log's condition.
@@ -182,7 +187,10 @@ fn serve_on_a_full_disk_answers_states_and_commands_and_stops_on_sigterm_in_its_
     assert_eq!(code, 200, "the log's outage does not make the process unready: {body}");
     let doc = json(&body);
     assert_eq!(doc["status"], "fail");
-    assert_eq!((doc["log"]["status"].as_str(), doc["log"]["kind"].as_str()), (Some("failing"), Some("full")));
+    assert_eq!(
+        (doc["log"]["status"].as_str(), doc["log"]["kind"].as_str()),
+        (Some("failing"), Some("full"))
+    );
     assert!(doc["log"]["since_ms"].as_u64().is_some(), "{doc}");
     assert_eq!(breaker(&doc, "stripe")["state"], "forced_open");
     assert_eq!(breaker(&doc, "calcom")["state"], "closed");
@@ -199,7 +207,10 @@ fn serve_on_a_full_disk_answers_states_and_commands_and_stops_on_sigterm_in_its_
     assert!(!said.iter().any(|l| l == "stopped cleanly"), "{said:?}");
     for s in streams {
         let all = s.join().unwrap();
-        assert!(all.contains("event: shutdown"), "each stream ends with a closing event: {all}");
+        assert!(
+            all.contains("event: shutdown"),
+            "each stream ends with a closing event: {all}"
+        );
     }
 }
 
@@ -279,7 +290,10 @@ fn an_environment_that_is_not_utf8_is_read_without_a_panic() {
     let out = breakerbox_with_env(&["config", "check"], "CIRCUIT_BREAKER_TIMEOUT", b"\xff");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("CIRCUIT_BREAKER_TIMEOUT") && err.contains("not valid UTF-8"), "{err}");
+    assert!(
+        err.contains("CIRCUIT_BREAKER_TIMEOUT") && err.contains("not valid UTF-8"),
+        "{err}"
+    );
     // The demo reads the same validated environment as every other command.
     let dir = tempfile::tempdir().unwrap();
     let db: PathBuf = dir.path().join("demo.db");

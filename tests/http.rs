@@ -879,7 +879,8 @@ async fn the_dashboard_shows_a_breaker_opening_live_and_its_buttons_are_audited(
         },
     )
     .await
-    .unwrap();
+    .unwrap()
+    .entries;
     let seen: Vec<(String, String, String, String)> = commands
         .iter()
         .map(|c| {
@@ -1086,5 +1087,75 @@ async fn a_filtered_stream_gets_keepalives_while_other_breakers_events_flow() {
     let heard = heard.expect("a frame within 13 s");
     assert!(heard.starts_with(": keepalive"), "{heard:?}");
     driver.abort();
+    registry.shutdown().await.unwrap();
+}
+
+#[actix_web::test]
+async fn reasons_and_bodies_are_bounded_and_every_answer_carries_the_documented_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, config) = registry(dir.path()).await;
+    let addr = serve(&registry, &config).await;
+    let client = reqwest::Client::new();
+    let post = |body: String| {
+        client
+            .post(format!("http://{addr}/api/circuit-breakers/stripe/force-open"))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+    };
+    // Refused, with what is wrong named, and nothing applied.
+    for (reason, needle) in [
+        (String::new(), "a reason is required"),
+        ("   ".to_owned(), "a reason is required"),
+        (
+            "line one\nforged line".to_owned(),
+            "control character (\\u{a}) at byte 8",
+        ),
+        (
+            "\u{1b}]0;owned\u{7}".to_owned(),
+            "control character (\\u{1b}) at byte 0",
+        ),
+        ("rtl \u{202e}txt.exe".to_owned(), "control character (\\u{202e})"),
+        ("x".repeat(1_025), "1025 bytes: at most 1024"),
+    ] {
+        let r = post(serde_json::json!({ "reason": reason }).to_string()).await.unwrap();
+        assert_eq!(r.status(), 400, "{reason:?}");
+        let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        let message = body["error"].as_str().unwrap();
+        assert!(message.contains(needle), "{reason:?}: {message}");
+    }
+    // A body far over any reason's size is 413, not 400.
+    let huge = serde_json::json!({ "reason": "x".repeat(10 << 20) }).to_string();
+    let r = post(huge).await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        registry.get("stripe").unwrap().state(),
+        breakerbox::breaker::State::Closed
+    );
+    // A good one, with every answer's header.
+    let r = post(r#"{"reason":"INC-123: stripe is down"}"#.to_owned())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    for path in ["/healthz", "/api/health/circuit-breakers", "/nope"] {
+        let r = client
+            .get(format!("http://{addr}{path}"))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{path}");
+    }
+    let page = client.get(format!("http://{addr}/")).send().await.unwrap();
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert_eq!(csp, breakerbox::http::DASHBOARD_CSP);
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/http-api.md")).unwrap();
+    assert!(
+        docs.contains(&format!("Content-Security-Policy: {csp}")),
+        "docs/http-api.md quotes the CSP"
+    );
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
     registry.shutdown().await.unwrap();
 }

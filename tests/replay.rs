@@ -303,7 +303,7 @@ async fn the_audit_trail_shows_who_did_what_and_why() {
         after_position: 0,
         limit: 1_000,
     };
-    let trail = replay::audit(registry.journal(), &all).await.unwrap();
+    let trail = replay::audit(registry.journal(), &all).await.unwrap().entries;
     let lines: Vec<String> = trail
         .iter()
         .map(|e| format!("{}: {}", e.kind.as_str(), e.summary))
@@ -333,7 +333,8 @@ async fn the_audit_trail_shows_who_did_what_and_why() {
         },
     )
     .await
-    .unwrap();
+    .unwrap()
+    .entries;
     assert_eq!(commands.len(), 1);
     let next = replay::audit(
         registry.journal(),
@@ -344,7 +345,8 @@ async fn the_audit_trail_shows_who_did_what_and_why() {
         },
     )
     .await
-    .unwrap();
+    .unwrap()
+    .entries;
     assert_eq!(next.len(), 1);
     assert!(next[0].summary.starts_with("reset"));
     let state = replay::state_at(
@@ -741,6 +743,7 @@ mod bounded {
             last_transition: all.last().cloned(),
             compacted: entries.iter().any(|e| matches!(e.item, Item::Summary(_))),
             health: replay::health(&replay::minutes(entries, at_ms), &all, at_ms, BUDGET_MS),
+            damaged: replay::damaged(entries),
         }
     }
 
@@ -1249,4 +1252,90 @@ async fn the_projection_writes_through_the_journals_writer_and_always_answers() 
         .await
         .expect("answered after the journal closed");
     assert!(after.is_err(), "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_undecodable_event_is_reported_and_skipped_and_free_text_is_shown_on_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1_764_000_000_000);
+    let (registry, _) = start(dir.path(), &clock).await;
+    let stripe = registry.get("stripe").unwrap().clone();
+    // A reason given through the library, as it was before reasons were checked: it holds an
+    // escape sequence that retitles a terminal, a carriage return and a forged audit line.
+    let forged = "ok\u{1b}]0;pwned\u{7}\r\n      99  2026-01-01T00:00:00Z  stripe  command  reset by root";
+    stripe.force_open(operator(forged)).await.unwrap();
+    clock.advance(10);
+    stripe.reset(operator("resolved")).await.unwrap();
+    registry.shutdown().await.unwrap();
+    registry.journal().close().await;
+    drop(registry);
+
+    // Damage one transition's payload from outside (with the append-only trigger dropped).
+    let db = dir.path().join("log.db");
+    {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query("DROP TRIGGER events_no_update")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        let (position,): (i64,) = sqlx::query_as(
+            "SELECT position FROM events WHERE stream = 'stripe' AND event_type = 'transition' ORDER BY position LIMIT 1",
+        )
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+        sqlx::query("UPDATE events SET payload = x'c1c1c1' WHERE position = ?")
+            .bind(position)
+            .execute(&mut c)
+            .await
+            .unwrap();
+        c.close().await.unwrap();
+    }
+    let journal = Journal::open(&db, JournalOptions::default()).await.unwrap();
+    let q = AuditQuery {
+        stream: Some("stripe".into()),
+        kinds: vec![Kind::Transition, Kind::Command],
+        since_ms: 0,
+        until_ms: u64::MAX,
+        after_position: 0,
+        limit: 1_000,
+    };
+    let page = replay::audit(&journal, &q).await.unwrap();
+    assert_eq!(page.damaged.len(), 1, "{:?}", page.damaged);
+    assert_eq!(page.damaged[0].event_type, "transition");
+    // Everything else is answered: both commands and the other transition.
+    let kinds: Vec<&str> = page.entries.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["command", "command", "transition"], "{kinds:?}");
+    assert!(page.entries.iter().all(|e| e.position != page.damaged[0].position));
+    // The forged reason is one line of plain text in the summary; its details keep it as given.
+    let command = &page.entries[0];
+    assert!(!command.summary.chars().any(char::is_control), "{}", command.summary);
+    assert!(
+        command.summary.contains(r"ok\u{1b}]0;pwned\u{7}\r\n"),
+        "{}",
+        command.summary
+    );
+    assert_eq!(command.details["operator"]["why"], forged);
+    // Replay reads past it too, and says what it skipped.
+    let entries = replay::history(&journal, "stripe").await.unwrap();
+    let skipped = replay::damaged(&entries);
+    assert_eq!(skipped.len(), 1);
+    assert!(
+        skipped[0].contains(&format!("position {}", page.damaged[0].position)),
+        "{skipped:?}"
+    );
+    let at = replay::state_at(
+        &journal,
+        "stripe",
+        1_764_000_000_005,
+        &Policy::consecutive(5, 30_000),
+        1_000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(at.damaged, skipped);
+    journal.close().await;
 }

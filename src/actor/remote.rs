@@ -221,7 +221,13 @@ async fn ask(journal: &Journal, request: &Request<'_>, holder: String) -> Result
     let ticket = journal
         .submit(&stream, Body::record(&payload))
         .ok_or(JournalError::Closed)?;
-    within(journal, request.wait, "the request to the log's owner", journal.durable(ticket)).await?;
+    within(
+        journal,
+        request.wait,
+        "the request to the log's owner",
+        journal.durable(ticket),
+    )
+    .await?;
     let position = journal
         .latest(&stream, COMMAND_REQUEST)
         .await

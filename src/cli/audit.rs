@@ -50,7 +50,7 @@ pub fn audit(args: AuditArgs, global: &Global) -> Result<(), CliError> {
     let since = time_arg(&args.since, "--since", 0)?;
     let until = time_arg(&args.until, "--until", u64::MAX)?;
     let rt = super::runtime()?;
-    let entries = rt.block_on(async {
+    let page = rt.block_on(async {
         let journal = open(global).await?;
         let q = AuditQuery {
             stream: args.service.clone(),
@@ -64,6 +64,10 @@ pub fn audit(args: AuditArgs, global: &Global) -> Result<(), CliError> {
         journal.close().await;
         r
     })?;
+    for d in &page.damaged {
+        super::to_stderr(format_args!("warning: {}\n", replay::printable(&d.to_string())));
+    }
+    let entries = page.entries;
     let mut out = std::io::stdout().lock();
     let io = super::stdout_error;
     let format = if global.json { Format::Json } else { args.format };
@@ -77,15 +81,14 @@ pub fn audit(args: AuditArgs, global: &Global) -> Result<(), CliError> {
         Format::Csv => {
             writeln!(out, "position,time,service,kind,summary").map_err(io)?;
             for e in &entries {
-                let summary = e.summary.replace('"', "\"\"");
                 writeln!(
                     out,
-                    "{},{},{},{},\"{}\"",
+                    "{},{},{},{},{}",
                     e.position,
                     fmt_time(e.at_ms as u64),
-                    e.stream,
+                    csv_cell(&e.stream),
                     e.kind.as_str(),
-                    summary
+                    csv_cell(&e.summary)
                 )
                 .map_err(io)?;
             }
@@ -97,13 +100,40 @@ pub fn audit(args: AuditArgs, global: &Global) -> Result<(), CliError> {
                     "{:>8}  {}  {:<24} {:<10} {}",
                     e.position,
                     fmt_time(e.at_ms as u64),
-                    e.stream,
+                    replay::printable(&e.stream),
                     e.kind.as_str(),
-                    e.summary
+                    replay::printable(&e.summary)
                 )
                 .map_err(io)?;
             }
         }
     }
     Ok(())
+}
+
+/// One CSV cell, quoted, that a spreadsheet shows as text: a cell starting with `=`, `+`, `-`,
+/// `@`, a tab or a carriage return would be read as a formula (`=cmd|' /C calc'!A0`), so it gets
+/// a leading `'` (OWASP's advice); quotes are doubled, control characters escaped.
+fn csv_cell(text: &str) -> String {
+    let text = replay::printable(text);
+    let guard = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        "'"
+    } else {
+        ""
+    };
+    format!("\"{guard}{}\"", text.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_cell;
+
+    #[test]
+    fn csv_cells_never_start_a_formula() {
+        assert_eq!(csv_cell("=cmd|' /C calc'!A0"), "\"'=cmd|' /C calc'!A0\"");
+        assert_eq!(csv_cell("@SUM(A1)"), "\"'@SUM(A1)\"");
+        assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_cell("reset by alice"), "\"reset by alice\"");
+        assert_eq!(csv_cell("a\nb"), "\"a\\nb\"");
+    }
 }

@@ -85,6 +85,7 @@ pub(super) async fn apply(
 
 /// `force-open NAME`, `disable NAME`, `reset NAME`.
 pub fn command(args: CommandArgs, command: Command, global: &Global) -> Result<(), CliError> {
+    breakerbox::journal::check_reason(&args.reason).map_err(|e| CliError::BadInput(format!("--reason: {e}")))?;
     let config = load(global)?;
     let b = config.require(&args.name).map_err(CliError::BadInput)?.clone();
     let path = global.existing_db()?;

@@ -186,7 +186,7 @@ async fn print_transitions(journal: Arc<Journal>, mut after: i64, started: Insta
             limit: 100,
         };
         let Ok(page) = audit(&journal, &q).await else { return };
-        for e in &page {
+        for e in &page.entries {
             println!(
                 "  +{:>5.1}s  {:<7} {}",
                 started.elapsed().as_secs_f64(),
@@ -195,7 +195,8 @@ async fn print_transitions(journal: Arc<Journal>, mut after: i64, started: Insta
             );
             after = e.position;
         }
-        if page.is_empty() {
+        after = after.max(page.scanned_to);
+        if page.entries.is_empty() {
             let seen = journal.last_position().await.unwrap_or(after).max(after);
             if journal.wait_after(seen, Duration::from_secs(5)).await.is_err() {
                 return;

@@ -74,6 +74,9 @@ pub(super) async fn history(journal: &Journal, service: &str) -> Result<Vec<repl
     if shown {
         super::to_stderr(format_args!("\n"));
     }
+    for line in replay::damaged(&entries) {
+        super::to_stderr(format_args!("warning: {service}: {}\n", replay::printable(&line)));
+    }
     if entries.is_empty() {
         return Err(CliError::BadInput(format!(
             "no history for service {service:?} in this log"

@@ -77,6 +77,9 @@ pub fn replay(args: ReplayArgs, global: &Global) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     let io = super::stdout_error;
     if let Some(s) = state {
+        for line in &s.damaged {
+            super::to_stderr(format_args!("warning: {}: {}\n", s.stream, replay::printable(line)));
+        }
         if global.json {
             serde_json::to_writer(&mut out, &s).map_err(runtime_err)?;
             return writeln!(out).map_err(io);

@@ -62,6 +62,9 @@ fn fmt_ago(now: u64, at: u64) -> String {
 }
 
 pub fn status(args: StatusArgs, global: &Global) -> Result<(), CliError> {
+    if let Some(why) = &args.reason {
+        breakerbox::journal::check_reason(why).map_err(|e| CliError::BadInput(format!("--reason: {e}")))?;
+    }
     let config = load(global)?;
     let breakers = selected(&config, args.service.as_deref())?;
     let path = global.existing_db()?;

@@ -4,7 +4,7 @@
 
 use super::{ApiState, bad_request, error};
 use crate::journal::Journal;
-use crate::replay::{AuditEntry, AuditQuery, Kind, audit, audit_skipping_bad, parse_time};
+use crate::replay::{AuditEntry, AuditPage, AuditQuery, Damaged, Kind, audit, parse_time};
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -79,22 +79,22 @@ pub(super) async fn list(state: web::Data<ApiState>, params: web::Query<EventsPa
         // Walk the window keeping only the last `limit`: bounded memory whatever its size.
         let keep = q.limit;
         let mut last: VecDeque<AuditEntry> = VecDeque::with_capacity(keep);
+        let mut damaged: Vec<Damaged> = Vec::new();
         q.limit = MAX_PAGE;
         loop {
             match audit(journal, &q).await {
                 Ok(page) => {
-                    let done = page.len() < MAX_PAGE;
-                    if let Some(e) = page.last() {
-                        q.after_position = e.position;
-                    }
-                    for e in page {
+                    let done = page.entries.len() < MAX_PAGE;
+                    q.after_position = page.scanned_to;
+                    for e in page.entries {
                         if last.len() == keep {
                             last.pop_front();
                         }
                         last.push_back(e);
                     }
+                    damaged.extend(page.damaged);
                     if done {
-                        break Ok((Vec::from(last), false));
+                        break Ok((Vec::from(last), damaged, false));
                     }
                 }
                 Err(e) => break Err(e),
@@ -102,14 +102,19 @@ pub(super) async fn list(state: web::Data<ApiState>, params: web::Query<EventsPa
         }
     } else {
         audit(journal, &q).await.map(|page| {
-            let full = page.len() == q.limit;
-            (page, full)
+            let full = page.entries.len() == q.limit;
+            (page.entries, page.damaged, full)
         })
     };
     match result {
-        Ok((events, more)) => {
+        Ok((events, damaged, more)) => {
             let next = if more { events.last().map(|e| e.position) } else { None };
-            HttpResponse::Ok().json(json!({"events": events, "next_after": next}))
+            let mut body = json!({"events": events, "next_after": next});
+            if !damaged.is_empty() {
+                // Reported beside what could be read, never instead of it.
+                body["damaged"] = json!(damaged);
+            }
+            HttpResponse::Ok().json(body)
         }
         Err(e) => {
             tracing::error!(error = %e, "reading the audit trail failed");
@@ -203,8 +208,15 @@ async fn tail(journal: Arc<Journal>, from: i64, tx: broadcast::Sender<Arc<Publis
     loop {
         // Read before the page, so a commit landing during it still wakes the wait below.
         let before = journal.last_position().await.unwrap_or(q.after_position);
-        match audit_skipping_bad(&journal, &q).await {
-            Ok((page, scanned)) => {
+        match audit(&journal, &q).await {
+            Ok(AuditPage {
+                entries: page,
+                damaged,
+                scanned_to: scanned,
+            }) => {
+                for d in &damaged {
+                    tracing::error!(position = d.position, error = %d.error, "event stream: {d}");
+                }
                 let full = page.len() == q.limit;
                 for entry in page {
                     q.after_position = entry.position;
@@ -294,8 +306,8 @@ pub(super) async fn stream(
             if catch_up {
                 // From the log, up to where the live tail takes over.
                 loop {
-                    let (page, scanned) = match audit_skipping_bad(&journal, &q).await {
-                        Ok(p) => p,
+                    let (page, scanned) = match audit(&journal, &q).await {
+                        Ok(p) => (p.entries, p.scanned_to),
                         Err(e) => {
                             tracing::warn!(error = %e, "event stream: reading the log failed; ending the stream");
                             return;

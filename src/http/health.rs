@@ -217,6 +217,9 @@ pub(super) async fn one_service(state: web::Data<ApiState>, path: web::Path<Stri
     health_response(code, body)
 }
 
+/// The largest command body taken, in bytes (a reason is at most 1 KiB; 413 above this).
+pub(super) const MAX_COMMAND_BODY: usize = 4 * 1_024;
+
 #[derive(serde::Deserialize)]
 pub(super) struct CommandBody {
     reason: String,
@@ -233,7 +236,7 @@ pub(super) async fn command(
     state: web::Data<ApiState>,
     req: HttpRequest,
     path: web::Path<(String, String)>,
-    body: Option<web::Json<CommandBody>>,
+    body: Result<web::Json<CommandBody>, actix_web::Error>,
 ) -> HttpResponse {
     let (service, action) = path.into_inner();
     // An operation's key (`stripe/customers.create`) arrives as one encoded path segment.
@@ -252,12 +255,30 @@ pub(super) async fn command(
     let Some(handle) = state.registry.get(&service) else {
         return error(actix_web::http::StatusCode::NOT_FOUND, "unknown service");
     };
-    let Some(body) = body.filter(|b| !b.reason.trim().is_empty()) else {
-        return error(
-            actix_web::http::StatusCode::BAD_REQUEST,
-            "a JSON body with a non-empty \"reason\" is required",
-        );
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            use actix_web::error::JsonPayloadError;
+            let too_large = matches!(
+                e.as_error::<JsonPayloadError>(),
+                Some(JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. })
+            );
+            return if too_large {
+                error(
+                    actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("the body is larger than {MAX_COMMAND_BODY} bytes"),
+                )
+            } else {
+                error(
+                    actix_web::http::StatusCode::BAD_REQUEST,
+                    "a JSON body with a non-empty \"reason\" is required",
+                )
+            };
+        }
     };
+    if let Err(why) = crate::journal::check_reason(&body.reason) {
+        return error(actix_web::http::StatusCode::BAD_REQUEST, &why);
+    }
     let who = who(&req);
     let from = if req.headers().get("X-Breakerbox-Client").and_then(|v| v.to_str().ok()) == Some("dashboard") {
         "dashboard"

@@ -255,6 +255,8 @@ pub fn server(
         actix_web::App::new()
             .app_data(state.clone())
             .wrap(actix_web::middleware::from_fn(authenticate))
+            // On every answer, errors included: no browser second-guesses a content type.
+            .wrap(actix_web::middleware::DefaultHeaders::new().add(("X-Content-Type-Options", "nosniff")))
             .configure(configure)
     })
     .workers(1)
@@ -271,7 +273,8 @@ pub fn server(
 /// `actix_web::middleware::from_fn(breakerbox::http::authenticate)` and give it
 /// `web::Data<ApiState>`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(dashboard))
+    cfg.app_data(web::JsonConfig::default().limit(health::MAX_COMMAND_BODY))
+        .route("/", web::get().to(dashboard))
         .route("/healthz", web::get().to(healthz))
         .route("/api/health/circuit-breakers", web::get().to(health::all_breakers))
         .route(
@@ -294,15 +297,16 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok")
 }
 
+/// The dashboard's Content-Security-Policy (docs/http-api.md quotes it): its own origin only,
+/// its inline script and style, no framing.
+pub const DASHBOARD_CSP: &str = "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'";
+
 /// The dashboard: server-rendered HTML and a small script, no build step.
 async fn dashboard() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         // The page may only talk to this origin, and no other site may frame it.
-        .insert_header((
-            "Content-Security-Policy",
-            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'",
-        ))
+        .insert_header(("Content-Security-Policy", DASHBOARD_CSP))
         .insert_header(("X-Frame-Options", "DENY"))
         .insert_header(("Referrer-Policy", "no-referrer"))
         .body(include_str!("dashboard.html"))

@@ -41,8 +41,9 @@ pub use holder::{Claim, DEFAULT_LEASE_TTL, Holder, Mark, Standing, host_name};
 pub use record::{
     ALERT_DELIVERY, ALERTS_STREAM, AlertDelivery, AlertStatus, Body, CALL_BATCH, CALL_BATCH_VERSION, CALL_STATS,
     CALL_SUMMARY, COMMAND_REQUEST, CallBatch, CallStats, CallSummary, CommandRequest, Decoded, DeliveryOutcome, GAP,
-    Gap, JOURNAL_STREAM, LATENCY_BOUNDS_MS, MinuteSummary, OPERATOR_COMMAND, Operator, OperatorCommand, Record,
-    Recorded, Row, SNAPSHOT, StoredEvent, VERSION, decode, decode_batch, decode_record,
+    Gap, JOURNAL_STREAM, LATENCY_BOUNDS_MS, MAX_REASON_BYTES, MinuteSummary, OPERATOR_COMMAND, Operator,
+    OperatorCommand, Record, Recorded, Row, SNAPSHOT, StoredEvent, VERSION, check_reason, decode, decode_batch,
+    decode_record,
 };
 use store::integrity;
 pub use store::integrity::{Integrity, Unclean};

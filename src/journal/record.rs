@@ -429,6 +429,36 @@ pub struct Operator {
     pub why: String,
 }
 
+/// The longest reason a command is recorded with, in bytes (UTF-8): an audit line, not a file.
+pub const MAX_REASON_BYTES: usize = 1_024;
+
+/// Checks an operator's reason before anything is applied or stored, for every surface (the
+/// CLI, the HTTP API, the dashboard): some text, at most [`MAX_REASON_BYTES`], on one line, with
+/// no control characters or bidirectional overrides (a reason is shown on terminals and in
+/// spreadsheets: see [`crate::replay::printable`] for logs written before this rule). The
+/// error names what is wrong.
+pub fn check_reason(why: &str) -> Result<(), String> {
+    if why.trim().is_empty() {
+        return Err("a reason is required: say why (it is recorded in the audit trail)".into());
+    }
+    if why.len() > MAX_REASON_BYTES {
+        return Err(format!(
+            "the reason is {} bytes: at most {MAX_REASON_BYTES} are recorded",
+            why.len()
+        ));
+    }
+    if let Some((i, c)) = why
+        .char_indices()
+        .find(|(_, c)| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+    {
+        return Err(format!(
+            "the reason has a control character ({}) at byte {i}: give one line of plain text",
+            c.escape_unicode()
+        ));
+    }
+    Ok(())
+}
+
 /// Payload of an `operator_command` event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OperatorCommand {

@@ -118,7 +118,7 @@ pub struct AuditEntry {
 }
 
 fn entry(e: &crate::journal::StoredEvent, kind: Kind) -> Result<AuditEntry, String> {
-    let bad = |m: String| format!("event at position {}: {m}", e.position);
+    let bad = |m: String| m;
     let (summary, details) = match kind {
         Kind::Transition | Kind::Policy => match codec::decode(&e.event_type, e.event_version, &e.payload) {
             Ok(crate::breaker::Event::Transitioned(t)) => (transition_line(&t), json!(t)),
@@ -169,7 +169,7 @@ fn entry(e: &crate::journal::StoredEvent, kind: Kind) -> Result<AuditEntry, Stri
                     d.breaker.clone()
                 },
                 kind,
-                summary: alert_line(&d),
+                summary: printable(&alert_line(&d)).into_owned(),
                 details: json!(d),
             });
         }
@@ -179,7 +179,8 @@ fn entry(e: &crate::journal::StoredEvent, kind: Kind) -> Result<AuditEntry, Stri
         at_ms: e.recorded_at,
         stream: e.stream.clone(),
         kind,
-        summary,
+        // One line whatever a reason holds (the details keep it as it was given).
+        summary: printable(&summary).into_owned(),
         details,
     })
 }
@@ -225,19 +226,65 @@ fn policy_line(p: &PolicyApplied) -> String {
     format!("policy in force: {}", shown.join(" "))
 }
 
-/// Runs an audit query, in log order. A stored event that does not decode is an error.
-pub async fn audit(journal: &Journal, q: &AuditQuery) -> Result<Vec<AuditEntry>, JournalError> {
-    scan(journal, q, false).await.map(|(out, _)| out)
+/// `text` as it may be shown on a terminal or in a spreadsheet: control characters (escape
+/// sequences, carriage returns, newlines, C1 codes) and the bidirectional overrides that reorder
+/// what a reader sees are written as escapes (`\n`, `\u{1b}`), so a stored reason can never
+/// clear a screen, retitle it, or print a line that looks like another audit entry.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if bad(c) => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
-/// As [`audit`], for readers that must keep going (the live event stream): a stored event that
-/// does not decode (e.g. written by another version) is logged with its position and skipped.
-/// Also gives the last position examined, so the next call starts after skipped rows too.
-pub async fn audit_skipping_bad(journal: &Journal, q: &AuditQuery) -> Result<(Vec<AuditEntry>, i64), JournalError> {
-    scan(journal, q, true).await
+/// An event of the log that could not be decoded: reported with its position and skipped.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Damaged {
+    /// Where it is.
+    pub position: i64,
+    /// Its stream.
+    pub stream: String,
+    /// Its type.
+    pub event_type: String,
+    /// Why it does not decode.
+    pub error: String,
 }
 
-async fn scan(journal: &Journal, q: &AuditQuery, skip_bad: bool) -> Result<(Vec<AuditEntry>, i64), JournalError> {
+impl std::fmt::Display for Damaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the {} event at position {} ({}) cannot be decoded and was skipped: {}",
+            self.event_type, self.position, self.stream, self.error
+        )
+    }
+}
+
+/// An audit query's answer.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct AuditPage {
+    /// The entries, in log order.
+    pub entries: Vec<AuditEntry>,
+    /// Events of the query that do not decode (damaged, or written by a newer version): each
+    /// is reported and skipped, never the whole answer.
+    pub damaged: Vec<Damaged>,
+    /// The last position examined (the next page starts after it, past skipped rows too).
+    pub scanned_to: i64,
+}
+
+/// Runs an audit query, in log order.
+pub async fn audit(journal: &Journal, q: &AuditQuery) -> Result<AuditPage, JournalError> {
     let kinds: Vec<Kind> = if q.kinds.is_empty() {
         Kind::ALL.to_vec()
     } else {
@@ -245,6 +292,7 @@ async fn scan(journal: &Journal, q: &AuditQuery, skip_bad: bool) -> Result<(Vec<
     };
     let types: Vec<&str> = kinds.iter().map(|k| k.event_type()).collect();
     let mut out = Vec::new();
+    let mut damaged = Vec::new();
     let mut after = q.after_position;
     let mut scanned = q.after_position;
     let (since, until) = (
@@ -268,11 +316,15 @@ async fn scan(journal: &Journal, q: &AuditQuery, skip_bad: bool) -> Result<(Vec<
                 .expect("read_range returned a requested type");
             let item = match entry(e, kind) {
                 Ok(item) => item,
-                Err(m) if skip_bad => {
-                    tracing::error!(position = e.position, error = %m, "an event that does not decode was skipped");
+                Err(error) => {
+                    damaged.push(Damaged {
+                        position: e.position,
+                        stream: e.stream.clone(),
+                        event_type: e.event_type.clone(),
+                        error,
+                    });
                     continue;
                 }
-                Err(m) => return Err(JournalError::Store(crate::journal::StoreError::Io(m))),
             };
             if q.stream.as_ref().is_some_and(|s| *s != item.stream) {
                 continue;
@@ -283,5 +335,9 @@ async fn scan(journal: &Journal, q: &AuditQuery, skip_bad: bool) -> Result<(Vec<
             }
         }
     }
-    Ok((out, scanned))
+    Ok(AuditPage {
+        entries: out,
+        damaged,
+        scanned_to: scanned,
+    })
 }

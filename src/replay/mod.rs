@@ -14,7 +14,7 @@ mod time;
 mod timeline;
 mod whatif;
 
-pub use audit::{AuditEntry, AuditQuery, Kind, audit, audit_skipping_bad};
+pub use audit::{AuditEntry, AuditPage, AuditQuery, Damaged, Kind, audit, printable};
 pub use export::{TraceLine, export};
 pub use health::{Component, Health, health};
 pub use metrics::{Minute, minutes};
@@ -52,10 +52,28 @@ pub enum Item {
     Stats(crate::journal::CallStats),
     /// Anything else (operator commands, call stats, gaps…).
     Other(String),
+    /// An event that cannot be decoded (damaged, or written by a newer version): reported with
+    /// its position and skipped by every fold, never the whole answer. Folds past it may
+    /// differ from what was live; [`damaged`] lists them so a surface can say so.
+    Damaged(String),
 }
 
-/// Every event of a stream, decoded, in log order. A malformed event is an error naming its
-/// position, never skipped.
+/// The entries that could not be decoded, as "position N (type): why" lines.
+pub fn damaged(entries: &[Entry]) -> Vec<String> {
+    entries
+        .iter()
+        .filter_map(|e| match &e.item {
+            Item::Damaged(why) => Some(format!(
+                "the event at position {} cannot be decoded and was skipped: {why}",
+                e.position
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every event of a stream, decoded, in log order. An event that does not decode is an
+/// [`Item::Damaged`] entry at its position (see [`damaged`]).
 pub async fn history(journal: &Journal, stream: &str) -> Result<Vec<Entry>, JournalError> {
     history_with_progress(journal, stream, |_| {}).await
 }
@@ -84,10 +102,16 @@ pub async fn history_with_progress(
 }
 
 fn push(out: &mut Vec<Entry>, e: &StoredEvent) -> Result<(), JournalError> {
-    let decoded = decode(e).map_err(|source| JournalError::Decode {
-        position: e.position,
-        source,
-    })?;
+    let decoded = match decode(e) {
+        Ok(d) => d,
+        Err(why) => {
+            out.push(Entry {
+                position: e.position,
+                item: Item::Damaged(format!("{} event: {why}", e.event_type)),
+            });
+            return Ok(());
+        }
+    };
     match decoded {
         Decoded::Breaker(events) => out.extend(events.into_iter().map(|ev| Entry {
             position: e.position,
@@ -136,7 +160,7 @@ pub fn fold(entries: &[Entry], until_ms: Option<u64>, fallback: &Policy) -> Brea
             // A snapshot is the state at that point: start from it (compacted calls before it
             // are gone, and this is what recovery does too).
             Item::Snapshot(b) => breaker = (**b).clone(),
-            Item::Summary(_) | Item::Stats(_) | Item::Other(_) => {}
+            Item::Summary(_) | Item::Stats(_) | Item::Other(_) | Item::Damaged(_) => {}
         }
     }
     breaker

@@ -164,7 +164,10 @@ pub async fn health_report(
     // holds is then as recent as the log itself, and the figures are read from it as they are.
     let behind = projection.catch_up(journal, 10_000).await.err();
     let (mut figures, read_error) = match from_log(journal, projection, breakers, now_ms).await {
-        Ok(f) => (f, behind.map(|e| format!("the metrics projection could not be brought up to date: {e}"))),
+        Ok(f) => (
+            f,
+            behind.map(|e| format!("the metrics projection could not be brought up to date: {e}")),
+        ),
         Err(e) => (Figures::new(), Some(format!("the event log could not be read: {e}"))),
     };
     let mut out = Vec::with_capacity(breakers.len());
@@ -241,13 +244,9 @@ async fn from_log(
         let last_transition = match journal.latest(b.key, codec::types::TRANSITION).await? {
             Some(e) => match codec::decode(&e.event_type, e.event_version, &e.payload) {
                 Ok(Event::Transitioned(t)) => Some(*t),
-                Ok(_) => None,
-                Err(source) => {
-                    return Err(JournalError::Decode {
-                        position: e.position,
-                        source,
-                    });
-                }
+                // One damaged record never blanks the report: it is shown as no last transition
+                // (`breakerbox audit` reports it with its position).
+                Ok(_) | Err(_) => None,
             },
             None => None,
         };

@@ -75,6 +75,10 @@ pub struct StateAt {
     pub compacted: bool,
     /// The health score at that instant, with its components.
     pub health: Health,
+    /// Events read for it that cannot be decoded and were skipped (see [`super::damaged`]):
+    /// the answer may differ from what was live when this is not empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub damaged: Vec<String>,
 }
 
 /// The breaker `stream` as it was at `at_ms` (its health judged against `latency_budget_ms`):
@@ -157,11 +161,8 @@ pub async fn state_at(
             .first_of_types(stream, taken_to_seq, &[types::POLICY_APPLIED, SNAPSHOT])
             .await?
     {
-        let decoded = decode(&first).map_err(|source| JournalError::Decode {
-            position: first.position,
-            source,
-        })?;
-        let initial = match decoded {
+        // Undecodable, it is as if missing (the fold below meets it as damaged and says so).
+        let initial = match decode(&first).unwrap_or(Decoded::Other) {
             Decoded::Snapshot(b) => Some(b.policy().clone()),
             Decoded::Breaker(events) => events.into_iter().find_map(|ev| match ev {
                 Event::PolicyApplied(p) => Some(p.policy),
@@ -197,10 +198,19 @@ pub async fn state_at(
             .read_stream_range(stream, types::TRANSITION, from_ms, at_ms, PAGE_EVENTS)
             .await?;
         for e in &stored {
-            let decoded = decode(e).map_err(|source| JournalError::Decode {
-                position: e.position,
-                source,
-            })?;
+            let decoded = match decode(e) {
+                Ok(d) => d,
+                Err(why) => {
+                    // Reported with the others (unless the fold read it already), and skipped.
+                    if !entries.iter().any(|x| x.position == e.position) {
+                        entries.push(Entry {
+                            position: e.position,
+                            item: Item::Damaged(format!("{} event: {why}", e.event_type)),
+                        });
+                    }
+                    continue;
+                }
+            };
             if let Decoded::Breaker(events) = decoded {
                 recent.extend(events.into_iter().filter_map(|ev| match ev {
                     Event::Transitioned(t) if t.at_ms <= at_ms => Some(*t),
@@ -221,6 +231,7 @@ pub async fn state_at(
         last_transition: recent.last().cloned(),
         compacted,
         health,
+        damaged: super::damaged(&entries),
     })
 }
 
