@@ -1953,3 +1953,64 @@ fn a_command_to_an_owner_on_another_host_that_stops_renewing_is_applied_once_its
     ));
     assert_eq!(rows[0]["state"], "forced_open");
 }
+
+#[test]
+fn verify_passes_a_recorded_log_and_an_exported_anchor_catches_a_log_cut_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = recorded_log(dir.path());
+    let db_s = db.to_str().unwrap();
+    let out = breakerbox(&["verify", "--db", db_s], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("verified: "), "{text}");
+    assert!(text.contains("heads (the anchor to keep elsewhere):"), "{text}");
+    // The anchor, kept elsewhere.
+    let anchor = dir.path().join("anchor.json");
+    let out = breakerbox(&["verify", "--db", db_s, "--json"], "");
+    assert!(out.status.success());
+    std::fs::write(&anchor, &out.stdout).unwrap();
+    // Someone cuts stripe's newest event off and puts the trigger back as it was: the chain
+    // alone cannot tell (nothing after it is left to break), the anchor can.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use sqlx::{ConnectOptions, Connection};
+        let mut c = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&db)
+            .connect()
+            .await
+            .unwrap();
+        let (trigger,): (String,) =
+            sqlx::query_as("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'events_no_delete'")
+                .fetch_one(&mut c)
+                .await
+                .unwrap();
+        sqlx::raw_sql(
+            "DROP TRIGGER events_no_delete;
+             DELETE FROM events WHERE position = (SELECT MAX(position) FROM events WHERE stream = 'stripe')",
+        )
+        .execute(&mut c)
+        .await
+        .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(trigger))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        c.close().await.unwrap();
+    });
+    let out = breakerbox(&["verify", "--db", db_s], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = breakerbox(&["verify", "--db", db_s, "--anchor", anchor.to_str().unwrap()], "");
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("anchor broken: stripe #"), "{text}");
+    assert!(text.contains("NOT verified"), "{text}");
+    // A file that is not an anchor is named.
+    let not_anchor = dir.path().join("notes.txt");
+    std::fs::write(&not_anchor, "heads: stripe 42\n").unwrap();
+    let out = breakerbox(&["verify", "--db", db_s, "--anchor", not_anchor.to_str().unwrap()], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not the JSON of `breakerbox verify --json`"));
+}

@@ -1703,3 +1703,239 @@ fn every_stored_record_kind_decodes_from_its_golden_bytes_and_refuses_an_unknown
         assert!(e.contains("version 2"), "{file}: {e}");
     }
 }
+
+/// A plain sqlite3-like connection: recursive_triggers off, as the sqlite3 shell has it.
+async fn outsider(path: &Path) -> SqliteConnection {
+    sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// A closed log of two breakers' traffic: its path and its events.
+async fn chained_log(dir: &Path, name: &str) -> (std::path::PathBuf, Vec<StoredEvent>) {
+    let path = dir.join(name);
+    let journal = Journal::open(&path, opts()).await.unwrap();
+    let mut b = Breaker::new(Policy::consecutive(3, 100)).unwrap();
+    let mut c = Breaker::new(Policy::consecutive(3, 100)).unwrap();
+    let (stripe, calcom): (Arc<str>, Arc<str>) = (Arc::from("stripe"), Arc::from("calcom"));
+    for t in 0..40u64 {
+        let outcome = if t % 5 < 3 { Outcome::Failure } else { Outcome::Success };
+        drive(&journal, &stripe, &mut b, t * 50, outcome);
+        journal.flush().await.unwrap();
+        drive(&journal, &calcom, &mut c, t * 50, Outcome::Success);
+    }
+    journal.flush().await.unwrap();
+    let events = all_events(&journal).await;
+    journal.close().await;
+    (path, events)
+}
+
+async fn verified(path: &Path) -> breakerbox::journal::VerifyReport {
+    let journal = Journal::open(path, opts()).await.unwrap();
+    let report = journal.verify().await.unwrap();
+    journal.close().await;
+    report
+}
+
+#[tokio::test]
+async fn verify_passes_a_clean_log_and_names_each_form_of_tampering() {
+    use breakerbox::journal::Finding;
+    let dir = tempfile::tempdir().unwrap();
+    let (clean, events) = chained_log(dir.path(), "clean.db").await;
+    let report = verified(&clean).await;
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!(report.events, events.len() as u64);
+    assert_eq!((report.unchained, report.heads.len()), (0, 2));
+    assert!(report.heads.iter().all(|h| h.hash.is_some()));
+    let stripe: Vec<&StoredEvent> = events.iter().filter(|e| e.stream == "stripe").collect();
+    let (middle, next) = (stripe[stripe.len() / 2], stripe[stripe.len() / 2 + 1]);
+
+    // REPLACE and INSERT OR REPLACE are refused by the schema, even where recursive_triggers is off.
+    let mut conn = outsider(&clean).await;
+    for sql in [
+        format!(
+            "REPLACE INTO events (position, stream, seq, event_type, event_version, recorded_at, payload) VALUES ({}, 'stripe', {}, 'transition', 1, 0, x'00')",
+            middle.position, middle.seq
+        ),
+        format!(
+            "INSERT OR REPLACE INTO events (stream, seq, event_type, event_version, recorded_at, payload) VALUES ('stripe', {}, 'transition', 1, 0, x'00')",
+            middle.seq
+        ),
+    ] {
+        let refused = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).execute(&mut conn).await;
+        let message = refused.expect_err(&sql).to_string();
+        assert!(message.contains("append-only"), "{sql}: {message}");
+    }
+    conn.close().await.unwrap();
+    assert!(verified(&clean).await.ok());
+
+    // Each form of tampering, on its own copy, with the trigger in its way dropped first.
+    let cases: Vec<(&str, String, Finding)> = vec![
+        (
+            "update",
+            format!(
+                "DROP TRIGGER events_no_update; UPDATE events SET payload = x'c0' WHERE position = {}",
+                middle.position
+            ),
+            Finding::Rewritten {
+                position: middle.position,
+                stream: "stripe".into(),
+                seq: middle.seq as u64,
+            },
+        ),
+        (
+            "delete",
+            format!(
+                "DROP TRIGGER events_no_delete; DELETE FROM events WHERE position = {}",
+                middle.position
+            ),
+            Finding::Removed {
+                stream: "stripe".into(),
+                from_seq: middle.seq as u64,
+                to_seq: middle.seq as u64,
+            },
+        ),
+        (
+            "reorder",
+            format!(
+                "DROP TRIGGER events_no_update; UPDATE events SET seq = -1 WHERE position = {a};
+                 UPDATE events SET seq = {sa} WHERE position = {b}; UPDATE events SET seq = {sb} WHERE position = {a}",
+                a = middle.position,
+                b = next.position,
+                sa = middle.seq,
+                sb = next.seq
+            ),
+            Finding::Rewritten {
+                position: next.position,
+                stream: "stripe".into(),
+                seq: middle.seq as u64,
+            },
+        ),
+        (
+            "forged, no hash",
+            format!(
+                "INSERT INTO events (stream, seq, event_type, event_version, recorded_at, payload) VALUES ('stripe', {}, 'transition', 1, 0, x'80')",
+                stripe.last().unwrap().seq + 1
+            ),
+            Finding::Unchained {
+                position: events.last().unwrap().position + 1,
+                stream: "stripe".into(),
+                seq: stripe.last().unwrap().seq as u64 + 1,
+            },
+        ),
+        (
+            "forged, a made-up hash",
+            format!(
+                "INSERT INTO events (stream, seq, event_type, event_version, recorded_at, payload, hash) VALUES ('stripe', {}, 'transition', 1, 0, x'80', randomblob(32))",
+                stripe.last().unwrap().seq + 1
+            ),
+            Finding::Rewritten {
+                position: events.last().unwrap().position + 1,
+                stream: "stripe".into(),
+                seq: stripe.last().unwrap().seq as u64 + 1,
+            },
+        ),
+    ];
+    for (name, sql, want) in cases {
+        let copy = dir.path().join(format!("{}.db", name.replace([' ', ','], "_")));
+        std::fs::copy(&clean, &copy).unwrap();
+        let mut conn = outsider(&copy).await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+        let report = verified(&copy).await;
+        assert!(report.findings.contains(&want), "{name}: {:?}", report.findings);
+        assert!(!report.ok());
+        let dropped = report.findings.iter().any(|f| matches!(f, Finding::Trigger { .. }));
+        assert_eq!(
+            dropped,
+            name != "forged, no hash" && name != "forged, a made-up hash",
+            "{name}: {:?}",
+            report.findings
+        );
+        // The open put the dropped trigger back: the next tampering is refused again.
+        let mut conn = outsider(&copy).await;
+        let again = sqlx::query("UPDATE events SET payload = x'00' WHERE position = 1")
+            .execute(&mut conn)
+            .await;
+        assert!(again.is_err(), "{name}: the trigger is back");
+        conn.close().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn verify_follows_the_chain_across_compaction_and_through_a_log_from_before_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let journal = Journal::open(&path, opts()).await.unwrap();
+    let stripe: Arc<str> = Arc::from("stripe");
+    let mut b = Breaker::new(Policy::consecutive(1_000, 100)).unwrap();
+    let base: u64 = 1_764_000_000_000 / 60_000 * 60_000;
+    for i in 0..600u64 {
+        let t = base + i * 1_000;
+        drive(&journal, &stripe, &mut b, t, Outcome::Success);
+        if i % 50 == 49 {
+            journal.flush().await.unwrap();
+        }
+        if i == 400 {
+            journal.submit(
+                &stripe,
+                Body::Snapshot {
+                    at_ms: t,
+                    breaker: Box::new(b.clone()),
+                },
+            );
+        }
+    }
+    journal.flush().await.unwrap();
+    // A copy to play a log from before the chain with, below.
+    let old = dir.path().join("old.db");
+    sqlx::query("VACUUM INTO ?")
+        .bind(old.to_str().unwrap())
+        .execute(journal.pool())
+        .await
+        .unwrap();
+    let report = journal.compact(2 * 60_000, base + 10 * 60_000).await.unwrap();
+    assert!(report.batches > 0, "{report:?}");
+    let verified_now = journal.verify().await.unwrap();
+    assert!(verified_now.ok(), "{:?}", verified_now.findings);
+    assert!(verified_now.compacted > 0);
+    journal.close().await;
+
+    // A log written before the chain: no hashes (the triggers as the migrations made them).
+    let mut conn = outsider(&old).await;
+    sqlx::raw_sql(
+        "DROP TRIGGER events_no_update; UPDATE events SET hash = NULL;
+         CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+BEGIN
+    SELECT RAISE(ABORT, 'events are append-only: UPDATE is not allowed');
+END;",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    let journal = Journal::open(&old, opts()).await.unwrap();
+    assert!(
+        journal.restored_triggers().is_empty(),
+        "{:?}",
+        journal.restored_triggers()
+    );
+    let last_old = journal.last_position().await.unwrap();
+    // It still opens, and what is appended now is chained on top.
+    drive(&journal, &stripe, &mut b, base + 700_000, Outcome::Failure);
+    journal.flush().await.unwrap();
+    let report = journal.verify().await.unwrap();
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!(
+        report.unchained_through,
+        Some(last_old),
+        "unchained up to position {last_old}"
+    );
+    assert!(report.heads[0].hash.is_some());
+    journal.close().await;
+}

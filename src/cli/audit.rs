@@ -86,7 +86,12 @@ pub fn audit(args: AuditArgs, global: &Global) -> Result<(), CliError> {
                     "{},{},{},{},{}",
                     e.position,
                     fmt_time(e.at_ms as u64),
-                    csv_cell(&e.stream),
+                    // Breaker names are plain (a-z, 0-9, `_-.`), quoted only where a formula could start.
+                    if e.stream.starts_with(FORMULA) {
+                        csv_cell(&e.stream)
+                    } else {
+                        replay::printable(&e.stream).into_owned()
+                    },
                     e.kind.as_str(),
                     csv_cell(&e.summary)
                 )
@@ -110,6 +115,9 @@ pub fn audit(args: AuditArgs, global: &Global) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+/// What a spreadsheet takes for the start of a formula.
+const FORMULA: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
 
 /// One CSV cell, quoted, that a spreadsheet shows as text: a cell starting with `=`, `+`, `-`,
 /// `@`, a tab or a carriage return would be read as a formula (`=cmd|' /C calc'!A0`), so it gets

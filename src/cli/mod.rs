@@ -14,6 +14,7 @@ mod replay;
 mod serve;
 mod simulate;
 mod status;
+mod verify;
 mod what_if;
 
 use clap::{Parser, Subcommand};
@@ -181,6 +182,7 @@ enum Command {
     Export(export::ExportArgs),
     WhatIf(what_if::WhatIfArgs),
     Rebuild(rebuild::RebuildArgs),
+    Verify(verify::VerifyArgs),
     Status(status::StatusArgs),
     Serve(serve::Args),
     Alerts(alerts::Args),
@@ -270,6 +272,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Export(args) => export::export(args, &cli.global),
         Command::WhatIf(args) => what_if::what_if(args, &cli.global),
         Command::Rebuild(args) => rebuild::rebuild(args, &cli.global),
+        Command::Verify(args) => verify::verify(args, &cli.global),
         Command::Status(args) => status::status(args, &cli.global),
         Command::Serve(args) => serve::run(args, &cli.global),
         Command::Demo(args) => demo::run(args, &cli.global),

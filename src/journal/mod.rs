@@ -45,12 +45,13 @@ pub use record::{
     OperatorCommand, Record, Recorded, Row, SNAPSHOT, StoredEvent, VERSION, check_reason, decode, decode_batch,
     decode_record,
 };
-use store::integrity;
+pub use store::chain::{Finding, Head, VerifyReport};
 pub use store::integrity::{Integrity, Unclean};
 pub use store::{
     CompactReport, Deltas, Durability, Lease, LogReader, LogWriter, MinuteRow, OutboxMessage, OutboxRow, OutboxState,
     OutboxStore, ProjectionStore, SqliteReader, SqliteWriter, StoreError, connect_options,
 };
+use store::{chain, integrity};
 pub use writer::{ERROR_KINDS, Progress, Stats, WriterLimits};
 
 use crate::breaker::codec::DecodeError;
@@ -272,6 +273,7 @@ pub struct Journal {
     /// The background integrity check, if one runs, and its stop signal.
     check: Mutex<Option<std::thread::JoinHandle<()>>>,
     stop_check: Arc<integrity::Stop>,
+    restored_triggers: Vec<String>,
 }
 
 impl Journal {
@@ -305,8 +307,8 @@ impl Journal {
                     .build()
                     .map_err(|e| StoreError::Io(format!("starting the journal runtime: {e}")))?;
                 rt.block_on(async move {
-                    let (mut conn, clean) = match store::open_writer(&thread_path, durability, busy).await {
-                        Ok((c, clean)) => (SqliteWriter(c), clean),
+                    let (mut conn, clean, restored) = match store::open_writer(&thread_path, durability, busy).await {
+                        Ok((c, clean, restored)) => (SqliteWriter::new(c), clean, restored),
                         Err(e) => {
                             let _ = opened_tx.send(Err(e));
                             return Ok(());
@@ -325,13 +327,13 @@ impl Journal {
                     };
                     let shared = writer::Shared::new(limits, position, integrity);
                     shared.set_max_size(max_size);
-                    if opened_tx.send(Ok(shared.clone())).is_err() {
+                    if opened_tx.send(Ok((shared.clone(), restored))).is_err() {
                         return Ok(());
                     }
                     let (store, drained) = writer::Writer::new(shared.clone(), conn).run().await;
                     if shared.is_corrupt() {
                         // Nothing more goes into a damaged file, not even a checkpoint.
-                        return store::close_without_checkpoint(store.0, &thread_path, durability, busy).await;
+                        return store::close_without_checkpoint(store.conn, &thread_path, durability, busy).await;
                     }
                     store.close().await?;
                     // A marker only after an orderly close that wrote everything it took, and
@@ -350,8 +352,8 @@ impl Journal {
                 })
             })
             .map_err(|e| StoreError::Io(format!("starting the journal thread: {e}")))?;
-        let shared = match opened_rx.await {
-            Ok(Ok(shared)) => shared,
+        let (shared, restored_triggers) = match opened_rx.await {
+            Ok(Ok(opened)) => opened,
             Ok(Err(e)) => {
                 let _ = thread.join();
                 return Err(e);
@@ -399,7 +401,53 @@ impl Journal {
             thread: Mutex::new(Some(thread)),
             check: Mutex::new(check),
             stop_check,
+            restored_triggers,
         })
+    }
+
+    /// The append-only triggers this open found missing or altered and put back (empty when
+    /// the schema was as the migrations made it).
+    pub fn restored_triggers(&self) -> &[String] {
+        &self.restored_triggers
+    }
+
+    /// Walks the tamper-evident chain of every stream (see [`VerifyReport`]); with the triggers
+    /// this open had to put back among the findings.
+    pub async fn verify(&self) -> Result<VerifyReport, JournalError> {
+        self.verify_against(&[]).await
+    }
+
+    /// [`Journal::verify`], and each of `anchors` (heads a `verify` exported earlier) must still
+    /// be on the chain, with the same hash: a log rewritten whole, or cut short, since they were
+    /// exported fails here.
+    pub async fn verify_against(&self, anchors: &[Head]) -> Result<VerifyReport, JournalError> {
+        let replaced = self.replaced().await?;
+        Ok(chain::verify(&self.readers.pool, &replaced, &self.restored_triggers, anchors).await?)
+    }
+
+    /// What compaction kept of the events it removed, from the call summaries.
+    async fn replaced(&self) -> Result<chain::Replaced, JournalError> {
+        let mut out = chain::Replaced::new();
+        let mut after = 0;
+        loop {
+            let page = self.read_range(&[CALL_SUMMARY], 0, i64::MAX, after, 1_000).await?;
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            for e in &page {
+                let Decoded::Summary(summary) = decode(e).map_err(|source| JournalError::Decode {
+                    position: e.position,
+                    source,
+                })?
+                else {
+                    continue;
+                };
+                let stream = out.entry(e.stream.clone()).or_default();
+                for r in summary.replaced {
+                    stream.insert(r.seq, r.hash.as_deref().and_then(chain::from_hex));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// How the file's integrity was established at open, and what the background check found

@@ -408,6 +408,20 @@ pub struct CallSummary {
     /// (a rebuild) counts it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub folded_by: Vec<String>,
+    /// The call batches it replaced, each with its link of the tamper-evident chain, so
+    /// `breakerbox verify` follows each stream's chain across compaction (and a row deleted any
+    /// other way is still found). Empty in summaries written before the chain existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<ReplacedEvent>,
+}
+
+/// An event compaction removed: its seq and its hash (hex; `None` if it had none).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplacedEvent {
+    /// Its seq in its stream.
+    pub seq: u64,
+    /// Its hash, hex.
+    pub hash: Option<String>,
 }
 
 // Events of the runtime layer, defined here so every reader (projections, audit) decodes them

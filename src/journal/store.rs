@@ -18,6 +18,7 @@
 //! The long sequential reads go through the bulk reader (rusqlite, read-only connections); its
 //! settings are in [`bulk`].
 
+pub(crate) mod chain;
 pub(crate) mod integrity;
 use super::record::{Row, StoredEvent};
 use integrity::Unclean;
@@ -180,7 +181,7 @@ pub(crate) async fn open_writer(
     path: &Path,
     durability: Durability,
     busy_timeout: Duration,
-) -> Result<(SqliteConnection, Result<(), Unclean>), StoreError> {
+) -> Result<(SqliteConnection, Result<(), Unclean>, Vec<String>), StoreError> {
     let corrupt = |detail: String| StoreError::Corrupt {
         path: path.display().to_string(),
         detail,
@@ -203,7 +204,15 @@ pub(crate) async fn open_writer(
     // between the first removal and the connect may have written one.
     integrity::remove_marker(path);
     match check_and_migrate(&mut conn, clean.is_err()).await {
-        Ok(()) => Ok((conn, clean)),
+        Ok(()) => {
+            // The append-only triggers, as the migrations made them: one dropped or altered
+            // behind our back is put back now, and reported (`breakerbox verify` says so too).
+            let restored = chain::restore_triggers(&mut conn).await?;
+            for name in &restored {
+                tracing::error!(trigger = %name, "an append-only trigger of the event log was missing or altered; put back");
+            }
+            Ok((conn, clean, restored))
+        }
         Err(StoreError::Corrupt { detail, .. }) => {
             // Refused, and left exactly as it is: closing the last connection normally would
             // checkpoint the WAL into the damaged file.
@@ -272,14 +281,22 @@ pub(crate) async fn end_checked(
     }
 }
 
-pub(crate) async fn append(conn: &mut SqliteConnection, rows: &[Row]) -> Result<i64, StoreError> {
+pub(crate) async fn append(
+    conn: &mut SqliteConnection,
+    heads: &mut chain::Heads,
+    rows: &[Row],
+) -> Result<i64, StoreError> {
     // IMMEDIATE takes the write lock up front, so busy_timeout applies (a deferred transaction
     // upgrading to write fails at once with SQLITE_BUSY_SNAPSHOT instead). Plain statements
     // rather than sqlx's Transaction: after a failed statement that one stays "open" until a
     // queued rollback runs, and the retry would be refused.
     conn.execute("BEGIN IMMEDIATE").await.map_err(classify)?;
-    let result = append_in_transaction(conn, rows).await;
-    end_transaction(conn, result).await
+    let mut staged = std::collections::HashMap::new();
+    let result = append_in_transaction(conn, heads, &mut staged, rows).await;
+    let last = end_transaction(conn, result).await?;
+    // The new heads only once committed: a rolled-back batch is retried on the old ones.
+    heads.keep(staged);
+    Ok(last)
 }
 
 /// Commits if the work succeeded, rolls back otherwise; either way no transaction is left open.
@@ -302,20 +319,30 @@ async fn end_transaction<T>(conn: &mut SqliteConnection, result: Result<T, Store
     }
 }
 
-async fn append_in_transaction(conn: &mut SqliteConnection, rows: &[Row]) -> Result<i64, StoreError> {
+async fn append_in_transaction(
+    conn: &mut SqliteConnection,
+    heads: &mut chain::Heads,
+    staged: &mut std::collections::HashMap<std::sync::Arc<str>, chain::Hash>,
+    rows: &[Row],
+) -> Result<i64, StoreError> {
     for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new("INSERT INTO events (stream, seq, event_type, event_version, recorded_at, payload) ");
-        q.push_values(chunk, |mut b, r| {
+        let hashes = heads.hashes(conn, chunk, staged).await?;
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO events (stream, seq, event_type, event_version, recorded_at, payload, hash) ",
+        );
+        q.push_values(chunk.iter().zip(&hashes), |mut b, (r, h)| {
             b.push_bind(r.stream.clone())
                 .push_bind(r.seq as i64)
                 .push_bind(r.event_type)
                 .push_bind(r.event_version)
                 .push_bind(r.recorded_at.min(i64::MAX as u64) as i64)
-                .push_bind(r.payload.as_slice());
+                .push_bind(r.payload.as_slice())
+                .push_bind(h.as_slice());
         });
         if let Err(e) = q.build().execute(&mut *conn).await {
-            if matches!(&e, sqlx::Error::Database(db) if db.is_unique_violation()) {
+            // A second writer of a stream: UNIQUE, or the no-replace trigger that runs before it.
+            if matches!(&e, sqlx::Error::Database(db) if db.is_unique_violation() || db.message().contains(chain::REPLACE_REFUSED))
+            {
                 return Err(collision(conn, chunk).await);
             }
             return Err(classify(e));
@@ -606,11 +633,13 @@ pub struct CompactReport {
 /// gives each stream's next sequence number (the writer's, so seqs stay contiguous).
 pub(crate) async fn compact(
     conn: &mut SqliteConnection,
+    heads: &mut chain::Heads,
     watermark: i64,
     seqs: &mut std::collections::HashMap<std::sync::Arc<str>, u64>,
 ) -> Result<CompactReport, StoreError> {
-    use super::record::{CALL_SUMMARY, CallBatch, CallSummary, MinuteSummary, VERSION};
+    use super::record::{CALL_SUMMARY, CallBatch, CallSummary, MinuteSummary, ReplacedEvent, VERSION};
     conn.execute("BEGIN IMMEDIATE").await.map_err(classify)?;
+    let mut staged = std::collections::HashMap::new();
     let result: Result<CompactReport, StoreError> = async {
         let (old,): (i64,) = sqlx::query_as("SELECT compacted_before FROM retention WHERE id = 1")
             .fetch_one(&mut *conn)
@@ -651,8 +680,10 @@ pub(crate) async fn compact(
                 report.streams_without_snapshot.push(stream);
                 continue;
             };
-            let batches: Vec<(i64, u32, Vec<u8>)> = sqlx::query_as(
-                "SELECT position, event_version, payload FROM events
+            // position, version, payload, seq, hash
+            type BatchRow = (i64, u32, Vec<u8>, i64, Option<Vec<u8>>);
+            let batches: Vec<BatchRow> = sqlx::query_as(
+                "SELECT position, event_version, payload, seq, hash FROM events
                  WHERE stream = ? AND event_type = 'call_batch' AND recorded_at < ? AND seq < ? ORDER BY seq",
             )
             .bind(&stream)
@@ -667,18 +698,31 @@ pub(crate) async fn compact(
             // By hour, then by how many tailers' checkpoints lie before the batch (its side of
             // each checkpoint): one summary per stream, hour and side, which tailers skip or count.
             type Side = usize;
-            let mut summaries: std::collections::BTreeMap<
-                (u64, Side),
-                (i64, std::collections::BTreeMap<u64, MinuteSummary>),
-            > = std::collections::BTreeMap::new();
-            for (position, version, payload) in &batches {
+            type Minutes = std::collections::BTreeMap<u64, MinuteSummary>;
+            let mut summaries: std::collections::BTreeMap<(u64, Side), (i64, Minutes, Vec<ReplacedEvent>)> =
+                std::collections::BTreeMap::new();
+            for (position, version, payload, seq, hash) in &batches {
                 let batch = CallBatch::from_stored(*version, payload)
                     .map_err(|e| StoreError::Io(format!("call batch at position {position} does not decode: {e}")))?;
                 let side = tailers.partition_point(|(_, checkpoint)| checkpoint < position);
+                let mut kept = false;
                 for call in batch.iter() {
                     let minute = call.at_ms / 60_000 * 60_000;
-                    let (through, minutes) = summaries.entry((minute / 3_600_000 * 3_600_000, side)).or_default();
+                    let (through, minutes, replaced) =
+                        summaries.entry((minute / 3_600_000 * 3_600_000, side)).or_default();
                     *through = (*through).max(*position);
+                    // The removed event's link, kept by the (first) summary its calls went to,
+                    // so `verify` follows the chain across it.
+                    if !kept {
+                        replaced.push(ReplacedEvent {
+                            seq: *seq as u64,
+                            hash: hash
+                                .as_deref()
+                                .and_then(|h| <chain::Hash>::try_from(h).ok())
+                                .map(|h| chain::hex(&h)),
+                        });
+                        kept = true;
+                    }
                     minutes
                         .entry(minute)
                         .or_insert_with(|| MinuteSummary {
@@ -695,9 +739,10 @@ pub(crate) async fn compact(
                 Some(&s) => s,
                 None => last_seq(&mut *conn, &stream).await?,
             };
-            for ((hour, _), (through_position, minutes)) in summaries {
+            for ((hour, _), (through_position, minutes, replaced)) in summaries {
                 let summary = CallSummary {
                     minutes: minutes.into_values().collect(),
+                    replaced,
                     through_position,
                     folded_by: tailers
                         .iter()
@@ -728,12 +773,14 @@ pub(crate) async fn compact(
         }
         report.summaries = rows.len() as u64;
         if !rows.is_empty() {
-            append_in_transaction(conn, &rows).await?;
+            append_in_transaction(conn, heads, &mut staged, &rows).await?;
         }
         Ok(report)
     }
     .await;
-    end_transaction(conn, result).await
+    let report = end_transaction(conn, result).await?;
+    heads.keep(staged);
+    Ok(report)
 }
 
 /// Who holds the writer lease, and when they last renewed it.
@@ -971,28 +1018,40 @@ pub trait LogReader: Send + Sync {
     fn lease(&self) -> impl Future<Output = Result<Option<Lease>, StoreError>> + Send;
 }
 
-/// The SQLite write side: the one write connection.
-pub struct SqliteWriter(pub(crate) SqliteConnection);
+/// The SQLite write side: the one write connection, and each stream's head of the chain.
+pub struct SqliteWriter {
+    pub(crate) conn: SqliteConnection,
+    heads: chain::Heads,
+}
+
+impl SqliteWriter {
+    pub(crate) fn new(conn: SqliteConnection) -> Self {
+        SqliteWriter {
+            conn,
+            heads: chain::Heads::default(),
+        }
+    }
+}
 
 impl LogWriter for SqliteWriter {
     async fn append(&mut self, rows: &[Row]) -> Result<i64, StoreError> {
-        append(&mut self.0, rows).await
+        append(&mut self.conn, &mut self.heads, rows).await
     }
     async fn last_seq(&mut self, stream: &str) -> Result<u64, StoreError> {
-        last_seq(&mut self.0, stream).await
+        last_seq(&mut self.conn, stream).await
     }
     async fn last_position(&mut self) -> Result<i64, StoreError> {
-        last_position_conn(&mut self.0).await
+        last_position_conn(&mut self.conn).await
     }
     async fn compact(
         &mut self,
         watermark: i64,
         seqs: &mut std::collections::HashMap<std::sync::Arc<str>, u64>,
     ) -> Result<CompactReport, StoreError> {
-        compact(&mut self.0, watermark, seqs).await
+        compact(&mut self.conn, &mut self.heads, watermark, seqs).await
     }
     async fn acquire_lease(&mut self, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<Lease, StoreError> {
-        acquire_lease(&mut self.0, holder, now_ms, ttl_ms).await
+        acquire_lease(&mut self.conn, holder, now_ms, ttl_ms).await
     }
     async fn take_over_lease(
         &mut self,
@@ -1001,19 +1060,19 @@ impl LogWriter for SqliteWriter {
         ttl_ms: i64,
         dead: &Lease,
     ) -> Result<Lease, StoreError> {
-        take_over_lease(&mut self.0, holder, now_ms, ttl_ms, dead).await
+        take_over_lease(&mut self.conn, holder, now_ms, ttl_ms, dead).await
     }
     async fn release_lease(&mut self, holder: &str) -> Result<(), StoreError> {
-        release_lease(&mut self.0, holder).await
+        release_lease(&mut self.conn, holder).await
     }
     async fn set_max_size(&mut self, bytes: Option<u64>) -> Result<(), StoreError> {
-        set_max_size(&mut self.0, bytes).await
+        set_max_size(&mut self.conn, bytes).await
     }
     async fn side(&mut self, work: SideWork) {
-        work(Ok(&mut self.0)).await
+        work(Ok(&mut self.conn)).await
     }
     async fn close(self) -> Result<(), StoreError> {
-        close(self.0).await
+        close(self.conn).await
     }
 }
 
