@@ -20,6 +20,8 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod duration;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod journal;
 pub mod knobs;

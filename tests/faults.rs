@@ -306,3 +306,130 @@ fn an_environment_that_is_not_utf8_is_read_without_a_panic() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("CIRCUIT_BREAKER_FAILURE_THRESHOLD"), "{err}");
 }
+
+/// One request that may fail (the server is being killed): the status and body, or `None`.
+fn try_request(addr: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, response.split_once("\r\n\r\n")?.1.to_owned()))
+}
+
+#[test]
+fn a_hundred_sigkills_of_serve_under_command_load_lose_no_acknowledged_command() {
+    const CYCLES: u64 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("log.db");
+    let started = Instant::now();
+    // (position, reason) of every command answered `200, durable`.
+    let mut acknowledged: Vec<(i64, String)> = Vec::new();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for cycle in 0..CYCLES {
+        let (mut child, addr, _lines) = serve(&db, Stdio::null());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let load = {
+            let (addr, stop) = (addr.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for n in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let action = if n % 2 == 0 { "force-open" } else { "reset" };
+                    let reason = format!("cycle {cycle} command {n}");
+                    let body = format!(r#"{{"reason":"{reason}"}}"#);
+                    match try_request(&addr, &format!("/api/circuit-breakers/stripe/{action}"), &body) {
+                        Some((200, answer)) => {
+                            let v: Value = serde_json::from_str(&answer).unwrap();
+                            assert_eq!(v["durable"], true, "{answer}");
+                            acked.push((v["position"].as_i64().unwrap(), reason));
+                        }
+                        Some((code, answer)) => panic!("cycle {cycle}: {code} {answer}"),
+                        None => break,
+                    }
+                }
+                acked
+            })
+        };
+        // Killed at a seeded instant 30–230 ms into the load.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(30 + seed % 200));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        acknowledged.extend(load.join().unwrap());
+    }
+    let took = started.elapsed();
+    // Every acknowledged command is in the log, at the position its answer named.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let stored: std::collections::BTreeMap<i64, String> = rt.block_on(async {
+        let journal = breakerbox::journal::Journal::open(&db, breakerbox::journal::JournalOptions::default())
+            .await
+            .unwrap();
+        let mut out = std::collections::BTreeMap::new();
+        let mut after = 0;
+        loop {
+            let page = journal
+                .read_range(&["operator_command"], 0, i64::MAX, after, 1_000)
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            for e in &page {
+                let c: breakerbox::journal::OperatorCommand = breakerbox::journal::decode_record(e).unwrap();
+                out.insert(e.position, c.operator.why);
+            }
+        }
+        let report = journal.verify().await.unwrap();
+        assert!(report.ok(), "the chain holds across every kill: {:?}", report.findings);
+        journal.close().await;
+        out
+    });
+    let lost: Vec<&(i64, String)> = acknowledged
+        .iter()
+        .filter(|(p, why)| stored.get(p) != Some(why))
+        .collect();
+    eprintln!(
+        "{CYCLES} SIGKILLs in {:.1} s: {} commands acknowledged, {} in the log, {} lost",
+        took.as_secs_f64(),
+        acknowledged.len(),
+        stored.len(),
+        lost.len()
+    );
+    assert!(acknowledged.len() as u64 >= CYCLES, "the load ran: {} acknowledged", acknowledged.len());
+    assert!(lost.is_empty(), "acknowledged but not in the log: {lost:?}");
+}
+
+/// The fuzz targets' committed corpora (`fuzz/corpus/TARGET/*`, seeds and whatever `cargo fuzz`
+/// found worth keeping) replayed through the same bodies: none may panic.
+#[test]
+fn the_fuzz_corpora_replay_without_a_panic() {
+    let targets: [(&str, fn(&[u8])); 4] = [
+        ("event_codec", breakerbox::fuzzing::event_codec),
+        ("trace_parser", breakerbox::fuzzing::trace_parser),
+        ("config_parser", breakerbox::fuzzing::config_parser),
+        ("duration_parser", breakerbox::fuzzing::duration_parser),
+    ];
+    for (name, body) in targets {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(name);
+        let mut inputs = 0;
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            let caught = std::panic::catch_unwind(|| body(&data));
+            assert!(caught.is_ok(), "{name}: {} panics", path.display());
+            inputs += 1;
+        }
+        assert!(inputs > 0, "{name}: its corpus is empty");
+    }
+}
