@@ -140,10 +140,89 @@ fn sigterm(child: &mut Child, bound: Duration) -> (Duration, std::process::ExitS
     }
 }
 
+/// How the log fails under `serve`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    /// The disk fills up (a 16 MB tmpfs).
+    DiskFull,
+    /// The files become immutable (`chattr +i`: even root cannot write them).
+    Immutable,
+    /// Another process holds the database's write lock (`BEGIN EXCLUSIVE`).
+    Locked,
+}
+
 #[test]
 fn serve_on_a_full_disk_answers_states_and_commands_and_stops_on_sigterm_in_its_bound() {
     let Some(disk) = Tmpfs::mount(16) else { return };
-    let db = disk.path().join("log.db");
+    under_fault(Fault::DiskFull, disk.path(), || disk.fill());
+}
+
+#[test]
+fn serve_on_an_immutable_log_answers_states_and_commands_and_stops_on_sigterm_in_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = ["log.db", "log.db-wal", "log.db-shm"].map(|f| dir.path().join(f));
+    let chattr = |flag: &str, f: &Path| Command::new("chattr").arg(flag).arg(f).output();
+    // Can this machine make a file immutable? (root and a file system that keeps the flag)
+    let probe = dir.path().join("probe");
+    std::fs::write(&probe, b"").unwrap();
+    match chattr("+i", &probe) {
+        Ok(o) if o.status.success() => {
+            chattr("-i", &probe).unwrap();
+        }
+        other => {
+            let message = format!("chattr +i needs root and e2fsprogs: {other:?}");
+            assert!(std::env::var_os("CI").is_none(), "{message}");
+            eprintln!("skipped: {message}");
+            return;
+        }
+    }
+    // Made writable again however the test ends, so the directory can be removed.
+    struct Mutable<'a>(&'a [std::path::PathBuf]);
+    impl Drop for Mutable<'_> {
+        fn drop(&mut self) {
+            for f in self.0 {
+                let _ = Command::new("chattr").arg("-i").arg(f).output();
+            }
+        }
+    }
+    let _mutable = Mutable(&files);
+    under_fault(Fault::Immutable, dir.path(), || {
+        for f in &files {
+            let o = chattr("+i", f).unwrap();
+            assert!(o.status.success(), "chattr +i {}: {o:?}", f.display());
+        }
+    });
+}
+
+#[test]
+fn serve_with_its_log_locked_by_another_process_answers_and_stops_on_sigterm_in_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("log.db");
+    let (lock_tx, lock_rx) = mpsc::channel::<()>();
+    let (locked_tx, locked_rx) = mpsc::channel::<()>();
+    let holder = {
+        let db = db.clone();
+        std::thread::spawn(move || {
+            lock_rx.recv().unwrap();
+            let c = rusqlite::Connection::open(&db).unwrap();
+            c.execute_batch("BEGIN EXCLUSIVE").unwrap();
+            locked_tx.send(()).unwrap();
+            // Held until the test is done with serve.
+            let _ = lock_rx.recv();
+            drop(c);
+        })
+    };
+    under_fault(Fault::Locked, dir.path(), || {
+        lock_tx.send(()).unwrap();
+        locked_rx.recv().unwrap();
+    });
+    drop(lock_tx);
+    holder.join().unwrap();
+}
+
+/// `serve` on a log in `dir`, then `fault()` makes the log fail under it.
+fn under_fault(fault: Fault, dir: &Path, fault_now: impl FnOnce()) {
+    let db = dir.join("log.db");
     let (mut child, addr, lines) = serve(&db, Stdio::null());
     // Dashboards on the event stream must not hold the stop up.
     let streams: Vec<_> = (0..3)
@@ -162,7 +241,15 @@ fn serve_on_a_full_disk_answers_states_and_commands_and_stops_on_sigterm_in_its_
             })
         })
         .collect();
-    disk.fill();
+    // One command first, so the files exist and the lock is this process's to lose.
+    let (code, _) = request(
+        &addr,
+        "POST",
+        "/api/circuit-breakers/calcom/reset",
+        r#"{"reason":"before"}"#,
+    );
+    assert_eq!(code, 200);
+    fault_now();
 
     // A command is answered within its bound, applied, and said not to be durable.
     let started = Instant::now();
@@ -180,24 +267,32 @@ fn serve_on_a_full_disk_answers_states_and_commands_and_stops_on_sigterm_in_its_
         (answer["durable"].as_bool(), answer["to"].as_str()),
         (Some(false), Some("forced_open"))
     );
-    assert_eq!(answer["log"]["kind"], "full", "{answer}");
+    let kind = answer["log"]["kind"].clone();
+    match fault {
+        Fault::DiskFull => assert_eq!(kind, "full", "{answer}"),
+        Fault::Immutable => assert_eq!(kind, "read_only", "{answer}"),
+        // The first attempt may still be waiting out its busy timeout: not failed yet, or busy.
+        Fault::Locked => assert!(kind.is_null() || kind == "busy", "{answer}"),
+    }
 
     // The health document still has every breaker's state, and the log's condition.
     let (code, body) = request(&addr, "GET", "/api/health/circuit-breakers", "");
     assert_eq!(code, 200, "the log's outage does not make the process unready: {body}");
     let doc = json(&body);
-    assert_eq!(doc["status"], "fail");
-    assert_eq!(
-        (doc["log"]["status"].as_str(), doc["log"]["kind"].as_str()),
-        (Some("failing"), Some("full"))
-    );
-    assert!(doc["log"]["since_ms"].as_u64().is_some(), "{doc}");
+    if fault != Fault::Locked {
+        assert_eq!(doc["status"], "fail");
+        assert_eq!(doc["log"]["status"], "failing", "{doc}");
+        assert_eq!(doc["log"]["kind"], kind, "{doc}");
+        assert!(doc["log"]["since_ms"].as_u64().is_some(), "{doc}");
+    }
     assert_eq!(breaker(&doc, "stripe")["state"], "forced_open");
     assert_eq!(breaker(&doc, "calcom")["state"], "closed");
     let (code, metrics) = request(&addr, "GET", "/metrics", "");
     assert_eq!(code, 200, "{metrics}");
     assert!(metrics.contains("circuit_breaker_state{service=\"stripe\",state=\"forced_open\"} 1"));
-    assert!(metrics.contains("circuit_breaker_event_log_up 0"), "{metrics}");
+    if fault != Fault::Locked {
+        assert!(metrics.contains("circuit_breaker_event_log_up 0"), "{metrics}");
+    }
 
     // SIGTERM ends it within the bound (5 s), saying what was not written.
     let (took, status) = sigterm(&mut child, Duration::from_secs(5));
@@ -371,7 +466,10 @@ fn a_hundred_sigkills_of_serve_under_command_load_lose_no_acknowledged_command()
     }
     let took = started.elapsed();
     // Every acknowledged command is in the log, at the position its answer named.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let stored: std::collections::BTreeMap<i64, String> = rt.block_on(async {
         let journal = breakerbox::journal::Journal::open(&db, breakerbox::journal::JournalOptions::default())
             .await
@@ -406,7 +504,11 @@ fn a_hundred_sigkills_of_serve_under_command_load_lose_no_acknowledged_command()
         stored.len(),
         lost.len()
     );
-    assert!(acknowledged.len() as u64 >= CYCLES, "the load ran: {} acknowledged", acknowledged.len());
+    assert!(
+        acknowledged.len() as u64 >= CYCLES,
+        "the load ran: {} acknowledged",
+        acknowledged.len()
+    );
     assert!(lost.is_empty(), "acknowledged but not in the log: {lost:?}");
 }
 

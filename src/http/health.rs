@@ -303,7 +303,11 @@ pub(super) async fn command(
         })),
         Ok(r) => HttpResponse::Accepted().json(json!({
             "service": service, "from": r.from, "to": r.to, "durable": false, "position": null, "log": r.log,
-            "message": format!("applied, not yet durable: {}; it is written when the log recovers, and lost if this process stops first", r.log),
+            "message": if r.log.is_ok() {
+                "applied, not yet durable: the event log has not taken it within the command wait (a write is waiting: the database is locked or slow); it is written when the write goes through, and lost if this process stops first".to_owned()
+            } else {
+                format!("applied, not yet durable: {}; it is written when the log recovers, and lost if this process stops first", r.log)
+            },
         })),
         Err(e) => {
             tracing::error!(error = %e, "an operator command could not be recorded");

@@ -308,7 +308,7 @@ impl Journal {
                     .map_err(|e| StoreError::Io(format!("starting the journal runtime: {e}")))?;
                 rt.block_on(async move {
                     let (mut conn, clean, restored) = match store::open_writer(&thread_path, durability, busy).await {
-                        Ok((c, clean, restored)) => (SqliteWriter::new(c), clean, restored),
+                        Ok((c, clean, restored)) => (SqliteWriter::new(c, &thread_path), clean, restored),
                         Err(e) => {
                             let _ = opened_tx.send(Err(e));
                             return Ok(());

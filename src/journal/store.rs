@@ -1022,20 +1022,43 @@ pub trait LogReader: Send + Sync {
 pub struct SqliteWriter {
     pub(crate) conn: SqliteConnection,
     heads: chain::Heads,
+    path: std::path::PathBuf,
 }
 
 impl SqliteWriter {
-    pub(crate) fn new(conn: SqliteConnection) -> Self {
+    pub(crate) fn new(conn: SqliteConnection, path: &Path) -> Self {
         SqliteWriter {
             conn,
             heads: chain::Heads::default(),
+            path: path.to_path_buf(),
         }
+    }
+
+    /// SQLite reports a file it may not write (`chattr +i`, a read-only bind mount of one file)
+    /// as a disk I/O error once it is open: name it for what it is.
+    fn refine(&self, e: StoreError) -> StoreError {
+        let StoreError::Io(detail) = e else { return e };
+        let mut files = vec![self.path.clone()];
+        for suffix in ["-wal", "-shm"] {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            files.push(p.into());
+        }
+        for f in files {
+            if let Err(why) = std::fs::OpenOptions::new().append(true).open(&f)
+                && why.kind() == std::io::ErrorKind::PermissionDenied
+            {
+                return StoreError::ReadOnly(format!("{} cannot be written: {why} ({detail})", f.display()));
+            }
+        }
+        StoreError::Io(detail)
     }
 }
 
 impl LogWriter for SqliteWriter {
     async fn append(&mut self, rows: &[Row]) -> Result<i64, StoreError> {
-        append(&mut self.conn, &mut self.heads, rows).await
+        let appended = append(&mut self.conn, &mut self.heads, rows).await;
+        appended.map_err(|e| self.refine(e))
     }
     async fn last_seq(&mut self, stream: &str) -> Result<u64, StoreError> {
         last_seq(&mut self.conn, stream).await
