@@ -29,6 +29,9 @@ pub struct AppOptions {
     /// How often the metrics projection folds new events (None: not kept by this process; the
     /// HTTP API still brings it up to date when asked).
     pub project_every: Option<Duration>,
+    /// How often a `chain_anchor` records the heads of the streams written since the last one
+    /// (None: never; one is also written when the app stops). See `docs/durability.md`.
+    pub anchor_every: Option<Duration>,
     /// Deliver the configuration's alerts (`[alerts]`; nothing runs without sinks).
     pub alerts: bool,
     /// Reload from this file and environment on SIGHUP or when the file changes (None: no
@@ -50,6 +53,7 @@ impl Default for AppOptions {
             retention: Some(Duration::from_secs(7 * 86_400)),
             compact_every: Duration::from_secs(3_600),
             project_every: Some(Duration::from_secs(1)),
+            anchor_every: Some(Duration::from_secs(600)),
             alerts: true,
             reload: None,
             http: None,
@@ -154,6 +158,9 @@ impl App {
         if let Some(every) = options.project_every {
             app.tasks
                 .push(tokio::spawn(keep_projection(app.journal.clone(), every)));
+        }
+        if let Some(every) = options.anchor_every {
+            app.tasks.push(tokio::spawn(keep_anchors(app.journal.clone(), every)));
         }
         if let Some(retention) = options.retention {
             app.tasks.push(tokio::spawn(keep_retention(
@@ -304,6 +311,14 @@ impl App {
             .registry
             .shutdown_within(left.saturating_sub(Duration::from_secs(1)))
             .await;
+        if stopped.is_ok() {
+            // The heads as they are at the end, so what was written up to here is anchored.
+            match tokio::time::timeout(Duration::from_millis(500), self.journal.anchor()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "writing the last chain anchor failed"),
+                Err(_) => tracing::warn!("writing the last chain anchor took too long; skipped"),
+            }
+        }
         let closed = tokio::time::timeout(
             deadline
                 .saturating_duration_since(tokio::time::Instant::now())
@@ -326,6 +341,18 @@ async fn keep_projection(journal: Arc<Journal>, every: Duration) {
         tick.tick().await;
         if let Err(e) = projection.catch_up(&journal, 10_000).await {
             tracing::warn!(error = %e, "folding new events into the metrics projection failed; retrying");
+        }
+    }
+}
+
+/// Writes a chain anchor every `every` (when heads moved).
+async fn keep_anchors(journal: Arc<Journal>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = journal.anchor().await {
+            tracing::warn!(error = %e, "writing a chain anchor failed; retrying at the next interval");
         }
     }
 }

@@ -6,7 +6,7 @@ use crate::journal::StoredEvent;
 
 /// The event codec: any bytes as the payload of any stored type and version.
 pub fn event_codec(data: &[u8]) {
-    const TYPES: [&str; 13] = [
+    const TYPES: [&str; 14] = [
         "call_recorded",
         "trial_admitted",
         "transition",
@@ -19,6 +19,7 @@ pub fn event_codec(data: &[u8]) {
         "command_request",
         "call_stats",
         "alert_delivery",
+        "chain_anchor",
         "unknown",
     ];
     let Some((&pick, payload)) = data.split_first() else {

@@ -314,7 +314,7 @@ fn a_closed_stderr_never_turns_a_command_into_a_no_op() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("log.db");
     // `serve 2>&1 | tee log` with tee gone: stderr is a pipe whose reader has exited.
-    let (mut child, addr, _lines) = serve(&db, Stdio::piped());
+    let (mut child, addr, lines) = serve(&db, Stdio::piped());
     drop(child.stderr.take());
     let (code, body) = request(
         &addr,
@@ -328,12 +328,26 @@ fn a_closed_stderr_never_turns_a_command_into_a_no_op() {
     assert_eq!(breaker(&json(&body), "stripe")["state"], "forced_open");
     let (_, status) = sigterm(&mut child, Duration::from_secs(5));
     assert!(status.success(), "{status:?}");
+    let said: Vec<String> = lines.try_iter().collect();
+    assert!(
+        said.iter()
+            .any(|l| l.ends_with("log lines could not be written to stderr")),
+        "the lost log lines are counted and said where they can be read: {said:?}"
+    );
     // What it said it did is in the log: a restart has stripe still forced open.
     let (mut child, addr, _lines) = serve(&db, Stdio::null());
     let (_, body) = request(&addr, "GET", "/api/health/circuit-breakers/stripe", "");
     assert_eq!(breaker(&json(&body), "stripe")["state"], "forced_open", "{body}");
     let (_, status) = sigterm(&mut child, Duration::from_secs(5));
     assert!(status.success());
+    // Each stop anchored the heads it wrote, and the chain passes through them.
+    let out = Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+        .args(["verify", "--db", db.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["anchors_checked"].as_u64().unwrap() >= 2, "{report}");
 }
 
 #[test]

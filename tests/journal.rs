@@ -1639,6 +1639,14 @@ fn every_stored_record_kind_decodes_from_its_golden_bytes_and_refuses_an_unknown
         error: None,
         next_attempt_ms: Some(1_764_000_004_000),
     };
+    let anchor = breakerbox::journal::ChainAnchor {
+        at_ms: 1_764_000_005_000,
+        heads: vec![breakerbox::journal::Head {
+            stream: "stripe".into(),
+            seq: 42,
+            hash: Some("9f".repeat(32)),
+        }],
+    };
     let cases: Vec<(&str, &str, Vec<u8>, Decoded)> = vec![
         (
             "gap",
@@ -1675,6 +1683,12 @@ fn every_stored_record_kind_decodes_from_its_golden_bytes_and_refuses_an_unknown
             "alert_delivery.v1.msgpack",
             bytes(&delivery),
             Decoded::Delivery(delivery),
+        ),
+        (
+            "chain_anchor",
+            "chain_anchor.v1.msgpack",
+            bytes(&anchor),
+            Decoded::Anchor(anchor),
         ),
     ];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/events");
@@ -1938,4 +1952,54 @@ END;",
     );
     assert!(report.heads[0].hash.is_some());
     journal.close().await;
+}
+
+#[tokio::test]
+async fn the_logs_own_anchors_catch_a_stream_cut_short_before_them() {
+    use breakerbox::journal::Finding;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let journal = Journal::open(&path, opts()).await.unwrap();
+    let stripe: Arc<str> = Arc::from("stripe");
+    let mut b = Breaker::new(Policy::consecutive(3, 100)).unwrap();
+    for t in 0..20u64 {
+        drive(&journal, &stripe, &mut b, t * 10, Outcome::Failure);
+    }
+    journal.flush().await.unwrap();
+    assert!(journal.anchor().await.unwrap().is_some(), "heads moved: an anchor");
+    assert_eq!(journal.anchor().await.unwrap(), None, "nothing moved since");
+    let report = journal.verify().await.unwrap();
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!(report.anchors_checked, 1);
+    let (last_seq,): (i64,) = sqlx::query_as("SELECT MAX(seq) FROM events WHERE stream = 'stripe'")
+        .fetch_one(journal.pool())
+        .await
+        .unwrap();
+    journal.close().await;
+    // Stripe's newest event cut off, the trigger put back as it was: the chain alone cannot
+    // tell, the anchor written after it can.
+    let mut c = outsider(&path).await;
+    let (trigger,): (String,) =
+        sqlx::query_as("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'events_no_delete'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    sqlx::raw_sql("DROP TRIGGER events_no_delete; DELETE FROM events WHERE stream = 'stripe' AND seq = (SELECT MAX(seq) FROM events WHERE stream = 'stripe')")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(trigger))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    c.close().await.unwrap();
+    let report = verified(&path).await;
+    assert_eq!(
+        report.findings,
+        [Finding::Anchor {
+            stream: "stripe".into(),
+            seq: last_seq as u64,
+            found: None
+        }]
+    );
 }

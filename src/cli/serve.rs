@@ -57,6 +57,11 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
         // Until SIGINT or SIGTERM (actix-web stops the server on either).
         let served = app.served().await;
         app.shutdown().await.map_err(|e| CliError::Runtime(e.to_string()))?;
+        let dropped = super::STDERR_DROPPED.load(std::sync::atomic::Ordering::Relaxed);
+        if dropped > 0 {
+            // stderr went away at some point (`2>&1 | tee` with tee gone): say it where it can be read.
+            println!("{dropped} log lines could not be written to stderr");
+        }
         println!("stopped cleanly");
         served.map_err(|e| CliError::Runtime(e.to_string()))
     })

@@ -40,10 +40,10 @@ mod writer;
 pub use holder::{Claim, DEFAULT_LEASE_TTL, Holder, Mark, Standing, host_name};
 pub use record::{
     ALERT_DELIVERY, ALERTS_STREAM, AlertDelivery, AlertStatus, Body, CALL_BATCH, CALL_BATCH_VERSION, CALL_STATS,
-    CALL_SUMMARY, COMMAND_REQUEST, CallBatch, CallStats, CallSummary, CommandRequest, Decoded, DeliveryOutcome, GAP,
-    Gap, JOURNAL_STREAM, LATENCY_BOUNDS_MS, MAX_REASON_BYTES, MinuteSummary, OPERATOR_COMMAND, Operator,
-    OperatorCommand, Record, Recorded, Row, SNAPSHOT, StoredEvent, VERSION, check_reason, decode, decode_batch,
-    decode_record,
+    CALL_SUMMARY, CHAIN_ANCHOR, COMMAND_REQUEST, CallBatch, CallStats, CallSummary, ChainAnchor, CommandRequest,
+    Decoded, DeliveryOutcome, GAP, Gap, JOURNAL_STREAM, LATENCY_BOUNDS_MS, MAX_REASON_BYTES, MinuteSummary,
+    OPERATOR_COMMAND, Operator, OperatorCommand, Record, Recorded, Row, SNAPSHOT, StoredEvent, VERSION, check_reason,
+    decode, decode_batch, decode_record,
 };
 pub use store::chain::{Finding, Head, VerifyReport};
 pub use store::integrity::{Integrity, Unclean};
@@ -422,7 +422,33 @@ impl Journal {
     /// exported fails here.
     pub async fn verify_against(&self, anchors: &[Head]) -> Result<VerifyReport, JournalError> {
         let replaced = self.replaced().await?;
-        Ok(chain::verify(&self.readers.pool, &replaced, &self.restored_triggers, anchors).await?)
+        // The log's own anchors, and the exported ones.
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self.read_range(&[CHAIN_ANCHOR], 0, i64::MAX, after, 1_000).await?;
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            for e in &page {
+                let anchor: ChainAnchor = decode_record(e).map_err(|source| JournalError::Decode {
+                    position: e.position,
+                    source,
+                })?;
+                all.extend(anchor.heads);
+            }
+        }
+        all.extend(anchors.iter().cloned());
+        Ok(chain::verify(&self.readers.pool, &replaced, &self.restored_triggers, &all).await?)
+    }
+
+    /// Writes a `chain_anchor` to `_journal`: the heads of the streams written since the last
+    /// one (nothing when none was). [`crate::app::App`] writes one every
+    /// [`crate::app::AppOptions::anchor_every`] and when it stops. Answers with the anchor's
+    /// position, once durable.
+    pub async fn anchor(&self) -> Result<Option<i64>, JournalError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.shared.request(writer::Request::Anchor { reply });
+        Ok(answer.await.map_err(|_| JournalError::Closed)??)
     }
 
     /// What compaction kept of the events it removed, from the call summaries.
@@ -707,6 +733,7 @@ impl Journal {
                     | Decoded::Command(_)
                     | Decoded::Request(_)
                     | Decoded::Delivery(_)
+                    | Decoded::Anchor(_)
                     | Decoded::Other => {}
                 }
             }

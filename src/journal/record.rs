@@ -269,6 +269,8 @@ pub enum Decoded {
     Request(CommandRequest),
     /// An attempt to deliver an alert.
     Delivery(AlertDelivery),
+    /// The heads of the streams written since the previous anchor.
+    Anchor(ChainAnchor),
     /// A type this build does not know (a newer build added it): skipped by folds.
     Other,
 }
@@ -298,6 +300,7 @@ pub fn decode(e: &StoredEvent) -> Result<Decoded, DecodeError> {
         OPERATOR_COMMAND => Ok(Decoded::Command(decode_record(e)?)),
         COMMAND_REQUEST => Ok(Decoded::Request(decode_record(e)?)),
         ALERT_DELIVERY => Ok(Decoded::Delivery(decode_record(e)?)),
+        CHAIN_ANCHOR => Ok(Decoded::Anchor(decode_record(e)?)),
         t if codec::is_core_type(t) => Ok(Decoded::Breaker(vec![codec::decode(t, e.event_version, &e.payload)?])),
         // A type a newer build added: nothing here folds it; `audit` shows it by name.
         _ => Ok(Decoded::Other),
@@ -413,6 +416,29 @@ pub struct CallSummary {
     /// other way is still found). Empty in summaries written before the chain existed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replaced: Vec<ReplacedEvent>,
+}
+
+/// Event type of a chain anchor (stream `_journal`).
+pub const CHAIN_ANCHOR: &str = "chain_anchor";
+
+/// Payload of a `chain_anchor` event: the heads of the streams written since the previous
+/// anchor, as the writer committed them. `breakerbox verify` checks each is still on its
+/// stream's chain, so a stream cut short (or rewritten) before an anchor is found even without
+/// an exported one; the anchors are chained in `_journal` like any event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainAnchor {
+    /// When it was written.
+    pub at_ms: u64,
+    /// The heads.
+    pub heads: Vec<super::Head>,
+}
+
+impl Recorded for ChainAnchor {
+    const TYPE: &'static str = CHAIN_ANCHOR;
+    const VERSION: u32 = 1;
+    fn at_ms(&self) -> u64 {
+        self.at_ms
+    }
 }
 
 /// An event compaction removed: its seq and its hash (hex; `None` if it had none).

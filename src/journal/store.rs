@@ -291,7 +291,7 @@ pub(crate) async fn append(
     // rather than sqlx's Transaction: after a failed statement that one stays "open" until a
     // queued rollback runs, and the retry would be refused.
     conn.execute("BEGIN IMMEDIATE").await.map_err(classify)?;
-    let mut staged = std::collections::HashMap::new();
+    let mut staged = chain::Staged::new();
     let result = append_in_transaction(conn, heads, &mut staged, rows).await;
     let last = end_transaction(conn, result).await?;
     // The new heads only once committed: a rolled-back batch is retried on the old ones.
@@ -322,7 +322,7 @@ async fn end_transaction<T>(conn: &mut SqliteConnection, result: Result<T, Store
 async fn append_in_transaction(
     conn: &mut SqliteConnection,
     heads: &mut chain::Heads,
-    staged: &mut std::collections::HashMap<std::sync::Arc<str>, chain::Hash>,
+    staged: &mut chain::Staged,
     rows: &[Row],
 ) -> Result<i64, StoreError> {
     for chunk in rows.chunks(ROWS_PER_INSERT) {
@@ -639,7 +639,7 @@ pub(crate) async fn compact(
 ) -> Result<CompactReport, StoreError> {
     use super::record::{CALL_SUMMARY, CallBatch, CallSummary, MinuteSummary, ReplacedEvent, VERSION};
     conn.execute("BEGIN IMMEDIATE").await.map_err(classify)?;
-    let mut staged = std::collections::HashMap::new();
+    let mut staged = chain::Staged::new();
     let result: Result<CompactReport, StoreError> = async {
         let (old,): (i64,) = sqlx::query_as("SELECT compacted_before FROM retention WHERE id = 1")
             .fetch_one(&mut *conn)
@@ -897,6 +897,13 @@ pub trait LogWriter: Send + 'static {
         watermark: i64,
         seqs: &mut std::collections::HashMap<std::sync::Arc<str>, u64>,
     ) -> impl Future<Output = Result<CompactReport, StoreError>> + Send;
+    /// Appends a `chain_anchor` of the heads moved since the last one to `_journal`; its
+    /// position, or `None` when no head moved.
+    fn anchor(
+        &mut self,
+        now_ms: u64,
+        seqs: &mut std::collections::HashMap<std::sync::Arc<str>, u64>,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
     /// Takes or renews the writer lease.
     fn acquire_lease(
         &mut self,
@@ -1072,6 +1079,35 @@ impl LogWriter for SqliteWriter {
         seqs: &mut std::collections::HashMap<std::sync::Arc<str>, u64>,
     ) -> Result<CompactReport, StoreError> {
         compact(&mut self.conn, &mut self.heads, watermark, seqs).await
+    }
+    async fn anchor(
+        &mut self,
+        now_ms: u64,
+        seqs: &mut std::collections::HashMap<std::sync::Arc<str>, u64>,
+    ) -> Result<Option<i64>, StoreError> {
+        use super::record::{CHAIN_ANCHOR, ChainAnchor, JOURNAL_STREAM, Recorded};
+        let heads = self.heads.moved(JOURNAL_STREAM);
+        if heads.is_empty() {
+            return Ok(None);
+        }
+        let stream: std::sync::Arc<str> = std::sync::Arc::from(JOURNAL_STREAM);
+        let seq = match seqs.get(&stream) {
+            Some(&s) => s,
+            None => last_seq(&mut self.conn, JOURNAL_STREAM).await?,
+        } + 1;
+        let anchor = ChainAnchor { at_ms: now_ms, heads };
+        let row = Row {
+            stream: stream.clone(),
+            seq,
+            event_type: CHAIN_ANCHOR,
+            event_version: ChainAnchor::VERSION,
+            recorded_at: now_ms,
+            payload: rmp_serde::to_vec_named(&anchor).expect("an anchor always encodes"),
+        };
+        let position = self.append(std::slice::from_ref(&row)).await?;
+        seqs.insert(stream, seq);
+        self.heads.anchored();
+        Ok(Some(position))
     }
     async fn acquire_lease(&mut self, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<Lease, StoreError> {
         acquire_lease(&mut self.conn, holder, now_ms, ttl_ms).await

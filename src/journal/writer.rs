@@ -92,6 +92,10 @@ pub(crate) enum Request {
         watermark: i64,
         reply: tokio::sync::oneshot::Sender<Result<store::CompactReport, StoreError>>,
     },
+    /// Write a chain anchor (the heads moved since the last one).
+    Anchor {
+        reply: tokio::sync::oneshot::Sender<Result<Option<i64>, StoreError>>,
+    },
     /// Take the writer lease for `holder` (and keep renewing it), unless someone else holds it;
     /// with `dead`, from that holder, judged dead, if the lease is still exactly as judged.
     Lease {
@@ -650,6 +654,7 @@ impl<W: LogWriter> Writer<W> {
             match request {
                 Request::Lease { reply, .. } => drop(reply.send(Err(e))),
                 Request::Compact { reply, .. } => drop(reply.send(Err(e))),
+                Request::Anchor { reply } => drop(reply.send(Err(e))),
                 Request::Side(work) => work(Err(e)).await,
             }
             return;
@@ -675,6 +680,14 @@ impl<W: LogWriter> Writer<W> {
                         ttl,
                         renewed: Instant::now(),
                     });
+                }
+                let _ = reply.send(result);
+            }
+            Request::Anchor { reply } => {
+                let backup = self.seqs.clone();
+                let result = self.store.anchor(now_ms(), &mut self.seqs).await;
+                if result.is_err() {
+                    self.seqs = backup;
                 }
                 let _ = reply.send(result);
             }

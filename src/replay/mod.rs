@@ -129,11 +129,15 @@ fn push(out: &mut Vec<Entry>, e: &StoredEvent) -> Result<(), JournalError> {
             position: e.position,
             item: Item::Stats(stats),
         }),
-        Decoded::Gap(_) | Decoded::Command(_) | Decoded::Request(_) | Decoded::Delivery(_) | Decoded::Other => out
-            .push(Entry {
-                position: e.position,
-                item: Item::Other(e.event_type.clone()),
-            }),
+        Decoded::Gap(_)
+        | Decoded::Command(_)
+        | Decoded::Request(_)
+        | Decoded::Delivery(_)
+        | Decoded::Anchor(_)
+        | Decoded::Other => out.push(Entry {
+            position: e.position,
+            item: Item::Other(e.event_type.clone()),
+        }),
     }
     Ok(())
 }

@@ -115,6 +115,7 @@ fn fold(e: &StoredEvent, deltas: &mut Deltas, cursor: &mut Cursor, calls: &mut u
         | Decoded::Command(_)
         | Decoded::Request(_)
         | Decoded::Delivery(_)
+        | Decoded::Anchor(_)
         | Decoded::Other => {}
     }
     Ok(())

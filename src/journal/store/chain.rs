@@ -68,15 +68,22 @@ fn as_hash(bytes: &[u8]) -> Option<Hash> {
     bytes.try_into().ok()
 }
 
-/// Each stream's last hash, as the writer left it (loaded from the log on first sight).
+/// Each stream's last seq and hash, as the writer left it (loaded from the log on first sight),
+/// and those that moved since the last anchor.
 #[derive(Default)]
-pub(crate) struct Heads(HashMap<Arc<str>, Hash>);
+pub(crate) struct Heads {
+    last: HashMap<Arc<str>, Hash>,
+    moved: BTreeMap<Arc<str>, (u64, Hash)>,
+}
+
+/// A transaction's new heads, kept once it commits.
+pub(crate) type Staged = HashMap<Arc<str>, (u64, Hash)>;
 
 impl Heads {
     /// The hash the next event of `stream` chains to: its last event's, or [`GENESIS`] for a new
     /// stream or one whose last event was written before the chain existed.
     pub(crate) async fn get(&mut self, conn: &mut SqliteConnection, stream: &Arc<str>) -> Result<Hash, StoreError> {
-        if let Some(h) = self.0.get(stream) {
+        if let Some(h) = self.last.get(stream) {
             return Ok(*h);
         }
         let row: Option<(Option<Vec<u8>>,)> =
@@ -86,7 +93,7 @@ impl Heads {
                 .await
                 .map_err(classify)?;
         let h = row.and_then(|(h,)| h).as_deref().and_then(as_hash).unwrap_or(GENESIS);
-        self.0.insert(stream.clone(), h);
+        self.last.insert(stream.clone(), h);
         Ok(h)
     }
 
@@ -96,12 +103,12 @@ impl Heads {
         &mut self,
         conn: &mut SqliteConnection,
         rows: &[Row],
-        staged: &mut HashMap<Arc<str>, Hash>,
+        staged: &mut Staged,
     ) -> Result<Vec<Hash>, StoreError> {
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let prev = match staged.get(&r.stream) {
-                Some(h) => *h,
+                Some((_, h)) => *h,
                 None => self.get(conn, &r.stream).await?,
             };
             let h = link(
@@ -113,15 +120,37 @@ impl Heads {
                 r.recorded_at.min(i64::MAX as u64) as i64,
                 &r.payload,
             );
-            staged.insert(r.stream.clone(), h);
+            staged.insert(r.stream.clone(), (r.seq, h));
             out.push(h);
         }
         Ok(out)
     }
 
     /// Keeps heads of a committed transaction.
-    pub(crate) fn keep(&mut self, staged: HashMap<Arc<str>, Hash>) {
-        self.0.extend(staged);
+    pub(crate) fn keep(&mut self, staged: Staged) {
+        for (stream, (seq, h)) in staged {
+            self.last.insert(stream.clone(), h);
+            self.moved.insert(stream, (seq, h));
+        }
+    }
+
+    /// The heads that moved since the last anchor (but `except`'s, the anchors' own stream),
+    /// as an anchor records them.
+    pub(crate) fn moved(&self, except: &str) -> Vec<Head> {
+        self.moved
+            .iter()
+            .filter(|(s, _)| &***s != except)
+            .map(|(s, (seq, h))| Head {
+                stream: s.to_string(),
+                seq: *seq,
+                hash: Some(hex(h)),
+            })
+            .collect()
+    }
+
+    /// An anchor with these heads was committed.
+    pub(crate) fn anchored(&mut self) {
+        self.moved.clear();
     }
 }
 
@@ -327,6 +356,9 @@ pub struct VerifyReport {
     pub unchained_through: Option<i64>,
     /// Compacted events the chain was followed across (their hashes kept by the summaries).
     pub compacted: u64,
+    /// Heads checked against the chain: those of the log's own `chain_anchor` records, and
+    /// any exported ones given.
+    pub anchors_checked: u64,
     /// What is wrong, in log order per stream; empty for a log that verifies.
     pub findings: Vec<Finding>,
     /// Each stream's head: export these to check later that the log was not rewritten whole.
@@ -352,14 +384,19 @@ pub(crate) async fn verify(
     pool: &SqlitePool,
     replaced: &Replaced,
     restored: &[String],
-    anchors: &[Head],
+    anchors_given: &[Head],
 ) -> Result<VerifyReport, StoreError> {
-    let mut anchors: HashMap<(String, u64), Option<String>> = anchors
-        .iter()
-        .map(|h| ((h.stream.clone(), h.seq), h.hash.clone()))
-        .collect();
+    // Every anchor must hold; two naming one (stream, seq) must agree (both are checked).
+    let mut anchors: HashMap<(String, u64), Vec<Option<String>>> = HashMap::new();
+    for h in anchors_given {
+        anchors
+            .entry((h.stream.clone(), h.seq))
+            .or_default()
+            .push(h.hash.clone());
+    }
     let mut report = VerifyReport {
         findings: restored.iter().map(|n| Finding::Trigger { name: n.clone() }).collect(),
+        anchors_checked: anchors_given.len() as u64,
         ..VerifyReport::default()
     };
     let none = BTreeMap::new();
@@ -388,9 +425,9 @@ pub(crate) async fn verify(
             let seq = seq.max(0) as u64;
             w.gap_to(seq, replaced.get(&stream).unwrap_or(&none), &mut report);
             report.events += 1;
-            if let Some(want) = anchors.remove(&(stream.clone(), seq)) {
+            if let Some(wants) = anchors.remove(&(stream.clone(), seq)) {
                 let found = hash.as_deref().and_then(as_hash).map(|h| hex(&h));
-                if found != want {
+                if wants.iter().any(|want| *want != found) {
                     report.findings.push(Finding::Anchor {
                         stream: stream.clone(),
                         seq,
@@ -439,12 +476,12 @@ pub(crate) async fn verify(
     // Anchors not met: compacted since (their hash kept by a summary), or gone.
     let mut left: Vec<_> = anchors.into_iter().collect();
     left.sort();
-    for ((stream, seq), want) in left {
+    for ((stream, seq), wants) in left {
         let kept = replaced
             .get(&stream)
             .and_then(|r| r.get(&seq))
             .map(|h| h.map(|h| hex(&h)));
-        if kept.as_ref() != Some(&want) {
+        if wants.iter().any(|want| kept.as_ref() != Some(want)) {
             report.findings.push(Finding::Anchor {
                 stream,
                 seq,
