@@ -530,7 +530,8 @@ fn a_hundred_sigkills_of_serve_under_command_load_lose_no_acknowledged_command()
 /// found worth keeping) replayed through the same bodies: none may panic.
 #[test]
 fn the_fuzz_corpora_replay_without_a_panic() {
-    let targets: [(&str, fn(&[u8])); 4] = [
+    type Body = fn(&[u8]);
+    let targets: [(&str, Body); 4] = [
         ("event_codec", breakerbox::fuzzing::event_codec),
         ("trace_parser", breakerbox::fuzzing::trace_parser),
         ("config_parser", breakerbox::fuzzing::config_parser),
