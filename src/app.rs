@@ -307,9 +307,11 @@ impl App {
         }
         // The breakers get what is left but the last second, the log's close that second.
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        // Never less than half a second, so a healthy log is not reported as failing only
+        // because something before took its time.
         let stopped = self
             .registry
-            .shutdown_within(left.saturating_sub(Duration::from_secs(1)))
+            .shutdown_within(left.saturating_sub(Duration::from_secs(1)).max(Duration::from_millis(500)))
             .await;
         if stopped.is_ok() {
             // The heads as they are at the end, so what was written up to here is anchored.
