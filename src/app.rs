@@ -311,7 +311,10 @@ impl App {
         // because something before took its time.
         let stopped = self
             .registry
-            .shutdown_within(left.saturating_sub(Duration::from_secs(1)).max(Duration::from_millis(500)))
+            .shutdown_within(
+                left.saturating_sub(Duration::from_secs(1))
+                    .max(Duration::from_millis(500)),
+            )
             .await;
         if stopped.is_ok() {
             // The heads as they are at the end, so what was written up to here is anchored.

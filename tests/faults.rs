@@ -550,3 +550,70 @@ fn the_fuzz_corpora_replay_without_a_panic() {
         assert!(inputs > 0, "{name}: its corpus is empty");
     }
 }
+
+#[test]
+fn the_reading_commands_answer_from_a_log_on_a_read_only_mount() {
+    let src = tempfile::tempdir().unwrap();
+    let db = src.path().join("log.db");
+    let (mut child, addr, _lines) = serve(&db, Stdio::null());
+    let (code, _) = request(
+        &addr,
+        "POST",
+        "/api/circuit-breakers/stripe/force-open",
+        r#"{"reason":"before the mount"}"#,
+    );
+    assert_eq!(code, 200);
+    let (_, status) = sigterm(&mut child, Duration::from_secs(5));
+    assert!(status.success());
+    // The same directory, mounted read-only (a backup volume, a snapshot, an inspection copy).
+    let ro = tempfile::tempdir().unwrap();
+    let bind = Command::new("mount")
+        .arg("--bind")
+        .arg(src.path())
+        .arg(ro.path())
+        .output();
+    if !bind.as_ref().is_ok_and(|o| o.status.success()) {
+        let message = format!("a read-only bind mount needs root: {bind:?}");
+        assert!(std::env::var_os("CI").is_none(), "{message}");
+        eprintln!("skipped: {message}");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(ro.path());
+    let remount = Command::new("mount")
+        .args(["-o", "remount,bind,ro"])
+        .arg(ro.path())
+        .status()
+        .unwrap();
+    assert!(remount.success());
+    let db = ro.path().join("log.db");
+    let db = db.to_str().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["status", "--db", db, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(breaker(&doc, "stripe")["state"], "forced_open", "{doc}");
+    // Its figures are the projection's as it was: said, not hidden.
+    assert!(
+        doc["read_error"].as_str().unwrap_or_default().contains("read-only"),
+        "{doc}"
+    );
+    let out = run(&["audit", "--db", db, "--kind", "command"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("before the mount"));
+    let out = run(&["verify", "--db", db]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    // A command cannot be recorded there: refused, and said.
+    let out = run(&["reset", "stripe", "--reason", "on a read-only copy", "--db", db]);
+    assert!(!out.status.success());
+}
