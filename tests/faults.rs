@@ -617,3 +617,43 @@ fn the_reading_commands_answer_from_a_log_on_a_read_only_mount() {
     let out = run(&["reset", "stripe", "--reason", "on a read-only copy", "--db", db]);
     assert!(!out.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_calls_are_served_at_full_speed_while_the_disk_is_full_and_the_app_still_stops_in_time() {
+    use breakerbox::app::{App, AppOptions};
+    let Some(disk) = Tmpfs::mount(16) else { return };
+    let config = breakerbox::config::Config::embedded();
+    let app = App::start(&disk.path().join("log.db"), &config, AppOptions::default())
+        .await
+        .unwrap();
+    let stripe = app.registry().get("stripe").unwrap().clone();
+    stripe.call("", async { Ok::<_, &str>(()) }).await.unwrap();
+    app.journal().flush().await.unwrap();
+    disk.fill();
+    // The log fails from the next append on; the calls never wait for it.
+    let started = Instant::now();
+    for i in 0..20_000u32 {
+        let r = stripe.call("", async move { Ok::<_, &str>(i) }).await;
+        assert_eq!(r.unwrap(), i);
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "20,000 calls took {took:?}");
+    let mut progress = app.journal().subscribe();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        progress.wait_for(|p| p.failing == Some("full")),
+    )
+    .await
+    .expect("the outage is visible")
+    .unwrap();
+    assert_eq!(stripe.state(), breakerbox::breaker::State::Closed);
+    let stopping = Instant::now();
+    let stopped = app.shutdown().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(7),
+        "stopped after {:?}",
+        stopping.elapsed()
+    );
+    let e = stopped.expect_err("the last events could not be written");
+    assert!(e.to_string().contains("not durable"), "{e}");
+}
