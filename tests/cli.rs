@@ -1,5 +1,8 @@
 //! The `breakerbox` binary as a user runs it.
 
+#[path = "support/tamper.rs"]
+mod tamper;
+
 use serde_json::Value;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -1975,31 +1978,7 @@ fn verify_passes_a_recorded_log_and_an_exported_anchor_catches_a_log_cut_short()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        use sqlx::{ConnectOptions, Connection};
-        let mut c = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&db)
-            .connect()
-            .await
-            .unwrap();
-        let (trigger,): (String,) =
-            sqlx::query_as("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'events_no_delete'")
-                .fetch_one(&mut c)
-                .await
-                .unwrap();
-        sqlx::raw_sql(
-            "DROP TRIGGER events_no_delete;
-             DELETE FROM events WHERE position = (SELECT MAX(position) FROM events WHERE stream = 'stripe')",
-        )
-        .execute(&mut c)
-        .await
-        .unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(trigger))
-            .execute(&mut c)
-            .await
-            .unwrap();
-        c.close().await.unwrap();
-    });
+    rt.block_on(tamper::cut_newest(&db, "stripe"));
     let out = breakerbox(&["verify", "--db", db_s], "");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     let out = breakerbox(&["verify", "--db", db_s, "--anchor", anchor.to_str().unwrap()], "");

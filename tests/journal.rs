@@ -1,5 +1,8 @@
 //! The event log: append-only, group commit, recovery, faults, and a SIGKILL crash test.
 
+#[path = "support/tamper.rs"]
+mod tamper;
+
 use breakerbox::breaker::{Breaker, Command, Decision, Event, Outcome, Policy, State};
 use breakerbox::journal::{
     BackgroundCheck, Body, Decoded, Durability, GAP, Integrity, Journal, JournalError, JournalOptions, SNAPSHOT,
@@ -1718,15 +1721,6 @@ fn every_stored_record_kind_decodes_from_its_golden_bytes_and_refuses_an_unknown
     }
 }
 
-/// A plain sqlite3-like connection: recursive_triggers off, as the sqlite3 shell has it.
-async fn outsider(path: &Path) -> SqliteConnection {
-    sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(path)
-        .connect()
-        .await
-        .unwrap()
-}
-
 /// A closed log of two breakers' traffic: its path and its events.
 async fn chained_log(dir: &Path, name: &str) -> (std::path::PathBuf, Vec<StoredEvent>) {
     let path = dir.join(name);
@@ -1767,7 +1761,7 @@ async fn verify_passes_a_clean_log_and_names_each_form_of_tampering() {
     let (middle, next) = (stripe[stripe.len() / 2], stripe[stripe.len() / 2 + 1]);
 
     // REPLACE and INSERT OR REPLACE are refused by the schema, even where recursive_triggers is off.
-    let mut conn = outsider(&clean).await;
+    let mut conn = tamper::outsider(&clean).await;
     for sql in [
         format!(
             "REPLACE INTO events (position, stream, seq, event_type, event_version, recorded_at, payload) VALUES ({}, 'stripe', {}, 'transition', 1, 0, x'00')",
@@ -1855,7 +1849,7 @@ async fn verify_passes_a_clean_log_and_names_each_form_of_tampering() {
     for (name, sql, want) in cases {
         let copy = dir.path().join(format!("{}.db", name.replace([' ', ','], "_")));
         std::fs::copy(&clean, &copy).unwrap();
-        let mut conn = outsider(&copy).await;
+        let mut conn = tamper::outsider(&copy).await;
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
             .execute(&mut conn)
             .await
@@ -1872,7 +1866,7 @@ async fn verify_passes_a_clean_log_and_names_each_form_of_tampering() {
             report.findings
         );
         // The open put the dropped trigger back: the next tampering is refused again.
-        let mut conn = outsider(&copy).await;
+        let mut conn = tamper::outsider(&copy).await;
         let again = sqlx::query("UPDATE events SET payload = x'00' WHERE position = 1")
             .execute(&mut conn)
             .await;
@@ -1921,7 +1915,7 @@ async fn verify_follows_the_chain_across_compaction_and_through_a_log_from_befor
     journal.close().await;
 
     // A log written before the chain: no hashes (the triggers as the migrations made them).
-    let mut conn = outsider(&old).await;
+    let mut conn = tamper::outsider(&old).await;
     sqlx::raw_sql(
         "DROP TRIGGER events_no_update; UPDATE events SET hash = NULL;
          CREATE TRIGGER events_no_update BEFORE UPDATE ON events
@@ -1978,21 +1972,7 @@ async fn the_logs_own_anchors_catch_a_stream_cut_short_before_them() {
     journal.close().await;
     // Stripe's newest event cut off, the trigger put back as it was: the chain alone cannot
     // tell, the anchor written after it can.
-    let mut c = outsider(&path).await;
-    let (trigger,): (String,) =
-        sqlx::query_as("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = 'events_no_delete'")
-            .fetch_one(&mut c)
-            .await
-            .unwrap();
-    sqlx::raw_sql("DROP TRIGGER events_no_delete; DELETE FROM events WHERE stream = 'stripe' AND seq = (SELECT MAX(seq) FROM events WHERE stream = 'stripe')")
-        .execute(&mut c)
-        .await
-        .unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(trigger))
-        .execute(&mut c)
-        .await
-        .unwrap();
-    c.close().await.unwrap();
+    tamper::cut_newest(&path, "stripe").await;
     let report = verified(&path).await;
     assert_eq!(
         report.findings,

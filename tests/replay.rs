@@ -3,6 +3,8 @@
 
 #[path = "support/lock.rs"]
 mod lock;
+#[path = "support/tamper.rs"]
+mod tamper;
 
 use breakerbox::actor::{Clock, Operator, Registry, RegistryOptions};
 use breakerbox::breaker::{Event, Outcome, Policy, State};
@@ -1274,9 +1276,7 @@ async fn one_undecodable_event_is_reported_and_skipped_and_free_text_is_shown_on
     let db = dir.path().join("log.db");
     {
         use sqlx::Connection;
-        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-            .await
-            .unwrap();
+        let mut c = tamper::outsider(&db).await;
         sqlx::query("DROP TRIGGER events_no_update")
             .execute(&mut c)
             .await

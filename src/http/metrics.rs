@@ -11,6 +11,12 @@ use std::fmt::Write as _;
 /// Transitions by (breaker, from, to).
 pub(super) type TransitionCounts = BTreeMap<(String, State, State), u64>;
 
+/// A metric family's `# HELP` and `# TYPE` lines.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
 fn label(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
@@ -41,11 +47,12 @@ pub(super) async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
         seen.1.clone()
     };
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP circuit_breaker_state 1 for the state each breaker is in, 0 for the others."
+    family(
+        &mut out,
+        "circuit_breaker_state",
+        "gauge",
+        "1 for the state each breaker is in, 0 for the others.",
     );
-    let _ = writeln!(out, "# TYPE circuit_breaker_state gauge");
     for h in state.registry.handles() {
         let current = h.state();
         for s in State::ALL {
@@ -58,11 +65,12 @@ pub(super) async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP circuit_breaker_calls_total Calls by outcome (rejected and fallback included)."
+    family(
+        &mut out,
+        "circuit_breaker_calls_total",
+        "counter",
+        "Calls by outcome (rejected and fallback included).",
     );
-    let _ = writeln!(out, "# TYPE circuit_breaker_calls_total counter");
     for k in &keys {
         let m = totals.get(k).cloned().unwrap_or_default();
         for (outcome, n) in [
@@ -81,11 +89,12 @@ pub(super) async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP circuit_breaker_call_duration_seconds Latency of the calls that ran."
+    family(
+        &mut out,
+        "circuit_breaker_call_duration_seconds",
+        "histogram",
+        "Latency of the calls that ran.",
     );
-    let _ = writeln!(out, "# TYPE circuit_breaker_call_duration_seconds histogram");
     for k in &keys {
         let m = totals.get(k).cloned().unwrap_or_default();
         let mut cumulative = 0;
@@ -117,11 +126,12 @@ pub(super) async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
             m.calls()
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP circuit_breaker_failure_ratio Failed and timed-out share of the calls of the last 5 minutes."
+    family(
+        &mut out,
+        "circuit_breaker_failure_ratio",
+        "gauge",
+        "Failed and timed-out share of the calls of the last 5 minutes.",
     );
-    let _ = writeln!(out, "# TYPE circuit_breaker_failure_ratio gauge");
     for b in report.breakers.iter().filter(|b| b.metrics_5m.is_some()) {
         let ratio = b.failure_ratio_5m.unwrap_or(0.0);
         let _ = writeln!(
@@ -130,11 +140,12 @@ pub(super) async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
             label(&b.service)
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP circuit_breaker_health_ratio The health score (docs/health-score.md) as a 0-1 ratio."
+    family(
+        &mut out,
+        "circuit_breaker_health_ratio",
+        "gauge",
+        "The health score (docs/health-score.md) as a 0-1 ratio.",
     );
-    let _ = writeln!(out, "# TYPE circuit_breaker_health_ratio gauge");
     for b in &report.breakers {
         let Some(health) = &b.health else { continue };
         let _ = writeln!(
@@ -144,11 +155,12 @@ pub(super) async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
             f64::from(health.score) / 100.0
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP circuit_breaker_half_open_permits_in_use Trial permits out."
+    family(
+        &mut out,
+        "circuit_breaker_half_open_permits_in_use",
+        "gauge",
+        "Trial permits out.",
     );
-    let _ = writeln!(out, "# TYPE circuit_breaker_half_open_permits_in_use gauge");
     for h in state.registry.handles() {
         let _ = writeln!(
             out,
@@ -157,11 +169,12 @@ pub(super) async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
             h.trial_permits()
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP circuit_breaker_transitions_total State changes by from and to."
+    family(
+        &mut out,
+        "circuit_breaker_transitions_total",
+        "counter",
+        "State changes by from and to.",
     );
-    let _ = writeln!(out, "# TYPE circuit_breaker_transitions_total counter");
     for ((k, from, to), n) in &transitions {
         let _ = writeln!(
             out,
@@ -169,39 +182,43 @@ pub(super) async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
             label(k)
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP circuit_breaker_event_log_up 1 while this process's event log takes appends, 0 while they fail."
+    family(
+        &mut out,
+        "circuit_breaker_event_log_up",
+        "gauge",
+        "1 while this process's event log takes appends, 0 while they fail.",
     );
-    let _ = writeln!(out, "# TYPE circuit_breaker_event_log_up gauge");
     let _ = writeln!(out, "circuit_breaker_event_log_up {}", u8::from(report.log.is_ok()));
-    let _ = writeln!(
-        out,
-        "# HELP circuit_breaker_event_log_readable 1 while the health figures could be read from the log."
+    family(
+        &mut out,
+        "circuit_breaker_event_log_readable",
+        "gauge",
+        "1 while the health figures could be read from the log.",
     );
-    let _ = writeln!(out, "# TYPE circuit_breaker_event_log_readable gauge");
     let _ = writeln!(
         out,
         "circuit_breaker_event_log_readable {}",
         u8::from(report.breakers.iter().all(|b| b.health.is_some()))
     );
     let stats = journal.stats();
-    let _ = writeln!(
-        out,
-        "# HELP circuit_breaker_event_log_errors_total Failed appends to the event log, by kind."
+    family(
+        &mut out,
+        "circuit_breaker_event_log_errors_total",
+        "counter",
+        "Failed appends to the event log, by kind.",
     );
-    let _ = writeln!(out, "# TYPE circuit_breaker_event_log_errors_total counter");
     for (i, kind) in crate::journal::ERROR_KINDS.iter().enumerate() {
         let n = stats.errors[i].load(std::sync::atomic::Ordering::Relaxed);
         let _ = writeln!(out, "circuit_breaker_event_log_errors_total{{kind=\"{kind}\"}} {n}");
     }
     let commits = stats.commits.load(std::sync::atomic::Ordering::Relaxed);
     let micros = stats.commit_us_total.load(std::sync::atomic::Ordering::Relaxed);
-    let _ = writeln!(
-        out,
-        "# HELP circuit_breaker_event_log_commit_seconds Time spent committing event-log batches."
+    family(
+        &mut out,
+        "circuit_breaker_event_log_commit_seconds",
+        "summary",
+        "Time spent committing event-log batches.",
     );
-    let _ = writeln!(out, "# TYPE circuit_breaker_event_log_commit_seconds summary");
     let _ = writeln!(
         out,
         "circuit_breaker_event_log_commit_seconds_sum {}",

@@ -424,16 +424,8 @@ impl Journal {
         let replaced = self.replaced().await?;
         // The log's own anchors, and the exported ones.
         let mut all = Vec::new();
-        let mut after = 0;
-        loop {
-            let page = self.read_range(&[CHAIN_ANCHOR], 0, i64::MAX, after, 1_000).await?;
-            let Some(last) = page.last() else { break };
-            after = last.position;
-            for e in &page {
-                let anchor: ChainAnchor = decode_record(e).map_err(|source| JournalError::Decode {
-                    position: e.position,
-                    source,
-                })?;
+        for e in self.every(CHAIN_ANCHOR).await? {
+            if let Decoded::Anchor(anchor) = decoded(&e)? {
                 all.extend(anchor.heads);
             }
         }
@@ -454,19 +446,8 @@ impl Journal {
     /// What compaction kept of the events it removed, from the call summaries.
     async fn replaced(&self) -> Result<chain::Replaced, JournalError> {
         let mut out = chain::Replaced::new();
-        let mut after = 0;
-        loop {
-            let page = self.read_range(&[CALL_SUMMARY], 0, i64::MAX, after, 1_000).await?;
-            let Some(last) = page.last() else { break };
-            after = last.position;
-            for e in &page {
-                let Decoded::Summary(summary) = decode(e).map_err(|source| JournalError::Decode {
-                    position: e.position,
-                    source,
-                })?
-                else {
-                    continue;
-                };
+        for e in self.every(CALL_SUMMARY).await? {
+            if let Decoded::Summary(summary) = decoded(&e)? {
                 let stream = out.entry(e.stream.clone()).or_default();
                 for r in summary.replaced {
                     stream.insert(r.seq, r.hash.as_deref().and_then(chain::from_hex));
@@ -474,6 +455,19 @@ impl Journal {
             }
         }
         Ok(out)
+    }
+
+    /// Every event of one (rare) type, in log order: anchors, summaries.
+    async fn every(&self, event_type: &'static str) -> Result<Vec<StoredEvent>, JournalError> {
+        let mut out: Vec<StoredEvent> = Vec::new();
+        loop {
+            let after = out.last().map_or(0, |e| e.position);
+            let page = self.read_range(&[event_type], 0, i64::MAX, after, 1_000).await?;
+            if page.is_empty() {
+                return Ok(out);
+            }
+            out.extend(page);
+        }
     }
 
     /// How the file's integrity was established at open, and what the background check found
@@ -797,6 +791,14 @@ impl Journal {
         }
         self.readers.close().await;
     }
+}
+
+/// `decode`, its error naming the event's position.
+fn decoded(e: &StoredEvent) -> Result<Decoded, JournalError> {
+    decode(e).map_err(|source| JournalError::Decode {
+        position: e.position,
+        source,
+    })
 }
 
 /// Joins `thread` once it has finished, polling: no blocking task is left behind when the

@@ -705,24 +705,13 @@ pub(crate) async fn compact(
                 let batch = CallBatch::from_stored(*version, payload)
                     .map_err(|e| StoreError::Io(format!("call batch at position {position} does not decode: {e}")))?;
                 let side = tailers.partition_point(|(_, checkpoint)| checkpoint < position);
-                let mut kept = false;
+                let mut first = None;
                 for call in batch.iter() {
                     let minute = call.at_ms / 60_000 * 60_000;
-                    let (through, minutes, replaced) =
-                        summaries.entry((minute / 3_600_000 * 3_600_000, side)).or_default();
+                    let key = (minute / 3_600_000 * 3_600_000, side);
+                    first.get_or_insert(key);
+                    let (through, minutes, _) = summaries.entry(key).or_default();
                     *through = (*through).max(*position);
-                    // The removed event's link, kept by the (first) summary its calls went to,
-                    // so `verify` follows the chain across it.
-                    if !kept {
-                        replaced.push(ReplacedEvent {
-                            seq: *seq as u64,
-                            hash: hash
-                                .as_deref()
-                                .and_then(|h| <chain::Hash>::try_from(h).ok())
-                                .map(|h| chain::hex(&h)),
-                        });
-                        kept = true;
-                    }
                     minutes
                         .entry(minute)
                         .or_insert_with(|| MinuteSummary {
@@ -731,6 +720,14 @@ pub(crate) async fn compact(
                         })
                         .add(&call);
                     report.calls += 1;
+                }
+                // The removed event's link, kept by the summary its first call went to, so
+                // `verify` follows the chain across it.
+                if let Some(key) = first {
+                    summaries.entry(key).or_default().2.push(ReplacedEvent {
+                        seq: *seq as u64,
+                        hash: hash.as_deref().map(chain::hex),
+                    });
                 }
             }
             report.batches += batches.len() as u64;

@@ -31,16 +31,6 @@ pub struct WriterLimits {
     pub max_backoff: Duration,
 }
 
-impl Progress {
-    /// An attempt failed with `kind`: the outage starts now unless it already had.
-    fn fail(&mut self, kind: &'static str) {
-        self.failing = Some(kind);
-        if self.failing_since_ms.is_none() {
-            self.failing_since_ms = Some(now_ms());
-        }
-    }
-}
-
 /// What has been made durable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -53,6 +43,16 @@ pub struct Progress {
     /// Since when it has been failing (ms since the Unix epoch): the first failed attempt of
     /// this outage.
     pub failing_since_ms: Option<u64>,
+}
+
+impl Progress {
+    /// An attempt failed with `kind`: the outage starts now unless it already had.
+    fn fail(&mut self, kind: &'static str) {
+        self.failing = Some(kind);
+        if self.failing_since_ms.is_none() {
+            self.failing_since_ms = Some(now_ms());
+        }
+    }
 }
 
 #[derive(Default)]
@@ -684,12 +684,8 @@ impl<W: LogWriter> Writer<W> {
                 let _ = reply.send(result);
             }
             Request::Anchor { reply } => {
-                let backup = self.seqs.clone();
-                let result = self.store.anchor(now_ms(), &mut self.seqs).await;
-                if result.is_err() {
-                    self.seqs = backup;
-                }
-                let _ = reply.send(result);
+                // Its seq is taken only once its row committed: nothing to roll back.
+                let _ = reply.send(self.store.anchor(now_ms(), &mut self.seqs).await);
             }
             Request::Compact { watermark, reply } => {
                 // Seqs handed to summaries count only if the transaction commits.

@@ -48,7 +48,7 @@ pub fn link(
 }
 
 /// Lower-case hex of a hash.
-pub fn hex(h: &Hash) -> String {
+pub fn hex(h: &[u8]) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
 }
 
