@@ -18,12 +18,15 @@
 mod admission;
 mod call;
 mod command;
+mod driver;
 mod gate;
 mod handle;
 mod registry;
 pub mod remote;
 mod reqwest;
 mod service;
+#[cfg(test)]
+mod sim;
 mod tower;
 mod watch;
 

@@ -1,14 +1,14 @@
-//! The actor that owns one breaker: the only writer of its stream. It drives the pure core with
-//! the callers' records, runs the timers, applies commands and policy changes, hands every event
-//! to the journal, and publishes the state callers read.
+//! The actor that owns one breaker: the only writer of its stream. A thin actix shell around
+//! its [`Driver`] (the logic: folding the callers' records into the core, commands, policy
+//! changes, events to the journal, the published state): this reads the clock, arms the core's
+//! timers and the schedule's, answers messages, and restarts from the log after a panic.
 
-use super::command::Decided;
-use super::gate::{self, Gate, Record};
-use crate::breaker::{Breaker, Command, Decision, Event, Outcome, Permit, Policy, State};
+use super::driver::{Applied, Driver};
+use super::gate::Gate;
+use crate::breaker::{Breaker, Command, Outcome, Policy, State};
 use crate::clock::Clock;
 use crate::config::BreakerConfig;
-use crate::journal::{Body, Journal, JournalError, LogCondition};
-use crate::journal::{CallStats, Operator};
+use crate::journal::{Journal, JournalError, LogCondition, Operator};
 use actix::prelude::*;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -56,11 +56,6 @@ pub struct ActorOptions {
     pub command_wait: Duration,
 }
 
-/// Calls held at most per breaker before they go to the journal anyway (one full row).
-/// Rows of 1,000 calls already read at tens of millions of outcomes per second; a larger cap would
-/// let many breakers release bursts together that fill the journal's buffer (100,000 records).
-const HOLD_CAP: usize = 1_000;
-
 impl Default for ActorOptions {
     fn default() -> Self {
         ActorOptions {
@@ -72,27 +67,14 @@ impl Default for ActorOptions {
     }
 }
 
+/// The actix shell around a [`Driver`]: reads the clock, arms the timers, answers messages.
 pub(crate) struct ServiceActor {
-    pub key: Arc<str>,
-    pub breaker: Breaker,
-    /// Records of the current millisecond, held until it is over (see `drain_settled`).
-    held: Vec<Record>,
-    spare: Vec<Record>,
+    driver: Driver,
+    /// For a restart, which rebuilds the breaker from the log.
+    journal: Arc<Journal>,
     pub config: BreakerConfig,
-    pub gate: Arc<Gate>,
-    pub journal: Arc<Journal>,
     pub clock: Clock,
-    pub options: ActorOptions,
-    records: Vec<Record>,
-    events: Vec<Event>,
-    since_snapshot: u64,
-    /// When the oldest call in `events` was held back (see `ActorOptions::outcome_hold`).
-    holding_since_ms: Option<u64>,
-    /// Rejections, fallbacks and drops counted since the last `emit`, logged after its calls.
-    pending_stats: Option<CallStats>,
     timer: Option<SpawnHandle>,
-    /// The deadline `timer` is armed for.
-    armed_deadline: Option<u64>,
     schedule_timer: Option<SpawnHandle>,
 }
 
@@ -107,181 +89,24 @@ impl ServiceActor {
         options: ActorOptions,
     ) -> Self {
         ServiceActor {
-            key,
-            breaker,
-            config,
-            gate,
+            driver: Driver::new(key, breaker, gate, journal.appender().clone(), options),
             journal,
+            config,
             clock,
-            options,
-            records: Vec::new(),
-            held: Vec::new(),
-            spare: Vec::new(),
-            events: Vec::new(),
-            since_snapshot: 0,
-            holding_since_ms: None,
-            pending_stats: None,
             timer: None,
-            armed_deadline: None,
             schedule_timer: None,
         }
     }
 
-    /// Keeps the timer and the published view on the core's next deadline: a HALF_OPEN trial
-    /// deadline starts with a trial and ends with its outcome, not with a transition.
-    fn sync_deadline(&mut self, ctx: &mut Context<Self>) {
-        if self.breaker.next_deadline_ms() != self.armed_deadline {
-            self.publish();
-            self.arm_timer(ctx);
-        }
-    }
-
-    fn publish(&self) {
-        self.gate.publish(&self.breaker.admission());
-    }
-
-    /// Folds everything callers recorded into the core (commands, inspection, shutdown).
-    fn drain(&mut self) {
-        self.gate.release_flush();
-        let mut fresh = std::mem::take(&mut self.spare);
-        let clock = &self.clock;
-        self.gate.drain(|| clock.now_ms(), &mut fresh);
-        self.records.append(&mut self.held);
-        self.records.append(&mut fresh);
-        self.spare = fresh;
-        self.fold_records();
-    }
-
-    /// Folds the records of completed instants only (regular drains): an instant's records are
-    /// all known before any is folded, so they can be put in `simulate`'s order. Records of the
-    /// current millisecond wait for a drain 1 ms later.
-    fn drain_settled(&mut self, ctx: &mut Context<Self>) {
-        self.gate.release_flush();
+    fn now(&self) -> impl Fn() -> u64 + use<> {
         let clock = self.clock.clone();
-        let mut fresh = std::mem::take(&mut self.spare);
-        let settled_before = self.gate.drain(|| clock.now_ms(), &mut fresh);
-        // Held records were pushed before the fresh ones: keep that order.
-        self.records.append(&mut self.held);
-        self.records.append(&mut fresh);
-        self.spare = fresh;
-        // Tallies follow the records they may predate, so the unsettled ones are picked out
-        // (in order) rather than split off as a suffix.
-        self.held
-            .extend(self.records.extract_if(.., |r| r.at_ms() >= settled_before));
-        self.fold_records();
-        if !self.held.is_empty() && !self.clock.is_manual() && self.gate.claim_flush() {
-            ctx.run_later(Duration::from_millis(1), |act, ctx| act.on_flush(ctx));
-        }
+        move || clock.now_ms()
     }
 
-    fn fold_records(&mut self) {
-        // Stable: records of one instant and class keep their arrival order.
-        self.records.sort_by_key(|r| r.order_key());
-        let mut records = std::mem::take(&mut self.records);
-        for record in records.drain(..) {
-            match record {
-                Record::Trial { at_ms } => match self.breaker.acquire(at_ms, &mut self.events) {
-                    Decision::Permit(p) if p.trial => {}
-                    other => tracing::error!(
-                        breaker = %self.key,
-                        ?other,
-                        "a trial permit taken by a caller was not a trial for the core; its outcome will count as stale"
-                    ),
-                },
-                Record::Tally { at_ms, tag, count } => {
-                    let permit = Permit {
-                        episode: gate::tally_episode(self.breaker.episode(), tag),
-                        admitted_at_ms: at_ms,
-                        trial: false,
-                    };
-                    for _ in 0..count {
-                        self.breaker.complete(at_ms, permit, Outcome::Success, &mut self.events);
-                    }
-                }
-                Record::Done { at_ms, permit, outcome } => {
-                    self.breaker.complete(at_ms, permit, outcome, &mut self.events)
-                }
-            }
-        }
-        // Keep the capacity for the next drain.
-        self.records = records;
-        let rejected = self.gate.rejected.take();
-        let fallbacks = self.gate.fallbacks.take();
-        let dropped = self.gate.dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
-        if dropped > 0 {
-            tracing::error!(breaker = %self.key, dropped, "outcomes dropped: the breaker's buffer was full");
-        }
-        if rejected + fallbacks + dropped > 0 {
-            // Logged after the calls folded so far (which may be waiting, see `emit_or_hold`), so
-            // the stream stays in time order; counts of folds that wait together are summed.
-            let at_ms = self.clock.now_ms();
-            let stats = self.pending_stats.get_or_insert(CallStats {
-                at_ms,
-                rejected: 0,
-                fallbacks: 0,
-                dropped: 0,
-            });
-            stats.at_ms = at_ms;
-            stats.rejected += rejected;
-            stats.fallbacks += fallbacks;
-            stats.dropped += dropped;
-        }
-    }
-
-    /// As `emit`, but recorded calls alone wait up to `outcome_hold` (the regular drains).
-    fn emit_or_hold(&mut self, ctx: &mut Context<Self>) {
-        let hold_ms = self.options.outcome_hold.as_millis() as u64;
-        if hold_ms > 0
-            && !self.clock.is_manual()
-            && self.events.len() < HOLD_CAP
-            && self.events.iter().all(|e| matches!(e, Event::CallRecorded(_)))
-        {
-            let now = self.clock.now_ms();
-            let since = *self.holding_since_ms.get_or_insert(now);
-            if now.saturating_sub(since) < hold_ms {
-                return;
-            }
-        }
-        self.emit(ctx);
-    }
-
-    /// Hands the events to the journal, logs transitions, republishes, re-arms timers.
-    fn emit(&mut self, ctx: &mut Context<Self>) {
-        self.holding_since_ms = None;
-        if self.events.is_empty() {
-            self.submit_stats();
-            return;
-        }
-        let mut transitioned = false;
-        for event in self.events.drain(..) {
-            if let Event::Transitioned(t) = &event {
-                transitioned = true;
-                log_transition(&self.key, t);
-            }
-            self.since_snapshot += 1;
-            self.journal.submit(&self.key, Body::Breaker(event));
-        }
-        if self.since_snapshot >= self.options.snapshot_every {
-            self.since_snapshot = 0;
-            let at_ms = self.clock.now_ms();
-            self.journal.submit(
-                &self.key,
-                Body::Snapshot {
-                    at_ms,
-                    breaker: Box::new(self.breaker.clone()),
-                },
-            );
-        }
-        self.submit_stats();
-        if transitioned {
-            self.publish();
+    /// Keeps the timer on the core's next deadline.
+    fn sync_deadline(&mut self, ctx: &mut Context<Self>) {
+        if self.driver.deadline_moved() {
             self.arm_timer(ctx);
-        }
-    }
-
-    fn submit_stats(&mut self) {
-        if let Some(stats) = self.pending_stats.take() {
-            self.journal.submit(&self.key, Body::record(&stats));
         }
     }
 
@@ -289,11 +114,11 @@ impl ServiceActor {
         if let Some(t) = self.timer.take() {
             ctx.cancel_future(t);
         }
-        self.armed_deadline = self.breaker.next_deadline_ms();
+        let deadline = self.driver.arm();
         if self.clock.is_manual() {
             return; // tests drive time: `tick` after `advance`
         }
-        if let Some(deadline) = self.armed_deadline {
+        if let Some(deadline) = deadline {
             let wait = deadline.saturating_sub(self.clock.now_ms());
             self.timer = Some(ctx.run_later(Duration::from_millis(wait), |act, ctx| act.on_tick(ctx)));
         }
@@ -316,47 +141,53 @@ impl ServiceActor {
     }
 
     fn apply_policy(&mut self, policy: Policy, ctx: &mut Context<Self>) {
-        if &policy == self.breaker.policy() {
-            return;
+        let now = self.now();
+        if self.driver.set_policy(now, policy) {
+            self.arm_timer(ctx);
         }
-        self.drain();
-        let now = self.clock.now_ms();
-        if let Err(e) = self.breaker.set_policy(now, policy, &mut self.events) {
-            tracing::error!(breaker = %self.key, error = %e, "a configured policy was refused by the core");
-        }
-        self.emit(ctx);
-        self.publish();
     }
 
     fn on_flush(&mut self, ctx: &mut Context<Self>) {
         self.guard(ctx, |act, ctx| {
-            if act.clock.is_manual() {
+            let now = act.now();
+            let manual = act.clock.is_manual();
+            if manual {
                 // A manual clock may never move again: fold everything.
-                act.drain();
-            } else {
-                act.drain_settled(ctx);
+                act.driver.drain(&now);
+            } else if act.driver.drain_settled(&now) && act.driver.gate.claim_flush() {
+                ctx.run_later(Duration::from_millis(1), |act, ctx| act.on_flush(ctx));
             }
-            act.emit_or_hold(ctx);
+            if act.driver.emit_or_hold(now(), !manual) {
+                act.arm_timer(ctx);
+            }
             act.sync_deadline(ctx);
         });
     }
 
     fn on_tick(&mut self, ctx: &mut Context<Self>) {
         self.guard(ctx, |act, ctx| {
-            // Records made before the deadline are folded first, so order is kept.
-            act.drain();
-            let now = act.clock.now_ms();
-            act.breaker.tick(now, &mut act.events);
-            act.emit(ctx);
+            let now = act.now();
+            if act.driver.tick(now) {
+                act.arm_timer(ctx);
+            }
             act.sync_deadline(ctx);
         });
+    }
+
+    /// Folds and emits everything now (commands, inspection, shutdown).
+    fn catch_up(&mut self, ctx: &mut Context<Self>) {
+        let now = self.now();
+        self.driver.drain(&now);
+        if self.driver.emit(now()) {
+            self.arm_timer(ctx);
+        }
     }
 
     /// Runs `f`; if it panics, the actor stops and its supervisor restarts it, which rebuilds the
     /// breaker from the log (the panicking step's events may be lost, never half-applied).
     fn guard(&mut self, ctx: &mut Context<Self>, f: impl FnOnce(&mut Self, &mut Context<Self>)) {
         if std::panic::catch_unwind(AssertUnwindSafe(|| f(self, ctx))).is_err() {
-            tracing::error!(breaker = %self.key, "breaker actor panicked; restarting it from the log");
+            tracing::error!(breaker = %self.driver.key, "breaker actor panicked; restarting it from the log");
             ctx.stop();
         }
     }
@@ -366,10 +197,10 @@ impl Actor for ServiceActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.publish();
+        self.driver.publish();
         self.arm_timer(ctx);
         self.arm_schedule(ctx);
-        let every = self.options.flush_interval;
+        let every = self.driver.options.flush_interval;
         ctx.run_interval(every, |act, ctx| act.on_flush(ctx));
     }
 }
@@ -378,11 +209,9 @@ impl Supervised for ServiceActor {
     fn restarting(&mut self, ctx: &mut Context<Self>) {
         // Rebuild from what is durable: flush what was submitted, then fold the stream.
         let journal = self.journal.clone();
-        let key = self.key.clone();
+        let key = self.driver.key.clone();
         let policy = self.config.policy_at(self.clock.now_ms());
-        self.events.clear();
-        self.records.clear();
-        self.pending_stats = None;
+        self.driver.forget_unlogged();
         ctx.wait(
             async move {
                 journal.flush().await?;
@@ -391,10 +220,10 @@ impl Supervised for ServiceActor {
             .into_actor(self)
             .map(|result, act, _| match result {
                 Ok(r) => {
-                    act.breaker = r.breaker;
-                    act.publish();
+                    act.driver.breaker = r.breaker;
+                    act.driver.publish();
                 }
-                Err(e) => tracing::error!(breaker = %act.key, error = %e, "recovering a restarted breaker failed; keeping its last state"),
+                Err(e) => tracing::error!(breaker = %act.driver.key, error = %e, "recovering a restarted breaker failed; keeping its last state"),
             }),
         );
     }
@@ -438,30 +267,18 @@ impl Handler<Operate> for ServiceActor {
     type Result = ResponseFuture<Result<CommandResult, JournalError>>;
 
     fn handle(&mut self, msg: Operate, ctx: &mut Context<Self>) -> Self::Result {
-        self.drain();
-        self.emit(ctx);
-        let now = self.clock.now_ms();
-        let decided = Decided::decide(&self.breaker, now, msg.command, msg.operator, msg.request_position);
-        let (from, to) = (decided.record.from_state, decided.record.to_state);
-        let tracked = match self.journal.submit_all(&self.key, decided.bodies()) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(breaker = %self.key, command = ?msg.command, error = %e, "operator command refused: the event log cannot take it");
-                return Box::pin(std::future::ready(Err(e)));
-            }
-        };
-        // In force as the log has it, before anything else can fail (logging included).
-        self.since_snapshot += decided.events.len() as u64;
-        self.breaker = decided.after;
-        self.publish();
+        let now = self.now();
+        let Applied { from, to, tracked } =
+            match self
+                .driver
+                .operate(now, msg.command, msg.operator, msg.request_position)
+            {
+                Ok(applied) => applied,
+                Err(e) => return Box::pin(std::future::ready(Err(e))),
+            };
         self.arm_timer(ctx);
-        for event in &decided.events {
-            if let Event::Transitioned(t) = event {
-                log_transition(&self.key, t);
-            }
-        }
-        let journal = self.journal.clone();
-        let wait = self.options.command_wait;
+        let journal = self.driver.log.clone();
+        let wait = self.driver.options.command_wait;
         Box::pin(async move {
             let position = match tokio::time::timeout(wait, journal.durable_position(tracked)).await {
                 Ok(durable) => Some(durable?),
@@ -501,17 +318,9 @@ pub(crate) struct Settle;
 
 impl Handler<Settle> for ServiceActor {
     type Result = ();
-    fn handle(&mut self, _: Settle, ctx: &mut Context<Self>) {
-        self.drain();
-        self.emit(ctx);
-        let at_ms = self.clock.now_ms();
-        self.journal.submit(
-            &self.key,
-            Body::Snapshot {
-                at_ms,
-                breaker: Box::new(self.breaker.clone()),
-            },
-        );
+    fn handle(&mut self, _: Settle, _: &mut Context<Self>) {
+        let now = self.now();
+        self.driver.settle(now);
     }
 }
 
@@ -524,11 +333,10 @@ impl Handler<Inspect> for ServiceActor {
     type Result = MessageResult<Inspect>;
     fn handle(&mut self, _: Inspect, ctx: &mut Context<Self>) -> Self::Result {
         self.guard(ctx, |act, ctx| {
-            act.drain();
-            act.emit(ctx);
+            act.catch_up(ctx);
             act.sync_deadline(ctx);
         });
-        MessageResult(self.breaker.clone())
+        MessageResult(self.driver.breaker.clone())
     }
 }
 
@@ -544,17 +352,9 @@ impl Handler<Crash> for ServiceActor {
         self.guard(ctx, |act, _| {
             // Damage the in-memory state, then panic: the restart must not keep the damage.
             let mut scratch = Vec::new();
-            act.breaker.command(0, Command::ForceOpen, &mut scratch);
-            panic!("injected panic in breaker {}", act.key);
+            act.driver.breaker.command(0, Command::ForceOpen, &mut scratch);
+            panic!("injected panic in breaker {}", act.driver.key);
         });
-    }
-}
-
-fn log_transition(key: &str, t: &crate::breaker::Transition) {
-    if t.to == State::Open || t.to == State::ForcedOpen {
-        tracing::warn!(breaker = %key, from = %t.from, to = %t.to, reason = t.reason.as_str(), at_ms = t.at_ms, "circuit breaker opened");
-    } else {
-        tracing::info!(breaker = %key, from = %t.from, to = %t.to, reason = t.reason.as_str(), at_ms = t.at_ms, "circuit breaker transition");
     }
 }
 

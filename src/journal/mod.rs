@@ -45,6 +45,8 @@ pub use record::{
     OPERATOR_COMMAND, Operator, OperatorCommand, Record, Recorded, Row, SNAPSHOT, StoredEvent, VERSION, check_reason,
     decode, decode_batch, decode_record,
 };
+#[cfg(test)]
+pub(crate) use store::SideWork;
 pub use store::chain::{Finding, Head, VerifyReport};
 pub use store::integrity::{Integrity, Unclean};
 pub use store::{
@@ -263,8 +265,101 @@ pub struct Recovered {
     pub snapshot_seq: Option<i64>,
 }
 
+/// The write side of a journal, as the breakers' actors use it: submit, submit all or none,
+/// wait for durability, the log's condition. Cheap to clone; callable from any thread. A
+/// [`Journal`] hands one out ([`Journal::appender`]); the runtime's deterministic simulation
+/// builds one over a simulated store (`simulated`).
+#[derive(Clone)]
+pub struct Appender {
+    shared: Arc<writer::Shared>,
+}
+
+impl Appender {
+    /// Queues an event for the next group commit and returns at once. `None` if the buffer is
+    /// full: the event is dropped, counted, and recorded later as a `gap` event.
+    pub fn submit(&self, stream: &Arc<str>, body: Body) -> Option<u64> {
+        self.shared.submit(Record {
+            stream: stream.clone(),
+            body,
+        })
+    }
+
+    /// Queues `bodies` of one stream together, or none of them ([`JournalError::Full`]): the
+    /// records of one operator command are in the log all or not at all. Wait on the result with
+    /// [`Appender::durable_position`].
+    pub fn submit_all(&self, stream: &Arc<str>, bodies: Vec<Body>) -> Result<Tracked, JournalError> {
+        let records = bodies
+            .into_iter()
+            .map(|body| Record {
+                stream: stream.clone(),
+                body,
+            })
+            .collect();
+        let (first, last) = self.shared.submit_all(records).ok_or(JournalError::Full)?;
+        Ok(Tracked { first, last })
+    }
+
+    /// Resolves when the records of `tracked` are committed, with the first one's position.
+    pub async fn durable_position(&self, tracked: Tracked) -> Result<i64, JournalError> {
+        self.durable(tracked.last).await?;
+        self.shared.take_position(tracked.first).ok_or(JournalError::Dropped)
+    }
+
+    /// Resolves when the record with this ticket (and every one before it) is committed.
+    pub async fn durable(&self, ticket: u64) -> Result<Progress, JournalError> {
+        let mut rx = self.subscribe();
+        if rx.get().ticket < ticket {
+            // Don't wait out the flush interval: somebody is waiting on this commit.
+            let _ = self.shared.flush_ticket();
+        }
+        rx.wait_for(|p| p.ticket >= ticket).await
+    }
+
+    /// Resolves when everything submitted so far is committed.
+    pub async fn flush(&self) -> Result<Progress, JournalError> {
+        let ticket = self.shared.flush_ticket();
+        self.durable(ticket).await
+    }
+
+    /// How this process's log stands now: written, or failing since when and with what.
+    pub fn condition(&self) -> LogCondition {
+        LogCondition::of(&self.subscribe().get(), &self.shared.stats)
+    }
+
+    /// Wakes on every commit of this process (SSE, alerts and projections tail with it).
+    pub fn subscribe(&self) -> ProgressWatch {
+        ProgressWatch(self.shared.progress.subscribe())
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Stops taking records and lets the writer drain and stop (see [`Journal::close`]).
+    #[cfg(test)]
+    pub(crate) fn close(&self) {
+        self.shared.close();
+    }
+}
+
+/// A journal's write side over `store`, for the runtime's deterministic simulation: the writer
+/// is the returned future, run by the caller on its own (paused-clock) runtime, so nothing but
+/// the simulation's schedule decides what happens when. The future ends once the appender is
+/// closed and drained; it gives the store back.
+#[cfg(test)]
+pub(crate) fn simulated<W: LogWriter>(
+    store: W,
+    limits: WriterLimits,
+) -> (Appender, impl std::future::Future<Output = (W, bool)>) {
+    let shared = writer::Shared::new(limits, 0, Integrity::Checking);
+    let appender = Appender { shared: shared.clone() };
+    (appender, writer::Writer::new(shared, store).run())
+}
+
 /// The event log. Cheap to share behind an `Arc`; `submit` is callable from any thread.
 pub struct Journal {
+    appender: Appender,
     shared: Arc<writer::Shared>,
     readers: SqliteReader,
     path: PathBuf,
@@ -394,6 +489,7 @@ impl Journal {
             None
         };
         Ok(Journal {
+            appender: Appender { shared: shared.clone() },
             shared,
             readers,
             path: path.to_path_buf(),
@@ -482,50 +578,34 @@ impl Journal {
         &self.path
     }
 
-    /// Queues an event for the next group commit and returns at once. `None` if the buffer is
-    /// full: the event is dropped, counted, and recorded later as a `gap` event.
+    /// The write side, for a part that only appends (the breakers' actors).
+    pub fn appender(&self) -> &Appender {
+        &self.appender
+    }
+
+    /// See [`Appender::submit`].
     pub fn submit(&self, stream: &Arc<str>, body: Body) -> Option<u64> {
-        self.shared.submit(Record {
-            stream: stream.clone(),
-            body,
-        })
+        self.appender.submit(stream, body)
     }
 
-    /// Queues `bodies` of one stream together, or none of them ([`JournalError::Full`]): the
-    /// records of one operator command are in the log all or not at all. Wait on the result with
-    /// [`Journal::durable_position`].
+    /// See [`Appender::submit_all`].
     pub fn submit_all(&self, stream: &Arc<str>, bodies: Vec<Body>) -> Result<Tracked, JournalError> {
-        let records = bodies
-            .into_iter()
-            .map(|body| Record {
-                stream: stream.clone(),
-                body,
-            })
-            .collect();
-        let (first, last) = self.shared.submit_all(records).ok_or(JournalError::Full)?;
-        Ok(Tracked { first, last })
+        self.appender.submit_all(stream, bodies)
     }
 
-    /// Resolves when the records of `tracked` are committed, with the first one's position.
+    /// See [`Appender::durable_position`].
     pub async fn durable_position(&self, tracked: Tracked) -> Result<i64, JournalError> {
-        self.durable(tracked.last).await?;
-        self.shared.take_position(tracked.first).ok_or(JournalError::Dropped)
+        self.appender.durable_position(tracked).await
     }
 
-    /// Resolves when the record with this ticket (and every one before it) is committed.
+    /// See [`Appender::durable`].
     pub async fn durable(&self, ticket: u64) -> Result<Progress, JournalError> {
-        let mut rx = self.subscribe();
-        if rx.get().ticket < ticket {
-            // Don't wait out the flush interval: somebody is waiting on this commit.
-            let _ = self.shared.flush_ticket();
-        }
-        rx.wait_for(|p| p.ticket >= ticket).await
+        self.appender.durable(ticket).await
     }
 
-    /// Resolves when everything submitted so far is committed.
+    /// See [`Appender::flush`].
     pub async fn flush(&self) -> Result<Progress, JournalError> {
-        let ticket = self.shared.flush_ticket();
-        self.durable(ticket).await
+        self.appender.flush().await
     }
 
     /// What is committed now.
@@ -533,14 +613,14 @@ impl Journal {
         self.subscribe().get()
     }
 
-    /// How this process's log stands now: written, or failing since when and with what.
+    /// See [`Appender::condition`].
     pub fn condition(&self) -> LogCondition {
-        LogCondition::of(&self.progress(), &self.shared.stats)
+        self.appender.condition()
     }
 
-    /// Wakes on every commit of this process (SSE, alerts and projections tail with it).
+    /// See [`Appender::subscribe`].
     pub fn subscribe(&self) -> ProgressWatch {
-        ProgressWatch(self.shared.progress.subscribe())
+        self.appender.subscribe()
     }
 
     /// Caps the file's size (None: no cap). Raising the cap after a "disk full" lets the buffered
@@ -577,7 +657,7 @@ impl Journal {
 
     /// Counters for metrics.
     pub fn stats(&self) -> &Stats {
-        &self.shared.stats
+        self.appender.stats()
     }
 
     /// A stream's events with `seq > after_seq`, at most `limit`, in order.
