@@ -330,6 +330,7 @@ fn rows(c: &mut Criterion) {
                             seqs[i % STREAMS] += 1;
                             let e = codec::encode(&transition(t, i as u64));
                             Row {
+                                node: Arc::from("bench"),
                                 stream: streams[i % STREAMS].clone(),
                                 seq: seqs[i % STREAMS],
                                 event_type: e.event_type,
@@ -370,6 +371,7 @@ fn pack(stream: &Arc<str>, events: &[Event], per_row: u32, seq: &mut u64) -> Vec
         if let Some(b) = batch.take() {
             *seq += 1;
             rows.push(Row {
+                node: Arc::from("bench"),
                 stream: stream.clone(),
                 seq: *seq,
                 event_type: CALL_BATCH,
@@ -393,6 +395,7 @@ fn pack(stream: &Arc<str>, events: &[Event], per_row: u32, seq: &mut u64) -> Vec
                 let encoded = codec::encode(other);
                 *seq += 1;
                 rows.push(Row {
+                    node: Arc::from("bench"),
                     stream: stream.clone(),
                     seq: *seq,
                     event_type: encoded.event_type,

@@ -298,6 +298,7 @@ fn row(stream: &Arc<str>, seq: u64, body: Body) -> Row {
         Body::Other { .. } => unreachable!("the traffic writes breaker events and snapshots"),
     };
     Row {
+        node: Arc::from("bench"),
         stream: stream.clone(),
         seq,
         event_type,
@@ -326,6 +327,7 @@ async fn write_raw(path: &Path, traffic: &mut Traffic, outcomes: u64, hold_ms: u
         if let Some(b) = open[i].take() {
             seqs[i] += 1;
             rows.push(Row {
+                node: Arc::from("bench"),
                 stream: names[i].clone(),
                 seq: seqs[i],
                 event_type: CALL_BATCH,

@@ -30,6 +30,7 @@ pub fn event_codec(data: &[u8]) {
     let _ = crate::breaker::codec::decode(event_type, event_version, payload);
     let stored = StoredEvent {
         position: 1,
+        node: "app-1".into(),
         stream: "stripe".into(),
         seq: 1,
         event_type: event_type.into(),

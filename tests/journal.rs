@@ -204,11 +204,12 @@ async fn recovery_starts_from_the_latest_snapshot() {
 // (rusqlite, at most 10,000 rows or 8 MiB of payload per read transaction). They must return
 // exactly what the reads through sqlx returned, across those bounds and while the writer appends.
 
-type RowTuple = (i64, String, i64, String, i64, i64, Vec<u8>);
+type RowTuple = (i64, String, i64, String, i64, i64, Vec<u8>, String);
 
-fn stored_row((position, stream, seq, event_type, event_version, recorded_at, payload): RowTuple) -> StoredEvent {
+fn stored_row((position, stream, seq, event_type, event_version, recorded_at, payload, node): RowTuple) -> StoredEvent {
     StoredEvent {
         position,
+        node,
         stream,
         seq,
         event_type,
@@ -230,7 +231,7 @@ async fn through_sqlx(
 /// `read_after` as it was through sqlx (same SQL).
 async fn sqlx_after(journal: &Journal, after: i64, limit: u32) -> Vec<StoredEvent> {
     let q = sqlx::query_as(
-        "SELECT position, stream, seq, event_type, event_version, recorded_at, payload FROM events
+        "SELECT position, stream, seq, event_type, event_version, recorded_at, payload, node FROM events
          WHERE position > ? ORDER BY position LIMIT ?",
     );
     through_sqlx(journal, q.bind(after).bind(i64::from(limit))).await
@@ -239,7 +240,7 @@ async fn sqlx_after(journal: &Journal, after: i64, limit: u32) -> Vec<StoredEven
 /// `read_stream` as it was through sqlx.
 async fn sqlx_stream(journal: &Journal, stream: &str, after_seq: i64, limit: u32) -> Vec<StoredEvent> {
     let q = sqlx::query_as(
-        "SELECT position, stream, seq, event_type, event_version, recorded_at, payload FROM events
+        "SELECT position, stream, seq, event_type, event_version, recorded_at, payload, node FROM events
          WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?",
     );
     through_sqlx(
@@ -252,7 +253,7 @@ async fn sqlx_stream(journal: &Journal, stream: &str, after_seq: i64, limit: u32
 /// A stream's transitions recorded in `[from_ms, to_ms]`, in log order, through sqlx.
 async fn sqlx_transitions(journal: &Journal, stream: &str, from_ms: i64, to_ms: i64) -> Vec<StoredEvent> {
     let q = sqlx::query_as(
-        "SELECT position, stream, seq, event_type, event_version, recorded_at, payload FROM events
+        "SELECT position, stream, seq, event_type, event_version, recorded_at, payload, node FROM events
          WHERE stream = ? AND event_type = 'transition' AND recorded_at >= ? AND recorded_at <= ? ORDER BY seq",
     );
     through_sqlx(journal, q.bind(stream.to_owned()).bind(from_ms).bind(to_ms)).await
@@ -618,6 +619,7 @@ fn call_batches_of_version_1_still_decode_and_version_2_holds_cancelled_calls() 
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/events/call_batch.v1.msgpack");
     let stored = |event_version: u32, payload: Vec<u8>| StoredEvent {
         position: 7,
+        node: "app-1".into(),
         stream: "stripe".into(),
         seq: 2,
         event_type: "call_batch".into(),
@@ -677,6 +679,7 @@ fn call_summaries_written_before_they_named_their_tailers_still_decode() {
     let golden = std::fs::read(&path).unwrap();
     let stored = StoredEvent {
         position: 9,
+        node: "app-1".into(),
         stream: "stripe".into(),
         seq: 3,
         event_type: breakerbox::journal::CALL_SUMMARY.into(),
@@ -1704,6 +1707,7 @@ fn every_stored_record_kind_decodes_from_its_golden_bytes_and_refuses_an_unknown
         let golden = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let stored = |event_version: u32, payload: Vec<u8>| StoredEvent {
             position: 7,
+            node: "app-1".into(),
             stream: "stripe".into(),
             seq: 2,
             event_type: event_type.into(),
@@ -1822,6 +1826,18 @@ async fn verify_passes_a_clean_log_and_names_each_form_of_tampering() {
             },
         ),
         (
+            "node rewritten",
+            format!(
+                "DROP TRIGGER events_no_update; UPDATE events SET node = 'elsewhere' WHERE position = {}",
+                middle.position
+            ),
+            Finding::Rewritten {
+                position: middle.position,
+                stream: "stripe".into(),
+                seq: middle.seq as u64,
+            },
+        ),
+        (
             "forged, no hash",
             format!(
                 "INSERT INTO events (stream, seq, event_type, event_version, recorded_at, payload) VALUES ('stripe', {}, 'transition', 1, 0, x'80')",
@@ -1873,6 +1889,138 @@ async fn verify_passes_a_clean_log_and_names_each_form_of_tampering() {
         assert!(again.is_err(), "{name}: the trigger is back");
         conn.close().await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn every_event_names_the_node_that_wrote_it_and_the_chain_covers_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let stripe: Arc<str> = Arc::from("stripe");
+    let mut b = Breaker::new(Policy::consecutive(3, 100)).unwrap();
+    // The same stream, written by one node, then (after a restart under another name) another.
+    for (node, from) in [("app-1", 0u64), ("app-2", 1_000)] {
+        let options = JournalOptions {
+            node: Arc::from(node),
+            ..opts()
+        };
+        let journal = Journal::open(&path, options).await.unwrap();
+        for t in 0..5 {
+            drive(&journal, &stripe, &mut b, from + t * 10, Outcome::Failure);
+        }
+        journal.flush().await.unwrap();
+        journal.close().await;
+    }
+    let journal = Journal::open(&path, opts()).await.unwrap();
+    let events = journal.read_stream("stripe", 0, 1_000).await.unwrap();
+    let nodes: Vec<&str> = events.iter().map(|e| e.node.as_str()).collect();
+    let switch = nodes.iter().position(|n| *n == "app-2").expect("app-2 wrote some");
+    assert!(switch > 0, "{nodes:?}");
+    assert!(nodes[..switch].iter().all(|n| *n == "app-1"), "{nodes:?}");
+    assert!(nodes[switch..].iter().all(|n| *n == "app-2"), "{nodes:?}");
+    // Every read says it the same way: the paged reads (bulk) and the look-ups (sqlx).
+    let latest = journal.latest("stripe", "transition").await.unwrap().unwrap();
+    assert_eq!(latest.node, "app-2");
+    assert_eq!(journal.read_after(0, 1_000).await.unwrap()[0].node, "app-1");
+    // The audit names it.
+    let query = breakerbox::replay::AuditQuery {
+        stream: None,
+        kinds: Vec::new(),
+        since_ms: 0,
+        until_ms: u64::MAX,
+        after_position: 0,
+        limit: 1_000,
+    };
+    let page = breakerbox::replay::audit(&journal, &query).await.unwrap();
+    assert!(!page.entries.is_empty());
+    assert!(
+        page.entries.iter().all(|e| e.node == "app-1" || e.node == "app-2"),
+        "{:?}",
+        page.entries
+    );
+    let report = journal.verify().await.unwrap();
+    assert!(report.ok(), "{:?}", report.findings);
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn a_tailing_read_continues_from_its_cursor_and_waits_at_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, events) = chained_log(dir.path(), "log.db").await;
+    let journal = Journal::open(&path, opts()).await.unwrap();
+    // Pages of 7 from the start give every event once, in log order.
+    let mut cursor = journal.cursor_at(0).await.unwrap();
+    let mut tailed = Vec::new();
+    loop {
+        let (page, next) = journal.tail(&cursor, 7).await.unwrap();
+        if page.is_empty() {
+            assert_eq!(next, cursor, "nothing new: the cursor stays");
+            break;
+        }
+        assert!(next > cursor);
+        cursor = next;
+        tailed.extend(page);
+    }
+    assert_eq!(tailed, events);
+    // A consumer that kept a position continues from the cursor at it.
+    let middle = &events[events.len() / 2];
+    let (rest, _) = journal
+        .tail(&journal.cursor_at(middle.position).await.unwrap(), 10_000)
+        .await
+        .unwrap();
+    assert_eq!(rest, events[events.len() / 2 + 1..]);
+    // What is appended later is found from the cursor at the end.
+    let stripe: Arc<str> = Arc::from("stripe");
+    let mut b = Breaker::new(Policy::consecutive(3, 100)).unwrap();
+    drive(&journal, &stripe, &mut b, 10_000, Outcome::Failure);
+    journal.flush().await.unwrap();
+    let (new, _) = journal.tail(&cursor, 10).await.unwrap();
+    assert!(!new.is_empty() && new[0].position > events.last().unwrap().position);
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn a_log_from_before_nodes_opens_verifies_and_goes_on() {
+    // Golden: a demo's log as the tree before nodes wrote it (schema 6, every row chained, v1
+    // links), never rewritten.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/logs/schema6.db"),
+        &path,
+    )
+    .unwrap();
+    let options = JournalOptions {
+        node: Arc::from("app-9"),
+        ..opts()
+    };
+    let journal = Journal::open(&path, options).await.unwrap();
+    assert!(
+        journal.restored_triggers().is_empty(),
+        "{:?}",
+        journal.restored_triggers()
+    );
+    let before = journal.read_after(0, 10_000).await.unwrap();
+    assert_eq!(before.len(), 104);
+    assert!(before.iter().all(|e| e.node.is_empty()), "no node was recorded then");
+    let report = journal.verify().await.unwrap();
+    assert!(report.ok(), "{:?}", report.findings);
+    assert_eq!((report.events, report.unchained), (104, 0));
+    // Its breakers come back, and what is appended now is the new node's, chained on top.
+    let recovered = journal.recover("stripe", Policy::consecutive(5, 3_000)).await.unwrap();
+    assert!(recovered.last_seq > 0);
+    let stripe: Arc<str> = Arc::from("stripe");
+    let mut b = recovered.breaker;
+    let at = before.last().unwrap().recorded_at as u64 + 1_000;
+    drive(&journal, &stripe, &mut b, at, Outcome::Failure);
+    journal.flush().await.unwrap();
+    let after = journal.read_after(before.last().unwrap().position, 100).await.unwrap();
+    assert!(
+        !after.is_empty() && after.iter().all(|e| e.node == "app-9"),
+        "{after:?}"
+    );
+    let report = journal.verify().await.unwrap();
+    assert!(report.ok(), "{:?}", report.findings);
+    journal.close().await;
 }
 
 #[tokio::test]

@@ -42,10 +42,12 @@ pub fn file_bytes(path: &Path) -> u64 {
 pub async fn append_raw(conn: &mut SqliteConnection, rows: &[Row]) {
     conn.execute("BEGIN IMMEDIATE").await.expect("begin");
     for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let mut q: QueryBuilder<Sqlite> =
-            QueryBuilder::new("INSERT INTO events (stream, seq, event_type, event_version, recorded_at, payload) ");
+        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "INSERT INTO events (node, stream, seq, event_type, event_version, recorded_at, payload) ",
+        );
         q.push_values(chunk, |mut b, r| {
-            b.push_bind(r.stream.clone())
+            b.push_bind(r.node.clone())
+                .push_bind(r.stream.clone())
                 .push_bind(r.seq as i64)
                 .push_bind(r.event_type)
                 .push_bind(r.event_version)

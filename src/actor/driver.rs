@@ -9,10 +9,41 @@
 
 use super::command::Decided;
 use super::gate::{self, Gate, Record};
-use super::service::ActorOptions;
 use crate::breaker::{Breaker, Command, Decision, Event, Outcome, Permit, Policy, State};
 use crate::journal::{Appender, Body, CallStats, JournalError, Operator, Tracked};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings of the actors.
+#[derive(Clone, Debug)]
+pub struct ActorOptions {
+    /// How often buffered successes are folded into the breaker (failures are at once).
+    pub flush_interval: Duration,
+    /// A snapshot of the breaker is written every this many events, so recovery stays short.
+    pub snapshot_every: u64,
+    /// How long recorded calls may wait in the actor before they go to the journal, so a
+    /// breaker's calls share rows: a row costs the same to read whether it holds one call or
+    /// thousands, so fewer, fuller rows make every replay and rebuild faster and the log
+    /// smaller. Transitions, commands, snapshots and shutdown take the waiting calls with them
+    /// at once, so the log's order never changes; what a crash can lose grows to this (calls
+    /// are never acknowledged one by one; see docs/durability.md). Zero: no wait.
+    pub outcome_hold: Duration,
+    /// How long an operator command waits for its records to be durable before it is answered
+    /// anyway as applied but not yet durable (the log failing, and since when): a caller is
+    /// never left without an answer while the log is down.
+    pub command_wait: Duration,
+}
+
+impl Default for ActorOptions {
+    fn default() -> Self {
+        ActorOptions {
+            flush_interval: Duration::from_millis(10),
+            snapshot_every: 10_000,
+            outcome_hold: Duration::from_secs(1),
+            command_wait: Duration::from_secs(2),
+        }
+    }
+}
 
 /// Calls held at most per breaker before they go to the journal anyway (one full row).
 /// Rows of 1,000 calls already read at tens of millions of outcomes per second; a larger cap would

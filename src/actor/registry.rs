@@ -2,9 +2,10 @@
 //! configuration, each recovered from the log, on an actix system it owns on its own thread, so
 //! callers on any runtime (or none) never need `#[actix::main]`.
 
+use super::driver::ActorOptions;
 use super::gate::Gate;
 use super::handle::{BreakerHandle, Inner};
-use super::service::{ActorOptions, CommandResult, Reconfigure, ServiceActor, Settle};
+use super::service::{CommandResult, Reconfigure, ServiceActor, Settle};
 use crate::clock::Clock;
 use crate::config::{BreakerConfig, Config};
 use crate::journal::Operator;

@@ -18,9 +18,9 @@
 //! `BREAKERBOX_SIM_SEEDS=N` runs N seeds (default 2,000); `BREAKERBOX_SIM_SEED=S` runs only
 //! seed S (a failure prints its seed and this line to replay it).
 
-use super::driver::{Applied, Driver};
+use super::driver::{ActorOptions, Applied, Driver};
 use super::gate::{Admission, Gate};
-use super::service::{ActorOptions, returns_permit};
+use super::service::returns_permit;
 use crate::breaker::{Breaker, Command, Event, OpenPolicy, Outcome, Permit, Policy, State};
 use crate::journal::{
     self, CompactReport, Decoded, JournalError, Lease, LogWriter, Operator, Row, StoreError, StoredEvent, WriterLimits,
@@ -448,6 +448,7 @@ async fn simulate(seed: u64) -> Result<Tally, String> {
         .map(|k| {
             let stored = StoredEvent {
                 position: k.position,
+                node: k.row.node.to_string(),
                 stream: k.row.stream.to_string(),
                 seq: k.row.seq as i64,
                 event_type: k.row.event_type.to_owned(),

@@ -51,8 +51,11 @@ pub use store::chain::{Finding, Head, VerifyReport};
 pub use store::integrity::{Integrity, Unclean};
 pub use store::{
     CompactReport, Deltas, Durability, Lease, LogReader, LogWriter, MinuteRow, OutboxMessage, OutboxRow, OutboxState,
-    OutboxStore, ProjectionStore, SqliteReader, SqliteWriter, StoreError, connect_options,
+    OutboxStore, ProjectionStore, SqliteCursor, SqliteReader, SqliteWriter, StoreError, connect_options,
 };
+
+/// How this log's readers continue a tailing read (see [`LogReader`]: opaque, per backend).
+pub type ReadCursor = <SqliteReader as LogReader>::Cursor;
 use store::{chain, integrity};
 pub use writer::{ERROR_KINDS, Progress, Stats, WriterLimits};
 
@@ -66,8 +69,11 @@ use thiserror::Error;
 use tokio::sync::watch;
 
 /// Settings of a journal; every bound explicit.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct JournalOptions {
+    /// The node this process writes as: recorded on every event it appends (default: the host
+    /// name, so a restarted process is the same node). See `docs/durability.md`, "Nodes".
+    pub node: Arc<str>,
     /// `synchronous` mode: FULL (default) survives power loss, NORMAL only process crashes.
     pub durability: Durability,
     /// Records buffered at most (default 100,000) while the writer is busy or the store fails;
@@ -119,6 +125,7 @@ impl Default for BackgroundCheck {
 impl Default for JournalOptions {
     fn default() -> Self {
         JournalOptions {
+            node: Arc::from(host_name()),
             durability: Durability::Full,
             capacity: 100_000,
             max_batch: 10_000,
@@ -354,7 +361,7 @@ pub(crate) fn simulated<W: LogWriter>(
 ) -> (Appender, impl std::future::Future<Output = (W, bool)>) {
     let shared = writer::Shared::new(limits, 0, Integrity::Checking);
     let appender = Appender { shared: shared.clone() };
-    (appender, writer::Writer::new(shared, store).run())
+    (appender, writer::Writer::new(shared, store, Arc::from("sim")).run())
 }
 
 /// The event log. Cheap to share behind an `Arc`; `submit` is callable from any thread.
@@ -394,6 +401,7 @@ impl Journal {
         let durability = options.durability;
         let busy = options.busy_timeout;
         let max_size = options.max_size_bytes;
+        let node = options.node.clone();
         let thread = std::thread::Builder::new()
             .name("breakerbox-journal".into())
             .spawn(move || -> Result<(), StoreError> {
@@ -403,7 +411,7 @@ impl Journal {
                     .map_err(|e| StoreError::Io(format!("starting the journal runtime: {e}")))?;
                 rt.block_on(async move {
                     let (mut conn, clean, restored) = match store::open_writer(&thread_path, durability, busy).await {
-                        Ok((c, clean, restored)) => (SqliteWriter::new(c, &thread_path), clean, restored),
+                        Ok((c, clean, restored)) => (SqliteWriter::new(c, &thread_path, node.clone()), clean, restored),
                         Err(e) => {
                             let _ = opened_tx.send(Err(e));
                             return Ok(());
@@ -425,7 +433,7 @@ impl Journal {
                     if opened_tx.send(Ok((shared.clone(), restored))).is_err() {
                         return Ok(());
                     }
-                    let (store, drained) = writer::Writer::new(shared.clone(), conn).run().await;
+                    let (store, drained) = writer::Writer::new(shared.clone(), conn, node).run().await;
                     if shared.is_corrupt() {
                         // Nothing more goes into a damaged file, not even a checkpoint.
                         return store::close_without_checkpoint(store.conn, &thread_path, durability, busy).await;
@@ -667,7 +675,20 @@ impl Journal {
 
     /// Events after a log position, at most `limit`, in log order.
     pub async fn read_after(&self, position: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
-        self.readers.read_after(position, limit).await
+        let cursor = self.readers.cursor_at(position).await?;
+        Ok(self.readers.tail(&cursor, limit).await?.0)
+    }
+
+    /// The cursor a tailing read continues from, just after the event at `position` (0: the
+    /// log's start). See [`LogReader`].
+    pub async fn cursor_at(&self, position: i64) -> Result<ReadCursor, StoreError> {
+        self.readers.cursor_at(position).await
+    }
+
+    /// Events after `after` in log order, at most `limit`, and the cursor after them: how the
+    /// projection tails the log.
+    pub async fn tail(&self, after: &ReadCursor, limit: u32) -> Result<(Vec<StoredEvent>, ReadCursor), StoreError> {
+        self.readers.tail(after, limit).await
     }
 
     /// Events of some types (all when empty) recorded in `[from_ms, to_ms)` after a position.

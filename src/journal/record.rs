@@ -74,6 +74,8 @@ pub struct Record {
 /// A row ready to insert (the writer assigns `seq`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Row {
+    /// The node that writes it (see [`crate::journal::JournalOptions::node`]).
+    pub node: Arc<str>,
     /// Stream.
     pub stream: Arc<str>,
     /// Per-stream sequence.
@@ -93,6 +95,8 @@ pub struct Row {
 pub struct StoredEvent {
     /// Global position.
     pub position: i64,
+    /// The node that wrote it; empty for events written before nodes were recorded.
+    pub node: String,
     /// Stream.
     pub stream: String,
     /// Per-stream sequence.

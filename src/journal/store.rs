@@ -34,7 +34,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 macro_rules! select {
     ($rest:literal) => {
         concat!(
-            "SELECT position, stream, seq, event_type, event_version, recorded_at, payload FROM events",
+            "SELECT position, stream, seq, event_type, event_version, recorded_at, payload, node FROM events",
             $rest
         )
     };
@@ -259,7 +259,7 @@ pub(crate) async fn open_readers(
         .map_err(classify)
 }
 
-/// SQLite allows 32,766 bound variables per statement; 7 per row.
+/// SQLite allows 32,766 bound variables per statement; 8 per row.
 const ROWS_PER_INSERT: usize = 4_000;
 
 /// Appends rows in one `BEGIN IMMEDIATE` transaction with multi-row inserts. Returns the
@@ -328,10 +328,11 @@ async fn append_in_transaction(
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let hashes = heads.hashes(conn, chunk, staged).await?;
         let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "INSERT INTO events (stream, seq, event_type, event_version, recorded_at, payload, hash) ",
+            "INSERT INTO events (node, stream, seq, event_type, event_version, recorded_at, payload, hash) ",
         );
         q.push_values(chunk.iter().zip(&hashes), |mut b, (r, h)| {
-            b.push_bind(r.stream.clone())
+            b.push_bind(r.node.clone())
+                .push_bind(r.stream.clone())
                 .push_bind(r.seq as i64)
                 .push_bind(r.event_type)
                 .push_bind(r.event_version)
@@ -404,11 +405,12 @@ pub(crate) async fn last_seq<'e>(exec: impl Executor<'e, Database = Sqlite>, str
     Ok(seq.unwrap_or(0).max(0) as u64)
 }
 
-type RowTuple = (i64, String, i64, String, i64, i64, Vec<u8>);
+type RowTuple = (i64, String, i64, String, i64, i64, Vec<u8>, String);
 
-fn stored((position, stream, seq, event_type, event_version, recorded_at, payload): RowTuple) -> StoredEvent {
+fn stored((position, stream, seq, event_type, event_version, recorded_at, payload, node): RowTuple) -> StoredEvent {
     StoredEvent {
         position,
+        node,
         stream,
         seq,
         event_type,
@@ -634,6 +636,7 @@ pub struct CompactReport {
 pub(crate) async fn compact(
     conn: &mut SqliteConnection,
     heads: &mut chain::Heads,
+    node: &std::sync::Arc<str>,
     watermark: i64,
     seqs: &mut std::collections::HashMap<std::sync::Arc<str>, u64>,
 ) -> Result<CompactReport, StoreError> {
@@ -749,6 +752,7 @@ pub(crate) async fn compact(
                 };
                 seq += 1;
                 rows.push(Row {
+                    node: node.clone(),
                     stream: key.clone(),
                     seq,
                     event_type: CALL_SUMMARY,
@@ -964,8 +968,33 @@ impl SideWriter {
     }
 }
 
+/// Where a tailing read of a SQLite log stands: after a row's position (the log's global order:
+/// AUTOINCREMENT, one writer per file, so positions commit in order). Opaque, as every
+/// backend's [`LogReader::Cursor`] is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SqliteCursor(i64);
+
 /// The read side of a storage backend.
+///
+/// Two notions of "where in the log": a **position** is the integer every event carries, which
+/// consumers keep (SSE ids, the projection's and the alerts' checkpoints, audit pages): dense
+/// and in commit order on every backend (SQLite: the row's position; a shared PostgreSQL log:
+/// the sequencer's). A **cursor** is how this reader continues a tailing read, opaque because
+/// it differs by backend: one integer here, `(epoch, writing transaction id, id)` below the
+/// oldest running transaction on PostgreSQL (`../shared/reference/fleet.md`, C3), never a bare
+/// id that a late commit could slip under.
 pub trait LogReader: Send + Sync {
+    /// See the trait's documentation.
+    type Cursor: Clone + Ord + Default + Send + Sync + std::fmt::Debug;
+    /// The cursor just after the event at `position` (0: before the first event).
+    fn cursor_at(&self, position: i64) -> impl Future<Output = Result<Self::Cursor, StoreError>> + Send;
+    /// Events after `after` in the log's global order, at most `limit`, with the cursor after the
+    /// last of them (`after` itself when there are none).
+    fn tail(
+        &self,
+        after: &Self::Cursor,
+        limit: u32,
+    ) -> impl Future<Output = Result<(Vec<StoredEvent>, Self::Cursor), StoreError>> + Send;
     /// A stream's events after a seq.
     fn read_stream(
         &self,
@@ -973,8 +1002,6 @@ pub trait LogReader: Send + Sync {
         after_seq: i64,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<StoredEvent>, StoreError>> + Send;
-    /// Events after a position.
-    fn read_after(&self, after: i64, limit: u32) -> impl Future<Output = Result<Vec<StoredEvent>, StoreError>> + Send;
     /// Events of some types in a time range, after a position.
     fn read_range(
         &self,
@@ -1027,14 +1054,17 @@ pub struct SqliteWriter {
     pub(crate) conn: SqliteConnection,
     heads: chain::Heads,
     path: std::path::PathBuf,
+    /// The node its own rows (summaries, anchors) are written by.
+    node: std::sync::Arc<str>,
 }
 
 impl SqliteWriter {
-    pub(crate) fn new(conn: SqliteConnection, path: &Path) -> Self {
+    pub(crate) fn new(conn: SqliteConnection, path: &Path, node: std::sync::Arc<str>) -> Self {
         SqliteWriter {
             conn,
             heads: chain::Heads::default(),
             path: path.to_path_buf(),
+            node,
         }
     }
 
@@ -1075,7 +1105,7 @@ impl LogWriter for SqliteWriter {
         watermark: i64,
         seqs: &mut std::collections::HashMap<std::sync::Arc<str>, u64>,
     ) -> Result<CompactReport, StoreError> {
-        compact(&mut self.conn, &mut self.heads, watermark, seqs).await
+        compact(&mut self.conn, &mut self.heads, &self.node, watermark, seqs).await
     }
     async fn anchor(
         &mut self,
@@ -1094,6 +1124,7 @@ impl LogWriter for SqliteWriter {
         } + 1;
         let anchor = ChainAnchor { at_ms: now_ms, heads };
         let row = Row {
+            node: self.node.clone(),
             stream: stream.clone(),
             seq,
             event_type: CHAIN_ANCHOR,
@@ -1166,11 +1197,17 @@ impl SqliteReader {
 }
 
 impl LogReader for SqliteReader {
+    type Cursor = SqliteCursor;
+    async fn cursor_at(&self, position: i64) -> Result<SqliteCursor, StoreError> {
+        Ok(SqliteCursor(position))
+    }
+    async fn tail(&self, after: &SqliteCursor, limit: u32) -> Result<(Vec<StoredEvent>, SqliteCursor), StoreError> {
+        let events = self.bulk.read_after(after.0, limit).await?;
+        let next = events.last().map_or(*after, |e| SqliteCursor(e.position));
+        Ok((events, next))
+    }
     async fn read_stream(&self, stream: &str, after_seq: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
         self.bulk.read_stream(stream, after_seq, limit).await
-    }
-    async fn read_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
-        self.bulk.read_after(after, limit).await
     }
     async fn read_range(
         &self,

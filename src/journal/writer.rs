@@ -464,6 +464,8 @@ const CLOSING_RETRIES_FOR: Duration = Duration::from_secs(2);
 pub(crate) struct Writer<W: LogWriter> {
     pub shared: Arc<Shared>,
     pub store: W,
+    /// The node every row is written by.
+    node: Arc<str>,
     /// Last committed seq per stream (loaded on first sight).
     seqs: HashMap<Arc<str>, u64>,
     /// Streams another writer took: their records are dropped as gaps, never interleaved.
@@ -472,10 +474,11 @@ pub(crate) struct Writer<W: LogWriter> {
 }
 
 impl<W: LogWriter> Writer<W> {
-    pub(crate) fn new(shared: Arc<Shared>, store: W) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, store: W, node: Arc<str>) -> Self {
         Writer {
             shared,
             store,
+            node,
             seqs: HashMap::new(),
             fenced: HashMap::new(),
             lease: None,
@@ -767,6 +770,7 @@ impl<W: LogWriter> Writer<W> {
                 }
             };
             rows.push(Row {
+                node: self.node.clone(),
                 stream: d.stream,
                 seq: *seq,
                 event_type: d.event_type,

@@ -107,6 +107,9 @@ pub struct AuditEntry {
     pub position: i64,
     /// When (ms).
     pub at_ms: i64,
+    /// The node that wrote it (absent for events written before nodes were recorded).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub node: String,
     /// The breaker.
     pub stream: String,
     /// What kind of entry.
@@ -161,6 +164,7 @@ fn entry(e: &crate::journal::StoredEvent, kind: Kind) -> Result<AuditEntry, Stri
             return Ok(AuditEntry {
                 position: e.position,
                 at_ms: e.recorded_at,
+                node: e.node.clone(),
                 // The breaker the alert is about, so `--service` finds it (the record itself is
                 // in the notifier's stream); a test message keeps its stream.
                 stream: if d.breaker.is_empty() {
@@ -177,6 +181,7 @@ fn entry(e: &crate::journal::StoredEvent, kind: Kind) -> Result<AuditEntry, Stri
     Ok(AuditEntry {
         position: e.position,
         at_ms: e.recorded_at,
+        node: e.node.clone(),
         stream: e.stream.clone(),
         kind,
         // One line whatever a reason holds (the details keep it as it was given).

@@ -2,7 +2,7 @@
 //! rejections and fallbacks, a mergeable latency histogram, and time spent in each state.
 
 use super::{Entry, Item};
-use crate::breaker::{Event, Outcome, State};
+use crate::breaker::{Event, Outcome, State, Transition};
 use crate::journal::LATENCY_BOUNDS_MS;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -121,26 +121,51 @@ fn state_index(s: State) -> usize {
     State::ALL.iter().position(|x| *x == s).unwrap_or(0)
 }
 
+// Time in state, counted one way for every view: the per-minute metrics (`minutes`, the stored
+// projection), what-if's and the summary's time open. A breaker is in the state of its last
+// transition from that transition's instant on, and in its state at `start` before the first.
+
+/// Adds `to − from` ms in `state` to the minutes it spans.
+pub(crate) fn spend(minutes: &mut BTreeMap<u64, Minute>, state: State, from: u64, to: u64) {
+    let mut t = from;
+    while t < to {
+        let minute = t / 60_000 * 60_000;
+        let end = (minute + 60_000).min(to);
+        minutes
+            .entry(minute)
+            .or_insert_with(|| Minute {
+                minute_ms: minute,
+                ..Minute::default()
+            })
+            .state_ms[state_index(state)] += end - t;
+        t = end;
+    }
+}
+
+/// Time in each state (indexed as [`State::ALL`]) over `[start, end]`, from the state at
+/// `start` and the transitions after it, in order.
+pub fn time_in_states(initial: State, transitions: &[Transition], start: u64, end: u64) -> [u64; 5] {
+    let mut out = [0; 5];
+    let (mut state, mut since) = (initial, start);
+    for t in transitions {
+        out[state_index(state)] += t.at_ms.saturating_sub(since);
+        (state, since) = (t.to, t.at_ms);
+    }
+    out[state_index(state)] += end.saturating_sub(since);
+    out
+}
+
+/// Of [`time_in_states`], the time the breaker rejected everything: OPEN or FORCED_OPEN.
+pub fn open_ms(times: &[u64; 5]) -> u64 {
+    times[state_index(State::Open)] + times[state_index(State::ForcedOpen)]
+}
+
 /// Per-minute metrics of a stream's entries up to `until_ms`, by minute. Time in each state is
 /// counted from the stream's transitions (CLOSED before the first one) up to `until_ms`.
 pub fn minutes(entries: &[Entry], until_ms: u64) -> BTreeMap<u64, Minute> {
     let mut out: BTreeMap<u64, Minute> = BTreeMap::new();
     let mut state = State::Closed;
     let mut since: Option<u64> = None;
-    let spend = |out: &mut BTreeMap<u64, Minute>, state: State, from: u64, to: u64| {
-        let mut t = from;
-        while t < to {
-            let minute = t / 60_000 * 60_000;
-            let end = (minute + 60_000).min(to);
-            out.entry(minute)
-                .or_insert_with(|| Minute {
-                    minute_ms: minute,
-                    ..Minute::default()
-                })
-                .state_ms[state_index(state)] += end - t;
-            t = end;
-        }
-    };
     for e in entries {
         match &e.item {
             Item::Core(Event::CallRecorded(c)) if c.at_ms <= until_ms => {
@@ -190,4 +215,55 @@ pub fn minutes(entries: &[Entry], until_ms: u64) -> BTreeMap<u64, Minute> {
         spend(&mut out, state, from, until_ms.max(from));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::breaker::{Breaker, Decision, Policy};
+
+    #[test]
+    fn time_in_state_is_counted_the_same_way_per_minute_and_in_total() {
+        // A breaker that trips, waits out OPEN, fails its trial and trips again, across minutes.
+        let mut b = Breaker::new(Policy::consecutive(2, 50_000)).unwrap();
+        let mut events = Vec::new();
+        for t in [10_000, 20_000, 95_000, 200_000, 210_000] {
+            b.tick(t, &mut events);
+            if let Decision::Permit(p) = b.acquire(t, &mut events) {
+                b.complete(t + 1, p, Outcome::Failure, &mut events);
+            }
+        }
+        let transitions: Vec<Transition> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Transitioned(t) => Some((**t).clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(transitions.len() >= 3, "{transitions:?}");
+        let (start, end) = (5_000, 300_000);
+        let total = time_in_states(State::Closed, &transitions, start, end);
+        assert_eq!(total.iter().sum::<u64>(), end - start);
+        let mut minutes = BTreeMap::new();
+        let (mut state, mut since) = (State::Closed, start);
+        for t in &transitions {
+            spend(&mut minutes, state, since, t.at_ms);
+            (state, since) = (t.to, t.at_ms);
+        }
+        spend(&mut minutes, state, since, end);
+        let mut per_minute = [0u64; 5];
+        for m in minutes.values() {
+            assert!(m.state_ms.iter().sum::<u64>() <= 60_000);
+            for (a, b) in per_minute.iter_mut().zip(m.state_ms) {
+                *a += b;
+            }
+        }
+        assert_eq!(per_minute, total);
+        assert_eq!(
+            open_ms(&total),
+            total[state_index(State::Open)],
+            "never forced open here"
+        );
+        assert!(open_ms(&total) >= 50_000);
+    }
 }

@@ -8,7 +8,7 @@
 //! checkpoint, never counted twice.
 
 use super::health::{Health, health};
-use super::metrics::Minute;
+use super::metrics::{self, Minute};
 use crate::breaker::{Event, State};
 use crate::journal::{
     CALL_BATCH, Decoded, Journal, JournalError, MinuteRow, ProjectionStore, StoreError, StoredEvent, decode,
@@ -53,16 +53,15 @@ fn minute_of(t: u64) -> u64 {
     t / 60_000 * 60_000
 }
 
-/// Adds `to − from` ms in `state` to the minutes it spans.
+/// Adds `to − from` ms in `state` to the stream's minutes it spans.
 fn spend(deltas: &mut Deltas, stream: &str, state: State, from: u64, to: u64) {
-    let index = State::ALL.iter().position(|s| *s == state).unwrap_or(0);
-    let mut t = from;
-    while t < to {
-        let m = minute_of(t);
-        let end = (m + 60_000).min(to);
-        entry(deltas, stream, m).state_ms[index] += end - t;
-        t = end;
+    if from >= to {
+        return;
     }
+    if !deltas.contains_key(stream) {
+        deltas.insert(stream.to_owned(), BTreeMap::new());
+    }
+    metrics::spend(deltas.get_mut(stream).expect("inserted above"), state, from, to);
 }
 
 /// A page's minutes by stream, then minute. By stream first so a row finds its stream by `&str`:
@@ -240,21 +239,24 @@ impl Projection {
             position,
             ..CatchUp::default()
         };
+        // The checkpoint keeps a position; the log is tailed by its reader's own cursor.
+        let mut tail = journal.cursor_at(position).await?;
         loop {
-            let events = journal.read_after(position, page.max(1)).await?;
+            let (events, after) = journal.tail(&tail, page.max(1)).await?;
             let Some(last) = events.last() else { break };
             let (mut deltas, mut next, mut calls) = (BTreeMap::new(), cursor.clone(), 0);
             for e in &events {
                 fold(e, &mut deltas, &mut next, &mut calls)?;
             }
             if self.write(deltas, position, last.position, &next).await? {
-                (position, cursor) = (last.position, next);
+                (position, cursor, tail) = (last.position, next, after);
                 done.events += events.len() as u64;
                 done.calls += calls;
             } else {
                 // Another projector (or a rebuild) moved the checkpoint since this page was read:
                 // the page would count twice. Start again from where it left the checkpoint.
                 (position, cursor) = self.checkpoint_or_start().await?;
+                tail = journal.cursor_at(position).await?;
             }
         }
         done.position = position;

@@ -1,6 +1,7 @@
 //! A post-incident summary of one breaker over a window: what changed, for how long it was
 //! open, what the callers saw, and its health at the end — all folded from the log.
 
+use super::metrics;
 use super::{Entry, Health, Item, fold, health, minutes, transitions};
 use crate::breaker::{Event, Outcome, Policy, State, Transition};
 use serde::Serialize;
@@ -65,16 +66,8 @@ pub fn summarize(
         None => State::Closed,
     };
     let in_window = transitions(entries, from_ms, to_ms);
-    let (mut state, mut since, mut open_ms) = (start_state, from_ms, 0);
-    for t in &in_window {
-        if is_open(state) {
-            open_ms += t.at_ms.saturating_sub(since);
-        }
-        (state, since) = (t.to, t.at_ms);
-    }
-    if is_open(state) {
-        open_ms += to_ms.saturating_sub(since);
-    }
+    let open_ms = metrics::open_ms(&metrics::time_in_states(start_state, &in_window, from_ms, to_ms));
+    let state = in_window.last().map_or(start_state, |t| t.to);
     let (mut calls, mut failures, mut timeouts, mut rejected, mut fallbacks) = (0, 0, 0, 0, 0);
     let within = |at: u64| (from_ms..to_ms).contains(&at);
     for e in entries {

@@ -2,6 +2,7 @@
 //! (the recorded policy with some keys changed), and compared with what the log says happened.
 //! A library function: `breakerbox what-if` only parses its flags and renders this.
 
+use super::metrics::{open_ms, time_in_states};
 use super::{Entry, TraceLine, export, fold, transitions};
 use crate::breaker::{Event, Policy, State, Transition};
 use crate::config::{Knobs, defaults};
@@ -61,19 +62,7 @@ impl std::error::Error for WhatIfError {}
 
 /// Time OPEN or FORCED_OPEN in `[start, end]`, from the state at `start` and the transitions.
 pub fn open_time(transitions: &[Transition], start: u64, end: u64, initial: State) -> u64 {
-    let mut total = 0;
-    let (mut state, mut since) = (initial, start);
-    for t in transitions {
-        if matches!(state, State::Open | State::ForcedOpen) {
-            total += t.at_ms.saturating_sub(since);
-        }
-        state = t.to;
-        since = t.at_ms;
-    }
-    if matches!(state, State::Open | State::ForcedOpen) {
-        total += end.saturating_sub(since);
-    }
-    total
+    open_ms(&time_in_states(initial, transitions, start, end))
 }
 
 /// The recorded calls admitted in `[from_ms, to_ms)` of a stream's `entries` (see [`export`]),

@@ -178,7 +178,7 @@ fn classify(path: &Path, doing: &str, e: rusqlite::Error) -> StoreError {
 }
 
 /// The columns of `select!`, in its order.
-const COLUMNS: [&str; 7] = [
+const COLUMNS: [&str; 8] = [
     "position",
     "stream",
     "seq",
@@ -186,6 +186,7 @@ const COLUMNS: [&str; 7] = [
     "event_version",
     "recorded_at",
     "payload",
+    "node",
 ];
 
 /// A column that is not of its type (the table is `STRICT`, so only a damaged file gives one).
@@ -210,6 +211,7 @@ fn stored(row: &rusqlite::Row<'_>, path: &Path, after: &dyn Fn() -> String) -> R
     };
     Ok(StoredEvent {
         position: int(0)?,
+        node: text(7)?,
         stream: text(1)?,
         seq: int(2)?,
         event_type: text(3)?,

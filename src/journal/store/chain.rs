@@ -22,9 +22,12 @@ pub const GENESIS: Hash = [0; 32];
 
 /// The hash of an event whose stream's previous event hashed to `prev`. Every column but the
 /// log position (the store assigns it) goes in, each with its length, so no two events share an
-/// encoding.
+/// encoding. An event with a node is `v2` (the node goes in after `prev`); one without (written
+/// before nodes were recorded) is `v1`, as it was hashed then, so older chains still verify.
+#[allow(clippy::too_many_arguments)] // the columns, each named at the call
 pub fn link(
     prev: &Hash,
+    node: &str,
     stream: &str,
     seq: u64,
     event_type: &str,
@@ -33,8 +36,15 @@ pub fn link(
     payload: &[u8],
 ) -> Hash {
     let mut h = Sha256::new();
-    h.update(b"breakerbox event v1\0");
-    h.update(prev);
+    if node.is_empty() {
+        h.update(b"breakerbox event v1\0");
+        h.update(prev);
+    } else {
+        h.update(b"breakerbox event v2\0");
+        h.update(prev);
+        h.update((node.len() as u64).to_le_bytes());
+        h.update(node.as_bytes());
+    }
     h.update((stream.len() as u64).to_le_bytes());
     h.update(stream.as_bytes());
     h.update(seq.to_le_bytes());
@@ -113,6 +123,7 @@ impl Heads {
             };
             let h = link(
                 &prev,
+                &r.node,
                 &r.stream,
                 r.seq,
                 r.event_type,
@@ -375,7 +386,7 @@ impl VerifyReport {
 /// What compaction kept of the events it removed: by stream, seq → hash.
 pub(crate) type Replaced = HashMap<String, BTreeMap<u64, Option<Hash>>>;
 
-type VerifyRow = (i64, String, i64, String, i64, i64, Vec<u8>, Option<Vec<u8>>);
+type VerifyRow = (i64, String, i64, String, i64, i64, Vec<u8>, Option<Vec<u8>>, String);
 
 /// Walks every stream's chain in seq order. `replaced` is what compaction recorded;
 /// `restored` the triggers the open put back; `anchors` heads exported earlier, each of which
@@ -404,7 +415,7 @@ pub(crate) async fn verify(
     let (mut after_stream, mut after_seq) = (String::new(), 0i64);
     loop {
         let page: Vec<VerifyRow> = sqlx::query_as(
-            "SELECT position, stream, seq, event_type, event_version, recorded_at, payload, hash FROM events
+            "SELECT position, stream, seq, event_type, event_version, recorded_at, payload, hash, node FROM events
              WHERE (stream, seq) > (?, ?) ORDER BY stream, seq LIMIT 5000",
         )
         .bind(&after_stream)
@@ -414,7 +425,7 @@ pub(crate) async fn verify(
         .map_err(classify)?;
         let Some(last) = page.last() else { break };
         (after_stream, after_seq) = (last.1.clone(), last.2);
-        for (position, stream, seq, event_type, version, recorded_at, payload, hash) in page {
+        for (position, stream, seq, event_type, version, recorded_at, payload, hash, node) in page {
             if walk.as_ref().is_none_or(|w| w.stream != stream) {
                 if let Some(w) = walk.take() {
                     w.end(&mut report);
@@ -448,6 +459,7 @@ pub(crate) async fn verify(
                 Some(stored) => {
                     let want = link(
                         &w.prev,
+                        &node,
                         &stream,
                         seq,
                         &event_type,
@@ -558,22 +570,42 @@ mod tests {
 
     #[test]
     fn a_link_covers_every_column_and_its_predecessor() {
-        let base = link(&GENESIS, "stripe", 1, "transition", 1, 1_000, b"abc");
-        assert_eq!(base, link(&GENESIS, "stripe", 1, "transition", 1, 1_000, b"abc"));
+        let base = link(&GENESIS, "app-1", "stripe", 1, "transition", 1, 1_000, b"abc");
+        assert_eq!(
+            base,
+            link(&GENESIS, "app-1", "stripe", 1, "transition", 1, 1_000, b"abc")
+        );
         for other in [
-            link(&[1; 32], "stripe", 1, "transition", 1, 1_000, b"abc"),
-            link(&GENESIS, "stripe2", 1, "transition", 1, 1_000, b"abc"),
-            link(&GENESIS, "stripe", 2, "transition", 1, 1_000, b"abc"),
-            link(&GENESIS, "stripe", 1, "snapshot", 1, 1_000, b"abc"),
-            link(&GENESIS, "stripe", 1, "transition", 2, 1_000, b"abc"),
-            link(&GENESIS, "stripe", 1, "transition", 1, 1_001, b"abc"),
-            link(&GENESIS, "stripe", 1, "transition", 1, 1_000, b"abd"),
+            link(&[1; 32], "app-1", "stripe", 1, "transition", 1, 1_000, b"abc"),
+            link(&GENESIS, "app-2", "stripe", 1, "transition", 1, 1_000, b"abc"),
+            link(&GENESIS, "", "stripe", 1, "transition", 1, 1_000, b"abc"),
+            link(&GENESIS, "app-1", "stripe2", 1, "transition", 1, 1_000, b"abc"),
+            link(&GENESIS, "app-1", "stripe", 2, "transition", 1, 1_000, b"abc"),
+            link(&GENESIS, "app-1", "stripe", 1, "snapshot", 1, 1_000, b"abc"),
+            link(&GENESIS, "app-1", "stripe", 1, "transition", 2, 1_000, b"abc"),
+            link(&GENESIS, "app-1", "stripe", 1, "transition", 1, 1_001, b"abc"),
+            link(&GENESIS, "app-1", "stripe", 1, "transition", 1, 1_000, b"abd"),
             // Lengths are in: moving a byte from one column to the next is another event.
-            link(&GENESIS, "stripet", 1, "ransition", 1, 1_000, b"abc"),
+            link(&GENESIS, "app-1", "stripet", 1, "ransition", 1, 1_000, b"abc"),
+            link(&GENESIS, "app-1s", "tripe", 1, "transition", 1, 1_000, b"abc"),
         ] {
             assert_ne!(base, other);
         }
         assert_eq!(from_hex(&hex(&base)), Some(base));
         assert_eq!(from_hex("zz"), None);
+    }
+
+    #[test]
+    fn links_are_the_documented_encodings() {
+        // Golden: SHA-256 of the encoding in docs/durability.md, computed outside this code (with
+        // Python's hashlib). v1 is what every chained log before nodes holds: it must never move.
+        assert_eq!(
+            hex(&link(&GENESIS, "", "stripe", 1, "transition", 1, 1_000, b"abc")),
+            "befa643d6fea0400b5dd7791bef66b9b0d3e7a06cdcc23e5551df1a7a0a59fdc"
+        );
+        assert_eq!(
+            hex(&link(&GENESIS, "app-1", "stripe", 1, "transition", 1, 1_000, b"abc")),
+            "4c7c0dd8ffb442f2524c90fba86995c1e52e85199d7ab137e23d6accba6e42b9"
+        );
     }
 }
