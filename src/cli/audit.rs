@@ -9,7 +9,7 @@ use std::io::Write;
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "KINDS: transition, command, policy, gap, stats (rejections and fallbacks)
-TIMES: RFC 3339 (2026-11-27T14:03:00Z) or an age (30m, 1h, 2d = that long ago)
+TIMES: now, RFC 3339 (2026-11-27T14:03:00Z) or an age (30m, 1h, 2d, 1h30m = that long ago)
 
 EXAMPLES:
   breakerbox audit --service stripe --since 1h

@@ -6,6 +6,7 @@ use breakerbox::actor::remote::{self, RemoteOutcome};
 use breakerbox::breaker::Command;
 use breakerbox::config::{BreakerConfig, Config, LoadOptions};
 use breakerbox::journal::{Journal, JournalOptions, Operator};
+use std::io::Write;
 use std::time::Duration;
 
 /// An operator command on one breaker.
@@ -35,12 +36,47 @@ fn load(global: &Global) -> Result<Config, CliError> {
     Config::load(&LoadOptions::from_process(global.config.clone())).map_err(CliError::config)
 }
 
-pub(super) async fn apply(
-    journal: &Journal,
-    b: &BreakerConfig,
-    command: Command,
-    why: &str,
-) -> Result<String, CliError> {
+/// What an operator command did, as printed (a line, or with `--json` one document).
+#[derive(Debug, serde::Serialize)]
+pub(super) struct Done {
+    service: String,
+    command: &'static str,
+    from: breakerbox::breaker::State,
+    to: breakerbox::breaker::State,
+    /// The log position of its `operator_command` record.
+    position: i64,
+    /// The running process that applied it, when one owns the log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    applied_by: Option<String>,
+    /// The dead owner whose lease this process took to apply it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    took_over_from: Option<String>,
+}
+
+impl std::fmt::Display for Done {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} → {} at position {}",
+            self.service, self.from, self.to, self.position
+        )?;
+        match (&self.applied_by, &self.took_over_from) {
+            (Some(holder), _) => write!(f, " (applied by {holder})"),
+            (None, Some(dead)) => write!(f, " (applied here; the log's owner was dead: {dead})"),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+fn command_name(command: Command) -> &'static str {
+    match command {
+        Command::ForceOpen => "force_open",
+        Command::Disable => "disable",
+        Command::Reset => "reset",
+    }
+}
+
+pub(super) async fn apply(journal: &Journal, b: &BreakerConfig, command: Command, why: &str) -> Result<Done, CliError> {
     let me = super::holder("cli");
     let request = remote::Request {
         target: &b.key,
@@ -56,30 +92,27 @@ pub(super) async fn apply(
         lease_ttl: breakerbox::journal::DEFAULT_LEASE_TTL,
         wait: Duration::from_secs(5),
     };
+    let done = |from, to, position, applied_by, took_over_from| Done {
+        service: b.key.clone(),
+        command: command_name(command),
+        from,
+        to,
+        position,
+        applied_by,
+        took_over_from,
+    };
     Ok(match remote::command(journal, request).await.map_err(runtime_err)? {
         RemoteOutcome::AppliedByOwner {
             holder,
             record,
             position,
-        } => format!(
-            "{}: {} → {} at position {position} (applied by {holder})",
-            b.key, record.from_state, record.to_state
-        ),
+        } => done(record.from_state, record.to_state, position, Some(holder), None),
         RemoteOutcome::AppliedHere {
             from,
             to,
             position,
-            took_over: None,
-        } => format!("{}: {from} → {to} at position {position}", b.key),
-        RemoteOutcome::AppliedHere {
-            from,
-            to,
-            position,
-            took_over: Some(dead),
-        } => format!(
-            "{}: {from} → {to} at position {position} (applied here; the log's owner was dead: {dead})",
-            b.key
-        ),
+            took_over,
+        } => done(from, to, position, None, took_over.map(|dead| dead.to_string())),
     })
 }
 
@@ -90,7 +123,7 @@ pub fn command(args: CommandArgs, command: Command, global: &Global) -> Result<(
     let b = config.require(&args.name).map_err(CliError::BadInput)?.clone();
     let path = global.existing_db()?;
     let rt = super::runtime()?;
-    let line = rt.block_on(async {
+    let done = rt.block_on(async {
         let journal = Journal::open(&path, JournalOptions::default())
             .await
             .map_err(runtime_err)?;
@@ -98,6 +131,11 @@ pub fn command(args: CommandArgs, command: Command, global: &Global) -> Result<(
         journal.close().await;
         r
     })?;
-    println!("{line}");
-    Ok(())
+    let mut out = std::io::stdout().lock();
+    if global.json {
+        serde_json::to_writer(&mut out, &done).map_err(runtime_err)?;
+        writeln!(out).map_err(super::stdout_error)
+    } else {
+        writeln!(out, "{done}").map_err(super::stdout_error)
+    }
 }

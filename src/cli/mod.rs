@@ -159,10 +159,13 @@ pub fn registry_options(config: &breakerbox::config::Config, role: &str) -> brea
     options
 }
 
-/// Who runs this command, for the audit trail: `USER@HOST`.
+/// Who runs this command, for the audit trail: `USER@HOST` ([`breakerbox::journal::user_name`]).
 pub fn user_at_host() -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    format!("{user}@{}", breakerbox::journal::host_name())
+    format!(
+        "{}@{}",
+        breakerbox::journal::user_name(),
+        breakerbox::journal::host_name()
+    )
 }
 
 /// Who this process is, for the writer lease: `ROLE pid N on HOST as USER [...]`, which tells

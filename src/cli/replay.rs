@@ -11,7 +11,7 @@ use std::io::Write;
 /// A breaker as it was at an instant, or its timeline over a period.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "TIMES: RFC 3339 (2026-11-27T14:03:00Z) or an age (10m = ten minutes ago)
+    after_help = "TIMES: now, RFC 3339 (2026-11-27T14:03:00Z) or an age (10m = ten minutes ago; 1h30m)
 
 EXAMPLES:
   breakerbox replay --service stripe --at 10m
@@ -49,20 +49,34 @@ pub fn replay(args: ReplayArgs, global: &Global) -> Result<(), CliError> {
         let journal = open(global).await?;
         // `--at` reads only what the instant depends on (`replay::state_at`); the timeline needs
         // the whole history.
+        let mut began_ms = None;
         let entries = match &args.at {
             Some(_) => match journal.read_stream(&args.service, 0, 1).await {
                 Ok(first) if first.is_empty() => Err(CliError::BadInput(format!(
                     "no history for service {:?} in this log",
                     args.service
                 ))),
-                Ok(_) => Ok(Vec::new()),
+                Ok(first) => {
+                    began_ms = first.first().map(|e| e.recorded_at.max(0) as u64);
+                    Ok(Vec::new())
+                }
                 Err(e) => Err(runtime_err(e)),
             },
             None => history(&journal, &args.service).await,
         };
         let state = match (&entries, &args.at) {
-            (Ok(_), Some(at)) => {
-                let at = parse_time(at, now).map_err(|e| CliError::BadInput(format!("--at: {e}")))?;
+            (Ok(_), Some(at_text)) => {
+                let at = parse_time(at_text, now).map_err(|e| CliError::BadInput(format!("--at: {e}")))?;
+                // Nothing is known before the stream's first event: no state is made up for it.
+                if let Some(began) = began_ms.filter(|b| at < *b) {
+                    journal.close().await;
+                    return Err(CliError::BadInput(format!(
+                        "--at {at_text}: {} is before {}'s log began ({}): no state is known then",
+                        fmt_time(at),
+                        args.service,
+                        fmt_time(began)
+                    )));
+                }
                 Some(
                     replay::state_at(&journal, &args.service, at, &fallback, budget)
                         .await

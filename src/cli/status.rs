@@ -20,7 +20,8 @@ GET /api/health/circuit-breakers answers.
 EXAMPLES:
   breakerbox status
   breakerbox status --service=stripe --test
-  breakerbox status --reset --service stripe --reason \"provider fixed the outage\""
+  breakerbox status --reset --service stripe --reason \"provider fixed the outage\"
+  breakerbox status --reset --all --reason \"provider fixed the outage\""
 )]
 pub struct StatusArgs {
     /// Only this breaker (a service, or service/operation).
@@ -29,9 +30,12 @@ pub struct StatusArgs {
     /// Send a real request to each service's health_url and report latency and outcome.
     #[arg(long)]
     test: bool,
-    /// Reset the breakers (all, or the one named by --service) to CLOSED.
+    /// Reset the breaker named by --service (or, with --all, every breaker) to CLOSED.
     #[arg(long, requires = "reason")]
     reset: bool,
+    /// With --reset: every breaker.
+    #[arg(long, requires = "reset", conflicts_with = "service")]
+    all: bool,
     /// Why (recorded in the audit trail with who and from where).
     #[arg(long, value_name = "TEXT")]
     reason: Option<String>,
@@ -65,6 +69,11 @@ pub fn status(args: StatusArgs, global: &Global) -> Result<(), CliError> {
     if let Some(why) = &args.reason {
         breakerbox::journal::check_reason(why).map_err(|e| CliError::BadInput(format!("--reason: {e}")))?;
     }
+    if args.reset && args.service.is_none() && !args.all {
+        return Err(CliError::BadInput(
+            "--reset needs --service NAME, or --all to reset every breaker".into(),
+        ));
+    }
     let config = load(global)?;
     let breakers = selected(&config, args.service.as_deref())?;
     let path = global.existing_db()?;
@@ -78,9 +87,9 @@ pub fn status(args: StatusArgs, global: &Global) -> Result<(), CliError> {
             if args.reset {
                 let why = args.reason.clone().unwrap_or_default();
                 for b in &breakers {
-                    let line = super::command::apply(&journal, b, Command::Reset, &why).await?;
+                    let done = super::command::apply(&journal, b, Command::Reset, &why).await?;
                     if !json_out {
-                        println!("{line}");
+                        println!("{done}");
                     }
                 }
             }

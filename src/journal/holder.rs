@@ -54,7 +54,7 @@ impl Holder {
             role: role.to_owned(),
             pid: std::process::id(),
             host: host_name(),
-            user: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+            user: user_name(),
             mark: own_mark().cloned(),
         }
     }
@@ -186,6 +186,34 @@ fn own_mark() -> Option<&'static Mark> {
         })
     })
     .as_ref()
+}
+
+/// Who runs this process, for the audit trail and the lease: `$USER`, else `$LOGNAME`, else the
+/// name of the process's user id in `/etc/passwd`, else `uid N` (never a made-up `unknown`).
+pub fn user_name() -> String {
+    for var in ["USER", "LOGNAME"] {
+        if let Ok(v) = std::env::var(var)
+            && !v.trim().is_empty()
+        {
+            return v;
+        }
+    }
+    use std::os::unix::fs::MetadataExt;
+    // `/proc/self` is owned by the process's effective user id.
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return "unknown uid".into();
+    };
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                let _password = fields.next()?;
+                (fields.next()?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 /// This host's name, as the system gives it (`gethostname`), else `localhost` (empty, not UTF-8,

@@ -37,7 +37,7 @@ mod record;
 mod store;
 mod writer;
 
-pub use holder::{Claim, DEFAULT_LEASE_TTL, Holder, Mark, Standing, host_name};
+pub use holder::{Claim, DEFAULT_LEASE_TTL, Holder, Mark, Standing, host_name, user_name};
 pub use record::{
     ALERT_DELIVERY, ALERTS_STREAM, AlertDelivery, AlertStatus, Body, CALL_BATCH, CALL_BATCH_VERSION, CALL_STATS,
     CALL_SUMMARY, CHAIN_ANCHOR, COMMAND_REQUEST, CallBatch, CallStats, CallSummary, ChainAnchor, CommandRequest,
