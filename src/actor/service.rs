@@ -391,6 +391,9 @@ impl Supervised for ServiceActor {
             .into_actor(self)
             .map(|result, act, _| match result {
                 Ok(r) => {
+                    if let Some(why) = r.skipped(&act.key) {
+                        tracing::error!(breaker = %act.key, "{why}");
+                    }
                     act.breaker = r.breaker;
                     act.publish();
                 }
