@@ -290,8 +290,15 @@ impl App {
     /// the reload watcher, the notifier, the projection and retention, then the breakers (their
     /// last events and snapshots made durable), then the log, cleanly. While the log is failing
     /// it still ends in time, and says what was not written ([`AppError::Stop`]).
-    pub async fn shutdown(mut self) -> Result<(), AppError> {
-        let deadline = tokio::time::Instant::now() + self.stop_within;
+    pub async fn shutdown(self) -> Result<(), AppError> {
+        let within = self.stop_within;
+        self.shutdown_within(within).await
+    }
+
+    /// [`App::shutdown`] within `within` instead of [`AppOptions::stop_within`]: for a host that
+    /// spent part of its stop bound before stopping the app (the demo, on its summary).
+    pub async fn shutdown_within(mut self, within: Duration) -> Result<(), AppError> {
+        let deadline = tokio::time::Instant::now() + within;
         if let Some(api) = self.api.take() {
             api.stop_streams();
         }
@@ -338,14 +345,28 @@ impl App {
     }
 }
 
-/// Folds new events into the metrics projection every `every`.
+/// Folds new events into the metrics projection every `every`. A failure is logged once per
+/// reason and the recovery once, not at every try while an outage lasts (a corrupt file's lasts
+/// until the process stops).
 async fn keep_projection(journal: Arc<Journal>, every: Duration) {
     let mut projection = Projection::open(&journal);
     let mut tick = tokio::time::interval(every);
+    let mut failing: Option<String> = None;
     loop {
         tick.tick().await;
-        if let Err(e) = projection.catch_up(&journal, 10_000).await {
-            tracing::warn!(error = %e, "folding new events into the metrics projection failed; retrying");
+        match projection.catch_up(&journal, 10_000).await {
+            Ok(_) => {
+                if failing.take().is_some() {
+                    tracing::info!("the metrics projection folds new events again");
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                if failing.as_deref() != Some(why.as_str()) {
+                    tracing::warn!(error = %why, "folding new events into the metrics projection failed; retrying");
+                    failing = Some(why);
+                }
+            }
         }
     }
 }

@@ -1859,6 +1859,73 @@ fn serve_restarted_right_after_a_sigkill_takes_the_log_over() {
 }
 
 #[test]
+fn serve_starts_on_a_log_whose_latest_snapshot_is_damaged_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let db = path.to_str().unwrap();
+    // Given a server whose stripe an operator forced open, stopped cleanly (its snapshots written)
+    let (child, lines) = spawn_serve(db, dir.path(), "first");
+    assert!(listening_within(&lines, std::time::Duration::from_secs(30)).is_some());
+    let out = breakerbox(
+        &["force-open", "stripe", "--db", db, "--reason", "provider incident"],
+        "",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    stop(child);
+    // and stripe's latest snapshot then damaged on disk
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let damaged = rt.block_on(async {
+        use sqlx::Connection;
+        let mut c = tamper::outsider(&path).await;
+        let (position,): (i64,) =
+            sqlx::query_as("SELECT MAX(position) FROM events WHERE stream = 'stripe' AND event_type = 'snapshot'")
+                .fetch_one(&mut c)
+                .await
+                .unwrap();
+        c.close().await.unwrap();
+        tamper::garble(&path, position).await;
+        position
+    });
+    // When serve starts on it again
+    let (mut child, lines) = spawn_serve(db, dir.path(), "second");
+    let ready = listening_within(&lines, std::time::Duration::from_secs(30));
+    let stderr = || std::fs::read_to_string(dir.path().join("second.stderr")).unwrap();
+    let Some(line) = ready else {
+        let _ = child.kill();
+        panic!("serve did not start ({:?}): {}", child.wait(), stderr());
+    };
+    // Then it serves stripe, still forced open (folded from the events before the snapshot), with
+    // its figures (the metrics projection skips the damaged event too)
+    let addr = listening_addr(&mut std::iter::once(Ok(line)));
+    let (code, response) = http_get(
+        &addr,
+        "/api/health/circuit-breakers/stripe",
+        Some("token-for-the-test-0123456789abcdef"),
+    );
+    assert_eq!(code, 200, "{response}");
+    let doc: Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let stripe = doc["breakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["service"] == "stripe");
+    assert_eq!(stripe.unwrap()["state"], "forced_open", "{doc}");
+    assert!(doc["read_error"].is_null(), "{doc}");
+    stop(child);
+    // and said once, as an error, which event of which breaker it skipped
+    let said = stderr();
+    let errors: Vec<&str> = said.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "{said}");
+    assert!(
+        errors[0].contains("stripe") && errors[0].contains(&format!("position {damaged} ")),
+        "{said}"
+    );
+}
+
+#[test]
 fn a_command_to_an_owner_that_is_alive_but_does_not_answer_says_so() {
     use breakerbox::journal::{Holder, Journal, JournalOptions};
     let dir = tempfile::tempdir().unwrap();

@@ -1,13 +1,16 @@
-//! Faults, as a user meets them with the release binary: a full disk under `serve`, a stderr
-//! whose reader has gone, an environment that is not UTF-8. Each asserts what an operator relies
-//! on: the breakers' states are answered, a command is answered in its bound and truthfully,
-//! SIGTERM ends the process in its bound, nothing acknowledged is lost.
+//! Faults, as a user meets them with the release binary: a full disk, an immutable file, a lock
+//! held by another process or a corrupt page under `serve`, a disk that fills under `demo`, a
+//! stderr whose reader has gone, an environment that is not UTF-8. Each asserts what an operator
+//! relies on: the breakers' states are answered, a command is answered in its bound and
+//! truthfully, SIGTERM ends the process in its bound, nothing acknowledged is lost.
 //!
 //! The disk is a real tmpfs mounted for the test (tests run as root here). Where mounting is not
 //! allowed the test says so; under `CI=true` that is a failure, never a silent skip.
 
 #[path = "support/lock.rs"]
 mod lock;
+#[path = "support/tamper.rs"]
+mod tamper;
 
 use serde_json::Value;
 use std::io::{BufRead, Read, Write};
@@ -153,12 +156,14 @@ enum Fault {
     Immutable,
     /// Another process holds the database's write lock (`BEGIN IMMEDIATE`).
     Locked,
+    /// A page of the file was damaged at rest; the background integrity check finds it.
+    Corrupt,
 }
 
 #[test]
 fn serve_on_a_full_disk_answers_states_and_commands_and_stops_on_sigterm_in_its_bound() {
     let Some(disk) = Tmpfs::mount(16) else { return };
-    under_fault(Fault::DiskFull, disk.path(), || disk.fill());
+    under_fault(Fault::DiskFull, disk.path(), |_| disk.fill());
 }
 
 #[test]
@@ -192,7 +197,7 @@ fn serve_on_an_immutable_log_answers_states_and_commands_and_stops_on_sigterm_in
         }
     }
     let _mutable = Mutable(&files);
-    under_fault(Fault::Immutable, dir.path(), || {
+    under_fault(Fault::Immutable, dir.path(), |_| {
         for f in &files {
             let o = chattr("+i", f).unwrap();
             assert!(o.status.success(), "chattr +i {}: {o:?}", f.display());
@@ -205,16 +210,97 @@ fn serve_with_its_log_locked_by_another_process_answers_and_stops_on_sigterm_in_
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("log.db");
     let mut lock = None;
-    under_fault(Fault::Locked, dir.path(), || lock = Some(lock::hold_write_lock(&db)));
+    under_fault(Fault::Locked, dir.path(), |_| lock = Some(lock::hold_write_lock(&db)));
     if let Some(mut lock) = lock {
         lock.release();
     }
 }
 
-/// `serve` on a log in `dir`, then `fault()` makes the log fail under it.
-fn under_fault(fault: Fault, dir: &Path, fault_now: impl FnOnce()) {
+#[test]
+fn serve_on_a_log_found_corrupt_while_serving_answers_states_and_commands_and_stops_on_sigterm_in_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("log.db");
+    // Given a log of many pages, then a server on it that stopped cleanly (so the next open
+    // skips the full check and runs it in the background)
+    a_log_of_many_pages(&db);
+    let (mut child, addr, _lines) = serve(&db, Stdio::null());
+    // (asked once, so the metrics projection has folded the whole log: the next start reads
+    // nothing of it)
+    let (code, _) = request(&addr, "GET", "/api/health/circuit-breakers", "");
+    assert_eq!(code, 200);
+    let (_, status) = sigterm(&mut child, Duration::from_secs(5));
+    assert!(status.success(), "{status:?}");
+    let mut marker = db.clone().into_os_string();
+    marker.push("-clean");
+    assert!(Path::new(&marker).exists(), "a clean stop leaves its marker");
+    // and a page of it damaged at rest (its mtime kept, as bit rot leaves it)
+    tamper::damage_a_page(&db, true);
+    under_fault(Fault::Corrupt, dir.path(), |addr| {
+        // The background check starts 1 s after the open; its finding shows in the health
+        // document.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, body) = request(addr, "GET", "/api/health/circuit-breakers", "");
+            if json(&body)["log"]["kind"] == "corrupt" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the damage is not found after 30 s: {body}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+}
+
+/// A log of many pages before any `serve` runs on it: 20,000 calls (recent ones, so retention
+/// leaves them) of a breaker since removed from the configuration, with a snapshot every 100.
+/// Nothing reads them at start-up, so a page damaged among them is found by the integrity
+/// check alone.
+fn a_log_of_many_pages(db: &Path) {
+    use breakerbox::breaker::{Breaker, Decision, Outcome, Policy};
+    use breakerbox::journal::{Body, Journal, JournalOptions};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let journal = Journal::open(db, JournalOptions::default()).await.unwrap();
+        let stream: std::sync::Arc<str> = std::sync::Arc::from("paypal");
+        let mut b = Breaker::new(Policy::consecutive(3, 100)).unwrap();
+        let start = breakerbox::actor::system_now_ms() - 60_000;
+        let mut events = Vec::new();
+        for i in 0..20_000u64 {
+            let t = start + i;
+            if let Decision::Permit(p) = b.acquire(t, &mut events) {
+                let outcome = if i % 5 == 0 { Outcome::Failure } else { Outcome::Success };
+                b.complete(t, p, outcome, &mut events);
+            }
+            for e in events.drain(..) {
+                journal.submit(&stream, Body::Breaker(e));
+            }
+            if i % 100 == 0 {
+                journal.submit(
+                    &stream,
+                    Body::Snapshot {
+                        at_ms: t,
+                        breaker: Box::new(b.clone()),
+                    },
+                );
+            }
+        }
+        journal.flush().await.unwrap();
+        journal.close().await;
+    });
+    let len = std::fs::metadata(db).unwrap().len();
+    assert!(len > 256 * 1024, "a log of many pages ({len} bytes)");
+}
+
+/// `serve` on a log in `dir`, then `fault_now(address)` makes the log fail under it (or, for
+/// a corruption there from the start, waits until it is found).
+fn under_fault(fault: Fault, dir: &Path, fault_now: impl FnOnce(&str)) {
     let db = dir.join("log.db");
-    let (mut child, addr, lines) = serve(&db, Stdio::null());
+    // Its log lines, kept off the faulty disk.
+    let logs = tempfile::tempdir().unwrap();
+    let stderr = logs.path().join("serve.stderr");
+    let (mut child, addr, lines) = serve(&db, std::fs::File::create(&stderr).unwrap().into());
     // Dashboards on the event stream must not hold the stop up.
     let streams: Vec<_> = (0..3)
         .map(|_| {
@@ -232,15 +318,18 @@ fn under_fault(fault: Fault, dir: &Path, fault_now: impl FnOnce()) {
             })
         })
         .collect();
-    // One command first, so the files exist and the lock is this process's to lose.
-    let (code, _) = request(
-        &addr,
-        "POST",
-        "/api/circuit-breakers/calcom/reset",
-        r#"{"reason":"before"}"#,
-    );
-    assert_eq!(code, 200);
-    fault_now();
+    // One command first, so the files exist and the lock is this process's to lose. (Not with
+    // the damage already there: it would race the check that finds it.)
+    if fault != Fault::Corrupt {
+        let (code, _) = request(
+            &addr,
+            "POST",
+            "/api/circuit-breakers/calcom/reset",
+            r#"{"reason":"before"}"#,
+        );
+        assert_eq!(code, 200);
+    }
+    fault_now(&addr);
 
     // A command is answered within its bound, applied, and said not to be durable.
     let started = Instant::now();
@@ -262,6 +351,7 @@ fn under_fault(fault: Fault, dir: &Path, fault_now: impl FnOnce()) {
     match fault {
         Fault::DiskFull => assert_eq!(kind, "full", "{answer}"),
         Fault::Immutable => assert_eq!(kind, "read_only", "{answer}"),
+        Fault::Corrupt => assert_eq!(kind, "corrupt", "{answer}"),
         // The first attempt may still be waiting out its busy timeout: not failed yet, or busy.
         Fault::Locked => assert!(kind.is_null() || kind == "busy", "{answer}"),
     }
@@ -291,6 +381,9 @@ fn under_fault(fault: Fault, dir: &Path, fault_now: impl FnOnce()) {
     assert!(!status.success(), "unwritten events are an error exit");
     let said: Vec<String> = lines.try_iter().collect();
     assert!(!said.iter().any(|l| l == "stopped cleanly"), "{said:?}");
+    // The outage is logged once, not once a second for as long as it lasts.
+    let logged = std::fs::read_to_string(&stderr).unwrap();
+    assert!(logged.matches("metrics projection failed").count() <= 1, "{logged}");
     for s in streams {
         let all = s.join().unwrap();
         assert!(
@@ -298,6 +391,66 @@ fn under_fault(fault: Fault, dir: &Path, fault_now: impl FnOnce()) {
             "each stream ends with a closing event: {all}"
         );
     }
+}
+
+#[test]
+fn the_demo_on_a_disk_that_fills_ends_in_its_bound_and_says_why_there_is_no_summary() {
+    const DURATION: Duration = Duration::from_secs(5);
+    let Some(disk) = Tmpfs::mount(16) else { return };
+    let db = disk.path().join("log.db");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+        .args(["demo", "--duration", "5s", "--bind", "127.0.0.1:0", "--db"])
+        .arg(&db)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The traffic, and the demo's clock, start right after this line.
+    let mut said = Vec::new();
+    let running = loop {
+        match lines.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line.starts_with("transitions as they happen") => break Instant::now(),
+            Ok(line) => said.push(line),
+            Err(e) => panic!("the demo did not start ({e}): {said:?}"),
+        }
+    };
+    disk.fill();
+    // It ends within its duration and the stop bound (5 s), however full the disk is.
+    let bound = DURATION + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if running.elapsed() > bound + Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("the demo still runs {:?} after it started", running.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = running.elapsed();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    said.extend(lines.try_iter());
+    assert!(
+        took < bound + Duration::from_secs(1),
+        "ended {took:?} after it started: {stderr}"
+    );
+    // With an error exit that says why there is no summary
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: no summary: the event log is failing (full"),
+        "{stderr}"
+    );
+    assert!(!said.iter().any(|l| l.contains("post-incident summary")), "{said:?}");
 }
 
 #[test]

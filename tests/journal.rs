@@ -199,6 +199,111 @@ async fn recovery_starts_from_the_latest_snapshot() {
     journal.close().await;
 }
 
+#[tokio::test]
+async fn recovery_skips_an_undecodable_event_and_names_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let stream: Arc<str> = Arc::from("stripe");
+    let policy = Policy::consecutive(2, 60_000);
+    let mut live = Breaker::new(policy.clone()).unwrap();
+    // Given stripe's stream: a snapshot, a failed call, then a second failed call that trips it
+    // (each a commit of its own)
+    let journal = Journal::open(&path, opts()).await.unwrap();
+    let snapshot = live.clone();
+    journal.submit(
+        &stream,
+        Body::Snapshot {
+            at_ms: 0,
+            breaker: Box::new(snapshot.clone()),
+        },
+    );
+    drive(&journal, &stream, &mut live, 1_000, Outcome::Failure);
+    journal.flush().await.unwrap();
+    let (tripped, _) = drive(&journal, &stream, &mut live, 2_000, Outcome::Failure);
+    journal.flush().await.unwrap();
+    assert_eq!(live.state(), State::Open);
+    // and the first call's batch damaged on disk
+    let damaged = all_events(&journal)
+        .await
+        .iter()
+        .find(|e| e.event_type == "call_batch")
+        .expect("the first call's batch")
+        .position;
+    journal.close().await;
+    tamper::garble(&path, damaged).await;
+    // When the breaker is recovered
+    let journal = Journal::open(&path, opts()).await.unwrap();
+    let r = journal
+        .recover("stripe", policy)
+        .await
+        .expect("one damaged event does not fail recovery");
+    // Then it is folded from the other events (OPEN, as its transition says) and the skipped
+    // one is named by its position
+    let mut expected = snapshot;
+    for e in &tripped {
+        expected.apply(e);
+    }
+    assert_eq!(r.breaker, expected);
+    assert_eq!(r.breaker.state(), State::Open);
+    assert_eq!(r.damaged, [damaged]);
+    let said = r.skipped("stripe").unwrap();
+    assert!(said.contains(&format!("position {damaged} ")), "{said}");
+    journal.close().await;
+}
+
+#[tokio::test]
+async fn a_snapshot_that_does_not_decode_is_passed_over_for_an_earlier_one_or_the_stream_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let stream: Arc<str> = Arc::from("stripe");
+    let policy = Policy::consecutive(3, 50);
+    let mut live = Breaker::new(policy.clone()).unwrap();
+    // Given stripe's stream with two snapshots among calls that trip and close it again
+    let journal = Journal::open(&path, opts()).await.unwrap();
+    for t in 0..300u64 {
+        let outcome = if t % 7 < 3 { Outcome::Failure } else { Outcome::Success };
+        drive(&journal, &stream, &mut live, t * 10, outcome);
+        if t == 100 || t == 200 {
+            journal.submit(
+                &stream,
+                Body::Snapshot {
+                    at_ms: t * 10,
+                    breaker: Box::new(live.clone()),
+                },
+            );
+        }
+    }
+    journal.flush().await.unwrap();
+    let snapshots: Vec<StoredEvent> = all_events(&journal)
+        .await
+        .into_iter()
+        .filter(|e| e.event_type == SNAPSHOT)
+        .collect();
+    let [earlier, latest] = &snapshots[..] else {
+        panic!("two snapshots: {snapshots:?}")
+    };
+    journal.close().await;
+    // When the latest snapshot is damaged on disk
+    tamper::garble(&path, latest.position).await;
+    let journal = Journal::open(&path, opts()).await.unwrap();
+    let r = journal.recover("stripe", policy.clone()).await.unwrap();
+    // Then recovery starts from the earlier one and folds everything after it: the breaker as
+    // it was, and the damaged snapshot named
+    assert_eq!(r.snapshot_seq, Some(earlier.seq));
+    assert_eq!(r.breaker, live);
+    assert_eq!(r.damaged, [latest.position]);
+    journal.close().await;
+    // When the earlier one is damaged too
+    tamper::garble(&path, earlier.position).await;
+    let journal = Journal::open(&path, opts()).await.unwrap();
+    let r = journal.recover("stripe", policy).await.unwrap();
+    // Then it folds the stream from its start: the same breaker, both snapshots named
+    assert_eq!(r.snapshot_seq, None);
+    assert_eq!(r.breaker, live);
+    assert_eq!(r.damaged, [earlier.position, latest.position]);
+    journal.close().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The long reads (`read_after`, `read_stream`, `read_stream_range`) go through the bulk reader
 // (rusqlite, at most 10,000 rows or 8 MiB of payload per read transaction). They must return
@@ -985,33 +1090,6 @@ fn checked_at_once() -> JournalOptions {
     }
 }
 
-/// Damages a table page in the middle of the file in place: its 8-byte page header is flipped,
-/// so `quick_check` cannot miss it. With `keep_mtime` the file's mtime is put back, as bit rot
-/// leaves it (no metadata changes). Returns the damaged bytes.
-fn damage_a_page(path: &Path, keep_mtime: bool) -> Vec<u8> {
-    use std::io::{Seek, SeekFrom, Write};
-    let mut bytes = std::fs::read(path).unwrap();
-    let page_size = usize::from(u16::from_be_bytes([bytes[16], bytes[17]]));
-    let pages = bytes.len() / page_size;
-    // A table leaf (type 0x0d) a quarter into the file: not page 1, not the last leaf.
-    let page = (pages / 4..pages - 1)
-        .find(|p| bytes[p * page_size] == 0x0d)
-        .expect("a table leaf page");
-    let at = page * page_size;
-    for b in &mut bytes[at..at + 8] {
-        *b ^= 0xA5;
-    }
-    let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
-    let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    file.seek(SeekFrom::Start(at as u64)).unwrap();
-    file.write_all(&bytes[at..at + 8]).unwrap();
-    file.sync_all().unwrap();
-    if keep_mtime {
-        file.set_modified(mtime).unwrap();
-    }
-    bytes
-}
-
 /// Waits (bounded) until the background check has an answer.
 async fn checked(journal: &Journal) -> Integrity {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -1063,7 +1141,7 @@ async fn damage_at_rest_after_a_clean_close_is_found_in_the_background_and_nothi
     let wal = sidecar(&path, "-wal");
     // Given a log closed cleanly, whose bits then rot at rest (its metadata unchanged)
     let mut b = write_log(&path).await;
-    let damaged = damage_a_page(&path, true);
+    let damaged = tamper::damage_a_page(&path, true);
     // When it is opened (the check starts after 1 s: what is submitted first is committed)
     let journal = Journal::open(
         &path,
@@ -1166,7 +1244,7 @@ async fn a_clean_shutdown_marker_that_does_not_match_the_file_is_ignored() {
     journal.close().await;
     // Given a clean close again, then a page damaged by something that wrote the file (its mtime
     // moved, even within the clock tick of the close)
-    let damaged = damage_a_page(&path, false);
+    let damaged = tamper::damage_a_page(&path, false);
     // When it is opened
     let refused = Journal::open(&path, checked_at_once()).await;
     // Then the full check runs at open and refuses it, leaving it as it was

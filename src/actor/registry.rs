@@ -103,6 +103,9 @@ impl Registry {
         for b in &config.breakers {
             let policy = b.policy_at(now);
             let found = journal.recover(&b.key, policy.clone()).await?;
+            if let Some(why) = found.skipped(&b.key) {
+                tracing::error!(breaker = %b.key, "{why}");
+            }
             let mut breaker = found.breaker;
             // A new stream records the policy it starts with, so its log is self-contained
             // (replay and export know the policy in force from the first event on).

@@ -189,6 +189,9 @@ impl Supervised for ServiceActor {
             .into_actor(self)
             .map(|result, act, _| match result {
                 Ok(r) => {
+                    if let Some(why) = r.skipped(&act.driver.key) {
+                        tracing::error!(breaker = %act.driver.key, "{why}");
+                    }
                     act.driver.breaker = r.breaker;
                     act.driver.publish();
                 }

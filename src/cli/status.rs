@@ -96,6 +96,9 @@ pub fn status(args: StatusArgs, global: &Global) -> Result<(), CliError> {
             let mut recovered = Vec::with_capacity(breakers.len());
             for b in &breakers {
                 let r = journal.recover(&b.key, b.policy.clone()).await.map_err(runtime_err)?;
+                if let Some(why) = r.skipped(&b.key) {
+                    super::to_stderr(format_args!("warning: {why}\n"));
+                }
                 recovered.push(r.breaker);
             }
             let now = system_now_ms();

@@ -270,6 +270,34 @@ pub struct Recovered {
     pub folded: u64,
     /// The seq of the snapshot it started from, if any.
     pub snapshot_seq: Option<i64>,
+    /// Positions of the stream's events that do not decode and were skipped, in log order
+    /// (snapshots among them: recovery started before them). The breaker is folded from the
+    /// others, so it may differ from what it was; [`Recovered::skipped`] says so.
+    pub damaged: Vec<i64>,
+}
+
+impl Recovered {
+    /// What to tell an operator about the skipped events (`None` when none was): where they
+    /// are (the first ten positions), that the state may differ, and which commands look closer.
+    pub fn skipped(&self, stream: &str) -> Option<String> {
+        const NAMED: usize = 10;
+        let n = self.damaged.len();
+        let mut at: Vec<String> = self.damaged.iter().take(NAMED).map(i64::to_string).collect();
+        if n > NAMED {
+            at.push(format!("… ({n} in all)"));
+        }
+        let at = at.join(", ");
+        let what = match n {
+            0 => return None,
+            1 => format!("the event at position {at} cannot be decoded and was skipped"),
+            _ => format!("{n} events (positions {at}) cannot be decoded and were skipped"),
+        };
+        Some(format!(
+            "recovering {stream}: {what}; its state is folded from the other events and may differ from \
+             what it was. `breakerbox verify` checks the log, `breakerbox replay --service {stream} --from \
+             TIME` names each event it skips"
+        ))
+    }
 }
 
 /// The write side of a journal, as the breakers' actors use it: submit, submit all or none,
@@ -705,7 +733,7 @@ impl Journal {
 
     /// The latest event of `event_type` in a stream (e.g. its last transition).
     pub async fn latest(&self, stream: &str, event_type: &str) -> Result<Option<StoredEvent>, StoreError> {
-        self.readers.latest_of_type(stream, event_type).await
+        self.readers.latest_of_type(stream, event_type, i64::MAX).await
     }
 
     /// The latest snapshot, transition or call summary of a stream recorded at or before `at_ms`
@@ -792,17 +820,31 @@ impl Journal {
     }
 
     /// Rebuilds a breaker from its latest snapshot and the events after it; a stream with no
-    /// events gives a fresh breaker with `policy`. A malformed event is an error, never skipped.
+    /// events gives a fresh breaker with `policy`.
+    ///
+    /// An event that does not decode (damaged, or written by a newer version) is skipped and its
+    /// position named in [`Recovered::damaged`], as every other reader of the log does: one
+    /// damaged record never keeps the breakers from starting. A snapshot that does not decode is
+    /// skipped the same way, and recovery starts from the latest earlier one that does, or from
+    /// the stream's start. Only a store error fails it.
     pub async fn recover(&self, stream: &str, policy: Policy) -> Result<Recovered, JournalError> {
-        let snapshot = self.readers.latest_of_type(stream, SNAPSHOT).await?;
-        let (mut breaker, mut after, snapshot_seq) = match &snapshot {
-            Some(s) => match decode(s).map_err(|source| JournalError::Decode {
-                position: s.position,
-                source,
-            })? {
-                Decoded::Snapshot(b) => (*b, s.seq, Some(s.seq)),
-                _ => unreachable!("latest_of_type(SNAPSHOT) returns snapshots"),
-            },
+        let mut damaged = Vec::new();
+        let mut below = i64::MAX;
+        let start = loop {
+            let Some(s) = self.readers.latest_of_type(stream, SNAPSHOT, below).await? else {
+                break None;
+            };
+            match decode(&s) {
+                Ok(Decoded::Snapshot(b)) => break Some((*b, s.seq)),
+                Ok(_) => unreachable!("latest_of_type(SNAPSHOT) returns snapshots"),
+                Err(_) => {
+                    damaged.push(s.position);
+                    below = s.seq;
+                }
+            }
+        };
+        let (mut breaker, mut after, snapshot_seq) = match start {
+            Some((b, seq)) => (b, seq, Some(seq)),
             None => (Breaker::new(policy)?, 0, None),
         };
         let mut folded = 0;
@@ -811,10 +853,14 @@ impl Journal {
             let Some(last) = page.last() else { break };
             after = last.seq;
             for e in &page {
-                match decode(e).map_err(|source| JournalError::Decode {
-                    position: e.position,
-                    source,
-                })? {
+                let Ok(decoded) = decode(e) else {
+                    // A snapshot passed over above is met again here: named once.
+                    if !damaged.contains(&e.position) {
+                        damaged.push(e.position);
+                    }
+                    continue;
+                };
+                match decoded {
                     Decoded::Breaker(events) => {
                         for ev in &events {
                             breaker.apply(ev);
@@ -833,11 +879,13 @@ impl Journal {
                 }
             }
         }
+        damaged.sort_unstable();
         Ok(Recovered {
             breaker,
             last_seq: after,
             folded,
             snapshot_seq,
+            damaged,
         })
     }
 

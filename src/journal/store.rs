@@ -420,26 +420,30 @@ fn stored((position, stream, seq, event_type, event_version, recorded_at, payloa
     }
 }
 
-/// The latest event of `event_type` in a stream. Snapshots use their partial index (the
-/// literal `'snapshot'` in the query is what lets SQLite pick it).
+/// The latest event of `event_type` in a stream with `seq < before_seq` (`i64::MAX`: the
+/// latest of all; recovery asks again below a snapshot that does not decode). Snapshots use
+/// their partial index (the literal `'snapshot'` in the query is what lets SQLite pick it).
 pub(crate) async fn latest_of_type(
     pool: &SqlitePool,
     stream: &str,
     event_type: &str,
+    before_seq: i64,
 ) -> Result<Option<StoredEvent>, StoreError> {
     let row: Option<RowTuple> = if event_type == super::record::SNAPSHOT {
         sqlx::query_as(select!(
-            " WHERE stream = ? AND event_type = 'snapshot' ORDER BY seq DESC LIMIT 1"
+            " WHERE stream = ? AND event_type = 'snapshot' AND seq < ? ORDER BY seq DESC LIMIT 1"
         ))
         .bind(stream)
+        .bind(before_seq)
         .fetch_optional(pool)
         .await
     } else {
         sqlx::query_as(select!(
-            " WHERE stream = ? AND event_type = ? ORDER BY seq DESC LIMIT 1"
+            " WHERE stream = ? AND event_type = ? AND seq < ? ORDER BY seq DESC LIMIT 1"
         ))
         .bind(stream)
         .bind(event_type)
+        .bind(before_seq)
         .fetch_optional(pool)
         .await
     }
@@ -1011,11 +1015,12 @@ pub trait LogReader: Send + Sync {
         after: i64,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<StoredEvent>, StoreError>> + Send;
-    /// The latest event of a type in a stream.
+    /// The latest event of a type in a stream before a seq.
     fn latest_of_type(
         &self,
         stream: &str,
         event_type: &str,
+        before_seq: i64,
     ) -> impl Future<Output = Result<Option<StoredEvent>, StoreError>> + Send;
     /// The latest event of an indexed type (snapshot, transition, call summary) at or before a
     /// time.
@@ -1219,8 +1224,13 @@ impl LogReader for SqliteReader {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         read_range(&self.pool, types, from_ms, to_ms, after, limit).await
     }
-    async fn latest_of_type(&self, stream: &str, event_type: &str) -> Result<Option<StoredEvent>, StoreError> {
-        latest_of_type(&self.pool, stream, event_type).await
+    async fn latest_of_type(
+        &self,
+        stream: &str,
+        event_type: &str,
+        before_seq: i64,
+    ) -> Result<Option<StoredEvent>, StoreError> {
+        latest_of_type(&self.pool, stream, event_type, before_seq).await
     }
     async fn latest_at_or_before(
         &self,

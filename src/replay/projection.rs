@@ -83,18 +83,30 @@ fn entry<'a>(deltas: &'a mut Deltas, stream: &str, minute: u64) -> &'a mut Minut
 }
 
 /// Folds one stored event into the deltas and the cursor.
-fn fold(e: &StoredEvent, deltas: &mut Deltas, cursor: &mut Cursor, calls: &mut u64) -> Result<(), JournalError> {
-    let bad = |source| JournalError::Decode {
-        position: e.position,
-        source,
+fn fold(e: &StoredEvent, deltas: &mut Deltas, cursor: &mut Cursor, calls: &mut u64) {
+    // An event that does not decode is reported with its position and skipped, as every fold of
+    // the log does: one damaged record must not stop the metrics for good.
+    let skipped = |error: &dyn std::fmt::Display| {
+        tracing::warn!(
+            position = e.position,
+            stream = %e.stream,
+            error = %error,
+            "the metrics projection skipped an event that cannot be decoded"
+        );
     };
     if e.event_type == CALL_BATCH {
         // Most rows: their calls are folded straight from the batch, without an event each.
-        let batch = decode_batch(e).map_err(bad)?;
-        fold_events(e, batch.iter().map(Event::CallRecorded), deltas, cursor, calls);
-        return Ok(());
+        match decode_batch(e) {
+            Ok(batch) => fold_events(e, batch.iter().map(Event::CallRecorded), deltas, cursor, calls),
+            Err(why) => skipped(&why),
+        }
+        return;
     }
-    match decode(e).map_err(bad)? {
+    let decoded = match decode(e) {
+        Ok(d) => d,
+        Err(why) => return skipped(&why),
+    };
+    match decoded {
         Decoded::Breaker(events) => fold_events(e, events.into_iter(), deltas, cursor, calls),
         // Compaction appends summaries after the batches they replace: count the calls once.
         Decoded::Summary(s) if e.position > cursor.origin && s.folded_by.iter().any(|n| n == NAME) => {}
@@ -117,7 +129,6 @@ fn fold(e: &StoredEvent, deltas: &mut Deltas, cursor: &mut Cursor, calls: &mut u
         | Decoded::Anchor(_)
         | Decoded::Other => {}
     }
-    Ok(())
 }
 
 /// Folds one row's core events (in order) into the deltas and the cursor.
@@ -246,7 +257,7 @@ impl Projection {
             let Some(last) = events.last() else { break };
             let (mut deltas, mut next, mut calls) = (BTreeMap::new(), cursor.clone(), 0);
             for e in &events {
-                fold(e, &mut deltas, &mut next, &mut calls)?;
+                fold(e, &mut deltas, &mut next, &mut calls);
             }
             if self.write(deltas, position, last.position, &next).await? {
                 (position, cursor, tail) = (last.position, next, after);
