@@ -781,10 +781,8 @@ fn alert_outcomes(db: &str) -> Vec<String> {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    let entries: Vec<Value> = match serde_json::from_str::<Value>(&text) {
-        Ok(Value::Array(a)) => a,
-        _ => text.lines().map(|l| serde_json::from_str(l).unwrap()).collect(),
-    };
+    let doc: Value = serde_json::from_str(&text).expect("audit --json prints one JSON document");
+    let entries = doc["entries"].as_array().expect("its entries").clone();
     entries
         .iter()
         .map(|e| e["details"]["outcome"].as_str().unwrap().to_owned())

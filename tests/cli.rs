@@ -19,6 +19,18 @@ fn breakerbox(args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// `audit --json`'s entries: one document, its `entries`.
+fn audit_entries(out: &Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("audit --json prints one JSON document");
+    doc["entries"].as_array().expect("its entries").clone()
+}
+
 fn json_lines(out: &Output) -> Vec<Value> {
     assert!(
         out.status.success(),
@@ -559,7 +571,7 @@ fn audit_replay_export_and_what_if_answer_from_the_log() {
     let db = db.to_str().unwrap();
     // Audit: parseable JSON and CSV, the operator's action with who, where and why.
     let out = breakerbox(&["audit", "--db", db, "--service", "stripe", "--format", "json"], "");
-    let entries = json_lines(&out);
+    let entries = audit_entries(&out);
     assert!(
         entries
             .iter()
@@ -577,7 +589,7 @@ fn audit_replay_export_and_what_if_answer_from_the_log() {
     assert_eq!(rows[0], "position,time,service,kind,summary");
     assert_eq!(rows.len(), 3, "{csv}");
     assert!(rows[1].contains(",stripe,command,\"force_open by carol@ops from cli: provider maintenance"));
-    let recent = json_lines(&breakerbox(
+    let recent = audit_entries(&breakerbox(
         &["audit", "--db", db, "--since", "1m", "--kind", "transition", "--json"],
         "",
     ));
@@ -769,7 +781,7 @@ fn status_shows_every_breaker_and_operator_commands_are_audited() {
         "",
     );
     assert_eq!(status_rows(&out)[0]["state"], "closed");
-    let audit = json_lines(&breakerbox(&["audit", "--db", db, "--kind", "command", "--json"], ""));
+    let audit = audit_entries(&breakerbox(&["audit", "--db", db, "--kind", "command", "--json"], ""));
     let last = &audit.last().unwrap()["details"];
     assert_eq!(
         (last["operator"]["from"].as_str(), last["operator"]["why"].as_str()),
@@ -784,6 +796,257 @@ fn status_shows_every_breaker_and_operator_commands_are_audited() {
     fails_with(&["status", "--db", "/nonexistent.db"], "", "/nonexistent.db");
     fails_with(&["force-open", "stripe", "--db", db], "", "--reason");
     fails_with(&["status", "--db", db, "--reset"], "", "--reason");
+}
+
+#[test]
+fn status_test_fails_the_command_on_a_refused_connection_and_passes_when_every_check_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = recorded_log(dir.path());
+    let (ok_url, _) = status_server(200);
+    // A port nobody listens on: connection refused.
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/health", l.local_addr().unwrap())
+    };
+    let run = |url: &str| {
+        let config = dir.path().join("cb.toml");
+        std::fs::write(
+            &config,
+            format!("[services.stripe]\nfailure_threshold = 3\nhealth_url = \"{url}\"\n"),
+        )
+        .unwrap();
+        breakerbox(
+            &[
+                "status",
+                "--test",
+                "--db",
+                db.to_str().unwrap(),
+                "--config",
+                config.to_str().unwrap(),
+            ],
+            "",
+        )
+    };
+    let out = run(&refused);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "connection refused is a failed check: {stderr}"
+    );
+    assert!(stderr.contains("1 of 1 checks failed: stripe ("), "{stderr}");
+    let out = run(&ok_url);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn operator_commands_need_a_reason_name_who_and_answer_json_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = recorded_log(dir.path());
+    let db = db.to_str().unwrap();
+    let config = dir.path().join("cb.toml");
+    std::fs::write(&config, "[services.stripe]\nfailure_threshold = 3\n[services.calcom]\n").unwrap();
+    let config = config.to_str().unwrap();
+    // A reason is required, not empty, on every command.
+    fails_with(
+        &["reset", "stripe", "--db", db, "--config", config, "--reason", " "],
+        "",
+        "reason is required",
+    );
+    let out = breakerbox(&["force-open", "stripe", "--db", db, "--config", config], "");
+    assert_eq!(out.status.code(), Some(2), "clap asks for --reason");
+    // `status --reset` resets every breaker only when told so.
+    fails_with(
+        &["status", "--reset", "--reason", "oops", "--db", db, "--config", config],
+        "",
+        "--all",
+    );
+
+    // Who: $USER, else $LOGNAME, else the uid's name — never `unknown`.
+    let cmd = |env: &[(&str, &str)], unset: &[&str], args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_breakerbox"));
+        c.args(args).envs(env.iter().copied());
+        for v in unset {
+            c.env_remove(v);
+        }
+        c.output().unwrap()
+    };
+    let force = [
+        "force-open",
+        "stripe",
+        "--db",
+        db,
+        "--config",
+        config,
+        "--reason",
+        "INC-7",
+        "--json",
+    ];
+    let out = cmd(&[("LOGNAME", "alice")], &["USER"], &force);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // One JSON document saying what was done.
+    let done: Value = serde_json::from_slice(&out.stdout).expect("force-open --json prints one JSON document");
+    assert_eq!(
+        (done["service"].as_str(), done["command"].as_str(), done["to"].as_str()),
+        (Some("stripe"), Some("force_open"), Some("forced_open"))
+    );
+    let position = done["position"].as_i64().expect("the record's position");
+    let out = cmd(
+        &[],
+        &["USER", "LOGNAME"],
+        &["reset", "stripe", "--db", db, "--config", config, "--reason", "fixed"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let entries = audit_entries(&breakerbox(&["audit", "--db", db, "--kind", "command", "--json"], ""));
+    let by_position =
+        |p: i64| entries.iter().find(|e| e["position"] == p).unwrap()["details"]["operator"]["who"].clone();
+    assert!(
+        by_position(position).as_str().unwrap().starts_with("alice@"),
+        "{entries:?}"
+    );
+    let last = entries.last().unwrap()["details"]["operator"]["who"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let uid_name = {
+        use std::os::unix::fs::MetadataExt;
+        let uid = std::fs::metadata("/proc/self").unwrap().uid();
+        std::fs::read_to_string("/etc/passwd")
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.get(2) == Some(&uid.to_string().as_str())).then(|| f[0].to_owned())
+            })
+            .unwrap_or(format!("uid {uid}"))
+    };
+    assert!(last.starts_with(&format!("{uid_name}@")), "{last}");
+
+    // `status --reset --all` resets every breaker and says so.
+    let out = breakerbox(
+        &[
+            "status",
+            "--reset",
+            "--all",
+            "--reason",
+            "all clear",
+            "--db",
+            db,
+            "--config",
+            config,
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // `config check --json`: one document, for a good config and for a bad one (exit 2).
+    let out = breakerbox(&["config", "check", "--json", "--config", config], "");
+    assert!(out.status.success());
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((doc["ok"].as_bool(), doc["breakers"].as_u64()), (Some(true), Some(2)));
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[services.stripe]\nfailure_threshold = 0\n").unwrap();
+    let out = breakerbox(&["config", "check", "--json", "--config", bad.to_str().unwrap()], "");
+    assert_eq!(out.status.code(), Some(2));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["ok"], false);
+    assert!(
+        doc["problems"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("failure_threshold"),
+        "{doc}"
+    );
+}
+
+#[test]
+fn times_take_now_and_compound_ages_and_audit_says_what_it_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = recorded_log(dir.path());
+    let db = db.to_str().unwrap();
+    // `now`, compound ages and RFC 3339 wherever a time is taken.
+    let out = breakerbox(
+        &["audit", "--db", db, "--since", "1h30m", "--until", "now", "--json"],
+        "",
+    );
+    let all = audit_entries(&out);
+    assert!(!all.is_empty());
+    let out = breakerbox(
+        &[
+            "replay",
+            "--db",
+            db,
+            "--service",
+            "stripe",
+            "--from",
+            "20m",
+            "--to",
+            "now",
+            "--json",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = breakerbox(
+        &["replay", "--db", db, "--service", "stripe", "--at", "14m30s", "--json"],
+        "",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Before the log began, nothing is known: said, not answered "closed".
+    fails_with(
+        &["replay", "--db", db, "--service", "stripe", "--at", "2h"],
+        "",
+        "before stripe's log began",
+    );
+    fails_with(&["audit", "--db", db, "--since", "30m1h"], "", "30m1h");
+
+    // Stats records are left out unless asked for, and the document says so.
+    let doc: Value = serde_json::from_slice(&out_of(&["audit", "--db", db, "--json"])).unwrap();
+    assert_eq!(doc["hidden_kinds"], serde_json::json!(["stats"]));
+    assert!(doc["entries"].as_array().unwrap().iter().all(|e| e["kind"] != "stats"));
+    let stats = audit_entries(&breakerbox(&["audit", "--db", db, "--kind", "stats", "--json"], ""));
+    assert!(!stats.is_empty(), "the recorded log has rejections");
+    // A limit says how many it left out; newest first when asked (the default on a terminal).
+    let total = doc["entries"].as_array().unwrap().len();
+    assert!(total > 3);
+    let newest: Value = serde_json::from_slice(&out_of(&[
+        "audit", "--db", db, "--json", "--limit", "2", "--order", "newest",
+    ]))
+    .unwrap();
+    let positions: Vec<i64> = newest["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["position"].as_i64().unwrap())
+        .collect();
+    let last_two: Vec<i64> = doc["entries"].as_array().unwrap()[total - 2..]
+        .iter()
+        .rev()
+        .map(|e| e["position"].as_i64().unwrap())
+        .collect();
+    assert_eq!(positions, last_two);
+    assert_eq!(newest["left_out"].as_u64(), Some(total as u64 - 2));
+    let table = breakerbox(&["audit", "--db", db, "--limit", "2"], "");
+    let stdout = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        stdout.lines().next().unwrap().contains("position") && stdout.lines().count() == 3,
+        "{stdout}"
+    );
+    assert!(
+        String::from_utf8_lossy(&table.stderr).contains(&format!("{} later entries not shown", total - 2)),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+}
+
+fn out_of(args: &[&str]) -> Vec<u8> {
+    let out = breakerbox(args, "");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 #[test]
@@ -811,7 +1074,16 @@ fn status_test_requests_each_health_url_and_says_which_services_cannot_be_tested
         "--config",
         config.to_str().unwrap(),
     ];
-    let rows = status_rows(&breakerbox(&args, ""));
+    let out = breakerbox(&args, "");
+    // A check that failed fails the command (exit 1), naming each; the document is still printed.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("2 of 4 checks failed") && stderr.contains("retell (HTTP 503") && stderr.contains("paypal ("),
+        "{stderr}"
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let rows = doc["breakers"].as_array().unwrap().clone();
     let by = |k: &str| rows.iter().find(|r| r["service"] == k).unwrap()["test"].clone();
     assert_eq!(by("calcom")["testable"], false, "reported, not skipped");
     assert_eq!(
@@ -1043,7 +1315,7 @@ fn demo_runs_end_to_end_and_every_history_command_answers_from_its_log() {
     assert!(row["metrics_5m"]["calls"].as_u64().unwrap() > 0);
 
     // the audit trail shows stripe opening and closing
-    let audit = json_lines(&breakerbox(
+    let audit = audit_entries(&breakerbox(
         &[
             "audit",
             "--db",
@@ -1106,13 +1378,13 @@ fn demo_runs_end_to_end_and_every_history_command_answers_from_its_log() {
     // A second run on the same file continues the same history.
     let again = breakerbox(&["demo", "--duration", "5s", "--db", db, "--bind", "127.0.0.1:0"], "");
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
-    let audit2 = json_lines(&breakerbox(
+    let audit2 = audit_entries(&breakerbox(
         &["audit", "--db", db, "--kind", "transition", "--json"],
         "",
     ));
     let first_stripe = audit2.iter().find(|e| e["stream"] == "stripe").unwrap();
     assert_eq!(first_stripe, &audit[0], "the first run's history is still there, first");
-    let policy = json_lines(&breakerbox(&["audit", "--db", db, "--kind", "policy", "--json"], ""));
+    let policy = audit_entries(&breakerbox(&["audit", "--db", db, "--kind", "policy", "--json"], ""));
     assert_eq!(
         policy.iter().filter(|e| e["stream"] == "stripe").count(),
         1,
@@ -1825,7 +2097,7 @@ fn a_command_right_after_the_server_was_killed_is_applied_and_names_its_position
         "",
     ));
     assert_eq!(rows[0]["state"], "forced_open");
-    let audit = json_lines(&breakerbox(&["audit", "--db", db, "--kind", "command", "--json"], ""));
+    let audit = audit_entries(&breakerbox(&["audit", "--db", db, "--kind", "command", "--json"], ""));
     let entry = audit
         .iter()
         .find(|e| e["position"] == position)

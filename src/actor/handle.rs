@@ -327,6 +327,8 @@ impl BreakerHandle {
     }
 
     async fn operate(&self, command: Command, operator: Operator) -> Result<CommandResult, JournalError> {
+        // The same rule as the CLI's and the API's: nothing is applied without a reason.
+        crate::journal::check_reason(&operator.why).map_err(JournalError::Refused)?;
         self.operate_for(command, operator, None).await
     }
 

@@ -3,12 +3,15 @@
 use super::history::{fmt_time, open, runtime_err, time_arg};
 use super::{CliError, Global};
 use breakerbox::replay::{self, AuditQuery, Kind};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 /// The audit trail: transitions, operator commands, policy changes, gaps, call stats.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "KINDS: transition, command, policy, gap, stats (rejections and fallbacks)
+    after_help = "KINDS: transition, command, policy, gap, alert, stats (per-second rejections and fallbacks:
+shown only when asked for with --kind stats)
+ORDER: newest first on a terminal, log order otherwise (--order to choose); a line says how many
+entries the limit left out.
 TIMES: now, RFC 3339 (2026-11-27T14:03:00Z) or an age (30m, 1h, 2d, 1h30m = that long ago)
 
 EXAMPLES:
@@ -31,12 +34,21 @@ pub struct AuditArgs {
     /// Only entries after this log position (the `position` of the last entry of a page).
     #[arg(long, value_name = "POS", default_value_t = 0)]
     after: i64,
-    /// At most this many entries.
+    /// At most this many entries (the newest with --order newest, the oldest otherwise).
     #[arg(long, value_name = "N", default_value_t = 1_000)]
     limit: usize,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
+    /// Newest or oldest first [default: newest on a terminal, oldest (log order) otherwise].
+    #[arg(long, value_enum)]
+    order: Option<Order>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Order {
+    Newest,
+    Oldest,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -46,41 +58,134 @@ enum Format {
     Csv,
 }
 
+/// Entries as printed: which, and how many the limit left out.
+#[derive(serde::Serialize)]
+struct Shown {
+    entries: Vec<replay::AuditEntry>,
+    order: &'static str,
+    /// Entries that matched but were left out by `--limit`.
+    left_out: u64,
+    /// Kinds not shown because they were not asked for (`stats` unless `--kind stats`).
+    hidden_kinds: Vec<&'static str>,
+    damaged: Vec<replay::Damaged>,
+}
+
 pub fn audit(args: AuditArgs, global: &Global) -> Result<(), CliError> {
     let since = time_arg(&args.since, "--since", 0)?;
     let until = time_arg(&args.until, "--until", u64::MAX)?;
+    let format = if global.json { Format::Json } else { args.format };
+    let terminal = std::io::stdout().is_terminal();
+    let order = args.order.unwrap_or(if terminal && matches!(format, Format::Table) {
+        Order::Newest
+    } else {
+        Order::Oldest
+    });
+    // Per-second stats records drown the rest: shown when asked for.
+    let (kinds, hidden_kinds) = if args.kind.is_empty() {
+        let kinds: Vec<Kind> = Kind::ALL.into_iter().filter(|k| *k != Kind::Stats).collect();
+        (kinds, vec![Kind::Stats.as_str()])
+    } else {
+        (args.kind.clone(), Vec::new())
+    };
     let rt = super::runtime()?;
-    let page = rt.block_on(async {
+    let shown = rt.block_on(async {
         let journal = open(global).await?;
-        let q = AuditQuery {
+        let mut q = AuditQuery {
             stream: args.service.clone(),
-            kinds: args.kind.clone(),
+            kinds,
             since_ms: since,
             until_ms: until,
             after_position: args.after,
-            limit: args.limit,
+            limit: 10_000,
         };
-        let r = replay::audit(&journal, &q).await.map_err(runtime_err);
+        // Every match is read in log order (pages of 10,000), the first or the last `limit` kept
+        // and the rest counted, so what the limit left out can be said exactly.
+        let mut kept = std::collections::VecDeque::with_capacity(args.limit.min(10_000));
+        let (mut matched, mut damaged) = (0u64, Vec::new());
+        let r = loop {
+            let page = match replay::audit(&journal, &q).await {
+                Ok(page) => page,
+                Err(e) => break Err(e),
+            };
+            damaged.extend(page.damaged);
+            if page.entries.is_empty() {
+                let mut entries: Vec<_> = kept.into_iter().collect();
+                if order == Order::Newest {
+                    entries.reverse();
+                }
+                let left_out = matched - entries.len() as u64;
+                break Ok((entries, left_out, damaged));
+            }
+            q.after_position = page.scanned_to;
+            for e in page.entries {
+                matched += 1;
+                match order {
+                    Order::Oldest if kept.len() < args.limit => kept.push_back(e),
+                    Order::Oldest => {}
+                    Order::Newest if args.limit == 0 => {}
+                    Order::Newest => {
+                        if kept.len() == args.limit {
+                            kept.pop_front();
+                        }
+                        kept.push_back(e);
+                    }
+                }
+            }
+        };
         journal.close().await;
-        r
+        r.map(|(entries, left_out, damaged)| Shown {
+            entries,
+            order: match order {
+                Order::Newest => "newest first",
+                Order::Oldest => "log order",
+            },
+            left_out,
+            hidden_kinds,
+            damaged,
+        })
+        .map_err(runtime_err)
     })?;
-    for d in &page.damaged {
+    for d in &shown.damaged {
         super::to_stderr(format_args!("warning: {}\n", replay::printable(&d.to_string())));
     }
-    let entries = page.entries;
+    let entries = &shown.entries;
     let mut out = std::io::stdout().lock();
     let io = super::stdout_error;
-    let format = if global.json { Format::Json } else { args.format };
+    // What was left out, said on stderr beside a table or CSV (stdout keeps only the rows).
+    let say_left_out = || {
+        if shown.left_out > 0 {
+            let which = if order == Order::Newest { "older" } else { "later" };
+            super::to_stderr(format_args!(
+                "{} {which} entries not shown (--limit {}{})\n",
+                shown.left_out,
+                args.limit,
+                if order == Order::Oldest {
+                    format!(
+                        "; the next page: --after {}",
+                        entries.last().map_or(args.after, |e| e.position)
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        if !shown.hidden_kinds.is_empty() {
+            super::to_stderr(format_args!(
+                "{} records hidden: --kind {} shows them\n",
+                shown.hidden_kinds.join(", "),
+                shown.hidden_kinds.join(" --kind ")
+            ));
+        }
+    };
     match format {
         Format::Json => {
-            for e in &entries {
-                serde_json::to_writer(&mut out, e).map_err(runtime_err)?;
-                writeln!(out).map_err(io)?;
-            }
+            // One document: the entries, what was left out and why.
+            serde_json::to_writer(&mut out, &shown).map_err(runtime_err)?;
+            writeln!(out).map_err(io)?;
         }
         Format::Csv => {
             writeln!(out, "position,time,service,kind,summary").map_err(io)?;
-            for e in &entries {
+            for e in entries {
                 writeln!(
                     out,
                     "{},{},{},{},{}",
@@ -97,12 +202,25 @@ pub fn audit(args: AuditArgs, global: &Global) -> Result<(), CliError> {
                 )
                 .map_err(io)?;
             }
+            say_left_out();
         }
         Format::Table => {
-            for e in &entries {
+            let width = entries
+                .iter()
+                .map(|e| replay::printable(&e.stream).chars().count())
+                .max()
+                .unwrap_or(0)
+                .max("service".len());
+            writeln!(
+                out,
+                "{:>8}  {:<24}  {:<width$}  {:<10}  summary",
+                "position", "time", "service", "kind"
+            )
+            .map_err(io)?;
+            for e in entries {
                 writeln!(
                     out,
-                    "{:>8}  {}  {:<24} {:<10} {}",
+                    "{:>8}  {:<24}  {:<width$}  {:<10}  {}",
                     e.position,
                     fmt_time(e.at_ms as u64),
                     replay::printable(&e.stream),
@@ -111,6 +229,7 @@ pub fn audit(args: AuditArgs, global: &Global) -> Result<(), CliError> {
                 )
                 .map_err(io)?;
             }
+            say_left_out();
         }
     }
     Ok(())

@@ -35,22 +35,58 @@ fn rule(b: &BreakerConfig) -> &'static str {
 }
 
 pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
-    let config = Config::load(&LoadOptions::from_process(global.config.clone())).map_err(CliError::config)?;
+    let loaded = Config::load(&LoadOptions::from_process(global.config.clone()));
+    let config = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            if args.check.is_some() && global.json {
+                // One document on stdout too; the problems also go to stderr as with any error.
+                let problems: Vec<_> = e
+                    .problems
+                    .iter()
+                    .map(|p| json!({"location": p.location, "message": p.message}))
+                    .collect();
+                let mut out = std::io::stdout().lock();
+                serde_json::to_writer(&mut out, &json!({"ok": false, "problems": problems}))
+                    .map_err(|e| CliError::Runtime(e.to_string()))?;
+                writeln!(out).map_err(super::stdout_error)?;
+            }
+            return Err(CliError::config(e));
+        }
+    };
     let file = config
         .file
         .as_ref()
         .map_or("none (embedded defaults)".to_owned(), |p| p.display().to_string());
     if args.check.is_some() {
-        println!(
+        let note = config.api.allow_short_tokens.then(|| {
+            format!(
+                "[api] allow_short_tokens = true: serve takes tokens shorter than {} characters on a loopback address only",
+                breakerbox::config::MIN_TOKEN_LEN
+            )
+        });
+        let mut out = std::io::stdout().lock();
+        let io = super::stdout_error;
+        if global.json {
+            let doc = json!({
+                "ok": true,
+                "file": config.file,
+                "breakers": config.breakers.len(),
+                "alert_sinks": config.alerts.webhooks.len(),
+                "notes": note.into_iter().collect::<Vec<_>>(),
+            });
+            serde_json::to_writer(&mut out, &doc).map_err(|e| CliError::Runtime(e.to_string()))?;
+            return writeln!(out).map_err(io);
+        }
+        writeln!(
+            out,
             "config ok: {} breakers, {} alert sinks, file: {file}",
             config.breakers.len(),
             config.alerts.webhooks.len()
-        );
-        if config.api.allow_short_tokens {
-            println!(
-                "note: [api] allow_short_tokens = true: serve takes tokens shorter than {} characters on a loopback address only",
-                breakerbox::config::MIN_TOKEN_LEN
-            );
+        )
+        .map_err(io)?;
+        if let Some(note) = note {
+            writeln!(out, "note: {note}").map_err(io)?;
         }
         return Ok(());
     }

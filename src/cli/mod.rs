@@ -159,6 +159,31 @@ pub fn registry_options(config: &breakerbox::config::Config, role: &str) -> brea
     options
 }
 
+/// Whether to colour what goes to stdout: a terminal, `NO_COLOR` unset or empty
+/// (no-color.org), and not `TERM=dumb`.
+pub fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::env::var_os("TERM").is_none_or(|t| t != "dumb")
+}
+
+/// `text` (already padded) in the colour of a breaker state: red for rejecting everything,
+/// yellow for trials, green for closed, dim for disabled; as it is without colour.
+pub fn paint_state(state: breakerbox::breaker::State, text: &str, colour: bool) -> String {
+    use breakerbox::breaker::State;
+    if !colour {
+        return text.to_owned();
+    }
+    let code = match state {
+        State::Open | State::ForcedOpen => "31",
+        State::HalfOpen => "33",
+        State::Closed => "32",
+        State::Disabled => "2",
+    };
+    format!("\x1b[{code}m{text}\x1b[0m")
+}
+
 /// Who runs this command, for the audit trail: `USER@HOST` ([`breakerbox::journal::user_name`]).
 pub fn user_at_host() -> String {
     format!(

@@ -121,17 +121,49 @@ pub fn status(args: StatusArgs, global: &Global) -> Result<(), CliError> {
         journal.close().await;
         result
     })?;
+    // `--test` fails the command when a check that was sent failed (or could not be sent).
+    let failed: Vec<String> = report
+        .breakers
+        .iter()
+        .filter_map(|r| {
+            let t = r.test.as_ref()?;
+            let failed = t["outcome"] == "failure" || t["outcome"] == "timeout" || t["error"].is_string();
+            failed.then(|| format!("{} ({})", r.service, t["result"].as_str().unwrap_or("failed")))
+        })
+        .collect();
+    let verdict = || {
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(CliError::Runtime(format!(
+                "status --test: {} of {} checks failed: {}",
+                failed.len(),
+                report.breakers.len(),
+                failed.join("; ")
+            )))
+        }
+    };
     let mut out = std::io::stdout().lock();
     let io = super::stdout_error;
     if json_out {
         // One document, the same as `GET /api/health/circuit-breakers` answers.
         serde_json::to_writer(&mut out, &report).map_err(runtime_err)?;
-        return writeln!(out).map_err(io);
+        writeln!(out).map_err(io)?;
+        return verdict();
     }
     let now = report.as_of_ms;
+    // Columns as wide as their widest cell (names of operations run long); colour after padding.
+    let width = report
+        .breakers
+        .iter()
+        .map(|r| r.service.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("breaker".len());
+    let colour = super::colour();
     writeln!(
         out,
-        "{:<28} {:<12} {:>6} {:>9} {:>9}  last transition",
+        "{:<width$}  {:<11}  {:>6}  {:>8}  {:>9}  last transition",
         "breaker", "state", "health", "calls 5m", "failed 5m"
     )
     .map_err(io)?;
@@ -149,9 +181,9 @@ pub fn status(args: StatusArgs, global: &Global) -> Result<(), CliError> {
         let dash = || "—".to_owned();
         writeln!(
             out,
-            "{:<28} {:<12} {:>6} {:>9} {:>9}  {last}",
+            "{:<width$}  {}  {:>6}  {:>8}  {:>9}  {last}",
             r.service,
-            r.state.to_string(),
+            super::paint_state(r.state, &format!("{:<11}", r.state.to_string()), colour),
             r.health.as_ref().map_or_else(dash, |h| h.score.to_string()),
             r.metrics_5m.as_ref().map_or_else(dash, |m| m.calls.to_string()),
             r.metrics_5m
@@ -163,7 +195,7 @@ pub fn status(args: StatusArgs, global: &Global) -> Result<(), CliError> {
             writeln!(out, "    test: {}", t["result"].as_str().unwrap_or("")).map_err(io)?;
         }
     }
-    Ok(())
+    verdict()
 }
 
 /// A real request to the service's `health_url`, unless its breaker would reject it.
@@ -180,7 +212,9 @@ async fn test(b: &BreakerConfig, state: State, open_remaining_ms: Option<u64>) -
         .build()
     {
         Ok(c) => c,
-        Err(e) => return json!({"testable": true, "sent": false, "result": format!("no HTTP client: {e}")}),
+        Err(e) => {
+            return json!({"testable": true, "sent": false, "error": e.to_string(), "result": format!("no HTTP client: {e}")});
+        }
     };
     let started = Instant::now();
     let response = client.get(url).send().await;

@@ -168,6 +168,10 @@ pub enum JournalError {
     /// are lost when the process exits.
     #[error("the last events are not durable: {0}")]
     NotDurable(LogCondition),
+    /// The command was refused before anything was applied or stored (an operator's reason
+    /// missing or not one line of plain text: [`check_reason`]). Fix the input.
+    #[error("refused, nothing applied: {0}")]
+    Refused(String),
     /// The records were refused by the log (another writer took their stream): they are not in
     /// the log. Report it.
     #[error("the records were not written: another process writes this stream")]
