@@ -1262,10 +1262,30 @@ async fn one_undecodable_event_is_reported_and_skipped_and_free_text_is_shown_on
     let clock = Clock::manual(1_764_000_000_000);
     let (registry, _) = start(dir.path(), &clock).await;
     let stripe = registry.get("stripe").unwrap().clone();
-    // A reason given through the library, as it was before reasons were checked: it holds an
-    // escape sequence that retitles a terminal, a carriage return and a forged audit line.
+    // A reason that holds an escape sequence that retitles a terminal, a carriage return and a
+    // forged audit line: the library refuses it now, as every surface does…
     let forged = "ok\u{1b}]0;pwned\u{7}\r\n      99  2026-01-01T00:00:00Z  stripe  command  reset by root";
-    stripe.force_open(operator(forged)).await.unwrap();
+    let refused = stripe.force_open(operator(forged)).await;
+    assert!(
+        matches!(refused, Err(breakerbox::journal::JournalError::Refused(_))),
+        "{refused:?}"
+    );
+    assert_eq!(stripe.state(), State::Closed, "nothing applied");
+    // …but a log written before reasons were checked may hold one: stored as it was then.
+    let journal = registry.journal();
+    journal.submit(
+        &Arc::from("stripe"),
+        breakerbox::journal::Body::record(&breakerbox::journal::OperatorCommand {
+            at_ms: clock.now_ms(),
+            command: breakerbox::breaker::Command::ForceOpen,
+            operator: operator(forged),
+            from_state: State::Closed,
+            to_state: State::ForcedOpen,
+            request_position: None,
+        }),
+    );
+    journal.flush().await.unwrap();
+    stripe.force_open(operator("provider incident")).await.unwrap();
     clock.advance(10);
     stripe.reset(operator("resolved")).await.unwrap();
     registry.shutdown().await.unwrap();
@@ -1308,7 +1328,7 @@ async fn one_undecodable_event_is_reported_and_skipped_and_free_text_is_shown_on
     assert_eq!(page.damaged[0].event_type, "transition");
     // Everything else is answered: both commands and the other transition.
     let kinds: Vec<&str> = page.entries.iter().map(|e| e.kind.as_str()).collect();
-    assert_eq!(kinds, ["command", "command", "transition"], "{kinds:?}");
+    assert_eq!(kinds, ["command", "command", "command", "transition"], "{kinds:?}");
     assert!(page.entries.iter().all(|e| e.position != page.damaged[0].position));
     // The forged reason is one line of plain text in the summary; its details keep it as given.
     let command = &page.entries[0];
@@ -1337,5 +1357,84 @@ async fn one_undecodable_event_is_reported_and_skipped_and_free_text_is_shown_on
     .await
     .unwrap();
     assert_eq!(at.damaged, skipped);
+    journal.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_if_says_how_many_calls_rejected_for_real_would_have_reached_a_failing_service() {
+    use breakerbox::knobs::Knobs;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1_764_000_000_000);
+    let (registry, config) = start(dir.path(), &clock).await;
+    let stripe = registry.get("stripe").unwrap().clone();
+    // Healthy, then hard down for a minute (every call fails), then healthy again: a call every
+    // 100 ms. The breaker opens, rejects most calls of the outage, and closes after it.
+    let (mut rejected, mut failed_outage) = (0u64, 0u64);
+    for i in 0..1_800u64 {
+        let down = (600..1_200).contains(&i);
+        let r = stripe
+            .call("", async move { if down { Err(()) } else { Ok(()) } })
+            .await;
+        match r {
+            Err(breakerbox::actor::CallError::Rejected { .. }) => rejected += 1,
+            Err(_) if down => failed_outage += 1,
+            _ => {}
+        }
+        clock.advance(100);
+        stripe.tick().await;
+        if i % 10 == 0 {
+            // The actor folds and records its counts (rejections per flush, as live).
+            stripe.inspect().await;
+        }
+    }
+    stripe.inspect().await;
+    registry.shutdown().await.unwrap();
+    let journal = registry.journal();
+    journal.flush().await.unwrap();
+    let entries = replay::history(journal, "stripe").await.unwrap();
+    let fallback = config.require("stripe").unwrap().policy.clone();
+    assert!(rejected > 400, "the outage was mostly rejected: {rejected}");
+
+    // Nothing changed: what happened, with nothing made up.
+    let same = replay::what_if(&entries, None, None, &fallback, &Knobs::default()).unwrap();
+    assert_eq!(same.alternative.transitions, same.actual.transitions);
+    assert_eq!(same.actual.rejected, rejected, "every rejection counted");
+    assert_eq!(same.alternative.rejected, same.actual.rejected);
+    assert_eq!(same.alternative.reached_failing, same.actual.reached_failing);
+    assert!(same.verdict.starts_with("no difference"), "{}", same.verdict);
+
+    // A threshold the outage never reaches: the calls rejected for real would have reached the
+    // failing service — estimated from the failed trials around them, and said so.
+    let changes = Knobs {
+        failure_threshold: Some(breakerbox::knobs::Sourced {
+            value: 100_000,
+            source: breakerbox::knobs::Source::Flag {
+                flag: "--failure-threshold".into(),
+            },
+        }),
+        ..Knobs::default()
+    };
+    let lax = replay::what_if(&entries, None, None, &fallback, &changes).unwrap();
+    let (actual, what) = (&lax.actual, &lax.alternative);
+    assert_eq!((what.times_opened, what.rejected), (0, 0), "{what:?}");
+    assert_eq!(actual.reached_failing, failed_outage);
+    assert_eq!(what.calls_run, actual.calls_run + actual.rejected);
+    assert_eq!(what.calls_run_estimated, actual.rejected);
+    // The outage's rejections fall between failed calls: nearly all estimated as failures.
+    let more = what.reached_failing - actual.reached_failing;
+    assert!(
+        more * 10 >= actual.rejected * 9,
+        "{more} of {} estimated failing",
+        actual.rejected
+    );
+    assert_eq!(what.reached_failing_estimated, more);
+    assert!(
+        lax.verdict.starts_with(&format!(
+            "worse: about {more} more calls would have reached the service while it was failing"
+        )),
+        "{}",
+        lax.verdict
+    );
+    assert!(lax.verdict.contains("estimated"), "{}", lax.verdict);
     journal.close().await;
 }

@@ -45,49 +45,63 @@ pub fn what_if(args: WhatIfArgs, global: &Global) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     let io = super::stdout_error;
     if global.json {
-        let v = json!({"service": service, "from_ms": start, "to_ms": end, "actual": actual, "what_if": what});
+        let v = json!({"service": service, "from_ms": start, "to_ms": end, "actual": actual, "what_if": what,
+                       "verdict": r.verdict});
         serde_json::to_writer(&mut out, &v).map_err(runtime_err)?;
         return writeln!(out).map_err(io);
     }
+    // A figure with an estimated part says how much of it is estimated.
+    let fig = |n: u64, estimated: u64| {
+        if estimated > 0 {
+            format!("{n} ({estimated} est.)")
+        } else {
+            n.to_string()
+        }
+    };
     writeln!(out, "{service} from {} to {}", fmt_time(start), fmt_time(end)).map_err(io)?;
-    writeln!(out, "{:<28} {:>14} {:>14}", "", "actual", "what-if").map_err(io)?;
-    writeln!(
-        out,
-        "{:<28} {:>14} {:>14}",
-        "transitions",
-        actual.transitions.len(),
-        what.transitions.len()
-    )
-    .map_err(io)?;
-    writeln!(
-        out,
-        "{:<28} {:>14} {:>14}",
-        "times opened",
-        actual.times_opened(),
-        what.times_opened()
-    )
-    .map_err(io)?;
-    writeln!(
-        out,
-        "{:<28} {:>13.1}s {:>13.1}s",
-        "time open",
-        actual.open_ms as f64 / 1e3,
-        what.open_ms as f64 / 1e3
-    )
-    .map_err(io)?;
-    writeln!(
-        out,
-        "{:<28} {:>14} {:>14}",
-        "recorded calls that ran", actual.calls_run, what.calls_run
-    )
-    .map_err(io)?;
-    writeln!(out, "{:<28} {:>14} {:>14}", "recorded calls rejected", 0, what.rejected).map_err(io)?;
-    writeln!(
-        out,
-        "{:<28} {:>14} {:>14}",
-        "  of which failed for real", "-", what.failed_calls_rejected
-    )
-    .map_err(io)?;
+    let rows: [(&str, String, String); 8] = [
+        (
+            "times opened",
+            actual.times_opened.to_string(),
+            what.times_opened.to_string(),
+        ),
+        (
+            "times forced open",
+            actual.times_forced_open.to_string(),
+            what.times_forced_open.to_string(),
+        ),
+        (
+            "time open",
+            format!("{:.1}s", actual.open_ms as f64 / 1e3),
+            format!("{:.1}s", what.open_ms as f64 / 1e3),
+        ),
+        (
+            "calls that reached it",
+            fig(actual.calls_run, actual.calls_run_estimated),
+            fig(what.calls_run, what.calls_run_estimated),
+        ),
+        (
+            "  while it was failing",
+            fig(actual.reached_failing, actual.reached_failing_estimated),
+            fig(what.reached_failing, what.reached_failing_estimated),
+        ),
+        ("calls rejected", actual.rejected.to_string(), what.rejected.to_string()),
+        (
+            "  while it answered",
+            fig(actual.rejected_while_healthy, actual.rejected_while_healthy_estimated),
+            fig(what.rejected_while_healthy, what.rejected_while_healthy_estimated),
+        ),
+        (
+            "transitions",
+            actual.transitions.len().to_string(),
+            what.transitions.len().to_string(),
+        ),
+    ];
+    writeln!(out, "{:<24} {:>18} {:>18}", "", "actual", "what-if").map_err(io)?;
+    for (name, a, w) in &rows {
+        writeln!(out, "{name:<24} {a:>18} {w:>18}").map_err(io)?;
+    }
+    writeln!(out, "verdict: {}", r.verdict).map_err(io)?;
     writeln!(out, "what-if transitions:").map_err(io)?;
     for t in &what.transitions {
         writeln!(out, "  {}", transition_line(t)).map_err(io)?;
