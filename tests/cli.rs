@@ -647,6 +647,12 @@ fn audit_replay_export_and_what_if_answer_from_the_log() {
         "class=\"operator\"",
         "force open",
         "polyline",
+        // Calls per minute stacked by outcome, rejected ones included.
+        "class=\"calls\"",
+        " rejected: ",
+        " failed: ",
+        // --from 25m is before the log began (20 minutes ago): no data, not a made-up state.
+        "class=\"nodata\"",
     ] {
         assert!(picture.contains(needle), "{needle} missing from the picture");
     }

@@ -160,7 +160,7 @@ pub fn replay(args: ReplayArgs, global: &Global) -> Result<(), CliError> {
     let to = time_arg(&args.to, "--to", u64::MAX)?;
     let t = replay::timeline(&entries, from, to.min(now), &fallback);
     if let Some(file) = &args.svg {
-        let picture = replay::timeline_svg(&args.service, t.from_ms, t.to_ms, t.initial, &t.transitions, &t.minutes);
+        let picture = replay::timeline_svg(&args.service, &t);
         std::fs::write(file, picture).map_err(|e| CliError::Runtime(format!("writing {}: {e}", file.display())))?;
     }
     if global.json {

@@ -1,7 +1,7 @@
 //! A breaker's timeline over a period: its state at the start, its transitions, and its minutes
 //! (the same histogram percentiles as the health report and `/api/history`).
 
-use super::{Entry, Minute, fold, minutes, transitions};
+use super::{Entry, Item, Minute, fold, minutes, transitions};
 use crate::breaker::{Policy, State, Transition};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -19,6 +19,22 @@ pub struct Timeline {
     pub transitions: Vec<Transition>,
     /// The minutes overlapping the period, by start.
     pub minutes: BTreeMap<u64, Minute>,
+    /// When the stream's log begins (its first event); nothing is known before it. `None` for
+    /// a stream with no events.
+    pub began_ms: Option<u64>,
+}
+
+/// The instant of a stream's first entry (a compacted minute counts from its start).
+fn began(entries: &[Entry]) -> Option<u64> {
+    entries
+        .iter()
+        .filter_map(|e| match &e.item {
+            Item::Core(ev) => Some(ev.at_ms()),
+            Item::Stats(s) => Some(s.at_ms),
+            Item::Summary(s) => s.minutes.iter().map(|m| m.minute_ms).min(),
+            _ => None,
+        })
+        .min()
 }
 
 /// The timeline of a stream's `entries` over `[from_ms, to_ms)`; `fallback` is the policy when
@@ -35,5 +51,6 @@ pub fn timeline(entries: &[Entry], from_ms: u64, to_ms: u64, fallback: &Policy) 
         initial: fold(entries, Some(from_ms.saturating_sub(1)), fallback).state(),
         transitions: transitions(entries, from_ms, to_ms),
         minutes,
+        began_ms: began(entries),
     }
 }
