@@ -35,6 +35,26 @@ pub struct Minute {
     pub latency_buckets: Vec<u64>,
     /// Milliseconds spent in each state, in `State::ALL` order.
     pub state_ms: [u64; 5],
+    /// Sum of latencies (ms) by outcome, in [`OUTCOMES`] order: what `/metrics` gives as each
+    /// kind's `_sum`. Minutes folded from summaries an earlier release compacted have none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub latency_ms_by_outcome: [u64; 5],
+    /// Outcomes the breaker's buffer dropped (the actor fell behind): counted nowhere else.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped: u64,
+}
+
+/// The outcomes in the order of [`Minute::latency_ms_by_outcome`].
+pub const OUTCOMES: [Outcome; 5] = [
+    Outcome::Success,
+    Outcome::Failure,
+    Outcome::Timeout,
+    Outcome::Ignored,
+    Outcome::Cancelled,
+];
+
+fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl Minute {
@@ -53,6 +73,9 @@ impl Minute {
         }
         self.slow += u64::from(slow);
         self.latency_total_ms += latency_ms;
+        if let Some(i) = OUTCOMES.iter().position(|&o| o == outcome) {
+            self.latency_ms_by_outcome[i] += latency_ms;
+        }
         if self.latency_buckets.is_empty() {
             self.latency_buckets = vec![0; LATENCY_BOUNDS_MS.len() + 1];
         }
@@ -72,6 +95,7 @@ impl Minute {
             slow: u64::from(sm.slow),
             latency_total_ms: sm.latency_total_ms,
             latency_buckets: sm.latency_buckets.iter().map(|&c| u64::from(c)).collect(),
+            latency_ms_by_outcome: sm.latency_ms_by_outcome,
             ..Minute::default()
         }
     }
@@ -87,6 +111,10 @@ impl Minute {
         self.rejected += other.rejected;
         self.fallbacks += other.fallbacks;
         self.latency_total_ms += other.latency_total_ms;
+        self.dropped += other.dropped;
+        for (a, b) in self.latency_ms_by_outcome.iter_mut().zip(other.latency_ms_by_outcome) {
+            *a += b;
+        }
         if self.latency_buckets.len() < other.latency_buckets.len() {
             self.latency_buckets.resize(other.latency_buckets.len(), 0);
         }
@@ -195,6 +223,7 @@ pub fn minutes(entries: &[Entry], until_ms: u64) -> BTreeMap<u64, Minute> {
                 });
                 minute.rejected += s.rejected;
                 minute.fallbacks += s.fallbacks;
+                minute.dropped += s.dropped;
             }
             Item::Summary(s) => {
                 for sm in &s.minutes {
