@@ -7,9 +7,9 @@
 //! log's from [`crate::journal::Journal::stats`]. See docs/monitoring.md.
 
 use super::{ApiState, health::report_of};
-use crate::breaker::{Breaker, State};
+use crate::breaker::{Breaker, Outcome, State};
 use crate::journal::LATENCY_BOUNDS_MS;
-use crate::replay::{Minute, OUTCOMES};
+use crate::replay::Minute;
 use actix_web::{HttpResponse, web};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -39,33 +39,11 @@ const R4J_METRICS_ONLY: &str = "metrics_only";
 
 /// Resilience4j's call kinds and the outcomes each one counts: a timeout is a failure there
 /// too; a cancelled call is none of them (it is in `circuit_breaker_attempts_total`).
-const R4J_KINDS: [(&str, &[crate::breaker::Outcome]); 3] = [
-    ("successful", &[crate::breaker::Outcome::Success]),
-    (
-        "failed",
-        &[crate::breaker::Outcome::Failure, crate::breaker::Outcome::Timeout],
-    ),
-    ("ignored", &[crate::breaker::Outcome::Ignored]),
+const R4J_KINDS: [(&str, &[Outcome]); 3] = [
+    ("successful", &[Outcome::Success]),
+    ("failed", &[Outcome::Failure, Outcome::Timeout]),
+    ("ignored", &[Outcome::Ignored]),
 ];
-
-/// Calls of `m` with one of `outcomes`, and the sum of their latencies in ms.
-fn calls_of(m: &Minute, outcomes: &[crate::breaker::Outcome]) -> (u64, u64) {
-    let mut calls = 0;
-    let mut latency_ms = 0;
-    for o in outcomes {
-        calls += match o {
-            crate::breaker::Outcome::Success => m.successes,
-            crate::breaker::Outcome::Failure => m.failures,
-            crate::breaker::Outcome::Timeout => m.timeouts,
-            crate::breaker::Outcome::Ignored => m.ignored,
-            crate::breaker::Outcome::Cancelled => m.cancelled,
-        };
-        if let Some(i) = OUTCOMES.iter().position(|x| x == o) {
-            latency_ms += m.latency_ms_by_outcome[i];
-        }
-    }
-    (calls, latency_ms)
-}
 
 pub(super) async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
     let keys: Vec<String> = state.registry.handles().map(|h| h.key().to_owned()).collect();
@@ -439,7 +417,10 @@ fn resilience4j(
     for key in counted {
         let m = totals.get(key).cloned().unwrap_or_default();
         for (kind, outcomes) in R4J_KINDS {
-            let (calls, latency_ms) = calls_of(&m, outcomes);
+            let (calls, latency_ms) = outcomes
+                .iter()
+                .map(|&o| m.of(o))
+                .fold((0, 0), |(c, l), (n, ms)| (c + n, l + ms));
             let _ = writeln!(
                 out,
                 "resilience4j_circuitbreaker_calls_seconds_count{{name=\"{}\",kind=\"{kind}\"}} {calls}",

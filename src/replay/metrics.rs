@@ -35,8 +35,9 @@ pub struct Minute {
     pub latency_buckets: Vec<u64>,
     /// Milliseconds spent in each state, in `State::ALL` order.
     pub state_ms: [u64; 5],
-    /// Sum of latencies (ms) by outcome, in [`OUTCOMES`] order: what `/metrics` gives as each
-    /// kind's `_sum`. Minutes folded from summaries an earlier release compacted have none.
+    /// Sum of latencies (ms) by outcome (success, failure, timeout, ignored, cancelled; read it
+    /// with [`Minute::of`]): what `/metrics` gives as each kind's `_sum`. Minutes folded from
+    /// summaries an earlier release compacted have none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub latency_ms_by_outcome: [u64; 5],
     /// Outcomes the breaker's buffer dropped (the actor fell behind): counted nowhere else.
@@ -44,14 +45,16 @@ pub struct Minute {
     pub dropped: u64,
 }
 
-/// The outcomes in the order of [`Minute::latency_ms_by_outcome`].
-pub const OUTCOMES: [Outcome; 5] = [
-    Outcome::Success,
-    Outcome::Failure,
-    Outcome::Timeout,
-    Outcome::Ignored,
-    Outcome::Cancelled,
-];
+/// An outcome's place in [`Minute::latency_ms_by_outcome`] (the order of `MinuteSummary`'s).
+fn outcome_index(outcome: Outcome) -> usize {
+    match outcome {
+        Outcome::Success => 0,
+        Outcome::Failure => 1,
+        Outcome::Timeout => 2,
+        Outcome::Ignored => 3,
+        Outcome::Cancelled => 4,
+    }
+}
 
 fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
@@ -61,6 +64,18 @@ impl Minute {
     /// Calls that ran (every outcome).
     pub fn calls(&self) -> u64 {
         self.successes + self.failures + self.timeouts + self.ignored + self.cancelled
+    }
+
+    /// The calls that ended with `outcome`, and the sum of their latencies (ms).
+    pub fn of(&self, outcome: Outcome) -> (u64, u64) {
+        let calls = match outcome {
+            Outcome::Success => self.successes,
+            Outcome::Failure => self.failures,
+            Outcome::Timeout => self.timeouts,
+            Outcome::Ignored => self.ignored,
+            Outcome::Cancelled => self.cancelled,
+        };
+        (calls, self.latency_ms_by_outcome[outcome_index(outcome)])
     }
 
     pub(crate) fn add_call(&mut self, outcome: Outcome, latency_ms: u64, slow: bool) {
@@ -73,9 +88,7 @@ impl Minute {
         }
         self.slow += u64::from(slow);
         self.latency_total_ms += latency_ms;
-        if let Some(i) = OUTCOMES.iter().position(|&o| o == outcome) {
-            self.latency_ms_by_outcome[i] += latency_ms;
-        }
+        self.latency_ms_by_outcome[outcome_index(outcome)] += latency_ms;
         if self.latency_buckets.is_empty() {
             self.latency_buckets = vec![0; LATENCY_BOUNDS_MS.len() + 1];
         }

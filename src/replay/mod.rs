@@ -17,7 +17,7 @@ mod whatif;
 pub use audit::{AuditEntry, AuditPage, AuditQuery, Damaged, Kind, audit, printable};
 pub use export::{TraceLine, export};
 pub use health::{Component, Health, health};
-pub use metrics::{Minute, OUTCOMES, minutes, open_ms, time_in_states};
+pub use metrics::{Minute, minutes, open_ms, time_in_states};
 pub use projection::{CatchUp, Projection};
 pub use report::{BreakerNow, BreakerReport, HealthReport, Recent, Verdict, health_report};
 pub use state::{LATE_MS, StateAt, state_at};
