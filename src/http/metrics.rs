@@ -3,11 +3,12 @@
 //! unchanged), then breakerbox's own (`circuit_breaker_*`, labelled `service`): attempts by
 //! outcome, fallbacks, latency histograms, health, transitions and the event log's own health.
 //! The figures are read, never recomputed: states and window rates from the live breakers
-//! (the core's [`crate::breaker::Breaker::rates`]), counts from the metrics projection, the
+//! (the core's [`crate::breaker::Breaker::rates`], through [`crate::actor::BreakerHandle::measure`]), counts from the metrics projection, the
 //! log's from [`crate::journal::Journal::stats`]. See docs/monitoring.md.
 
 use super::{ApiState, health::report_of};
-use crate::breaker::{Breaker, Outcome, State};
+use crate::actor::Figures;
+use crate::breaker::{Outcome, State};
 use crate::journal::LATENCY_BOUNDS_MS;
 use crate::replay::Minute;
 use actix_web::{HttpResponse, web};
@@ -74,14 +75,13 @@ pub(super) async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
         }
         seen.1.clone()
     };
-    // The live breakers as the core holds them, for the window figures Resilience4j exports.
-    let now_ms = state.registry.clock().now_ms();
-    let mut live: Vec<(String, State, Option<Breaker>)> = Vec::new();
+    // The live breakers' windows as the core holds them, for the figures Resilience4j exports.
+    let mut live: Vec<(String, State, Option<Figures>)> = Vec::new();
     for h in state.registry.handles() {
-        live.push((h.key().to_owned(), h.state(), h.inspect().await));
+        live.push((h.key().to_owned(), h.state(), h.measure().await));
     }
     let mut out = String::new();
-    resilience4j(&mut out, &live, counted, &totals, now_ms);
+    resilience4j(&mut out, &live, counted, &totals);
     family(
         &mut out,
         "circuit_breaker_state",
@@ -386,10 +386,9 @@ async fn log_size_bytes(db: &std::path::Path) -> u64 {
 /// names them): `name` is the breaker's key.
 fn resilience4j(
     out: &mut String,
-    live: &[(String, State, Option<Breaker>)],
+    live: &[(String, State, Option<Figures>)],
     counted: &[String],
     totals: &BTreeMap<String, Minute>,
-    now_ms: u64,
 ) {
     family(
         out,
@@ -452,7 +451,7 @@ fn resilience4j(
     // Rates as Resilience4j gives them: percent, -1 while there is no rate to judge.
     let rates: Vec<_> = live
         .iter()
-        .filter_map(|(key, _, b)| b.as_ref().map(|b| (key, b.rates(now_ms), b.view(now_ms))))
+        .filter_map(|(key, _, f)| f.as_ref().map(|f| (key, f.rates, &f.view)))
         .collect();
     family(
         out,
