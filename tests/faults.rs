@@ -371,6 +371,10 @@ fn under_fault(fault: Fault, dir: &Path, fault_now: impl FnOnce(&str)) {
     let (code, metrics) = request(&addr, "GET", "/metrics", "");
     assert_eq!(code, 200, "{metrics}");
     assert!(metrics.contains("circuit_breaker_state{service=\"stripe\",state=\"forced_open\"} 1"));
+    assert!(
+        metrics.contains("resilience4j_circuitbreaker_state{name=\"stripe\",state=\"forced_open\"} 1"),
+        "{metrics}"
+    );
     if fault != Fault::Locked {
         assert!(metrics.contains("circuit_breaker_event_log_up 0"), "{metrics}");
     }

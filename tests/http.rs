@@ -758,28 +758,299 @@ fn installed_tool(path: &str) -> bool {
 
 /// `promtool check metrics` (Debian's prometheus package) finds no problem in the exposition.
 fn promtool_accepts(text: &str) {
+    if let Some((ok, said)) = promtool(&["check", "metrics"], text) {
+        assert!(ok && said.trim().is_empty(), "promtool: {said}\n{text}");
+    }
+}
+
+/// Runs promtool with `args` from the crate's root, `stdin` piped in: whether it succeeded and
+/// what it said. `None` when it is not installed and may be skipped ([`installed_tool`]).
+fn promtool(args: &[&str], stdin: &str) -> Option<(bool, String)> {
     use std::io::Write as _;
     if !installed_tool("/usr/bin/promtool") {
-        return;
+        return None;
     }
     let mut child = std::process::Command::new("/usr/bin/promtool")
-        .args(["check", "metrics"])
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        out.status.success() && said.trim().is_empty(),
-        "promtool: {said}\n{text}"
+    Some((out.status.success(), said))
+}
+
+/// The shipped alert rules load, and each fires on its input series in `alerts.test.yml` (and
+/// not before its `for`).
+#[actix_web::test]
+async fn the_shipped_alert_rules_pass_promtool_and_their_unit_tests() {
+    for args in [
+        ["check", "rules", "docs/monitoring/alerts.yml"],
+        ["test", "rules", "docs/monitoring/alerts.test.yml"],
+    ] {
+        if let Some((ok, said)) = promtool(&args, "") {
+            assert!(ok, "promtool {}: {said}", args.join(" "));
+        }
+    }
+}
+
+/// Metric names a PromQL expression names (breakerbox's and Resilience4j's prefixes).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for prefix in ["resilience4j_circuitbreaker_", "circuit_breaker_"] {
+        for (at, _) in expr.match_indices(prefix) {
+            if expr[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                continue;
+            }
+            let name: String = expr[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// The value of the one sample `series` (name and labels exactly as exposed).
+fn sample(text: &str, series: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')))
+        .unwrap_or_else(|| panic!("{series} missing from:\n{text}"));
+    line.rsplit_once(' ').unwrap().1.parse().unwrap()
+}
+
+/// A server with a failure-rate breaker that opened (stripe), one that did not (calcom) and
+/// one on consecutive failures (retell), after traffic with fallbacks; its `/metrics` scraped
+/// over HTTP. The scrape has every Resilience4j series with its labels, passes promtool, its
+/// attempts partition the calls made, and the shipped dashboard and alert rules name only
+/// metrics it exposes.
+#[actix_web::test]
+async fn a_scrape_has_resilience4j_series_partitioned_attempts_and_what_the_dashboard_reads() {
+    use breakerbox::actor::Fallback;
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::from_toml(
+        Path::new("t.toml"),
+        "[services.stripe]\nfailure_rate = 50\nwindow_calls = 10\nminimum_calls = 4\n\
+         [services.calcom]\nfailure_rate = 50\nwindow_calls = 10\nminimum_calls = 4\nslow_call_duration = \"1s\"\n\
+         [services.retell]\n",
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let registry = start(dir.path(), &config).await;
+    let addr = serve(&registry, &config).await;
+    let stripe = registry.get("stripe").unwrap().clone();
+    let calcom = registry.get("calcom").unwrap().clone();
+    // stripe: 2 successes and 2 failures reach 50 % over the minimum of 4 calls: it opens.
+    for ok in [true, true, false, false] {
+        let _ = stripe.call("", async move { if ok { Ok(()) } else { Err(()) } }).await;
+    }
+    // (Outcomes reach the breaker through its actor: `inspect` waits until it has them all.)
+    stripe.inspect().await;
+    assert_eq!(stripe.state(), breakerbox::breaker::State::Open);
+    // Then 3 calls answered by a fallback and 1 without one: 4 rejected, 3 fallbacks.
+    for _ in 0..3 {
+        let served = stripe
+            .call_with_fallback("", async { Ok::<u32, ()>(1) }, Fallback::Value(7))
+            .await;
+        assert_eq!(served.ok(), Some(7));
+    }
+    assert!(stripe.call("", async { Ok::<(), ()>(()) }).await.is_err());
+    let stripe_calls_made = 8.0;
+    // calcom: 3 successes, 1 failure: 25 %, stays closed.
+    for ok in [true, true, true, false] {
+        let _ = calcom.call("", async move { if ok { Ok(()) } else { Err(()) } }).await;
+    }
+    stripe.inspect().await;
+    calcom.inspect().await;
+    registry.journal().flush().await.unwrap();
+
+    let text = reqwest::Client::new()
+        .get(format!("http://{addr}/metrics"))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    promtool_accepts(&text);
+
+    // Resilience4j's series, as its micrometer binder names and labels them.
+    for (series, value) in [
+        ("resilience4j_circuitbreaker_state{name=\"stripe\",state=\"open\"}", 1.0),
+        (
+            "resilience4j_circuitbreaker_state{name=\"stripe\",state=\"closed\"}",
+            0.0,
+        ),
+        (
+            "resilience4j_circuitbreaker_state{name=\"stripe\",state=\"metrics_only\"}",
+            0.0,
+        ),
+        (
+            "resilience4j_circuitbreaker_state{name=\"calcom\",state=\"closed\"}",
+            1.0,
+        ),
+        (
+            "resilience4j_circuitbreaker_state{name=\"calcom\",state=\"forced_open\"}",
+            0.0,
+        ),
+        (
+            "resilience4j_circuitbreaker_state{name=\"calcom\",state=\"half_open\"}",
+            0.0,
+        ),
+        (
+            "resilience4j_circuitbreaker_state{name=\"calcom\",state=\"disabled\"}",
+            0.0,
+        ),
+        (
+            "resilience4j_circuitbreaker_calls_seconds_count{name=\"stripe\",kind=\"successful\"}",
+            2.0,
+        ),
+        (
+            "resilience4j_circuitbreaker_calls_seconds_count{name=\"stripe\",kind=\"failed\"}",
+            2.0,
+        ),
+        (
+            "resilience4j_circuitbreaker_calls_seconds_count{name=\"stripe\",kind=\"ignored\"}",
+            0.0,
+        ),
+        (
+            "resilience4j_circuitbreaker_calls_seconds_sum{name=\"stripe\",kind=\"successful\"}",
+            0.0,
+        ),
+        (
+            "resilience4j_circuitbreaker_not_permitted_calls_total{name=\"stripe\",kind=\"not_permitted\"}",
+            4.0,
+        ),
+        (
+            "resilience4j_circuitbreaker_not_permitted_calls_total{name=\"calcom\",kind=\"not_permitted\"}",
+            0.0,
+        ),
+        // calcom's window: 1 failure in 4 calls, none slow; retell has no rate rule: -1.
+        ("resilience4j_circuitbreaker_failure_rate{name=\"calcom\"}", 25.0),
+        ("resilience4j_circuitbreaker_slow_call_rate{name=\"calcom\"}", 0.0),
+        ("resilience4j_circuitbreaker_failure_rate{name=\"retell\"}", -1.0),
+        ("resilience4j_circuitbreaker_slow_call_rate{name=\"retell\"}", -1.0),
+        (
+            "resilience4j_circuitbreaker_buffered_calls{name=\"calcom\",kind=\"successful\"}",
+            3.0,
+        ),
+        (
+            "resilience4j_circuitbreaker_buffered_calls{name=\"calcom\",kind=\"failed\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(sample(&text, series), value, "{series}");
+    }
+    for family in [
+        "# TYPE resilience4j_circuitbreaker_state gauge",
+        "# TYPE resilience4j_circuitbreaker_calls_seconds summary",
+        "# TYPE resilience4j_circuitbreaker_not_permitted_calls_total counter",
+        "# TYPE resilience4j_circuitbreaker_failure_rate gauge",
+        "# TYPE resilience4j_circuitbreaker_slow_call_rate gauge",
+        "# TYPE resilience4j_circuitbreaker_buffered_calls gauge",
+    ] {
+        assert!(text.contains(family), "{family} missing from:\n{text}");
+    }
+
+    // Every attempt once: the outcomes add up to the calls made; the fallbacks are beside them.
+    let outcomes = ["success", "failure", "timeout", "ignored", "cancelled", "rejected"];
+    let attempts: f64 = outcomes
+        .iter()
+        .map(|o| {
+            sample(
+                &text,
+                &format!("circuit_breaker_attempts_total{{service=\"stripe\",outcome=\"{o}\"}}"),
+            )
+        })
+        .sum();
+    assert_eq!(attempts, stripe_calls_made);
+    assert_eq!(
+        sample(
+            &text,
+            "circuit_breaker_attempts_total{service=\"stripe\",outcome=\"rejected\"}"
+        ),
+        4.0
     );
+    assert_eq!(
+        sample(&text, "circuit_breaker_fallbacks_total{service=\"stripe\"}"),
+        3.0
+    );
+    assert!(!text.contains("circuit_breaker_attempts_total{service=\"stripe\",outcome=\"fallback\"}"));
+    // The deprecated series are still there for one release, and say so.
+    assert!(text.contains("# HELP circuit_breaker_calls_total DEPRECATED"), "{text}");
+    assert!(text.contains("# HELP circuit_breaker_state DEPRECATED"), "{text}");
+    // The log's own figures.
+    assert!(sample(&text, "circuit_breaker_event_log_size_bytes") > 0.0);
+    assert_eq!(sample(&text, "circuit_breaker_event_log_records_dropped_total"), 0.0);
+    assert_eq!(sample(&text, "circuit_breaker_event_log_gaps_total"), 0.0);
+    assert_eq!(sample(&text, "circuit_breaker_event_log_projection_lag"), 0.0);
+
+    // The dashboard and the alert rules read only what is exposed.
+    let exposed: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap())
+        .collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/monitoring");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("grafana-dashboard.json")).unwrap()).unwrap();
+    let mut exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    for var in dashboard["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = var["query"]["query"].as_str() {
+            exprs.push(q.to_owned());
+        }
+    }
+    let rules = std::fs::read_to_string(root.join("alerts.yml")).unwrap();
+    let alert_exprs: Vec<&str> = rules.lines().filter_map(|l| l.trim().strip_prefix("expr: ")).collect();
+    assert_eq!(alert_exprs.len(), rules.matches("- alert: ").count());
+    for expr in exprs.iter().map(String::as_str).chain(alert_exprs) {
+        let names = metric_names(expr);
+        assert!(!names.is_empty(), "no metric in {expr}");
+        for name in names {
+            assert!(
+                exposed.contains(name.as_str()),
+                "{name} (in {expr}) is not in the scrape:\n{text}"
+            );
+        }
+    }
+    // The dashboard's queries are valid PromQL: promtool checks them as rules, with Grafana's
+    // variables given values.
+    let as_rules: String = exprs
+        .iter()
+        .filter(|e| !e.starts_with("label_values("))
+        .enumerate()
+        .map(|(i, e)| {
+            let e = e.replace("$__rate_interval", "5m").replace("$name", ".*");
+            format!(
+                "      - record: dashboard:query{i}\n        expr: '{}'\n",
+                e.replace('\'', "''")
+            )
+        })
+        .collect();
+    let file = dir.path().join("dashboard-queries.yml");
+    std::fs::write(&file, format!("groups:\n  - name: dashboard\n    rules:\n{as_rules}")).unwrap();
+    if let Some((ok, said)) = promtool(&["check", "rules", file.to_str().unwrap()], "") {
+        assert!(ok, "the dashboard's queries: {said}");
+    }
+    registry.shutdown().await.unwrap();
 }
 
 /// The dashboard in headless Chromium: it sees a breaker open live while failures are driven,

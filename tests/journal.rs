@@ -710,6 +710,11 @@ async fn a_conflict_fences_the_stream_that_collided_not_the_first_of_the_group_c
         )])
     );
     assert_eq!(journal.stats().dropped.load(std::sync::atomic::Ordering::Relaxed), 2);
+    // `/metrics` counts the gap events written: as many as the log holds.
+    assert_eq!(
+        journal.stats().gaps.load(std::sync::atomic::Ordering::Relaxed),
+        stored.iter().filter(|e| e.event_type == GAP).count() as u64
+    );
     assert_eq!(journal.stats().errors[4].load(std::sync::atomic::Ordering::Relaxed), 1);
     conn.close().await.unwrap();
     journal.close().await;

@@ -3,7 +3,7 @@
 
 use super::call::{CallError, Classifier, Fallback, Results};
 use super::gate::{Admission, Gate};
-use super::service::{self, CommandResult, Crash, Flush, Inspect, Operate, ServiceActor, Tick};
+use super::service::{self, CommandResult, Crash, Figures, Flush, Inspect, Measure, Operate, ServiceActor, Tick};
 use crate::breaker::{Breaker, Command, Outcome, Permit, State};
 use crate::clock::Clock;
 use crate::config::StatusClassifier;
@@ -372,6 +372,12 @@ impl BreakerHandle {
     /// The breaker as its actor has it, after folding every recorded outcome.
     pub async fn inspect(&self) -> Option<Breaker> {
         self.inner.addr.send(Inspect).await.ok()
+    }
+
+    /// The breaker's rates and windows now, after folding every recorded outcome (what
+    /// `/metrics` exports; unlike [`BreakerHandle::inspect`], no copy of the windows).
+    pub async fn measure(&self) -> Option<Figures> {
+        self.inner.addr.send(Measure).await.ok()
     }
 
     #[doc(hidden)]

@@ -45,6 +45,6 @@ pub use driver::ActorOptions;
 pub use handle::{BreakerHandle, HasCircuitBreaker};
 pub use registry::{Registry, RegistryError, RegistryOptions};
 pub use reqwest::{BreakerMiddleware, Operation, Rejected, TimedOut};
-pub use service::CommandResult;
+pub use service::{CommandResult, Figures};
 pub use tower::{BreakerLayer, BreakerService};
 pub use watch::{ReloadOutcome, Reloader, watch};

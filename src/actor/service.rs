@@ -5,7 +5,7 @@
 
 use super::driver::{ActorOptions, Applied, Driver};
 use super::gate::Gate;
-use crate::breaker::{Breaker, Command, Outcome, Policy, State};
+use crate::breaker::{Breaker, Command, Outcome, Policy, Rates, State, View};
 use crate::clock::Clock;
 use crate::config::BreakerConfig;
 use crate::journal::{Journal, JournalError, LogCondition, Operator};
@@ -309,6 +309,37 @@ impl Handler<Inspect> for ServiceActor {
             act.sync_deadline(ctx);
         });
         MessageResult(self.driver.breaker.clone())
+    }
+}
+
+/// The breaker's window figures now, after folding every recorded outcome: computed in the
+/// actor, so a metrics scrape copies no window (a count window is up to 1 MB).
+#[derive(Message)]
+#[rtype(result = "Figures")]
+pub(crate) struct Measure;
+
+/// What [`Measure`] answers: the core's rates and view at the actor's `now`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Figures {
+    /// The failure and slow-call rates as the trip rules judge them.
+    pub rates: Rates,
+    /// The state, and the windows' counts.
+    pub view: View,
+}
+
+impl Handler<Measure> for ServiceActor {
+    type Result = MessageResult<Measure>;
+    fn handle(&mut self, _: Measure, ctx: &mut Context<Self>) -> Self::Result {
+        self.guard(ctx, |act, ctx| {
+            act.catch_up(ctx);
+            act.sync_deadline(ctx);
+        });
+        let now_ms = self.clock.now_ms();
+        let b = &self.driver.breaker;
+        MessageResult(Figures {
+            rates: b.rates(now_ms),
+            view: b.view(now_ms),
+        })
     }
 }
 

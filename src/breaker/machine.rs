@@ -290,6 +290,35 @@ impl Breaker {
         }
     }
 
+    /// The failure and slow-call rates as the trip rules would judge them at `now_ms` (time
+    /// windows slide; nothing changes): the same minimum of calls, the same windows. A
+    /// failure-count rule has no minimum (one call gives a rate); consecutive failures have no
+    /// window, so no rate.
+    pub fn rates(&self, now_ms: u64) -> Rates {
+        let minimum = match self.policy.trip {
+            TripRule::ConsecutiveFailures { .. } => None,
+            TripRule::FailureCount { .. } => Some(1),
+            TripRule::FailureRate { minimum_calls, .. } => Some(minimum_calls),
+        };
+        let failure_rate_percent = minimum.zip(self.trip_window.as_ref()).and_then(|(min, w)| {
+            let c = w.counts_at(now_ms);
+            judged_rate(c.calls, c.failures, min)
+        });
+        let slow_call_rate_percent =
+            self.policy
+                .slow_calls
+                .as_ref()
+                .zip(self.slow_window.as_ref())
+                .and_then(|(rule, w)| {
+                    let c = w.counts_at(now_ms);
+                    judged_rate(c.calls, c.slow, rule.minimum_calls)
+                });
+        Rates {
+            failure_rate_percent,
+            slow_call_rate_percent,
+        }
+    }
+
     /// Asks to run one call at `now_ms`. OPEN whose period has ended first moves to HALF_OPEN
     /// (that transition is stamped at the period's end). Events go to `out`.
     ///
@@ -646,10 +675,28 @@ impl Breaker {
 /// The rate in percent if `calls` reached `minimum` and `hits / calls` reached `threshold`.
 /// Compared as `hits * 100 >= threshold * calls` so no division decides a boundary.
 fn rate_reached(calls: u64, hits: u64, threshold_percent: f64, minimum: u32) -> Option<f64> {
+    let rate = judged_rate(calls, hits, minimum)?;
+    ((hits as f64) * 100.0 >= threshold_percent * calls as f64).then_some(rate)
+}
+
+/// `hits / calls` in percent once the window holds `minimum` calls (and at least one): the
+/// rate a trip rule judges, and the one [`Breaker::rates`] reports.
+fn judged_rate(calls: u64, hits: u64, minimum: u32) -> Option<f64> {
     if calls == 0 || calls < u64::from(minimum) {
         return None;
     }
-    ((hits as f64) * 100.0 >= threshold_percent * calls as f64).then(|| hits as f64 * 100.0 / calls as f64)
+    Some(hits as f64 * 100.0 / calls as f64)
+}
+
+/// The rates the trip rules judge, as seen at some instant (see [`Breaker::rates`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Rates {
+    /// Failed share of the trip window's calls, in percent; `None` without a failure-rate or
+    /// failure-count window, or before it holds the rule's minimum of calls.
+    pub failure_rate_percent: Option<f64>,
+    /// Slow share of the slow-call window's calls, in percent; `None` without a slow-call rule,
+    /// or before its window holds the rule's minimum of calls.
+    pub slow_call_rate_percent: Option<f64>,
 }
 
 fn window_evidence(window: &SlidingWindow, evidence: Evidence) -> Evidence {

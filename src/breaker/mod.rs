@@ -23,7 +23,7 @@ mod window;
 pub use event::{
     CallRecorded, Command, Event, Evidence, Outcome, PolicyApplied, Reason, State, Transition, TrialAdmitted,
 };
-pub use machine::{AdmissionView, Breaker, Decision, Permit, Rejection, Verdict, View};
+pub use machine::{AdmissionView, Breaker, Decision, Permit, Rates, Rejection, Verdict, View};
 pub use policy::{
     MAX_OPEN_MS, MAX_WINDOW_BUCKETS, MAX_WINDOW_CALLS, OpenPolicy, Policy, PolicyError, SlidingWindow, SlowCallRule,
     TripRule,

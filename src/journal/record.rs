@@ -361,6 +361,16 @@ pub struct MinuteSummary {
     pub latency_max_ms: u32,
     /// Calls per latency bucket ([`LATENCY_BOUNDS_MS`], plus one for the rest).
     pub latency_buckets: Vec<u32>,
+    /// Sum of latencies by outcome (success, failure, timeout, ignored, cancelled), so a
+    /// projection rebuilt over compacted calls gives `/metrics` the same per-kind sums as the
+    /// one that folded the calls. Summaries written before it have none (all 0).
+    #[serde(default, skip_serializing_if = "no_latency")]
+    pub latency_ms_by_outcome: [u64; 5],
+}
+
+/// Nothing added to any outcome's sum: the field is left out, as summaries wrote it before.
+fn no_latency(sums: &[u64; 5]) -> bool {
+    sums.iter().all(|&n| n == 0)
 }
 
 impl MinuteSummary {
@@ -377,6 +387,14 @@ impl MinuteSummary {
         self.stale += u32::from(call.stale);
         let latency = u32::try_from(call.latency_ms).unwrap_or(u32::MAX);
         self.latency_total_ms += u64::from(latency);
+        let by_outcome = match call.outcome {
+            Outcome::Success => 0,
+            Outcome::Failure => 1,
+            Outcome::Timeout => 2,
+            Outcome::Ignored => 3,
+            Outcome::Cancelled => 4,
+        };
+        self.latency_ms_by_outcome[by_outcome] += u64::from(latency);
         self.latency_max_ms = self.latency_max_ms.max(latency);
         if self.latency_buckets.is_empty() {
             self.latency_buckets = vec![0; LATENCY_BOUNDS_MS.len() + 1];

@@ -74,6 +74,8 @@ pub struct Stats {
     pub commits: AtomicU64,
     /// Records dropped (buffer full or stream conflict).
     pub dropped: AtomicU64,
+    /// `gap` events committed (each one records a run of dropped records).
+    pub gaps: AtomicU64,
     /// Failed append attempts, by kind: busy, full, read_only, io, conflict, corrupt.
     pub errors: [AtomicU64; 6],
     /// Duration of the last commit, µs.
@@ -810,6 +812,7 @@ impl<W: LogWriter> Writer<W> {
         s.events.fetch_add(rows.len() as u64, Ordering::Relaxed);
         s.calls.fetch_add(calls, Ordering::Relaxed);
         s.commits.fetch_add(1, Ordering::Relaxed);
+        s.gaps.fetch_add(u64::from(gap.is_some()), Ordering::Relaxed);
         s.last_commit_us.store(elapsed, Ordering::Relaxed);
         s.commit_us_total.fetch_add(elapsed, Ordering::Relaxed);
         self.shared.progress.send_modify(|p| {

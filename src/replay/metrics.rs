@@ -35,12 +35,47 @@ pub struct Minute {
     pub latency_buckets: Vec<u64>,
     /// Milliseconds spent in each state, in `State::ALL` order.
     pub state_ms: [u64; 5],
+    /// Sum of latencies (ms) by outcome (success, failure, timeout, ignored, cancelled; read it
+    /// with [`Minute::of`]): what `/metrics` gives as each kind's `_sum`. Minutes folded from
+    /// summaries an earlier release compacted have none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub latency_ms_by_outcome: [u64; 5],
+    /// Outcomes the breaker's buffer dropped (the actor fell behind): counted nowhere else.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped: u64,
+}
+
+/// An outcome's place in [`Minute::latency_ms_by_outcome`] (the order of `MinuteSummary`'s).
+fn outcome_index(outcome: Outcome) -> usize {
+    match outcome {
+        Outcome::Success => 0,
+        Outcome::Failure => 1,
+        Outcome::Timeout => 2,
+        Outcome::Ignored => 3,
+        Outcome::Cancelled => 4,
+    }
+}
+
+fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl Minute {
     /// Calls that ran (every outcome).
     pub fn calls(&self) -> u64 {
         self.successes + self.failures + self.timeouts + self.ignored + self.cancelled
+    }
+
+    /// The calls that ended with `outcome`, and the sum of their latencies (ms).
+    pub fn of(&self, outcome: Outcome) -> (u64, u64) {
+        let calls = match outcome {
+            Outcome::Success => self.successes,
+            Outcome::Failure => self.failures,
+            Outcome::Timeout => self.timeouts,
+            Outcome::Ignored => self.ignored,
+            Outcome::Cancelled => self.cancelled,
+        };
+        (calls, self.latency_ms_by_outcome[outcome_index(outcome)])
     }
 
     pub(crate) fn add_call(&mut self, outcome: Outcome, latency_ms: u64, slow: bool) {
@@ -53,6 +88,7 @@ impl Minute {
         }
         self.slow += u64::from(slow);
         self.latency_total_ms += latency_ms;
+        self.latency_ms_by_outcome[outcome_index(outcome)] += latency_ms;
         if self.latency_buckets.is_empty() {
             self.latency_buckets = vec![0; LATENCY_BOUNDS_MS.len() + 1];
         }
@@ -72,6 +108,7 @@ impl Minute {
             slow: u64::from(sm.slow),
             latency_total_ms: sm.latency_total_ms,
             latency_buckets: sm.latency_buckets.iter().map(|&c| u64::from(c)).collect(),
+            latency_ms_by_outcome: sm.latency_ms_by_outcome,
             ..Minute::default()
         }
     }
@@ -87,6 +124,10 @@ impl Minute {
         self.rejected += other.rejected;
         self.fallbacks += other.fallbacks;
         self.latency_total_ms += other.latency_total_ms;
+        self.dropped += other.dropped;
+        for (a, b) in self.latency_ms_by_outcome.iter_mut().zip(other.latency_ms_by_outcome) {
+            *a += b;
+        }
         if self.latency_buckets.len() < other.latency_buckets.len() {
             self.latency_buckets.resize(other.latency_buckets.len(), 0);
         }
@@ -195,6 +236,7 @@ pub fn minutes(entries: &[Entry], until_ms: u64) -> BTreeMap<u64, Minute> {
                 });
                 minute.rejected += s.rejected;
                 minute.fallbacks += s.fallbacks;
+                minute.dropped += s.dropped;
             }
             Item::Summary(s) => {
                 for sm in &s.minutes {

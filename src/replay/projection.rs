@@ -120,6 +120,7 @@ fn fold(e: &StoredEvent, deltas: &mut Deltas, cursor: &mut Cursor, calls: &mut u
             let m = entry(deltas, &e.stream, minute_of(s.at_ms));
             m.rejected += s.rejected;
             m.fallbacks += s.fallbacks;
+            m.dropped += s.dropped;
         }
         Decoded::Snapshot(_)
         | Decoded::Gap(_)
@@ -321,6 +322,12 @@ impl Projection {
             .await
             .map_err(store_err)?;
         Ok(with_time_in_state(out, stream, from_ms, to_ms, cursor))
+    }
+
+    /// The log position the projection has folded up to (0 before its first fold): with the
+    /// log's last committed position, how far behind it is.
+    pub async fn position(&mut self) -> Result<i64, JournalError> {
+        Ok(self.stored_checkpoint().await?.map_or(0, |(p, _)| p))
     }
 
     /// Each breaker's minutes added up over everything stored (the counters `/metrics` exports).

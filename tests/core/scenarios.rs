@@ -272,6 +272,45 @@ fn failure_rate_waits_for_minimum_calls_then_trips_at_the_threshold() {
     assert_eq!(t.evidence.rate_percent, Some(50.0));
 }
 
+/// `rates` reports what the trip rules judge (the figures `/metrics` exports as Resilience4j's
+/// failure and slow-call rates): nothing before the minimum of calls, then the window's share,
+/// sliding with time; nothing for a rule without a window.
+#[test]
+fn rates_are_the_judged_shares_and_none_before_the_minimum_of_calls() {
+    let policy = Policy {
+        trip: TripRule::FailureRate {
+            threshold_percent: 50.0,
+            window: SlidingWindow::Count { calls: 10 },
+            minimum_calls: 4,
+        },
+        slow_calls: Some(SlowCallRule {
+            duration_ms: 500,
+            threshold_percent: 90.0,
+            window: SlidingWindow::Time {
+                window_ms: 10_000,
+                buckets: 10,
+            },
+            minimum_calls: 2,
+        }),
+        ..seed_policy()
+    };
+    let b = given(policy)
+        .call(0, 600, Outcome::Success)
+        .call(0, 0, Outcome::Success)
+        .call(0, 0, Outcome::Failure);
+    let r = b.breaker.rates(1_000);
+    assert_eq!(r.failure_rate_percent, None, "3 calls < minimum 4");
+    assert_eq!(r.slow_call_rate_percent, Some(100.0 / 3.0), "1 of 3 slow");
+    let b = b.call(0, 0, Outcome::Success);
+    assert_eq!(b.breaker.rates(1_000).failure_rate_percent, Some(25.0));
+    assert_eq!(b.state(), State::Closed, "25 % is under the threshold");
+    // The time window slides: 11 s later its calls are gone, and so is its rate.
+    assert_eq!(b.breaker.rates(11_000).slow_call_rate_percent, None);
+    // Consecutive failures keep no window: no rate.
+    let c = given(seed_policy()).calls(2, 0, Outcome::Failure);
+    assert_eq!(c.breaker.rates(0), Default::default());
+}
+
 #[test]
 fn slow_calls_trip_by_rate_and_a_slow_trial_reopens() {
     let policy = Policy {
