@@ -290,6 +290,13 @@ impl Breaker {
         }
     }
 
+    /// What each of its rules measures at `now_ms`, against its threshold (see
+    /// [`super::gauges`]).
+    pub fn gauges(&self, now_ms: u64) -> Vec<super::RuleGauge> {
+        let view = self.view(now_ms);
+        super::gauges(&self.policy, view.consecutive_failures, view.window, view.slow_window)
+    }
+
     /// Asks to run one call at `now_ms`. OPEN whose period has ended first moves to HALF_OPEN
     /// (that transition is stamped at the period's end). Events go to `out`.
     ///
@@ -649,7 +656,11 @@ fn rate_reached(calls: u64, hits: u64, threshold_percent: f64, minimum: u32) -> 
     if calls == 0 || calls < u64::from(minimum) {
         return None;
     }
-    ((hits as f64) * 100.0 >= threshold_percent * calls as f64).then(|| hits as f64 * 100.0 / calls as f64)
+    if (hits as f64) * 100.0 >= threshold_percent * calls as f64 {
+        super::gauge::percent_of(calls, hits)
+    } else {
+        None
+    }
 }
 
 fn window_evidence(window: &SlidingWindow, evidence: Evidence) -> Evidence {
