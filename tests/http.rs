@@ -1155,6 +1155,25 @@ async fn the_dashboard_puts_the_breakers_in_trouble_first_and_says_when_the_serv
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let wide = tmp.join("dashboard-triage-1400.png");
     browser.screenshot(&wide).await.unwrap();
+    // ▸ opens a card's details across the grid: the health components among them.
+    let toggle = browser
+        .find("[data-testid=breaker][data-key=svc05] [data-testid=details]")
+        .await
+        .unwrap();
+    browser.click(&toggle).await.unwrap();
+    browser
+        .wait_text(
+            "[data-testid=breaker][data-key=svc05] [data-component=success] .kv span",
+            "success",
+            T,
+        )
+        .await
+        .unwrap();
+    browser
+        .screenshot(&tmp.join("dashboard-triage-details.png"))
+        .await
+        .unwrap();
+    browser.click(&toggle).await.unwrap();
 
     // On a phone: the same four first, nothing wider than the screen.
     browser.set_window_size(390, 844).await.unwrap();

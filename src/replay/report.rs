@@ -453,3 +453,49 @@ async fn override_of(journal: &Journal, key: &str, state: State) -> Result<Optio
             operator: c.operator,
         }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn health_of(score_state: State) -> Health {
+        super::super::health(&BTreeMap::new(), &[], 600_000, 1_000, score_state)
+    }
+
+    #[test]
+    fn severity_boundaries_are_the_documented_ones() {
+        let green = health_of(State::Closed);
+        let mut amber = green.clone();
+        amber.score = GREEN_FROM - 1;
+        let closed = |h: &Health, unanswered: Option<f64>, openings: Option<u64>| {
+            Severity::of(State::Closed, Some(h), unanswered, openings)
+        };
+        assert_eq!(closed(&green, Some(0.0), Some(0)), Severity::Healthy);
+        // Flapping from the third opening in ten minutes, before degraded.
+        assert_eq!(
+            closed(&green, Some(0.0), Some(FLAPPING_OPENINGS - 1)),
+            Severity::Healthy
+        );
+        assert_eq!(closed(&amber, Some(0.5), Some(FLAPPING_OPENINGS)), Severity::Flapping);
+        // Degraded: below the green band, or more than 5 % unanswered.
+        assert_eq!(closed(&amber, None, Some(0)), Severity::Degraded);
+        assert_eq!(closed(&green, Some(DEGRADED_UNANSWERED), Some(0)), Severity::Healthy);
+        assert_eq!(closed(&green, Some(0.051), Some(0)), Severity::Degraded);
+        // No figures (the log unreadable): the state alone.
+        assert_eq!(Severity::of(State::Closed, None, None, None), Severity::Healthy);
+        // The states that say it all, whatever the figures.
+        for (state, severity) in [
+            (State::ForcedOpen, Severity::ForcedOpen),
+            (State::Open, Severity::Open),
+            (State::HalfOpen, Severity::HalfOpen),
+            (State::Disabled, Severity::Disabled),
+        ] {
+            assert_eq!(Severity::of(state, Some(&green), Some(0.0), Some(9)), severity);
+        }
+        // Worst first, as the dashboard sorts.
+        let mut sorted = Severity::ALL;
+        sorted.sort();
+        assert_eq!(sorted, Severity::ALL);
+    }
+}
