@@ -1075,6 +1075,15 @@ async fn the_dashboard_puts_the_breakers_in_trouble_first_and_says_when_the_serv
         browser.execute("return document.title", vec![]).await.unwrap(),
         serde_json::json!("(3 open) breakerbox")
     );
+    // …and so does the tab's icon (an SVG with the number in it).
+    let icon = browser
+        .execute(
+            "return decodeURIComponent(document.getElementById('favicon').getAttribute('href'))",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(icon.as_str().unwrap().contains(">3</text>"), "{icon}");
     // The strip counts by severity, worst first.
     let strip = browser
         .execute(
