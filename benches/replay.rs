@@ -30,7 +30,6 @@
 //! and sizes are printed (lines starting `replay-bench:`). Without `--bench` (criterion's test
 //! mode, `cargo test --all-targets`) every size is tiny.
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -602,7 +601,7 @@ fn health_all(c: &mut Criterion) {
         .sampling_mode(SamplingMode::Flat)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
-    let mut opened: Option<(Opened, BTreeMap<String, u64>, u64)> = None;
+    let mut opened: Option<(Opened, replay::HealthInputs, u64)> = None;
     group.bench_function("100_breakers_10m_outcomes", |b| {
         let (o, budgets, at_ms) = opened.get_or_insert_with(|| {
             // 100 breakers at ~1.2 calls/s each; each opens every 20,000 of its calls.
@@ -625,7 +624,18 @@ fn health_all(c: &mut Criterion) {
                 done.calls
             );
             let at_ms = o.log.end_ms + 1;
-            let budgets: BTreeMap<String, u64> = o.log.names.iter().map(|n| (n.to_string(), BUDGET_MS)).collect();
+            // Each breaker's budget and the state it is in then (which caps its score).
+            let budgets: replay::HealthInputs = o
+                .log
+                .names
+                .iter()
+                .map(|n| {
+                    let at = rt
+                        .block_on(replay::state_at(&o.journal, n, at_ms, &policy(), BUDGET_MS))
+                        .expect("state_at");
+                    (n.to_string(), (BUDGET_MS, at.view.state))
+                })
+                .collect();
             // Once: the projection's health equals the one folded from each breaker's history.
             let all = rt
                 .block_on(o.projection.health_all(&o.journal, &budgets, at_ms))
@@ -680,11 +690,17 @@ async fn whole_fold(journal: &Journal, stream: &str, at_ms: u64, fallback: &Poli
         stream: stream.to_owned(),
         at_ms,
         open_remaining_ms: view.open_until_ms.map(|u| u.saturating_sub(at_ms)),
+        health: replay::health(
+            &replay::minutes(&entries, at_ms),
+            &all,
+            at_ms,
+            latency_budget_ms,
+            view.state,
+        ),
         view,
         policy: breaker.policy().clone(),
         last_transition: all.last().cloned(),
         compacted: entries.iter().any(|e| matches!(e.item, Item::Summary(_))),
-        health: replay::health(&replay::minutes(&entries, at_ms), &all, at_ms, latency_budget_ms),
         damaged: replay::damaged(&entries),
     }
 }

@@ -1225,6 +1225,270 @@ async fn the_dashboard_shows_a_breaker_opening_live_and_its_buttons_are_audited(
     registry.shutdown().await.unwrap();
 }
 
+/// Triage in headless Chromium: 30 breakers, 4 in trouble (one forced open with a reason, two
+/// OPEN, one HALF_OPEN). The four are the first cards, worst first, on a 1400 px screen and on
+/// a 390 px phone; the tab's title counts the open ones; the forced-open card names who and why;
+/// call stats stay out of the event list until asked for; and once the server is stopped the
+/// connection pill says "server gone" within 10 s.
+#[actix_web::test]
+async fn the_dashboard_puts_the_breakers_in_trouble_first_and_says_when_the_server_is_gone() {
+    use std::time::Duration;
+    if !installed_tool(webdriver::CHROMEDRIVER) || !installed_tool(webdriver::CHROMIUM) {
+        return;
+    }
+    const T: Duration = Duration::from_secs(15);
+    let dir = tempfile::tempdir().unwrap();
+    // svc11 reopens for trials after 1 s (real time: the actor's timer moves it to HALF_OPEN).
+    let mut toml = String::new();
+    for i in 0..30 {
+        let timeout = if i == 11 { "1s" } else { "1h" };
+        toml.push_str(&format!(
+            "[services.svc{i:02}]\nfailure_threshold = 2\ntimeout = \"{timeout}\"\n"
+        ));
+    }
+    let config = Config::from_toml(Path::new("t.toml"), &toml, &BTreeMap::new()).unwrap();
+    let journal = Arc::new(
+        Journal::open(&dir.path().join("log.db"), JournalOptions::default())
+            .await
+            .unwrap(),
+    );
+    let registry = Arc::new(
+        Registry::start(&config, journal, RegistryOptions::default())
+            .await
+            .unwrap(),
+    );
+    let state = web::Data::new(ApiState::new(
+        registry.clone(),
+        config.clone(),
+        vec![auth::Token::new("oncall", &Secret::new(TOKEN))],
+    ));
+    let (server, addrs) = breakerbox::http::server(state, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let server_handle = server.handle();
+    actix_web::rt::spawn(server);
+    let addr = addrs[0];
+
+    // Healthy traffic on the rest; then the trouble.
+    for i in [0, 3, 8, 29] {
+        let h = registry.get(&format!("svc{i:02}")).unwrap().clone();
+        for _ in 0..5 {
+            let _ = h.call("", async { Ok::<_, ()>(()) }).await;
+        }
+    }
+    for key in ["svc05", "svc23", "svc11"] {
+        let h = registry.get(key).unwrap().clone();
+        for _ in 0..2 {
+            let _ = h.call("", async { Err::<(), _>("502") }).await;
+        }
+        // The actor folds the outcomes: wait for it, not for time.
+        h.inspect().await;
+        assert_eq!(h.state(), breakerbox::breaker::State::Open, "{key}");
+    }
+    // Rejected calls: call stats in the log (one per flush).
+    let svc05 = registry.get("svc05").unwrap().clone();
+    for _ in 0..3 {
+        let _ = svc05.call("", async { Ok::<_, ()>(()) }).await;
+    }
+    registry
+        .get("svc17")
+        .unwrap()
+        .force_open(breakerbox::journal::Operator {
+            who: "alice@ops".into(),
+            from: "cli".into(),
+            why: "provider maintenance window".into(),
+        })
+        .await
+        .unwrap();
+    let svc11 = registry.get("svc11").unwrap().clone();
+    let deadline = std::time::Instant::now() + T;
+    while svc11.state() != breakerbox::breaker::State::HalfOpen {
+        assert!(std::time::Instant::now() < deadline, "svc11 never went HALF_OPEN");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let browser = webdriver::Driver::start().await.unwrap();
+    browser.set_window_size(1400, 900).await.unwrap();
+    browser.goto(&format!("http://{addr}/#token={TOKEN}")).await.unwrap();
+    browser.wait_text("[data-testid=conn]", "live", T).await.unwrap();
+    browser
+        .wait_text(
+            "[data-testid=breaker][data-key=svc11] [data-testid=state]",
+            "half_open",
+            T,
+        )
+        .await
+        .unwrap();
+
+    // The cards in reading order (top to bottom, then left to right), as a person sees them.
+    async fn seen_order(browser: &webdriver::Driver) -> Vec<String> {
+        let keys = browser
+            .execute(
+                "return [...document.querySelectorAll('[data-testid=breaker]')]
+                   .filter(e => e.offsetParent !== null)
+                   .map(e => { const r = e.getBoundingClientRect(); return [Math.round(r.top), Math.round(r.left), e.dataset.key]; })
+                   .sort((a, b) => a[0] - b[0] || a[1] - b[1]).map(x => x[2])",
+                vec![],
+            )
+            .await
+            .unwrap();
+        serde_json::from_value(keys).unwrap()
+    }
+    let trouble = ["svc17", "svc05", "svc23", "svc11"];
+    let order = seen_order(&browser).await;
+    assert_eq!(order.len(), 30, "{order:?}");
+    assert_eq!(order[..4], trouble, "worst first: {order:?}");
+    // The healthy ones follow by key.
+    let rest: Vec<&String> = order[4..].iter().collect();
+    let mut sorted = rest.clone();
+    sorted.sort();
+    assert_eq!(rest, sorted);
+    // The title counts the breakers that reject every call (OPEN and FORCED_OPEN).
+    assert_eq!(
+        browser.execute("return document.title", vec![]).await.unwrap(),
+        serde_json::json!("(3 open) breakerbox")
+    );
+    // …and so does the tab's icon (an SVG with the number in it).
+    let icon = browser
+        .execute(
+            "return decodeURIComponent(document.getElementById('favicon').getAttribute('href'))",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(icon.as_str().unwrap().contains(">3</text>"), "{icon}");
+    // The strip counts by severity, worst first.
+    let strip = browser
+        .execute(
+            "return [...document.querySelectorAll('[data-testid=sev-count]')].map(e => [e.dataset.severity, e.querySelector('b').textContent])",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        strip,
+        serde_json::json!([
+            ["forced_open", "1"],
+            ["open", "2"],
+            ["half_open", "1"],
+            ["flapping", "0"],
+            ["degraded", "0"],
+            ["healthy", "26"],
+            ["disabled", "0"]
+        ])
+    );
+    // The forced-open card says who and why; an OPEN card says what tripped it.
+    let override_text = browser
+        .text(
+            &browser
+                .find("[data-testid=breaker][data-key=svc17] [data-testid=override]")
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        override_text.contains("alice@ops") && override_text.contains("provider maintenance window"),
+        "{override_text}"
+    );
+    let trip = browser
+        .text(
+            &browser
+                .find("[data-testid=breaker][data-key=svc05] [data-testid=trip]")
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(trip.contains("failures in a row"), "{trip}");
+    // Call stats are out of the event list until the box is ticked.
+    let stats_shown = "return [...document.querySelectorAll('[data-testid=event][data-kind=stats]')].filter(e => e.offsetParent !== null).length";
+    assert_eq!(
+        browser.execute(stats_shown, vec![]).await.unwrap(),
+        serde_json::json!(0)
+    );
+    browser
+        .click(&browser.find("[data-testid=show-stats]").await.unwrap())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + T;
+    while browser.execute(stats_shown, vec![]).await.unwrap() == serde_json::json!(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no call stats after ticking the box"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    browser
+        .click(&browser.find("[data-testid=show-stats]").await.unwrap())
+        .await
+        .unwrap();
+    // The filter narrows the cards.
+    let filter = browser.find("[data-testid=filter]").await.unwrap();
+    browser.send_keys(&filter, "svc2").await.unwrap();
+    let filtered = seen_order(&browser).await;
+    assert_eq!(filtered[0], "svc23", "{filtered:?}");
+    assert!(filtered.iter().all(|k| k.starts_with("svc2")), "{filtered:?}");
+    browser
+        .execute("const f = document.querySelector('[data-testid=filter]'); f.value = ''; f.dispatchEvent(new Event('input'))", vec![])
+        .await
+        .unwrap();
+    assert_eq!(seen_order(&browser).await.len(), 30);
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let wide = tmp.join("dashboard-triage-1400.png");
+    browser.screenshot(&wide).await.unwrap();
+    // ▸ opens a card's details across the grid: the health components among them.
+    let toggle = browser
+        .find("[data-testid=breaker][data-key=svc05] [data-testid=details]")
+        .await
+        .unwrap();
+    browser.click(&toggle).await.unwrap();
+    browser
+        .wait_text(
+            "[data-testid=breaker][data-key=svc05] [data-component=success] .kv span",
+            "success",
+            T,
+        )
+        .await
+        .unwrap();
+    browser
+        .screenshot(&tmp.join("dashboard-triage-details.png"))
+        .await
+        .unwrap();
+    browser.click(&toggle).await.unwrap();
+
+    // On a phone: the same four first, nothing wider than the screen.
+    browser.set_window_size(390, 844).await.unwrap();
+    let order = seen_order(&browser).await;
+    assert_eq!(order[..4], trouble, "worst first on a phone: {order:?}");
+    let overflow = browser
+        .execute(
+            "return document.documentElement.scrollWidth - window.innerWidth",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert!(
+        overflow.as_i64().unwrap() <= 0,
+        "the page scrolls sideways by {overflow} px"
+    );
+    let phone = tmp.join("dashboard-triage-390.png");
+    browser.screenshot(&phone).await.unwrap();
+
+    // The server stops: within 10 s the pill says so, never "live".
+    browser.set_window_size(1400, 900).await.unwrap();
+    server_handle.stop(false).await;
+    let stopped = std::time::Instant::now();
+    browser
+        .wait_text("[data-testid=conn]", "server gone", Duration::from_secs(10))
+        .await
+        .unwrap();
+    eprintln!("server gone shown after {:?}", stopped.elapsed());
+    let gone = tmp.join("dashboard-triage-gone.png");
+    browser.screenshot(&gone).await.unwrap();
+    eprintln!("screenshots: {} {} {}", wide.display(), phone.display(), gone.display());
+    drop(browser);
+    registry.shutdown().await.unwrap();
+}
+
 #[actix_web::test]
 async fn config_reload_over_http_applies_a_good_file_and_refuses_a_bad_one_whole() {
     let dir = tempfile::tempdir().unwrap();

@@ -408,23 +408,32 @@ fn health_scores_each_component_at_its_boundaries() {
         )])
     };
     // No calls at all: full marks.
-    let h = replay::health(&BTreeMap::new(), &[], at, 1_000);
+    let h = replay::health(&BTreeMap::new(), &[], at, 1_000, State::Closed);
     assert_eq!(
         (h.score, h.success.points, h.latency.points, h.stability.points),
         (100, 60.0, 25.0, 15.0)
     );
     // All good.
     assert_eq!(
-        replay::health(&one(minute(1_000, 0, 0, 120)), &[], at, 1_000).score,
+        replay::health(&one(minute(1_000, 0, 0, 120)), &[], at, 1_000, State::Closed).score,
         100
     );
     // 10 % failures: 54 + 25 + 15.
-    assert_eq!(replay::health(&one(minute(900, 100, 0, 120)), &[], at, 1_000).score, 94);
+    assert_eq!(
+        replay::health(&one(minute(900, 100, 0, 120)), &[], at, 1_000, State::Closed).score,
+        94
+    );
     // All failures, opened once, rejections count as failures: 0 + 25 + 10.
-    let h = replay::health(&one(minute(0, 1_000, 200, 5)), &[opened_at(at - 60_000)], at, 1_000);
+    let h = replay::health(
+        &one(minute(0, 1_000, 200, 5)),
+        &[opened_at(at - 60_000)],
+        at,
+        1_000,
+        State::Closed,
+    );
     assert_eq!((h.score, h.success.points), (35, 0.0));
     // All slow: mean 3 s, p95 in the 5 s bucket: 25 × (½ × ⅓ + ½ × ⅖) = 9.17.
-    let h = replay::health(&one(minute(1_000, 0, 0, 3_000)), &[], at, 1_000);
+    let h = replay::health(&one(minute(1_000, 0, 0, 3_000)), &[], at, 1_000, State::Closed);
     assert!((h.latency.points - 9.1667).abs() < 0.01, "{h:?}");
     assert_eq!(h.score, 84);
     // Flapping: three openings in the hour take all 15; one older than an hour doesn't count.
@@ -434,12 +443,26 @@ fn health_scores_each_component_at_its_boundaries() {
         opened_at(at - 40_000),
         opened_at(at - 30_000),
     ];
-    let h = replay::health(&one(minute(900, 100, 0, 120)), &flaps, at, 1_000);
+    let h = replay::health(&one(minute(900, 100, 0, 120)), &flaps, at, 1_000, State::Closed);
     assert_eq!((h.stability.points, h.score), (0.0, 79));
     assert!(h.stability.why.contains("flapping"));
     // Minutes older than 5 minutes don't count.
     let old = BTreeMap::from([(0, minute(0, 1_000, 0, 5))]);
-    assert_eq!(replay::health(&old, &[], at, 1_000).score, 100);
+    assert_eq!(replay::health(&old, &[], at, 1_000, State::Closed).score, 100);
+    // A breaker that rejects every call is never green, whatever its last calls did: OPEN and
+    // FORCED_OPEN are capped at 49 (red), HALF_OPEN at 79 (amber), and the cap says why.
+    let good = one(minute(1_000, 0, 0, 120));
+    for (state, cap, band) in [
+        (State::ForcedOpen, 49, replay::Band::Red),
+        (State::Open, 49, replay::Band::Red),
+        (State::HalfOpen, 79, replay::Band::Amber),
+    ] {
+        let h = replay::health(&good, &[], at, 1_000, state);
+        assert_eq!((h.score, h.band), (cap, band), "{state}");
+        assert!(h.capped.as_deref().unwrap().starts_with("100 capped at"), "{h:?}");
+    }
+    let h = replay::health(&good, &[], at, 1_000, State::Disabled);
+    assert_eq!((h.score, h.band, h.capped), (100, replay::Band::Green, None));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -493,12 +516,12 @@ async fn the_metrics_projection_is_the_same_tailed_step_by_step_or_rebuilt_from_
     let stored = projection.minutes("stripe", 0, end).await.unwrap();
     assert_eq!(stored, replay::minutes(&entries, end));
     // Health of every breaker from the projection equals health from the history.
-    let budgets = BTreeMap::from([("stripe".to_owned(), 1_000u64)]);
-    let all = projection.health_all(registry.journal(), &budgets, end).await.unwrap();
     let fallback = config.breaker("stripe").unwrap().policy.clone();
     let state = replay::state_at(registry.journal(), "stripe", end, &fallback, 1_000)
         .await
         .unwrap();
+    let breakers = BTreeMap::from([("stripe".to_owned(), (1_000u64, state.view.state))]);
+    let all = projection.health_all(registry.journal(), &breakers, end).await.unwrap();
     assert_eq!(all["stripe"], state.health);
 }
 
@@ -740,11 +763,11 @@ mod bounded {
             stream: stream.to_owned(),
             at_ms,
             open_remaining_ms: view.open_until_ms.map(|u| u.saturating_sub(at_ms)),
+            health: replay::health(&replay::minutes(entries, at_ms), &all, at_ms, BUDGET_MS, view.state),
             view,
             policy: breaker.policy().clone(),
             last_transition: all.last().cloned(),
             compacted: entries.iter().any(|e| matches!(e.item, Item::Summary(_))),
-            health: replay::health(&replay::minutes(entries, at_ms), &all, at_ms, BUDGET_MS),
             damaged: replay::damaged(entries),
         }
     }
@@ -1437,4 +1460,315 @@ async fn what_if_says_how_many_calls_rejected_for_real_would_have_reached_a_fail
     );
     assert!(lax.verdict.contains("estimated"), "{}", lax.verdict);
     journal.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Triage: the health report's figures beside the score, one definition each
+// (docs/health-score.md), on one log and a manual clock.
+
+mod triage {
+    use super::operator;
+    use breakerbox::actor::{Clock, Operator, Registry, RegistryOptions};
+    use breakerbox::breaker::{Command, Outcome, Reason, State};
+    use breakerbox::config::Config;
+    use breakerbox::journal::{Journal, JournalOptions};
+    use breakerbox::replay::{self, Band, BreakerNow, BreakerReport, HealthReport, Severity};
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    const T0: u64 = 1_764_000_000_000;
+    const CONFIG: &str = r#"
+# forced open by an operator after mostly good traffic
+[services.stripe]
+failure_threshold = 5
+timeout = "1m"
+# opened by its slow-call rule: no call ever fails
+[services.calcom]
+failure_threshold = 100
+slow_call_duration = "500ms"
+slow_call_rate = 50
+minimum_calls = 4
+window_calls = 10
+timeout = "10s"
+# opens and closes again and again
+[services.retell]
+failure_threshold = 2
+timeout = "1s"
+# closed, but one call in ten fails
+[services.twilio]
+failure_threshold = 100
+[services.quiet]
+[services.off]
+"#;
+    const KEYS: [&str; 6] = ["stripe", "calcom", "retell", "twilio", "quiet", "off"];
+
+    struct World {
+        registry: Registry,
+        clock: Clock,
+    }
+
+    impl World {
+        async fn start(dir: &Path) -> World {
+            let config = Config::from_toml(Path::new("t.toml"), CONFIG, &BTreeMap::new()).unwrap();
+            let journal = Arc::new(
+                Journal::open(&dir.join("log.db"), JournalOptions::default())
+                    .await
+                    .unwrap(),
+            );
+            let clock = Clock::manual(T0);
+            let registry = Registry::start(
+                &config,
+                journal,
+                RegistryOptions {
+                    clock: clock.clone(),
+                    ..RegistryOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+            World { registry, clock }
+        }
+
+        /// One attempt through the live call path, taking `latency_ms` of the manual clock
+        /// when it runs; rejected attempts take none.
+        async fn call(&self, key: &str, latency_ms: u64, outcome: Outcome) {
+            let h = self.registry.get(key).unwrap().clone();
+            let c = self.clock.clone();
+            let _ = h
+                .call_classified(
+                    "",
+                    async move {
+                        c.advance(latency_ms);
+                        Ok::<_, ()>(())
+                    },
+                    &move |_: &Result<(), ()>| outcome,
+                )
+                .await;
+            h.inspect().await;
+        }
+
+        async fn advance(&self, ms: u64) {
+            self.clock.advance(ms);
+            for k in KEYS {
+                self.registry.get(k).unwrap().tick().await;
+            }
+        }
+
+        /// The report as `GET /api/health/circuit-breakers` builds it, once everything recorded
+        /// is in the log.
+        async fn report(&self) -> HealthReport {
+            let mut live = Vec::new();
+            for k in KEYS {
+                let h = self.registry.get(k).unwrap();
+                live.push((k, h.inspect().await.unwrap(), h.state()));
+            }
+            let journal = self.registry.journal();
+            journal.flush().await.unwrap();
+            let now: Vec<BreakerNow<'_>> = live
+                .iter()
+                .map(|(k, b, state)| BreakerNow {
+                    key: k,
+                    breaker: b,
+                    state: *state,
+                    trial_permits_in_use: 0,
+                    latency_budget_ms: 1_000,
+                })
+                .collect();
+            let mut projection = replay::Projection::open(journal);
+            replay::health_report(journal, &mut projection, &now, self.clock.now_ms(), journal.condition()).await
+        }
+    }
+
+    fn row<'a>(report: &'a HealthReport, key: &str) -> &'a BreakerReport {
+        report.breakers.iter().find(|b| b.service == key).unwrap()
+    }
+
+    fn who(who: &str, why: &str) -> Operator {
+        Operator {
+            who: who.into(),
+            ..operator(why)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_breaker_gets_its_severity_and_honest_figures() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = World::start(dir.path()).await;
+
+        // stripe: 100 calls, 4 fail (never 5 in a row); then forced open and 50 attempts rejected.
+        for i in 0..100 {
+            let outcome = if i % 25 == 24 {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            };
+            w.call("stripe", 10, outcome).await;
+        }
+        let stripe = w.registry.get("stripe").unwrap().clone();
+        stripe
+            .force_open(who("alice@ops", "provider maintenance"))
+            .await
+            .unwrap();
+        for _ in 0..50 {
+            w.call("stripe", 10, Outcome::Success).await;
+        }
+        // calcom: 2 fast calls, then slow ones: the 4th call makes 2 of 4 slow (50 %) and opens it.
+        for latency in [10, 10, 600, 600] {
+            w.call("calcom", latency, Outcome::Success).await;
+        }
+        // retell: three openings, each closed again by two good trials.
+        for _ in 0..3 {
+            w.call("retell", 5, Outcome::Failure).await;
+            w.call("retell", 5, Outcome::Failure).await;
+            w.advance(1_000).await;
+            w.call("retell", 5, Outcome::Success).await;
+            w.call("retell", 5, Outcome::Success).await;
+        }
+        // twilio: 90 good calls and 10 failed ones, fast.
+        for i in 0..100 {
+            let outcome = if i % 10 == 0 {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            };
+            w.call("twilio", 10, outcome).await;
+        }
+        // off: disabled by an operator.
+        w.registry
+            .get("off")
+            .unwrap()
+            .disable(who("bob@ops", "noisy in staging"))
+            .await
+            .unwrap();
+
+        let report = w.report().await;
+        let severities: Vec<(&str, Severity)> = report
+            .breakers
+            .iter()
+            .map(|b| (b.service.as_str(), b.severity))
+            .collect();
+        assert_eq!(
+            severities,
+            [
+                ("stripe", Severity::ForcedOpen),
+                ("calcom", Severity::Open),
+                ("retell", Severity::Flapping),
+                ("twilio", Severity::Degraded),
+                ("quiet", Severity::Healthy),
+                ("off", Severity::Disabled),
+            ]
+        );
+
+        // Forced open: the failure ratio sees only the calls that ran; the unanswered ratio
+        // counts the rejected attempts too, the score is capped red, and the override says who.
+        let s = row(&report, "stripe");
+        assert_eq!(s.state, State::ForcedOpen);
+        assert_eq!(s.metrics_5m.as_ref().unwrap().rejected, 50);
+        assert_eq!(s.failure_ratio_5m, Some(0.04));
+        assert_eq!(s.unanswered_ratio_5m, Some(54.0 / 150.0));
+        let h = s.health.as_ref().unwrap();
+        assert!(h.score <= 49 && h.band == Band::Red, "{h:?}");
+        assert!(h.capped.as_deref().unwrap().contains("FORCED_OPEN"), "{h:?}");
+        let o = s.operator_override.as_ref().expect("who forced it");
+        assert_eq!(
+            (
+                o.command,
+                o.operator.who.as_str(),
+                o.operator.from.as_str(),
+                o.operator.why.as_str()
+            ),
+            (Command::ForceOpen, "alice@ops", "cli", "provider maintenance")
+        );
+        assert!(
+            s.current_trip.is_none(),
+            "an operator's act is no trip: {:?}",
+            s.current_trip
+        );
+
+        // Opened by the slow-call rule: no failure at all, and the report says what tripped it.
+        let c = row(&report, "calcom");
+        assert_eq!(c.failure_ratio_5m, Some(0.0));
+        assert_eq!(c.unanswered_ratio_5m, Some(0.0));
+        let trip = c.current_trip.as_ref().expect("the trip of this episode");
+        assert_eq!(
+            (trip.from, trip.to, trip.reason),
+            (State::Closed, State::Open, Reason::SlowCallRate)
+        );
+        assert_eq!(trip.evidence.rate_percent, Some(50.0));
+        assert_eq!(trip.evidence.threshold, Some(50.0));
+        let rules: Vec<(Reason, f64, bool)> = c.trip_rules.iter().map(|g| (g.rule, g.threshold, g.percent)).collect();
+        assert_eq!(
+            rules,
+            [
+                (Reason::ConsecutiveFailures, 100.0, false),
+                (Reason::SlowCallRate, 50.0, true)
+            ]
+        );
+        assert!(c.health.as_ref().unwrap().band == Band::Red, "{:?}", c.health);
+
+        // Flapping: closed now, three openings in the last ten minutes.
+        let r = row(&report, "retell");
+        assert_eq!((r.state, r.openings_10m), (State::Closed, Some(3)));
+        // Degraded: green score, but 10 % of attempts got no good answer.
+        let t = row(&report, "twilio");
+        assert_eq!(t.unanswered_ratio_5m, Some(0.1));
+        assert_eq!(t.health.as_ref().unwrap().band, Band::Green);
+        // Healthy without calls: no ratio is made up.
+        let q = row(&report, "quiet");
+        assert_eq!((q.unanswered_ratio_5m, q.failure_ratio_5m), (None, None));
+        let off = row(&report, "off").operator_override.as_ref().expect("who disabled it");
+        assert_eq!(
+            (off.command, off.operator.why.as_str()),
+            (Command::Disable, "noisy in staging")
+        );
+
+        // The episode's trip survives the timer's OPEN → HALF_OPEN and a re-opening by a slow trial.
+        w.advance(10_000).await;
+        let report = w.report().await;
+        let c = row(&report, "calcom");
+        assert_eq!((c.state, c.severity), (State::HalfOpen, Severity::HalfOpen));
+        assert_eq!(c.last_transition.as_ref().unwrap().reason, Reason::TimeoutElapsed);
+        assert_eq!(c.current_trip.as_ref().unwrap().reason, Reason::SlowCallRate);
+        assert!(c.health.as_ref().unwrap().band != Band::Green, "{:?}", c.health);
+        w.call("calcom", 600, Outcome::Success).await;
+        w.advance(60_000).await;
+        let report = w.report().await;
+        let c = row(&report, "calcom");
+        assert_eq!(c.state, State::HalfOpen);
+        let reasons: Vec<Reason> = replay::transitions(
+            &replay::history(w.registry.journal(), "calcom").await.unwrap(),
+            0,
+            u64::MAX,
+        )
+        .iter()
+        .map(|t| t.reason)
+        .collect();
+        assert_eq!(
+            reasons,
+            [
+                Reason::SlowCallRate,
+                Reason::TimeoutElapsed,
+                Reason::TrialSlow,
+                Reason::TimeoutElapsed
+            ]
+        );
+        let trip = c.current_trip.as_ref().unwrap();
+        assert_eq!((trip.reason, trip.at_ms <= T0 + 10_000), (Reason::SlowCallRate, true));
+        // Reset: no episode, no trip, no override.
+        w.registry
+            .get("calcom")
+            .unwrap()
+            .reset(operator("recovered"))
+            .await
+            .unwrap();
+        stripe.reset(operator("maintenance over")).await.unwrap();
+        let report = w.report().await;
+        for key in ["calcom", "stripe"] {
+            let b = row(&report, key);
+            assert_eq!(b.state, State::Closed);
+            assert!(b.current_trip.is_none() && b.operator_override.is_none(), "{b:?}");
+        }
+        w.registry.shutdown().await.unwrap();
+    }
 }

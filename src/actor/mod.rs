@@ -43,7 +43,7 @@ pub use crate::journal::{CALL_STATS, CallStats, OPERATOR_COMMAND, Operator, Oper
 pub use call::{CallError, Classifier, Fallback, FallbackFn, FallbackReason, HasStatus, HttpStatuses, Results};
 pub use driver::ActorOptions;
 pub use handle::{BreakerHandle, HasCircuitBreaker};
-pub use registry::{Registry, RegistryError, RegistryOptions};
+pub use registry::{Registry, RegistryBuilder, RegistryError, RegistryOptions};
 pub use reqwest::{BreakerMiddleware, Operation, Rejected, TimedOut};
 pub use service::{CommandResult, Figures};
 pub use tower::{BreakerLayer, BreakerService};

@@ -66,6 +66,60 @@ pub enum RegistryError {
     /// The actor system could not start.
     #[error("starting the actor system: {0}")]
     System(String),
+    /// Breakers defined in code ([`Registry::builder`]) that cannot work: every problem named.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// Breakers from code, no TOML file: see [`Registry::builder`].
+#[derive(Default)]
+pub struct RegistryBuilder {
+    breakers: Vec<crate::config::CodeBreaker>,
+    journal: Option<Arc<Journal>>,
+    options: Option<RegistryOptions>,
+}
+
+impl RegistryBuilder {
+    /// A breaker (`service`, or `service/operation`) with `policy` over the embedded defaults.
+    pub fn breaker(mut self, key: &str, policy: crate::breaker::Policy) -> Self {
+        self.breakers.push(crate::config::CodeBreaker {
+            key: key.to_owned(),
+            policy,
+            call_timeout_ms: None,
+        });
+        self
+    }
+
+    /// The call timeout of the breaker added last (default 10 s).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        if let Some(b) = self.breakers.last_mut() {
+            b.call_timeout_ms = Some(timeout.as_millis().min(u128::from(u64::MAX)) as u64);
+        }
+        self
+    }
+
+    /// The log to write (default: [`Journal::in_memory`], for tests and examples).
+    pub fn journal(mut self, journal: Arc<Journal>) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// The registry's options (a manual [`Clock`] for tests, actor settings).
+    pub fn options(mut self, options: RegistryOptions) -> Self {
+        self.options = Some(options);
+        self
+    }
+
+    /// Checks the breakers as a configuration file would be ([`crate::config::Config::of_breakers`])
+    /// and starts them ([`Registry::start`]).
+    pub async fn start(self) -> Result<Registry, RegistryError> {
+        let config = crate::config::Config::of_breakers(&self.breakers)?;
+        let journal = match self.journal {
+            Some(j) => j,
+            None => Arc::new(Journal::in_memory().await.map_err(JournalError::from)?),
+        };
+        Registry::start(&config, journal, self.options.unwrap_or_default()).await
+    }
 }
 
 struct Started {
@@ -88,6 +142,34 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Breakers defined in code instead of a TOML file:
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use breakerbox::actor::{Clock, Registry, RegistryOptions};
+    /// use breakerbox::breaker::{Policy, State};
+    /// let clock = Clock::manual(1_764_000_000_000);
+    /// let registry = Registry::builder()
+    ///     .breaker("stripe", Policy::consecutive(2, 30_000))
+    ///     .call_timeout(std::time::Duration::from_secs(2))
+    ///     .options(RegistryOptions { clock: clock.clone(), ..RegistryOptions::default() })
+    ///     .start()
+    ///     .await
+    ///     .unwrap();
+    /// let stripe = registry.get("stripe").unwrap();
+    /// for _ in 0..2 {
+    ///     let _ = stripe.call("", async { Err::<(), _>("502") }).await;
+    /// }
+    /// stripe.inspect().await; // let the actor fold what callers recorded
+    /// assert_eq!(stripe.state(), State::Open);
+    /// registry.shutdown().await.unwrap();
+    /// registry.journal().close().await;
+    /// # });
+    /// ```
+    pub fn builder() -> RegistryBuilder {
+        RegistryBuilder::default()
+    }
+
     /// Takes the writer lease, recovers every configured breaker from the log (applying the
     /// configured policy if it changed, state kept) and starts its actor.
     pub async fn start(

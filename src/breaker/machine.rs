@@ -290,33 +290,36 @@ impl Breaker {
         }
     }
 
-    /// The failure and slow-call rates as the trip rules would judge them at `now_ms` (time
-    /// windows slide; nothing changes): the same minimum of calls, the same windows. A
-    /// failure-count rule has no minimum (one call gives a rate); consecutive failures have no
-    /// window, so no rate.
+    /// What each of its rules measures at `now_ms`, against its threshold (see
+    /// [`super::gauges`]).
+    pub fn gauges(&self, now_ms: u64) -> Vec<super::RuleGauge> {
+        let view = self.view(now_ms);
+        super::gauges(&self.policy, view.consecutive_failures, view.window, view.slow_window)
+    }
+
+    /// The failure and slow-call rates as the trip rules judge them at `now_ms` (for
+    /// `/metrics`), read off [`Breaker::gauges`]: `None` before a rule's window holds its
+    /// minimum of calls (a failure-count rule: one call), and for consecutive failures, which
+    /// have no window.
     pub fn rates(&self, now_ms: u64) -> Rates {
-        let minimum = match self.policy.trip {
-            TripRule::ConsecutiveFailures { .. } => None,
-            TripRule::FailureCount { .. } => Some(1),
-            TripRule::FailureRate { minimum_calls, .. } => Some(minimum_calls),
+        let judged = |g: &super::RuleGauge, rate: Option<f64>| {
+            let calls = g.calls?;
+            (calls > 0 && calls >= u64::from(g.minimum_calls.unwrap_or(1))).then_some(rate)?
         };
-        let failure_rate_percent = minimum.zip(self.trip_window.as_ref()).and_then(|(min, w)| {
-            let c = w.counts_at(now_ms);
-            judged_rate(c.calls, c.failures, min)
-        });
-        let slow_call_rate_percent =
-            self.policy
-                .slow_calls
-                .as_ref()
-                .zip(self.slow_window.as_ref())
-                .and_then(|(rule, w)| {
-                    let c = w.counts_at(now_ms);
-                    judged_rate(c.calls, c.slow, rule.minimum_calls)
-                });
-        Rates {
-            failure_rate_percent,
-            slow_call_rate_percent,
+        let mut rates = Rates::default();
+        for g in self.gauges(now_ms) {
+            match g.rule {
+                Reason::FailureRate => rates.failure_rate_percent = judged(&g, g.value),
+                Reason::FailureCount => {
+                    let failures = g.value.unwrap_or(0.0) as u64;
+                    rates.failure_rate_percent =
+                        judged(&g, g.calls.and_then(|c| super::gauge::percent_of(c, failures)));
+                }
+                Reason::SlowCallRate => rates.slow_call_rate_percent = judged(&g, g.value),
+                _ => {}
+            }
         }
+        rates
     }
 
     /// Asks to run one call at `now_ms`. OPEN whose period has ended first moves to HALF_OPEN
@@ -685,7 +688,7 @@ fn judged_rate(calls: u64, hits: u64, minimum: u32) -> Option<f64> {
     if calls == 0 || calls < u64::from(minimum) {
         return None;
     }
-    Some(hits as f64 * 100.0 / calls as f64)
+    super::gauge::percent_of(calls, hits)
 }
 
 /// The rates the trip rules judge, as seen at some instant (see [`Breaker::rates`]).

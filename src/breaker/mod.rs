@@ -16,6 +16,7 @@
 
 pub mod codec;
 mod event;
+mod gauge;
 mod machine;
 mod policy;
 mod window;
@@ -23,6 +24,7 @@ mod window;
 pub use event::{
     CallRecorded, Command, Event, Evidence, Outcome, PolicyApplied, Reason, State, Transition, TrialAdmitted,
 };
+pub use gauge::{RuleGauge, gauges};
 pub use machine::{AdmissionView, Breaker, Decision, Permit, Rates, Rejection, Verdict, View};
 pub use policy::{
     MAX_OPEN_MS, MAX_WINDOW_BUCKETS, MAX_WINDOW_CALLS, OpenPolicy, Policy, PolicyError, SlidingWindow, SlowCallRule,

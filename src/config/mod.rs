@@ -291,7 +291,63 @@ fn check_name(kind: &str, name: &str, problems: &mut Vec<Problem>, location: &st
     }
 }
 
+/// A breaker defined in code rather than in a file ([`Config::of_breakers`]).
+#[derive(Clone, Debug)]
+pub struct CodeBreaker {
+    /// `service` or `service/operation`.
+    pub key: String,
+    /// Its policy.
+    pub policy: Policy,
+    /// How long a protected call may run (default: the embedded `call_timeout`, 10 s).
+    pub call_timeout_ms: Option<u64>,
+}
+
 impl Config {
+    /// Breakers defined in code, without a file or the environment: each policy over the
+    /// embedded defaults, written as the file's keys and read through the same reader and
+    /// checks as a file, so a bad value is refused the same way (its problem names the breaker,
+    /// the key and the value, at `code:N`).
+    ///
+    /// ```
+    /// use breakerbox::breaker::Policy;
+    /// use breakerbox::config::{CodeBreaker, Config};
+    /// let config = Config::of_breakers(&[CodeBreaker {
+    ///     key: "stripe/customers.create".into(),
+    ///     policy: Policy::consecutive(3, 10_000),
+    ///     call_timeout_ms: Some(2_000),
+    /// }])
+    /// .unwrap();
+    /// let b = config.breaker("stripe/customers.create").unwrap();
+    /// assert_eq!((b.policy.clone(), b.call_timeout_ms()), (Policy::consecutive(3, 10_000), 2_000));
+    /// assert!(config.breaker("stripe").is_some(), "its service has a breaker too");
+    /// let bad = Config::of_breakers(&[CodeBreaker {
+    ///     key: "stripe".into(),
+    ///     policy: Policy::consecutive(0, 10_000),
+    ///     call_timeout_ms: None,
+    /// }]);
+    /// assert!(bad.unwrap_err().to_string().contains("failure_threshold"));
+    /// ```
+    pub fn of_breakers(breakers: &[CodeBreaker]) -> Result<Config, ConfigError> {
+        // Quoted as TOML basic strings (JSON's escapes are TOML's).
+        let quote = |s: &str| serde_json::Value::from(s).to_string();
+        let mut text = String::new();
+        for b in breakers {
+            let header = match b.key.split_once('/') {
+                Some((service, op)) => format!("[services.{}.operations.{}]", quote(service), quote(op)),
+                None => format!("[services.{}]", quote(&b.key)),
+            };
+            text.push_str(&header);
+            text.push('\n');
+            for (key, value) in policy_keys(&b.policy) {
+                text.push_str(&format!("{key} = {value}\n"));
+            }
+            if let Some(ms) = b.call_timeout_ms {
+                text.push_str(&format!("call_timeout = \"{ms}ms\"\n"));
+            }
+        }
+        Self::from_toml(Path::new("code"), &text, &BTreeMap::new())
+    }
+
     /// The embedded defaults alone: calcom, retell and stripe.
     pub fn embedded() -> Config {
         Self::load(&LoadOptions::default()).expect("embedded defaults are valid")

@@ -408,6 +408,8 @@ pub struct Journal {
     check: Mutex<Option<std::thread::JoinHandle<()>>>,
     stop_check: Arc<integrity::Stop>,
     restored_triggers: Vec<String>,
+    /// The directory [`Journal::in_memory`] made for it, removed with it.
+    scratch: Option<PathBuf>,
 }
 
 impl Journal {
@@ -538,7 +540,54 @@ impl Journal {
             check: Mutex::new(check),
             stop_check,
             restored_triggers,
+            scratch: None,
         })
+    }
+
+    /// A log for tests and examples: a real one (the same SQLite log, writer and readers) in a
+    /// fresh directory on a memory-backed file system — `/dev/shm` where there is one (Linux),
+    /// else the system's temporary directory — removed when the journal is closed or dropped.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let journal = breakerbox::journal::Journal::in_memory().await.unwrap();
+    /// let dir = journal.path().parent().unwrap().to_owned();
+    /// assert!(dir.is_dir());
+    /// journal.close().await;
+    /// assert!(!dir.exists(), "nothing is left behind");
+    /// # });
+    /// ```
+    pub async fn in_memory() -> Result<Journal, StoreError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let shm = Path::new("/dev/shm");
+        let base = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = base.join(format!(
+            "breakerbox-{}-{}-{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&dir).map_err(|e| StoreError::Io(format!("creating {}: {e}", dir.display())))?;
+        let options = JournalOptions {
+            durability: Durability::Normal,
+            ..JournalOptions::default()
+        };
+        match Journal::open(&dir.join("log.db"), options).await {
+            Ok(mut journal) => {
+                journal.scratch = Some(dir);
+                Ok(journal)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
     }
 
     /// The append-only triggers this open found missing or altered and put back (empty when
@@ -943,6 +992,9 @@ impl Journal {
             tracing::warn!(error = %e, "closing the event log");
         }
         self.readers.close().await;
+        if let Some(dir) = &self.scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -970,5 +1022,10 @@ impl Drop for Journal {
         // marker: the process may be exiting under it, so the next open checks the whole file.
         self.stop_check.set();
         self.shared.close();
+        // An in-memory log not closed: its files go now (the writer may still hold them open,
+        // which the file system allows; what it writes after is lost, as it would be anyway).
+        if let Some(dir) = &self.scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

@@ -17,11 +17,64 @@ pub struct Component {
     pub why: String,
 }
 
+/// The band a score falls in, for people: `green` (≥ 80), `amber` (50–79), `red` (< 50).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Band {
+    /// 80–100: nothing to look at.
+    Green,
+    /// 50–79: worth a look.
+    Amber,
+    /// 0–49: in trouble.
+    Red,
+}
+
+/// Lowest score of the green band.
+pub const GREEN_FROM: u8 = 80;
+/// Lowest score of the amber band.
+pub const AMBER_FROM: u8 = 50;
+
+impl Band {
+    /// The band of `score`.
+    pub fn of(score: u8) -> Band {
+        if score >= GREEN_FROM {
+            Band::Green
+        } else if score >= AMBER_FROM {
+            Band::Amber
+        } else {
+            Band::Red
+        }
+    }
+}
+
+/// The highest score a breaker in `state` can have, and why: one that rejects every call (OPEN,
+/// FORCED_OPEN) is red whatever its last calls did; one admitting only trials (HALF_OPEN) is at
+/// most amber. `None`: no cap.
+pub fn cap_of(state: State) -> Option<(u8, &'static str)> {
+    match state {
+        State::Open => Some((
+            AMBER_FROM - 1,
+            "OPEN: every call is rejected until the OPEN period ends",
+        )),
+        State::ForcedOpen => Some((
+            AMBER_FROM - 1,
+            "FORCED_OPEN: every call is rejected until an operator resets it",
+        )),
+        State::HalfOpen => Some((GREEN_FROM - 1, "HALF_OPEN: only trial calls are let through")),
+        State::Closed | State::Disabled => None,
+    }
+}
+
 /// A breaker's health, with the components that make it up.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Health {
-    /// 0–100.
+    /// 0–100: the components' sum, at most the state's cap.
     pub score: u8,
+    /// `green`, `amber` or `red` (see [`Band`]).
+    pub band: Band,
+    /// Why the score is lower than the components' sum, when the state caps it (see [`cap_of`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capped: Option<String>,
     /// Calls that worked in the last 5 minutes (60 points).
     pub success: Component,
     /// Latency against the budget in the last 5 minutes (25 points).
@@ -33,19 +86,25 @@ pub struct Health {
 const FIVE_MIN: u64 = 5 * 60_000;
 const HOUR: u64 = 60 * 60_000;
 
-/// Health at `at_ms` from per-minute metrics and the stream's transitions.
+/// Health at `at_ms` of a breaker in `state` then, from per-minute metrics and the stream's
+/// transitions.
 ///
 /// ```
-/// use breakerbox::replay::{health, Minute};
+/// use breakerbox::breaker::State;
+/// use breakerbox::replay::{Band, health};
 /// use std::collections::BTreeMap;
 /// // No traffic at all: nothing says the service is in trouble.
-/// assert_eq!(health(&BTreeMap::new(), &[], 600_000, 1_000).score, 100);
+/// assert_eq!(health(&BTreeMap::new(), &[], 600_000, 1_000, State::Closed).score, 100);
+/// // Forced open, it rejects everything: never green, whatever came before.
+/// let forced = health(&BTreeMap::new(), &[], 600_000, 1_000, State::ForcedOpen);
+/// assert_eq!((forced.score, forced.band), (49, Band::Red));
 /// ```
 pub fn health(
     minutes: &BTreeMap<u64, Minute>,
     transitions: &[Transition],
     at_ms: u64,
     latency_budget_ms: u64,
+    state: State,
 ) -> Health {
     let mut recent = Minute::default();
     let from = at_ms.saturating_sub(FIVE_MIN);
@@ -109,11 +168,17 @@ pub fn health(
             n => format!("opened {n} time{} in the last hour", if n == 1 { "" } else { "s" }),
         },
     };
-    let score = (success.points + latency.points + stability.points)
+    let sum = (success.points + latency.points + stability.points)
         .round()
         .clamp(0.0, 100.0) as u8;
+    let (score, capped) = match cap_of(state) {
+        Some((cap, why)) if sum > cap => (cap, Some(format!("{sum} capped at {cap}: {why}"))),
+        _ => (sum, None),
+    };
     Health {
         score,
+        band: Band::of(score),
+        capped,
         success,
         latency,
         stability,

@@ -16,10 +16,13 @@ mod whatif;
 
 pub use audit::{AuditEntry, AuditPage, AuditQuery, Damaged, Kind, audit, printable};
 pub use export::{TraceLine, export};
-pub use health::{Component, Health, health};
+pub use health::{AMBER_FROM, Band, Component, GREEN_FROM, Health, cap_of, health};
 pub use metrics::{Minute, minutes, open_ms, time_in_states};
-pub use projection::{CatchUp, Projection};
-pub use report::{BreakerNow, BreakerReport, HealthReport, Recent, Verdict, health_report};
+pub use projection::{CatchUp, HealthInputs, Projection};
+pub use report::{
+    BreakerNow, BreakerReport, DEGRADED_UNANSWERED, FLAPPING_OPENINGS, FLAPPING_WINDOW_MS, HealthReport,
+    MAX_EPISODE_TRANSITIONS, Override, Recent, Severity, Verdict, health_report,
+};
 pub use state::{LATE_MS, StateAt, state_at};
 pub use summary::{Summary, summarize};
 pub use svg::timeline_svg;

@@ -344,12 +344,12 @@ impl Projection {
         self.store.all_rows().await.map_err(store_err)
     }
 
-    /// The health of every breaker in `budgets` (key → latency budget) at `at_ms`, from the
-    /// stored minutes of the last five minutes and the transitions of the last hour.
+    /// The health of every breaker in `breakers` at `at_ms`, from the stored minutes of the
+    /// last five minutes and the transitions of the last hour.
     pub async fn health_all(
         &mut self,
         journal: &Journal,
-        budgets: &BTreeMap<String, u64>,
+        breakers: &HealthInputs,
         at_ms: u64,
     ) -> Result<BTreeMap<String, Health>, JournalError> {
         let hour_ago = at_ms.saturating_sub(3_600_000);
@@ -358,22 +358,26 @@ impl Projection {
         // breaker's rows of the last five minutes.
         let (_, cursor) = self.checkpoint().await?;
         let from_ms = at_ms.saturating_sub(5 * 60_000);
-        let streams: Vec<&str> = budgets.keys().map(String::as_str).collect();
+        let streams: Vec<&str> = breakers.keys().map(String::as_str).collect();
         let mut rows = self
             .store
             .rows_of::<Minute>(&streams, minute_of(from_ms), at_ms)
             .await
             .map_err(store_err)?;
         let mut out = BTreeMap::new();
-        for (stream, budget) in budgets {
+        for (stream, (budget, state)) in breakers {
             let stored = rows.remove(stream).unwrap_or_default();
             let minutes = with_time_in_state(stored, stream, from_ms, at_ms, &cursor);
             let t = transitions.get(stream).map(Vec::as_slice).unwrap_or(&[]);
-            out.insert(stream.clone(), health(&minutes, t, at_ms, *budget));
+            out.insert(stream.clone(), health(&minutes, t, at_ms, *budget, *state));
         }
         Ok(out)
     }
 }
+
+/// Per breaker key: its latency budget (ms) and the state it is in at the instant asked about
+/// (which caps its score: see [`super::cap_of`]).
+pub type HealthInputs = BTreeMap<String, (u64, State)>;
 
 /// A stream's stored minutes with the time in its current state up to `to_ms` added (the stored
 /// rows hold time in state only up to the last transition the checkpoint has folded).

@@ -220,8 +220,8 @@ pub async fn state_at(
         }
     }
     let compacted = journal.has_event_type(stream, CALL_SUMMARY).await?;
-    let health = health(&minutes(&entries, at_ms), &recent, at_ms, latency_budget_ms);
     let view = breaker.view(at_ms);
+    let health = health(&minutes(&entries, at_ms), &recent, at_ms, latency_budget_ms, view.state);
     Ok(StateAt {
         stream: stream.to_owned(),
         at_ms,

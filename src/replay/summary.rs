@@ -99,6 +99,6 @@ pub fn summarize(
         timeouts,
         rejected,
         fallbacks,
-        health: health(&minutes(entries, to_ms), &until_end, to_ms, latency_budget_ms),
+        health: health(&minutes(entries, to_ms), &until_end, to_ms, latency_budget_ms, state),
     }
 }
