@@ -1377,6 +1377,27 @@ fn alerts_test_sends_to_each_sink_reports_the_outcome_and_refuses_an_unknown_sin
         "three test messages recorded: {text}"
     );
 
+    // With --json: one document of every sink's answer (no log here: nothing recorded).
+    let nowhere = std::path::Path::new(db).with_file_name("not-there.db");
+    let json = breakerbox(&[
+        "alerts",
+        "test",
+        "--json",
+        "--config",
+        cfg,
+        "--db",
+        nowhere.to_str().unwrap(),
+    ]);
+    assert_eq!(json.status.code(), Some(1));
+    let doc: Value = serde_json::from_slice(&json.stdout).expect("alerts test --json prints one JSON document");
+    let delivered: Vec<bool> = doc["sinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["delivered"].as_bool().unwrap())
+        .collect();
+    assert_eq!(delivered, [true, false], "{doc}");
+
     let shown = breakerbox(&["config", "--config", cfg]);
     let stdout = String::from_utf8_lossy(&shown.stdout);
     assert!(

@@ -2338,3 +2338,19 @@ fn verify_passes_a_recorded_log_and_an_exported_anchor_catches_a_log_cut_short()
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not the JSON of `breakerbox verify --json`"));
 }
+
+#[test]
+fn simulate_with_json_prints_one_document() {
+    let trace = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/examples/stripe-outage.jsonl"
+    ))
+    .unwrap();
+    let lines = json_lines(&breakerbox(&["simulate", "--failure-threshold", "10"], &trace));
+    let out = breakerbox(&["simulate", "--failure-threshold", "10", "--json"], &trace);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("simulate --json prints one JSON document");
+    // The same transitions and summary as the JSON lines, in one document.
+    assert_eq!(doc["transitions"].as_array().unwrap().len(), lines.len() - 1);
+    assert_eq!(doc["summary"], lines.last().unwrap()["summary"]);
+}

@@ -1772,3 +1772,61 @@ failure_threshold = 100
         w.registry.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_latency_budget_is_recorded_with_the_policy_so_every_tool_scores_an_instant_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1_764_000_000_000);
+    // A tight budget: calls of 40 ms are slow against it, fast against the default 1 s.
+    let config = Config::from_toml(
+        Path::new("test.toml"),
+        "[services.stripe]\nfailure_threshold = 3\nlatency_budget = \"20ms\"\n",
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let journal = Arc::new(
+        Journal::open(&dir.path().join("log.db"), JournalOptions::default())
+            .await
+            .unwrap(),
+    );
+    let registry = Registry::start(
+        &config,
+        journal.clone(),
+        RegistryOptions {
+            clock: clock.clone(),
+            ..RegistryOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let stripe = registry.get("stripe").unwrap().clone();
+    for _ in 0..50 {
+        let c = clock.clone();
+        let _ = stripe
+            .call("", async move {
+                c.advance(40);
+                Ok::<_, ()>(())
+            })
+            .await;
+    }
+    stripe.inspect().await;
+    registry.shutdown().await.unwrap();
+    let at = clock.now_ms();
+    let fallback = Policy::consecutive(5, 30_000);
+    // The configured budget (20 ms), a tool without the configuration (1 s), a wrong one: one score.
+    let mut scores = Vec::new();
+    for budget in [20, 1_000, 5] {
+        let s = replay::state_at(&journal, "stripe", at, &fallback, budget)
+            .await
+            .unwrap();
+        assert_eq!(s.policy.latency_budget_ms, Some(20), "recorded with the policy");
+        scores.push(s.health.score);
+    }
+    assert_eq!(scores[0], scores[1], "{scores:?}");
+    assert_eq!(scores[0], scores[2], "{scores:?}");
+    assert!(
+        scores[0] < 100,
+        "40 ms calls against a 20 ms budget lose latency points: {scores:?}"
+    );
+    journal.close().await;
+}

@@ -35,6 +35,12 @@ pub struct Policy {
     /// deadline (policies written before it existed read so).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub half_open_max_wait_ms: Option<u64>,
+    /// The latency the health score measures calls against (the `latency_budget` key). It
+    /// decides nothing here; it is part of the policy so the log records it with the policy,
+    /// and every tool scores an instant of the log alike, with or without the configuration.
+    /// `None` (policies written before it was recorded): the tool's own budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_budget_ms: Option<u64>,
 }
 
 /// The rule that opens a CLOSED breaker. One per policy.
@@ -182,6 +188,7 @@ impl Policy {
             half_open_requests: 3,
             success_threshold: 2,
             half_open_max_wait_ms: None,
+            latency_budget_ms: None,
         }
     }
 
@@ -255,6 +262,15 @@ impl Policy {
                 "half_open_max_wait",
                 format!("{wait} ms"),
                 "must be at least 1 ms and at most 365 days (0 in the config turns the deadline off)",
+            ));
+        }
+        if let Some(budget) = self.latency_budget_ms
+            && !(1..=MAX_OPEN_MS).contains(&budget)
+        {
+            return Err(PolicyError::new(
+                "latency_budget",
+                format!("{budget} ms"),
+                "must be at least 1 ms and at most 365 days",
             ));
         }
         at_least_one("half_open_requests", self.half_open_requests)?;

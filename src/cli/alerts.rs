@@ -65,11 +65,15 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
     });
     let mut out = std::io::stdout().lock();
     let io = super::stdout_error;
+    if global.json {
+        // One document: every sink's answer.
+        let sinks: Vec<_> = results.iter().map(|(r, _)| r).collect();
+        serde_json::to_writer(&mut out, &serde_json::json!({ "sinks": sinks }))
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        writeln!(out).map_err(io)?;
+    }
     for (r, _) in &results {
-        if global.json {
-            serde_json::to_writer(&mut out, r).map_err(|e| CliError::Runtime(e.to_string()))?;
-            writeln!(out).map_err(io)?;
-        } else {
+        if !global.json {
             let verdict = match (r.delivered, r.status_code, &r.error) {
                 (true, Some(code), _) => format!("delivered, HTTP {code} in {} ms", r.latency_ms),
                 (false, Some(code), _) => format!("NOT delivered: the sink answered HTTP {code}"),

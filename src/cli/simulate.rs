@@ -120,9 +120,15 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
     let mut out = BufWriter::new(stdout.lock());
     let write_err = super::stdout_error;
     let mut events = Vec::new();
-    let print = |events: &mut Vec<Event>, out: &mut BufWriter<_>| -> Result<(), CliError> {
+    // JSON lines as they happen; with --json, one document at the end.
+    let mut kept = Vec::new();
+    let mut print = |events: &mut Vec<Event>, out: &mut BufWriter<_>| -> Result<(), CliError> {
         for event in events.drain(..) {
             if let Event::Transitioned(t) = event {
+                if global.json {
+                    kept.push(t);
+                    continue;
+                }
                 serde_json::to_writer(&mut *out, &t).map_err(|e| CliError::Runtime(e.to_string()))?;
                 out.write_all(b"\n").map_err(write_err)?;
             }
@@ -150,6 +156,12 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
     }
     let summary = sim.finish(&mut events);
     print(&mut events, &mut out)?;
+    if global.json {
+        let doc = serde_json::json!({ "transitions": kept, "summary": summary });
+        serde_json::to_writer(&mut out, &doc).map_err(|e| CliError::Runtime(e.to_string()))?;
+        out.write_all(b"\n").map_err(write_err)?;
+        return out.flush().map_err(write_err);
+    }
     serde_json::to_writer(&mut out, &SummaryLine { summary: &summary })
         .map_err(|e| CliError::Runtime(e.to_string()))?;
     out.write_all(b"\n").map_err(write_err)?;

@@ -318,7 +318,9 @@ impl Config {
     /// }])
     /// .unwrap();
     /// let b = config.breaker("stripe/customers.create").unwrap();
-    /// assert_eq!((b.policy.clone(), b.call_timeout_ms()), (Policy::consecutive(3, 10_000), 2_000));
+    /// // The policy given, with the embedded latency budget the health score uses (1 s).
+    /// let policy = Policy { latency_budget_ms: Some(1_000), ..Policy::consecutive(3, 10_000) };
+    /// assert_eq!((b.policy.clone(), b.call_timeout_ms()), (policy, 2_000));
     /// assert!(config.breaker("stripe").is_some(), "its service has a breaker too");
     /// let bad = Config::of_breakers(&[CodeBreaker {
     ///     key: "stripe".into(),

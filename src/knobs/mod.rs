@@ -413,6 +413,7 @@ impl Knobs {
                         .saturating_mul(2),
                 ),
             },
+            latency_budget_ms: ms(&self.latency_budget),
         };
         policy.validate().map_err(|e| self.explain(e))?;
         Ok(policy)
@@ -505,6 +506,9 @@ pub fn policy_keys(policy: &Policy) -> serde_json::Map<String, serde_json::Value
         policy.half_open_max_wait_ms.map_or_else(|| json!("0s"), ms),
     );
     m.insert("success_threshold".into(), json!(policy.success_threshold));
+    if let Some(budget) = policy.latency_budget_ms {
+        m.insert("latency_budget".into(), ms(budget));
+    }
     m
 }
 

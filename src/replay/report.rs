@@ -24,6 +24,15 @@ pub struct BreakerNow<'a> {
 }
 
 impl<'a> BreakerNow<'a> {
+    /// The latency budget the score uses: the one recorded with the breaker's policy, else the
+    /// configured one (policies written before it was recorded), so every tool scores alike.
+    pub fn budget(&self) -> u64 {
+        self.breaker
+            .policy()
+            .latency_budget_ms
+            .unwrap_or(self.latency_budget_ms)
+    }
+
     /// A breaker read from the log, as of `now_ms`.
     pub fn recovered(key: &'a str, breaker: &'a Breaker, latency_budget_ms: u64, now_ms: u64) -> Self {
         BreakerNow {
@@ -349,7 +358,7 @@ async fn from_log(
 ) -> Result<Figures, JournalError> {
     let inputs: super::HealthInputs = breakers
         .iter()
-        .map(|b| (b.key.to_owned(), (b.latency_budget_ms, b.state)))
+        .map(|b| (b.key.to_owned(), (b.budget(), b.state)))
         .collect();
     let mut health = projection.health_all(journal, &inputs, now_ms).await?;
     let (recent_transitions, _) =
@@ -381,7 +390,7 @@ async fn from_log(
             .map_or(0, |ts| ts.iter().filter(|t| t.to == State::Open).count() as u64);
         let h = health
             .remove(b.key)
-            .unwrap_or_else(|| super::health(&BTreeMap::new(), &[], now_ms, b.latency_budget_ms, b.state));
+            .unwrap_or_else(|| super::health(&BTreeMap::new(), &[], now_ms, b.budget(), b.state));
         out.insert(
             b.key.to_owned(),
             BreakerFigures {

@@ -221,7 +221,10 @@ pub async fn state_at(
     }
     let compacted = journal.has_event_type(stream, CALL_SUMMARY).await?;
     let view = breaker.view(at_ms);
-    let health = health(&minutes(&entries, at_ms), &recent, at_ms, latency_budget_ms, view.state);
+    // The budget recorded with the policy in force, so `replay --at` scores alike with or
+    // without the configuration; the given one for policies recorded before it was.
+    let budget = breaker.policy().latency_budget_ms.unwrap_or(latency_budget_ms);
+    let health = health(&minutes(&entries, at_ms), &recent, at_ms, budget, view.state);
     Ok(StateAt {
         stream: stream.to_owned(),
         at_ms,

@@ -68,6 +68,11 @@ pub fn summarize(
     let in_window = transitions(entries, from_ms, to_ms);
     let open_ms = metrics::open_ms(&metrics::time_in_states(start_state, &in_window, from_ms, to_ms));
     let state = in_window.last().map_or(start_state, |t| t.to);
+    // The budget recorded with the policy in force at the end, else the given one.
+    let budget = fold(entries, Some(to_ms), fallback)
+        .policy()
+        .latency_budget_ms
+        .unwrap_or(latency_budget_ms);
     let (mut calls, mut failures, mut timeouts, mut rejected, mut fallbacks) = (0, 0, 0, 0, 0);
     let within = |at: u64| (from_ms..to_ms).contains(&at);
     for e in entries {
@@ -99,6 +104,6 @@ pub fn summarize(
         timeouts,
         rejected,
         fallbacks,
-        health: health(&minutes(entries, to_ms), &until_end, to_ms, latency_budget_ms, state),
+        health: health(&minutes(entries, to_ms), &until_end, to_ms, budget, state),
     }
 }

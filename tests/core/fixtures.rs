@@ -78,6 +78,7 @@ fn samples() -> Vec<(&'static str, Event)> {
                     half_open_requests: 3,
                     success_threshold: 2,
                     half_open_max_wait_ms: None,
+                    latency_budget_ms: None,
                 },
             })),
         ),

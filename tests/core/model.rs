@@ -609,6 +609,7 @@ fn policy() -> impl Strategy<Value = Policy> {
                 half_open_requests,
                 success_threshold,
                 half_open_max_wait_ms,
+                latency_budget_ms: None,
             },
         )
 }
