@@ -36,7 +36,12 @@ fn operator(why: &str) -> Operator {
 }
 
 async fn start(dir: &Path, clock: &Clock) -> (Registry, Config) {
-    let config = Config::from_toml(Path::new("test.toml"), CONFIG, &BTreeMap::new()).unwrap();
+    start_with(dir, clock, CONFIG).await
+}
+
+/// [`start`] with another configuration file's text.
+async fn start_with(dir: &Path, clock: &Clock, toml: &str) -> (Registry, Config) {
+    let config = Config::from_toml(Path::new("test.toml"), toml, &BTreeMap::new()).unwrap();
     let journal = Arc::new(
         Journal::open(&dir.join("log.db"), JournalOptions::default())
             .await
@@ -1468,14 +1473,10 @@ async fn what_if_says_how_many_calls_rejected_for_real_would_have_reached_a_fail
 
 mod triage {
     use super::operator;
-    use breakerbox::actor::{Clock, Operator, Registry, RegistryOptions};
+    use breakerbox::actor::{Clock, Operator, Registry};
     use breakerbox::breaker::{Command, Outcome, Reason, State};
-    use breakerbox::config::Config;
-    use breakerbox::journal::{Journal, JournalOptions};
     use breakerbox::replay::{self, Band, BreakerNow, BreakerReport, HealthReport, Severity};
-    use std::collections::BTreeMap;
     use std::path::Path;
-    use std::sync::Arc;
 
     const T0: u64 = 1_764_000_000_000;
     const CONFIG: &str = r#"
@@ -1510,23 +1511,8 @@ failure_threshold = 100
 
     impl World {
         async fn start(dir: &Path) -> World {
-            let config = Config::from_toml(Path::new("t.toml"), CONFIG, &BTreeMap::new()).unwrap();
-            let journal = Arc::new(
-                Journal::open(&dir.join("log.db"), JournalOptions::default())
-                    .await
-                    .unwrap(),
-            );
             let clock = Clock::manual(T0);
-            let registry = Registry::start(
-                &config,
-                journal,
-                RegistryOptions {
-                    clock: clock.clone(),
-                    ..RegistryOptions::default()
-                },
-            )
-            .await
-            .unwrap();
+            let (registry, _) = super::start_with(dir, &clock, CONFIG).await;
             World { registry, clock }
         }
 
@@ -1778,27 +1764,13 @@ async fn the_latency_budget_is_recorded_with_the_policy_so_every_tool_scores_an_
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::manual(1_764_000_000_000);
     // A tight budget: calls of 40 ms are slow against it, fast against the default 1 s.
-    let config = Config::from_toml(
-        Path::new("test.toml"),
+    let (registry, _) = start_with(
+        dir.path(),
+        &clock,
         "[services.stripe]\nfailure_threshold = 3\nlatency_budget = \"20ms\"\n",
-        &BTreeMap::new(),
     )
-    .unwrap();
-    let journal = Arc::new(
-        Journal::open(&dir.path().join("log.db"), JournalOptions::default())
-            .await
-            .unwrap(),
-    );
-    let registry = Registry::start(
-        &config,
-        journal.clone(),
-        RegistryOptions {
-            clock: clock.clone(),
-            ..RegistryOptions::default()
-        },
-    )
-    .await
-    .unwrap();
+    .await;
+    let journal = registry.journal().clone();
     let stripe = registry.get("stripe").unwrap().clone();
     for _ in 0..50 {
         let c = clock.clone();
