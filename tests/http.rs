@@ -1225,7 +1225,7 @@ async fn the_dashboard_shows_a_breaker_opening_live_and_its_buttons_are_audited(
     registry.shutdown().await.unwrap();
 }
 
-/// Triage in headless Chromium: 30 breakers, 4 in trouble (one forced open with a reason, two
+/// Triage in headless Chromium: 50 breakers, 4 in trouble (one forced open with a reason, two
 /// OPEN, one HALF_OPEN). The four are the first cards, worst first, on a 1400 px screen and on
 /// a 390 px phone; the tab's title counts the open ones; the forced-open card names who and why;
 /// call stats stay out of the event list until asked for; and once the server is stopped the
@@ -1240,7 +1240,7 @@ async fn the_dashboard_puts_the_breakers_in_trouble_first_and_says_when_the_serv
     let dir = tempfile::tempdir().unwrap();
     // svc11 reopens for trials after 1 s (real time: the actor's timer moves it to HALF_OPEN).
     let mut toml = String::new();
-    for i in 0..30 {
+    for i in 0..50 {
         let timeout = if i == 11 { "1s" } else { "1h" };
         toml.push_str(&format!(
             "[services.svc{i:02}]\nfailure_threshold = 2\ntimeout = \"{timeout}\"\n"
@@ -1306,7 +1306,7 @@ async fn the_dashboard_puts_the_breakers_in_trouble_first_and_says_when_the_serv
     }
 
     let browser = webdriver::Driver::start().await.unwrap();
-    browser.set_window_size(1400, 900).await.unwrap();
+    browser.set_window_size(1400, 1000).await.unwrap();
     browser.goto(&format!("http://{addr}/#token={TOKEN}")).await.unwrap();
     browser.wait_text("[data-testid=conn]", "live", T).await.unwrap();
     browser
@@ -1334,8 +1334,19 @@ async fn the_dashboard_puts_the_breakers_in_trouble_first_and_says_when_the_serv
     }
     let trouble = ["svc17", "svc05", "svc23", "svc11"];
     let order = seen_order(&browser).await;
-    assert_eq!(order.len(), 30, "{order:?}");
+    assert_eq!(order.len(), 50, "{order:?}");
     assert_eq!(order[..4], trouble, "worst first: {order:?}");
+    // All 50 on one screen at 1400 × 1000: the last card ends inside the window.
+    let fits = browser
+        .execute(
+            "const cards = [...document.querySelectorAll('[data-testid=breaker]')];
+             return [Math.max(...cards.map(e => e.getBoundingClientRect().bottom)), window.innerHeight]",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let (bottom, height) = (fits[0].as_f64().unwrap(), fits[1].as_f64().unwrap());
+    assert!(bottom <= height, "50 breakers need {bottom} px of a {height} px window");
     // The healthy ones follow by key.
     let rest: Vec<&String> = order[4..].iter().collect();
     let mut sorted = rest.clone();
@@ -1371,7 +1382,7 @@ async fn the_dashboard_puts_the_breakers_in_trouble_first_and_says_when_the_serv
             ["half_open", "1"],
             ["flapping", "0"],
             ["degraded", "0"],
-            ["healthy", "26"],
+            ["healthy", "46"],
             ["disabled", "0"]
         ])
     );
@@ -1431,7 +1442,7 @@ async fn the_dashboard_puts_the_breakers_in_trouble_first_and_says_when_the_serv
         .execute("const f = document.querySelector('[data-testid=filter]'); f.value = ''; f.dispatchEvent(new Event('input'))", vec![])
         .await
         .unwrap();
-    assert_eq!(seen_order(&browser).await.len(), 30);
+    assert_eq!(seen_order(&browser).await.len(), 50);
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let wide = tmp.join("dashboard-triage-1400.png");
     browser.screenshot(&wide).await.unwrap();
