@@ -69,7 +69,11 @@ fn setup() -> Setup {
     }
 }
 
-/// Polls a future once with a no-op waker: a ready future needs no executor.
+/// Polls a future once with a no-op waker: a ready future needs no executor. Always inlined:
+/// out of line, the whole call future is moved into it by value on every iteration, and whether
+/// the compiler inlines it changed with unrelated code (a 2x swing in `call_async_ready` between
+/// two trees whose call path was identical: `docs/performance.md`).
+#[inline(always)]
 fn ready<F: Future>(f: F) -> F::Output {
     let mut f = std::pin::pin!(f);
     match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
