@@ -40,7 +40,7 @@ fn load(global: &Global) -> Result<Config, CliError> {
 #[derive(Debug, serde::Serialize)]
 pub(super) struct Done {
     service: String,
-    command: &'static str,
+    command: Command,
     from: breakerbox::breaker::State,
     to: breakerbox::breaker::State,
     /// The log position of its `operator_command` record.
@@ -68,14 +68,6 @@ impl std::fmt::Display for Done {
     }
 }
 
-fn command_name(command: Command) -> &'static str {
-    match command {
-        Command::ForceOpen => "force_open",
-        Command::Disable => "disable",
-        Command::Reset => "reset",
-    }
-}
-
 pub(super) async fn apply(journal: &Journal, b: &BreakerConfig, command: Command, why: &str) -> Result<Done, CliError> {
     let me = super::holder("cli");
     let request = remote::Request {
@@ -94,7 +86,7 @@ pub(super) async fn apply(journal: &Journal, b: &BreakerConfig, command: Command
     };
     let done = |from, to, position, applied_by, took_over_from| Done {
         service: b.key.clone(),
-        command: command_name(command),
+        command,
         from,
         to,
         position,

@@ -324,7 +324,7 @@ impl Journal {
     /// the lease as it stands: compare its `holder` with yours.
     pub async fn take_over_lease(&self, holder: &str, ttl: Duration, dead: &Lease) -> Result<Lease, JournalError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.shared.request(writer::Request::Lease {
+        self.appender.shared.request(writer::Request::Lease {
             holder: holder.to_owned(),
             ttl,
             dead: Some(dead.clone()),

@@ -398,8 +398,8 @@ pub(crate) fn simulated<W: LogWriter>(
 
 /// The event log. Cheap to share behind an `Arc`; `submit` is callable from any thread.
 pub struct Journal {
+    /// The write side; its shared state is the writer's (the one `Arc` both hold).
     appender: Appender,
-    shared: Arc<writer::Shared>,
     readers: SqliteReader,
     path: PathBuf,
     durability: Durability,
@@ -531,8 +531,7 @@ impl Journal {
             None
         };
         Ok(Journal {
-            appender: Appender { shared: shared.clone() },
-            shared,
+            appender: Appender { shared },
             readers,
             path: path.to_path_buf(),
             durability: options.durability,
@@ -624,7 +623,7 @@ impl Journal {
     /// position, once durable.
     pub async fn anchor(&self) -> Result<Option<i64>, JournalError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.shared.request(writer::Request::Anchor { reply });
+        self.appender.shared.request(writer::Request::Anchor { reply });
         Ok(answer.await.map_err(|_| JournalError::Closed)??)
     }
 
@@ -659,7 +658,7 @@ impl Journal {
     /// so far. A corruption found in the background also shows as `progress().failing ==
     /// Some("corrupt")` and in `stats().errors` (kind `corrupt`).
     pub fn integrity(&self) -> Integrity {
-        self.shared.integrity()
+        self.appender.shared.integrity()
     }
 
     /// The file.
@@ -715,7 +714,7 @@ impl Journal {
     /// Caps the file's size (None: no cap). Raising the cap after a "disk full" lets the buffered
     /// events be written at the next retry.
     pub fn set_max_size(&self, bytes: Option<u64>) {
-        self.shared.set_max_size(bytes);
+        self.appender.shared.set_max_size(bytes);
     }
 
     /// The readers' pool, for read-only queries of projections (it cannot write).
@@ -725,7 +724,7 @@ impl Journal {
 
     /// Hands writes to the derived tables to this journal's writer.
     fn side_writer(&self) -> store::SideWriter {
-        let shared = self.shared.clone();
+        let shared = self.appender.shared.clone();
         store::SideWriter(Arc::new(move |work| shared.request(writer::Request::Side(work))))
     }
 
@@ -949,7 +948,9 @@ impl Journal {
     pub async fn compact(&self, horizon_ms: u64, now_ms: u64) -> Result<CompactReport, JournalError> {
         let watermark = (now_ms.saturating_sub(horizon_ms) / 60_000 * 60_000).min(i64::MAX as u64) as i64;
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.shared.request(writer::Request::Compact { watermark, reply });
+        self.appender
+            .shared
+            .request(writer::Request::Compact { watermark, reply });
         Ok(answer.await.map_err(|_| JournalError::Closed)??)
     }
 
@@ -960,7 +961,7 @@ impl Journal {
     /// process sends operator commands through the log instead.
     pub async fn acquire_lease(&self, holder: &str, ttl: Duration) -> Result<Lease, JournalError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.shared.request(writer::Request::Lease {
+        self.appender.shared.request(writer::Request::Lease {
             holder: holder.to_owned(),
             ttl,
             dead: None,
@@ -984,7 +985,7 @@ impl Journal {
         if let Some(check) = check {
             let _ = joined(check).await;
         }
-        self.shared.close_cleanly();
+        self.appender.shared.close_cleanly();
         let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(handle) = handle
             && let Ok(Err(e)) = joined(handle).await
@@ -1021,7 +1022,7 @@ impl Drop for Journal {
         // Tell the writer to finish; it drains and exits on its own thread. No clean-shutdown
         // marker: the process may be exiting under it, so the next open checks the whole file.
         self.stop_check.set();
-        self.shared.close();
+        self.appender.shared.close();
         // An in-memory log not closed: its files go now (the writer may still hold them open,
         // which the file system allows; what it writes after is lost, as it would be anyway).
         if let Some(dir) = &self.scratch {

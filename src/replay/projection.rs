@@ -55,31 +55,28 @@ fn minute_of(t: u64) -> u64 {
 
 /// Adds `to − from` ms in `state` to the stream's minutes it spans.
 fn spend(deltas: &mut Deltas, stream: &str, state: State, from: u64, to: u64) {
-    if from >= to {
-        return;
+    if from < to {
+        metrics::spend(minutes_of(deltas, stream), state, from, to);
     }
-    if !deltas.contains_key(stream) {
-        deltas.insert(stream.to_owned(), BTreeMap::new());
-    }
-    metrics::spend(deltas.get_mut(stream).expect("inserted above"), state, from, to);
 }
 
 /// A page's minutes by stream, then minute. By stream first so a row finds its stream by `&str`:
 /// a `(String, minute)` key made every row allocate its stream's name.
 type Deltas = crate::journal::Deltas<Minute>;
 
-fn entry<'a>(deltas: &'a mut Deltas, stream: &str, minute: u64) -> &'a mut Minute {
+/// A stream's minutes in `deltas`, made on first sight (its name allocated only then).
+fn minutes_of<'a>(deltas: &'a mut Deltas, stream: &str) -> &'a mut BTreeMap<u64, Minute> {
     if !deltas.contains_key(stream) {
         deltas.insert(stream.to_owned(), BTreeMap::new());
     }
-    deltas
-        .get_mut(stream)
-        .expect("inserted above")
-        .entry(minute)
-        .or_insert_with(|| Minute {
-            minute_ms: minute,
-            ..Minute::default()
-        })
+    deltas.get_mut(stream).expect("inserted above")
+}
+
+fn entry<'a>(deltas: &'a mut Deltas, stream: &str, minute: u64) -> &'a mut Minute {
+    minutes_of(deltas, stream).entry(minute).or_insert_with(|| Minute {
+        minute_ms: minute,
+        ..Minute::default()
+    })
 }
 
 /// Folds one stored event into the deltas and the cursor.

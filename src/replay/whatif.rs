@@ -283,12 +283,17 @@ pub fn what_if(
     actual.count_transitions();
     // The recorded lines, and the calls rejected for real put back in time order (after the
     // lines of the same instant).
-    let mut steps: Vec<(u64, Option<&TraceLine>, Option<&Estimated>)> = lines
+    enum Step<'a> {
+        Recorded(&'a TraceLine),
+        Estimated(&'a Estimated),
+    }
+    let mut steps: Vec<(u64, Step)> = lines
         .iter()
-        .map(|l| (l.at_ms(), Some(l), None))
-        .chain(estimated.iter().map(|e| (e.at_ms.unwrap_or(start), None, Some(e))))
+        .map(|l| (l.at_ms(), Step::Recorded(l)))
+        .chain(estimated.iter().map(|e| (e.at_ms.unwrap_or(start), Step::Estimated(e))))
         .collect();
-    steps.sort_by_key(|(at, line, _)| (*at, line.is_none()));
+    // Stable: at one instant, the recorded lines first.
+    steps.sort_by_key(|(at, step)| (*at, matches!(step, Step::Estimated(_))));
     let changed = |at_ms: u64, recorded: &Policy| {
         let mut k = defaults();
         k.overlay(&Knobs::of_policy(recorded));
@@ -302,42 +307,39 @@ pub fn what_if(
     let mut sim: Option<Simulator> = None;
     let mut events = Vec::new();
     let mut what = Side::default();
-    for (_, line, phantom) in steps {
-        if let Some(e) = phantom {
-            let (Some(s), Some(at_ms)) = (sim.as_mut(), e.at_ms) else {
-                what.rejected += 1;
-                if !e.outcome.is_failure() {
-                    what.rejected_while_healthy += 1;
-                    what.rejected_while_healthy_estimated += 1;
+    for (_, step) in steps {
+        let line = match step {
+            Step::Recorded(line) => line,
+            Step::Estimated(e) => {
+                // One not put back (the recorded breaker never rejected everything then) counts
+                // as rejected on both sides.
+                let rejected = match (sim.as_mut(), e.at_ms) {
+                    (Some(s), Some(at_ms)) => {
+                        let before = s.summary().rejected;
+                        let call = Input::Call {
+                            at_ms,
+                            outcome: e.outcome,
+                            latency_ms: e.latency_ms,
+                        };
+                        s.step(&call, &mut events);
+                        s.summary().rejected > before
+                    }
+                    _ => true,
+                };
+                let failed = u64::from(e.outcome.is_failure());
+                if rejected {
+                    what.rejected += 1;
+                    what.rejected_while_healthy += 1 - failed;
+                    what.rejected_while_healthy_estimated += 1 - failed;
+                } else {
+                    what.calls_run += 1;
+                    what.calls_run_estimated += 1;
+                    what.reached_failing += failed;
+                    what.reached_failing_estimated += failed;
                 }
                 continue;
-            };
-            let before = s.summary().rejected;
-            s.step(
-                &Input::Call {
-                    at_ms,
-                    outcome: e.outcome,
-                    latency_ms: e.latency_ms,
-                },
-                &mut events,
-            );
-            if s.summary().rejected > before {
-                what.rejected += 1;
-                if !e.outcome.is_failure() {
-                    what.rejected_while_healthy += 1;
-                    what.rejected_while_healthy_estimated += 1;
-                }
-            } else {
-                what.calls_run += 1;
-                what.calls_run_estimated += 1;
-                if e.outcome.is_failure() {
-                    what.reached_failing += 1;
-                    what.reached_failing_estimated += 1;
-                }
             }
-            continue;
-        }
-        let Some(line) = line else { continue };
+        };
         match line {
             TraceLine::Policy { at_ms, policy } => {
                 let policy = changed(*at_ms, policy)?;
