@@ -9,6 +9,7 @@ use crate::alerts::{Alerting, AlertsError, NotifierOptions};
 use crate::config::{Config, LoadOptions};
 use crate::http::{ApiState, auth::Token, server};
 use crate::journal::{Journal, JournalError, JournalOptions, StoreError};
+use crate::proxy::{Proxy, ProxyError, ProxyOptions};
 use crate::replay::Projection;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,8 @@ pub struct AppOptions {
     pub reload: Option<LoadOptions>,
     /// Serve the HTTP API (None: no server). Needs an actix-web runtime (`actix_web::rt::System`).
     pub http: Option<HttpOptions>,
+    /// Run the sidecar proxy in front of the configuration's upstreams (None: no proxy).
+    pub proxy: Option<ProxyOptions>,
     /// How long [`App::shutdown`] may take in all, whatever state the log is in (a full disk,
     /// a corrupt page, a lock held by another process): what the log has not taken by then is
     /// reported as lost, not waited on.
@@ -57,6 +60,7 @@ impl Default for AppOptions {
             alerts: true,
             reload: None,
             http: None,
+            proxy: None,
             stop_within: DEFAULT_STOP_WITHIN,
         }
     }
@@ -103,6 +107,9 @@ pub enum AppError {
         /// Why.
         source: std::io::Error,
     },
+    /// The proxy could not start.
+    #[error("starting the proxy: {0}")]
+    Proxy(#[from] ProxyError),
     /// Stopping: the breakers' last events could not be made durable.
     #[error("stopping: {0}")]
     Stop(#[from] JournalError),
@@ -122,6 +129,7 @@ pub struct App {
     /// SIGTERM and SIGINT, listened for from the start (see [`App::served`]).
     signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
     addrs: Vec<SocketAddr>,
+    proxy: Option<Proxy>,
     stop_within: Duration,
 }
 
@@ -153,6 +161,7 @@ impl App {
             api: None,
             signals: None,
             addrs: Vec::new(),
+            proxy: None,
             stop_within: options.stop_within,
         };
         if let Some(every) = options.project_every {
@@ -171,7 +180,7 @@ impl App {
             )));
         }
         match app
-            .start_parts(config, options.alerts, options.reload, options.http)
+            .start_parts(config, options.alerts, options.reload, options.http, options.proxy)
             .await
         {
             Ok(()) => Ok(app),
@@ -188,7 +197,17 @@ impl App {
         alerts: bool,
         reload: Option<LoadOptions>,
         http: Option<HttpOptions>,
+        proxy: Option<ProxyOptions>,
     ) -> Result<(), AppError> {
+        if http.is_some() || proxy.is_some() {
+            use tokio::signal::unix::{SignalKind, signal};
+            let term = signal(SignalKind::terminate()).map_err(AppError::Watch)?;
+            let int = signal(SignalKind::interrupt()).map_err(AppError::Watch)?;
+            self.signals = Some((term, int));
+        }
+        if let Some(p) = proxy {
+            self.proxy = Some(Proxy::start(&self.registry, config, p)?);
+        }
         if alerts {
             // Alerts from the log, on the notifier's own thread; the breakers never wait for it.
             let alerting = Alerting::start(self.journal.clone(), &config.alerts, NotifierOptions::default()).await?;
@@ -214,10 +233,6 @@ impl App {
                 .push(watch(r.clone(), Duration::from_secs(2), None).map_err(AppError::Watch)?);
         }
         if let (Some(h), Some(state)) = (http, state) {
-            use tokio::signal::unix::{SignalKind, signal};
-            let term = signal(SignalKind::terminate()).map_err(AppError::Watch)?;
-            let int = signal(SignalKind::interrupt()).map_err(AppError::Watch)?;
-            self.signals = Some((term, int));
             let state = match reloader {
                 Some(r) => state.with_reload(r),
                 None => state,
@@ -257,15 +272,27 @@ impl App {
         &self.addrs
     }
 
+    /// Where the proxy listens: the path-prefix listener (service `None`), then one per
+    /// `[proxy.ports]` entry. Empty without a proxy.
+    pub fn proxy_addrs(&self) -> &[(SocketAddr, Option<String>)] {
+        self.proxy.as_ref().map_or(&[], |p| p.addrs())
+    }
+
     /// Whether alerts are being delivered (the configuration has sinks).
     pub fn alerting(&self) -> bool {
         self.alerting.as_ref().is_some_and(|a| a.is_running())
     }
 
     /// Waits until SIGTERM or SIGINT (Ctrl-C), or until the HTTP server ends on its own; at once
-    /// without a server. Its error, if it failed. Then call [`App::shutdown`].
+    /// without a server or a proxy. Its error, if it failed. Then call [`App::shutdown`].
     pub async fn served(&mut self) -> std::io::Result<()> {
         let Some((_, task)) = self.http.as_mut() else {
+            if let Some((term, int)) = self.signals.as_mut().filter(|_| self.proxy.is_some()) {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
             return Ok(());
         };
         let ended = match self.signals.as_mut() {
@@ -299,6 +326,10 @@ impl App {
     /// spent part of its stop bound before stopping the app (the demo, on its summary).
     pub async fn shutdown_within(mut self, within: Duration) -> Result<(), AppError> {
         let deadline = tokio::time::Instant::now() + within;
+        if let Some(p) = self.proxy.take() {
+            // First: it makes calls. Its requests in flight get up to 2 s, then end as cancelled.
+            let _ = tokio::time::timeout_at(deadline, p.stop()).await;
+        }
         if let Some(api) = self.api.take() {
             api.stop_streams();
         }

@@ -131,7 +131,7 @@ fn the_core_is_pure() {
 }
 
 /// Each top-level module's layer: a module may name only modules of a lower layer (and itself).
-const LAYERS: [(&str, u8); 15] = [
+const LAYERS: [(&str, u8); 16] = [
     ("breaker", 0),
     ("duration", 0),
     ("clock", 0),
@@ -146,6 +146,7 @@ const LAYERS: [(&str, u8); 15] = [
     ("demo", 6),
     ("http", 6),
     ("fuzzing", 6),
+    ("proxy", 6),
     ("app", 7),
 ];
 

@@ -25,6 +25,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod journal;
 pub mod knobs;
+pub mod proxy;
 pub mod replay;
 pub mod simulate;
 pub mod tls;

@@ -163,6 +163,11 @@ impl BreakerHandle {
         self.inner.operations.get(op).unwrap_or(self)
     }
 
+    /// How long one protected call may run (the service's `call_timeout`).
+    pub fn call_timeout(&self) -> Duration {
+        self.inner.call_timeout
+    }
+
     /// The service's HTTP status classification (from its config).
     pub fn statuses(&self) -> &StatusClassifier {
         &self.inner.statuses

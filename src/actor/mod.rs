@@ -42,6 +42,7 @@ pub use crate::config::{Apply, Reloadable};
 pub use crate::journal::{CALL_STATS, CallStats, OPERATOR_COMMAND, Operator, OperatorCommand};
 pub use call::{CallError, Classifier, Fallback, FallbackFn, FallbackReason, HasStatus, HttpStatuses, Results};
 pub use driver::ActorOptions;
+pub(crate) use handle::Admitted;
 pub use handle::{BreakerHandle, HasCircuitBreaker};
 pub use registry::{Registry, RegistryBuilder, RegistryError, RegistryOptions};
 pub use reqwest::{BreakerMiddleware, Operation, Rejected, TimedOut};

@@ -9,6 +9,7 @@ mod demo;
 mod export;
 mod history;
 mod policy_args;
+mod proxy;
 mod rebuild;
 mod replay;
 mod serve;
@@ -213,6 +214,7 @@ enum Command {
     Verify(verify::VerifyArgs),
     Status(status::StatusArgs),
     Serve(serve::Args),
+    Proxy(proxy::Args),
     Alerts(alerts::Args),
     Completions(CompletionsArgs),
     /// Force a breaker OPEN: every call rejected until reset.
@@ -282,7 +284,7 @@ impl Cli {
     /// What is logged without `RUST_LOG`.
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
-            Command::Serve(_) => "warn,breakerbox=info",
+            Command::Serve(_) | Command::Proxy(_) => "warn,breakerbox=info",
             Command::Demo(_) => "error",
             _ => "warn",
         }
@@ -303,6 +305,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Verify(args) => verify::verify(args, &cli.global),
         Command::Status(args) => status::status(args, &cli.global),
         Command::Serve(args) => serve::run(args, &cli.global),
+        Command::Proxy(args) => proxy::run(args, &cli.global),
         Command::Demo(args) => demo::run(args, &cli.global),
         Command::Alerts(args) => alerts::run(args, &cli.global),
         Command::Completions(args) => {

@@ -27,6 +27,17 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
     let options = LoadOptions::from_process(global.config.clone());
     let config = Config::load(&options).map_err(CliError::config)?;
     let (tokens, one_time) = super::api_tokens(&options, &config.api, args.bind)?;
+    // `[proxy] enabled = true`: the sidecar proxy runs beside the API.
+    let proxy = if config.proxy.enabled {
+        let tokens = super::proxy::proxy_tokens(&options, &config, config.proxy.bind)?;
+        Some(breakerbox::proxy::ProxyOptions {
+            bind: config.proxy.bind,
+            tokens,
+            threads: None,
+        })
+    } else {
+        None
+    };
     let db = global.db.clone();
     actix_web::rt::System::new().block_on(async move {
         let app_options = AppOptions {
@@ -37,6 +48,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
                 tokens,
                 any_port_if_taken: false,
             }),
+            proxy,
             ..AppOptions::default()
         };
         let mut app = App::start(&db, &config, app_options)
@@ -46,6 +58,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
             let names: Vec<&str> = config.alerts.webhooks.iter().map(|w| w.name.as_str()).collect();
             println!("alerts: {} sinks ({})", names.len(), names.join(", "));
         }
+        super::proxy::print_proxy(&app, &config);
         for addr in app.http_addrs() {
             println!(
                 "listening on http://{addr} ({} breakers, log {})",

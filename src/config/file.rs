@@ -15,6 +15,10 @@ pub(crate) struct Section {
     pub knobs: Knobs,
     pub schedules: Vec<Schedule>,
     pub operations: BTreeMap<String, Section>,
+    /// `upstream = "https://…"` (a service's only): the URL and where it was set.
+    pub upstream: Option<(String, Source)>,
+    /// `[[services.NAME.routes]]` (a service's only).
+    pub routes: Vec<super::proxy::Route>,
 }
 
 /// The file as read.
@@ -25,9 +29,10 @@ pub(crate) struct File {
     pub alerts: super::alerts::AlertsConfig,
     pub api: super::api::ApiConfig,
     pub journal: super::journal::JournalConfig,
+    pub proxy: super::proxy::ProxyConfig,
 }
 
-const TOP_KEYS: [&str; 5] = ["defaults", "services", "alerts", "api", "journal"];
+const TOP_KEYS: [&str; 6] = ["defaults", "services", "alerts", "api", "journal", "proxy"];
 const SCHEDULE_KEYS: [&str; 4] = ["name", "days", "hours", "timezone"];
 /// Knobs a schedule may override: the policy's, not the service's plumbing.
 const SCHEDULE_KNOBS: [&str; 16] = [
@@ -73,13 +78,25 @@ impl Reader<'_> {
             return section;
         };
         let extra: &[&str] = if operations_allowed {
-            &["schedules", "operations"]
+            &["schedules", "operations", "upstream", "routes"]
         } else {
             &["schedules"]
         };
         self.knobs(path, table, extra, &mut section.knobs);
         if let Some(schedules) = table.get("schedules") {
             section.schedules = self.schedules(&format!("{path}schedules"), schedules);
+        }
+        if let Some(v) = table.get("upstream").filter(|_| operations_allowed) {
+            match v.get_ref() {
+                DeValue::String(s) => section.upstream = Some((s.to_string(), self.source(v.span().start))),
+                other => self.problem(
+                    v.span().start,
+                    format!("{path}upstream: {} is not a URL string", describe_toml(other)),
+                ),
+            }
+        }
+        if let Some(v) = table.get("routes").filter(|_| operations_allowed) {
+            section.routes = self.routes(&format!("{path}routes"), v);
         }
         if let Some(ops) = table.get("operations")
             && let Some(ops_table) = self.table(&format!("{path}operations"), ops)
@@ -259,6 +276,7 @@ pub(crate) fn read(path: &Path, text: &str) -> (File, Vec<Problem>) {
             "alerts" => file.alerts = super::alerts::read(&mut r, value),
             "api" => file.api = super::api::read(&mut r, value),
             "journal" => file.journal = super::journal::read(&mut r, value),
+            "proxy" => file.proxy = super::proxy::read(&mut r, value),
             other => {
                 let offset = key.span().start;
                 r.unknown(offset, "", other, &TOP_KEYS);

@@ -21,6 +21,7 @@ mod api;
 mod env;
 mod file;
 mod journal;
+mod proxy;
 mod reader;
 mod reload;
 mod schedule;
@@ -36,6 +37,7 @@ pub use alerts::{AlertsConfig, Webhook, WebhookFormat};
 pub use api::{ApiConfig, ApiToken, MIN_TOKEN_LEN, TOKEN_VAR, check_token_lengths, tokens_from_env};
 pub use env::{is_ours as env_is_ours, prefix as env_prefix};
 pub use journal::{JournalConfig, MAX_OUTCOME_HOLD_MS};
+pub use proxy::{DEFAULT_PROXY_BIND, ProxyConfig, Route, RouteFallback, Upstream};
 pub use reload::{Apply, Reloadable};
 pub use schedule::Schedule;
 pub use secret::Secret;
@@ -261,6 +263,10 @@ pub struct Config {
     pub api: ApiConfig,
     /// How a running process writes the log (`[journal]`).
     pub journal: JournalConfig,
+    /// The sidecar proxy (`[proxy]`).
+    pub proxy: ProxyConfig,
+    /// The services with an `upstream`, which the proxy forwards to, with their routes.
+    pub upstreams: Vec<Upstream>,
 }
 
 fn embedded_service(name: &str) -> Knobs {
@@ -386,7 +392,7 @@ impl Config {
 
     fn build(
         path: Option<PathBuf>,
-        file: file::File,
+        mut file: file::File,
         env: &BTreeMap<String, String>,
         problems: &mut Vec<Problem>,
     ) -> Result<Config, ConfigError> {
@@ -409,6 +415,7 @@ impl Config {
                 });
             }
         }
+        let upstreams = Self::upstreams(&mut file, problems, &location);
         let env_layers = env::read(env, &services, problems);
         // Token lengths, before any address is known: serve and demo judge the bind address.
         let mut tokens = file.api.tokens.clone();
@@ -452,12 +459,67 @@ impl Config {
                 alerts: file.alerts,
                 api: file.api,
                 journal: file.journal,
+                proxy: file.proxy,
+                upstreams,
             })
         } else {
             Err(ConfigError {
                 problems: std::mem::take(problems),
             })
         }
+    }
+
+    /// The services with an `upstream`. A route's operation gets its own breaker, as if it had
+    /// an `[services.NAME.operations."OP"]` section of its own.
+    fn upstreams(file: &mut file::File, problems: &mut Vec<Problem>, location: &str) -> Vec<Upstream> {
+        let mut out = Vec::new();
+        for (name, section) in file.services.iter_mut() {
+            for route in &section.routes {
+                if let Some(op) = &route.operation {
+                    check_name("operation", op, problems, &route.source.to_string());
+                    section.operations.entry(op.clone()).or_default();
+                }
+            }
+            let Some((url, source)) = &section.upstream else {
+                if let Some(route) = section.routes.first() {
+                    problems.push(Problem {
+                        location: route.source.to_string(),
+                        message: format!(
+                            "services.{name}.routes: the service has no upstream = \"https://…\" to route to"
+                        ),
+                    });
+                }
+                continue;
+            };
+            match proxy::parse_upstream(url) {
+                Ok((scheme, authority, base_path)) => out.push(Upstream {
+                    service: name.clone(),
+                    url: url.clone(),
+                    scheme,
+                    authority,
+                    base_path,
+                    routes: section.routes.clone(),
+                }),
+                Err(message) => problems.push(Problem {
+                    location: source.to_string(),
+                    message: format!("services.{name}.upstream: {message}"),
+                }),
+            }
+        }
+        for (service, port) in &file.proxy.ports {
+            if !out.iter().any(|u| &u.service == service) {
+                problems.push(Problem {
+                    location: location.to_owned(),
+                    message: format!("proxy.ports.{service}: no service {service:?} with an upstream (port {port})"),
+                });
+            }
+        }
+        out
+    }
+
+    /// The upstream of a service, if it has one.
+    pub fn upstream(&self, service: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| u.service == service)
     }
 
     fn build_breaker(

@@ -1,0 +1,118 @@
+//! A `last_good` route's answers: per route, per request (path, query and the caller's
+//! credentials), the last 2xx response copied while it streamed, up to a size bound.
+//! Never another route's, never another caller's.
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Requests remembered per route; the oldest goes first beyond it.
+const MAX_ENTRIES: usize = 1_024;
+
+/// One remembered answer.
+pub(super) struct Answer {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+/// One route's answers.
+pub(super) struct LastGood {
+    pub max_age: Duration,
+    pub max_bytes: u64,
+    entries: Mutex<HashMap<String, std::sync::Arc<Answer>>>,
+}
+
+impl LastGood {
+    pub(super) fn new(max_age: Duration, max_bytes: u64) -> Self {
+        LastGood {
+            max_age,
+            max_bytes,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The key of a request: its path and query under the service, and a digest of its
+    /// `Authorization` and `Cookie` headers (one caller's answer is never another's).
+    pub(super) fn key(path_and_query: &str, headers: &http::HeaderMap) -> String {
+        let mut h = Sha256::new();
+        for name in [http::header::AUTHORIZATION, http::header::COOKIE] {
+            for v in headers.get_all(&name) {
+                h.update(v.as_bytes());
+                h.update([0]);
+            }
+            h.update([1]);
+        }
+        let digest = h.finalize();
+        let mut key = String::with_capacity(path_and_query.len() + 65);
+        key.push_str(path_and_query);
+        key.push(' ');
+        for b in &digest[..16] {
+            key.push_str(&format!("{b:02x}"));
+        }
+        key
+    }
+
+    pub(super) fn get(&self, key: &str, now: Instant) -> Option<std::sync::Arc<Answer>> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let a = entries.get(key)?;
+        (now.saturating_duration_since(a.at) <= self.max_age).then(|| a.clone())
+    }
+
+    pub(super) fn put(&self, key: String, answer: Answer) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= MAX_ENTRIES
+            && !entries.contains_key(&key)
+            && let Some(oldest) = entries.iter().min_by_key(|(_, a)| a.at).map(|(k, _)| k.clone())
+        {
+            entries.remove(&oldest);
+        }
+        entries.insert(key, std::sync::Arc::new(answer));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callers_and_paths_are_kept_apart_and_age_out() {
+        let c = LastGood::new(Duration::from_secs(10), 100);
+        let mut alice = http::HeaderMap::new();
+        alice.insert(http::header::AUTHORIZATION, "Bearer a".parse().unwrap());
+        let mut bob = http::HeaderMap::new();
+        bob.insert(http::header::AUTHORIZATION, "Bearer b".parse().unwrap());
+        let t0 = Instant::now();
+        let answer = |body: &'static str| Answer {
+            status: http::StatusCode::OK,
+            headers: http::HeaderMap::new(),
+            body: Bytes::from_static(body.as_bytes()),
+            at: t0,
+        };
+        c.put(LastGood::key("/v1/prices/1", &alice), answer("alice's"));
+        assert_eq!(
+            c.get(&LastGood::key("/v1/prices/1", &alice), t0).unwrap().body,
+            "alice's"
+        );
+        assert!(
+            c.get(&LastGood::key("/v1/prices/1", &bob), t0).is_none(),
+            "another caller's answer"
+        );
+        assert!(
+            c.get(&LastGood::key("/v1/prices/2", &alice), t0).is_none(),
+            "another path's answer"
+        );
+        assert!(
+            c.get(&LastGood::key("/v1/prices/1?x=1", &alice), t0).is_none(),
+            "another query's"
+        );
+        assert!(
+            c.get(&LastGood::key("/v1/prices/1", &alice), t0 + Duration::from_secs(11))
+                .is_none(),
+            "too old"
+        );
+    }
+}

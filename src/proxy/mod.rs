@@ -1,0 +1,715 @@
+//! The sidecar: a local HTTP/1.1 proxy in front of each configured upstream, so an application
+//! in any language gets breakerbox's breakers by pointing its HTTP client at
+//! `http://127.0.0.1:9000/SERVICE`. See `docs/sidecar.md`.
+//!
+//! ```text
+//!  client ──▶ /stripe/v1/customers ──▶ path checks, limits, bulkhead ──▶ route → breaker
+//!          admitted: forwarded to the configured upstream only (Host set, hop-by-hop stripped),
+//!                    bodies streamed both ways; the call ends with the response's last byte
+//!          rejected: 503 + Retry-After + X-Breaker-State, or the route's fallback
+//! ```
+//!
+//! It runs on its own thread and multi-threaded runtime, beside whatever runs the breakers; the
+//! breakers' handles are the same ones the library's callers use, so everything is recorded as
+//! for any other call (calls, rejections, fallbacks, transitions).
+
+mod body;
+mod cache;
+mod path;
+
+use crate::actor::{BreakerHandle, Registry};
+use crate::breaker::{Outcome, State};
+use crate::config::{Config, ProxyConfig, RouteFallback, Secret};
+use body::{Copy, ProxyBody, RequestBody, Streaming};
+use cache::LastGood;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tokio::sync::Semaphore;
+
+type Upstreams = Client<hyper_rustls::HttpsConnector<HttpConnector>, RequestBody>;
+
+/// How to run the proxy.
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    /// The address of the path-prefix listener (`/SERVICE/...`).
+    pub bind: SocketAddr,
+    /// Tokens a client must show as `Proxy-Authorization: Bearer TOKEN`. Required (non-empty)
+    /// to listen on anything but loopback; empty on loopback: no check.
+    pub tokens: Vec<Secret>,
+    /// Worker threads (default: the machine's cores).
+    pub threads: Option<usize>,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, Error)]
+pub enum ProxyError {
+    /// No service has an upstream.
+    #[error("no service has an upstream: give one, e.g. [services.stripe] upstream = \"https://api.stripe.com\"")]
+    NoUpstreams,
+    /// Not loopback, and no token to check.
+    #[error(
+        "refusing to proxy on {0} without tokens: anything but a loopback address needs CIRCUIT_BREAKER_API_TOKEN or [api.tokens] (clients send Proxy-Authorization: Bearer TOKEN)"
+    )]
+    Unprotected(SocketAddr),
+    /// A listening address could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A service's breaker is not running.
+    #[error("service {0} has no breaker running")]
+    NoBreaker(String),
+    /// TLS could not be set up.
+    #[error("setting up TLS to upstreams: {0}")]
+    Tls(String),
+    /// The proxy's thread could not start.
+    #[error("starting the proxy's runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Counts of what the proxy did, since it started.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    /// Requests forwarded to an upstream.
+    pub forwarded: AtomicU64,
+    /// Requests the breaker rejected (answered 503 or by a fallback).
+    pub rejected: AtomicU64,
+    /// Requests answered by a route's fallback.
+    pub fallbacks: AtomicU64,
+    /// Requests refused by the bulkhead.
+    pub bulkhead_full: AtomicU64,
+    /// Requests refused before reaching a breaker (bad path, unknown service, limits, token).
+    pub refused: AtomicU64,
+    /// Upstream responses that carried `Retry-After` (recorded, not acted on).
+    pub retry_after_seen: AtomicU64,
+}
+
+/// A running proxy. [`Proxy::stop`] ends it; dropping it stops it too, without waiting.
+pub struct Proxy {
+    addrs: Vec<(SocketAddr, Option<String>)>,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    stats: Arc<ProxyStats>,
+}
+
+struct RouteRt {
+    route: crate::config::Route,
+    handle: BreakerHandle,
+    last_good: Option<Arc<LastGood>>,
+}
+
+struct Service {
+    name: String,
+    handle: BreakerHandle,
+    scheme: String,
+    authority: String,
+    host: HeaderValue,
+    base_path: String,
+    routes: Vec<RouteRt>,
+    bulkhead: Arc<Semaphore>,
+    max_concurrent: u32,
+}
+
+struct Shared {
+    services: HashMap<String, Arc<Service>>,
+    names: Vec<String>,
+    client: Upstreams,
+    limits: ProxyConfig,
+    /// SHA-256 of each token (compared in constant time).
+    tokens: Vec<[u8; 32]>,
+    stats: Arc<ProxyStats>,
+}
+
+#[derive(Clone)]
+enum Mode {
+    /// `/SERVICE/...`.
+    Prefix,
+    /// One service's own port: the path is the upstream's.
+    Fixed(Arc<Service>),
+}
+
+impl Proxy {
+    /// Binds the listeners (the prefix one, and `[proxy.ports]`) and serves on a thread of its
+    /// own until stopped. Only the configuration's upstreams are ever reached.
+    pub fn start(registry: &Registry, config: &Config, options: ProxyOptions) -> Result<Proxy, ProxyError> {
+        crate::tls::init();
+        if config.upstreams.is_empty() {
+            return Err(ProxyError::NoUpstreams);
+        }
+        let limits = config.proxy.clone();
+        let mut binds = vec![(options.bind, None)];
+        for (service, port) in &limits.ports {
+            binds.push((SocketAddr::new(options.bind.ip(), *port), Some(service.clone())));
+        }
+        if options.tokens.is_empty()
+            && let Some((addr, _)) = binds.iter().find(|(a, _)| !a.ip().is_loopback())
+        {
+            return Err(ProxyError::Unprotected(*addr));
+        }
+        let mut services = HashMap::new();
+        for u in &config.upstreams {
+            let handle = registry
+                .get(&u.service)
+                .cloned()
+                .ok_or_else(|| ProxyError::NoBreaker(u.service.clone()))?;
+            let routes = u
+                .routes
+                .iter()
+                .map(|r| RouteRt {
+                    route: r.clone(),
+                    handle: r
+                        .operation
+                        .as_deref()
+                        .map_or_else(|| handle.clone(), |op| handle.operation(op).clone()),
+                    last_good: match r.fallback {
+                        Some(RouteFallback::LastGood { max_age_ms, max_bytes }) => {
+                            Some(Arc::new(LastGood::new(Duration::from_millis(max_age_ms), max_bytes)))
+                        }
+                        _ => None,
+                    },
+                })
+                .collect();
+            let host = HeaderValue::from_str(&u.authority).map_err(|e| ProxyError::Tls(e.to_string()))?;
+            services.insert(
+                u.service.clone(),
+                Arc::new(Service {
+                    name: u.service.clone(),
+                    handle,
+                    scheme: u.scheme.clone(),
+                    authority: u.authority.clone(),
+                    host,
+                    base_path: u.base_path.clone(),
+                    routes,
+                    bulkhead: Arc::new(Semaphore::new(limits.max_concurrent as usize)),
+                    max_concurrent: limits.max_concurrent,
+                }),
+            );
+        }
+        let mut listeners = Vec::new();
+        let mut addrs = Vec::new();
+        for (addr, service) in binds {
+            let l = std::net::TcpListener::bind(addr).map_err(|source| ProxyError::Bind { addr, source })?;
+            l.set_nonblocking(true)
+                .map_err(|source| ProxyError::Bind { addr, source })?;
+            let local = l.local_addr().map_err(|source| ProxyError::Bind { addr, source })?;
+            addrs.push((local, service.clone()));
+            listeners.push((l, service));
+        }
+        let tls = {
+            use hyper_rustls::ConfigBuilderExt;
+            rustls::ClientConfig::builder()
+                .try_with_platform_verifier()
+                .map_err(|e| ProxyError::Tls(e.to_string()))?
+                .with_no_client_auth()
+        };
+        let stats = Arc::new(ProxyStats::default());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let threads = options
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("breakerbox-proxy")
+            .enable_all()
+            .build()
+            .map_err(ProxyError::Runtime)?;
+        let tokens = options
+            .tokens
+            .iter()
+            .map(|t| {
+                use sha2::Digest;
+                sha2::Sha256::digest(t.expose().as_bytes()).into()
+            })
+            .collect();
+        let names = {
+            let mut n: Vec<String> = services.keys().cloned().collect();
+            n.sort();
+            n
+        };
+        let stats2 = stats.clone();
+        let connect_timeout = Duration::from_millis(limits.connect_timeout_ms);
+        let thread = std::thread::Builder::new()
+            .name("breakerbox-proxy".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let mut http = HttpConnector::new();
+                    http.enforce_http(false);
+                    http.set_nodelay(true);
+                    http.set_connect_timeout(Some(connect_timeout));
+                    let https = hyper_rustls::HttpsConnectorBuilder::new()
+                        .with_tls_config(tls)
+                        .https_or_http()
+                        .enable_http1()
+                        .wrap_connector(http);
+                    let client = Client::builder(TokioExecutor::new())
+                        .pool_idle_timeout(Duration::from_secs(30))
+                        .build(https);
+                    let shared = Arc::new(Shared {
+                        services,
+                        names,
+                        client,
+                        limits,
+                        tokens,
+                        stats: stats2,
+                    });
+                    let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+                    let mut accepting = tokio::task::JoinSet::new();
+                    for (l, service) in listeners {
+                        let Ok(l) = tokio::net::TcpListener::from_std(l) else {
+                            tracing::error!("the proxy could not take over its listener");
+                            continue;
+                        };
+                        let mode = match service {
+                            Some(s) => Mode::Fixed(shared.services[&s].clone()),
+                            None => Mode::Prefix,
+                        };
+                        accepting.spawn(accept(l, shared.clone(), mode, graceful.clone(), stop_rx.clone()));
+                    }
+                    let mut stop = stop_rx;
+                    let _ = stop.wait_for(|s| *s).await;
+                    accepting.shutdown().await;
+                    // Requests in flight get the stop's grace; then the runtime ends them (each
+                    // call ends as cancelled).
+                    if let Ok(graceful) = Arc::try_unwrap(graceful) {
+                        let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
+                    }
+                });
+                runtime.shutdown_timeout(Duration::from_millis(500));
+            })
+            .map_err(ProxyError::Runtime)?;
+        Ok(Proxy {
+            addrs,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            stats,
+        })
+    }
+
+    /// The listening addresses: the prefix listener (service `None`), then one per
+    /// `[proxy.ports]` entry.
+    pub fn addrs(&self) -> &[(SocketAddr, Option<String>)] {
+        &self.addrs
+    }
+
+    /// What it did so far.
+    pub fn stats(&self) -> &ProxyStats {
+        &self.stats
+    }
+
+    /// Stops accepting, gives requests in flight up to 2 s, then ends. Waits on a blocking
+    /// thread, so it can be awaited from any runtime.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(true);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(true);
+        }
+    }
+}
+
+async fn accept(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mode: Mode,
+    graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let max_buf = (shared.limits.max_header_bytes as usize + 64 * 1024).max(8 * 1024);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of descriptors and the like: say it, breathe, go on.
+                    tracing::warn!(error = %e, "the proxy could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let (shared, mode) = (shared.clone(), mode.clone());
+        let service = hyper::service::service_fn(move |req| {
+            let (shared, mode) = (shared.clone(), mode.clone());
+            async move { Ok::<_, Infallible>(handle(&shared, &mode, req, peer).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .max_buf_size(max_buf)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}
+
+/// Connection-level headers never forwarded (RFC 9110 §7.6.1), besides those `Connection` names.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in HOP_BY_HOP.iter().chain(named.iter()) {
+        headers.remove(n);
+    }
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(value.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn refused(shared: &Shared, status: StatusCode, error: String) -> Response<ProxyBody> {
+    shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+    json(status, serde_json::json!({ "error": error }))
+}
+
+fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+    use sha2::Digest;
+    use subtle::ConstantTimeEq;
+    if shared.tokens.is_empty() {
+        return true;
+    }
+    let Some(given) = headers
+        .get(header::PROXY_AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let digest: [u8; 32] = sha2::Sha256::digest(given.trim().as_bytes()).into();
+    shared
+        .tokens
+        .iter()
+        .fold(false, |ok, t| ok | bool::from(t.ct_eq(&digest)))
+}
+
+fn head_size(req: &Request<Incoming>) -> u64 {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let headers: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    (line + headers) as u64
+}
+
+async fn handle(shared: &Shared, mode: &Mode, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    if !authorized(shared, req.headers()) {
+        let mut r = refused(
+            shared,
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            "send Proxy-Authorization: Bearer TOKEN".into(),
+        );
+        r.headers_mut()
+            .insert(header::PROXY_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let size = head_size(&req);
+    if size > shared.limits.max_header_bytes {
+        return refused(
+            shared,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "the request line and headers are {size} bytes, over the proxy's max_header ({} bytes)",
+                shared.limits.max_header_bytes
+            ),
+        );
+    }
+    // Only the path counts: an absolute-form request line's authority and the Host header are
+    // never where a request goes.
+    let full_path = req.uri().path().to_owned();
+    let (service, rest) = match mode {
+        Mode::Fixed(s) => (s.clone(), full_path.as_str()),
+        Mode::Prefix => {
+            let (name, rest) = path::split_service(&full_path);
+            match shared.services.get(name) {
+                Some(s) => (s.clone(), rest),
+                None => {
+                    return refused(
+                        shared,
+                        StatusCode::NOT_FOUND,
+                        format!(
+                            "no upstream is configured for {name:?}; the proxy forwards /{}/…",
+                            shared.names.join("/…, /")
+                        ),
+                    );
+                }
+            }
+        }
+    };
+    if let Err(why) = path::check(rest) {
+        return refused(shared, StatusCode::BAD_REQUEST, why);
+    }
+    let rest = rest.to_owned();
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > shared.limits.max_body_bytes
+    {
+        return refused(
+            shared,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is {len} bytes, over the proxy's max_body ({} bytes)",
+                shared.limits.max_body_bytes
+            ),
+        );
+    }
+    let method = req.method().as_str().to_owned();
+    let route = service.routes.iter().find(|r| r.route.matches(&method, &rest));
+    let handle = route.map_or(&service.handle, |r| &r.handle);
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.clone(),
+    };
+    let Ok(slot) = service.bulkhead.clone().try_acquire_owned() else {
+        shared.stats.bulkhead_full.fetch_add(1, Ordering::Relaxed);
+        let mut r = json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({
+                "error": format!("{} requests to {} are in flight already (the proxy's max_concurrent)", service.max_concurrent, service.name),
+                "service": service.name,
+            }),
+        );
+        r.headers_mut()
+            .insert("x-breakerbox-reason", HeaderValue::from_static("bulkhead"));
+        return r;
+    };
+    // A last_good route's key for this request (path, query, the caller's credentials).
+    let cache_key = route
+        .and_then(|r| r.last_good.as_ref())
+        .map(|_| LastGood::key(&path_and_query, req.headers()));
+    let fallback = |why: Why| -> Option<Response<ProxyBody>> {
+        let route = route?;
+        let r = match route.route.fallback.as_ref()? {
+            RouteFallback::Static { status, headers, body } => {
+                let mut r = Response::new(ProxyBody::full(body.clone()));
+                *r.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+                for (n, v) in headers {
+                    if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n.as_bytes()), HeaderValue::from_str(v)) {
+                        r.headers_mut().append(n, v);
+                    }
+                }
+                r.headers_mut()
+                    .insert("x-breakerbox-fallback", HeaderValue::from_static("static"));
+                r
+            }
+            RouteFallback::LastGood { .. } => {
+                let cache = route.last_good.as_ref()?;
+                let now = Instant::now();
+                let a = cache.get(cache_key.as_deref()?, now)?;
+                let mut r = Response::new(ProxyBody::full(a.body.clone()));
+                *r.status_mut() = a.status;
+                *r.headers_mut() = a.headers.clone();
+                let age = now.saturating_duration_since(a.at).as_secs();
+                r.headers_mut().insert(header::AGE, HeaderValue::from(age));
+                r.headers_mut()
+                    .insert("x-breakerbox-fallback", HeaderValue::from_static("last_good"));
+                r
+            }
+        };
+        let mut r = r;
+        if let Why::Rejected(state) = why {
+            r.headers_mut()
+                .insert("x-breaker-state", HeaderValue::from_static(state.as_str()));
+        }
+        handle.record_fallback();
+        shared.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+        Some(r)
+    };
+    let call = match handle.admit_owned::<Infallible>() {
+        Ok(c) => c,
+        Err(crate::actor::CallError::Rejected {
+            service: key,
+            state,
+            retry_after,
+        }) => {
+            shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            if let Some(r) = fallback(Why::Rejected(state)) {
+                return r;
+            }
+            let retry_ms = retry_after.map(|d| d.as_millis() as u64);
+            let mut r = json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({
+                    "error": format!("circuit breaker {key} is {state}: request not forwarded"),
+                    "service": service.name,
+                    "breaker": key,
+                    "state": state.as_str(),
+                    "retry_after_ms": retry_ms,
+                }),
+            );
+            // Whole seconds, rounded up; 1 when the breaker does not know (trial permits out).
+            let secs = retry_ms.map_or(1, |ms| ms.div_ceil(1_000).max(1));
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            r.headers_mut()
+                .insert("x-breaker-state", HeaderValue::from_static(state.as_str()));
+            return r;
+        }
+        Err(_) => unreachable!("admission only rejects"),
+    };
+    // The upstream request: the configured upstream, this path and query, the client's headers
+    // but the connection's own, Host set to the upstream's.
+    let uri = format!(
+        "{}://{}{}{}",
+        service.scheme, service.authority, service.base_path, path_and_query
+    );
+    let Ok(uri) = uri.parse::<http::Uri>() else {
+        return refused(
+            shared,
+            StatusCode::BAD_REQUEST,
+            format!("{path_and_query:?} is not a valid path"),
+        );
+    };
+    let (mut parts, incoming) = req.into_parts();
+    let remember = route
+        .and_then(|r| r.last_good.clone())
+        .filter(|_| parts.method == http::Method::GET)
+        .zip(cache_key.clone());
+    strip_hop_by_hop(&mut parts.headers);
+    // The client's `Expect: 100-continue` was answered here (hyper sends 100 when the body is
+    // first read); the upstream gets the body without waiting.
+    parts.headers.remove(header::EXPECT);
+    parts.headers.insert(header::HOST, service.host.clone());
+    let over = Arc::new(AtomicBool::new(false));
+    let body = RequestBody {
+        inner: incoming,
+        seen: 0,
+        max: shared.limits.max_body_bytes,
+        over: over.clone(),
+    };
+    let mut up = Request::new(body);
+    *up.method_mut() = parts.method;
+    *up.uri_mut() = uri;
+    *up.headers_mut() = parts.headers;
+    shared.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+    let started = Instant::now();
+    let call_timeout = handle.call_timeout();
+    let total = Duration::from_millis(shared.limits.total_timeout_ms);
+    let sent = tokio::time::timeout(call_timeout.min(total), shared.client.request(up)).await;
+    let response = match sent {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) if over.load(Ordering::Acquire) => {
+            // The client's doing, not the upstream's: the call ends as cancelled.
+            drop((call, e));
+            return refused(
+                shared,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is over the proxy's max_body ({} bytes)",
+                    shared.limits.max_body_bytes
+                ),
+            );
+        }
+        Ok(Err(e)) => {
+            call.complete(Outcome::Failure);
+            let why = crate::tls::error_chain(&e);
+            tracing::debug!(service = %service.name, peer = %peer, error = %why, "upstream request failed");
+            if let Some(r) = fallback(Why::Failed) {
+                return r;
+            }
+            return json(
+                StatusCode::BAD_GATEWAY,
+                serde_json::json!({
+                    "error": format!("{} ({}) could not be reached: {why}", service.name, service.authority),
+                    "service": service.name,
+                }),
+            );
+        }
+        Err(_) => {
+            call.complete(Outcome::Timeout);
+            if let Some(r) = fallback(Why::Failed) {
+                return r;
+            }
+            return json(
+                StatusCode::GATEWAY_TIMEOUT,
+                serde_json::json!({
+                    "error": format!("{} did not answer within {} ms", service.name, call_timeout.min(total).as_millis()),
+                    "service": service.name,
+                }),
+            );
+        }
+    };
+    let (mut parts, incoming) = response.into_parts();
+    let outcome = handle.statuses().classify(parts.status.as_u16());
+    if let Some(v) = parts.headers.get(header::RETRY_AFTER) {
+        shared.stats.retry_after_seen.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            service = %service.name,
+            status = parts.status.as_u16(),
+            retry_after = %String::from_utf8_lossy(v.as_bytes()),
+            "the upstream sent Retry-After (recorded, not acted on: the breaker's own timing decides)"
+        );
+    }
+    strip_hop_by_hop(&mut parts.headers);
+    if http_body::Body::is_end_stream(&incoming) {
+        call.complete(outcome);
+        return Response::from_parts(parts, ProxyBody::Full(None));
+    }
+    let copy = remember.filter(|_| parts.status.is_success()).map(|(cache, key)| Copy {
+        cache,
+        key,
+        status: parts.status,
+        headers: parts.headers.clone(),
+        parts: Vec::new(),
+        len: 0,
+    });
+    let deadline = Box::pin(tokio::time::sleep_until((started + total).into()));
+    Response::from_parts(
+        parts,
+        ProxyBody::Stream(Box::new(Streaming {
+            inner: incoming,
+            call: Some(call),
+            outcome,
+            deadline,
+            copy,
+            _slot: slot,
+        })),
+    )
+}
+
+#[derive(Clone, Copy)]
+enum Why {
+    Rejected(State),
+    Failed,
+}

@@ -1,0 +1,507 @@
+//! The sidecar proxy (`breakerbox proxy`), through real clients — curl, Python's urllib and
+//! requests, PHP's curl extension — against the demo's stand-in upstreams: bytes passed exactly
+//! both ways, the breaker opening and rejecting with 503 + Retry-After, fallbacks, recovery,
+//! the log replaying to what the clients saw; bad input refused with nothing forwarded; each
+//! limit at its bound.
+
+use breakerbox::demo::{Script, pattern, start_upstream};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The stand-ins answer healthily for years (the demo's script phases are fractions of this).
+const FOREVER: Script = Script {
+    length_ms: 10 * 365 * 86_400_000,
+};
+
+/// Stand-ins for stripe and calcom on a runtime of their own, alive as long as this is.
+struct StandIns {
+    stripe: SocketAddr,
+    calcom: SocketAddr,
+    _runtime: tokio::runtime::Runtime,
+}
+
+fn stand_ins() -> StandIns {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (stripe, calcom) = runtime.block_on(async {
+        let now = Instant::now();
+        (
+            start_upstream("stripe", FOREVER, now).await.unwrap(),
+            start_upstream("calcom", FOREVER, now).await.unwrap(),
+        )
+    });
+    StandIns {
+        stripe,
+        calcom,
+        _runtime: runtime,
+    }
+}
+
+/// A running `breakerbox proxy`, stopped (SIGTERM) when dropped.
+struct Sidecar {
+    child: Child,
+    addr: SocketAddr,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Sidecar {
+    fn start(dir: &Path, config: &str) -> Sidecar {
+        let config_path = dir.join("proxy.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let db = dir.join("proxy.db");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+            .args(["proxy", "--bind", "127.0.0.1:0", "--db"])
+            .arg(&db)
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("proxy.stderr")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // The readiness signal: the listening line, with the address.
+        let first = lines.next().expect("a first line").unwrap();
+        let addr = first
+            .strip_prefix("proxy listening on http://")
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("not a listening line: {first}"))
+            .parse()
+            .unwrap();
+        Sidecar { child, addr, lines }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// SIGTERM, and the rest of its output; it must stop cleanly.
+    fn stop(mut self) -> Vec<String> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().unwrap();
+        let rest: Vec<String> = self.lines.by_ref().map_while(Result::ok).collect();
+        assert!(status.success(), "exit {status:?}: {rest:?}");
+        assert!(rest.iter().any(|l| l == "stopped cleanly"), "{rest:?}");
+        rest
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One response as raw parts: status, headers (lower-case names), body.
+struct Raw {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Raw {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The stand-in's count of requests received, as of this answer.
+    fn seq(&self) -> u64 {
+        self.header("x-standin-seq")
+            .unwrap_or_else(|| panic!("not the stand-in's answer: {} {:?}", self.status, self.headers))
+            .parse()
+            .unwrap()
+    }
+}
+
+/// Sends `request` as is (one request, `Connection: close`) and reads the whole answer.
+fn raw(addr: SocketAddr, request: &[u8]) -> Raw {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    parse_response(&out, true)
+}
+
+/// `wire`: the body is as on the wire (curl's output is already decoded).
+fn parse_response(mut out: &[u8], wire: bool) -> Raw {
+    // Informational answers first (curl's `Expect: 100-continue`): the final one follows.
+    while out.starts_with(b"HTTP/1.1 1") {
+        let end = out.windows(4).position(|w| w == b"\r\n\r\n").expect("a whole 1xx head");
+        out = &out[end + 4..];
+    }
+    let end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(out)));
+    let head = String::from_utf8_lossy(&out[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = out[end + 4..].to_vec();
+    if wire && headers.iter().any(|(n, v)| n == "transfer-encoding" && v == "chunked") {
+        body = dechunk(&body);
+    }
+    Raw { status, headers, body }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(i) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..i]).trim(), 16).unwrap_or(0);
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[i + 2..i + 2 + n]);
+        b = &b[i + 2 + n + 2..];
+    }
+}
+
+fn get(addr: SocketAddr, path: &str) -> Raw {
+    raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+/// curl's answer: (status, headers, body) with `--dump-header`.
+fn curl(args: &[&str]) -> Raw {
+    let out = Command::new("curl")
+        .args(["-sS", "--include", "--max-time", "60"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_response(&out.stdout, false)
+}
+
+fn breakerbox_json(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn expected_pattern(n: u64) -> Vec<u8> {
+    (0..n).map(pattern).collect()
+}
+
+/// A program the test needs; with CI=true, a missing one fails the test.
+fn have(program: &str, probe: &[&str]) -> bool {
+    let ok = Command::new(program)
+        .args(probe)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "{program} is needed (scripts/test installs it) and CI=true"
+        );
+        eprintln!("skipping the {program} part: {program} is not installed (scripts/test installs it)");
+    }
+    ok
+}
+
+fn config(s: &StandIns, extra: &str) -> String {
+    format!(
+        r#"
+[defaults]
+call_timeout = "2s"
+
+[services.stripe]
+upstream = "http://{stripe}"
+failure_threshold = 3
+timeout = "1s"
+success_threshold = 1
+half_open_requests = 1
+
+[[services.stripe.routes]]
+method = "GET"
+path = "/v1/prices/{{id}}"
+fallback = "last_good"
+max_age = "10m"
+
+[[services.stripe.routes]]
+method = "POST"
+path = "/v1/customers"
+operation = "customers.create"
+
+[[services.stripe.routes]]
+method = "GET"
+path = "/v1/status-page"
+fallback = "static"
+status = 200
+headers = {{ "content-type" = "application/json" }}
+body = '{{"status":"degraded","source":"fallback"}}'
+
+[services.calcom]
+upstream = "http://{calcom}"
+{extra}
+"#,
+        stripe = s.stripe,
+        calcom = s.calcom,
+    )
+}
+
+#[test]
+fn real_clients_get_exact_bytes_a_breaker_that_opens_fallbacks_and_recovery() {
+    let s = stand_ins();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Sidecar::start(dir.path(), &config(&s, ""));
+    let addr = proxy.addr;
+
+    // 10 MB down, with Content-Length and chunked, byte for byte (curl).
+    let ten = 10_000_000u64;
+    let want = expected_pattern(ten);
+    for path in ["/stripe/bytes/10000000", "/stripe/bytes/10000000?chunked=1"] {
+        let r = curl(&[&proxy.url(path)]);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), want.len(), "{path}");
+        assert!(r.body == want, "{path}: bytes differ");
+        let chunked = path.contains("chunked");
+        assert_eq!(r.header("content-length").is_none(), chunked, "{path}: {:?}", r.headers);
+    }
+    // 10 MB up and back, with Content-Length and chunked (curl).
+    let upload = dir.path().join("upload.bin");
+    let sent: Vec<u8> = (0..ten).map(|i| pattern(i * 7 + 3)).collect();
+    std::fs::write(&upload, &sent).unwrap();
+    let at_file = format!("@{}", upload.display());
+    let r = curl(&["--data-binary", &at_file, &proxy.url("/stripe/echo")]);
+    assert_eq!((r.status, r.body.len()), (200, sent.len()));
+    assert!(r.body == sent, "echo with Content-Length differs");
+    let r = curl(&[
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &at_file,
+        &proxy.url("/stripe/echo"),
+    ]);
+    assert_eq!((r.status, r.body.len()), (200, sent.len()));
+    assert!(r.body == sent, "chunked echo differs");
+
+    // Headers: Host is the upstream's, hop-by-hop ones stay behind, the rest go through (urllib).
+    let py = r#"
+import json, sys, urllib.request
+req = urllib.request.Request(sys.argv[1], headers={"X-Trace": "abc", "Authorization": "Bearer sk_test_1", "Host": "evil.example"})
+with urllib.request.urlopen(req) as r:
+    print(json.dumps({"status": r.status, "seen": json.load(r)}))
+"#;
+    if have("python3", &["-c", "import urllib.request"]) {
+        let out = Command::new("python3")
+            .args(["-c", py, &proxy.url("/stripe/headers")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let seen = &v["seen"];
+        assert_eq!(v["status"], 200);
+        assert_eq!(seen["host"], s.stripe.to_string(), "{seen}");
+        assert_eq!(seen["x-trace"], "abc");
+        assert_eq!(
+            seen["authorization"], "Bearer sk_test_1",
+            "the app's credentials reach the upstream"
+        );
+        assert_eq!(seen["x-request-target"], "/headers");
+    }
+    // Hop-by-hop headers, and those `Connection` names, stay behind.
+    let r = raw(
+        addr,
+        format!(
+            "GET /stripe/headers HTTP/1.1\r\nHost: {addr}\r\nConnection: X-Private, close\r\nX-Private: secret\r\n\
+             Keep-Alive: timeout=5\r\nProxy-Authorization: Bearer p\r\nTE: trailers\r\nUpgrade: websocket\r\nX-Kept: yes\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let seen = r.json();
+    for hop in ["keep-alive", "x-private", "proxy-authorization", "te", "upgrade"] {
+        assert!(seen.get(hop).is_none(), "{hop} forwarded: {seen}");
+    }
+    assert_eq!(seen["x-kept"], "yes");
+
+    // Python requests: a chunked upload from a generator, and JSON back.
+    let py = r#"
+import sys, requests
+def body():
+    for i in range(64):
+        yield bytes([i % 251]) * 65536
+r = requests.post(sys.argv[1], data=body())
+data = b"".join(body())
+print(r.status_code, len(r.content), r.content == data)
+"#;
+    if have("python3", &["-c", "import requests"]) {
+        let out = Command::new("python3")
+            .args(["-c", py, &proxy.url("/stripe/echo")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "200 4194304 True");
+    }
+
+    // PHP's curl extension, as the Laravel app calls it.
+    let php = r#"
+$ch = curl_init($argv[1]);
+curl_setopt($ch, CURLOPT_RETURNTRANSFER, true);
+curl_setopt($ch, CURLOPT_POST, true);
+curl_setopt($ch, CURLOPT_POSTFIELDS, str_repeat("php", 100000));
+$body = curl_exec($ch);
+echo curl_getinfo($ch, CURLINFO_RESPONSE_CODE), " ", strlen($body), " ", $body === str_repeat("php", 100000) ? "same" : "differs", "\n";
+"#;
+    if have("php", &["-r", "exit(function_exists('curl_init') ? 0 : 1);"]) {
+        let out = Command::new("php")
+            .args(["-r", php, &proxy.url("/stripe/echo")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "200 300000 same");
+    }
+
+    // A healthy read of a last_good route is remembered (per path and caller).
+    let price = get(addr, "/stripe/v1/prices/price_1");
+    assert_eq!(price.status, 200);
+
+    // Failures open the breaker: 3 upstream 500s, passed through as they are…
+    for _ in 0..3 {
+        let r = curl(&[&proxy.url("/stripe/status/500?retry_after=30")]);
+        assert_eq!(r.status, 500, "the upstream's own answer is passed through");
+    }
+    let before = get(addr, "/calcom/status/200").seq(); // calcom is another breaker: still forwarded
+    assert!(before >= 1);
+    // …then stripe's calls are rejected, never forwarded: 503, Retry-After, X-Breaker-State.
+    let r = curl(&[&proxy.url("/stripe/v1/charges")]);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("x-breaker-state"), Some("open"));
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (1..=1).contains(&retry),
+        "the time left in OPEN (1 s), not the upstream's 30: {retry}"
+    );
+    let v = r.json();
+    assert_eq!(
+        (v["service"].as_str(), v["state"].as_str()),
+        (Some("stripe"), Some("open")),
+        "{v}"
+    );
+    // The last_good route answers with what it remembered, marked as such; another id has none.
+    let r = get(addr, "/stripe/v1/prices/price_1");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-breakerbox-fallback"), Some("last_good"));
+    assert_eq!(r.body, price.body, "the remembered answer, byte for byte");
+    assert!(r.header("age").is_some());
+    let r = get(addr, "/stripe/v1/prices/price_2");
+    assert_eq!(
+        (r.status, r.header("x-breaker-state")),
+        (503, Some("open")),
+        "nothing remembered for another id"
+    );
+    // customers.create has a breaker of its own, closed: still forwarded.
+    let r = raw(
+        addr,
+        format!(
+            "POST /stripe/v1/customers HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.seq() > before, "forwarded");
+    // The static fallback route.
+    let r = get(addr, "/stripe/v1/status-page");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-breakerbox-fallback"), Some("static"));
+    assert_eq!(r.json()["source"], "fallback");
+
+    // Recovery: after the OPEN period a trial call goes through and closes it.
+    std::thread::sleep(Duration::from_millis(1_100));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let trial = loop {
+        let r = get(addr, "/stripe/status/200");
+        if r.status == 200 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(trial.status, 200, "a trial call passed");
+    // The trial's success closes it as soon as its actor folds it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut closed = get(addr, "/stripe/v1/charges");
+    while closed.status == 503 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        closed = get(addr, "/stripe/v1/charges");
+    }
+    assert_eq!(closed.status, 200, "closed again");
+
+    // The Retry-After the upstream sent is recorded, not acted on.
+    proxy.stop();
+    let stderr = std::fs::read_to_string(dir.path().join("proxy.stderr")).unwrap();
+    assert!(stderr.contains("Retry-After"), "{stderr}");
+    assert!(!stderr.contains("sk_test_1"), "credentials are never logged");
+
+    // The log replays to what the clients saw: stripe closed after one opening, its rejections
+    // and fallbacks counted; calcom never opened.
+    let db = dir.path().join("proxy.db");
+    let cfg = dir.path().join("proxy.toml");
+    let report = breakerbox_json(&[
+        "status",
+        "--json",
+        "--db",
+        db.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let breakers = report["breakers"].as_array().unwrap_or_else(|| panic!("{report}"));
+    let find = |key: &str| {
+        breakers
+            .iter()
+            .find(|b| b["service"] == key)
+            .unwrap_or_else(|| panic!("{key}: {report}"))
+    };
+    assert_eq!(find("stripe")["state"], "closed", "{report}");
+    assert_eq!(find("calcom")["state"], "closed");
+    let stripe = find("stripe");
+    assert_eq!(stripe["openings_10m"], 1, "{stripe}");
+    let m = &stripe["metrics_5m"];
+    assert!(m["rejected"].as_u64().unwrap() >= 1, "{m}");
+    assert_eq!(m["fallbacks"], 2, "the last_good and the static answers: {m}");
+    assert!(m["failures"].as_u64().unwrap() >= 3, "{m}");
+    assert!(m["calls"].as_u64().unwrap() >= 8, "{m}");
+    assert_eq!(find("stripe/customers.create")["metrics_5m"]["calls"], 1, "{report}");
+}
