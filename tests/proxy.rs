@@ -505,3 +505,218 @@ echo curl_getinfo($ch, CURLINFO_RESPONSE_CODE), " ", strlen($body), " ", $body =
     assert!(m["calls"].as_u64().unwrap() >= 8, "{m}");
     assert_eq!(find("stripe/customers.create")["metrics_5m"]["calls"], 1, "{report}");
 }
+
+/// A listener whose accept queue is full: a connection to it hangs (its SYN is dropped), as to
+/// an upstream that is down without refusing.
+fn black_hole() -> (
+    SocketAddr,
+    Vec<std::net::TcpStream>,
+    tokio::net::TcpListener,
+    tokio::runtime::Runtime,
+) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt.block_on(async {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        s.listen(1).unwrap()
+    });
+    let addr = listener.local_addr().unwrap();
+    let mut fill = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(c) => fill.push(c),
+            Err(_) => break,
+        }
+    }
+    (addr, fill, listener, rt)
+}
+
+#[test]
+fn bad_input_is_refused_with_nothing_forwarded_and_every_limit_holds_at_its_bound() {
+    let s = stand_ins();
+    let (hole, _fill, _listener, _rt) = black_hole();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        r#"
+[services.blackhole]
+upstream = "http://{hole}"
+
+[services.refusing]
+upstream = "http://127.0.0.1:1"
+
+[proxy]
+max_body = "1MiB"
+max_header = "4KiB"
+max_concurrent = 2
+connect_timeout = "300ms"
+total_timeout = "3s"
+"#
+    );
+    let proxy = Sidecar::start(dir.path(), &config(&s, &extra));
+    let addr = proxy.addr;
+    // How many requests each stand-in has had, read through the proxy (one more each time).
+    let stripe_seq = || get(addr, "/stripe/status/200").seq();
+    let calcom_seq = || get(addr, "/calcom/status/200").seq();
+    let (stripe0, calcom0) = (stripe_seq(), calcom_seq());
+
+    // An unconfigured service: 404 naming it, never forwarded.
+    let r = get(addr, "/nope/v1/charges");
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"].as_str().unwrap().contains("\"nope\""), "{}", r.json());
+    // Paths trying to leave the prefix, plain and encoded: 400.
+    for path in [
+        "/stripe/../calcom/status/200",
+        "/stripe/%2e%2e/calcom/status/200",
+        "/stripe/%2E%2E/calcom/status/200",
+        "/stripe/.%2e/calcom/status/200",
+        "/stripe/%252e%252e/calcom/status/200",
+        "/stripe/v1%2f..%2f..%2fcalcom",
+        "/stripe/v1%5c..%5ccalcom",
+        "/stripe/v1/%0d%0aX-Injected:%201",
+    ] {
+        let r = get(addr, path);
+        assert_eq!(r.status, 400, "{path}: {}", String::from_utf8_lossy(&r.body));
+    }
+    // Header injection: a bare CR, an obs-fold, a NUL — the parser refuses them.
+    for bad in ["X-A: b\rX-Injected: 1\r\n", "X-A: b\r\n folded: 1\r\n", "X-A: b\0c\r\n"] {
+        let r = raw(
+            addr,
+            format!("GET /stripe/status/200 HTTP/1.1\r\nHost: x\r\n{bad}Connection: close\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(r.status, 400, "{bad:?}");
+    }
+    // Request smuggling: Content-Length beside chunked.
+    let r = raw(
+        addr,
+        b"POST /stripe/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\nGET /calcom/status/200 HTTP/1.1\r\n\r\n",
+    );
+    assert!(r.status == 400 || r.status == 200, "{}", r.status);
+    // The configured upstream whatever the absolute-form line or Host says.
+    let r = raw(
+        addr,
+        format!(
+            "GET http://{}/stripe/headers HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            s.calcom, s.calcom
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["host"], s.stripe.to_string());
+    // Nothing of the above reached calcom; stripe saw the absolute-form request (and the
+    // smuggling attempt's POST, if the parser took it as chunked) only.
+    assert_eq!(calcom_seq(), calcom0 + 1, "calcom: only this probe");
+    let stripe1 = stripe_seq();
+    assert!(stripe1 <= stripe0 + 3, "{stripe0} → {stripe1}");
+
+    // max_body: exactly 1 MiB goes through; one byte more is 413, before anything is sent.
+    let mib = 1usize << 20;
+    let body = vec![b'x'; mib];
+    let mut req =
+        format!("POST /stripe/echo HTTP/1.1\r\nHost: x\r\nContent-Length: {mib}\r\nConnection: close\r\n\r\n")
+            .into_bytes();
+    req.extend_from_slice(&body);
+    let r = raw(addr, &req);
+    assert_eq!((r.status, r.body.len()), (200, mib));
+    assert!(r.body == body);
+    let before = stripe_seq();
+    let r = raw(
+        addr,
+        format!(
+            "POST /stripe/echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            mib + 1
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 413);
+    assert!(r.json()["error"].as_str().unwrap().contains("1048577"), "{}", r.json());
+    // …and a chunked body that grows past it while streaming (to an upstream that answers once
+    // it has the whole body, as most APIs do).
+    let mut req =
+        b"POST /stripe/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for _ in 0..2 {
+        req.extend_from_slice(format!("{:x}\r\n", mib / 2).as_bytes());
+        req.extend_from_slice(&body[..mib / 2]);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"1\r\nx\r\n0\r\n\r\n");
+    let r = raw(addr, &req);
+    assert_eq!(r.status, 413);
+    assert_eq!(stripe_seq(), before + 2, "the Content-Length one never reached stripe");
+
+    // max_header: 4 KiB of request line and headers pass, one byte more is 431.
+    let head = |value_len: usize| {
+        format!(
+            "GET /stripe/status/200 HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-big: {}\r\n\r\n",
+            "v".repeat(value_len)
+        )
+    };
+    // As the proxy counts: method + target + 12, and name + value + 4 per header.
+    let fixed = 3 + "/stripe/status/200".len() + 12 + (4 + 1 + 4) + (10 + 5 + 4) + (5 + 4);
+    assert_eq!(raw(addr, head(4096 - fixed).as_bytes()).status, 200);
+    assert_eq!(raw(addr, head(4096 - fixed + 1).as_bytes()).status, 431);
+
+    // max_concurrent: two slow calls in flight, the third is refused by the bulkhead.
+    let slow: Vec<_> = (0..2)
+        .map(|_| std::thread::spawn(move || get(addr, "/stripe/delay/1500").status))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let third = loop {
+        let r = get(addr, "/stripe/status/200");
+        if r.status == 503 || Instant::now() > deadline {
+            break r;
+        }
+    };
+    assert_eq!(third.status, 503);
+    assert_eq!(third.header("x-breakerbox-reason"), Some("bulkhead"));
+    for t in slow {
+        assert_eq!(t.join().unwrap(), 200, "the two in flight were served");
+    }
+
+    // call_timeout (2 s): an answer slower than it is a 504, and a timeout for the breaker.
+    let t = Instant::now();
+    let r = get(addr, "/stripe/delay/2500");
+    assert_eq!(r.status, 504);
+    assert!(t.elapsed() < Duration::from_millis(2_450), "{:?}", t.elapsed());
+    // total_timeout (3 s): a body still streaming then is cut off.
+    let t = Instant::now();
+    let r = {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.write_all(b"GET /stripe/slow-body/5000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = c.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    assert!(r.starts_with("HTTP/1.1 200") && r.contains("first chunk;"), "{r}");
+    assert!(!r.contains("last chunk"), "{r}");
+    assert!(t.elapsed() < Duration::from_millis(4_500), "{:?}", t.elapsed());
+    // connect_timeout (300 ms): an upstream that never answers the SYN.
+    let t = Instant::now();
+    let r = get(addr, "/blackhole/x");
+    assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+    assert!(t.elapsed() < Duration::from_millis(1_500), "{:?}", t.elapsed());
+    // An upstream refusing connections: 502 naming it.
+    let r = get(addr, "/refusing/x");
+    assert_eq!(r.status, 502);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("127.0.0.1:1"),
+        "{}",
+        r.json()
+    );
+    proxy.stop();
+
+    // Never an open proxy: anything but loopback needs tokens.
+    let out = Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+        .args(["proxy", "--bind", "0.0.0.0:0", "--db"])
+        .arg(dir.path().join("other.db"))
+        .arg("--config")
+        .arg(dir.path().join("proxy.toml"))
+        .env_remove("CIRCUIT_BREAKER_API_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without tokens"));
+}

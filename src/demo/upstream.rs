@@ -4,6 +4,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `POST`/`PUT /echo` | the request body, streamed back as it comes (same `Content-Length`, or chunked) |
+//! | `POST /upload` | `{"received": N}` once the whole body (N bytes) is read, as most APIs answer |
 //! | `GET /bytes/N` | N bytes of a fixed pattern ([`pattern`]), streamed; `?chunked=1`: no `Content-Length` |
 //! | `GET /status/CODE` | that status; `?retry_after=S` adds `Retry-After: S` |
 //! | `GET /headers` | the request's headers as a JSON object |
@@ -107,6 +108,14 @@ async fn answer(req: Request<Incoming>, service: &'static str, script: Script, s
             }
             r
         }
+        ("POST", ["upload"]) => match req.into_body().collect().await {
+            Ok(b) => full(
+                StatusCode::OK,
+                "application/json",
+                format!("{{\"received\":{}}}", b.to_bytes().len()),
+            ),
+            Err(e) => full(StatusCode::BAD_REQUEST, "text/plain", format!("reading the body: {e}")),
+        },
         ("GET", ["bytes", n]) => match n.parse::<u64>() {
             Ok(n) => {
                 let chunked = query_value(&req, "chunked") == Some("1");

@@ -92,6 +92,9 @@ pub(super) struct Streaming {
     pub outcome: Outcome,
     pub deadline: Pin<Box<tokio::time::Sleep>>,
     pub copy: Option<Copy>,
+    /// Set when the request body went over `max_body`: a broken exchange is then the client's
+    /// doing (cancelled), not the upstream's failure.
+    pub over: Arc<AtomicBool>,
     /// The bulkhead's place, given back with the body.
     pub _slot: OwnedSemaphorePermit,
 }
@@ -172,7 +175,12 @@ impl Body for ProxyBody {
             }
             Some(Err(e)) => {
                 s.copy = None;
-                s.end(Outcome::Failure);
+                let outcome = if s.over.load(Ordering::Acquire) {
+                    Outcome::Cancelled
+                } else {
+                    Outcome::Failure
+                };
+                s.end(outcome);
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             None => {

@@ -703,6 +703,7 @@ async fn handle(shared: &Shared, mode: &Mode, req: Request<Incoming>, peer: Sock
             outcome,
             deadline,
             copy,
+            over,
             _slot: slot,
         })),
     )
