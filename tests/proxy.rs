@@ -539,6 +539,11 @@ fn bad_input_is_refused_with_nothing_forwarded_and_every_limit_holds_at_its_boun
     let s = stand_ins();
     let (hole, _fill, _listener, _rt) = black_hole();
     let dir = tempfile::tempdir().unwrap();
+    let calcom_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let extra = format!(
         r#"
 [services.blackhole]
@@ -553,10 +558,31 @@ max_header = "4KiB"
 max_concurrent = 2
 connect_timeout = "300ms"
 total_timeout = "3s"
+
+[proxy.ports]
+calcom = {calcom_port}
 "#
     );
-    let proxy = Sidecar::start(dir.path(), &config(&s, &extra));
+    let mut proxy = Sidecar::start(dir.path(), &config(&s, &extra));
     let addr = proxy.addr;
+    // calcom's own port: no prefix, and only calcom behind it.
+    let line = proxy.lines.next().unwrap().unwrap();
+    assert_eq!(
+        line,
+        format!(
+            "proxy for calcom listening on http://127.0.0.1:{calcom_port} (/… → http://{})",
+            s.calcom
+        )
+    );
+    let calcom_port: SocketAddr = format!("127.0.0.1:{calcom_port}").parse().unwrap();
+    let r = get(calcom_port, "/headers");
+    assert_eq!(r.json()["host"], s.calcom.to_string());
+    let r = get(calcom_port, "/stripe/v1/charges").json();
+    assert_eq!(
+        (&r["service"], &r["path"]),
+        (&Value::from("calcom"), &Value::from("/stripe/v1/charges")),
+        "a path under calcom's own port is calcom's: {r}"
+    );
     // How many requests each stand-in has had, read through the proxy (one more each time).
     let stripe_seq = || get(addr, "/stripe/status/200").seq();
     let calcom_seq = || get(addr, "/calcom/status/200").seq();
@@ -658,17 +684,23 @@ total_timeout = "3s"
     assert_eq!(raw(addr, head(4096 - fixed).as_bytes()).status, 200);
     assert_eq!(raw(addr, head(4096 - fixed + 1).as_bytes()).status, 431);
 
-    // max_concurrent: two slow calls in flight, the third is refused by the bulkhead.
+    // max_concurrent: two slow calls in flight, the third is refused by the bulkhead. In flight
+    // means the stand-in has them: its count, read directly (not through the proxy), rises by
+    // two besides the reads themselves.
+    let direct = |n: &mut u64| {
+        *n += 1;
+        get(s.stripe, "/status/200").seq()
+    };
+    let mut reads = 0;
+    let seq0 = direct(&mut reads);
     let slow: Vec<_> = (0..2)
         .map(|_| std::thread::spawn(move || get(addr, "/stripe/delay/1500").status))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(1);
-    let third = loop {
-        let r = get(addr, "/stripe/status/200");
-        if r.status == 503 || Instant::now() > deadline {
-            break r;
-        }
-    };
+    while direct(&mut reads) < seq0 + reads - 1 + 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let third = get(addr, "/stripe/status/200");
     assert_eq!(third.status, 503);
     assert_eq!(third.header("x-breakerbox-reason"), Some("bulkhead"));
     for t in slow {
@@ -719,4 +751,104 @@ total_timeout = "3s"
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("without tokens"));
+}
+
+#[test]
+fn off_loopback_a_client_must_show_a_token_which_is_never_forwarded() {
+    use breakerbox::actor::Registry;
+    use breakerbox::config::{Config, Secret};
+    use breakerbox::journal::Journal;
+    use breakerbox::proxy::{Proxy, ProxyOptions};
+    let s = stand_ins();
+    actix_web::rt::System::new().block_on(async {
+        let config = Config::from_toml(Path::new("t.toml"), &config(&s, ""), &Default::default()).unwrap();
+        let journal = std::sync::Arc::new(Journal::in_memory().await.unwrap());
+        let registry = Registry::start(&config, journal, Default::default()).await.unwrap();
+        // Tokens are what a non-loopback bind requires; given here on loopback, they are checked the same.
+        let proxy = Proxy::start(
+            &registry,
+            &config,
+            ProxyOptions {
+                bind: "127.0.0.1:0".parse().unwrap(),
+                tokens: vec![Secret::new("sidecar-token-0123456789abcdef0123")],
+                threads: Some(1),
+            },
+        )
+        .unwrap();
+        let addr = proxy.addrs()[0].0;
+        let r = tokio::task::spawn_blocking(move || {
+            let without = get(addr, "/stripe/headers");
+            let wrong = raw(addr, b"GET /stripe/headers HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Bearer nope\r\nConnection: close\r\n\r\n");
+            let right = raw(addr, b"GET /stripe/headers HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Bearer sidecar-token-0123456789abcdef0123\r\nConnection: close\r\n\r\n");
+            (without, wrong, right)
+        })
+        .await
+        .unwrap();
+        let (without, wrong, right) = r;
+        assert_eq!(without.status, 407);
+        assert_eq!(without.header("proxy-authenticate"), Some("Bearer"));
+        assert_eq!(wrong.status, 407);
+        assert_eq!(right.status, 200);
+        assert!(right.json().get("proxy-authorization").is_none(), "the token stays here");
+        assert_eq!(proxy.stats().refused.load(std::sync::atomic::Ordering::Relaxed), 2);
+        proxy.stop().await;
+        registry.shutdown().await.unwrap();
+        // Without tokens, anything but loopback is refused before binding.
+        let refused = Proxy::start(
+            &registry,
+            &config,
+            ProxyOptions {
+                bind: "0.0.0.0:0".parse().unwrap(),
+                tokens: Vec::new(),
+                threads: Some(1),
+            },
+        );
+        assert!(matches!(refused, Err(breakerbox::proxy::ProxyError::Unprotected(_))));
+    });
+}
+
+#[test]
+fn serve_runs_the_proxy_beside_the_api_when_the_config_says_so() {
+    let s = stand_ins();
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config_path = dir.path().join("serve.toml");
+    std::fs::write(
+        &config_path,
+        config(&s, &format!("[proxy]\nenabled = true\nbind = \"127.0.0.1:{port}\"\n")),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--db"])
+        .arg(dir.path().join("serve.db"))
+        .arg("--config")
+        .arg(&config_path)
+        .env("CIRCUIT_BREAKER_API_TOKEN", "ci:token-for-the-test-0123456789abcdef")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(
+        first.starts_with(&format!("proxy listening on http://127.0.0.1:{port} (")),
+        "{first}"
+    );
+    let api = lines.next().unwrap().unwrap();
+    assert!(api.starts_with("listening on http://127.0.0.1:"), "{api}");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let r = get(addr, "/stripe/status/200");
+    assert_eq!(r.status, 200);
+    assert!(r.seq() >= 1);
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let status = child.wait().unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(
+        status.success() && rest.iter().any(|l| l == "stopped cleanly"),
+        "{rest:?}"
+    );
 }

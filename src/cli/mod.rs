@@ -14,6 +14,7 @@ mod rebuild;
 mod replay;
 mod serve;
 mod simulate;
+mod standin;
 mod status;
 mod verify;
 mod what_if;
@@ -215,6 +216,7 @@ enum Command {
     Status(status::StatusArgs),
     Serve(serve::Args),
     Proxy(proxy::Args),
+    StandIn(standin::Args),
     Alerts(alerts::Args),
     Completions(CompletionsArgs),
     /// Force a breaker OPEN: every call rejected until reset.
@@ -306,6 +308,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Status(args) => status::status(args, &cli.global),
         Command::Serve(args) => serve::run(args, &cli.global),
         Command::Proxy(args) => proxy::run(args, &cli.global),
+        Command::StandIn(args) => standin::run(args, &cli.global),
         Command::Demo(args) => demo::run(args, &cli.global),
         Command::Alerts(args) => alerts::run(args, &cli.global),
         Command::Completions(args) => {

@@ -29,6 +29,9 @@ pub struct Args {
     /// Serve the HTTP API and dashboard on this address too.
     #[arg(long, value_name = "ADDR")]
     api: Option<SocketAddr>,
+    /// The proxy's worker threads [default: one per core].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
 }
 
 /// The tokens a proxy on `bind` checks: none on loopback; otherwise the environment's and the
@@ -114,7 +117,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
             proxy: Some(ProxyOptions {
                 bind,
                 tokens,
-                threads: None,
+                threads: args.threads.map(usize::from),
             }),
             ..AppOptions::default()
         };

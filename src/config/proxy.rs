@@ -616,6 +616,71 @@ mod tests {
     }
 
     #[test]
+    fn every_mistake_is_named_with_its_value() {
+        let load =
+            |text: &str| super::super::Config::from_toml(std::path::Path::new("p.toml"), text, &Default::default());
+        let ok = load(
+            "[services.stripe]\nupstream = \"https://api.stripe.com/base/\"\n[[services.stripe.routes]]\nmethod = \"post\"\npath = \"/v1/customers\"\noperation = \"customers.create\"\n[proxy]\nmax_body = \"1MiB\"\n[proxy.ports]\nstripe = 9001\n",
+        )
+        .unwrap();
+        let u = ok.upstream("stripe").unwrap();
+        assert_eq!(
+            (u.base_path.as_str(), u.routes[0].method.as_deref()),
+            ("/base", Some("POST"))
+        );
+        assert!(
+            ok.breaker("stripe/customers.create").is_some(),
+            "a route's operation gets a breaker"
+        );
+        assert_eq!((ok.proxy.max_body_bytes, ok.proxy.ports["stripe"]), (1 << 20, 9001));
+        for (text, named) in [
+            (
+                "[services.stripe]\nupstream = \"api.stripe.com\"\n",
+                "\"api.stripe.com\" has no scheme",
+            ),
+            ("[services.stripe]\nupstream = 5\n", "upstream: 5"),
+            (
+                "[services.stripe.operations.x]\nupstream = \"http://a\"\n",
+                "unknown key services.stripe.operations",
+            ),
+            (
+                "[services.stripe]\n[[services.stripe.routes]]\npath = \"/a\"\n",
+                "no upstream",
+            ),
+            (
+                "[services.s]\nupstream = \"http://a\"\n[[services.s.routes]]\nmethod = \"FETCH\"\npath = \"/a\"\n",
+                "\"FETCH\" is not an HTTP method",
+            ),
+            (
+                "[services.s]\nupstream = \"http://a\"\n[[services.s.routes]]\npath = \"/a/{id\"\n",
+                "segment \"{id\"",
+            ),
+            (
+                "[services.s]\nupstream = \"http://a\"\n[[services.s.routes]]\npath = \"/a\"\nfallback = \"last_good\"\n",
+                "method = \"GET\"",
+            ),
+            (
+                "[services.s]\nupstream = \"http://a\"\n[[services.s.routes]]\npath = \"/a\"\nfallback = \"cache\"\n",
+                "\"cache\" is not",
+            ),
+            (
+                "[services.s]\nupstream = \"http://a\"\n[[services.s.routes]]\npath = \"/a\"\nfallback = \"static\"\nstatus = 99\n",
+                "99 is not an HTTP status",
+            ),
+            ("[proxy]\nmax_body = \"12 parsecs\"\n", "parsecs"),
+            ("[proxy]\nmax_header = 10\n", "10 bytes is outside"),
+            ("[proxy]\nmax_concurrent = 0\n", "max_concurrent: must be more than 0"),
+            ("[proxy]\nbind = \"localhost\"\n", "\"localhost\" is not an address"),
+            ("[proxy]\nport = 1\n", "unknown key proxy.port"),
+            ("[proxy.ports]\nstripe = 9001\n", "proxy.ports.stripe: no service"),
+            ("[proxy.ports]\nstripe = 70000\n", "70000 is not a port"),
+        ] {
+            let e = load(text).expect_err(text).to_string();
+            assert!(e.contains(named), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn sizes_take_units() {
         let s = |t: &str| parse_bytes(&DeValue::String(t.into()));
         assert_eq!(s("16MiB"), Ok(16 << 20));

@@ -102,7 +102,7 @@ pub struct ProxyStats {
 pub struct Proxy {
     addrs: Vec<(SocketAddr, Option<String>)>,
     stop: Option<tokio::sync::watch::Sender<bool>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
     stats: Arc<ProxyStats>,
 }
 
@@ -127,7 +127,8 @@ struct Service {
 struct Shared {
     services: HashMap<String, Arc<Service>>,
     names: Vec<String>,
-    client: Upstreams,
+    /// This worker's upstream connections (set once its runtime runs).
+    client: Option<Upstreams>,
     limits: ProxyConfig,
     /// SHA-256 of each token (compared in constant time).
     tokens: Vec<[u8; 32]>,
@@ -199,15 +200,23 @@ impl Proxy {
                 }),
             );
         }
-        let mut listeners = Vec::new();
+        let threads = options
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .max(1);
+        // One listening socket per worker and address (SO_REUSEPORT: the kernel spreads the
+        // connections), so a request lives on one thread from its first byte to its last.
+        let mut per_worker: Vec<Vec<(std::net::TcpListener, Option<String>)>> =
+            (0..threads).map(|_| Vec::new()).collect();
         let mut addrs = Vec::new();
         for (addr, service) in binds {
-            let l = std::net::TcpListener::bind(addr).map_err(|source| ProxyError::Bind { addr, source })?;
-            l.set_nonblocking(true)
-                .map_err(|source| ProxyError::Bind { addr, source })?;
-            let local = l.local_addr().map_err(|source| ProxyError::Bind { addr, source })?;
-            addrs.push((local, service.clone()));
-            listeners.push((l, service));
+            let mut local = addr;
+            for worker in per_worker.iter_mut() {
+                let l = reuseport_listener(local).map_err(|source| ProxyError::Bind { addr, source })?;
+                local = l.local_addr().map_err(|source| ProxyError::Bind { addr, source })?;
+                worker.push((l, service.clone()));
+            }
+            addrs.push((local, service));
         }
         let tls = {
             use hyper_rustls::ConfigBuilderExt;
@@ -218,16 +227,7 @@ impl Proxy {
         };
         let stats = Arc::new(ProxyStats::default());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let threads = options
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads.max(1))
-            .thread_name("breakerbox-proxy")
-            .enable_all()
-            .build()
-            .map_err(ProxyError::Runtime)?;
-        let tokens = options
+        let tokens: Vec<[u8; 32]> = options
             .tokens
             .iter()
             .map(|t| {
@@ -240,61 +240,42 @@ impl Proxy {
             n.sort();
             n
         };
-        let stats2 = stats.clone();
         let connect_timeout = Duration::from_millis(limits.connect_timeout_ms);
-        let thread = std::thread::Builder::new()
-            .name("breakerbox-proxy".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let mut http = HttpConnector::new();
-                    http.enforce_http(false);
-                    http.set_nodelay(true);
-                    http.set_connect_timeout(Some(connect_timeout));
-                    let https = hyper_rustls::HttpsConnectorBuilder::new()
-                        .with_tls_config(tls)
-                        .https_or_http()
-                        .enable_http1()
-                        .wrap_connector(http);
-                    let client = Client::builder(TokioExecutor::new())
-                        .pool_idle_timeout(Duration::from_secs(30))
-                        .build(https);
-                    let shared = Arc::new(Shared {
-                        services,
-                        names,
-                        client,
-                        limits,
-                        tokens,
-                        stats: stats2,
-                    });
-                    let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
-                    let mut accepting = tokio::task::JoinSet::new();
-                    for (l, service) in listeners {
-                        let Ok(l) = tokio::net::TcpListener::from_std(l) else {
-                            tracing::error!("the proxy could not take over its listener");
-                            continue;
-                        };
-                        let mode = match service {
-                            Some(s) => Mode::Fixed(shared.services[&s].clone()),
-                            None => Mode::Prefix,
-                        };
-                        accepting.spawn(accept(l, shared.clone(), mode, graceful.clone(), stop_rx.clone()));
-                    }
-                    let mut stop = stop_rx;
-                    let _ = stop.wait_for(|s| *s).await;
-                    accepting.shutdown().await;
-                    // Requests in flight get the stop's grace; then the runtime ends them (each
-                    // call ends as cancelled).
-                    if let Ok(graceful) = Arc::try_unwrap(graceful) {
-                        let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
-                    }
-                });
-                runtime.shutdown_timeout(Duration::from_millis(500));
-            })
-            .map_err(ProxyError::Runtime)?;
+        let mut workers = Vec::new();
+        for (i, listeners) in per_worker.into_iter().enumerate() {
+            let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+            let shared = Shared {
+                services: services.clone(),
+                names: names.clone(),
+                client: None,
+                limits: limits.clone(),
+                tokens: tokens.clone(),
+                stats: stats.clone(),
+            };
+            let (tls, stop_rx) = (tls.clone(), stop_rx.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("breakerbox-proxy-{i}"))
+                .spawn(move || worker(shared, listeners, tls, connect_timeout, stop_rx, ready_tx))
+                .map_err(ProxyError::Runtime)?;
+            workers.push(thread);
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let _ = stop_tx.send(true);
+                    return Err(ProxyError::Runtime(e));
+                }
+                Err(_) => {
+                    let _ = stop_tx.send(true);
+                    return Err(ProxyError::Runtime(std::io::Error::other(
+                        "a proxy worker ended at start",
+                    )));
+                }
+            }
+        }
         Ok(Proxy {
             addrs,
             stop: Some(stop_tx),
-            thread: Some(thread),
+            workers,
             stats,
         })
     }
@@ -316,9 +297,13 @@ impl Proxy {
         if let Some(s) = self.stop.take() {
             let _ = s.send(true);
         }
-        if let Some(t) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
-        }
+        let workers = std::mem::take(&mut self.workers);
+        let _ = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        })
+        .await;
     }
 }
 
@@ -328,6 +313,81 @@ impl Drop for Proxy {
             let _ = s.send(true);
         }
     }
+}
+
+/// A listening socket that others can share (SO_REUSEPORT), non-blocking.
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1_024)?;
+    Ok(socket.into())
+}
+
+/// One worker: a current-thread runtime with its own upstream pool, serving its listeners
+/// until the stop.
+fn worker(
+    mut shared: Shared,
+    listeners: Vec<(std::net::TcpListener, Option<String>)>,
+    tls: rustls::ClientConfig,
+    connect_timeout: Duration,
+    stop_rx: tokio::sync::watch::Receiver<bool>,
+    ready: std::sync::mpsc::SyncSender<std::io::Result<()>>,
+) {
+    // Built here: a runtime may not be dropped inside another's context.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        shared.client = Some(
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .build(https),
+        );
+        let shared = Arc::new(shared);
+        let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+        let mut accepting = tokio::task::JoinSet::new();
+        for (l, service) in listeners {
+            let l = match tokio::net::TcpListener::from_std(l) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            };
+            let mode = match service {
+                Some(s) => Mode::Fixed(shared.services[&s].clone()),
+                None => Mode::Prefix,
+            };
+            accepting.spawn(accept(l, shared.clone(), mode, graceful.clone(), stop_rx.clone()));
+        }
+        let _ = ready.send(Ok(()));
+        let mut stop = stop_rx;
+        let _ = stop.wait_for(|s| *s).await;
+        accepting.shutdown().await;
+        // Requests in flight get the stop's grace; then the runtime ends them (each call ends
+        // as cancelled).
+        if let Ok(graceful) = Arc::try_unwrap(graceful) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_millis(500));
 }
 
 async fn accept(
@@ -426,7 +486,14 @@ fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
 }
 
 fn head_size(req: &Request<Incoming>) -> u64 {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let target = match (req.uri().authority(), req.uri().path_and_query()) {
+        // Absolute form: scheme://authority/path?query.
+        (Some(a), pq) => {
+            req.uri().scheme_str().map_or(0, |s| s.len() + 3) + a.as_str().len() + pq.map_or(0, |p| p.as_str().len())
+        }
+        (None, pq) => pq.map_or(1, |p| p.as_str().len()),
+    };
+    let line = req.method().as_str().len() + target + 12;
     let headers: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
     (line + headers) as u64
 }
@@ -626,7 +693,10 @@ async fn handle(shared: &Shared, mode: &Mode, req: Request<Incoming>, peer: Sock
     let started = Instant::now();
     let call_timeout = handle.call_timeout();
     let total = Duration::from_millis(shared.limits.total_timeout_ms);
-    let sent = tokio::time::timeout(call_timeout.min(total), shared.client.request(up)).await;
+    let Some(client) = shared.client.as_ref() else {
+        unreachable!("a worker serves once its client is built")
+    };
+    let sent = tokio::time::timeout(call_timeout.min(total), client.request(up)).await;
     let response = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(e)) if over.load(Ordering::Acquire) => {
