@@ -251,7 +251,7 @@ call_timeout = "2s"
 [services.stripe]
 upstream = "http://{stripe}"
 failure_threshold = 3
-timeout = "1s"
+timeout = "2s"
 success_threshold = 1
 half_open_requests = 1
 
@@ -412,8 +412,8 @@ echo curl_getinfo($ch, CURLINFO_RESPONSE_CODE), " ", strlen($body), " ", $body =
     assert_eq!(r.header("x-breaker-state"), Some("open"));
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!(
-        (1..=1).contains(&retry),
-        "the time left in OPEN (1 s), not the upstream's 30: {retry}"
+        (1..=2).contains(&retry),
+        "the time left in OPEN (2 s), not the upstream's 30: {retry}"
     );
     let v = r.json();
     assert_eq!(
@@ -449,8 +449,30 @@ echo curl_getinfo($ch, CURLINFO_RESPONSE_CODE), " ", strlen($body), " ", $body =
     assert_eq!(r.header("x-breakerbox-fallback"), Some("static"));
     assert_eq!(r.json()["source"], "fallback");
 
+    // PHP sees the same: 503, Retry-After, X-Breaker-State, the JSON naming the service.
+    let php = r#"
+$ch = curl_init($argv[1]);
+curl_setopt($ch, CURLOPT_RETURNTRANSFER, true);
+curl_setopt($ch, CURLOPT_HEADER, true);
+$out = curl_exec($ch);
+$size = curl_getinfo($ch, CURLINFO_HEADER_SIZE);
+$head = strtolower(substr($out, 0, $size));
+$body = json_decode(substr($out, $size), true);
+preg_match('/retry-after: (\d+)/', $head, $retry);
+preg_match('/x-breaker-state: (\w+)/', $head, $state);
+echo curl_getinfo($ch, CURLINFO_RESPONSE_CODE), " ", $retry[1] > 0 ? "retry" : "no-retry", " ", $state[1], " ", $body["service"], "\n";
+"#;
+    if have("php", &["-r", "exit(function_exists('curl_init') ? 0 : 1);"]) {
+        let out = Command::new("php")
+            .args(["-r", php, &proxy.url("/stripe/v1/charges")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "503 retry open stripe");
+    }
+
     // Recovery: after the OPEN period a trial call goes through and closes it.
-    std::thread::sleep(Duration::from_millis(1_100));
+    std::thread::sleep(Duration::from_millis(2_100));
     let deadline = Instant::now() + Duration::from_secs(10);
     let trial = loop {
         let r = get(addr, "/stripe/status/200");
@@ -851,4 +873,83 @@ fn serve_runs_the_proxy_beside_the_api_when_the_config_says_so() {
         status.success() && rest.iter().any(|l| l == "stopped cleanly"),
         "{rest:?}"
     );
+}
+
+#[test]
+fn upstreams_are_reached_over_tls_verified_against_the_configured_roots() {
+    if !have("openssl", &["version"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A CA, and a certificate for 127.0.0.1 signed by it.
+    let sh = |script: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.pem 2>/dev/null");
+    sh("openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout srv.key -out srv.csr 2>/dev/null");
+    sh(
+        "printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext.cnf && \
+        openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out srv.pem 2>/dev/null",
+    );
+    std::fs::write(d.join("hello.txt"), "over TLS\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // openssl's own TLS server, serving this directory's files.
+    let mut server = Command::new("openssl")
+        .args([
+            "s_server",
+            "-quiet",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+            "-cert",
+            "srv.pem",
+            "-key",
+            "srv.key",
+            "-WWW",
+        ])
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let upstream = format!("[services.secure]\nupstream = \"https://127.0.0.1:{port}\"\n");
+    // Verified against the configured CA: forwarded over TLS.
+    let with_ca = d.join("with-ca");
+    std::fs::create_dir(&with_ca).unwrap();
+    let proxy = Sidecar::start(
+        &with_ca,
+        &format!("{upstream}[proxy]\nca_file = \"{}\"\n", d.join("ca.pem").display()),
+    );
+    let r = get(proxy.addr, "/secure/hello.txt");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"over TLS\n"[..]));
+    proxy.stop();
+    // Against the system's roots the same certificate is refused: 502, naming why.
+    let system = d.join("system");
+    std::fs::create_dir(&system).unwrap();
+    let proxy = Sidecar::start(&system, &upstream);
+    let r = get(proxy.addr, "/secure/hello.txt");
+    assert_eq!(r.status, 502);
+    let why = r.json()["error"].as_str().unwrap().to_owned();
+    assert!(why.to_lowercase().contains("certificate"), "{why}");
+    proxy.stop();
+    let _ = server.kill();
+    let _ = server.wait();
 }

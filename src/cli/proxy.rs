@@ -11,11 +11,11 @@ use std::net::SocketAddr;
 /// Run a local HTTP proxy in front of each service's upstream, through its breaker.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Requests to http://BIND/SERVICE/PATH go to SERVICE's upstream + PATH through its breaker:
+    after_help = "Requests to http://BIND/SERVICE/PATH go to SERVICE's upstream + PATH through its breaker.
 
-  [services.stripe]
-  upstream = \"https://api.stripe.com\"
-
+EXAMPLE:
+  # in config/circuit_breaker.toml: [services.stripe] upstream = \"https://api.stripe.com\"
+  breakerbox proxy --bind 127.0.0.1:9000
   curl http://127.0.0.1:9000/stripe/v1/charges -u sk_test_...:
 
 A rejected request gets 503 with Retry-After and X-Breaker-State (or the route's fallback).

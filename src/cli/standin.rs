@@ -7,6 +7,9 @@ use std::net::SocketAddr;
 
 /// Run a stand-in upstream (echo, bytes, status, headers, delay; see docs/sidecar.md).
 #[derive(Debug, clap::Args)]
+#[command(after_help = "EXAMPLE:
+  breakerbox stand-in --bind 127.0.0.1:8081 &
+  curl -si http://127.0.0.1:8081/status/503?retry_after=5")]
 pub struct Args {
     /// Address to listen on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]

@@ -10,6 +10,7 @@
 //! max_concurrent = 256         # requests in flight per upstream (a bulkhead): 503 beyond it
 //! connect_timeout = "3s"       # connecting (and the TLS handshake) to an upstream
 //! total_timeout = "60s"        # a whole exchange, the response body included
+//! ca_file = "/etc/ssl/internal-ca.pem"   # optional: verify upstreams against these CAs only
 //!
 //! [proxy.ports]                # optional: one listening port per service, no path prefix
 //! stripe = 9001
@@ -56,6 +57,9 @@ pub struct ProxyConfig {
     pub total_timeout_ms: u64,
     /// One listening port per service (the path is the upstream's, no prefix).
     pub ports: BTreeMap<String, u16>,
+    /// PEM file of the CA certificates that upstreams' certificates are verified against,
+    /// instead of the system's store (for upstreams with a private CA).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// `[proxy] bind`'s default.
@@ -72,6 +76,7 @@ impl Default for ProxyConfig {
             connect_timeout_ms: 3_000,
             total_timeout_ms: 60_000,
             ports: BTreeMap::new(),
+            ca_file: None,
         }
     }
 }
@@ -156,7 +161,8 @@ impl Route {
     }
 }
 
-const PROXY_KEYS: [&str; 8] = [
+const PROXY_KEYS: [&str; 9] = [
+    "ca_file",
     "bind",
     "enabled",
     "max_body",
@@ -247,6 +253,13 @@ pub(super) fn read(r: &mut Reader<'_>, value: &Spanned<DeValue<'_>>) -> ProxyCon
                     ),
                 },
                 other => r.problem(at, format!("proxy.bind: {} is not a string", describe_toml(other))),
+            },
+            "ca_file" => match v.get_ref() {
+                DeValue::String(s) if !s.is_empty() => config.ca_file = Some(s.to_string().into()),
+                other => r.problem(
+                    at,
+                    format!("proxy.ca_file: {} is not a file's path", describe_toml(other)),
+                ),
             },
             "enabled" => match v.get_ref() {
                 DeValue::Boolean(b) => config.enabled = *b,

@@ -218,12 +218,29 @@ impl Proxy {
             }
             addrs.push((local, service));
         }
-        let tls = {
-            use hyper_rustls::ConfigBuilderExt;
-            rustls::ClientConfig::builder()
-                .try_with_platform_verifier()
-                .map_err(|e| ProxyError::Tls(e.to_string()))?
-                .with_no_client_auth()
+        let tls = match &limits.ca_file {
+            None => {
+                use hyper_rustls::ConfigBuilderExt;
+                rustls::ClientConfig::builder()
+                    .try_with_platform_verifier()
+                    .map_err(|e| ProxyError::Tls(e.to_string()))?
+                    .with_no_client_auth()
+            }
+            Some(path) => {
+                use rustls::pki_types::{CertificateDer, pem::PemObject};
+                let named =
+                    |e: &dyn std::fmt::Display| ProxyError::Tls(format!("proxy.ca_file {}: {e}", path.display()));
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_file_iter(path).map_err(|e| named(&e))? {
+                    roots.add(cert.map_err(|e| named(&e))?).map_err(|e| named(&e))?;
+                }
+                if roots.is_empty() {
+                    return Err(named(&"no certificate in the file"));
+                }
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth()
+            }
         };
         let stats = Arc::new(ProxyStats::default());
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
