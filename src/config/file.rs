@@ -110,7 +110,7 @@ impl Reader<'_> {
         section
     }
 
-    fn strings(&mut self, path: &str, value: &Spanned<DeValue<'_>>) -> Option<Vec<String>> {
+    pub(super) fn strings(&mut self, path: &str, value: &Spanned<DeValue<'_>>) -> Option<Vec<String>> {
         let items: Vec<&Spanned<DeValue<'_>>> = match value.get_ref() {
             DeValue::Array(a) => a.iter().collect(),
             DeValue::String(_) => vec![value],

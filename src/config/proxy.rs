@@ -109,6 +109,9 @@ pub struct Route {
     pub operation: Option<String>,
     /// What answers when the breaker rejects, the call times out or cannot connect.
     pub fallback: Option<RouteFallback>,
+    /// `last_good`: request headers that tell callers apart beside the built-in ones
+    /// (`Authorization`, `Cookie`, `Accept*`, `X-Api-Key`, `Stripe-Account`, …).
+    pub key_headers: Vec<String>,
     /// Where it was defined.
     pub source: Source,
 }
@@ -172,7 +175,8 @@ const PROXY_KEYS: [&str; 9] = [
     "total_timeout",
     "ports",
 ];
-const ROUTE_KEYS: [&str; 9] = [
+const ROUTE_KEYS: [&str; 10] = [
+    "key_headers",
     "method",
     "path",
     "operation",
@@ -443,6 +447,14 @@ impl Reader<'_> {
             }
         }
         let operation = string(self, "operation");
+        let mut key_headers = Vec::new();
+        if table.contains_key("key_headers") && string(self, "fallback").as_deref() != Some("last_good") {
+            self.problem(
+                at,
+                format!("{p}key_headers: only meaningful with fallback = \"last_good\""),
+            );
+            ok = false;
+        }
         let fallback = match string(self, "fallback").as_deref() {
             None => {
                 for key in ["status", "headers", "body", "max_age", "max_bytes"] {
@@ -501,6 +513,16 @@ impl Reader<'_> {
                         ok = false;
                     }
                 }
+                if let Some(v) = table.get("key_headers") {
+                    for h in self.strings(&format!("{p}key_headers"), v).unwrap_or_default() {
+                        if http::HeaderName::from_bytes(h.as_bytes()).is_ok() {
+                            key_headers.push(h.to_ascii_lowercase());
+                        } else {
+                            self.problem(v.span().start, format!("{p}key_headers: {h:?} is not a header name"));
+                            ok = false;
+                        }
+                    }
+                }
                 Some(RouteFallback::LastGood { max_age_ms, max_bytes })
             }
             Some(other) => {
@@ -513,6 +535,7 @@ impl Reader<'_> {
             path,
             operation,
             fallback,
+            key_headers,
             source: self.source(at),
         })
     }
@@ -521,11 +544,11 @@ impl Reader<'_> {
         let status = match table.get("status") {
             Some(v) => match v.get_ref() {
                 DeValue::Integer(i) => match i.as_str().parse::<u16>() {
-                    Ok(s) if (100..=599).contains(&s) => s,
+                    Ok(s) if (200..=599).contains(&s) => s,
                     _ => {
                         self.problem(
                             v.span().start,
-                            format!("{p}status: {} is not an HTTP status (100 to 599)", i.as_str()),
+                            format!("{p}status: {} is not a final HTTP status (200 to 599)", i.as_str()),
                         );
                         return None;
                     }
@@ -592,6 +615,7 @@ mod tests {
             path: path.to_owned(),
             operation: None,
             fallback: None,
+            key_headers: Vec::new(),
             source: Source::Default,
         }
     }
@@ -678,7 +702,7 @@ mod tests {
             ),
             (
                 "[services.s]\nupstream = \"http://a\"\n[[services.s.routes]]\npath = \"/a\"\nfallback = \"static\"\nstatus = 99\n",
-                "99 is not an HTTP status",
+                "99 is not a final HTTP status",
             ),
             ("[proxy]\nmax_body = \"12 parsecs\"\n", "parsecs"),
             ("[proxy]\nmax_header = 10\n", "10 bytes is outside"),

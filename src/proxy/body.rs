@@ -1,7 +1,9 @@
 //! Bodies streamed through the proxy, never buffered whole: the request's (counted against
-//! `max_body`) and the response's, which ends the call exactly once — with the outcome its
-//! status gave when the last byte went out, as a failure if the upstream's body broke, as a
-//! timeout past `total_timeout`, as cancelled if the client went away first.
+//! `max_body`; its end and its faults told to the handler) and the response's, which ends the
+//! call exactly once — with the outcome its status gave when the last byte went out, as a
+//! failure if the upstream's body broke, as a timeout past `total_timeout` (by a watchdog, so a
+//! client that stops reading cannot hold the call, its trial permit or its bulkhead place), as
+//! cancelled if the client went away or its own body broke.
 
 use super::cache::{Answer, LastGood};
 use crate::actor::{Admitted, BreakerHandle};
@@ -10,21 +12,45 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// How the client's side of an exchange stands, as its request body tells it.
+#[derive(Default)]
+pub(super) struct Client {
+    state: AtomicU8,
+    /// Told once the whole request body has gone to the upstream.
+    pub sent: tokio::sync::Notify,
+}
+
+impl Client {
+    const OVER: u8 = 1;
+    const BROKEN: u8 = 2;
+
+    /// The request body went over `max_body`: 413.
+    pub(super) fn over(&self) -> bool {
+        self.state.load(Ordering::Acquire) == Self::OVER
+    }
+
+    /// The exchange broke on the client's side (its body too large, malformed or cut off): the
+    /// call ends as cancelled, not as the upstream's failure.
+    pub(super) fn at_fault(&self) -> bool {
+        self.state.load(Ordering::Acquire) != 0
+    }
+}
+
 /// The request body on its way to the upstream: an error (which aborts the upstream request)
-/// once more than `max` bytes came, with `over` set so the client is answered 413.
+/// once more than `max` bytes came or when the client's body breaks, each told to `client`.
 pub(super) struct RequestBody {
     pub inner: Incoming,
     pub seen: u64,
     pub max: u64,
-    pub over: Arc<AtomicBool>,
+    pub client: Arc<Client>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,14 +68,27 @@ impl Body for RequestBody {
                 if let Some(d) = frame.data_ref() {
                     this.seen += d.len() as u64;
                     if this.seen > this.max {
-                        this.over.store(true, Ordering::Release);
+                        this.client.state.store(Client::OVER, Ordering::Release);
                         return Poll::Ready(Some(Err(Box::new(TooLarge(this.max)))));
                     }
                 }
+                // hyper stops polling once a Content-Length is all read: the end is here.
+                if this.inner.is_end_stream() {
+                    this.client.sent.notify_one();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
-            None => Poll::Ready(None),
+            Some(Err(e)) => {
+                let _ = this
+                    .client
+                    .state
+                    .compare_exchange(0, Client::BROKEN, Ordering::AcqRel, Ordering::Acquire);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            None => {
+                this.client.sent.notify_one();
+                Poll::Ready(None)
+            }
         }
     }
 
@@ -84,26 +123,63 @@ pub(super) struct Copy {
     pub len: u64,
 }
 
+/// What a streaming exchange holds until it ends: the call and the bulkhead's place. Shared with
+/// the watchdog that ends it at `total_timeout` whether or not the body is being polled.
+pub(super) struct Held {
+    pub call: Option<Admitted<BreakerHandle>>,
+    pub slot: Option<OwnedSemaphorePermit>,
+    /// The body's task, woken when the watchdog ends the exchange.
+    pub waker: Option<std::task::Waker>,
+}
+
+impl Held {
+    /// Ends the call with `outcome` (the first end wins) and gives the place back.
+    pub(super) fn end(held: &Mutex<Held>, outcome: Outcome) {
+        let (call, slot, waker) = {
+            let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
+            (h.call.take(), h.slot.take(), h.waker.take())
+        };
+        if let Some(call) = call {
+            call.complete(outcome);
+        }
+        drop(slot);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
 /// An upstream's body, carrying the call until its end.
 pub(super) struct Streaming {
     pub inner: Incoming,
-    pub call: Option<Admitted<BreakerHandle>>,
+    pub held: Arc<Mutex<Held>>,
     /// What the status said.
     pub outcome: Outcome,
-    pub deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Ends the call at `total_timeout` (aborted when the body ends first).
+    pub watchdog: tokio::task::AbortHandle,
     pub copy: Option<Copy>,
-    /// Set when the request body went over `max_body`: a broken exchange is then the client's
-    /// doing (cancelled), not the upstream's failure.
-    pub over: Arc<AtomicBool>,
-    /// The bulkhead's place, given back with the body.
-    pub _slot: OwnedSemaphorePermit,
+    /// The client's side: a broken exchange that is its doing ends as cancelled.
+    pub client: Arc<Client>,
 }
 
 impl Streaming {
     fn end(&mut self, outcome: Outcome) {
-        if let Some(call) = self.call.take() {
-            call.complete(outcome);
+        self.watchdog.abort();
+        Held::end(&self.held, outcome);
+    }
+
+    /// Whether the exchange has ended (the watchdog's doing, when the body has not); otherwise
+    /// the body's task is left to be woken by it.
+    fn ended(&self, cx: &Context<'_>) -> bool {
+        let mut h = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if h.call.is_none() {
+            return true;
         }
+        match &h.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => h.waker = Some(cx.waker().clone()),
+        }
+        false
     }
 }
 
@@ -151,9 +227,9 @@ impl Body for ProxyBody {
             ProxyBody::Full(b) => return Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Stream(s) => s,
         };
-        if s.deadline.as_mut().poll(cx).is_ready() {
+        if s.ended(cx) {
+            // The watchdog ended it at total_timeout: the exchange stops here.
             s.copy = None;
-            s.end(Outcome::Timeout);
             return Poll::Ready(Some(Err(Box::new(TotalTimeout))));
         }
         match ready!(Pin::new(&mut s.inner).poll_frame(cx)) {
@@ -175,7 +251,7 @@ impl Body for ProxyBody {
             }
             Some(Err(e)) => {
                 s.copy = None;
-                let outcome = if s.over.load(Ordering::Acquire) {
+                let outcome = if s.client.at_fault() {
                     Outcome::Cancelled
                 } else {
                     Outcome::Failure

@@ -11,6 +11,19 @@ use std::time::{Duration, Instant};
 /// Requests remembered per route; the oldest goes first beyond it.
 const MAX_ENTRIES: usize = 1_024;
 
+/// The request headers that say who asks and what answer fits, always part of the key (a
+/// route's `key_headers` add to them).
+const KEY_HEADERS: [&str; 8] = [
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "x-api-key",
+    "stripe-account",
+];
+
 /// One remembered answer.
 pub(super) struct Answer {
     pub status: http::StatusCode,
@@ -23,23 +36,33 @@ pub(super) struct Answer {
 pub(super) struct LastGood {
     pub max_age: Duration,
     pub max_bytes: u64,
+    /// The route's own identity headers, beside [`KEY_HEADERS`].
+    pub key_headers: Vec<http::HeaderName>,
     entries: Mutex<HashMap<String, std::sync::Arc<Answer>>>,
 }
 
 impl LastGood {
-    pub(super) fn new(max_age: Duration, max_bytes: u64) -> Self {
+    pub(super) fn new(max_age: Duration, max_bytes: u64, key_headers: Vec<http::HeaderName>) -> Self {
         LastGood {
             max_age,
             max_bytes,
+            key_headers,
             entries: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The key of a request: its path and query under the service, and a digest of its
-    /// `Authorization` and `Cookie` headers (one caller's answer is never another's).
-    pub(super) fn key(path_and_query: &str, headers: &http::HeaderMap) -> String {
+    /// The key of a request: its path and query under the service, and a digest of the headers
+    /// that say who asks and what answer fits ([`KEY_HEADERS`] and the route's own): one
+    /// caller's answer is never another's, nor a gzip answer one for a client without gzip.
+    pub(super) fn key(&self, path_and_query: &str, headers: &http::HeaderMap) -> String {
         let mut h = Sha256::new();
-        for name in [http::header::AUTHORIZATION, http::header::COOKIE] {
+        let names = KEY_HEADERS
+            .iter()
+            .map(|n| http::HeaderName::from_static(n))
+            .chain(self.key_headers.iter().cloned());
+        for name in names {
+            h.update(name.as_str().as_bytes());
+            h.update([0]);
             for v in headers.get_all(&name) {
                 h.update(v.as_bytes());
                 h.update([0]);
@@ -54,6 +77,26 @@ impl LastGood {
             key.push_str(&format!("{b:02x}"));
         }
         key
+    }
+
+    /// Whether an exchange's answer may be kept and served again: a whole 2xx answer (not a
+    /// range), to a request without `Range`, that is not private, not `no-store`, sets no cookie
+    /// and does not vary on headers the key may not hold.
+    pub(super) fn keepable(request: &http::HeaderMap, status: http::StatusCode, response: &http::HeaderMap) -> bool {
+        let cache_control = response
+            .get_all(http::header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                let v = v.to_ascii_lowercase();
+                v.contains("no-store") || v.contains("private")
+            });
+        status.is_success()
+            && status != http::StatusCode::PARTIAL_CONTENT
+            && !request.contains_key(http::header::RANGE)
+            && !response.contains_key(http::header::SET_COOKIE)
+            && !response.contains_key(http::header::VARY)
+            && !cache_control
     }
 
     pub(super) fn get(&self, key: &str, now: Instant) -> Option<std::sync::Arc<Answer>> {
@@ -80,7 +123,11 @@ mod tests {
 
     #[test]
     fn callers_and_paths_are_kept_apart_and_age_out() {
-        let c = LastGood::new(Duration::from_secs(10), 100);
+        let c = LastGood::new(
+            Duration::from_secs(10),
+            100,
+            vec![http::HeaderName::from_static("x-tenant")],
+        );
         let mut alice = http::HeaderMap::new();
         alice.insert(http::header::AUTHORIZATION, "Bearer a".parse().unwrap());
         let mut bob = http::HeaderMap::new();

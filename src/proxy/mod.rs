@@ -9,9 +9,10 @@
 //!          rejected: 503 + Retry-After + X-Breaker-State, or the route's fallback
 //! ```
 //!
-//! It runs on its own thread and multi-threaded runtime, beside whatever runs the breakers; the
-//! breakers' handles are the same ones the library's callers use, so everything is recorded as
-//! for any other call (calls, rejections, fallbacks, transitions).
+//! It runs on worker threads of its own (one current-thread runtime each, accepting from the
+//! same listening socket), beside whatever runs the breakers; the breakers' handles are the same
+//! ones the library's callers use, so everything is recorded as for any other call (calls,
+//! rejections, fallbacks, transitions).
 
 mod body;
 mod cache;
@@ -20,7 +21,7 @@ mod path;
 use crate::actor::{BreakerHandle, Registry};
 use crate::breaker::{Outcome, State};
 use crate::config::{Config, ProxyConfig, RouteFallback, Secret};
-use body::{Copy, ProxyBody, RequestBody, Streaming};
+use body::{Copy, Held, ProxyBody, RequestBody, Streaming};
 use cache::LastGood;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -32,7 +33,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::Semaphore;
@@ -73,6 +74,9 @@ pub enum ProxyError {
     /// A service's breaker is not running.
     #[error("service {0} has no breaker running")]
     NoBreaker(String),
+    /// An upstream's address cannot be used.
+    #[error("upstream {0}")]
+    Upstream(String),
     /// TLS could not be set up.
     #[error("setting up TLS to upstreams: {0}")]
     Tls(String),
@@ -177,14 +181,21 @@ impl Proxy {
                         .as_deref()
                         .map_or_else(|| handle.clone(), |op| handle.operation(op).clone()),
                     last_good: match r.fallback {
-                        Some(RouteFallback::LastGood { max_age_ms, max_bytes }) => {
-                            Some(Arc::new(LastGood::new(Duration::from_millis(max_age_ms), max_bytes)))
-                        }
+                        Some(RouteFallback::LastGood { max_age_ms, max_bytes }) => Some(Arc::new(LastGood::new(
+                            Duration::from_millis(max_age_ms),
+                            max_bytes,
+                            r.key_headers
+                                .iter()
+                                .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+                                .collect(),
+                        ))),
                         _ => None,
                     },
                 })
                 .collect();
-            let host = HeaderValue::from_str(&u.authority).map_err(|e| ProxyError::Tls(e.to_string()))?;
+            let host = HeaderValue::from_str(&u.authority).map_err(|e| {
+                ProxyError::Upstream(format!("{}: {:?} is not a Host header: {e}", u.service, u.authority))
+            })?;
             services.insert(
                 u.service.clone(),
                 Arc::new(Service {
@@ -204,17 +215,20 @@ impl Proxy {
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
             .max(1);
-        // One listening socket per worker and address (SO_REUSEPORT: the kernel spreads the
-        // connections), so a request lives on one thread from its first byte to its last.
+        // One listening socket per address, bound plainly (a port in use is an error, never
+        // shared), and a handle of it for each worker: every worker accepts from it, and a
+        // request then lives on that worker's thread from its first byte to its last.
         let mut per_worker: Vec<Vec<(std::net::TcpListener, Option<String>)>> =
             (0..threads).map(|_| Vec::new()).collect();
         let mut addrs = Vec::new();
         for (addr, service) in binds {
-            let mut local = addr;
+            let l = std::net::TcpListener::bind(addr).map_err(|source| ProxyError::Bind { addr, source })?;
+            l.set_nonblocking(true)
+                .map_err(|source| ProxyError::Bind { addr, source })?;
+            let local = l.local_addr().map_err(|source| ProxyError::Bind { addr, source })?;
             for worker in per_worker.iter_mut() {
-                let l = reuseport_listener(local).map_err(|source| ProxyError::Bind { addr, source })?;
-                local = l.local_addr().map_err(|source| ProxyError::Bind { addr, source })?;
-                worker.push((l, service.clone()));
+                let handle = l.try_clone().map_err(|source| ProxyError::Bind { addr, source })?;
+                worker.push((handle, service.clone()));
             }
             addrs.push((local, service));
         }
@@ -330,18 +344,6 @@ impl Drop for Proxy {
             let _ = s.send(true);
         }
     }
-}
-
-/// A listening socket that others can share (SO_REUSEPORT), non-blocking.
-fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1_024)?;
-    Ok(socket.into())
 }
 
 /// One worker: a current-thread runtime with its own upstream pool, serving its listeners
@@ -580,7 +582,10 @@ async fn handle(shared: &Shared, mode: &Mode, req: Request<Incoming>, peer: Sock
         );
     }
     let method = req.method().as_str().to_owned();
-    let route = service.routes.iter().find(|r| r.route.matches(&method, &rest));
+    let route = {
+        let normal = path::normalized(&rest);
+        service.routes.iter().find(|r| r.route.matches(&method, &normal))
+    };
     let handle = route.map_or(&service.handle, |r| &r.handle);
     let path_and_query = match req.uri().query() {
         Some(q) => format!("{rest}?{q}"),
@@ -602,7 +607,7 @@ async fn handle(shared: &Shared, mode: &Mode, req: Request<Incoming>, peer: Sock
     // A last_good route's key for this request (path, query, the caller's credentials).
     let cache_key = route
         .and_then(|r| r.last_good.as_ref())
-        .map(|_| LastGood::key(&path_and_query, req.headers()));
+        .map(|c| c.key(&path_and_query, req.headers()));
     let fallback = |why: Why| -> Option<Response<ProxyBody>> {
         let route = route?;
         let r = match route.route.fallback.as_ref()? {
@@ -690,45 +695,71 @@ async fn handle(shared: &Shared, mode: &Mode, req: Request<Incoming>, peer: Sock
         .and_then(|r| r.last_good.clone())
         .filter(|_| parts.method == http::Method::GET)
         .zip(cache_key.clone());
+    let request_headers = remember.as_ref().map(|_| parts.headers.clone());
     strip_hop_by_hop(&mut parts.headers);
     // The client's `Expect: 100-continue` was answered here (hyper sends 100 when the body is
     // first read); the upstream gets the body without waiting.
     parts.headers.remove(header::EXPECT);
     parts.headers.insert(header::HOST, service.host.clone());
-    let over = Arc::new(AtomicBool::new(false));
+    let client_side = Arc::new(body::Client::default());
+    // A request without a body has nothing to send: its upload is done at once.
+    let mut uploaded = http_body::Body::is_end_stream(&incoming);
     let body = RequestBody {
         inner: incoming,
         seen: 0,
         max: shared.limits.max_body_bytes,
-        over: over.clone(),
+        client: client_side.clone(),
     };
     let mut up = Request::new(body);
     *up.method_mut() = parts.method;
     *up.uri_mut() = uri;
     *up.headers_mut() = parts.headers;
     shared.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let call_timeout = handle.call_timeout();
     let total = Duration::from_millis(shared.limits.total_timeout_ms);
     let Some(client) = shared.client.as_ref() else {
         unreachable!("a worker serves once its client is built")
     };
-    let sent = tokio::time::timeout(call_timeout.min(total), client.request(up)).await;
+    // The upstream has `call_timeout` to answer once the request is all sent; the upload itself
+    // is the client's pace, bounded by `total_timeout` (past it: the client's doing, 408).
+    let mut request = std::pin::pin!(client.request(up));
+    let mut answer_by = started + total;
+    if uploaded {
+        answer_by = answer_by.min(started + call_timeout);
+    }
+    let sent = loop {
+        tokio::select! {
+            r = &mut request => break Some(r),
+            _ = client_side.sent.notified(), if !uploaded => {
+                uploaded = true;
+                answer_by = answer_by.min(tokio::time::Instant::now() + call_timeout);
+            }
+            _ = tokio::time::sleep_until(answer_by) => break None,
+        }
+    };
     let response = match sent {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) if over.load(Ordering::Acquire) => {
+        Some(Ok(r)) => r,
+        Some(Err(e)) if client_side.at_fault() => {
             // The client's doing, not the upstream's: the call ends as cancelled.
             drop((call, e));
+            if client_side.over() {
+                return refused(
+                    shared,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "the request body is over the proxy's max_body ({} bytes)",
+                        shared.limits.max_body_bytes
+                    ),
+                );
+            }
             return refused(
                 shared,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the request body is over the proxy's max_body ({} bytes)",
-                    shared.limits.max_body_bytes
-                ),
+                StatusCode::BAD_REQUEST,
+                "the request body was malformed or cut off".into(),
             );
         }
-        Ok(Err(e)) => {
+        Some(Err(e)) => {
             call.complete(Outcome::Failure);
             let why = crate::tls::error_chain(&e);
             tracing::debug!(service = %service.name, peer = %peer, error = %why, "upstream request failed");
@@ -743,7 +774,18 @@ async fn handle(shared: &Shared, mode: &Mode, req: Request<Incoming>, peer: Sock
                 }),
             );
         }
-        Err(_) => {
+        None if !uploaded => {
+            drop(call);
+            return refused(
+                shared,
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within the proxy's total_timeout ({} ms)",
+                    total.as_millis()
+                ),
+            );
+        }
+        None => {
             call.complete(Outcome::Timeout);
             if let Some(r) = fallback(Why::Failed) {
                 return r;
@@ -769,29 +811,53 @@ async fn handle(shared: &Shared, mode: &Mode, req: Request<Incoming>, peer: Sock
         );
     }
     strip_hop_by_hop(&mut parts.headers);
+    // The breaker's headers are this proxy's to set: an upstream's (another sidecar's) would
+    // tell the client a request was not sent when it was.
+    for name in ["x-breaker-state", "x-breakerbox-fallback", "x-breakerbox-reason"] {
+        parts.headers.remove(name);
+    }
     if http_body::Body::is_end_stream(&incoming) {
         call.complete(outcome);
         return Response::from_parts(parts, ProxyBody::Full(None));
     }
-    let copy = remember.filter(|_| parts.status.is_success()).map(|(cache, key)| Copy {
-        cache,
-        key,
-        status: parts.status,
-        headers: parts.headers.clone(),
-        parts: Vec::new(),
-        len: 0,
-    });
-    let deadline = Box::pin(tokio::time::sleep_until((started + total).into()));
+    let copy = remember
+        .filter(|_| {
+            request_headers
+                .as_ref()
+                .is_some_and(|r| LastGood::keepable(r, parts.status, &parts.headers))
+        })
+        .map(|(cache, key)| Copy {
+            cache,
+            key,
+            status: parts.status,
+            headers: parts.headers.clone(),
+            parts: Vec::new(),
+            len: 0,
+        });
+    let held = Arc::new(std::sync::Mutex::new(Held {
+        call: Some(call),
+        slot: Some(slot),
+        waker: None,
+    }));
+    // Ends the call at total_timeout even when nobody polls the body (a client that stopped
+    // reading): its trial permit and bulkhead place come back.
+    let watchdog = {
+        let held = held.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(started + total).await;
+            Held::end(&held, Outcome::Timeout);
+        })
+        .abort_handle()
+    };
     Response::from_parts(
         parts,
         ProxyBody::Stream(Box::new(Streaming {
             inner: incoming,
-            call: Some(call),
+            held,
             outcome,
-            deadline,
+            watchdog,
             copy,
-            over,
-            _slot: slot,
+            client: client_side,
         })),
     )
 }
