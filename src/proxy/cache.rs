@@ -122,7 +122,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn callers_and_paths_are_kept_apart_and_age_out() {
+    fn callers_formats_and_paths_are_kept_apart_and_age_out() {
         let c = LastGood::new(
             Duration::from_secs(10),
             100,
@@ -139,27 +139,58 @@ mod tests {
             body: Bytes::from_static(body.as_bytes()),
             at: t0,
         };
-        c.put(LastGood::key("/v1/prices/1", &alice), answer("alice's"));
-        assert_eq!(
-            c.get(&LastGood::key("/v1/prices/1", &alice), t0).unwrap().body,
-            "alice's"
-        );
+        c.put(c.key("/v1/prices/1", &alice), answer("alice's"));
+        assert_eq!(c.get(&c.key("/v1/prices/1", &alice), t0).unwrap().body, "alice's");
         assert!(
-            c.get(&LastGood::key("/v1/prices/1", &bob), t0).is_none(),
+            c.get(&c.key("/v1/prices/1", &bob), t0).is_none(),
             "another caller's answer"
         );
         assert!(
-            c.get(&LastGood::key("/v1/prices/2", &alice), t0).is_none(),
+            c.get(&c.key("/v1/prices/2", &alice), t0).is_none(),
             "another path's answer"
         );
         assert!(
-            c.get(&LastGood::key("/v1/prices/1?x=1", &alice), t0).is_none(),
+            c.get(&c.key("/v1/prices/1?x=1", &alice), t0).is_none(),
             "another query's"
         );
+        let mut gzip = alice.clone();
+        gzip.insert(http::header::ACCEPT_ENCODING, "gzip".parse().unwrap());
         assert!(
-            c.get(&LastGood::key("/v1/prices/1", &alice), t0 + Duration::from_secs(11))
+            c.get(&c.key("/v1/prices/1", &gzip), t0).is_none(),
+            "an answer for another encoding"
+        );
+        let mut tenant = alice.clone();
+        tenant.insert("x-tenant", "t2".parse().unwrap());
+        assert!(
+            c.get(&c.key("/v1/prices/1", &tenant), t0).is_none(),
+            "the route's own key header"
+        );
+        assert!(
+            c.get(&c.key("/v1/prices/1", &alice), t0 + Duration::from_secs(11))
                 .is_none(),
             "too old"
         );
+    }
+
+    #[test]
+    fn only_whole_shareable_answers_are_kept() {
+        let ok = http::StatusCode::OK;
+        let none = http::HeaderMap::new();
+        assert!(LastGood::keepable(&none, ok, &none));
+        for (name, value) in [
+            ("set-cookie", "s=1"),
+            ("vary", "X-Tenant"),
+            ("cache-control", "private, max-age=60"),
+            ("cache-control", "no-store"),
+        ] {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::HeaderName::from_static(name), value.parse().unwrap());
+            assert!(!LastGood::keepable(&none, ok, &h), "{name}: {value}");
+        }
+        let mut range = http::HeaderMap::new();
+        range.insert(http::header::RANGE, "bytes=0-9".parse().unwrap());
+        assert!(!LastGood::keepable(&range, ok, &none));
+        assert!(!LastGood::keepable(&none, http::StatusCode::PARTIAL_CONTENT, &none));
+        assert!(!LastGood::keepable(&none, http::StatusCode::BAD_GATEWAY, &none));
     }
 }
