@@ -1802,3 +1802,61 @@ async fn the_latency_budget_is_recorded_with_the_policy_so_every_tool_scores_an_
     );
     journal.close().await;
 }
+
+/// The actor counts rejections when it folds, which may be later than a second after the
+/// breaker stopped rejecting (a slow actor; here, a fold 3 s after OPEN ended). What-if still
+/// places each counted rejection in the stretch when the breaker was rejecting: a policy that
+/// never opens rejects none of them (it once counted them as rejected under any policy).
+#[tokio::test]
+async fn what_if_places_rejections_counted_late_in_the_stretch_that_rejected_them() {
+    use breakerbox::knobs::Knobs;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(1_764_000_000_000);
+    let (registry, config) = start_with(
+        dir.path(),
+        &clock,
+        "[services.stripe]\nfailure_threshold = 3\ntimeout = \"2s\"\nsuccess_threshold = 1\nhalf_open_requests = 1\n",
+    )
+    .await;
+    let stripe = registry.get("stripe").unwrap().clone();
+    for _ in 0..3 {
+        let _ = stripe.call("", async { Err::<(), ()>(()) }).await;
+        clock.advance(10);
+    }
+    stripe.inspect().await;
+    assert_eq!(stripe.state(), breakerbox::breaker::State::Open);
+    let mut rejected = 0;
+    for _ in 0..5 {
+        if stripe.call("", async { Ok::<(), ()>(()) }).await.is_err() {
+            rejected += 1;
+        }
+        clock.advance(100);
+    }
+    assert_eq!(rejected, 5);
+    // The actor next folds 5 s later (OPEN lasted 2 s of them): the rejections are counted then.
+    clock.advance(5_000);
+    stripe.tick().await; // HALF_OPEN, and the rejections counted
+    stripe.call("", async { Ok::<(), ()>(()) }).await.unwrap(); // the trial: CLOSED
+    stripe.inspect().await;
+    registry.shutdown().await.unwrap();
+    let journal = registry.journal();
+    let entries = replay::history(journal, "stripe").await.unwrap();
+    let recorded = config.require("stripe").unwrap().policy.clone();
+    let same = replay::what_if(&entries, None, None, &recorded, &Knobs::default()).unwrap();
+    assert_eq!(same.actual.rejected, 5);
+    assert_eq!(same.alternative.rejected, 5, "nothing changed: the same 5 rejected");
+    let lax = Knobs {
+        failure_threshold: Some(breakerbox::knobs::Sourced {
+            value: 100,
+            source: breakerbox::knobs::Source::Flag {
+                flag: "--failure-threshold".into(),
+            },
+        }),
+        ..Knobs::default()
+    };
+    let what = replay::what_if(&entries, None, None, &recorded, &lax)
+        .unwrap()
+        .alternative;
+    assert_eq!((what.times_opened, what.rejected), (0, 0), "{what:?}");
+    assert_eq!(what.calls_run_estimated, 5);
+}

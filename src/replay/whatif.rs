@@ -103,10 +103,11 @@ fn rejecting(initial: State, transitions: &[Transition], from: u64, to: u64) -> 
 
 /// The calls the log counted as rejected in `[start, end]`, each with an outcome estimated
 /// from the recorded calls nearest in time (up to 5 on each side: the failures that tripped the breaker, the trials that followed): as many failures as that
-/// share of them (rounded), spread evenly; their latency the median of those calls'. Spread over the
-/// second before the count was recorded (the actor counts rejections per flush), within the
-/// stretches of it when the recorded breaker was rejecting (so the same policy rejects them
-/// again, and what-if with nothing changed is what happened).
+/// share of them (rounded), spread evenly; their latency the median of those calls'. Spread over
+/// the time since the count before (the actor counts rejections per flush, so they happened
+/// then: usually the last second, longer when the actor was slow to flush), within the stretches
+/// of it when the recorded breaker was rejecting (so the same policy rejects them again, and
+/// what-if with nothing changed is what happened).
 fn estimated_rejections(
     entries: &[Entry],
     lines: &[TraceLine],
@@ -131,7 +132,7 @@ fn estimated_rejections(
         if s.at_ms < start || s.at_ms > end {
             continue;
         }
-        let (from, to) = (previous.max(s.at_ms.saturating_sub(1_000)), s.at_ms);
+        let (from, to) = (previous, s.at_ms);
         previous = s.at_ms;
         if s.rejected == 0 || calls.is_empty() {
             continue;
