@@ -33,6 +33,7 @@
 //! ```
 
 mod holder;
+pub mod pg;
 mod record;
 mod store;
 mod writer;

@@ -1,0 +1,405 @@
+//! The fleet's shared log on PostgreSQL: the storage half of [fleet-log], first part. Many nodes
+//! append to one `events` table; each node is the only writer of its own streams (a per-node
+//! lease in `nodes`, with `UNIQUE(node, stream, seq)` as the backstop); readers tail in
+//! `(epoch, tx, id)` order below the oldest running transaction, so a row that commits late is
+//! never skipped (`docs/fleet.md`, "Reading in log order").
+//!
+//! What is here: connecting and migrating (`migrations/postgres/`), appending a batch in one
+//! transaction with a batch id (so the retry of a commit whose answer was lost recognises its own
+//! rows and never duplicates them), reading a stream, the horizon tail, the node lease, and
+//! retention's one narrow delete. The `Journal`, its writer thread and the commands run on SQLite
+//! still; wiring them to this backend is the rest of [fleet-log].
+
+use super::record::{Row, StoredEvent};
+use super::store::StoreError;
+use sqlx::Row as _;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use std::time::Duration;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Rows per INSERT statement (12 parameters each, under PostgreSQL's 65,535).
+const ROWS_PER_INSERT: usize = 1_000;
+
+/// Where a tailing read stands: after the event with this `(epoch, writing transaction, id)`.
+/// Ordered as the log is read; `Default` is before the first event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PgCursor {
+    /// Bumped after a logical restore (transaction ids start again).
+    pub epoch: i32,
+    /// The writing transaction's id (`xid8`).
+    pub tx: u64,
+    /// The row's id.
+    pub id: i64,
+}
+
+/// A writer lease of one node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeLease {
+    /// The node.
+    pub node: String,
+    /// Who holds it (`ROLE pid N on HOST …`).
+    pub holder: String,
+    /// When it was last renewed (the database's clock, Unix ms).
+    pub renewed_at_ms: i64,
+    /// How long it holds without renewal.
+    pub ttl_ms: i64,
+}
+
+/// Why a node's lease was not given.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// Another live process holds it.
+    #[error("node {} is held by {} (renewed {} ms ago, lease {} ms): start this process with another --node, or stop that one", .0.node, .0.holder, .1, .0.ttl_ms)]
+    Held(NodeLease, i64),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Maps a PostgreSQL error by its SQLSTATE.
+fn classify(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+            match code.as_str() {
+                "53100" => StoreError::Full,                                         // disk_full
+                "40001" | "40P01" | "55P03" | "53300" | "57P03" => StoreError::Busy, // serialization, deadlock, lock, too many connections, cannot connect now
+                "25006" | "42501" => StoreError::ReadOnly(db.message().to_owned()), // read-only transaction, insufficient privilege
+                _ => StoreError::Io(format!("{} (SQLSTATE {code})", db.message())),
+            }
+        }
+        sqlx::Error::PoolTimedOut => StoreError::Io("the PostgreSQL server did not answer in time".into()),
+        _ => StoreError::Io(crate::tls::error_chain(&e)),
+    }
+}
+
+/// A URL with its password, if any, replaced by `***` (for messages).
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The shared log on one PostgreSQL database.
+#[derive(Clone, Debug)]
+pub struct PgLog {
+    pool: PgPool,
+}
+
+impl PgLog {
+    /// Connects (at most `connect_timeout` for the first connection) and brings the schema up to
+    /// date. `max_connections` bounds this process's connections (mind the server's own
+    /// `max_connections`, 100 by default, across every node).
+    pub async fn connect(url: &str, connect_timeout: Duration, max_connections: u32) -> Result<PgLog, StoreError> {
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|e| StoreError::Io(format!("{} is not a PostgreSQL URL: {e}", redacted(url))))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(connect_timeout)
+            .connect_with(options)
+            .await
+            .map_err(|e| match classify(e) {
+                StoreError::Io(m) => StoreError::Io(format!("connecting to {}: {m}", redacted(url))),
+                other => other,
+            })?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Io(format!("migrating {}: {e}", redacted(url))))?;
+        Ok(PgLog { pool })
+    }
+
+    /// The pool (for tests and tools that look at the tables directly).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Appends one batch of rows in one transaction; its id (16 bytes, random per batch) is
+    /// kept with each row. Returns the last row's id.
+    ///
+    /// If the rows are already there under this batch id — the first try committed but its
+    /// answer was lost with the connection — that is a success, and nothing is written twice.
+    /// If another writer took one of the seqs, [`StoreError::Conflict`] names the stream and seq.
+    pub async fn append(&self, batch: &[u8; 16], rows: &[Row]) -> Result<i64, StoreError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        match self.insert(batch, rows).await {
+            Ok(last) => Ok(last),
+            Err(e) if is_unique_violation(&e) => self.settle(batch, rows).await,
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    async fn insert(&self, batch: &[u8; 16], rows: &[Row]) -> Result<i64, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut last = 0;
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+                "INSERT INTO events (node, stream, seq, event_type, event_version, recorded_at, batch_id, payload) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(r.node.as_ref())
+                    .push_bind(r.stream.as_ref())
+                    .push_bind(r.seq.min(i64::MAX as u64) as i64)
+                    .push_bind(r.event_type)
+                    .push_bind(r.event_version.min(i32::MAX as u32) as i32)
+                    .push_bind(r.recorded_at.min(i64::MAX as u64) as i64)
+                    .push_bind(&batch[..])
+                    .push_bind(r.payload.as_slice());
+            });
+            q.push(" RETURNING id");
+            let ids: Vec<(i64,)> = q.build_query_as().fetch_all(&mut *tx).await?;
+            last = ids.iter().map(|(id,)| *id).max().unwrap_or(last);
+        }
+        tx.commit().await?;
+        Ok(last)
+    }
+
+    /// After a UNIQUE violation: this batch's own rows (an earlier try committed), or another
+    /// writer's (a conflict, named).
+    async fn settle(&self, batch: &[u8; 16], rows: &[Row]) -> Result<i64, StoreError> {
+        let (count, last): (i64, Option<i64>) =
+            sqlx::query_as("SELECT count(*), max(id) FROM events WHERE batch_id = $1 AND node = $2")
+                .bind(&batch[..])
+                .bind(rows[0].node.as_ref())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(classify)?;
+        if count as usize == rows.len() {
+            return Ok(last.unwrap_or(0));
+        }
+        for r in rows {
+            let taken: Option<(Vec<u8>,)> =
+                sqlx::query_as("SELECT batch_id FROM events WHERE node = $1 AND stream = $2 AND seq = $3")
+                    .bind(r.node.as_ref())
+                    .bind(r.stream.as_ref())
+                    .bind(r.seq as i64)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(classify)?;
+            if let Some((other,)) = taken
+                && other != batch[..]
+            {
+                return Err(StoreError::Conflict {
+                    stream: format!("{}/{}", r.node, r.stream),
+                    seq: r.seq,
+                });
+            }
+        }
+        Err(StoreError::Io(format!(
+            "batch {} is partly in the log ({count} of {} rows): not retried",
+            hex(batch),
+            rows.len()
+        )))
+    }
+
+    /// The highest seq of a node's stream (0 when empty).
+    pub async fn last_seq(&self, node: &str, stream: &str) -> Result<u64, StoreError> {
+        let (seq,): (Option<i64>,) = sqlx::query_as("SELECT max(seq) FROM events WHERE node = $1 AND stream = $2")
+            .bind(node)
+            .bind(stream)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(seq.unwrap_or(0).max(0) as u64)
+    }
+
+    /// A node's stream after `after_seq`, in seq order, at most `limit` events.
+    pub async fn read_stream(
+        &self,
+        node: &str,
+        stream: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, node, stream, seq, event_type, event_version, recorded_at, payload FROM events \
+             WHERE node = $1 AND stream = $2 AND seq > $3 ORDER BY seq LIMIT $4",
+        )
+        .bind(node)
+        .bind(stream)
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        rows.iter().map(stored).collect()
+    }
+
+    /// Events after `after` in the log's order, at most `limit`, and the cursor after the last
+    /// of them (`after` when there are none). Only rows of finished transactions are read (below
+    /// the oldest running one), in one statement, so one snapshot: a row still uncommitted sorts
+    /// after every row returned, and is read by a later call, never skipped. A long transaction
+    /// anywhere in the cluster delays this read (see [`PgLog::tail_lag`]), never a writer.
+    pub async fn tail(
+        &self,
+        after: &PgCursor,
+        limit: u32,
+    ) -> Result<(Vec<(PgCursor, StoredEvent)>, PgCursor), StoreError> {
+        let rows = sqlx::query(
+            // `tx_text`, not `tx`: ORDER BY would take an output column named `tx` (text, where
+            // '10014' sorts before '9999') over the table's xid8 column.
+            "SELECT id, epoch, tx::text AS tx_text, node, stream, seq, event_type, event_version, recorded_at, payload \
+             FROM events \
+             WHERE (epoch, tx, id) > ($1, $2::text::xid8, $3) \
+               AND tx < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY epoch, tx, id LIMIT $4",
+        )
+        .bind(after.epoch)
+        .bind(after.tx.to_string())
+        .bind(after.id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut cursor = *after;
+        for r in &rows {
+            let tx: String = r.try_get("tx_text").map_err(classify)?;
+            cursor = PgCursor {
+                epoch: r.try_get("epoch").map_err(classify)?,
+                tx: tx
+                    .parse()
+                    .map_err(|_| StoreError::Io(format!("a transaction id {tx:?} that is not a number")))?,
+                id: r.try_get("id").map_err(classify)?,
+            };
+            out.push((cursor, stored(r)?));
+        }
+        Ok((out, cursor))
+    }
+
+    /// How long the oldest running write transaction in the cluster has held back tailing reads
+    /// (zero when none is running): what readers report as lag.
+    pub async fn tail_lag(&self) -> Result<Duration, StoreError> {
+        let (secs,): (Option<f64>,) = sqlx::query_as(
+            "SELECT extract(epoch FROM clock_timestamp() - min(xact_start))::float8 FROM pg_stat_activity \
+             WHERE backend_xid IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(Duration::from_secs_f64(secs.unwrap_or(0.0).max(0.0)))
+    }
+
+    /// Takes or renews `node`'s writer lease for `holder`: given when free, already `holder`'s,
+    /// or lapsed (not renewed within its ttl, by the database's clock); otherwise refused, naming
+    /// the holder. Two live processes with one node name: the second is refused.
+    pub async fn acquire_node(&self, node: &str, holder: &str, ttl: Duration) -> Result<NodeLease, LeaseError> {
+        let ttl_ms = ttl.as_millis().min(i64::MAX as u128) as i64;
+        let got: Option<(i64,)> = sqlx::query_as(
+            "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms) \
+             INSERT INTO nodes (node, holder, renewed_at, ttl_ms, started_at) \
+             SELECT $1, $2, now.ms, $3, now.ms FROM now \
+             ON CONFLICT (node) DO UPDATE SET holder = EXCLUDED.holder, renewed_at = EXCLUDED.renewed_at, \
+                 ttl_ms = EXCLUDED.ttl_ms, \
+                 started_at = CASE WHEN nodes.holder = EXCLUDED.holder THEN nodes.started_at ELSE EXCLUDED.started_at END \
+             WHERE nodes.holder = EXCLUDED.holder OR nodes.renewed_at + nodes.ttl_ms < EXCLUDED.renewed_at \
+             RETURNING renewed_at",
+        )
+        .bind(node)
+        .bind(holder)
+        .bind(ttl_ms)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        if let Some((renewed_at_ms,)) = got {
+            return Ok(NodeLease {
+                node: node.to_owned(),
+                holder: holder.to_owned(),
+                renewed_at_ms,
+                ttl_ms,
+            });
+        }
+        let (holder, renewed_at_ms, ttl_ms, age_ms): (String, i64, i64, i64) = sqlx::query_as(
+            "SELECT holder, renewed_at, ttl_ms, (extract(epoch FROM clock_timestamp()) * 1000)::bigint - renewed_at \
+             FROM nodes WHERE node = $1",
+        )
+        .bind(node)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(classify)?;
+        Err(LeaseError::Held(
+            NodeLease {
+                node: node.to_owned(),
+                holder,
+                renewed_at_ms,
+                ttl_ms,
+            },
+            age_ms,
+        ))
+    }
+
+    /// Gives `node`'s lease up, if `holder` has it.
+    pub async fn release_node(&self, node: &str, holder: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM nodes WHERE node = $1 AND holder = $2")
+            .bind(node)
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    /// Retention's one narrow path: deletes the `call_batch` rows of a node's stream up to
+    /// `upto_seq` (through `breakerbox_compact_calls`, the only delete the triggers let through).
+    pub async fn compact_calls(&self, node: &str, stream: &str, upto_seq: u64) -> Result<u64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as("SELECT breakerbox_compact_calls($1, $2, $3)")
+            .bind(node)
+            .bind(stream)
+            .bind(upto_seq.min(i64::MAX as u64) as i64)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn stored(r: &sqlx::postgres::PgRow) -> Result<StoredEvent, StoreError> {
+    let version: i32 = r.try_get("event_version").map_err(classify)?;
+    Ok(StoredEvent {
+        position: r.try_get("id").map_err(classify)?,
+        node: r.try_get("node").map_err(classify)?,
+        stream: r.try_get("stream").map_err(classify)?,
+        seq: r.try_get("seq").map_err(classify)?,
+        event_type: r.try_get("event_type").map_err(classify)?,
+        event_version: version.max(0) as u32,
+        recorded_at: r.try_get("recorded_at").map_err(classify)?,
+        payload: r.try_get("payload").map_err(classify)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_never_reach_a_message() {
+        assert_eq!(
+            super::redacted("postgres://bb:s3cret@db:5432/log"),
+            "postgres://bb:***@db:5432/log"
+        );
+        assert_eq!(super::redacted("postgres://bb@db/log"), "postgres://bb@db/log");
+        assert_eq!(super::redacted("postgres:///log"), "postgres:///log");
+    }
+}
