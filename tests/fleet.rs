@@ -183,6 +183,12 @@ async fn a_retried_batch_is_never_written_twice_and_another_writers_seq_is_a_con
         .await
         .unwrap();
     assert_eq!(n, 3, "no duplicates");
+    // A batch id used before cannot pass for another batch: seqs 3..=5 under the same id, where 3
+    // is that batch's and 4 and 5 were never written, is not reported as written.
+    let reused: Vec<Row> = (3..=5).map(|s| row("app-1", "stripe", s)).collect();
+    let e = log.append(&batch, &reused).await.unwrap_err();
+    assert!(e.to_string().contains("partly in the log (1 of 3 rows)"), "{e}");
+    assert_eq!(log.last_seq("app-1", "stripe").await.unwrap(), 3);
     // Another process writing app-1's stream: its batch collides, and is named.
     let other = log.append(&[8; 16], &[row("app-1", "stripe", 3)]).await.unwrap_err();
     assert_eq!(
@@ -199,7 +205,7 @@ async fn a_retried_batch_is_never_written_twice_and_another_writers_seq_is_a_con
 async fn one_process_per_node_and_a_lapsed_lease_is_taken_over() {
     let Some(db) = Db::create("lease").await else { return };
     let log = connect(&db).await;
-    let ttl = Duration::from_millis(400);
+    let ttl = Duration::from_secs(30);
     log.acquire_node("app-1", "serve pid 1 on a", ttl).await.unwrap();
     // A second live process with the same node name is refused, naming the holder.
     match log.acquire_node("app-1", "serve pid 2 on a", ttl).await {
@@ -209,8 +215,12 @@ async fn one_process_per_node_and_a_lapsed_lease_is_taken_over() {
     // Renewals by the holder go on; another node is free.
     log.acquire_node("app-1", "serve pid 1 on a", ttl).await.unwrap();
     log.acquire_node("app-2", "serve pid 2 on a", ttl).await.unwrap();
-    // Not renewed within its ttl (by the database's clock): the next process takes it.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Not renewed within its ttl (by the database's clock; the lapse made by hand, 31 s ago):
+    // the next process takes it.
+    sqlx::query("UPDATE nodes SET renewed_at = renewed_at - 31000 WHERE node = 'app-1'")
+        .execute(log.pool())
+        .await
+        .unwrap();
     let taken = log.acquire_node("app-1", "serve pid 3 on b", ttl).await.unwrap();
     assert_eq!(taken.holder, "serve pid 3 on b");
     log.release_node("app-1", "serve pid 3 on b").await.unwrap();
@@ -255,12 +265,49 @@ async fn the_database_refuses_changes_to_the_log_but_retentions_narrow_delete() 
         left.iter().map(|e| (e.seq, e.event_type.as_str())).collect::<Vec<_>>(),
         vec![(4, "transition")]
     );
-    // And the setting does not outlive the function's transaction.
-    let e = sqlx::query("DELETE FROM events")
-        .execute(&mut outsider)
+    // A client role — even one granted DELETE — deletes nothing by setting the setting itself,
+    // and may not run retention's function unless granted it.
+    let role = format!("bb_app_{}", std::process::id());
+    for statement in [
+        format!("DROP ROLE IF EXISTS {role}"),
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("GRANT SELECT, INSERT, DELETE ON events TO {role}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut outsider).await.unwrap();
+    }
+    log.append(&[2; 16], &[row("app-1", "stripe", 5)]).await.unwrap();
+    let (base, _) = db.url.split_once("://").unwrap();
+    let host_db = db.url.rsplit_once('@').map_or(db.url.as_str(), |(_, h)| h);
+    let as_app = format!("{base}://{role}@{host_db}");
+    let mut app = sqlx::PgConnection::connect(&as_app).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut app).await.unwrap();
+    sqlx::query("SET LOCAL breakerbox.compacting = 'on'").execute(&mut app).await.unwrap();
+    let e = sqlx::query("DELETE FROM events WHERE event_type = 'call_batch'").execute(&mut app).await.unwrap_err();
+    assert!(e.to_string().contains("append-only"), "{e}");
+    sqlx::query("ROLLBACK").execute(&mut app).await.unwrap();
+    let e = sqlx::query("SELECT breakerbox_compact_calls('app-1', 'stripe', 10)")
+        .execute(&mut app)
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("append-only"), "{e}");
+    assert!(e.to_string().contains("permission denied"), "{e}");
+    drop(app);
+    // Granted it, that role compacts through it, and only through it.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "GRANT EXECUTE ON FUNCTION breakerbox_compact_calls(text, text, bigint) TO {role}"
+    )))
+    .execute(&mut outsider)
+    .await
+    .unwrap();
+    let mut app = sqlx::PgConnection::connect(&as_app).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as("SELECT breakerbox_compact_calls('app-1', 'stripe', 10)")
+        .fetch_one(&mut app)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    drop(app);
+    for statement in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
+        sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut outsider).await.unwrap();
+    }
     log.close().await;
 }
 
@@ -346,9 +393,10 @@ async fn the_horizon_tail_never_skips_a_late_commit_where_an_id_tail_does() {
         });
     }
     let tailers_stop = Arc::new(AtomicBool::new(false));
+    let want = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
     // The horizon tail.
     let horizon = {
-        let (log, stop) = (log.clone(), tailers_stop.clone());
+        let (log, stop, want) = (log.clone(), tailers_stop.clone(), want.clone());
         tokio::spawn(async move {
             let (mut seen, mut at) = (Vec::new(), PgCursor::default());
             loop {
@@ -361,7 +409,9 @@ async fn the_horizon_tail_never_skips_a_late_commit_where_an_id_tail_does() {
                 }
                 assert_eq!(at, next);
                 seen.extend(page.into_iter().map(|(_, e)| (e.node, e.seq)));
-                if done && empty {
+                // Past the end only when every committed row is in: another transaction in the
+                // cluster may still hold the horizon (the test's deadline bounds the wait).
+                if done && empty && seen.len() >= want.load(Ordering::Acquire) {
                     return seen;
                 }
                 if empty {
@@ -403,12 +453,14 @@ async fn the_horizon_tail_never_skips_a_late_commit_where_an_id_tail_does() {
     while let Some(w) = writers.join_next().await {
         committed.extend(w.unwrap());
     }
-    // Every writer has finished: a last read of each tailer takes what is left.
+    // Every writer has finished: the tailers read on until they have read every committed row,
+    // or (the naive one, which never will) until nothing more comes.
+    want.store(committed.len(), Ordering::Release);
     tailers_stop.store(true, Ordering::Release);
     let started = Instant::now();
     let horizon = tokio::time::timeout(Duration::from_secs(10), horizon)
         .await
-        .expect("a rolled-back transaction never stalls the tail")
+        .expect("the horizon tail read every committed row within 10 s (a rolled-back transaction never stalls it)")
         .unwrap();
     let naive = naive.await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(10));

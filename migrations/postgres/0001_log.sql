@@ -27,19 +27,23 @@ CREATE INDEX events_by_type_time ON events (event_type, recorded_at);
 CREATE TABLE nodes (
     node        text   PRIMARY KEY,
     holder      text   NOT NULL,
-    renewed_at  bigint NOT NULL,   -- Unix ms, the holder's clock
+    renewed_at  bigint NOT NULL,   -- Unix ms, the database's clock
     ttl_ms      bigint NOT NULL,
     started_at  bigint NOT NULL
 );
 
 -- Append-only, enforced by the database: no UPDATE, no TRUNCATE; DELETE only of compacted call
--- batches, and only inside retention's own function (which sets breakerbox.compacting for its
--- transaction). An owner can still drop these triggers: docs/fleet.md says what that leaves.
-CREATE FUNCTION breakerbox_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+-- batches, and only inside retention's own function: it runs as the table's owner (SECURITY
+-- DEFINER) and sets breakerbox.compacting for its transaction. Any role can set that setting, so
+-- the trigger also wants the owner as the current user: a client role with DELETE rights that
+-- sets it still deletes nothing. The owner can still drop these triggers: docs/fleet.md.
+CREATE FUNCTION breakerbox_refuse_change() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 BEGIN
     IF TG_OP = 'DELETE'
         AND OLD.event_type = 'call_batch'
-        AND current_setting('breakerbox.compacting', true) = 'on' THEN
+        AND current_setting('breakerbox.compacting', true) = 'on'
+        AND current_user = (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = TG_RELID) THEN
         RETURN OLD;
     END IF;
     RAISE EXCEPTION 'breakerbox: the event log is append-only (% refused on %)', TG_OP, TG_TABLE_NAME
@@ -49,7 +53,8 @@ CREATE TRIGGER events_no_update BEFORE UPDATE ON events
     FOR EACH ROW EXECUTE FUNCTION breakerbox_refuse_change();
 CREATE TRIGGER events_no_delete BEFORE DELETE ON events
     FOR EACH ROW EXECUTE FUNCTION breakerbox_refuse_change();
-CREATE FUNCTION breakerbox_refuse_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION breakerbox_refuse_truncate() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
 BEGIN
     RAISE EXCEPTION 'breakerbox: the event log is append-only (TRUNCATE refused on %)', TG_TABLE_NAME
         USING ERRCODE = 'insufficient_privilege';
@@ -71,3 +76,5 @@ BEGIN
     PERFORM set_config('breakerbox.compacting', 'off', true);
     RETURN n;
 END $$;
+-- Not for every role: grant EXECUTE to the role breakerbox runs as (docs/fleet.md).
+REVOKE EXECUTE ON FUNCTION breakerbox_compact_calls(text, text, bigint) FROM PUBLIC;

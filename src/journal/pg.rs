@@ -74,18 +74,32 @@ fn classify(e: sqlx::Error) -> StoreError {
     }
 }
 
-/// A URL with its password, if any, replaced by `***` (for messages).
+/// A URL with its password, if any, replaced by `***` (for messages): the one in the user info
+/// and a `password=` parameter of the query.
 pub fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match (base.find("://"), base.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match base[s + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &base[..s + 3], &base[at..]),
+            None => base.to_owned(),
+        },
+        _ => base.to_owned(),
+    };
+    if let Some(q) = query {
+        out.push('?');
+        let parts: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out.push_str(&parts.join("&"));
     }
+    out
 }
 
 /// The shared log on one PostgreSQL database.
@@ -99,9 +113,12 @@ impl PgLog {
     /// date. `max_connections` bounds this process's connections (mind the server's own
     /// `max_connections`, 100 by default, across every node).
     pub async fn connect(url: &str, connect_timeout: Duration, max_connections: u32) -> Result<PgLog, StoreError> {
-        let options: PgConnectOptions = url
-            .parse()
-            .map_err(|e| StoreError::Io(format!("{} is not a PostgreSQL URL: {e}", redacted(url))))?;
+        // Not echoed when it does not parse: it may be a key=value string with a password in it.
+        let options: PgConnectOptions = url.parse().map_err(|e| {
+            StoreError::Io(format!(
+                "the database URL is not a PostgreSQL URL (postgres://user@host:port/database): {e}"
+            ))
+        })?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(connect_timeout)
@@ -165,40 +182,37 @@ impl PgLog {
         Ok(last)
     }
 
-    /// After a UNIQUE violation: this batch's own rows (an earlier try committed), or another
-    /// writer's (a conflict, named).
+    /// After a UNIQUE violation: this batch's own rows (an earlier try committed: every row of
+    /// it is there, each under this batch id), or another writer's (a conflict, named). Looked
+    /// up by each row's own key, so a batch id used before cannot pass for this batch.
     async fn settle(&self, batch: &[u8; 16], rows: &[Row]) -> Result<i64, StoreError> {
-        let (count, last): (i64, Option<i64>) =
-            sqlx::query_as("SELECT count(*), max(id) FROM events WHERE batch_id = $1 AND node = $2")
-                .bind(&batch[..])
-                .bind(rows[0].node.as_ref())
-                .fetch_one(&self.pool)
-                .await
-                .map_err(classify)?;
-        if count as usize == rows.len() {
-            return Ok(last.unwrap_or(0));
+        let nodes: Vec<&str> = rows.iter().map(|r| r.node.as_ref()).collect();
+        let streams: Vec<&str> = rows.iter().map(|r| r.stream.as_ref()).collect();
+        let seqs: Vec<i64> = rows.iter().map(|r| r.seq.min(i64::MAX as u64) as i64).collect();
+        let found: Vec<(i64, String, String, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT e.id, e.node, e.stream, e.seq, e.batch_id FROM events e \
+             JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS k(node, stream, seq) \
+               ON e.node = k.node AND e.stream = k.stream AND e.seq = k.seq",
+        )
+        .bind(&nodes)
+        .bind(&streams)
+        .bind(&seqs)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        if let Some((_, node, stream, seq, _)) = found.iter().find(|f| f.4 != batch[..]) {
+            return Err(StoreError::Conflict {
+                stream: format!("{node}/{stream}"),
+                seq: (*seq).max(0) as u64,
+            });
         }
-        for r in rows {
-            let taken: Option<(Vec<u8>,)> =
-                sqlx::query_as("SELECT batch_id FROM events WHERE node = $1 AND stream = $2 AND seq = $3")
-                    .bind(r.node.as_ref())
-                    .bind(r.stream.as_ref())
-                    .bind(r.seq as i64)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(classify)?;
-            if let Some((other,)) = taken
-                && other != batch[..]
-            {
-                return Err(StoreError::Conflict {
-                    stream: format!("{}/{}", r.node, r.stream),
-                    seq: r.seq,
-                });
-            }
+        if found.len() == rows.len() {
+            return Ok(found.iter().map(|f| f.0).max().unwrap_or(0));
         }
         Err(StoreError::Io(format!(
-            "batch {} is partly in the log ({count} of {} rows): not retried",
+            "batch {} is partly in the log ({} of {} rows): not retried",
             hex(batch),
+            found.len(),
             rows.len()
         )))
     }
@@ -278,12 +292,14 @@ impl PgLog {
         Ok((out, cursor))
     }
 
-    /// How long the oldest running write transaction in the cluster has held back tailing reads
-    /// (zero when none is running): what readers report as lag.
+    /// How long the oldest running write transaction in the cluster — or prepared transaction —
+    /// has held back tailing reads (zero when none): what readers report as lag. Other roles'
+    /// transactions show only to a role with `pg_read_all_stats`.
     pub async fn tail_lag(&self) -> Result<Duration, StoreError> {
         let (secs,): (Option<f64>,) = sqlx::query_as(
-            "SELECT extract(epoch FROM clock_timestamp() - min(xact_start))::float8 FROM pg_stat_activity \
-             WHERE backend_xid IS NOT NULL",
+            "SELECT extract(epoch FROM clock_timestamp() - least( \
+                 (SELECT min(xact_start) FROM pg_stat_activity WHERE backend_xid IS NOT NULL), \
+                 (SELECT min(prepared) FROM pg_prepared_xacts)))::float8",
         )
         .fetch_one(&self.pool)
         .await
@@ -401,5 +417,9 @@ mod tests {
         );
         assert_eq!(super::redacted("postgres://bb@db/log"), "postgres://bb@db/log");
         assert_eq!(super::redacted("postgres:///log"), "postgres:///log");
+        assert_eq!(
+            super::redacted("postgres://db/log?user=bb&password=s3cret&sslmode=require"),
+            "postgres://db/log?user=bb&password=***&sslmode=require"
+        );
     }
 }
