@@ -273,7 +273,10 @@ async fn the_database_refuses_changes_to_the_log_but_retentions_narrow_delete() 
         format!("CREATE ROLE {role} LOGIN"),
         format!("GRANT SELECT, INSERT, DELETE ON events TO {role}"),
     ] {
-        sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut outsider).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut outsider)
+            .await
+            .unwrap();
     }
     log.append(&[2; 16], &[row("app-1", "stripe", 5)]).await.unwrap();
     let (base, _) = db.url.split_once("://").unwrap();
@@ -281,8 +284,14 @@ async fn the_database_refuses_changes_to_the_log_but_retentions_narrow_delete() 
     let as_app = format!("{base}://{role}@{host_db}");
     let mut app = sqlx::PgConnection::connect(&as_app).await.unwrap();
     sqlx::query("BEGIN").execute(&mut app).await.unwrap();
-    sqlx::query("SET LOCAL breakerbox.compacting = 'on'").execute(&mut app).await.unwrap();
-    let e = sqlx::query("DELETE FROM events WHERE event_type = 'call_batch'").execute(&mut app).await.unwrap_err();
+    sqlx::query("SET LOCAL breakerbox.compacting = 'on'")
+        .execute(&mut app)
+        .await
+        .unwrap();
+    let e = sqlx::query("DELETE FROM events WHERE event_type = 'call_batch'")
+        .execute(&mut app)
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("append-only"), "{e}");
     sqlx::query("ROLLBACK").execute(&mut app).await.unwrap();
     let e = sqlx::query("SELECT breakerbox_compact_calls('app-1', 'stripe', 10)")
@@ -306,7 +315,10 @@ async fn the_database_refuses_changes_to_the_log_but_retentions_narrow_delete() 
     assert_eq!(n, 1);
     drop(app);
     for statement in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
-        sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut outsider).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut outsider)
+            .await
+            .unwrap();
     }
     log.close().await;
 }
