@@ -504,3 +504,78 @@ async fn the_horizon_tail_never_skips_a_late_commit_where_an_id_tail_does() {
     );
     log.close().await;
 }
+
+/// Writers append while two sequencers run rounds side by side: every event gets exactly one
+/// position, the positions are 1..N with no gap, in the tail's `(epoch, tx, id)` order; and
+/// positions cannot be changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sequencers_number_every_event_once_densely_in_log_order() {
+    let Some(db) = Db::create("sequencer").await else {
+        return;
+    };
+    let log = PgLog::connect(&db.url, Duration::from_secs(5), 16).await.unwrap();
+    const WRITERS: u64 = 8;
+    const EACH: u64 = 150;
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..WRITERS {
+        let log = log.clone();
+        writers.spawn(async move {
+            for s in 1..=EACH {
+                let mut batch = [0u8; 16];
+                batch[..8].copy_from_slice(&w.to_le_bytes());
+                batch[8..].copy_from_slice(&s.to_le_bytes());
+                log.append(&batch, &[row(&format!("n{w}"), "stripe", s)]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis((w * 7 + s) % 4)).await;
+            }
+        });
+    }
+    let total = (WRITERS * EACH) as i64;
+    let mut sequencers = tokio::task::JoinSet::new();
+    for _ in 0..2 {
+        let log = log.clone();
+        sequencers.spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut rounds = 0u64;
+            while log.last_position().await.unwrap() < total {
+                assert!(
+                    Instant::now() < deadline,
+                    "the sequencers did not number every event in 30 s"
+                );
+                if log.sequence(64).await.unwrap() > 0 {
+                    rounds += 1;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            rounds
+        });
+    }
+    while let Some(w) = writers.join_next().await {
+        w.unwrap();
+    }
+    let mut rounds = Vec::new();
+    while let Some(s) = sequencers.join_next().await {
+        rounds.push(s.unwrap());
+    }
+    assert!(rounds.iter().sum::<u64>() >= (total as u64).div_ceil(64));
+    let by_position = log.read_positions(0, 100_000).await.unwrap();
+    assert_eq!(
+        by_position.iter().map(|e| e.position).collect::<Vec<_>>(),
+        (1..=total).collect::<Vec<_>>(),
+        "dense, from 1"
+    );
+    let (tailed, _) = read_all(&log, PgCursor::default(), total as usize).await;
+    let key = |e: &breakerbox::journal::StoredEvent| (e.node.clone(), e.seq);
+    assert_eq!(
+        by_position.iter().map(key).collect::<Vec<_>>(),
+        tailed.iter().map(|(_, e)| key(e)).collect::<Vec<_>>(),
+        "in the tail's order, each event once"
+    );
+    assert_eq!(log.sequence(64).await.unwrap(), 0, "nothing left to number");
+    let e = sqlx::query("UPDATE event_order SET position = position + 1000000")
+        .execute(log.pool())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("append-only"), "{e}");
+    log.close().await;
+}

@@ -6,8 +6,8 @@
 //!
 //! What is here: connecting and migrating (`migrations/postgres/`), appending a batch in one
 //! transaction with a batch id (so the retry of a commit whose answer was lost recognises its own
-//! rows and never duplicates them), reading a stream, the horizon tail, the node lease, and
-//! retention's one narrow delete. The `Journal`, its writer thread and the commands run on SQLite
+//! rows and never duplicates them), reading a stream, the horizon tail, the sequencer's dense
+//! positions, the node lease, and retention's one narrow delete. The `Journal`, its writer thread and the commands run on SQLite
 //! still; wiring them to this backend is the rest of [fleet-log].
 
 use super::record::{Row, StoredEvent};
@@ -17,6 +17,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::time::Duration;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The sequencer's advisory lock ("brkbseq").
+const SEQUENCER_LOCK: i64 = 0x6272_6b62_7365_7100;
 
 /// Rows per INSERT statement (12 parameters each, under PostgreSQL's 65,535).
 const ROWS_PER_INSERT: usize = 1_000;
@@ -377,6 +380,100 @@ impl PgLog {
             .await
             .map_err(classify)?;
         Ok(n.max(0) as u64)
+    }
+
+    /// One round of the sequencer: numbers the events that passed below the horizon since the
+    /// last round, in `(epoch, tx, id)` order, from the last position + 1, at most `limit`; how
+    /// many it numbered. Any node may call it at any time: a round another is running makes this
+    /// one a no-op (an advisory lock), and the compare-and-set on the sequencer's row keeps two
+    /// rounds from ever numbering twice. Positions are dense and never reused.
+    pub async fn sequence(&self, limit: u32) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(classify)?;
+        let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(SEQUENCER_LOCK)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(classify)?;
+        if !locked {
+            return Ok(0);
+        }
+        let (last, epoch, last_tx, last_id): (i64, i32, String, i64) =
+            sqlx::query_as("SELECT last_position, last_epoch, last_tx::text, last_id FROM sequencer WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(classify)?;
+        // Read before this transaction writes (so before it has a transaction id of its own to
+        // hold the horizon at).
+        let batch: Vec<(i64, i32, String)> = sqlx::query_as(
+            "SELECT id, epoch, tx::text AS tx_text FROM events \
+             WHERE (epoch, tx, id) > ($1, $2::text::xid8, $3) \
+               AND tx < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY epoch, tx, id LIMIT $4",
+        )
+        .bind(epoch)
+        .bind(&last_tx)
+        .bind(last_id)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let Some((end_id, end_epoch, end_tx)) = batch.last().cloned() else {
+            return Ok(0);
+        };
+        let ids: Vec<i64> = batch.iter().map(|b| b.0).collect();
+        sqlx::query(
+            "INSERT INTO event_order (position, event_id) \
+             SELECT $1 + n, id FROM unnest($2::bigint[]) WITH ORDINALITY AS t(id, n)",
+        )
+        .bind(last)
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        let moved = sqlx::query(
+            "UPDATE sequencer SET last_position = $1, last_epoch = $2, last_tx = $3::text::xid8, last_id = $4 \
+             WHERE id = 1 AND last_position = $5",
+        )
+        .bind(last + ids.len() as i64)
+        .bind(end_epoch)
+        .bind(&end_tx)
+        .bind(end_id)
+        .bind(last)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify)?;
+        if moved.rows_affected() != 1 {
+            // Another round moved it first (only without the lock): this one numbers nothing.
+            return Ok(0);
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(ids.len() as u64)
+    }
+
+    /// Events by position after `after`, at most `limit`: the dense order SSE ids, checkpoints
+    /// and projections keep (as a SQLite log's positions). A compacted event's position is
+    /// skipped.
+    pub async fn read_positions(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT o.position AS id, e.node, e.stream, e.seq, e.event_type, e.event_version, e.recorded_at, e.payload \
+             FROM event_order o JOIN events e ON e.id = o.event_id \
+             WHERE o.position > $1 ORDER BY o.position LIMIT $2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        rows.iter().map(stored).collect()
+    }
+
+    /// The last position numbered (0 before the first round).
+    pub async fn last_position(&self) -> Result<i64, StoreError> {
+        let (p,): (i64,) = sqlx::query_as("SELECT last_position FROM sequencer WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(p)
     }
 
     /// Closes the pool.
