@@ -579,3 +579,90 @@ async fn two_sequencers_number_every_event_once_densely_in_log_order() {
     assert!(e.to_string().contains("append-only"), "{e}");
     log.close().await;
 }
+
+/// A TCP relay in front of the server that, when armed, cuts the connection just after passing
+/// a `COMMIT` on (the server commits; the client never hears so).
+async fn cutting_relay(server: std::net::SocketAddr, armed: Arc<AtomicBool>) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let armed = armed.clone();
+            tokio::spawn(async move {
+                let Ok(upstream) = tokio::net::TcpStream::connect(server).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut ur, mut uw) = upstream.into_split();
+                let back = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = ur.read(&mut buf).await {
+                        if n == 0 || cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 || uw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    let commit = buf[..n].windows(6).any(|w| w == b"COMMIT");
+                    if commit && armed.swap(false, Ordering::AcqRel) {
+                        // Let the server commit, then cut both ways before its answer gets back.
+                        back.abort();
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        return;
+                    }
+                }
+                back.abort();
+            });
+        }
+    });
+    addr
+}
+
+/// The connection drops during COMMIT (the server committed; the writer only sees an error).
+/// Retrying the same batch finds its own rows: the append succeeds and no row is written twice.
+#[tokio::test]
+async fn a_commit_whose_answer_was_lost_is_retried_without_a_duplicate() {
+    let Some(db) = Db::create("cutcommit").await else {
+        return;
+    };
+    // Migrate directly, then write through the relay.
+    connect(&db).await.close().await;
+    let (prefix, rest) = db.url.split_once('@').unwrap();
+    let (hostport, dbname) = rest.split_once('/').unwrap();
+    let server: std::net::SocketAddr = tokio::net::lookup_host(hostport).await.unwrap().next().unwrap();
+    let armed = Arc::new(AtomicBool::new(false));
+    let relay = cutting_relay(server, armed.clone()).await;
+    let through = format!("{prefix}@{relay}/{dbname}");
+    let log = PgLog::connect(&through, Duration::from_secs(5), 2).await.unwrap();
+    let rows: Vec<Row> = (1..=5).map(|s| row("app-1", "stripe", s)).collect();
+    let batch = [42u8; 16];
+    armed.store(true, Ordering::Release);
+    let first = log.append(&batch, &rows).await;
+    assert!(first.is_err(), "the answer to COMMIT never came: {first:?}");
+    assert!(!armed.load(Ordering::Acquire), "the relay cut at a COMMIT");
+    // The server did commit it (the ambiguous case)…
+    let direct = connect(&db).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while direct.last_seq("app-1", "stripe").await.unwrap() < 5 {
+        assert!(Instant::now() < deadline, "the server never committed the cut batch");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // …and the writer, not knowing, retries the batch: recognised as its own.
+    let last = log.append(&batch, &rows).await.unwrap();
+    let (n, max): (i64, Option<i64>) = sqlx::query_as("SELECT count(*), max(id) FROM events")
+        .fetch_one(direct.pool())
+        .await
+        .unwrap();
+    assert_eq!((n, max), (5, Some(last)), "every row once");
+    // The writer's pool goes on through the relay after the cut.
+    let more: Vec<Row> = (6..=7).map(|s| row("app-1", "stripe", s)).collect();
+    log.append(&[43; 16], &more).await.unwrap();
+    assert_eq!(direct.last_seq("app-1", "stripe").await.unwrap(), 7);
+    direct.close().await;
+    log.close().await;
+}
