@@ -794,6 +794,8 @@ calcom = {calcom_port}
     assert!(t.elapsed() < Duration::from_millis(4_500), "{:?}", t.elapsed());
     // total_timeout also ends the calls of clients that stopped reading (nobody polls their
     // bodies): their bulkhead places come back, so a third request gets through after it.
+    let mut reads = 0;
+    let seq0 = direct(&mut reads);
     let stalled: Vec<std::net::TcpStream> = (0..2)
         .map(|_| {
             let mut c = std::net::TcpStream::connect(addr).unwrap();
@@ -802,18 +804,29 @@ calcom = {calcom_port}
             c
         })
         .collect();
+    // In flight once the stand-in has them (its count, read directly, rises by two).
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut refused_while_stalled = false;
+    while direct(&mut reads) < seq0 + reads - 1 + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the two stalled requests never reached the stand-in"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let third = get(addr, "/stripe/status/200");
+    assert_eq!(
+        (third.status, third.header("x-breakerbox-reason")),
+        (503, Some("bulkhead")),
+        "the two stalled exchanges hold the bulkhead"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
     let freed = loop {
         let r = get(addr, "/stripe/status/200");
-        if r.status == 503 {
-            refused_while_stalled = true;
-        } else if refused_while_stalled || Instant::now() > deadline {
+        if r.status != 503 || Instant::now() > deadline {
             break r;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(refused_while_stalled, "the two stalled exchanges held the bulkhead");
     assert_eq!(freed.status, 200, "and total_timeout gave their places back");
     drop(stalled);
 

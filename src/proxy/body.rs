@@ -1,9 +1,9 @@
 //! Bodies streamed through the proxy, never buffered whole: the request's (counted against
 //! `max_body`; its end and its faults told to the handler) and the response's, which ends the
 //! call exactly once — with the outcome its status gave when the last byte went out, as a
-//! failure if the upstream's body broke, as a timeout past `total_timeout` (by a watchdog, so a
-//! client that stops reading cannot hold the call, its trial permit or its bulkhead place), as
-//! cancelled if the client went away or its own body broke.
+//! failure if the upstream's body broke, as a timeout past `total_timeout` (by the worker's
+//! sweep, so a client that stops reading cannot hold the call, its trial permit or its bulkhead
+//! place), as cancelled if the client went away or its own body broke.
 
 use super::cache::{Answer, LastGood};
 use crate::actor::{Admitted, BreakerHandle};
@@ -124,11 +124,11 @@ pub(super) struct Copy {
 }
 
 /// What a streaming exchange holds until it ends: the call and the bulkhead's place. Shared with
-/// the watchdog that ends it at `total_timeout` whether or not the body is being polled.
+/// the worker's sweep, which ends it at `total_timeout` whether or not the body is being polled.
 pub(super) struct Held {
     pub call: Option<Admitted<BreakerHandle>>,
     pub slot: Option<OwnedSemaphorePermit>,
-    /// The body's task, woken when the watchdog ends the exchange.
+    /// The body's task, woken when the sweep ends the exchange.
     pub waker: Option<std::task::Waker>,
 }
 
@@ -155,8 +155,6 @@ pub(super) struct Streaming {
     pub held: Arc<Mutex<Held>>,
     /// What the status said.
     pub outcome: Outcome,
-    /// Ends the call at `total_timeout` (aborted when the body ends first).
-    pub watchdog: tokio::task::AbortHandle,
     pub copy: Option<Copy>,
     /// The client's side: a broken exchange that is its doing ends as cancelled.
     pub client: Arc<Client>,
@@ -164,11 +162,10 @@ pub(super) struct Streaming {
 
 impl Streaming {
     fn end(&mut self, outcome: Outcome) {
-        self.watchdog.abort();
         Held::end(&self.held, outcome);
     }
 
-    /// Whether the exchange has ended (the watchdog's doing, when the body has not); otherwise
+    /// Whether the exchange has ended (the sweep's doing, when the body has not); otherwise
     /// the body's task is left to be woken by it.
     fn ended(&self, cx: &Context<'_>) -> bool {
         let mut h = self.held.lock().unwrap_or_else(|e| e.into_inner());
@@ -228,7 +225,7 @@ impl Body for ProxyBody {
             ProxyBody::Stream(s) => s,
         };
         if s.ended(cx) {
-            // The watchdog ended it at total_timeout: the exchange stops here.
+            // The sweep ended it at total_timeout: the exchange stops here.
             s.copy = None;
             return Poll::Ready(Some(Err(Box::new(TotalTimeout))));
         }

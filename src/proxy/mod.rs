@@ -9,8 +9,8 @@
 //!          rejected: 503 + Retry-After + X-Breaker-State, or the route's fallback
 //! ```
 //!
-//! It runs on worker threads of its own (one current-thread runtime each, accepting from the
-//! same listening socket), beside whatever runs the breakers; the breakers' handles are the same
+//! It runs on worker threads of its own (one current-thread runtime each, with its own
+//! SO_REUSEPORT socket on the port), beside whatever runs the breakers; the breakers' handles are the same
 //! ones the library's callers use, so everything is recorded as for any other call (calls,
 //! rejections, fallbacks, transitions).
 
@@ -137,6 +137,40 @@ struct Shared {
     /// SHA-256 of each token (compared in constant time).
     tokens: Vec<[u8; 32]>,
     stats: Arc<ProxyStats>,
+    /// This worker's streaming exchanges and their total_timeout deadlines, swept every
+    /// [`SWEEP`]: one ends as a timeout there even when nobody polls its body.
+    watch: std::sync::Mutex<Vec<(tokio::time::Instant, std::sync::Weak<std::sync::Mutex<Held>>)>>,
+}
+
+/// How often a worker ends the streaming exchanges past their `total_timeout`: the bound is
+/// enforced within this much.
+const SWEEP: Duration = Duration::from_millis(250);
+
+/// Ends the exchanges past their deadline (their calls as timeouts: trial permits and bulkhead
+/// places come back, the bodies' tasks are woken to stop) and forgets the finished ones.
+async fn sweep(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = tokio::time::Instant::now();
+        let due: Vec<Arc<std::sync::Mutex<Held>>> = {
+            let mut watch = shared.watch.lock().unwrap_or_else(|e| e.into_inner());
+            let mut due = Vec::new();
+            watch.retain(|(deadline, held)| match held.upgrade() {
+                None => false,
+                Some(h) if *deadline <= now => {
+                    due.push(h);
+                    false
+                }
+                Some(_) => true,
+            });
+            due
+        };
+        for h in due {
+            Held::end(&h, Outcome::Timeout);
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -215,20 +249,36 @@ impl Proxy {
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
             .max(1);
-        // One listening socket per address, bound plainly (a port in use is an error, never
-        // shared), and a handle of it for each worker: every worker accepts from it, and a
-        // request then lives on that worker's thread from its first byte to its last.
+        // One listening socket per worker and address (SO_REUSEPORT: the kernel spreads new
+        // connections evenly, where workers sharing one socket let one of them take most), so a
+        // request lives on one worker's thread from its first byte to its last. Never a port
+        // someone else holds: a plain bind first must succeed (it fails beside any socket on
+        // the port, SO_REUSEPORT or not), and only then the workers' sockets take it; a second
+        // proxy on the port then fails that plain bind. Two addresses of one port: refused.
         let mut per_worker: Vec<Vec<(std::net::TcpListener, Option<String>)>> =
             (0..threads).map(|_| Vec::new()).collect();
-        let mut addrs = Vec::new();
+        let mut addrs: Vec<(SocketAddr, Option<String>)> = Vec::new();
         for (addr, service) in binds {
-            let l = std::net::TcpListener::bind(addr).map_err(|source| ProxyError::Bind { addr, source })?;
-            l.set_nonblocking(true)
-                .map_err(|source| ProxyError::Bind { addr, source })?;
-            let local = l.local_addr().map_err(|source| ProxyError::Bind { addr, source })?;
+            if addr.port() != 0 {
+                if let Some((other, _)) = addrs.iter().find(|(a, _)| a.port() == addr.port()) {
+                    return Err(ProxyError::Bind {
+                        addr,
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::AddrInUse,
+                            format!(
+                                "port {} is also {other}'s: give each listener a port of its own",
+                                addr.port()
+                            ),
+                        ),
+                    });
+                }
+                drop(std::net::TcpListener::bind(addr).map_err(|source| ProxyError::Bind { addr, source })?);
+            }
+            let mut local = addr;
             for worker in per_worker.iter_mut() {
-                let handle = l.try_clone().map_err(|source| ProxyError::Bind { addr, source })?;
-                worker.push((handle, service.clone()));
+                let l = reuseport_listener(local).map_err(|source| ProxyError::Bind { addr, source })?;
+                local = l.local_addr().map_err(|source| ProxyError::Bind { addr, source })?;
+                worker.push((l, service.clone()));
             }
             addrs.push((local, service));
         }
@@ -282,6 +332,7 @@ impl Proxy {
                 limits: limits.clone(),
                 tokens: tokens.clone(),
                 stats: stats.clone(),
+                watch: std::sync::Mutex::new(Vec::new()),
             };
             let (tls, stop_rx) = (tls.clone(), stop_rx.clone());
             let thread = std::thread::Builder::new()
@@ -346,6 +397,18 @@ impl Drop for Proxy {
     }
 }
 
+/// A listening socket the workers share by SO_REUSEPORT, non-blocking.
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1_024)?;
+    Ok(socket.into())
+}
+
 /// One worker: a current-thread runtime with its own upstream pool, serving its listeners
 /// until the stop.
 fn worker(
@@ -382,6 +445,7 @@ fn worker(
         let shared = Arc::new(shared);
         let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
         let mut accepting = tokio::task::JoinSet::new();
+        accepting.spawn(sweep(shared.clone()));
         for (l, service) in listeners {
             let l = match tokio::net::TcpListener::from_std(l) {
                 Ok(l) => l,
@@ -841,21 +905,18 @@ async fn handle(shared: &Shared, mode: &Mode, req: Request<Incoming>, peer: Sock
     }));
     // Ends the call at total_timeout even when nobody polls the body (a client that stopped
     // reading): its trial permit and bulkhead place come back.
-    let watchdog = {
-        let held = held.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep_until(started + total).await;
-            Held::end(&held, Outcome::Timeout);
-        })
-        .abort_handle()
-    };
+    // (The worker's sweep does it: a push here, no timer or task per response.)
+    shared
+        .watch
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((started + total, Arc::downgrade(&held)));
     Response::from_parts(
         parts,
         ProxyBody::Stream(Box::new(Streaming {
             inner: incoming,
             held,
             outcome,
-            watchdog,
             copy,
             client: client_side,
         })),
