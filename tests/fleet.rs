@@ -128,6 +128,19 @@ async fn read_all(
     (out, at)
 }
 
+/// Runs `delete` on `conn` with retention's setting set for its transaction: the triggers must
+/// still refuse it.
+async fn refused_with_the_setting(conn: &mut sqlx::PgConnection, delete: &'static str) {
+    sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+    sqlx::query("SET LOCAL breakerbox.compacting = 'on'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let e = sqlx::query(delete).execute(&mut *conn).await.unwrap_err();
+    assert!(e.to_string().contains("append-only"), "{delete}: {e}");
+    sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
+}
+
 async fn connect(db: &Db) -> PgLog {
     PgLog::connect(&db.url, Duration::from_secs(5), 8).await.unwrap()
 }
@@ -247,17 +260,7 @@ async fn the_database_refuses_changes_to_the_log_but_retentions_narrow_delete() 
         assert!(e.to_string().contains("append-only"), "{statement}: {e}");
     }
     // Even with the setting retention uses, nothing but a call batch goes.
-    sqlx::query("BEGIN").execute(&mut outsider).await.unwrap();
-    sqlx::query("SET LOCAL breakerbox.compacting = 'on'")
-        .execute(&mut outsider)
-        .await
-        .unwrap();
-    let e = sqlx::query("DELETE FROM events WHERE seq = 4")
-        .execute(&mut outsider)
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("append-only"), "{e}");
-    sqlx::query("ROLLBACK").execute(&mut outsider).await.unwrap();
+    refused_with_the_setting(&mut outsider, "DELETE FROM events WHERE seq = 4").await;
     // Retention's function: the call batches up to seq 3, nothing else.
     assert_eq!(log.compact_calls("app-1", "stripe", 10).await.unwrap(), 3);
     let left = log.read_stream("app-1", "stripe", 0, 10).await.unwrap();
@@ -283,17 +286,7 @@ async fn the_database_refuses_changes_to_the_log_but_retentions_narrow_delete() 
     let host_db = db.url.rsplit_once('@').map_or(db.url.as_str(), |(_, h)| h);
     let as_app = format!("{base}://{role}@{host_db}");
     let mut app = sqlx::PgConnection::connect(&as_app).await.unwrap();
-    sqlx::query("BEGIN").execute(&mut app).await.unwrap();
-    sqlx::query("SET LOCAL breakerbox.compacting = 'on'")
-        .execute(&mut app)
-        .await
-        .unwrap();
-    let e = sqlx::query("DELETE FROM events WHERE event_type = 'call_batch'")
-        .execute(&mut app)
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("append-only"), "{e}");
-    sqlx::query("ROLLBACK").execute(&mut app).await.unwrap();
+    refused_with_the_setting(&mut app, "DELETE FROM events WHERE event_type = 'call_batch'").await;
     let e = sqlx::query("SELECT breakerbox_compact_calls('app-1', 'stripe', 10)")
         .execute(&mut app)
         .await

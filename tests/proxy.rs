@@ -184,6 +184,24 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Runs `send`, then waits until the stand-in at `stand_in` has received `n` more requests (its
+/// count, read directly, not through the proxy): those requests are then in flight.
+fn while_in_flight<T>(stand_in: SocketAddr, n: u64, what: &str, send: impl FnOnce() -> T) -> T {
+    let before = get(stand_in, "/status/200").seq();
+    let sent = send();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Each read is one request too.
+    let mut reads = 1;
+    loop {
+        reads += 1;
+        if get(stand_in, "/status/200").seq() >= before + (reads - 1) + n {
+            return sent;
+        }
+        assert!(Instant::now() < deadline, "{what} never reached the stand-in");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn get(addr: SocketAddr, path: &str) -> Raw {
     raw(
         addr,
@@ -750,23 +768,11 @@ calcom = {calcom_port}
     // max_concurrent: two slow calls in flight, the third is refused by the bulkhead. In flight
     // means the stand-in has them: its count, read directly (not through the proxy), rises by
     // two besides the reads themselves.
-    let direct = |n: &mut u64| {
-        *n += 1;
-        get(s.stripe, "/status/200").seq()
-    };
-    let mut reads = 0;
-    let seq0 = direct(&mut reads);
-    let slow: Vec<_> = (0..2)
-        .map(|_| std::thread::spawn(move || get(addr, "/stripe/delay/1500").status))
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while direct(&mut reads) < seq0 + reads - 1 + 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the two slow calls never reached the stand-in"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let slow = while_in_flight(s.stripe, 2, "the two slow calls", || {
+        (0..2)
+            .map(|_| std::thread::spawn(move || get(addr, "/stripe/delay/1500").status))
+            .collect::<Vec<_>>()
+    });
     let third = get(addr, "/stripe/status/200");
     assert_eq!(third.status, 503);
     assert_eq!(third.header("x-breakerbox-reason"), Some("bulkhead"));
@@ -794,25 +800,16 @@ calcom = {calcom_port}
     assert!(t.elapsed() < Duration::from_millis(4_500), "{:?}", t.elapsed());
     // total_timeout also ends the calls of clients that stopped reading (nobody polls their
     // bodies): their bulkhead places come back, so a third request gets through after it.
-    let mut reads = 0;
-    let seq0 = direct(&mut reads);
-    let stalled: Vec<std::net::TcpStream> = (0..2)
-        .map(|_| {
-            let mut c = std::net::TcpStream::connect(addr).unwrap();
-            c.write_all(b"GET /stripe/bytes/200000000 HTTP/1.1\r\nHost: x\r\n\r\n")
-                .unwrap();
-            c
-        })
-        .collect();
-    // In flight once the stand-in has them (its count, read directly, rises by two).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while direct(&mut reads) < seq0 + reads - 1 + 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the two stalled requests never reached the stand-in"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let stalled = while_in_flight(s.stripe, 2, "the two stalled requests", || {
+        (0..2)
+            .map(|_| {
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                c.write_all(b"GET /stripe/bytes/200000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .unwrap();
+                c
+            })
+            .collect::<Vec<_>>()
+    });
     let third = get(addr, "/stripe/status/200");
     assert_eq!(
         (third.status, third.header("x-breakerbox-reason")),

@@ -480,31 +480,16 @@ impl Reader<'_> {
                     ok = false;
                 }
                 let max_age_ms = match table.get("max_age") {
-                    Some(v) => match parse_duration(&Raw::Toml(v.get_ref())) {
-                        Ok(ms) if ms > 0 => ms,
-                        Ok(_) => {
-                            self.problem(v.span().start, format!("{p}max_age: must be more than 0"));
-                            return None;
-                        }
-                        Err(e) => {
-                            self.problem(v.span().start, format!("{p}max_age: {e}"));
-                            return None;
-                        }
-                    },
+                    Some(v) => positive(
+                        self,
+                        v.span().start,
+                        &format!("{p}max_age"),
+                        parse_duration(&Raw::Toml(v.get_ref())),
+                    )?,
                     None => 300_000,
                 };
                 let max_bytes = match table.get("max_bytes") {
-                    Some(v) => match parse_bytes(v.get_ref()) {
-                        Ok(n) if n > 0 => n,
-                        Ok(_) => {
-                            self.problem(v.span().start, format!("{p}max_bytes: must be more than 0"));
-                            return None;
-                        }
-                        Err(e) => {
-                            self.problem(v.span().start, format!("{p}max_bytes: {e}"));
-                            return None;
-                        }
-                    },
+                    Some(v) => positive(self, v.span().start, &format!("{p}max_bytes"), parse_bytes(v.get_ref()))?,
                     None => 1 << 20,
                 };
                 for key in ["status", "headers", "body"] {

@@ -646,7 +646,10 @@ async fn handle(shared: &Shared, mode: &Mode, req: Request<Incoming>, peer: Sock
         );
     }
     let method = req.method().as_str().to_owned();
-    let route = {
+    // Normalized only for a service with routes: the rest go straight through.
+    let route = if service.routes.is_empty() {
+        None
+    } else {
         let normal = path::normalized(&rest);
         service.routes.iter().find(|r| r.route.matches(&method, &normal))
     };
