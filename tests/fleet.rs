@@ -780,7 +780,9 @@ async fn a_server_crash_mid_load_loses_no_acknowledged_append() {
             failures
         })
     };
-    // Mid-load: the server dies, and comes back half a second later.
+    // Mid-load: the server dies, and comes back three seconds later: longer than the pool's
+    // two-second acquire timeout, so the writer, which never stops appending, must see an error
+    // (a shorter outage can fall between two queries and be hidden by the pool's reconnect).
     let deadline = Instant::now() + Duration::from_secs(20);
     while acked.lock().unwrap().len() < 200 {
         assert!(Instant::now() < deadline, "the writer made no progress");
@@ -788,7 +790,7 @@ async fn a_server_crash_mid_load_loses_no_acknowledged_append() {
     }
     cluster.stop("immediate");
     let at_crash = acked.lock().unwrap().len();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.start();
     let failures = tokio::time::timeout(Duration::from_secs(60), writer)
         .await
