@@ -8,6 +8,7 @@ use crate::actor::{Registry, RegistryError, RegistryOptions, Reloader, watch};
 use crate::alerts::{Alerting, AlertsError, NotifierOptions};
 use crate::config::{Config, LoadOptions};
 use crate::http::{ApiState, auth::Token, server};
+use crate::journal::fleet::{FleetError, FleetOptions, ShipStatus, Shipper};
 use crate::journal::{Journal, JournalError, JournalOptions, StoreError};
 use crate::proxy::{Proxy, ProxyError, ProxyOptions};
 use crate::replay::Projection;
@@ -42,6 +43,9 @@ pub struct AppOptions {
     pub http: Option<HttpOptions>,
     /// Run the sidecar proxy in front of the configuration's upstreams (None: no proxy).
     pub proxy: Option<ProxyOptions>,
+    /// Ship the log to the fleet's log on PostgreSQL, as node [`JournalOptions::node`] (None:
+    /// this process's log is its own). See `docs/fleet.md`.
+    pub fleet: Option<FleetOptions>,
     /// How long [`App::shutdown`] may take in all, whatever state the log is in (a full disk,
     /// a corrupt page, a lock held by another process): what the log has not taken by then is
     /// reported as lost, not waited on.
@@ -61,6 +65,7 @@ impl Default for AppOptions {
             reload: None,
             http: None,
             proxy: None,
+            fleet: None,
             stop_within: DEFAULT_STOP_WITHIN,
         }
     }
@@ -110,6 +115,9 @@ pub enum AppError {
     /// The proxy could not start.
     #[error("starting the proxy: {0}")]
     Proxy(#[from] ProxyError),
+    /// Shipping to the fleet's log could not start (the node is another live process's, …).
+    #[error("the fleet log: {0}")]
+    Fleet(#[from] FleetError),
     /// Stopping: the breakers' last events could not be made durable.
     #[error("stopping: {0}")]
     Stop(#[from] JournalError),
@@ -130,6 +138,7 @@ pub struct App {
     signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
     addrs: Vec<SocketAddr>,
     proxy: Option<Proxy>,
+    shipper: Option<Shipper>,
     stop_within: Duration,
 }
 
@@ -137,6 +146,7 @@ impl App {
     /// Opens the log at `db`, starts the breakers of `config` on it, and what `options` asks for.
     /// On an error, what was started is stopped again.
     pub async fn start(db: &Path, config: &Config, options: AppOptions) -> Result<App, AppError> {
+        let node = options.journal.node.clone();
         let journal = Arc::new(
             Journal::open(db, options.journal)
                 .await
@@ -145,9 +155,23 @@ impl App {
                     source,
                 })?,
         );
+        // Before the breakers: a second live process as this node is refused before it starts any.
+        let shipper = match options.fleet {
+            Some(fleet) => match Shipper::start(journal.clone(), &node, &options.registry.holder, fleet).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    journal.close().await;
+                    return Err(e.into());
+                }
+            },
+            None => None,
+        };
         let registry = match Registry::start(config, journal.clone(), options.registry).await {
             Ok(r) => Arc::new(r),
             Err(e) => {
+                if let Some(s) = shipper {
+                    s.stop(Duration::ZERO).await;
+                }
                 journal.close().await;
                 return Err(e.into());
             }
@@ -162,6 +186,7 @@ impl App {
             signals: None,
             addrs: Vec::new(),
             proxy: None,
+            shipper,
             stop_within: options.stop_within,
         };
         if let Some(every) = options.project_every {
@@ -237,6 +262,10 @@ impl App {
                 Some(r) => state.with_reload(r),
                 None => state,
             };
+            let state = match &self.shipper {
+                Some(s) => state.with_fleet(s.watch()),
+                None => state,
+            };
             let settings = state.settings();
             let state = actix_web::web::Data::new(state);
             let (server, addrs) = match server(state.clone(), h.bind) {
@@ -276,6 +305,20 @@ impl App {
     /// `[proxy.ports]` entry. Empty without a proxy.
     pub fn proxy_addrs(&self) -> &[(SocketAddr, Option<String>)] {
         self.proxy.as_ref().map_or(&[], |p| p.addrs())
+    }
+
+    /// How far the log is shipped to the fleet's log (None: it is not shipped).
+    pub fn shipping(&self) -> Option<ShipStatus> {
+        self.shipper.as_ref().map(Shipper::status)
+    }
+
+    /// Waits until the fleet's log holds this process's log up to `position` (at once without a
+    /// fleet log); how far it is then.
+    pub async fn shipped(&self, position: i64) -> Option<ShipStatus> {
+        match &self.shipper {
+            Some(s) => Some(s.wait_for(|st| st.shipped.is_some_and(|p| p >= position)).await),
+            None => None,
+        }
     }
 
     /// Whether alerts are being delivered (the configuration has sinks).
@@ -361,6 +404,15 @@ impl App {
                 Ok(Err(e)) => tracing::warn!(error = %e, "writing the last chain anchor failed"),
                 Err(_) => tracing::warn!("writing the last chain anchor took too long; skipped"),
             }
+        }
+        if let Some(s) = self.shipper.take() {
+            // What is not shipped by then stays in the log and goes at the next start.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            s.stop(
+                left.saturating_sub(Duration::from_millis(500))
+                    .max(Duration::from_millis(500)),
+            )
+            .await;
         }
         let closed = tokio::time::timeout(
             deadline

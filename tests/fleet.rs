@@ -808,3 +808,282 @@ async fn a_server_crash_mid_load_loses_no_acknowledged_append() {
     log.close().await;
     cluster.stop("fast");
 }
+
+/// Runs the binary; its stdout, or a panic with its stderr.
+fn breakerbox(args: &[&str], dir: &std::path::Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("BREAKERBOX_DB")
+        .env_remove("BREAKERBOX_NODE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "breakerbox {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A document without what depends on the instant it was made (`as_of_ms`, and how long an
+/// OPEN breaker has left), wherever they are.
+fn timeless(text: &str) -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("as_of_ms");
+                m.remove("open_remaining_ms");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut v: serde_json::Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    strip(&mut v);
+    v
+}
+
+/// `demo --db postgres://…` ships the node's log as it runs; afterwards every command that reads
+/// history answers from the fleet's log (`--db URL --node NAME`) exactly as from the node's own
+/// file, the chain verifies there, and a command that cannot tell which node to read says so.
+#[test]
+fn a_node_ships_its_log_and_the_commands_answer_from_the_fleet_log_as_from_its_file() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(db) = rt.block_on(Db::create("ship")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("app-1.db");
+    let spool_s = spool.display().to_string();
+    breakerbox(
+        &[
+            "demo",
+            "--duration",
+            "6s",
+            "--bind",
+            "127.0.0.1:0",
+            "--db",
+            &db.url,
+            "--node",
+            "app-1",
+            "--spool",
+            &spool_s,
+        ],
+        dir.path(),
+    );
+    let config = dir.path().join("app-1.demo.toml").display().to_string();
+    let fleet = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--json", "--db", &db.url, "--node", "app-1"]);
+        breakerbox(&a, dir.path())
+    };
+    let own = |args: &[&str]| {
+        let mut a = args.to_vec();
+        a.extend(["--json", "--db", &spool_s]);
+        breakerbox(&a, dir.path())
+    };
+    let (from, to) = ("2000-01-01T00:00:00Z", "2100-01-01T00:00:00Z");
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["status", "--config", &config],
+        vec!["audit", "--kind", "transition"],
+        vec!["audit"],
+        vec![
+            "replay",
+            "--service",
+            "stripe",
+            "--from",
+            from,
+            "--to",
+            to,
+            "--config",
+            &config,
+        ],
+        vec!["export", "--service", "stripe", "--config", &config],
+        vec![
+            "what-if",
+            "--service",
+            "stripe",
+            "--from",
+            from,
+            "--to",
+            to,
+            "--failure-threshold",
+            "20",
+            "--config",
+            &config,
+        ],
+        vec!["verify"],
+    ];
+    for c in &commands {
+        let (a, b) = (own(c), fleet(c));
+        if c[0] == "export" {
+            assert_eq!(a, b, "{c:?}");
+            assert!(a.lines().count() > 10, "{c:?} exported little: {a}");
+        } else {
+            assert_eq!(timeless(&a), timeless(&b), "{c:?}");
+        }
+    }
+    let audit = timeless(&own(&["audit", "--kind", "transition"]));
+    assert!(
+        audit.to_string().contains("\"open\""),
+        "the demo opened a breaker: {audit}"
+    );
+    let verified = timeless(&fleet(&["verify"]));
+    assert_eq!(verified["findings"], serde_json::json!([]), "{verified}");
+    assert!(verified["events"].as_u64().unwrap() > 10, "{verified}");
+
+    // A second node in the log: a command must be told which one.
+    let log = rt.block_on(PgLog::connect(&db.url, Duration::from_secs(5), 2)).unwrap();
+    rt.block_on(log.append(&[9; 16], &[row("app-2", "stripe", 1)])).unwrap();
+    rt.block_on(log.close());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+        .args(["audit", "--db", &db.url])
+        .env_remove("BREAKERBOX_NODE")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--node") && err.contains("app-1, app-2"),
+        "{err}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+        .args(["compact", "--db", &db.url, "--horizon", "7d"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("own log file"), "{err}");
+}
+
+/// Submits `n` transitions' worth of a breaker's events to `journal` and waits until they are
+/// committed; the last position.
+async fn write_events(journal: &breakerbox::journal::Journal, stream: &str, n: u64, t0: u64) -> i64 {
+    use breakerbox::breaker::{Breaker, Decision, Outcome, Policy};
+    use breakerbox::journal::Body;
+    let stream: Arc<str> = Arc::from(stream);
+    let mut breaker = Breaker::new(Policy::consecutive(2, 10)).unwrap();
+    let mut events = Vec::new();
+    let mut last = None;
+    for i in 0..n {
+        let t = t0 + i * 100;
+        if let Decision::Permit(p) = breaker.acquire(t, &mut events) {
+            breaker.complete(t + 1, p, Outcome::Failure, &mut events);
+        }
+        for e in events.drain(..) {
+            last = journal.submit(&stream, Body::Breaker(e));
+        }
+    }
+    journal.durable(last.unwrap()).await.unwrap();
+    journal.last_position().await.unwrap()
+}
+
+/// The fleet's log down (`pg_ctl stop -m immediate` on a cluster of the test's own): the node
+/// keeps writing its own log, says since when the fleet's view is stale, and ships every event,
+/// once, in order, when the server is back. A node that starts while it is down runs or refuses
+/// as `offline_start` says, within the connect timeout. A second live process as the same node
+/// is refused, naming the holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_log_down_loses_nothing_and_a_node_name_has_one_live_process() {
+    use breakerbox::journal::Journal;
+    use breakerbox::journal::fleet::{FleetError, FleetOptions, OfflineStart, Shipper};
+    let Some(cluster) = OwnCluster::create() else { return };
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
+    let options = || FleetOptions {
+        connect_timeout: Duration::from_secs(1),
+        ..FleetOptions::new(url.clone())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str| {
+        let path = dir.path().join(format!("{name}.db"));
+        let node: Arc<str> = Arc::from(name);
+        async move {
+            let options = breakerbox::journal::JournalOptions {
+                node,
+                ..Default::default()
+            };
+            Arc::new(Journal::open(&path, options).await.unwrap())
+        }
+    };
+    let journal = open("app-1").await;
+    let shipper = Shipper::start(journal.clone(), "app-1", "test pid 1", options())
+        .await
+        .unwrap();
+    let first = write_events(&journal, "stripe", 20, 1_000).await;
+    shipper.wait_for(|s| s.shipped == Some(first)).await;
+
+    // Another process as app-1: refused, naming the holder.
+    let other = open("app-2").await;
+    match Shipper::start(other.clone(), "app-1", "test pid 2", options()).await {
+        Err(FleetError::Held(e)) => assert!(e.to_string().contains("test pid 1"), "{e}"),
+        Err(e) => panic!("refused for the wrong reason: {e}"),
+        Ok(_) => panic!("a second live process as app-1 was let in"),
+    }
+
+    cluster.stop("immediate");
+    let second = write_events(&journal, "stripe", 20, 10_000).await;
+    assert!(
+        second > first,
+        "the node's own log keeps taking events while the fleet's is down"
+    );
+    let stale = shipper.wait_for(|s| s.failing_since_ms.is_some()).await;
+    assert_eq!(stale.shipped, Some(first), "{stale:?}");
+    // Starting while it is down: refused within the connect timeout, or run as asked.
+    let started = Instant::now();
+    let refused = Shipper::start(
+        other.clone(),
+        "app-2",
+        "test pid 3",
+        FleetOptions {
+            offline_start: OfflineStart::Refuse,
+            ..options()
+        },
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(FleetError::Unreachable { .. })),
+        "{:?}",
+        refused.err()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "start-up waited {:?}",
+        started.elapsed()
+    );
+    let offline = Shipper::start(other.clone(), "app-2", "test pid 3", options())
+        .await
+        .unwrap();
+    let other_last = write_events(&other, "calcom", 5, 1_000).await;
+
+    cluster.start();
+    let back = shipper
+        .wait_for(|s| s.shipped == Some(second) && s.failing.is_none())
+        .await;
+    assert_eq!(back.failing_since_ms, None);
+    offline.wait_for(|s| s.shipped == Some(other_last)).await;
+    let log = PgLog::connect(&url, Duration::from_secs(5), 2).await.unwrap();
+    let shipped = log.read_node("app-1", 0, 10_000).await.unwrap();
+    let own = journal.read_shippable(0, 10_000).await.unwrap();
+    assert_eq!(
+        shipped, own,
+        "every event once, in the node's order, with its position and link"
+    );
+    assert_eq!(
+        log.read_node("app-2", 0, 10_000).await.unwrap().len() as i64,
+        other_last
+    );
+    shipper.stop(Duration::from_secs(5)).await;
+    offline.stop(Duration::from_secs(5)).await;
+    // The lease is given up on stop: a new process as app-1 may ship now.
+    let again = Shipper::start(journal.clone(), "app-1", "test pid 4", options())
+        .await
+        .unwrap();
+    again.stop(Duration::from_secs(5)).await;
+    log.close().await;
+    journal.close().await;
+    other.close().await;
+    cluster.stop("fast");
+}

@@ -51,8 +51,8 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
         }
         // Recorded when there is a log to record in (a stream of this process's own, so it
         // never races a running server's notifier).
-        if global.db.is_file()
-            && let Ok(journal) = Journal::open(&global.db, JournalOptions::default()).await
+        if let Ok(db) = global.existing_db()
+            && let Ok(journal) = Journal::open(&db, JournalOptions::default()).await
         {
             let stream: Arc<str> = Arc::from(format!("{ALERTS_STREAM}/{}", super::holder("alerts-test")).as_str());
             for (_, record) in &results {

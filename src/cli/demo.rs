@@ -64,7 +64,6 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
     }
     // Tokens from the environment only: the demo's configuration is its own.
     let (tokens, one_time) = super::api_tokens(&options, &breakerbox::config::ApiConfig::default(), args.bind)?;
-    let db = global.db.clone();
     let json = global.json;
     actix_web::rt::System::new().block_on(async move {
         // Registered before anything is printed, so a Ctrl-C at any point ends the demo cleanly.
@@ -82,6 +81,17 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
             upstreams.insert(service, addr);
         }
         let config = demo::config(&upstreams).map_err(CliError::config)?;
+        let (db, journal_options, fleet) = global.node_log(&config)?;
+        let shown = super::shown_log(&db, fleet.as_ref());
+        // What the commands printed below read: the fleet's log (this node's history) or the file.
+        let db_arg = match &fleet {
+            Some(f) => format!(
+                "{} --node {}",
+                breakerbox::config::redacted(&f.url),
+                journal_options.node
+            ),
+            None => db.display().to_string(),
+        };
         // Written beside the log, so `status --config … --test` can reach the stand-ins while
         // the demo runs, and later commands judge latency against the demo's budgets.
         let config_file = db.with_extension("demo.toml");
@@ -91,7 +101,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
             "breakerbox demo: {} of traffic to stand-in services on 127.0.0.1, {} requests/s each, recorded in {}",
             format_ms(args.duration),
             demo::RATE_PER_SECOND,
-            db.display()
+            shown
         );
         println!(
             "demo settings: OPEN for 2-3 s (stripe backs off to 8 s), call timeout 2 s; production settings are minutes"
@@ -108,6 +118,8 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
                 tokens,
                 any_port_if_taken: true,
             }),
+            journal: journal_options,
+            fleet,
             ..AppOptions::default()
         };
         let stop_within = app_options.stop_within;
@@ -130,7 +142,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
         println!(
             "its configuration: {} (e.g. `breakerbox status --db {} --config {} --test` while it runs)",
             config_file.display(),
-            db.display(),
+            db_arg,
             config_file.display()
         );
         println!("\ntransitions as they happen (+seconds since start):");
@@ -176,7 +188,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
             let out = serde_json::to_string_pretty(&summaries).map_err(|e| CliError::Runtime(e.to_string()))?;
             println!("{out}");
         } else {
-            print_summary(&summaries, &db);
+            print_summary(&summaries, &db_arg, &config_file);
         }
         Ok(())
     })
@@ -245,7 +257,7 @@ async fn summaries_of(
     Ok(summaries)
 }
 
-fn print_summary(summaries: &[Summary], db_path: &std::path::Path) {
+fn print_summary(summaries: &[Summary], db: &str, config_file: &std::path::Path) {
     println!("\npost-incident summary (from the log):");
     for s in summaries {
         println!(
@@ -263,12 +275,8 @@ fn print_summary(summaries: &[Summary], db_path: &std::path::Path) {
         );
     }
     let (from, to) = summaries.first().map_or((0, 0), |s| (s.from_ms, s.to_ms));
-    let db = db_path.display();
     println!("\nlook closer:");
-    println!(
-        "  breakerbox status --db {db} --config {}",
-        db_path.with_extension("demo.toml").display()
-    );
+    println!("  breakerbox status --db {db} --config {}", config_file.display());
     println!(
         "  breakerbox audit --db {db} --kind transition --since {}",
         fmt_time(from)

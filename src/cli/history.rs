@@ -27,11 +27,27 @@ pub(super) fn fmt_time(ms: u64) -> String {
         .map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
 }
 
+/// Opens the log `--db` names: the file, or one node's history in the fleet's log (`--node`,
+/// else this host's node, else the only one), copied to a scratch log the commands read with the
+/// same code (`breakerbox::journal::fleet::node_copy`).
 pub(super) async fn open(global: &Global) -> Result<Journal, CliError> {
-    let path = global.existing_db()?;
-    Journal::open(&path, JournalOptions::default())
-        .await
-        .map_err(|e| CliError::Runtime(format!("opening {}: {e}", path.display())))
+    use breakerbox::journal::fleet::{FleetError, node_copy};
+    match global.target() {
+        super::Target::Fleet(url) => {
+            let asked = global.asked_node(None)?;
+            match node_copy(&url, asked.as_deref(), std::time::Duration::from_secs(5)).await {
+                Ok((journal, _node)) => Ok(journal),
+                Err(FleetError::Node(why)) => Err(CliError::BadInput(why)),
+                Err(e) => Err(CliError::Runtime(e.to_string())),
+            }
+        }
+        super::Target::File(_) => {
+            let path = global.existing_db()?;
+            Journal::open(&path, JournalOptions::default())
+                .await
+                .map_err(|e| CliError::Runtime(format!("opening {}: {e}", path.display())))
+        }
+    }
 }
 
 /// The configured policy of a service, used where the log itself names none.

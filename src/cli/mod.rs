@@ -43,22 +43,125 @@ pub struct Global {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
-    /// The event log (SQLite file).
-    #[arg(long, global = true, value_name = "PATH", default_value = "breakerbox.db")]
-    pub db: PathBuf,
+    /// The event log: a SQLite file, or the fleet's log on PostgreSQL (postgres://…, docs/fleet.md)
+    /// [default: $BREAKERBOX_DB, else breakerbox.db].
+    #[arg(long, global = true, value_name = "PATH|URL")]
+    pub db: Option<PathBuf>,
+    /// This process's node name in the fleet's log; for the commands that read it, the node to
+    /// read [default: $BREAKERBOX_NODE, else [journal] node, else the host name].
+    #[arg(long, global = true, value_name = "NAME")]
+    pub node: Option<String>,
+    /// With --db postgres://…: where serve, demo and proxy keep the node's own log, which they
+    /// ship from [default: breakerbox-NODE.db].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub spool: Option<PathBuf>,
 }
 
+/// What `--db` names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A SQLite file.
+    File(PathBuf),
+    /// The fleet's log (a `postgres://` URL).
+    Fleet(String),
+}
+
+/// The commands that read a node's history from the fleet's log.
+const FLEET_READERS: &str = "status, audit, replay, export, what-if and verify";
+
 impl Global {
+    /// What `--db` (or `BREAKERBOX_DB`) names.
+    pub fn target(&self) -> Target {
+        let raw = self
+            .db
+            .clone()
+            .or_else(|| {
+                std::env::var_os("BREAKERBOX_DB")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(|| PathBuf::from("breakerbox.db"));
+        match raw.to_str() {
+            Some(s) if breakerbox::config::is_postgres_url(s) => Target::Fleet(s.to_owned()),
+            _ => Target::File(raw),
+        }
+    }
+
+    /// The node asked for: `--node`, else `BREAKERBOX_NODE`, else `[journal] node` (`None`: none
+    /// was).
+    pub fn asked_node(&self, journal: Option<&breakerbox::config::JournalConfig>) -> Result<Option<String>, CliError> {
+        let (node, from) = match (
+            &self.node,
+            std::env::var("BREAKERBOX_NODE").ok().filter(|v| !v.is_empty()),
+        ) {
+            (Some(n), _) => (Some(n.clone()), "--node"),
+            (None, Some(n)) => (Some(n), "BREAKERBOX_NODE"),
+            (None, None) => (journal.and_then(|j| j.node.clone()), "[journal] node"),
+        };
+        if let Some(n) = &node {
+            breakerbox::config::check_node_name(n).map_err(|e| CliError::BadInput(format!("{from}: {e}")))?;
+        }
+        Ok(node)
+    }
+
     /// The `--db` file, which must exist (commands that read history never create one).
     pub fn existing_db(&self) -> Result<PathBuf, CliError> {
-        if self.db.is_file() {
-            Ok(self.db.clone())
-        } else {
-            Err(CliError::BadInput(format!(
+        match self.target() {
+            Target::File(path) if path.is_file() => Ok(path),
+            Target::File(path) => Err(CliError::BadInput(format!(
                 "no event log at {}: pass --db PATH of an existing breakerbox database",
-                self.db.display()
-            )))
+                path.display()
+            ))),
+            Target::Fleet(url) => Err(CliError::BadInput(format!(
+                "--db {}: this command works on a node's own log file (--db PATH); on the fleet log only {FLEET_READERS} \
+                 run yet (docs/fleet.md)",
+                breakerbox::config::redacted(&url)
+            ))),
         }
+    }
+
+    /// Where a long-running command (`serve`, `demo`, `proxy`) writes: the node's own log, its
+    /// settings (the node's name), and where it ships them — `--db postgres://…` (the own log
+    /// then at `--spool`, else `breakerbox-NODE.db`), or `[journal] url` beside a `--db` file.
+    pub fn node_log(
+        &self,
+        config: &breakerbox::config::Config,
+    ) -> Result<
+        (
+            PathBuf,
+            breakerbox::journal::JournalOptions,
+            Option<breakerbox::journal::fleet::FleetOptions>,
+        ),
+        CliError,
+    > {
+        use breakerbox::journal::fleet::FleetOptions;
+        let node = self
+            .asked_node(Some(&config.journal))?
+            .unwrap_or_else(breakerbox::journal::host_name);
+        let (path, url) = match self.target() {
+            Target::File(path) => (path, config.journal.url.clone()),
+            Target::Fleet(url) => (
+                self.spool
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(format!("breakerbox-{node}.db"))),
+                Some(url),
+            ),
+        };
+        let fleet = match url {
+            Some(url) => {
+                let mut f = FleetOptions::new(url);
+                if let Some(o) = &config.journal.offline_start {
+                    f.offline_start = o.parse().map_err(CliError::BadInput)?;
+                }
+                Some(f)
+            }
+            None => None,
+        };
+        let options = breakerbox::journal::JournalOptions {
+            node: std::sync::Arc::from(node.as_str()),
+            ..breakerbox::journal::JournalOptions::default()
+        };
+        Ok((path, options, fleet))
     }
 }
 
@@ -159,6 +262,18 @@ pub fn registry_options(config: &breakerbox::config::Config, role: &str) -> brea
         options.actors.outcome_hold = std::time::Duration::from_millis(ms);
     }
     options
+}
+
+/// How a long-running command names its log: the file, and where it ships it.
+pub fn shown_log(path: &std::path::Path, fleet: Option<&breakerbox::journal::fleet::FleetOptions>) -> String {
+    match fleet {
+        Some(f) => format!(
+            "{}, shipped to {}",
+            path.display(),
+            breakerbox::config::redacted(&f.url)
+        ),
+        None => path.display().to_string(),
+    }
 }
 
 /// Whether to colour what goes to stdout: a terminal, `NO_COLOR` unset or empty

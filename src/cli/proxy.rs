@@ -103,7 +103,8 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
         }
         None => None,
     };
-    let db = global.db.clone();
+    let (db, journal, fleet) = global.node_log(&config)?;
+    let shown = super::shown_log(&db, fleet.as_ref());
     actix_web::rt::System::new().block_on(async move {
         let one_time = http.as_ref().and_then(|(_, _, t)| t.clone());
         let app_options = AppOptions {
@@ -119,6 +120,8 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
                 tokens,
                 threads: args.threads.map(usize::from),
             }),
+            journal,
+            fleet,
             ..AppOptions::default()
         };
         let mut app = App::start(&db, &config, app_options)
@@ -129,7 +132,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
             println!("API listening on http://{addr}");
             super::print_dashboard(*addr, one_time.as_deref());
         }
-        println!("log {}", db.display());
+        println!("log {shown}");
         let served = app.served().await;
         app.shutdown().await.map_err(|e| CliError::Runtime(e.to_string()))?;
         println!("stopped cleanly");

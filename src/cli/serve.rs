@@ -38,7 +38,8 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
     } else {
         None
     };
-    let db = global.db.clone();
+    let (db, journal, fleet) = global.node_log(&config)?;
+    let shown = super::shown_log(&db, fleet.as_ref());
     actix_web::rt::System::new().block_on(async move {
         let app_options = AppOptions {
             registry: super::registry_options(&config, "serve"),
@@ -49,6 +50,8 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
                 any_port_if_taken: false,
             }),
             proxy,
+            journal,
+            fleet,
             ..AppOptions::default()
         };
         let mut app = App::start(&db, &config, app_options)
@@ -63,7 +66,7 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
             println!(
                 "listening on http://{addr} ({} breakers, log {})",
                 app.registry().handles().count(),
-                db.display()
+                shown
             );
             super::print_dashboard(*addr, one_time.as_deref());
         }

@@ -5,7 +5,6 @@ use super::{CliError, Global};
 use breakerbox::actor::system_now_ms;
 use breakerbox::breaker::{Command, Outcome, State};
 use breakerbox::config::{BreakerConfig, Config, LoadOptions};
-use breakerbox::journal::{Journal, JournalOptions};
 use breakerbox::replay::{BreakerNow, Projection, health_report};
 use serde_json::json;
 use std::io::{IsTerminal, Write};
@@ -76,13 +75,15 @@ pub fn status(args: StatusArgs, global: &Global) -> Result<(), CliError> {
     }
     let config = load(global)?;
     let breakers = selected(&config, args.service.as_deref())?;
-    let path = global.existing_db()?;
+    if args.reset && matches!(global.target(), super::Target::Fleet(_)) {
+        return Err(CliError::BadInput(
+            "--reset writes to a node's own log: run it with --db PATH of that node's file (docs/fleet.md)".into(),
+        ));
+    }
     let json_out = global.json || !std::io::stdout().is_terminal();
     let rt = super::runtime()?;
     let report = rt.block_on(async {
-        let journal = Journal::open(&path, JournalOptions::default())
-            .await
-            .map_err(runtime_err)?;
+        let journal = super::history::open(global).await?;
         let result = async {
             if args.reset {
                 let why = args.reason.clone().unwrap_or_default();

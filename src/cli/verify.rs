@@ -43,7 +43,9 @@ pub fn verify(args: VerifyArgs, global: &Global) -> Result<(), CliError> {
                 .heads
         }
     };
-    global.existing_db()?;
+    if let super::Target::File(_) = global.target() {
+        global.existing_db()?;
+    }
     let rt = super::runtime()?;
     let report = rt.block_on(async {
         let journal = open(global).await?;

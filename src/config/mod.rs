@@ -36,7 +36,7 @@ pub use crate::knobs::{StatusClassifier, StatusPattern, default_failures};
 pub use alerts::{AlertsConfig, Webhook, WebhookFormat};
 pub use api::{ApiConfig, ApiToken, MIN_TOKEN_LEN, TOKEN_VAR, check_token_lengths, tokens_from_env};
 pub use env::{is_ours as env_is_ours, prefix as env_prefix};
-pub use journal::{JournalConfig, MAX_OUTCOME_HOLD_MS};
+pub use journal::{JournalConfig, MAX_OUTCOME_HOLD_MS, check_node_name, is_postgres_url, redacted};
 pub use proxy::{DEFAULT_PROXY_BIND, ProxyConfig, Route, RouteFallback, Upstream};
 pub use reload::{Apply, Reloadable};
 pub use schedule::Schedule;

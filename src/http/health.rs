@@ -63,6 +63,7 @@ pub(super) async fn report_of(state: &ApiState, keys: &[String]) -> HealthReport
 async fn render(state: &ApiState, keys: Vec<String>, service: Option<&str>) -> (u16, Bytes) {
     let mut report = report_of(state, &keys).await;
     report.service = service.map(str::to_owned);
+    report.fleet = state.fleet.as_ref().map(|s| s.borrow().clone());
     // `warn` (a dependency is down, this process is fine) and `fail` (this process's own log is
     // failing or unreadable) are 200 unless configured: the breakers still decide.
     let code = if report.status == Verdict::Fail && state.config().config.api.unready_when_log_fails {

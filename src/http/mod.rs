@@ -41,6 +41,8 @@ pub struct ApiState {
     /// Set when the server stops: every event stream sends a closing event and ends, so a
     /// dashboard left open never holds the shutdown up.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// How far the log is shipped to the fleet's log, when it is.
+    fleet: Option<tokio::sync::watch::Receiver<crate::journal::fleet::ShipStatus>>,
 }
 
 impl ApiState {
@@ -60,6 +62,7 @@ impl ApiState {
             stopping: tokio::sync::watch::channel(false).0,
             tail: events::Tail::default(),
             transitions_seen: tokio::sync::Mutex::new((0, metrics::TransitionCounts::new())),
+            fleet: None,
         }
     }
 }
@@ -70,6 +73,12 @@ impl ApiState {
     /// reload reaches the API's budgets and tokens too.
     pub fn with_reload(mut self, reloader: Arc<Reloader>) -> Self {
         self.reloader = Some(reloader);
+        self
+    }
+
+    /// Reports how far the log is shipped to the fleet's log in the health documents.
+    pub fn with_fleet(mut self, status: tokio::sync::watch::Receiver<crate::journal::fleet::ShipStatus>) -> Self {
+        self.fleet = Some(status);
         self
     }
 

@@ -32,6 +32,7 @@
 //! # });
 //! ```
 
+pub mod fleet;
 mod holder;
 pub mod pg;
 mod record;
@@ -742,6 +743,38 @@ impl Journal {
     /// The alert notifier's tables: writes through this journal's one write connection.
     pub fn outbox_store(&self) -> OutboxStore {
         OutboxStore::new(self.side_writer(), self.readers.pool.clone())
+    }
+
+    /// This log's events after `position` with their chain links, in log order, at most `limit`:
+    /// what a node ships to the fleet's log (`docs/fleet.md`).
+    pub async fn read_shippable(&self, position: i64, limit: u32) -> Result<Vec<pg::Shippable>, StoreError> {
+        store::read_shippable(&self.readers.pool, position, limit).await
+    }
+
+    /// Writes events of another log — a node's history read back from the fleet's log — into
+    /// this one at their own positions, with their own chain links, in one transaction. Only into
+    /// a fresh log that nothing else writes ([`fleet::node_copy`]): this journal's writer does not
+    /// learn of the rows, so an append after it would collide with them.
+    pub(crate) async fn import(&self, events: Vec<pg::Shippable>) -> Result<(), StoreError> {
+        let last = self
+            .side_writer()
+            .run(
+                move |conn: &mut sqlx::SqliteConnection| -> store::ConnFuture<'_, Result<Option<i64>, StoreError>> {
+                    Box::pin(async move {
+                        let last = events.last().map(|e| e.event.position);
+                        store::import(conn, &events).await.map(|()| last)
+                    })
+                },
+            )
+            .await?;
+        if let Some(last) = last {
+            // What the copy holds is committed: its condition says so, as the node's own would.
+            self.appender
+                .shared
+                .progress
+                .send_modify(|p| p.position = p.position.max(last));
+        }
+        Ok(())
     }
 
     /// Counters for metrics.

@@ -21,7 +21,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// The sequencer's advisory lock ("brkbseq").
 const SEQUENCER_LOCK: i64 = 0x6272_6b62_7365_7100;
 
-/// Rows per INSERT statement (12 parameters each, under PostgreSQL's 65,535).
+/// Rows per INSERT statement (10 parameters each, under PostgreSQL's 65,535).
 const ROWS_PER_INSERT: usize = 1_000;
 
 /// Where a tailing read stands: after the event with this `(epoch, writing transaction, id)`.
@@ -34,6 +34,45 @@ pub struct PgCursor {
     pub tx: u64,
     /// The row's id.
     pub id: i64,
+}
+
+/// An event of a node's own log with its chain link, as shipped to (and read back from) the
+/// fleet's log; `event.position` is its position in the node's own log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shippable {
+    /// The event.
+    pub event: StoredEvent,
+    /// Its link in the stream's tamper-evident chain (None: written before the chain).
+    pub hash: Option<Vec<u8>>,
+}
+
+/// One row of an INSERT.
+struct Insert<'a> {
+    node: &'a str,
+    stream: &'a str,
+    seq: i64,
+    event_type: &'a str,
+    event_version: i32,
+    recorded_at: i64,
+    payload: &'a [u8],
+    hash: Option<&'a [u8]>,
+    source_position: Option<i64>,
+}
+
+/// The batch id of a shipment: the same for the same node and positions, whichever process
+/// retries it.
+fn ship_batch_id(node: &str, first: i64, last: i64) -> [u8; 16] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"breakerbox shipment\0");
+    h.update((node.len() as u64).to_le_bytes());
+    h.update(node.as_bytes());
+    h.update(first.to_le_bytes());
+    h.update(last.to_le_bytes());
+    let digest = h.finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    id
 }
 
 /// A writer lease of one node.
@@ -77,33 +116,7 @@ fn classify(e: sqlx::Error) -> StoreError {
     }
 }
 
-/// A URL with its password, if any, replaced by `***` (for messages): the one in the user info
-/// and a `password=` parameter of the query.
-pub fn redacted(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let mut out = match (base.find("://"), base.rfind('@')) {
-        (Some(s), Some(at)) if at > s => match base[s + 3..at].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &base[..s + 3], &base[at..]),
-            None => base.to_owned(),
-        },
-        _ => base.to_owned(),
-    };
-    if let Some(q) = query {
-        out.push('?');
-        let parts: Vec<String> = q
-            .split('&')
-            .map(|kv| match kv.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                _ => kv.to_owned(),
-            })
-            .collect();
-        out.push_str(&parts.join("&"));
-    }
-    out
-}
+pub use crate::config::redacted;
 
 /// The shared log on one PostgreSQL database.
 #[derive(Clone, Debug)]
@@ -161,37 +174,170 @@ impl PgLog {
     }
 
     async fn insert(&self, batch: &[u8; 16], rows: &[Row]) -> Result<i64, sqlx::Error> {
+        let rows: Vec<Insert<'_>> = rows
+            .iter()
+            .map(|r| Insert {
+                node: &r.node,
+                stream: &r.stream,
+                seq: r.seq.min(i64::MAX as u64) as i64,
+                event_type: r.event_type,
+                event_version: r.event_version.min(i32::MAX as u32) as i32,
+                recorded_at: r.recorded_at.min(i64::MAX as u64) as i64,
+                payload: &r.payload,
+                hash: None,
+                source_position: None,
+            })
+            .collect();
+        self.insert_rows(batch, &rows, None).await
+    }
+
+    async fn insert_rows(
+        &self,
+        batch: &[u8; 16],
+        rows: &[Insert<'_>],
+        shipped: Option<(&str, i64)>,
+    ) -> Result<i64, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let mut last = 0;
         for chunk in rows.chunks(ROWS_PER_INSERT) {
             let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
-                "INSERT INTO events (node, stream, seq, event_type, event_version, recorded_at, batch_id, payload) ",
+                "INSERT INTO events (node, stream, seq, event_type, event_version, recorded_at, batch_id, payload, \
+                 hash, source_position) ",
             );
             q.push_values(chunk, |mut b, r| {
-                b.push_bind(r.node.as_ref())
-                    .push_bind(r.stream.as_ref())
-                    .push_bind(r.seq.min(i64::MAX as u64) as i64)
+                b.push_bind(r.node)
+                    .push_bind(r.stream)
+                    .push_bind(r.seq)
                     .push_bind(r.event_type)
-                    .push_bind(r.event_version.min(i32::MAX as u32) as i32)
-                    .push_bind(r.recorded_at.min(i64::MAX as u64) as i64)
+                    .push_bind(r.event_version)
+                    .push_bind(r.recorded_at)
                     .push_bind(&batch[..])
-                    .push_bind(r.payload.as_slice());
+                    .push_bind(r.payload)
+                    .push_bind(r.hash)
+                    .push_bind(r.source_position);
             });
             q.push(" RETURNING id");
             let ids: Vec<(i64,)> = q.build_query_as().fetch_all(&mut *tx).await?;
             last = ids.iter().map(|(id,)| *id).max().unwrap_or(last);
         }
+        if let Some((node, position)) = shipped {
+            sqlx::query(
+                "INSERT INTO shipped (node, position) VALUES ($1, $2) \
+                 ON CONFLICT (node) DO UPDATE SET position = greatest(shipped.position, EXCLUDED.position)",
+            )
+            .bind(node)
+            .bind(position)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(last)
+    }
+
+    /// Ships events of this node's own log (read back with their positions and chain links) as
+    /// one batch: each row keeps its `position` as `source_position`, its node, seq, payload and
+    /// hash unchanged, so the chain verifies and the node's history reads back in its own order.
+    /// A batch id derived from the node and the positions makes a retry after a lost answer —
+    /// even by a restarted process — recognise its rows. Returns the last shipped position.
+    pub async fn ship(&self, node: &str, events: &[Shippable]) -> Result<i64, StoreError> {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return Ok(0);
+        };
+        let batch = ship_batch_id(node, first.event.position, last.event.position);
+        let rows: Vec<Insert<'_>> = events
+            .iter()
+            .map(|s| Insert {
+                node: if s.event.node.is_empty() { node } else { &s.event.node },
+                stream: &s.event.stream,
+                seq: s.event.seq,
+                event_type: &s.event.event_type,
+                event_version: s.event.event_version.min(i32::MAX as u32) as i32,
+                recorded_at: s.event.recorded_at,
+                payload: &s.event.payload,
+                hash: s.hash.as_deref(),
+                source_position: Some(s.event.position),
+            })
+            .collect();
+        match self.insert_rows(&batch, &rows, Some((node, last.event.position))).await {
+            Ok(_) => Ok(last.event.position),
+            Err(e) if is_unique_violation(&e) => {
+                let keys: Vec<(String, String, u64)> = rows
+                    .iter()
+                    .map(|r| (r.node.to_owned(), r.stream.to_owned(), r.seq.max(0) as u64))
+                    .collect();
+                self.settle_keys(&batch, &keys).await?;
+                Ok(last.event.position)
+            }
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    /// The highest position of the log `node` ships that is shipped here (0: none): where its
+    /// shipper resumes. (The rows keep the node they were written as, which is `node` unless the
+    /// log was written under another name.)
+    pub async fn shipped_position(&self, node: &str) -> Result<i64, StoreError> {
+        let (p,): (Option<i64>,) = sqlx::query_as("SELECT max(position) FROM shipped WHERE node = $1")
+            .bind(node)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(p.unwrap_or(0))
+    }
+
+    /// The nodes with events in the log, by name.
+    pub async fn nodes(&self) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "WITH RECURSIVE n AS ( \
+                 (SELECT node FROM events ORDER BY node LIMIT 1) \
+                 UNION ALL \
+                 SELECT (SELECT e.node FROM events e WHERE e.node > n.node ORDER BY e.node LIMIT 1) FROM n \
+                 WHERE n.node IS NOT NULL) \
+             SELECT node FROM n WHERE node IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(rows.into_iter().map(|(n,)| n).collect())
+    }
+
+    /// A node's shipped events after `after` (a position of its own log), in that order, at most
+    /// `limit`, each with its position there and its chain link.
+    pub async fn read_node(&self, node: &str, after: i64, limit: u32) -> Result<Vec<Shippable>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT source_position AS id, node, stream, seq, event_type, event_version, recorded_at, payload, hash \
+             FROM events WHERE node = $1 AND source_position > $2 ORDER BY source_position LIMIT $3",
+        )
+        .bind(node)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        rows.iter()
+            .map(|r| {
+                Ok(Shippable {
+                    event: stored(r)?,
+                    hash: r.try_get("hash").map_err(classify)?,
+                })
+            })
+            .collect()
     }
 
     /// After a UNIQUE violation: this batch's own rows (an earlier try committed: every row of
     /// it is there, each under this batch id), or another writer's (a conflict, named). Looked
     /// up by each row's own key, so a batch id used before cannot pass for this batch.
     async fn settle(&self, batch: &[u8; 16], rows: &[Row]) -> Result<i64, StoreError> {
-        let nodes: Vec<&str> = rows.iter().map(|r| r.node.as_ref()).collect();
-        let streams: Vec<&str> = rows.iter().map(|r| r.stream.as_ref()).collect();
-        let seqs: Vec<i64> = rows.iter().map(|r| r.seq.min(i64::MAX as u64) as i64).collect();
+        let keys: Vec<(String, String, u64)> = rows
+            .iter()
+            .map(|r| (r.node.to_string(), r.stream.to_string(), r.seq))
+            .collect();
+        self.settle_keys(batch, &keys).await
+    }
+
+    async fn settle_keys(&self, batch: &[u8; 16], keys: &[(String, String, u64)]) -> Result<i64, StoreError> {
+        let nodes: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+        let streams: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+        let seqs: Vec<i64> = keys.iter().map(|k| k.2.min(i64::MAX as u64) as i64).collect();
         let found: Vec<(i64, String, String, i64, Vec<u8>)> = sqlx::query_as(
             "SELECT e.id, e.node, e.stream, e.seq, e.batch_id FROM events e \
              JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS k(node, stream, seq) \
@@ -209,14 +355,14 @@ impl PgLog {
                 seq: (*seq).max(0) as u64,
             });
         }
-        if found.len() == rows.len() {
+        if found.len() == keys.len() {
             return Ok(found.iter().map(|f| f.0).max().unwrap_or(0));
         }
         Err(StoreError::Io(format!(
             "batch {} is partly in the log ({} of {} rows): not retried",
             hex(batch),
             found.len(),
-            rows.len()
+            keys.len()
         )))
     }
 

@@ -20,6 +20,7 @@
 
 pub(crate) mod chain;
 pub(crate) mod integrity;
+use super::pg::Shippable;
 use super::record::{Row, StoredEvent};
 use integrity::Unclean;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteLockingMode, SqlitePoolOptions, SqliteSynchronous};
@@ -393,6 +394,57 @@ async fn collision(conn: &mut SqliteConnection, chunk: &[Row]) -> StoreError {
     // Only a duplicate inside the chunk itself could do this (a bug of the writer's seqs): not
     // another writer, so no stream is fenced; the append fails and is retried, loudly.
     StoreError::Io("UNIQUE(stream, seq) violated, but no stored row collides with the append".to_owned())
+}
+
+/// Events after `position` with their chain links, in log order, at most `limit`: what a node
+/// ships to the fleet's log.
+pub(crate) async fn read_shippable(pool: &SqlitePool, position: i64, limit: u32) -> Result<Vec<Shippable>, StoreError> {
+    let rows: Vec<(i64, String, i64, String, i64, i64, Vec<u8>, String, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT position, stream, seq, event_type, event_version, recorded_at, payload, node, hash \
+         FROM events WHERE position > ? ORDER BY position LIMIT ?",
+    )
+    .bind(position)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+    .map_err(classify)?;
+    Ok(rows
+        .into_iter()
+        .map(|(p, stream, seq, t, v, at, payload, node, hash)| Shippable {
+            event: stored((p, stream, seq, t, v, at, payload, node)),
+            hash,
+        })
+        .collect())
+}
+
+/// Writes events read from another log at their own positions, with their own chain links, in
+/// one transaction (see [`crate::journal::Journal::import`]).
+pub(crate) async fn import(conn: &mut SqliteConnection, events: &[Shippable]) -> Result<(), StoreError> {
+    conn.execute("BEGIN IMMEDIATE").await.map_err(classify)?;
+    let result = async {
+        // 9 parameters a row, under SQLite's 32,766.
+        for chunk in events.chunks(3_000) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO events (position, node, stream, seq, event_type, event_version, recorded_at, payload, hash) ",
+            );
+            q.push_values(chunk, |mut b, s| {
+                let e = &s.event;
+                b.push_bind(e.position)
+                    .push_bind(e.node.as_str())
+                    .push_bind(e.stream.as_str())
+                    .push_bind(e.seq)
+                    .push_bind(e.event_type.as_str())
+                    .push_bind(i64::from(e.event_version))
+                    .push_bind(e.recorded_at)
+                    .push_bind(e.payload.as_slice())
+                    .push_bind(s.hash.as_deref());
+            });
+            q.build().execute(&mut *conn).await.map_err(classify)?;
+        }
+        Ok(())
+    }
+    .await;
+    end_transaction(conn, result).await
 }
 
 /// The highest `seq` of a stream (0 when empty).

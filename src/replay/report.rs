@@ -252,6 +252,10 @@ pub struct HealthReport {
     /// The service asked about, when one was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// How far this process's log is shipped to the fleet's log, when it is (`docs/fleet.md`):
+    /// `failing_since_ms` is since when the fleet's view of this node is stale.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::journal::fleet::ShipStatus>,
     /// The instant it describes.
     pub as_of_ms: u64,
     /// The breakers, in the order asked.
@@ -327,6 +331,7 @@ pub async fn health_report(
         log,
         read_error,
         service: None,
+        fleet: None,
         as_of_ms: now_ms,
         breakers: out,
     }

@@ -1,0 +1,438 @@
+//! A node and the fleet's log on PostgreSQL (`docs/fleet.md`).
+//!
+//! **How a node writes.** A node's breakers write to its own log, as every process does: the
+//! embedded SQLite file, through the one writer thread, so a decision never waits on a network
+//! and an acknowledgement names a local commit. Beside it, the [`Shipper`] copies every committed
+//! event, in the node's own log order, to the fleet's shared log, with its node, seq, payload
+//! and chain link unchanged and its position kept as `source_position`. While PostgreSQL is down
+//! the events stay in the node's own log (not in memory, so no outage loses or drops one) and
+//! land when it is back; the shipper resumes from the highest shipped position, and a shipment's
+//! batch id, derived from the node and its positions, makes the retry of a commit whose answer
+//! was lost recognise its rows. One process per node: the shipper holds the node's lease.
+//!
+//! **How commands read a node.** [`node_copy`] reads one node's history back from the fleet's
+//! log, in its own order and at its own positions, into a scratch SQLite log, and the commands
+//! answer from that with the same code as from the node's own file: the same answers.
+
+use super::pg::{LeaseError, PgLog, Shippable, redacted};
+use super::{Journal, StoreError, host_name};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Events per shipment at most.
+const SHIPMENT: u32 = 5_000;
+/// The first wait after a failed shipment; it doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What a node does when the fleet's log cannot be reached at start-up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OfflineStart {
+    /// Start, write to the node's own log, and ship once the fleet's log answers (default: a
+    /// database outage never keeps a service's breakers from starting).
+    #[default]
+    Run,
+    /// Refuse to start.
+    Refuse,
+}
+
+impl std::str::FromStr for OfflineStart {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "run" => Ok(OfflineStart::Run),
+            "refuse" => Ok(OfflineStart::Refuse),
+            other => Err(format!("offline_start {other:?}: expected \"run\" or \"refuse\"")),
+        }
+    }
+}
+
+/// Where and how a node ships to the fleet's log.
+#[derive(Clone, Debug)]
+pub struct FleetOptions {
+    /// `postgres://user@host:port/database`.
+    pub url: String,
+    /// The longest a connection attempt waits (default 5 s): start-up never waits longer for it.
+    pub connect_timeout: Duration,
+    /// When the database does not answer at start-up.
+    pub offline_start: OfflineStart,
+    /// The node lease's time to live (default 30 s; renewed every third of it).
+    pub lease_ttl: Duration,
+}
+
+impl FleetOptions {
+    /// The defaults for `url`.
+    pub fn new(url: impl Into<String>) -> FleetOptions {
+        FleetOptions {
+            url: url.into(),
+            connect_timeout: Duration::from_secs(5),
+            offline_start: OfflineStart::Run,
+            lease_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a node did not start shipping, or a copy could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// Another live process ships as this node.
+    #[error("{0}")]
+    Held(LeaseError),
+    /// The database did not answer (with `offline_start = "refuse"`, or for a command that reads).
+    #[error("the fleet log {url} does not answer: {source}")]
+    Unreachable {
+        /// The URL, password redacted.
+        url: String,
+        /// Why.
+        source: StoreError,
+    },
+    /// The fleet's log holds more of this node's history than its own log has.
+    #[error(
+        "the fleet log holds node {node}'s events up to position {shipped} of its own log, but this log ends at \
+         {local}: it is not the log that node wrote (start with the log it wrote, or with another --node)"
+    )]
+    Ahead {
+        /// The node.
+        node: String,
+        /// The highest shipped position.
+        shipped: i64,
+        /// This log's last position.
+        local: i64,
+    },
+    /// Which node to read is not clear, or the node has no events.
+    #[error("{0}")]
+    Node(String),
+    /// Reading or writing failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How far a node's shipping is: what the health API and `/metrics` report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ShipStatus {
+    /// The node.
+    pub node: String,
+    /// The fleet's log, password redacted.
+    pub url: String,
+    /// Every event of the node's own log up to this position is in the fleet's log (None: not
+    /// known yet, the database has not answered since start-up).
+    pub shipped: Option<i64>,
+    /// Why the last attempt failed, while it fails.
+    pub failing: Option<String>,
+    /// Since when it has been failing (Unix ms): the fleet's view of this node is stale since.
+    pub failing_since_ms: Option<u64>,
+}
+
+/// Copies a node's own log to the fleet's, in the background (see the module's documentation).
+pub struct Shipper {
+    status: watch::Receiver<ShipStatus>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Shipper {
+    /// Connects (at most `connect_timeout`), takes the node's lease and starts shipping
+    /// `journal`'s events as `node`. Refused when another live process holds the node, or when
+    /// the fleet's log already holds more of the node than `journal` has. When the database does
+    /// not answer, `offline_start` decides: run (and ship once it answers) or refuse.
+    pub async fn start(
+        journal: Arc<Journal>,
+        node: &str,
+        holder: &str,
+        options: FleetOptions,
+    ) -> Result<Shipper, FleetError> {
+        let (status_tx, status) = watch::channel(ShipStatus {
+            node: node.to_owned(),
+            url: redacted(&options.url),
+            ..ShipStatus::default()
+        });
+        let mut run = Run {
+            journal,
+            node: node.to_owned(),
+            holder: holder.to_owned(),
+            options,
+            log: None,
+            shipped: None,
+            renewed: None,
+            status: status_tx,
+        };
+        if let Err(e) = run.connect().await {
+            match (&e, run.options.offline_start) {
+                (FleetError::Unreachable { .. }, OfflineStart::Run) => {
+                    tracing::warn!(error = %e, "starting without the fleet log; its events are shipped once it answers");
+                    run.failed(&e);
+                }
+                _ => {
+                    if let Some(log) = run.log.take() {
+                        log.close().await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run.ship(stop_rx));
+        Ok(Shipper { status, stop, task })
+    }
+
+    /// How far shipping is.
+    pub fn status(&self) -> ShipStatus {
+        self.status.borrow().clone()
+    }
+
+    /// The status as it changes.
+    pub fn watch(&self) -> watch::Receiver<ShipStatus> {
+        self.status.clone()
+    }
+
+    /// Waits until `f` holds of the status.
+    pub async fn wait_for(&self, f: impl FnMut(&ShipStatus) -> bool) -> ShipStatus {
+        let mut rx = self.status.clone();
+        rx.wait_for(f)
+            .await
+            .map(|s| s.clone())
+            .unwrap_or_else(|_| self.status())
+    }
+
+    /// Ships what the node's log holds, for at most `within`, then gives up the node's lease.
+    /// What is not shipped by then stays in the node's log and is shipped at its next start.
+    pub async fn stop(mut self, within: Duration) -> ShipStatus {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(within, &mut self.task).await.is_err() {
+            self.task.abort();
+            tracing::warn!("the fleet log took no more within {within:?}; the rest is shipped at the next start");
+        }
+        self.status()
+    }
+}
+
+struct Run {
+    journal: Arc<Journal>,
+    node: String,
+    holder: String,
+    options: FleetOptions,
+    log: Option<PgLog>,
+    shipped: Option<i64>,
+    renewed: Option<Instant>,
+    status: watch::Sender<ShipStatus>,
+}
+
+enum Step {
+    Shipped,
+    Idle,
+}
+
+impl Run {
+    /// Connects if not connected, renews the lease when due, and learns where shipping resumes.
+    async fn connect(&mut self) -> Result<&PgLog, FleetError> {
+        if self.log.is_none() {
+            let log = PgLog::connect(&self.options.url, self.options.connect_timeout, 2)
+                .await
+                .map_err(|source| FleetError::Unreachable {
+                    url: redacted(&self.options.url),
+                    source,
+                })?;
+            self.log = Some(log);
+        }
+        let log = self.log.as_ref().expect("connected above");
+        if self.renewed.is_none_or(|at| at.elapsed() >= self.options.lease_ttl / 3) {
+            log.acquire_node(&self.node, &self.holder, self.options.lease_ttl)
+                .await
+                .map_err(|e| match e {
+                    LeaseError::Store(e) => FleetError::Store(e),
+                    held => FleetError::Held(held),
+                })?;
+            self.renewed = Some(Instant::now());
+        }
+        if self.shipped.is_none() {
+            let shipped = log.shipped_position(&self.node).await?;
+            let local = self.journal.last_position().await?;
+            if shipped > local {
+                return Err(FleetError::Ahead {
+                    node: self.node.clone(),
+                    shipped,
+                    local,
+                });
+            }
+            self.shipped = Some(shipped);
+            self.status.send_modify(|s| s.shipped = Some(shipped));
+        }
+        Ok(log)
+    }
+
+    async fn step(&mut self) -> Result<Step, FleetError> {
+        self.connect().await?;
+        let after = self.shipped.unwrap_or(0);
+        let events: Vec<Shippable> = self.journal.read_shippable(after, SHIPMENT).await?;
+        if events.is_empty() {
+            return Ok(Step::Idle);
+        }
+        let log = self.log.as_ref().expect("connected");
+        let last = log.ship(&self.node, &events).await?;
+        self.shipped = Some(last);
+        // Number what passed below the horizon for the fleet-wide readers; a round another node
+        // runs makes this one a no-op, and a failure here loses nothing (the next round takes it).
+        if let Err(e) = log.sequence(SHIPMENT * 2).await {
+            tracing::debug!(error = %e, "a sequencer round failed");
+        }
+        Ok(Step::Shipped)
+    }
+
+    fn failed(&self, e: &FleetError) {
+        let why = e.to_string();
+        self.status.send_modify(|s| {
+            if s.failing.is_none() {
+                tracing::warn!(error = %why, node = %self.node, "shipping to the fleet log failed; retrying");
+                s.failing_since_ms = Some(super::writer::now_ms());
+            }
+            s.failing = Some(why);
+        });
+    }
+
+    async fn ship(mut self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let stopping = *stop.borrow();
+            match self.step().await {
+                Ok(step) => {
+                    backoff = MIN_BACKOFF;
+                    let shipped = self.shipped;
+                    self.status.send_modify(|s| {
+                        if s.failing.take().is_some() {
+                            tracing::info!(node = %s.node, "shipping to the fleet log again");
+                        }
+                        s.failing_since_ms = None;
+                        s.shipped = shipped;
+                    });
+                    if matches!(step, Step::Idle) {
+                        if stopping {
+                            break;
+                        }
+                        let after = self.shipped.unwrap_or(0);
+                        tokio::select! {
+                            _ = self.journal.wait_after(after, Duration::from_secs(1)) => {}
+                            _ = stop.changed() => {}
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.failed(&e);
+                    if stopping {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        if let Some(log) = self.log.take() {
+            if self.renewed.is_some()
+                && let Err(e) = log.release_node(&self.node, &self.holder).await
+            {
+                tracing::warn!(error = %e, "giving up the node's lease in the fleet log");
+            }
+            log.close().await;
+        }
+    }
+}
+
+/// Which node a command reads: `asked` when given (it must have events), else this host's name
+/// when it has events, else the only node; otherwise an error naming the nodes.
+pub fn choose_node(nodes: &[String], asked: Option<&str>) -> Result<String, FleetError> {
+    let listed = || nodes.join(", ");
+    if let Some(node) = asked {
+        return if nodes.iter().any(|n| n == node) {
+            Ok(node.to_owned())
+        } else if nodes.is_empty() {
+            Err(FleetError::Node(format!(
+                "the fleet log has no events yet (no node {node:?})"
+            )))
+        } else {
+            Err(FleetError::Node(format!(
+                "the fleet log has no events of node {node:?} (its nodes: {})",
+                listed()
+            )))
+        };
+    }
+    let host = host_name();
+    match nodes {
+        [] => Err(FleetError::Node("the fleet log has no events yet".into())),
+        [only] => Ok(only.clone()),
+        _ if nodes.contains(&host) => Ok(host),
+        _ => Err(FleetError::Node(format!(
+            "the fleet log holds several nodes ({}): choose one with --node NAME",
+            listed()
+        ))),
+    }
+}
+
+/// A copy of one node's history, read from the fleet's log into a scratch SQLite log (removed
+/// when the journal is closed), at the node's own positions: the commands answer from it with
+/// the same code, and so the same answers, as from the node's own file. Returns the copy and the
+/// node ([`choose_node`]).
+pub async fn node_copy(
+    url: &str,
+    asked: Option<&str>,
+    connect_timeout: Duration,
+) -> Result<(Journal, String), FleetError> {
+    let log = PgLog::connect(url, connect_timeout, 2)
+        .await
+        .map_err(|source| FleetError::Unreachable {
+            url: redacted(url),
+            source,
+        })?;
+    let copied = async {
+        let node = choose_node(&log.nodes().await?, asked)?;
+        let journal = Journal::in_memory().await?;
+        let filled = async {
+            let mut after = 0;
+            loop {
+                let events = log.read_node(&node, after, 20_000).await?;
+                let Some(last) = events.last() else { break };
+                after = last.event.position;
+                journal.import(events).await?;
+            }
+            Ok::<(), FleetError>(())
+        }
+        .await;
+        match filled {
+            Ok(()) => Ok((journal, node)),
+            Err(e) => {
+                journal.close().await;
+                Err(e)
+            }
+        }
+    }
+    .await;
+    log.close().await;
+    copied
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_reads_the_node_it_was_told_else_the_only_one() {
+        let nodes = vec!["app-1".to_owned(), "app-2".to_owned()];
+        assert_eq!(choose_node(&nodes, Some("app-2")).unwrap(), "app-2");
+        let e = choose_node(&nodes, Some("app-3")).unwrap_err().to_string();
+        assert!(e.contains("\"app-3\"") && e.contains("app-1, app-2"), "{e}");
+        let e = choose_node(&nodes, None).unwrap_err().to_string();
+        assert!(e.contains("--node") && e.contains("app-1, app-2"), "{e}");
+        assert_eq!(choose_node(&nodes[..1], None).unwrap(), "app-1");
+        assert!(
+            choose_node(&[], None)
+                .unwrap_err()
+                .to_string()
+                .contains("no events yet")
+        );
+        assert_eq!("refuse".parse::<OfflineStart>(), Ok(OfflineStart::Refuse));
+        assert!("later".parse::<OfflineStart>().unwrap_err().contains("\"later\""));
+    }
+}
