@@ -572,6 +572,33 @@ fn allow_short_tokens_lets_short_tokens_through_the_file_check() {
 }
 
 #[test]
+fn the_fleet_log_settings_are_read_and_bad_values_are_named_without_a_password() {
+    let c = load(
+        "[journal]\nurl = \"postgres://bb:s3cret@db:5432/log\"\nnode = \"app-1\"\noffline_start = \"refuse\"\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.journal.url.as_deref(), Some("postgres://bb:s3cret@db:5432/log"));
+    assert_eq!(c.journal.node.as_deref(), Some("app-1"));
+    assert_eq!(c.journal.offline_start.as_deref(), Some("refuse"));
+    // Shown (config --json, the API) with its password redacted.
+    let shown = serde_json::to_string(&c.journal).unwrap();
+    assert!(
+        shown.contains("postgres://bb:***@db:5432/log") && !shown.contains("s3cret"),
+        "{shown}"
+    );
+    let err = load("[journal]\nurl = \"mysql://bb:s3cret@db/log\"\n", &[]).unwrap_err();
+    assert!(
+        err.contains("test.toml:2: journal.url") && err.contains("mysql://bb:***@db/log") && !err.contains("s3cret"),
+        "{err}"
+    );
+    let err = load("[journal]\nnode = \"app 1\"\n", &[]).unwrap_err();
+    assert!(err.contains("journal.node: node name \"app 1\""), "{err}");
+    let err = load("[journal]\noffline_start = \"later\"\n", &[]).unwrap_err();
+    assert!(err.contains("journal.offline_start \"later\""), "{err}");
+}
+
+#[test]
 fn the_outcome_hold_is_read_from_the_journal_section_and_bad_values_are_named() {
     // Given no [journal] section, the library's default stays (None)
     assert_eq!(load("", &[]).unwrap().journal.outcome_hold_ms, None);

@@ -15,7 +15,7 @@
 //! answer from that with the same code as from the node's own file: the same answers.
 
 use super::pg::{LeaseError, PgLog, Shippable, redacted};
-use super::{Journal, StoreError, host_name};
+use super::{Holder, Journal, StoreError, host_name};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -238,12 +238,22 @@ impl Run {
         }
         let log = self.log.as_ref().expect("connected above");
         if self.renewed.is_none_or(|at| at.elapsed() >= self.options.lease_ttl / 3) {
-            log.acquire_node(&self.node, &self.holder, self.options.lease_ttl)
-                .await
-                .map_err(|e| match e {
-                    LeaseError::Store(e) => FleetError::Store(e),
-                    held => FleetError::Held(held),
-                })?;
+            match log.acquire_node(&self.node, &self.holder, self.options.lease_ttl).await {
+                Ok(_) => {}
+                Err(LeaseError::Store(e)) => return Err(FleetError::Store(e)),
+                // Its holder ran on this host and is gone (killed, say): taken at once, as the
+                // node's own log's lease is, rather than after it lapses.
+                Err(LeaseError::Held(lease, age)) if Holder::parse(&lease.holder).is_some_and(|h| h.is_gone()) => {
+                    let taken = log
+                        .take_over_node(&self.node, &self.holder, self.options.lease_ttl, &lease.holder)
+                        .await?;
+                    if taken.is_none() {
+                        return Err(FleetError::Held(LeaseError::Held(lease, age)));
+                    }
+                    tracing::info!(node = %self.node, gone = %lease.holder, "took over the node from a process that is gone");
+                }
+                Err(held) => return Err(FleetError::Held(held)),
+            }
             self.renewed = Some(Instant::now());
         }
         if self.shipped.is_none() {

@@ -110,6 +110,12 @@ impl Holder {
         }
     }
 
+    /// Whether its process ran on this host (this boot, this pid namespace) and has exited: its
+    /// lease may be taken at once, without waiting for it to lapse.
+    pub fn is_gone(&self) -> bool {
+        matches!(self.presence(), Presence::Gone)
+    }
+
     /// Whether its process runs, as far as this process can see.
     fn presence(&self) -> Presence {
         let (Some(theirs), Some(ours)) = (&self.mark, own_mark()) else {

@@ -504,6 +504,37 @@ impl PgLog {
         ))
     }
 
+    /// Takes `node`'s lease for `holder` from `dead`, a holder judged gone (its process ran on
+    /// this host and has exited), if `dead` still holds it.
+    pub async fn take_over_node(
+        &self,
+        node: &str,
+        holder: &str,
+        ttl: Duration,
+        dead: &str,
+    ) -> Result<Option<NodeLease>, StoreError> {
+        let ttl_ms = ttl.as_millis().min(i64::MAX as u128) as i64;
+        let got: Option<(i64,)> = sqlx::query_as(
+            "UPDATE nodes SET holder = $2, ttl_ms = $3, \
+                 renewed_at = (extract(epoch FROM clock_timestamp()) * 1000)::bigint, \
+                 started_at = (extract(epoch FROM clock_timestamp()) * 1000)::bigint \
+             WHERE node = $1 AND holder = $4 RETURNING renewed_at",
+        )
+        .bind(node)
+        .bind(holder)
+        .bind(ttl_ms)
+        .bind(dead)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(got.map(|(renewed_at_ms,)| NodeLease {
+            node: node.to_owned(),
+            holder: holder.to_owned(),
+            renewed_at_ms,
+            ttl_ms,
+        }))
+    }
+
     /// Gives `node`'s lease up, if `holder` has it.
     pub async fn release_node(&self, node: &str, holder: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM nodes WHERE node = $1 AND holder = $2")

@@ -396,10 +396,13 @@ async fn collision(conn: &mut SqliteConnection, chunk: &[Row]) -> StoreError {
     StoreError::Io("UNIQUE(stream, seq) violated, but no stored row collides with the append".to_owned())
 }
 
+/// A row of [`read_shippable`]: a [`RowTuple`] and the chain link.
+type ShippableTuple = (i64, String, i64, String, i64, i64, Vec<u8>, String, Option<Vec<u8>>);
+
 /// Events after `position` with their chain links, in log order, at most `limit`: what a node
 /// ships to the fleet's log.
 pub(crate) async fn read_shippable(pool: &SqlitePool, position: i64, limit: u32) -> Result<Vec<Shippable>, StoreError> {
-    let rows: Vec<(i64, String, i64, String, i64, i64, Vec<u8>, String, Option<Vec<u8>>)> = sqlx::query_as(
+    let rows: Vec<ShippableTuple> = sqlx::query_as(
         "SELECT position, stream, seq, event_type, event_version, recorded_at, payload, node, hash \
          FROM events WHERE position > ? ORDER BY position LIMIT ?",
     )
