@@ -44,8 +44,8 @@ pub use record::{
     ALERT_DELIVERY, ALERTS_STREAM, AlertDelivery, AlertStatus, Body, CALL_BATCH, CALL_BATCH_VERSION, CALL_STATS,
     CALL_SUMMARY, CHAIN_ANCHOR, COMMAND_REQUEST, CallBatch, CallStats, CallSummary, ChainAnchor, CommandRequest,
     Decoded, DeliveryOutcome, GAP, Gap, JOURNAL_STREAM, LATENCY_BOUNDS_MS, MAX_REASON_BYTES, MinuteSummary,
-    OPERATOR_COMMAND, Operator, OperatorCommand, Record, Recorded, Row, SNAPSHOT, StoredEvent, VERSION, check_reason,
-    decode, decode_batch, decode_record,
+    OPERATOR_COMMAND, Operator, OperatorCommand, Record, Recorded, Row, SNAPSHOT, Shippable, StoredEvent, VERSION,
+    check_reason, decode, decode_batch, decode_record,
 };
 #[cfg(test)]
 pub(crate) use store::SideWork;
@@ -747,7 +747,7 @@ impl Journal {
 
     /// This log's events after `position` with their chain links, in log order, at most `limit`:
     /// what a node ships to the fleet's log (`docs/fleet.md`).
-    pub async fn read_shippable(&self, position: i64, limit: u32) -> Result<Vec<pg::Shippable>, StoreError> {
+    pub async fn read_shippable(&self, position: i64, limit: u32) -> Result<Vec<Shippable>, StoreError> {
         store::read_shippable(&self.readers.pool, position, limit).await
     }
 
@@ -755,7 +755,7 @@ impl Journal {
     /// this one at their own positions, with their own chain links, in one transaction. Only into
     /// a fresh log that nothing else writes ([`fleet::node_copy`]): this journal's writer does not
     /// learn of the rows, so an append after it would collide with them.
-    pub(crate) async fn import(&self, events: Vec<pg::Shippable>) -> Result<(), StoreError> {
+    pub(crate) async fn import(&self, events: Vec<Shippable>) -> Result<(), StoreError> {
         let last = self
             .side_writer()
             .run(

@@ -10,6 +10,7 @@
 //! positions, the node lease, and retention's one narrow delete. The `Journal`, its writer thread and the commands run on SQLite
 //! still; wiring them to this backend is the rest of [fleet-log].
 
+pub use super::record::Shippable;
 use super::record::{Row, StoredEvent};
 use super::store::StoreError;
 use sqlx::Row as _;
@@ -34,16 +35,6 @@ pub struct PgCursor {
     pub tx: u64,
     /// The row's id.
     pub id: i64,
-}
-
-/// An event of a node's own log with its chain link, as shipped to (and read back from) the
-/// fleet's log; `event.position` is its position in the node's own log.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Shippable {
-    /// The event.
-    pub event: StoredEvent,
-    /// Its link in the stream's tamper-evident chain (None: written before the chain).
-    pub hash: Option<Vec<u8>>,
 }
 
 /// One row of an INSERT.

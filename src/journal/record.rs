@@ -90,6 +90,16 @@ pub struct Row {
     pub payload: Vec<u8>,
 }
 
+/// An event of a node's own log with its chain link, as shipped to (and read back from) the
+/// fleet's log (`journal::fleet`); `event.position` is its position in the node's own log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shippable {
+    /// The event.
+    pub event: StoredEvent,
+    /// Its link in the stream's tamper-evident chain (None: written before the chain).
+    pub hash: Option<Vec<u8>>,
+}
+
 /// A row as read back.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StoredEvent {

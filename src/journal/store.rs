@@ -20,8 +20,7 @@
 
 pub(crate) mod chain;
 pub(crate) mod integrity;
-use super::pg::Shippable;
-use super::record::{Row, StoredEvent};
+use super::record::{Row, Shippable, StoredEvent};
 use integrity::Unclean;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteLockingMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, Executor, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
