@@ -1148,3 +1148,164 @@ fn a_node_killed_mid_shipment_resumes_without_a_loss_or_a_duplicate() {
     rt.block_on(journal.close());
     rt.block_on(log.close());
 }
+
+/// What a role that runs nodes is granted (docs/fleet.md, "Running as a role that owns nothing").
+const NODE_GRANTS: [&str; 6] = [
+    "GRANT SELECT, INSERT ON events, event_order TO {role}",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON nodes TO {role}",
+    "GRANT SELECT, INSERT, UPDATE ON shipped TO {role}",
+    "GRANT SELECT, UPDATE ON sequencer TO {role}",
+    "GRANT SELECT ON _sqlx_migrations TO {role}",
+    "GRANT EXECUTE ON FUNCTION breakerbox_compact_calls(text, text, bigint) TO {role}",
+];
+
+/// The schema's owner migrates once (`breakerbox migrate`); nodes then run as a role that owns
+/// nothing and holds only the documented grants: it ships, runs the sequencer and reads a node
+/// back. Before the owner migrated, such a role is told to have it done, by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_run_as_a_role_that_owns_nothing_once_the_owner_migrated() {
+    use breakerbox::journal::fleet::{FleetOptions, Shipper, node_copy};
+    let Some(db) = Db::create("owner").await else { return };
+    let role = format!("bb_node_{}", std::process::id());
+    let mut owner = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    for statement in [
+        format!("DROP ROLE IF EXISTS {role}"),
+        format!("CREATE ROLE {role} LOGIN"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut owner)
+            .await
+            .unwrap();
+    }
+    let (scheme, _) = db.url.split_once("://").unwrap();
+    let host_db = db.url.rsplit_once('@').map_or(db.url.as_str(), |(_, h)| h);
+    let as_node = format!("{scheme}://{role}@{host_db}");
+    let e = PgLog::connect(&as_node, Duration::from_secs(5), 1)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("breakerbox migrate --db URL"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/postgres"))
+        .unwrap()
+        .count();
+    let out = breakerbox(&["migrate", "--db", &db.url], dir.path());
+    assert!(out.contains(&format!("{migrations} migrations applied")), "{out}");
+    let out = breakerbox(&["migrate", "--db", &db.url], dir.path());
+    assert!(out.contains("0 migrations applied"), "{out}");
+    for grant in NODE_GRANTS {
+        sqlx::query(sqlx::AssertSqlSafe(grant.replace("{role}", &role)))
+            .execute(&mut owner)
+            .await
+            .unwrap();
+    }
+
+    let options = breakerbox::journal::JournalOptions {
+        node: Arc::from("app-1"),
+        ..Default::default()
+    };
+    let journal = Arc::new(
+        breakerbox::journal::Journal::open(&dir.path().join("app-1.db"), options)
+            .await
+            .unwrap(),
+    );
+    let last = write_events(&journal, "stripe", 20, 1_000).await;
+    let shipper = Shipper::start(journal.clone(), "app-1", "test", FleetOptions::new(as_node.clone()))
+        .await
+        .unwrap();
+    let shipped = shipper
+        .wait_for(|s| s.shipped == Some(last) || s.failing.is_some())
+        .await;
+    assert_eq!((shipped.shipped, shipped.failing), (Some(last), None));
+    let (copy, node) = node_copy(&as_node, None, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(node, "app-1");
+    assert_eq!(
+        copy.read_shippable(0, 1_000).await.unwrap(),
+        journal.read_shippable(0, 1_000).await.unwrap()
+    );
+    let log = PgLog::connect(&as_node, Duration::from_secs(5), 1).await.unwrap();
+    assert_eq!(
+        log.last_position().await.unwrap(),
+        last,
+        "the sequencer ran as the node's role"
+    );
+    log.close().await;
+    copy.close().await;
+    shipper.stop(Duration::from_secs(5)).await;
+    journal.close().await;
+    for statement in [format!("DROP OWNED BY {role}"), format!("DROP ROLE {role}")] {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut owner)
+            .await
+            .unwrap();
+    }
+}
+
+/// `serve`'s parts with a fleet log: the health document and `/metrics` say how far the node's
+/// log is shipped.
+#[test]
+fn the_health_api_and_the_metrics_say_how_far_the_node_is_shipped() {
+    use breakerbox::app::{App, AppOptions, HttpOptions};
+    use breakerbox::config::{Config, Secret};
+    use breakerbox::http::auth::Token;
+    use breakerbox::journal::fleet::FleetOptions;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(db) = rt.block_on(Db::create("health")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let token = "t".repeat(40);
+    actix_web::rt::System::new().block_on(async {
+        let config = Config::from_toml(
+            std::path::Path::new("t.toml"),
+            "[services.stripe]\n",
+            &Default::default(),
+        )
+        .unwrap();
+        let options = AppOptions {
+            journal: breakerbox::journal::JournalOptions {
+                node: Arc::from("app-1"),
+                ..Default::default()
+            },
+            fleet: Some(FleetOptions::new(db.url.clone())),
+            http: Some(HttpOptions {
+                bind: "127.0.0.1:0".parse().unwrap(),
+                tokens: vec![Token::new("t", &Secret::new(token.clone()))],
+                any_port_if_taken: false,
+            }),
+            alerts: false,
+            ..AppOptions::default()
+        };
+        let app = App::start(&dir.path().join("app-1.db"), &config, options)
+            .await
+            .unwrap();
+        let stripe = app.registry().get("stripe").unwrap().clone();
+        for _ in 0..5 {
+            let _ = stripe.call("", async { Err::<(), _>("down") }).await;
+        }
+        stripe.inspect().await;
+        let position = app.journal().flush().await.unwrap().position;
+        app.shipped(position).await.unwrap();
+        let base = format!("http://{}", app.http_addrs()[0]);
+        let client = reqwest::Client::new();
+        let get = |path: &str| {
+            client
+                .get(format!("{base}{path}"))
+                .header("Authorization", format!("Bearer {token}"))
+                .send()
+        };
+        let health: serde_json::Value =
+            serde_json::from_str(&get("/api/health/circuit-breakers").await.unwrap().text().await.unwrap()).unwrap();
+        assert_eq!(health["fleet"]["node"], "app-1", "{health}");
+        assert!(health["fleet"]["shipped"].as_i64().unwrap() >= position, "{health}");
+        assert_eq!(health["fleet"]["failing"], serde_json::Value::Null, "{health}");
+        let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+        assert!(
+            metrics.contains("\ncircuit_breaker_fleet_log_stale_seconds 0\n"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("\ncircuit_breaker_fleet_log_unshipped "), "{metrics}");
+        app.shutdown().await.unwrap();
+    });
+}

@@ -8,6 +8,7 @@ mod config;
 mod demo;
 mod export;
 mod history;
+mod migrate;
 mod policy_args;
 mod proxy;
 mod rebuild;
@@ -328,6 +329,7 @@ enum Command {
     WhatIf(what_if::WhatIfArgs),
     Rebuild(rebuild::RebuildArgs),
     Verify(verify::VerifyArgs),
+    Migrate(migrate::MigrateArgs),
     Status(status::StatusArgs),
     Serve(serve::Args),
     Proxy(proxy::Args),
@@ -420,6 +422,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::WhatIf(args) => what_if::what_if(args, &cli.global),
         Command::Rebuild(args) => rebuild::rebuild(args, &cli.global),
         Command::Verify(args) => verify::verify(args, &cli.global),
+        Command::Migrate(args) => migrate::migrate(args, &cli.global),
         Command::Status(args) => status::status(args, &cli.global),
         Command::Serve(args) => serve::run(args, &cli.global),
         Command::Proxy(args) => proxy::run(args, &cli.global),

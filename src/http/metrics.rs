@@ -344,6 +344,33 @@ pub(super) async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
             (condition.position - folded_to).max(0)
         );
     }
+    if let Some(fleet) = state.fleet.as_ref().map(|f| f.borrow().clone()) {
+        family(
+            &mut out,
+            "circuit_breaker_fleet_log_unshipped",
+            "gauge",
+            "Positions of this node's log committed but not yet in the fleet's log (docs/fleet.md).",
+        );
+        let _ = writeln!(
+            out,
+            "circuit_breaker_fleet_log_unshipped {}",
+            (condition.position - fleet.shipped.unwrap_or(0)).max(0)
+        );
+        family(
+            &mut out,
+            "circuit_breaker_fleet_log_stale_seconds",
+            "gauge",
+            "How long shipping to the fleet's log has been failing: its view of this node is that old (0 while it ships).",
+        );
+        let stale_ms = fleet
+            .failing_since_ms
+            .map_or(0, |since| crate::journal::fleet::now_ms().saturating_sub(since));
+        let _ = writeln!(
+            out,
+            "circuit_breaker_fleet_log_stale_seconds {}",
+            stale_ms as f64 / 1000.0
+        );
+    }
     family(
         &mut out,
         "circuit_breaker_event_log_size_bytes",

@@ -351,6 +351,11 @@ impl Run {
     }
 }
 
+/// The wall clock, Unix ms (what `failing_since_ms` is measured against).
+pub fn now_ms() -> u64 {
+    super::writer::now_ms()
+}
+
 /// Which node a command reads: `asked` when given (it must have events), else this host's name
 /// when it has events, else the only node; otherwise an error naming the nodes.
 pub fn choose_node(nodes: &[String], asked: Option<&str>) -> Result<String, FleetError> {

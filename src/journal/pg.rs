@@ -120,6 +120,28 @@ impl PgLog {
     /// date. `max_connections` bounds this process's connections (mind the server's own
     /// `max_connections`, 100 by default, across every node).
     pub async fn connect(url: &str, connect_timeout: Duration, max_connections: u32) -> Result<PgLog, StoreError> {
+        let log = PgLog::connect_without_migrating(url, connect_timeout, max_connections).await?;
+        // Migrating needs CREATE on the schema, even with nothing left to apply: only when
+        // something is, so a role that owns nothing runs once the owner migrated.
+        if log.pending().await? > 0 {
+            log.migrate().await.map_err(|e| {
+                StoreError::Io(format!(
+                    "migrating {}: {e} (a role that may not create tables needs the schema migrated by its owner \
+                     first: breakerbox migrate --db URL, docs/fleet.md)",
+                    redacted(url)
+                ))
+            })?;
+        }
+        Ok(log)
+    }
+
+    /// Connects (at most `connect_timeout` for the first connection) without touching the
+    /// schema: for `breakerbox migrate`, which applies [`PgLog::pending`] itself.
+    pub async fn connect_without_migrating(
+        url: &str,
+        connect_timeout: Duration,
+        max_connections: u32,
+    ) -> Result<PgLog, StoreError> {
         // Not echoed when it does not parse: it may be a key=value string with a password in it.
         let options: PgConnectOptions = url.parse().map_err(|e| {
             StoreError::Io(format!(
@@ -135,11 +157,39 @@ impl PgLog {
                 StoreError::Io(m) => StoreError::Io(format!("connecting to {}: {m}", redacted(url))),
                 other => other,
             })?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|e| StoreError::Io(format!("migrating {}: {e}", redacted(url))))?;
         Ok(PgLog { pool })
+    }
+
+    /// How many of this version's migrations the database has not applied.
+    pub async fn pending(&self) -> Result<usize, StoreError> {
+        let (exists,): (bool,) = sqlx::query_as("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        let applied: Vec<(i64,)> = if exists {
+            sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(classify)?
+        } else {
+            Vec::new()
+        };
+        Ok(MIGRATOR
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+            .filter(|m| !applied.iter().any(|(v,)| *v == m.version))
+            .count())
+    }
+
+    /// Applies this version's migrations that the database lacks (as the schema's owner: see
+    /// `docs/fleet.md`); how many it applied.
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        let pending = self.pending().await?;
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        Ok(pending)
     }
 
     /// The pool (for tests and tools that look at the tables directly).
