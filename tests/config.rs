@@ -594,6 +594,10 @@ fn the_fleet_log_settings_are_read_and_bad_values_are_named_without_a_password()
     );
     let err = load("[journal]\nnode = \"app 1\"\n", &[]).unwrap_err();
     assert!(err.contains("journal.node: node name \"app 1\""), "{err}");
+    for bad in ["../etc", "a/b", ".."] {
+        let err = load(&format!("[journal]\nnode = \"{bad}\"\n"), &[]).unwrap_err();
+        assert!(err.contains(&format!("journal.node: node name {bad:?}")), "{err}");
+    }
     let err = load("[journal]\noffline_start = \"later\"\n", &[]).unwrap_err();
     assert!(err.contains("journal.offline_start \"later\""), "{err}");
 }

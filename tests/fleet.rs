@@ -809,6 +809,13 @@ async fn a_server_crash_mid_load_loses_no_acknowledged_append() {
     cluster.stop("fast");
 }
 
+/// `f`, or a failure after 30 s (a regression fails the test rather than hanging it).
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .expect("done within 30 s")
+}
+
 /// Runs the binary; its stdout, or a panic with its stderr.
 fn breakerbox(args: &[&str], dir: &std::path::Path) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_breakerbox"))
@@ -935,9 +942,21 @@ fn a_node_ships_its_log_and_the_commands_answer_from_the_fleet_log_as_from_its_f
     assert_eq!(verified["findings"], serde_json::json!([]), "{verified}");
     assert!(verified["events"].as_u64().unwrap() > 10, "{verified}");
 
-    // A second node in the log: a command must be told which one.
+    // A second node in the log (shipping app-1's first event as its own): a command must be
+    // told which one. Rows appended by anything but a node's shipper are no node's.
     let log = rt.block_on(PgLog::connect(&db.url, Duration::from_secs(5), 2)).unwrap();
-    rt.block_on(log.append(&[9; 16], &[row("app-2", "stripe", 1)])).unwrap();
+    rt.block_on(log.append(&[9; 16], &[row("direct", "stripe", 1)]))
+        .unwrap();
+    let journal = rt
+        .block_on(breakerbox::journal::Journal::open(
+            &spool,
+            breakerbox::journal::JournalOptions::default(),
+        ))
+        .unwrap();
+    let first = rt.block_on(journal.read_shippable(0, 1)).unwrap();
+    rt.block_on(journal.close());
+    rt.block_on(log.ship("app-2", &first)).unwrap();
+    assert_eq!(rt.block_on(log.nodes()).unwrap(), ["app-1", "app-2"]);
     rt.block_on(log.close());
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_breakerbox"))
         .args(["audit", "--db", &db.url])
@@ -1013,7 +1032,7 @@ async fn the_fleet_log_down_loses_nothing_and_a_node_name_has_one_live_process()
         .await
         .unwrap();
     let first = write_events(&journal, "stripe", 20, 1_000).await;
-    shipper.wait_for(|s| s.shipped == Some(first)).await;
+    within(shipper.wait_for(|s| s.shipped == Some(first))).await;
 
     // Another process as app-1: refused, naming the holder.
     let other = open("app-2").await;
@@ -1029,7 +1048,7 @@ async fn the_fleet_log_down_loses_nothing_and_a_node_name_has_one_live_process()
         second > first,
         "the node's own log keeps taking events while the fleet's is down"
     );
-    let stale = shipper.wait_for(|s| s.failing_since_ms.is_some()).await;
+    let stale = within(shipper.wait_for(|s| s.failing_since_ms.is_some())).await;
     assert_eq!(stale.shipped, Some(first), "{stale:?}");
     // Starting while it is down: refused within the connect timeout, or run as asked.
     let started = Instant::now();
@@ -1059,11 +1078,9 @@ async fn the_fleet_log_down_loses_nothing_and_a_node_name_has_one_live_process()
     let other_last = write_events(&other, "calcom", 5, 1_000).await;
 
     cluster.start();
-    let back = shipper
-        .wait_for(|s| s.shipped == Some(second) && s.failing.is_none())
-        .await;
+    let back = within(shipper.wait_for(|s| s.shipped == Some(second) && s.failing.is_none())).await;
     assert_eq!(back.failing_since_ms, None);
-    offline.wait_for(|s| s.shipped == Some(other_last)).await;
+    within(offline.wait_for(|s| s.shipped == Some(other_last))).await;
     let log = PgLog::connect(&url, Duration::from_secs(5), 2).await.unwrap();
     let shipped = log.read_node("app-1", 0, 10_000).await.unwrap();
     let own = journal.read_shippable(0, 10_000).await.unwrap();
@@ -1214,9 +1231,7 @@ async fn nodes_run_as_a_role_that_owns_nothing_once_the_owner_migrated() {
     let shipper = Shipper::start(journal.clone(), "app-1", "test", FleetOptions::new(as_node.clone()))
         .await
         .unwrap();
-    let shipped = shipper
-        .wait_for(|s| s.shipped == Some(last) || s.failing.is_some())
-        .await;
+    let shipped = within(shipper.wait_for(|s| s.shipped == Some(last) || s.failing.is_some())).await;
     assert_eq!((shipped.shipped, shipped.failing), (Some(last), None));
     let (copy, node) = node_copy(&as_node, None, Duration::from_secs(5)).await.unwrap();
     assert_eq!(node, "app-1");
@@ -1286,7 +1301,7 @@ fn the_health_api_and_the_metrics_say_how_far_the_node_is_shipped() {
         }
         stripe.inspect().await;
         let position = app.journal().flush().await.unwrap().position;
-        app.shipped(position).await.unwrap();
+        within(app.shipped(position)).await.unwrap();
         let base = format!("http://{}", app.http_addrs()[0]);
         let client = reqwest::Client::new();
         let get = |path: &str| {
@@ -1308,4 +1323,163 @@ fn the_health_api_and_the_metrics_say_how_far_the_node_is_shipped() {
         assert!(metrics.contains("\ncircuit_breaker_fleet_log_unshipped "), "{metrics}");
         app.shutdown().await.unwrap();
     });
+}
+
+/// A shipment whose COMMIT answer was lost (a relay cuts the connection just after passing it
+/// on: the rows are in) while the node writes on: the next shipment is larger than the lost one,
+/// and starts after it, from the checkpoint the database holds. Nothing is written twice, and
+/// shipping goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shipment_whose_answer_was_lost_is_not_shipped_again_when_more_came_meanwhile() {
+    use breakerbox::journal::fleet::{FleetOptions, Shipper};
+    let Some(db) = Db::create("shiplost").await else { return };
+    connect(&db).await.close().await;
+    let (prefix, rest) = db.url.split_once('@').unwrap();
+    let (hostport, dbname) = rest.split_once('/').unwrap();
+    let server: std::net::SocketAddr = tokio::net::lookup_host(hostport).await.unwrap().next().unwrap();
+    let armed = Arc::new(AtomicBool::new(false));
+    let relay = cutting_relay(server, armed.clone()).await;
+    let through = format!("{prefix}@{relay}/{dbname}");
+    let dir = tempfile::tempdir().unwrap();
+    let options = breakerbox::journal::JournalOptions {
+        node: Arc::from("app-1"),
+        ..Default::default()
+    };
+    let journal = Arc::new(
+        breakerbox::journal::Journal::open(&dir.path().join("app-1.db"), options)
+            .await
+            .unwrap(),
+    );
+    let shipper = Shipper::start(journal.clone(), "app-1", "test", FleetOptions::new(through))
+        .await
+        .unwrap();
+    let first = write_events(&journal, "stripe", 10, 1_000).await;
+    within(shipper.wait_for(|s| s.shipped == Some(first))).await;
+    armed.store(true, Ordering::Release);
+    let second = write_events(&journal, "stripe", 10, 10_000).await;
+    // The cut happened (the server committed the shipment, the shipper heard nothing)…
+    within(async {
+        while armed.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    // …and more came before its retry.
+    let third = write_events(&journal, "calcom", 10, 20_000).await;
+    assert!(third > second && second > first);
+    let done = within(shipper.wait_for(|s| s.shipped == Some(third) && s.failing.is_none())).await;
+    assert_eq!(done.failing_since_ms, None);
+    let direct = connect(&db).await;
+    assert_eq!(
+        direct.read_node("app-1", 0, 10_000).await.unwrap(),
+        journal.read_shippable(0, 10_000).await.unwrap(),
+        "every event once, in order"
+    );
+    direct.close().await;
+    shipper.stop(Duration::from_secs(5)).await;
+    journal.close().await;
+}
+
+/// Rows keep the node they were written as: a log written before nodes were recorded (node '')
+/// and then under an older name ships under the node that ships it, two such nodes do not
+/// collide, and each node's copy verifies and equals its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_keep_the_node_they_were_written_as_and_still_verify_in_the_fleet_log() {
+    use breakerbox::journal::fleet::{FleetOptions, Shipper, node_copy};
+    use breakerbox::journal::{Journal, JournalOptions};
+    let Some(db) = Db::create("renamed").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut logs = Vec::new();
+    for node in ["app-1", "app-2"] {
+        let path = dir.path().join(format!("{node}.db"));
+        // Written as '' (before nodes were recorded), then as the host's old name, then as the node.
+        for (name, t0) in [("", 1_000), ("old-host", 10_000), (node, 20_000)] {
+            let options = JournalOptions {
+                node: Arc::from(name),
+                ..Default::default()
+            };
+            let journal = Journal::open(&path, options).await.unwrap();
+            write_events(&journal, "stripe", 6, t0).await;
+            journal.close().await;
+        }
+        let options = JournalOptions {
+            node: Arc::from(node),
+            ..Default::default()
+        };
+        let journal = Arc::new(Journal::open(&path, options).await.unwrap());
+        let last = journal.last_position().await.unwrap();
+        let shipper = Shipper::start(journal.clone(), node, node, FleetOptions::new(db.url.clone()))
+            .await
+            .unwrap();
+        let status = within(shipper.wait_for(|s| s.shipped == Some(last) || s.failing.is_some())).await;
+        assert_eq!((status.shipped, status.failing), (Some(last), None), "{node}");
+        shipper.stop(Duration::from_secs(5)).await;
+        logs.push((node, journal));
+    }
+    for (node, journal) in logs {
+        let (copy, _) = node_copy(&db.url, Some(node), Duration::from_secs(5)).await.unwrap();
+        let own = journal.read_shippable(0, 10_000).await.unwrap();
+        assert_eq!(copy.read_shippable(0, 10_000).await.unwrap(), own, "{node}");
+        let names: BTreeSet<&str> = own.iter().map(|s| s.event.node.as_str()).collect();
+        assert_eq!(names, BTreeSet::from(["", "old-host", node]), "{node}");
+        let report = copy.verify().await.unwrap();
+        assert!(report.findings.is_empty(), "{node}: {:?}", report.findings);
+        assert!(report.events > 10, "{node}: {report:?}");
+        copy.close().await;
+        journal.close().await;
+    }
+}
+
+/// The node's own retention replaces call batches by per-minute summaries and deletes them; the
+/// fleet's log keeps what was shipped, and a node's copy leaves out the batches a shipped summary
+/// replaced: it equals the node's log again, and a compacted minute is not counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_leaves_out_the_batches_the_nodes_retention_replaced() {
+    use breakerbox::breaker::{Breaker, Policy};
+    use breakerbox::journal::fleet::{FleetOptions, Shipper, node_copy};
+    use breakerbox::journal::{Body, Journal, JournalOptions};
+    let Some(db) = Db::create("retention").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let options = JournalOptions {
+        node: Arc::from("app-1"),
+        ..Default::default()
+    };
+    let journal = Arc::new(Journal::open(&dir.path().join("app-1.db"), options).await.unwrap());
+    write_events(&journal, "stripe", 30, 1_000).await;
+    // A snapshot after them: compaction keeps what recovery still needs, and nothing before it.
+    let snapshot = journal.submit(
+        &Arc::from("stripe"),
+        Body::Snapshot {
+            at_ms: 100_000,
+            breaker: Box::new(Breaker::new(Policy::consecutive(2, 10)).unwrap()),
+        },
+    );
+    journal.durable(snapshot.unwrap()).await.unwrap();
+    let shipper = Shipper::start(journal.clone(), "app-1", "test", FleetOptions::new(db.url.clone()))
+        .await
+        .unwrap();
+    let before = journal.last_position().await.unwrap();
+    within(shipper.wait_for(|s| s.shipped == Some(before))).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let report = journal.compact(0, now).await.unwrap();
+    assert!(report.batches > 0 && report.summaries > 0, "{report:?}");
+    let after = journal.last_position().await.unwrap();
+    within(shipper.wait_for(|s| s.shipped == Some(after))).await;
+    let (copy, _) = node_copy(&db.url, Some("app-1"), Duration::from_secs(5)).await.unwrap();
+    let own = journal.read_shippable(0, 10_000).await.unwrap();
+    assert_eq!(copy.read_shippable(0, 10_000).await.unwrap(), own);
+    assert!(
+        own.iter().all(|s| s.event.event_type != "call_batch"),
+        "every batch was compacted"
+    );
+    let report = copy.verify().await.unwrap();
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+    copy.close().await;
+    shipper.stop(Duration::from_secs(5)).await;
+    journal.close().await;
 }

@@ -1,9 +1,19 @@
--- A node ships its own log to the fleet's (docs/fleet.md, "How a node writes"): each row keeps
--- its position in the log it was written to, so a node's history reads back in exactly its own
--- order; `shipped` is where each node's shipper resumes, moved in the transaction that ships.
+-- A node ships its own log to the fleet's (docs/fleet.md, "How a node writes"). A shipped row
+-- keeps everything as its node's log has it — its `node` column exactly as written there, even
+-- an older name or '' (rows from before nodes were recorded), so its chain link still verifies —
+-- and says which node shipped it (`source_node`) and where it sits in that node's log
+-- (`source_position`): a node's history reads back in exactly its own order.
+ALTER TABLE events ADD COLUMN source_node text;
 ALTER TABLE events ADD COLUMN source_position bigint;
-CREATE UNIQUE INDEX events_by_node_source ON events (node, source_position);
 
+-- One writer per (node, stream) stays the backstop, the writer of a shipped row being the node
+-- that shipped it (two nodes may both hold '' rows of `stripe` from before names were recorded).
+ALTER TABLE events DROP CONSTRAINT events_node_stream_seq_key;
+CREATE UNIQUE INDEX events_writer_seq ON events ((coalesce(source_node, node)), stream, seq);
+CREATE INDEX events_by_node_stream ON events (node, stream, seq);
+CREATE UNIQUE INDEX events_by_source ON events (source_node, source_position);
+
+-- Where each node's shipper resumes: moved in the transaction that ships.
 CREATE TABLE shipped (
     node     text   PRIMARY KEY,
     position bigint NOT NULL CHECK (position >= 0)

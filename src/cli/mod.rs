@@ -48,8 +48,9 @@ pub struct Global {
     /// [default: $BREAKERBOX_DB, else breakerbox.db].
     #[arg(long, global = true, value_name = "PATH|URL")]
     pub db: Option<PathBuf>,
-    /// This process's node name in the fleet's log; for the commands that read it, the node to
-    /// read [default: $BREAKERBOX_NODE, else [journal] node, else the host name].
+    /// This process's node name in the fleet's log [default: $BREAKERBOX_NODE, else [journal]
+    /// node, else the host name]; for the commands that read the fleet's log, the node to read
+    /// [default: $BREAKERBOX_NODE, else this host's name if it shipped, else the only node].
     #[arg(long, global = true, value_name = "NAME")]
     pub node: Option<String>,
     /// With --db postgres://…: where serve, demo and proxy keep the node's own log, which they

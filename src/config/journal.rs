@@ -44,12 +44,20 @@ pub fn is_postgres_url(s: &str) -> bool {
     s.starts_with("postgres://") || s.starts_with("postgresql://")
 }
 
-/// Whether `name` is usable as a node name: 1 to 128 characters, none of them a control character
-/// or a space.
+/// Whether `name` is usable as a node name: 1 to 128 characters, no space, control character,
+/// `/` or `\`, and not `.` or `..` (it names the node's own log file, `breakerbox-NODE.db`).
 pub fn check_node_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.chars().count() > 128 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    if name.is_empty()
+        || name.chars().count() > 128
+        || name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || c == '/' || c == '\\')
+    {
         return Err(format!(
-            "node name {name:?} must be 1 to 128 characters without spaces or control characters"
+            "node name {name:?} must be 1 to 128 characters without spaces, control characters, '/' or '\\', \
+             and not \".\" or \"..\""
         ));
     }
     Ok(())

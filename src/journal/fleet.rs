@@ -15,7 +15,7 @@
 //! answer from that with the same code as from the node's own file: the same answers.
 
 use super::pg::{LeaseError, PgLog, Shippable, redacted};
-use super::{Holder, Journal, StoreError, host_name};
+use super::{CALL_BATCH, CALL_SUMMARY, Decoded, Holder, Journal, StoreError, decode, host_name};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -101,6 +101,17 @@ pub enum FleetError {
         /// This log's last position.
         local: i64,
     },
+    /// The fleet's log holds another event than this log at the position shipping resumes from.
+    #[error(
+        "the fleet log holds another event than this log at position {position} of node {node}'s log: it is not \
+         the log that node wrote (start with the log it wrote, or with another --node)"
+    )]
+    NotThisLog {
+        /// The node.
+        node: String,
+        /// The position.
+        position: i64,
+    },
     /// Which node to read is not clear, or the node has no events.
     #[error("{0}")]
     Node(String),
@@ -133,7 +144,7 @@ pub struct Shipper {
 }
 
 impl Shipper {
-    /// Connects (at most `connect_timeout`), takes the node's lease and starts shipping
+    /// Connects (at most twice `connect_timeout` in all), takes the node's lease and starts shipping
     /// `journal`'s events as `node`. Refused when another live process holds the node, or when
     /// the fleet's log already holds more of the node than `journal` has. When the database does
     /// not answer, `offline_start` decides: run (and ship once it answers) or refuse.
@@ -158,9 +169,19 @@ impl Shipper {
             renewed: None,
             status: status_tx,
         };
-        if let Err(e) = run.connect().await {
+        // Bounded as a whole (connecting, the schema, the lease, the resume point): start-up never
+        // waits longer on the database than twice the connect timeout.
+        let bound = run.options.connect_timeout.saturating_mul(2);
+        let first = match tokio::time::timeout(bound, run.connect()).await {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(FleetError::Unreachable {
+                url: redacted(&run.options.url),
+                source: StoreError::Io(format!("no answer within {bound:?}")),
+            }),
+        };
+        if let Err(e) = first {
             match (&e, run.options.offline_start) {
-                (FleetError::Unreachable { .. }, OfflineStart::Run) => {
+                (FleetError::Unreachable { .. } | FleetError::Store(_), OfflineStart::Run) => {
                     tracing::warn!(error = %e, "starting without the fleet log; its events are shipped once it answers");
                     run.failed(&e);
                 }
@@ -208,6 +229,14 @@ impl Shipper {
     }
 }
 
+impl Drop for Shipper {
+    /// A shipper dropped without [`Shipper::stop`] (its host panicked, say) still stops: it ships
+    /// what it can without waiting, and gives up the node's lease.
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
 struct Run {
     journal: Arc<Journal>,
     node: String,
@@ -228,12 +257,16 @@ impl Run {
     /// Connects if not connected, renews the lease when due, and learns where shipping resumes.
     async fn connect(&mut self) -> Result<&PgLog, FleetError> {
         if self.log.is_none() {
-            let log = PgLog::connect(&self.options.url, self.options.connect_timeout, 2)
+            let log = PgLog::connect_without_migrating(&self.options.url, self.options.connect_timeout, 2)
                 .await
                 .map_err(|source| FleetError::Unreachable {
                     url: redacted(&self.options.url),
                     source,
                 })?;
+            if let Err(e) = log.bring_up_to_date(&self.options.url).await {
+                log.close().await;
+                return Err(e.into());
+            }
             self.log = Some(log);
         }
         let log = self.log.as_ref().expect("connected above");
@@ -265,6 +298,22 @@ impl Run {
                     shipped,
                     local,
                 });
+            }
+            // The same length is not the same log: the event at the resume point must be the one
+            // shipped from there (unless compaction removed it here since).
+            if shipped > 0 {
+                let ours = self.journal.read_shippable(shipped - 1, 1).await?;
+                let theirs = log.read_node(&self.node, shipped - 1, 1).await?;
+                if let (Some(a), Some(b)) = (ours.first(), theirs.first())
+                    && a.event.position == shipped
+                    && b.event.position == shipped
+                    && a != b
+                {
+                    return Err(FleetError::NotThisLog {
+                        node: self.node.clone(),
+                        position: shipped,
+                    });
+                }
             }
             self.shipped = Some(shipped);
             self.status.send_modify(|s| s.shipped = Some(shipped));
@@ -304,7 +353,8 @@ impl Run {
     async fn ship(mut self, mut stop: watch::Receiver<bool>) {
         let mut backoff = MIN_BACKOFF;
         loop {
-            let stopping = *stop.borrow();
+            // A dropped `Shipper` (its sender gone) stops it too.
+            let stopping = *stop.borrow() || stop.has_changed().is_err();
             match self.step().await {
                 Ok(step) => {
                     backoff = MIN_BACKOFF;
@@ -329,6 +379,10 @@ impl Run {
                 }
                 Err(e) => {
                     self.failed(&e);
+                    // The checkpoint in the database is what counts: a shipment whose answer was
+                    // lost may have committed, and the next one (larger by then) must start
+                    // after it rather than collide with it.
+                    self.shipped = None;
                     if stopping {
                         break;
                     }
@@ -386,10 +440,11 @@ pub fn choose_node(nodes: &[String], asked: Option<&str>) -> Result<String, Flee
     }
 }
 
-/// A copy of one node's history, read from the fleet's log into a scratch SQLite log (removed
-/// when the journal is closed), at the node's own positions: the commands answer from it with
-/// the same code, and so the same answers, as from the node's own file. Returns the copy and the
-/// node ([`choose_node`]).
+/// A copy of one node's history, read from the fleet's log into a scratch SQLite log under the
+/// system's temporary directory (removed when the journal is closed), at the node's own
+/// positions and without the call batches its retention replaced since: the commands answer
+/// from it with the same code, and so the same answers, as from the node's own file. Returns the
+/// copy and the node ([`choose_node`]).
 pub async fn node_copy(
     url: &str,
     asked: Option<&str>,
@@ -403,13 +458,37 @@ pub async fn node_copy(
         })?;
     let copied = async {
         let node = choose_node(&log.nodes().await?, asked)?;
-        let journal = Journal::in_memory().await?;
+        // The call batches the node's own retention replaced by summaries since it shipped them:
+        // its log no longer has them, so neither does the copy (else a compacted hour counts
+        // twice). A summary that does not decode is an error, not a guess.
+        let mut replaced: std::collections::HashSet<(String, u64)> = std::collections::HashSet::new();
+        for e in log.read_node_of_type(&node, CALL_SUMMARY).await? {
+            match decode(&e) {
+                Ok(Decoded::Summary(summary)) => {
+                    replaced.extend(summary.replaced.iter().map(|r| (e.stream.clone(), r.seq)));
+                }
+                Ok(_) => {}
+                Err(why) => {
+                    return Err(FleetError::Store(StoreError::Io(format!(
+                        "node {node}'s call summary at position {} does not decode: {why}",
+                        e.position
+                    ))));
+                }
+            }
+        }
+        // On disk, not in memory: a node's history may be larger than /dev/shm (64 MB in a
+        // container by default).
+        let journal = Journal::scratch_in(&std::env::temp_dir()).await?;
         let filled = async {
             let mut after = 0;
             loop {
-                let events = log.read_node(&node, after, 20_000).await?;
+                let mut events = log.read_node(&node, after, 20_000).await?;
                 let Some(last) = events.last() else { break };
                 after = last.event.position;
+                events.retain(|s| {
+                    s.event.event_type != CALL_BATCH
+                        || !replaced.contains(&(s.event.stream.clone(), s.event.seq as u64))
+                });
                 journal.import(events).await?;
             }
             Ok::<(), FleetError>(())

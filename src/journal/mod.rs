@@ -559,13 +559,19 @@ impl Journal {
     /// # });
     /// ```
     pub async fn in_memory() -> Result<Journal, StoreError> {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let shm = Path::new("/dev/shm");
         let base = if shm.is_dir() {
             shm.to_path_buf()
         } else {
             std::env::temp_dir()
         };
+        Journal::scratch_in(&base).await
+    }
+
+    /// A scratch log (as [`Journal::in_memory`]) in a fresh directory under `base`, removed when
+    /// the journal is closed or dropped.
+    pub async fn scratch_in(base: &Path) -> Result<Journal, StoreError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());

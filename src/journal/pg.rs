@@ -47,6 +47,7 @@ struct Insert<'a> {
     recorded_at: i64,
     payload: &'a [u8],
     hash: Option<&'a [u8]>,
+    source_node: Option<&'a str>,
     source_position: Option<i64>,
 }
 
@@ -121,10 +122,19 @@ impl PgLog {
     /// `max_connections`, 100 by default, across every node).
     pub async fn connect(url: &str, connect_timeout: Duration, max_connections: u32) -> Result<PgLog, StoreError> {
         let log = PgLog::connect_without_migrating(url, connect_timeout, max_connections).await?;
-        // Migrating needs CREATE on the schema, even with nothing left to apply: only when
-        // something is, so a role that owns nothing runs once the owner migrated.
-        if log.pending().await? > 0 {
-            log.migrate().await.map_err(|e| {
+        if let Err(e) = log.bring_up_to_date(url).await {
+            log.close().await;
+            return Err(e);
+        }
+        Ok(log)
+    }
+
+    /// Applies what is pending of this version's migrations, if anything is. Migrating needs
+    /// CREATE on the schema even with nothing left to apply, so only then: a role that owns
+    /// nothing runs once the owner migrated (`url` is for the message).
+    pub async fn bring_up_to_date(&self, url: &str) -> Result<(), StoreError> {
+        if self.pending().await? > 0 {
+            self.migrate().await.map_err(|e| {
                 StoreError::Io(format!(
                     "migrating {}: {e} (a role that may not create tables needs the schema migrated by its owner \
                      first: breakerbox migrate --db URL, docs/fleet.md)",
@@ -132,7 +142,7 @@ impl PgLog {
                 ))
             })?;
         }
-        Ok(log)
+        Ok(())
     }
 
     /// Connects (at most `connect_timeout` for the first connection) without touching the
@@ -226,6 +236,7 @@ impl PgLog {
                 recorded_at: r.recorded_at.min(i64::MAX as u64) as i64,
                 payload: &r.payload,
                 hash: None,
+                source_node: None,
                 source_position: None,
             })
             .collect();
@@ -243,7 +254,7 @@ impl PgLog {
         for chunk in rows.chunks(ROWS_PER_INSERT) {
             let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
                 "INSERT INTO events (node, stream, seq, event_type, event_version, recorded_at, batch_id, payload, \
-                 hash, source_position) ",
+                 hash, source_node, source_position) ",
             );
             q.push_values(chunk, |mut b, r| {
                 b.push_bind(r.node)
@@ -255,6 +266,7 @@ impl PgLog {
                     .push_bind(&batch[..])
                     .push_bind(r.payload)
                     .push_bind(r.hash)
+                    .push_bind(r.source_node)
                     .push_bind(r.source_position);
             });
             q.push(" RETURNING id");
@@ -288,7 +300,7 @@ impl PgLog {
         let rows: Vec<Insert<'_>> = events
             .iter()
             .map(|s| Insert {
-                node: if s.event.node.is_empty() { node } else { &s.event.node },
+                node: &s.event.node,
                 stream: &s.event.stream,
                 seq: s.event.seq,
                 event_type: &s.event.event_type,
@@ -296,15 +308,17 @@ impl PgLog {
                 recorded_at: s.event.recorded_at,
                 payload: &s.event.payload,
                 hash: s.hash.as_deref(),
+                source_node: Some(node),
                 source_position: Some(s.event.position),
             })
             .collect();
         match self.insert_rows(&batch, &rows, Some((node, last.event.position))).await {
             Ok(_) => Ok(last.event.position),
             Err(e) if is_unique_violation(&e) => {
+                // Keyed by the node that shipped them, as the backstop's index is.
                 let keys: Vec<(String, String, u64)> = rows
                     .iter()
-                    .map(|r| (r.node.to_owned(), r.stream.to_owned(), r.seq.max(0) as u64))
+                    .map(|r| (node.to_owned(), r.stream.to_owned(), r.seq.max(0) as u64))
                     .collect();
                 self.settle_keys(&batch, &keys).await?;
                 Ok(last.event.position)
@@ -325,13 +339,28 @@ impl PgLog {
         Ok(p.unwrap_or(0))
     }
 
-    /// The nodes with events in the log, by name.
+    /// The events of `event_type` that `node` shipped, in its log's order.
+    pub async fn read_node_of_type(&self, node: &str, event_type: &str) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT source_position AS id, node, stream, seq, event_type, event_version, recorded_at, payload \
+             FROM events WHERE source_node = $1 AND event_type = $2 ORDER BY source_position",
+        )
+        .bind(node)
+        .bind(event_type)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        rows.iter().map(stored).collect()
+    }
+
+    /// The nodes that shipped events to the log, by name.
     pub async fn nodes(&self) -> Result<Vec<String>, StoreError> {
         let rows: Vec<(String,)> = sqlx::query_as(
             "WITH RECURSIVE n AS ( \
-                 (SELECT node FROM events ORDER BY node LIMIT 1) \
+                 (SELECT source_node AS node FROM events WHERE source_node IS NOT NULL ORDER BY source_node LIMIT 1) \
                  UNION ALL \
-                 SELECT (SELECT e.node FROM events e WHERE e.node > n.node ORDER BY e.node LIMIT 1) FROM n \
+                 SELECT (SELECT e.source_node FROM events e WHERE e.source_node > n.node \
+                         ORDER BY e.source_node LIMIT 1) FROM n \
                  WHERE n.node IS NOT NULL) \
              SELECT node FROM n WHERE node IS NOT NULL",
         )
@@ -341,12 +370,12 @@ impl PgLog {
         Ok(rows.into_iter().map(|(n,)| n).collect())
     }
 
-    /// A node's shipped events after `after` (a position of its own log), in that order, at most
-    /// `limit`, each with its position there and its chain link.
+    /// The events `node` shipped after `after` (a position of its own log), in that order, at most
+    /// `limit`, each with its position there, its chain link and its `node` column as written.
     pub async fn read_node(&self, node: &str, after: i64, limit: u32) -> Result<Vec<Shippable>, StoreError> {
         let rows = sqlx::query(
             "SELECT source_position AS id, node, stream, seq, event_type, event_version, recorded_at, payload, hash \
-             FROM events WHERE node = $1 AND source_position > $2 ORDER BY source_position LIMIT $3",
+             FROM events WHERE source_node = $1 AND source_position > $2 ORDER BY source_position LIMIT $3",
         )
         .bind(node)
         .bind(after)
@@ -380,9 +409,9 @@ impl PgLog {
         let streams: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
         let seqs: Vec<i64> = keys.iter().map(|k| k.2.min(i64::MAX as u64) as i64).collect();
         let found: Vec<(i64, String, String, i64, Vec<u8>)> = sqlx::query_as(
-            "SELECT e.id, e.node, e.stream, e.seq, e.batch_id FROM events e \
+            "SELECT e.id, coalesce(e.source_node, e.node), e.stream, e.seq, e.batch_id FROM events e \
              JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS k(node, stream, seq) \
-               ON e.node = k.node AND e.stream = k.stream AND e.seq = k.seq",
+               ON coalesce(e.source_node, e.node) = k.node AND e.stream = k.stream AND e.seq = k.seq",
         )
         .bind(&nodes)
         .bind(&streams)
