@@ -1483,3 +1483,46 @@ async fn a_copy_leaves_out_the_batches_the_nodes_retention_replaced() {
     shipper.stop(Duration::from_secs(5)).await;
     journal.close().await;
 }
+
+/// Golden: a demo's log in the format of the tree before the fleet log (schema 7: nodes, every
+/// row chained), never rewritten. It opens as it is, ships as it is, and its copy in the fleet's
+/// log equals it and verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_written_before_the_fleet_log_opens_and_ships_unchanged() {
+    use breakerbox::journal::fleet::{FleetOptions, Shipper, node_copy};
+    use breakerbox::journal::{Journal, JournalOptions};
+    let Some(db) = Db::create("golden").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app-7.db");
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/logs/schema7.db"),
+        &path,
+    )
+    .unwrap();
+    let options = JournalOptions {
+        node: Arc::from("app-7"),
+        ..Default::default()
+    };
+    let journal = Arc::new(Journal::open(&path, options).await.unwrap());
+    assert!(
+        journal.restored_triggers().is_empty(),
+        "{:?}",
+        journal.restored_triggers()
+    );
+    let own = journal.read_shippable(0, 10_000).await.unwrap();
+    assert_eq!(own.len(), 40);
+    assert!(own.iter().all(|s| s.event.node == "app-7" && s.hash.is_some()));
+    let last = own.last().unwrap().event.position;
+    let shipper = Shipper::start(journal.clone(), "app-7", "test", FleetOptions::new(db.url.clone()))
+        .await
+        .unwrap();
+    within(shipper.wait_for(|s| s.shipped == Some(last))).await;
+    let (copy, node) = node_copy(&db.url, None, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(node, "app-7");
+    assert_eq!(copy.read_shippable(0, 10_000).await.unwrap(), own);
+    let report = copy.verify().await.unwrap();
+    assert!(report.ok() && report.events == 40, "{report:?}");
+    copy.close().await;
+    shipper.stop(Duration::from_secs(5)).await;
+    journal.close().await;
+}
