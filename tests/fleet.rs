@@ -1167,14 +1167,38 @@ fn a_node_killed_mid_shipment_resumes_without_a_loss_or_a_duplicate() {
 }
 
 /// What a role that runs nodes is granted (docs/fleet.md, "Running as a role that owns nothing").
-const NODE_GRANTS: [&str; 6] = [
+const NODE_GRANTS: [&str; 7] = [
     "GRANT SELECT, INSERT ON events, event_order TO {role}",
     "GRANT SELECT, INSERT, UPDATE, DELETE ON nodes TO {role}",
     "GRANT SELECT, INSERT, UPDATE ON shipped TO {role}",
     "GRANT SELECT, UPDATE ON sequencer TO {role}",
     "GRANT SELECT ON _sqlx_migrations TO {role}",
     "GRANT EXECUTE ON FUNCTION breakerbox_compact_calls(text, text, bigint) TO {role}",
+    "GRANT EXECUTE ON FUNCTION breakerbox_compact_shipped(text, text, bigint[]) TO {role}",
 ];
+
+/// A snapshot of `stream` at 100 s after the epoch, then the node's own retention over
+/// everything before now: the call batches written before it become summaries. The report.
+async fn snapshot_and_compact(
+    journal: &breakerbox::journal::Journal,
+    stream: &str,
+) -> breakerbox::journal::CompactReport {
+    use breakerbox::breaker::{Breaker, Policy};
+    use breakerbox::journal::Body;
+    let snapshot = journal.submit(
+        &Arc::from(stream),
+        Body::Snapshot {
+            at_ms: 100_000,
+            breaker: Box::new(Breaker::new(Policy::consecutive(2, 10)).unwrap()),
+        },
+    );
+    journal.durable(snapshot.unwrap()).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    journal.compact(0, now).await.unwrap()
+}
 
 /// The schema's owner migrates once (`breakerbox migrate`); nodes then run as a role that owns
 /// nothing and holds only the documented grants: it ships, runs the sequencer and reads a node
@@ -1227,7 +1251,10 @@ async fn nodes_run_as_a_role_that_owns_nothing_once_the_owner_migrated() {
             .await
             .unwrap(),
     );
-    let last = write_events(&journal, "stripe", 20, 1_000).await;
+    write_events(&journal, "stripe", 20, 1_000).await;
+    // A summary among what it ships: its replaced batches go through breakerbox_compact_shipped.
+    assert!(snapshot_and_compact(&journal, "stripe").await.summaries > 0);
+    let last = journal.last_position().await.unwrap();
     let shipper = Shipper::start(journal.clone(), "app-1", "test", FleetOptions::new(as_node.clone()))
         .await
         .unwrap();
@@ -1240,10 +1267,11 @@ async fn nodes_run_as_a_role_that_owns_nothing_once_the_owner_migrated() {
         journal.read_shippable(0, 1_000).await.unwrap()
     );
     let log = PgLog::connect(&as_node, Duration::from_secs(5), 1).await.unwrap();
+    let shipped_events = journal.read_shippable(0, 1_000).await.unwrap().len() as i64;
     assert_eq!(
         log.last_position().await.unwrap(),
-        last,
-        "the sequencer ran as the node's role"
+        shipped_events,
+        "the sequencer ran as the node's role, numbering every event shipped"
     );
     log.close().await;
     copy.close().await;
@@ -1430,14 +1458,14 @@ async fn rows_keep_the_node_they_were_written_as_and_still_verify_in_the_fleet_l
     }
 }
 
-/// The node's own retention replaces call batches by per-minute summaries and deletes them; the
-/// fleet's log keeps what was shipped, and a node's copy leaves out the batches a shipped summary
-/// replaced: it equals the node's log again, and a compacted minute is not counted twice.
+/// The node's own retention replaces call batches by per-minute summaries and deletes them.
+/// Shipping the summaries deletes the batches they replaced from the fleet's log too (through
+/// its one narrow path), the node's copy equals its file again (no compacted minute counted
+/// twice), and the chain verifies across the summaries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_copy_leaves_out_the_batches_the_nodes_retention_replaced() {
-    use breakerbox::breaker::{Breaker, Policy};
+async fn the_nodes_retention_is_followed_in_the_fleet_log_and_its_copy() {
     use breakerbox::journal::fleet::{FleetOptions, Shipper, node_copy};
-    use breakerbox::journal::{Body, Journal, JournalOptions};
+    use breakerbox::journal::{Journal, JournalOptions};
     let Some(db) = Db::create("retention").await else {
         return;
     };
@@ -1448,28 +1476,29 @@ async fn a_copy_leaves_out_the_batches_the_nodes_retention_replaced() {
     };
     let journal = Arc::new(Journal::open(&dir.path().join("app-1.db"), options).await.unwrap());
     write_events(&journal, "stripe", 30, 1_000).await;
-    // A snapshot after them: compaction keeps what recovery still needs, and nothing before it.
-    let snapshot = journal.submit(
-        &Arc::from("stripe"),
-        Body::Snapshot {
-            at_ms: 100_000,
-            breaker: Box::new(Breaker::new(Policy::consecutive(2, 10)).unwrap()),
-        },
-    );
-    journal.durable(snapshot.unwrap()).await.unwrap();
     let shipper = Shipper::start(journal.clone(), "app-1", "test", FleetOptions::new(db.url.clone()))
         .await
         .unwrap();
     let before = journal.last_position().await.unwrap();
     within(shipper.wait_for(|s| s.shipped == Some(before))).await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let report = journal.compact(0, now).await.unwrap();
+    let log = connect(&db).await;
+    let batches = |log: PgLog| async move {
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM events WHERE event_type = 'call_batch'")
+            .fetch_one(log.pool())
+            .await
+            .unwrap();
+        n
+    };
+    assert!(batches(log.clone()).await > 0, "the batches were shipped");
+    let report = snapshot_and_compact(&journal, "stripe").await;
     assert!(report.batches > 0 && report.summaries > 0, "{report:?}");
     let after = journal.last_position().await.unwrap();
     within(shipper.wait_for(|s| s.shipped == Some(after))).await;
+    assert_eq!(
+        batches(log.clone()).await,
+        0,
+        "shipping the summaries removed what they replaced"
+    );
     let (copy, _) = node_copy(&db.url, Some("app-1"), Duration::from_secs(5)).await.unwrap();
     let own = journal.read_shippable(0, 10_000).await.unwrap();
     assert_eq!(copy.read_shippable(0, 10_000).await.unwrap(), own);
@@ -1480,8 +1509,9 @@ async fn a_copy_leaves_out_the_batches_the_nodes_retention_replaced() {
     let report = copy.verify().await.unwrap();
     assert!(report.findings.is_empty(), "{:?}", report.findings);
     copy.close().await;
+    log.close().await;
     shipper.stop(Duration::from_secs(5)).await;
-    journal.close().await;
+    journal.close().await
 }
 
 /// Golden: a demo's log in the format of the tree before the fleet log (schema 7: nodes, every

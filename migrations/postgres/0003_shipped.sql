@@ -18,3 +18,21 @@ CREATE TABLE shipped (
     node     text   PRIMARY KEY,
     position bigint NOT NULL CHECK (position >= 0)
 );
+
+-- Retention follows each node's own: when a node ships a call summary, the call batches it
+-- replaced go in the same transaction, through this narrow path only (as
+-- breakerbox_compact_calls: the table's owner, its own setting, call batches only), so the
+-- fleet's copy keeps what the node's file keeps and its chain verifies across the summary.
+CREATE FUNCTION breakerbox_compact_shipped(p_source_node text, p_stream text, p_seqs bigint[]) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE n bigint;
+BEGIN
+    PERFORM set_config('breakerbox.compacting', 'on', true);
+    DELETE FROM events
+     WHERE source_node = p_source_node AND stream = p_stream AND seq = ANY (p_seqs)
+       AND event_type = 'call_batch';
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM set_config('breakerbox.compacting', 'off', true);
+    RETURN n;
+END $$;
+REVOKE EXECUTE ON FUNCTION breakerbox_compact_shipped(text, text, bigint[]) FROM PUBLIC;

@@ -240,7 +240,7 @@ impl PgLog {
                 source_position: None,
             })
             .collect();
-        self.insert_rows(batch, &rows, None).await
+        self.insert_rows(batch, &rows, None, &[]).await
     }
 
     async fn insert_rows(
@@ -248,6 +248,7 @@ impl PgLog {
         batch: &[u8; 16],
         rows: &[Insert<'_>],
         shipped: Option<(&str, i64)>,
+        compacted: &[(&str, Vec<i64>)],
     ) -> Result<i64, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let mut last = 0;
@@ -282,6 +283,14 @@ impl PgLog {
             .bind(position)
             .execute(&mut *tx)
             .await?;
+            for (stream, seqs) in compacted {
+                sqlx::query("SELECT breakerbox_compact_shipped($1, $2, $3)")
+                    .bind(node)
+                    .bind(*stream)
+                    .bind(seqs)
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
         tx.commit().await?;
         Ok(last)
@@ -312,7 +321,37 @@ impl PgLog {
                 source_position: Some(s.event.position),
             })
             .collect();
-        match self.insert_rows(&batch, &rows, Some((node, last.event.position))).await {
+        // The call batches the shipped summaries replaced (the node's retention deleted them
+        // from its file) go in the same transaction. A summary that does not decode replaces
+        // nothing here: shipping never stops on one (a node's copy names it).
+        let mut compacted: Vec<(&str, Vec<i64>)> = Vec::new();
+        for s in events
+            .iter()
+            .filter(|s| s.event.event_type == super::record::CALL_SUMMARY)
+        {
+            match super::record::decode(&s.event) {
+                Ok(super::record::Decoded::Summary(summary)) if !summary.replaced.is_empty() => {
+                    compacted.push((
+                        &s.event.stream,
+                        summary
+                            .replaced
+                            .iter()
+                            .map(|r| r.seq.min(i64::MAX as u64) as i64)
+                            .collect(),
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    position = s.event.position,
+                    "a call summary that does not decode: the batches it replaced stay in the fleet log"
+                ),
+            }
+        }
+        match self
+            .insert_rows(&batch, &rows, Some((node, last.event.position)), &compacted)
+            .await
+        {
             Ok(_) => Ok(last.event.position),
             Err(e) if is_unique_violation(&e) => {
                 // Keyed by the node that shipped them, as the backstop's index is.
