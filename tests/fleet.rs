@@ -1556,3 +1556,92 @@ async fn a_log_written_before_the_fleet_log_opens_and_ships_unchanged() {
     shipper.stop(Duration::from_secs(5)).await;
     journal.close().await;
 }
+
+/// `breakerbox nodes`: live, stopped (a clean stop gives the lease up and is kept as last seen),
+/// lapsed (died or cut off) and gone (longer ago than --gone-after, or never held a lease here),
+/// gone ones left out unless --all; their history stays.
+#[test]
+fn nodes_lists_the_fleet_and_leaves_gone_nodes_out() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(db) = rt.block_on(Db::create("nodes")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        let log = connect(&db).await;
+        let ttl = Duration::from_secs(30);
+        for node in ["app-1", "app-2", "app-3", "app-4"] {
+            log.acquire_node(node, &format!("serve {node}"), ttl).await.unwrap();
+        }
+        log.release_node("app-2", "serve app-2").await.unwrap();
+        log.release_node("app-4", "serve app-4").await.unwrap();
+        for statement in [
+            "UPDATE nodes SET renewed_at = renewed_at - 31000 WHERE node = 'app-3'",
+            "UPDATE nodes SET released_at = released_at - 1200000 WHERE node = 'app-4'",
+        ] {
+            sqlx::query(statement).execute(log.pool()).await.unwrap();
+        }
+        // Shipped, but never held a lease here.
+        let event = breakerbox::journal::StoredEvent {
+            position: 1,
+            node: "app-5".into(),
+            stream: "stripe".into(),
+            seq: 1,
+            event_type: "transition".into(),
+            event_version: 1,
+            recorded_at: 1,
+            payload: vec![1],
+        };
+        let shipped = breakerbox::journal::Shippable { event, hash: None };
+        log.ship("app-5", &[shipped]).await.unwrap();
+        // A stopped node's name is free for the next process at once.
+        log.acquire_node("app-2", "serve app-2 again", ttl).await.unwrap();
+        log.release_node("app-2", "serve app-2 again").await.unwrap();
+        log.close().await;
+    });
+    let states = |out: &str| -> Vec<(String, String)> {
+        let doc: serde_json::Value = serde_json::from_str(out).unwrap();
+        doc["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["node"].as_str().unwrap().to_owned(),
+                    n["state"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let out = breakerbox(&["nodes", "--db", &db.url, "--json"], dir.path());
+    assert_eq!(
+        states(&out),
+        [("app-1", "live"), ("app-2", "stopped"), ("app-3", "lapsed")].map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+    assert!(out.contains("\"gone_hidden\":2"), "{out}");
+    let out = breakerbox(&["nodes", "--db", &db.url, "--json", "--all"], dir.path());
+    assert_eq!(states(&out).len(), 5);
+    assert!(states(&out).contains(&("app-4".into(), "gone".into())), "{out}");
+    assert!(states(&out).contains(&("app-5".into(), "gone".into())), "{out}");
+    // A longer gone-after keeps app-4 (stopped 20 minutes ago) in view.
+    let out = breakerbox(&["nodes", "--db", &db.url, "--json", "--gone-after", "1h"], dir.path());
+    assert!(states(&out).contains(&("app-4".into(), "stopped".into())), "{out}");
+    let table = breakerbox(&["nodes", "--db", &db.url], dir.path());
+    assert!(
+        table.contains("app-3") && table.contains("lapsed") && table.contains("2 gone nodes left out"),
+        "{table}"
+    );
+    for (args, says) in [
+        (vec!["nodes", "--db", &db.url, "--gone-after", "soon"], "soon"),
+        (vec!["nodes", "--db", "breakerbox.db"], "a log file has one node"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+            .args(&args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

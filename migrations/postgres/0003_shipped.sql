@@ -13,6 +13,10 @@ CREATE UNIQUE INDEX events_writer_seq ON events ((coalesce(source_node, node)), 
 CREATE INDEX events_by_node_stream ON events (node, stream, seq);
 CREATE UNIQUE INDEX events_by_source ON events (source_node, source_position);
 
+-- A node's lease given up on a clean stop is kept, marked released: when a node was last seen
+-- is what fleet views tell a stopped node from a gone one by (docs/fleet.md, "Nodes").
+ALTER TABLE nodes ADD COLUMN released_at bigint;
+
 -- Where each node's shipper resumes: moved in the transaction that ships.
 CREATE TABLE shipped (
     node     text   PRIMARY KEY,

@@ -9,6 +9,7 @@ mod demo;
 mod export;
 mod history;
 mod migrate;
+mod nodes;
 mod policy_args;
 mod proxy;
 mod rebuild;
@@ -331,6 +332,7 @@ enum Command {
     Rebuild(rebuild::RebuildArgs),
     Verify(verify::VerifyArgs),
     Migrate(migrate::MigrateArgs),
+    Nodes(nodes::NodesArgs),
     Status(status::StatusArgs),
     Serve(serve::Args),
     Proxy(proxy::Args),
@@ -424,6 +426,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Rebuild(args) => rebuild::rebuild(args, &cli.global),
         Command::Verify(args) => verify::verify(args, &cli.global),
         Command::Migrate(args) => migrate::migrate(args, &cli.global),
+        Command::Nodes(args) => nodes::nodes(args, &cli.global),
         Command::Status(args) => status::status(args, &cli.global),
         Command::Serve(args) => serve::run(args, &cli.global),
         Command::Proxy(args) => proxy::run(args, &cli.global),

@@ -410,6 +410,84 @@ pub fn now_ms() -> u64 {
     super::writer::now_ms()
 }
 
+/// How long after its last sign of life a node leaves fleet views (its history stays): 10 min.
+pub const DEFAULT_GONE_AFTER: Duration = Duration::from_secs(600);
+
+/// Where a node stands, by its lease and the database's clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Its lease is held and renewed.
+    Live,
+    /// It gave its lease up (a clean stop).
+    Stopped,
+    /// Its lease lapsed unrenewed: it died, or lost the database.
+    Lapsed,
+    /// Stopped or lapsed longer ago than the gone-after time, or it never held a lease here.
+    Gone,
+}
+
+/// A node in the fleet view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodeView {
+    /// The node.
+    pub node: String,
+    /// Where it stands.
+    pub state: NodeState,
+    /// Since when (Unix ms, the database's clock): started, stopped or lapsed. None for a node
+    /// that never held a lease here.
+    pub since_ms: Option<i64>,
+    /// Who holds or last held its lease.
+    pub holder: Option<String>,
+    /// The last position of its log that is shipped.
+    pub shipped: Option<i64>,
+}
+
+/// The nodes of the fleet's log and where each stands, by name. A node that stopped or lapsed
+/// more than `gone_after` ago is [`NodeState::Gone`]; its history stays in the log.
+pub async fn fleet_nodes(
+    url: &str,
+    gone_after: Duration,
+    connect_timeout: Duration,
+) -> Result<Vec<NodeView>, FleetError> {
+    let log = PgLog::connect(url, connect_timeout, 1)
+        .await
+        .map_err(|source| FleetError::Unreachable {
+            url: redacted(url),
+            source,
+        })?;
+    let listed = log.node_list().await;
+    log.close().await;
+    let (now, records) = listed?;
+    let gone_ms = gone_after.as_millis().min(i64::MAX as u128) as i64;
+    Ok(records
+        .into_iter()
+        .map(|r| {
+            let (state, since) = match (r.released_at_ms, r.renewed_at_ms, r.ttl_ms) {
+                (Some(at), _, _) => (NodeState::Stopped, Some(at)),
+                (None, Some(renewed), Some(ttl)) if renewed.saturating_add(ttl) >= now => {
+                    (NodeState::Live, r.started_at_ms)
+                }
+                (None, Some(renewed), Some(ttl)) => (NodeState::Lapsed, Some(renewed.saturating_add(ttl))),
+                _ => (NodeState::Gone, None),
+            };
+            let state = match (state, since) {
+                (NodeState::Stopped | NodeState::Lapsed, Some(at)) if now.saturating_sub(at) > gone_ms => {
+                    NodeState::Gone
+                }
+                (s, _) => s,
+            };
+            NodeView {
+                node: r.node,
+                state,
+                since_ms: since,
+                holder: r.holder,
+                shipped: r.shipped,
+            }
+        })
+        .collect())
+}
+
 /// Which node a command reads: `asked` when given (it must have events), else this host's name
 /// when it has events, else the only node; otherwise an error naming the nodes.
 pub fn choose_node(nodes: &[String], asked: Option<&str>) -> Result<String, FleetError> {

@@ -80,6 +80,38 @@ pub struct NodeLease {
     pub ttl_ms: i64,
 }
 
+/// A row of [`PgLog::node_list`]'s query: the node, its lease's columns, its shipped position and
+/// the database's clock.
+type NodeTuple = (
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    i64,
+);
+
+/// A node as the log knows it: its lease (none: it never held one) and how far it shipped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeRecord {
+    /// The node.
+    pub node: String,
+    /// Who holds or last held its lease.
+    pub holder: Option<String>,
+    /// When the lease was last renewed (the database's clock, Unix ms).
+    pub renewed_at_ms: Option<i64>,
+    /// The lease's time to live.
+    pub ttl_ms: Option<i64>,
+    /// When its holder started.
+    pub started_at_ms: Option<i64>,
+    /// When its holder gave the lease up (a clean stop).
+    pub released_at_ms: Option<i64>,
+    /// The last position of its log that is shipped.
+    pub shipped: Option<i64>,
+}
+
 /// Why a node's lease was not given.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -392,6 +424,46 @@ impl PgLog {
         rows.iter().map(stored).collect()
     }
 
+    /// Every node known to the log — holding or having held a lease, or having shipped — with its
+    /// lease and how far it shipped, by name, and the database's clock.
+    pub async fn node_list(&self) -> Result<(i64, Vec<NodeRecord>), StoreError> {
+        let rows: Vec<NodeTuple> = sqlx::query_as(
+            "SELECT coalesce(n.node, s.node), n.holder, n.renewed_at, n.ttl_ms, n.started_at, n.released_at, \
+                        s.position, (extract(epoch FROM clock_timestamp()) * 1000)::bigint \
+                 FROM nodes n FULL OUTER JOIN shipped s ON s.node = n.node \
+                 ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        let now = match rows.first() {
+            Some(r) => r.7,
+            None => {
+                let (now,): (i64,) = sqlx::query_as("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(classify)?;
+                now
+            }
+        };
+        Ok((
+            now,
+            rows.into_iter()
+                .map(
+                    |(node, holder, renewed_at_ms, ttl_ms, started_at_ms, released_at_ms, shipped, _)| NodeRecord {
+                        node,
+                        holder,
+                        renewed_at_ms,
+                        ttl_ms,
+                        started_at_ms,
+                        released_at_ms,
+                        shipped,
+                    },
+                )
+                .collect(),
+        ))
+    }
+
     /// The nodes that shipped events to the log, by name.
     pub async fn nodes(&self) -> Result<Vec<String>, StoreError> {
         let rows: Vec<(String,)> = sqlx::query_as(
@@ -575,9 +647,11 @@ impl PgLog {
              INSERT INTO nodes (node, holder, renewed_at, ttl_ms, started_at) \
              SELECT $1, $2, now.ms, $3, now.ms FROM now \
              ON CONFLICT (node) DO UPDATE SET holder = EXCLUDED.holder, renewed_at = EXCLUDED.renewed_at, \
-                 ttl_ms = EXCLUDED.ttl_ms, \
-                 started_at = CASE WHEN nodes.holder = EXCLUDED.holder THEN nodes.started_at ELSE EXCLUDED.started_at END \
-             WHERE nodes.holder = EXCLUDED.holder OR nodes.renewed_at + nodes.ttl_ms < EXCLUDED.renewed_at \
+                 ttl_ms = EXCLUDED.ttl_ms, released_at = NULL, \
+                 started_at = CASE WHEN nodes.holder = EXCLUDED.holder AND nodes.released_at IS NULL \
+                     THEN nodes.started_at ELSE EXCLUDED.started_at END \
+             WHERE nodes.holder = EXCLUDED.holder OR nodes.released_at IS NOT NULL \
+                 OR nodes.renewed_at + nodes.ttl_ms < EXCLUDED.renewed_at \
              RETURNING renewed_at",
         )
         .bind(node)
@@ -644,14 +718,18 @@ impl PgLog {
         }))
     }
 
-    /// Gives `node`'s lease up, if `holder` has it.
+    /// Gives `node`'s lease up, if `holder` has it: free for the next process at once, and kept
+    /// as when the node was last seen.
     pub async fn release_node(&self, node: &str, holder: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM nodes WHERE node = $1 AND holder = $2")
-            .bind(node)
-            .bind(holder)
-            .execute(&self.pool)
-            .await
-            .map_err(classify)?;
+        sqlx::query(
+            "UPDATE nodes SET released_at = (extract(epoch FROM clock_timestamp()) * 1000)::bigint \
+             WHERE node = $1 AND holder = $2 AND released_at IS NULL",
+        )
+        .bind(node)
+        .bind(holder)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
         Ok(())
     }
 
