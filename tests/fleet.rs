@@ -976,6 +976,97 @@ fn a_node_ships_its_log_and_the_commands_answer_from_the_fleet_log_as_from_its_f
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("own log file"), "{err}");
+
+    // Every node's trail at once, merged in time order, each entry naming its node.
+    let entries = |out: &str| timeless(out)["entries"].as_array().unwrap().clone();
+    let all = entries(&breakerbox(
+        &[
+            "audit",
+            "--all-nodes",
+            "--json",
+            "--db",
+            &db.url,
+            "--kind",
+            "transition",
+            "--kind",
+            "command",
+            "--kind",
+            "policy",
+            "--kind",
+            "gap",
+            "--kind",
+            "alert",
+            "--kind",
+            "stats",
+        ],
+        dir.path(),
+    ));
+    let mut each = Vec::new();
+    for node in ["app-1", "app-2"] {
+        each.extend(entries(&breakerbox(
+            &[
+                "audit",
+                "--json",
+                "--db",
+                &db.url,
+                "--node",
+                node,
+                "--kind",
+                "transition",
+                "--kind",
+                "command",
+                "--kind",
+                "policy",
+                "--kind",
+                "gap",
+                "--kind",
+                "alert",
+                "--kind",
+                "stats",
+            ],
+            dir.path(),
+        )));
+    }
+    assert_eq!(all.len(), each.len());
+    assert!(all.len() > 10, "{all:?}");
+    let key = |e: &serde_json::Value| {
+        (
+            e["at_ms"].as_i64().unwrap(),
+            e["node"].as_str().unwrap().to_owned(),
+            e["position"].as_i64().unwrap(),
+        )
+    };
+    assert!(all.windows(2).all(|w| key(&w[0]) <= key(&w[1])), "in time order");
+    each.sort_by_key(key);
+    assert_eq!(all, each);
+    let table = breakerbox(
+        &["audit", "--all-nodes", "--db", &db.url, "--order", "oldest"],
+        dir.path(),
+    );
+    assert!(table.lines().next().unwrap().starts_with("node "), "{table}");
+    for (args, says) in [
+        (
+            vec!["audit", "--all-nodes", "--db", spool_s.as_str()],
+            "one node's file",
+        ),
+        (
+            vec!["audit", "--all-nodes", "--db", db.url.as_str(), "--after", "5"],
+            "--after 5",
+        ),
+        (
+            vec!["audit", "--all-nodes", "--db", db.url.as_str(), "--node", "app-1"],
+            "leave --node out",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+            .args(&args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
 }
 
 /// Submits `n` transitions' worth of a breaker's events to `journal` and waits until they are

@@ -43,6 +43,64 @@ pub struct AuditArgs {
     /// Newest or oldest first [default: newest on a terminal, oldest (log order) otherwise].
     #[arg(long, value_enum)]
     order: Option<Order>,
+    /// Every node of a fleet's log (--db postgres://…), merged in time order; each entry names
+    /// its node.
+    #[arg(long)]
+    all_nodes: bool,
+}
+
+/// Keeps the first or the last `limit` entries fed to it, in the order fed, and counts the rest.
+struct Keeper {
+    order: Order,
+    limit: usize,
+    kept: std::collections::VecDeque<replay::AuditEntry>,
+    matched: u64,
+}
+
+impl Keeper {
+    fn push(&mut self, e: replay::AuditEntry) {
+        self.matched += 1;
+        match self.order {
+            Order::Oldest if self.kept.len() < self.limit => self.kept.push_back(e),
+            Order::Oldest => {}
+            Order::Newest if self.limit == 0 => {}
+            Order::Newest => {
+                if self.kept.len() == self.limit {
+                    self.kept.pop_front();
+                }
+                self.kept.push_back(e);
+            }
+        }
+    }
+
+    /// The entries as shown, and how many the limit left out.
+    fn done(self) -> (Vec<replay::AuditEntry>, u64) {
+        let mut entries: Vec<_> = self.kept.into_iter().collect();
+        if self.order == Order::Newest {
+            entries.reverse();
+        }
+        let left_out = self.matched - entries.len() as u64;
+        (entries, left_out)
+    }
+}
+
+/// Every entry of `journal` that `q` matches, in log order (pages of 10,000), each handed to `f`;
+/// the damaged events met.
+async fn scan(
+    journal: &breakerbox::journal::Journal,
+    mut q: AuditQuery,
+    f: &mut impl FnMut(replay::AuditEntry),
+) -> Result<Vec<replay::Damaged>, breakerbox::journal::JournalError> {
+    let mut damaged = Vec::new();
+    loop {
+        let page = replay::audit(journal, &q).await?;
+        damaged.extend(page.damaged);
+        if page.entries.is_empty() {
+            return Ok(damaged);
+        }
+        q.after_position = page.scanned_to;
+        page.entries.into_iter().for_each(&mut *f);
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -87,64 +145,89 @@ pub fn audit(args: AuditArgs, global: &Global) -> Result<(), CliError> {
     } else {
         (args.kind.clone(), Vec::new())
     };
+    let fleet = match (args.all_nodes, global.target()) {
+        (false, _) => None,
+        (true, super::Target::Fleet(url)) => {
+            if global.node.is_some() {
+                return Err(CliError::BadInput(
+                    "--all-nodes reads every node: leave --node out".into(),
+                ));
+            }
+            if args.after != 0 {
+                return Err(CliError::BadInput(format!(
+                    "--after {}: a position is one node's; with --all-nodes, page by --since",
+                    args.after
+                )));
+            }
+            Some(url)
+        }
+        (true, super::Target::File(path)) => {
+            return Err(CliError::BadInput(format!(
+                "--all-nodes reads a fleet's log (--db postgres://…); {} is one node's file",
+                path.display()
+            )));
+        }
+    };
+    let q = AuditQuery {
+        stream: args.service.clone(),
+        kinds,
+        since_ms: since,
+        until_ms: until,
+        after_position: args.after,
+        limit: 10_000,
+    };
+    let mut keeper = Keeper {
+        order,
+        limit: args.limit,
+        kept: std::collections::VecDeque::with_capacity(args.limit.min(10_000)),
+        matched: 0,
+    };
     let rt = super::runtime()?;
-    let shown = rt.block_on(async {
-        let journal = open(global).await?;
-        let mut q = AuditQuery {
-            stream: args.service.clone(),
-            kinds,
-            since_ms: since,
-            until_ms: until,
-            after_position: args.after,
-            limit: 10_000,
-        };
-        // Every match is read in log order (pages of 10,000), the first or the last `limit` kept
-        // and the rest counted, so what the limit left out can be said exactly.
-        let mut kept = std::collections::VecDeque::with_capacity(args.limit.min(10_000));
-        let (mut matched, mut damaged) = (0u64, Vec::new());
-        let r = loop {
-            let page = match replay::audit(&journal, &q).await {
-                Ok(page) => page,
-                Err(e) => break Err(e),
-            };
-            damaged.extend(page.damaged);
-            if page.entries.is_empty() {
-                let mut entries: Vec<_> = kept.into_iter().collect();
-                if order == Order::Newest {
-                    entries.reverse();
-                }
-                let left_out = matched - entries.len() as u64;
-                break Ok((entries, left_out, damaged));
+    let damaged = rt.block_on(async {
+        match &fleet {
+            // Every match is read in log order, the first or the last `limit` kept and the rest
+            // counted, so what the limit left out can be said exactly.
+            None => {
+                let journal = open(global).await?;
+                let r = scan(&journal, q, &mut |e| keeper.push(e)).await;
+                journal.close().await;
+                r.map_err(runtime_err)
             }
-            q.after_position = page.scanned_to;
-            for e in page.entries {
-                matched += 1;
-                match order {
-                    Order::Oldest if kept.len() < args.limit => kept.push_back(e),
-                    Order::Oldest => {}
-                    Order::Newest if args.limit == 0 => {}
-                    Order::Newest => {
-                        if kept.len() == args.limit {
-                            kept.pop_front();
-                        }
-                        kept.push_back(e);
-                    }
+            // Each node's matches, merged by time (then node, then position: a stable order).
+            Some(url) => {
+                use breakerbox::journal::fleet::{FleetError, node_copy, shipped_nodes};
+                let timeout = std::time::Duration::from_secs(5);
+                let nodes = shipped_nodes(url, timeout).await.map_err(runtime_err)?;
+                let (mut all, mut damaged) = (Vec::new(), Vec::new());
+                for node in &nodes {
+                    let (journal, _) = match node_copy(url, Some(node), timeout).await {
+                        Ok(copy) => copy,
+                        Err(FleetError::Node(why)) => return Err(CliError::BadInput(why)),
+                        Err(e) => return Err(runtime_err(e)),
+                    };
+                    let r = scan(&journal, q.clone(), &mut |e| all.push(e)).await;
+                    journal.close().await;
+                    damaged.extend(r.map_err(runtime_err)?);
                 }
+                all.sort_by(|a, b| (a.at_ms, &a.node, a.position).cmp(&(b.at_ms, &b.node, b.position)));
+                all.into_iter().for_each(|e| keeper.push(e));
+                Ok(damaged)
             }
-        };
-        journal.close().await;
-        r.map(|(entries, left_out, damaged)| Shown {
-            entries,
-            order: match order {
-                Order::Newest => "newest first",
-                Order::Oldest => "log order",
-            },
-            left_out,
-            hidden_kinds,
-            damaged,
-        })
-        .map_err(runtime_err)
+        }
     })?;
+    let (entries, left_out) = keeper.done();
+    let shown = Shown {
+        entries,
+        order: match (order, fleet.is_some()) {
+            (Order::Newest, _) => "newest first",
+            (Order::Oldest, false) => "log order",
+            (Order::Oldest, true) => "time order",
+        },
+        left_out,
+        hidden_kinds,
+        damaged,
+    };
+    let all_nodes = fleet.is_some();
     for d in &shown.damaged {
         super::to_stderr(format_args!("warning: {}\n", replay::printable(&d.to_string())));
     }
@@ -159,7 +242,7 @@ pub fn audit(args: AuditArgs, global: &Global) -> Result<(), CliError> {
                 "{} {which} entries not shown (--limit {}{})\n",
                 shown.left_out,
                 args.limit,
-                if order == Order::Oldest {
+                if order == Order::Oldest && !all_nodes {
                     format!(
                         "; the next page: --after {}",
                         entries.last().map_or(args.after, |e| e.position)
@@ -184,8 +267,16 @@ pub fn audit(args: AuditArgs, global: &Global) -> Result<(), CliError> {
             writeln!(out).map_err(io)?;
         }
         Format::Csv => {
-            writeln!(out, "position,time,service,kind,summary").map_err(io)?;
+            writeln!(
+                out,
+                "{}position,time,service,kind,summary",
+                if all_nodes { "node," } else { "" }
+            )
+            .map_err(io)?;
             for e in entries {
+                if all_nodes {
+                    write!(out, "{},", csv_cell(&e.node)).map_err(io)?;
+                }
                 writeln!(
                     out,
                     "{},{},{},{},{}",
@@ -211,6 +302,15 @@ pub fn audit(args: AuditArgs, global: &Global) -> Result<(), CliError> {
                 .max()
                 .unwrap_or(0)
                 .max("service".len());
+            let node_width = entries
+                .iter()
+                .map(|e| replay::printable(&e.node).chars().count())
+                .max()
+                .unwrap_or(0)
+                .max("node".len());
+            if all_nodes {
+                write!(out, "{:<node_width$}  ", "node").map_err(io)?;
+            }
             writeln!(
                 out,
                 "{:>8}  {:<24}  {:<width$}  {:<10}  summary",
@@ -218,6 +318,9 @@ pub fn audit(args: AuditArgs, global: &Global) -> Result<(), CliError> {
             )
             .map_err(io)?;
             for e in entries {
+                if all_nodes {
+                    write!(out, "{:<node_width$}  ", replay::printable(&e.node)).map_err(io)?;
+                }
                 writeln!(
                     out,
                     "{:>8}  {:<24}  {:<width$}  {:<10}  {}",

@@ -518,6 +518,19 @@ pub fn choose_node(nodes: &[String], asked: Option<&str>) -> Result<String, Flee
     }
 }
 
+/// The nodes that shipped to the fleet's log, by name (their history, gone or not).
+pub async fn shipped_nodes(url: &str, connect_timeout: Duration) -> Result<Vec<String>, FleetError> {
+    let log = PgLog::connect(url, connect_timeout, 1)
+        .await
+        .map_err(|source| FleetError::Unreachable {
+            url: redacted(url),
+            source,
+        })?;
+    let nodes = log.nodes().await;
+    log.close().await;
+    Ok(nodes?)
+}
+
 /// A copy of one node's history, read from the fleet's log into a scratch SQLite log under the
 /// system's temporary directory (removed when the journal is closed), at the node's own
 /// positions and without the call batches its retention replaced since: the commands answer
