@@ -33,7 +33,8 @@ DECLARE n bigint;
 BEGIN
     PERFORM set_config('breakerbox.compacting', 'on', true);
     DELETE FROM events
-     WHERE source_node = p_source_node AND stream = p_stream AND seq = ANY (p_seqs)
+     WHERE coalesce(source_node, node) = p_source_node AND source_node IS NOT NULL  -- events_writer_seq
+       AND stream = p_stream AND seq = ANY (p_seqs)
        AND event_type = 'call_batch';
     GET DIAGNOSTICS n = ROW_COUNT;
     PERFORM set_config('breakerbox.compacting', 'off', true);

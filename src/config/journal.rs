@@ -66,17 +66,24 @@ pub fn check_node_name(name: &str) -> Result<(), String> {
 /// A URL with its password, if any, replaced by `***` (for messages): the one in the user info
 /// and a `password=` parameter of the query.
 pub fn redacted(url: &str) -> String {
-    let (base, query) = match url.split_once('?') {
+    // The user info ends at the last '@': a password may hold '?', '/' or '#' unencoded (the URL
+    // then does not parse, and is still shown in the message that says so).
+    let (mut out, rest) = match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            let shown = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => userinfo.to_owned(),
+            };
+            (format!("{}{shown}", &url[..s + 3]), &url[at..])
+        }
+        _ => (String::new(), url),
+    };
+    let (base, query) = match rest.split_once('?') {
         Some((b, q)) => (b, Some(q)),
-        None => (url, None),
+        None => (rest, None),
     };
-    let mut out = match (base.find("://"), base.rfind('@')) {
-        (Some(s), Some(at)) if at > s => match base[s + 3..at].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &base[..s + 3], &base[at..]),
-            None => base.to_owned(),
-        },
-        _ => base.to_owned(),
-    };
+    out.push_str(base);
     if let Some(q) = query {
         out.push('?');
         let parts: Vec<String> = q

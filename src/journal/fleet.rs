@@ -450,7 +450,7 @@ pub async fn fleet_nodes(
     gone_after: Duration,
     connect_timeout: Duration,
 ) -> Result<Vec<NodeView>, FleetError> {
-    let log = PgLog::connect(url, connect_timeout, 1)
+    let log = PgLog::connect_to_read(url, connect_timeout)
         .await
         .map_err(|source| FleetError::Unreachable {
             url: redacted(url),
@@ -520,7 +520,7 @@ pub fn choose_node(nodes: &[String], asked: Option<&str>) -> Result<String, Flee
 
 /// The nodes that shipped to the fleet's log, by name (their history, gone or not).
 pub async fn shipped_nodes(url: &str, connect_timeout: Duration) -> Result<Vec<String>, FleetError> {
-    let log = PgLog::connect(url, connect_timeout, 1)
+    let log = PgLog::connect_to_read(url, connect_timeout)
         .await
         .map_err(|source| FleetError::Unreachable {
             url: redacted(url),
@@ -541,7 +541,7 @@ pub async fn node_copy(
     asked: Option<&str>,
     connect_timeout: Duration,
 ) -> Result<(Journal, String), FleetError> {
-    let log = PgLog::connect(url, connect_timeout, 2)
+    let log = PgLog::connect_to_read(url, connect_timeout)
         .await
         .map_err(|source| FleetError::Unreachable {
             url: redacted(url),

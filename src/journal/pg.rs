@@ -1,14 +1,15 @@
-//! The fleet's shared log on PostgreSQL: the storage half of [fleet-log], first part. Many nodes
-//! append to one `events` table; each node is the only writer of its own streams (a per-node
-//! lease in `nodes`, with `UNIQUE(node, stream, seq)` as the backstop); readers tail in
-//! `(epoch, tx, id)` order below the oldest running transaction, so a row that commits late is
-//! never skipped (`docs/fleet.md`, "Reading in log order").
+//! The fleet's shared log on PostgreSQL (`docs/fleet.md`). Nodes ship their own logs into one
+//! `events` table (`PgLog::ship`; the shipper is `journal::fleet`): each node is the only writer
+//! of what it ships, kept so by a per-node lease in `nodes`, with a unique index on (the shipping
+//! node, stream, seq) as the backstop. Readers read a node back in its own order
+//! (`PgLog::read_node`), or tail the whole log in `(epoch, tx, id)` order below the oldest running
+//! transaction, so a row that commits late is never skipped ("Reading in log order").
 //!
-//! What is here: connecting and migrating (`migrations/postgres/`), appending a batch in one
-//! transaction with a batch id (so the retry of a commit whose answer was lost recognises its own
-//! rows and never duplicates them), reading a stream, the horizon tail, the sequencer's dense
-//! positions, the node lease, and retention's one narrow delete. The `Journal`, its writer thread and the commands run on SQLite
-//! still; wiring them to this backend is the rest of [fleet-log].
+//! What is here: connecting and migrating (`migrations/postgres/`; migrating only when something
+//! is pending, or as its own step), shipping and appending a batch in one transaction with a batch
+//! id (so the retry of a commit whose answer was lost recognises its own rows and never duplicates
+//! them), the resume point (`shipped`), reading a node or a stream, the horizon tail, the
+//! sequencer's dense positions, node leases, and retention's narrow deletes.
 
 pub use super::record::Shippable;
 use super::record::{Row, StoredEvent};
@@ -22,7 +23,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// The sequencer's advisory lock ("brkbseq").
 const SEQUENCER_LOCK: i64 = 0x6272_6b62_7365_7100;
 
-/// Rows per INSERT statement (10 parameters each, under PostgreSQL's 65,535).
+/// Rows per INSERT statement (11 parameters each, under PostgreSQL's 65,535).
 const ROWS_PER_INSERT: usize = 1_000;
 
 /// Where a tailing read stands: after the event with this `(epoch, writing transaction, id)`.
@@ -200,6 +201,27 @@ impl PgLog {
                 other => other,
             })?;
         Ok(PgLog { pool })
+    }
+
+    /// Connects for reading only: the schema is never changed, and one that is behind this
+    /// version is an error that says to migrate (reading commands must not need an owner's rights).
+    pub async fn connect_to_read(url: &str, connect_timeout: Duration) -> Result<PgLog, StoreError> {
+        let log = PgLog::connect_without_migrating(url, connect_timeout, 1).await?;
+        match log.pending().await {
+            Ok(0) => Ok(log),
+            Ok(n) => {
+                log.close().await;
+                Err(StoreError::Io(format!(
+                    "{}: the schema lacks {n} of this version's migrations: run breakerbox migrate --db URL (as the \
+                     schema's owner) first",
+                    redacted(url)
+                )))
+            }
+            Err(e) => {
+                log.close().await;
+                Err(e)
+            }
+        }
     }
 
     /// How many of this version's migrations the database has not applied.
@@ -698,7 +720,7 @@ impl PgLog {
     ) -> Result<Option<NodeLease>, StoreError> {
         let ttl_ms = ttl.as_millis().min(i64::MAX as u128) as i64;
         let got: Option<(i64,)> = sqlx::query_as(
-            "UPDATE nodes SET holder = $2, ttl_ms = $3, \
+            "UPDATE nodes SET holder = $2, ttl_ms = $3, released_at = NULL, \
                  renewed_at = (extract(epoch FROM clock_timestamp()) * 1000)::bigint, \
                  started_at = (extract(epoch FROM clock_timestamp()) * 1000)::bigint \
              WHERE node = $1 AND holder = $4 RETURNING renewed_at",
@@ -881,6 +903,16 @@ mod tests {
         assert_eq!(
             super::redacted("postgres://db/log?user=bb&password=s3cret&sslmode=require"),
             "postgres://db/log?user=bb&password=***&sslmode=require"
+        );
+        // Unencoded '?' or '/' in a password: the URL does not parse, and nothing of it shows.
+        assert_eq!(
+            super::redacted("postgres://bb:pa?ss@db/log"),
+            "postgres://bb:***@db/log"
+        );
+        assert_eq!(super::redacted("postgres://bb:p/w@db/log"), "postgres://bb:***@db/log");
+        assert_eq!(
+            super::redacted("postgres://bb:x@y?z@db/log?password=q"),
+            "postgres://bb:***@db/log?password=***"
         );
     }
 }
