@@ -1767,3 +1767,110 @@ fn nodes_lists_the_fleet_and_leaves_gone_nodes_out() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+/// The read side of the storage layer, one suite over both backends: a node's own SQLite log and
+/// its history read back from the fleet's PostgreSQL log answer every read alike — streams, the
+/// log in order (paged, and tailed by cursor), ranges by type and time, latest look-ups,
+/// recovery, the metrics projection rebuilt from each, and the chain. The log holds
+/// transitions, call batches, snapshots, an operation's stream, and summaries from the node's
+/// own retention, shipped in several shipments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_read_answers_alike_from_a_nodes_file_and_from_the_fleet_log() {
+    use breakerbox::breaker::Policy;
+    use breakerbox::journal::fleet::{FleetOptions, Shipper, node_copy};
+    use breakerbox::journal::{Journal, JournalOptions};
+    let Some(db) = Db::create("conform").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let options = JournalOptions {
+        node: Arc::from("app-1"),
+        ..Default::default()
+    };
+    let journal = Arc::new(Journal::open(&dir.path().join("app-1.db"), options).await.unwrap());
+    let shipper = Shipper::start(journal.clone(), "app-1", "test", FleetOptions::new(db.url.clone()))
+        .await
+        .unwrap();
+    let streams = ["stripe", "calcom", "stripe/customers.create"];
+    for (i, stream) in streams.iter().enumerate() {
+        write_events(&journal, stream, 40, 1_000 + i as u64 * 50).await;
+        let last = journal.last_position().await.unwrap();
+        within(shipper.wait_for(|s| s.shipped == Some(last))).await;
+    }
+    assert!(snapshot_and_compact(&journal, "stripe").await.summaries > 0);
+    write_events(&journal, "stripe", 20, 200_000).await;
+    write_events(&journal, "calcom", 20, 200_000).await;
+    let last = journal.last_position().await.unwrap();
+    within(shipper.wait_for(|s| s.shipped == Some(last))).await;
+    shipper.stop(Duration::from_secs(5)).await;
+    let (copy, _) = node_copy(&db.url, Some("app-1"), Duration::from_secs(5)).await.unwrap();
+
+    let both = [journal.as_ref(), &copy];
+    macro_rules! alike {
+        ($what:expr, |$j:ident| $read:expr) => {{
+            let mut answers = Vec::new();
+            for $j in both {
+                answers.push($read);
+            }
+            assert_eq!(answers[0], answers[1], "{}", $what);
+            answers.pop().unwrap()
+        }};
+    }
+    let everything = alike!("read_after", |j| j.read_after(0, 100_000).await.unwrap());
+    assert!(everything.len() > 50, "{}", everything.len());
+    alike!("last_position", |j| j.last_position().await.unwrap());
+    alike!("tail, by pages of 7", |j| {
+        let mut cursor = j.cursor_at(0).await.unwrap();
+        let mut read = Vec::new();
+        loop {
+            let (page, next) = j.tail(&cursor, 7).await.unwrap();
+            if page.is_empty() {
+                break read;
+            }
+            read.extend(page);
+            cursor = next;
+        }
+    });
+    let mid = everything[everything.len() / 2].recorded_at;
+    alike!("read_range, all types, from the middle", |j| {
+        j.read_range(&[], mid, i64::MAX, 0, 100_000).await.unwrap()
+    });
+    alike!("read_range, transitions and summaries", |j| {
+        j.read_range(&["transition", "call_summary"], 0, i64::MAX, 0, 100_000)
+            .await
+            .unwrap()
+    });
+    for stream in streams.iter().chain(&["_journal", "nothing-here"]) {
+        alike!(stream, |j| j.read_stream(stream, 0, 100_000).await.unwrap());
+        alike!(stream, |j| j.read_stream(stream, 5, 3).await.unwrap());
+        alike!(stream, |j| j.first_of_types(stream, 0, &["transition"]).await.unwrap());
+        for kind in ["transition", "snapshot", "call_summary"] {
+            alike!(kind, |j| j.has_event_type(stream, kind).await.unwrap());
+            alike!(kind, |j| j.latest(stream, kind).await.unwrap());
+            alike!(kind, |j| j.latest_at_or_before(stream, kind, mid as u64).await.unwrap());
+            alike!(kind, |j| j
+                .read_stream_range(stream, kind, 0, u64::MAX, 3)
+                .await
+                .unwrap());
+        }
+        alike!(stream, |j| {
+            let r = j.recover(stream, Policy::consecutive(2, 10)).await.unwrap();
+            (r.breaker, r.last_seq, r.folded, r.snapshot_seq, r.damaged)
+        });
+    }
+    let minutes = alike!("the metrics projection, rebuilt from each", |j| {
+        let mut projection = breakerbox::replay::Projection::open(j);
+        projection.rebuild(j, 500).await.unwrap();
+        let mut all = Vec::new();
+        for stream in streams {
+            all.push(projection.minutes(stream, 0, 10_000_000).await.unwrap());
+        }
+        all
+    });
+    assert!(minutes.iter().all(|m| !m.is_empty()), "{minutes:?}");
+    let report = alike!("verify", |j| {
+        let r = j.verify().await.unwrap();
+        (r.ok(), r.events, r.compacted, r.heads)
+    });
+    assert!(report.0 && report.2 > 0, "{report:?}");
+    copy.close().await;
+    journal.close().await;
+}
