@@ -1874,3 +1874,55 @@ async fn every_read_answers_alike_from_a_nodes_file_and_from_the_fleet_log() {
     copy.close().await;
     journal.close().await;
 }
+
+/// After a logical restore (pg_dump, then restore: transaction ids start again), restored rows
+/// carry the old cluster's ids, which may be far above this one's horizon: the tail would wait
+/// for them for ever. `migrate --new-epoch` starts a new epoch: the restored rows are final and
+/// read once, in their order, and new rows follow them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_epoch_after_a_restore_makes_restored_rows_final_and_new_ones_follow() {
+    let Some(db) = Db::create("epoch").await else { return };
+    let log = connect(&db).await;
+    let (now,): (String,) = sqlx::query_as("SELECT pg_current_xact_id()::text")
+        .fetch_one(log.pool())
+        .await
+        .unwrap();
+    let old_cluster = now.parse::<u64>().unwrap() + 1_000_000_000;
+    for seq in 1..=3i64 {
+        sqlx::query(
+            "INSERT INTO events (tx, epoch, node, stream, seq, event_type, event_version, recorded_at, batch_id, payload) \
+             VALUES ($1::text::xid8, 0, 'restored', 'stripe', $2, 'transition', 1, $2, '\\x00', '\\x01')",
+        )
+        .bind((old_cluster + seq as u64).to_string())
+        .bind(seq)
+        .execute(log.pool())
+        .await
+        .unwrap();
+    }
+    let (before, _) = log.tail(&PgCursor::default(), 100).await.unwrap();
+    assert!(before.is_empty(), "above the horizon, before the new epoch: {before:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = breakerbox(&["migrate", "--db", &db.url, "--new-epoch"], dir.path());
+    assert!(out.contains("epoch 1 begins"), "{out}");
+    log.append(&[1; 16], &[row("new", "stripe", 1)]).await.unwrap();
+    let (read, _) = within(read_all(&log, PgCursor::default(), 4)).await;
+    let seen: Vec<(&str, i64, i32)> = read.iter().map(|(c, e)| (e.node.as_str(), e.seq, c.epoch)).collect();
+    assert_eq!(
+        seen,
+        [
+            ("restored", 1, 0),
+            ("restored", 2, 0),
+            ("restored", 3, 0),
+            ("new", 1, 1)
+        ]
+    );
+    // The sequencer numbers them the same way.
+    assert_eq!(log.sequence(100).await.unwrap(), 4);
+    log.close().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+        .args(["migrate", "--db", "x.db", "--new-epoch"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}

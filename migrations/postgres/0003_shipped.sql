@@ -41,3 +41,15 @@ BEGIN
     RETURN n;
 END $$;
 REVOKE EXECUTE ON FUNCTION breakerbox_compact_shipped(text, text, bigint[]) FROM PUBLIC;
+
+-- The log's epoch: bumped by `breakerbox epoch --db URL` after a logical restore (pg_dump and
+-- restore start transaction ids again), so the order (epoch, tx, id) goes on after the restored
+-- rows. Rows of an earlier epoch are final: every tailer reads them whatever their old tx says.
+CREATE TABLE log_epoch (
+    id    int PRIMARY KEY CHECK (id = 1),
+    epoch int NOT NULL CHECK (epoch >= 0)
+);
+INSERT INTO log_epoch VALUES (1, 0);
+CREATE FUNCTION breakerbox_epoch() RETURNS int
+LANGUAGE sql STABLE SET search_path = pg_catalog, public AS $$ SELECT epoch FROM log_epoch WHERE id = 1 $$;
+ALTER TABLE events ALTER COLUMN epoch SET DEFAULT breakerbox_epoch();

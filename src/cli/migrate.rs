@@ -8,10 +8,17 @@ use super::{CliError, Global, Target};
 #[derive(Debug, clap::Args)]
 #[command(after_help = "EXAMPLES:
   breakerbox migrate --db postgres://owner@db:5432/breakerbox
+  breakerbox migrate --db postgres://owner@db:5432/breakerbox --new-epoch   # after pg_dump + restore
   breakerbox migrate --db breakerbox.db")]
-pub struct MigrateArgs {}
+pub struct MigrateArgs {
+    /// After a logical restore of a fleet's log (pg_dump and restore: transaction ids start
+    /// again): start a new epoch, so the restored rows are final for every reader and new rows
+    /// follow them (docs/fleet.md, "Epochs").
+    #[arg(long)]
+    new_epoch: bool,
+}
 
-pub fn migrate(_args: MigrateArgs, global: &Global) -> Result<(), CliError> {
+pub fn migrate(args: MigrateArgs, global: &Global) -> Result<(), CliError> {
     let rt = super::runtime()?;
     match global.target() {
         Target::Fleet(url) => {
@@ -24,16 +31,38 @@ pub fn migrate(_args: MigrateArgs, global: &Global) -> Result<(), CliError> {
                 )
                 .await
                 .map_err(|e| CliError::Runtime(e.to_string()))?;
-                let applied = log
-                    .migrate()
-                    .await
-                    .map_err(|e| CliError::Runtime(format!("migrating {shown}: {e}")));
+                let done = async {
+                    let applied = log
+                        .migrate()
+                        .await
+                        .map_err(|e| CliError::Runtime(format!("migrating {shown}: {e}")))?;
+                    let epoch = if args.new_epoch {
+                        Some(
+                            log.bump_epoch()
+                                .await
+                                .map_err(|e| CliError::Runtime(format!("starting a new epoch on {shown}: {e}")))?,
+                        )
+                    } else {
+                        None
+                    };
+                    Ok::<_, CliError>((applied, epoch))
+                }
+                .await;
                 log.close().await;
-                applied
+                done
             })?;
-            println!("{shown}: {applied} migrations applied; the schema is up to date");
+            println!("{shown}: {} migrations applied; the schema is up to date", applied.0);
+            if let Some(epoch) = applied.1 {
+                println!("{shown}: epoch {epoch} begins; every row before it is final");
+            }
         }
         Target::File(path) => {
+            if args.new_epoch {
+                return Err(CliError::BadInput(format!(
+                    "--new-epoch is for a fleet's log restored from a dump (--db postgres://…); {} is a file",
+                    path.display()
+                )));
+            }
             rt.block_on(async {
                 let journal = breakerbox::journal::Journal::open(&path, breakerbox::journal::JournalOptions::default())
                     .await

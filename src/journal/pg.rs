@@ -618,7 +618,7 @@ impl PgLog {
             "SELECT id, epoch, tx::text AS tx_text, node, stream, seq, event_type, event_version, recorded_at, payload \
              FROM events \
              WHERE (epoch, tx, id) > ($1, $2::text::xid8, $3) \
-               AND tx < pg_snapshot_xmin(pg_current_snapshot()) \
+               AND (epoch < breakerbox_epoch() OR tx < pg_snapshot_xmin(pg_current_snapshot())) \
              ORDER BY epoch, tx, id LIMIT $4",
         )
         .bind(after.epoch)
@@ -793,7 +793,7 @@ impl PgLog {
         let batch: Vec<(i64, i32, String)> = sqlx::query_as(
             "SELECT id, epoch, tx::text AS tx_text FROM events \
              WHERE (epoch, tx, id) > ($1, $2::text::xid8, $3) \
-               AND tx < pg_snapshot_xmin(pg_current_snapshot()) \
+               AND (epoch < breakerbox_epoch() OR tx < pg_snapshot_xmin(pg_current_snapshot())) \
              ORDER BY epoch, tx, id LIMIT $4",
         )
         .bind(epoch)
@@ -860,6 +860,17 @@ impl PgLog {
             .await
             .map_err(classify)?;
         Ok(p)
+    }
+
+    /// Starts a new epoch of the log, after a logical restore (transaction ids start again): rows
+    /// written from now on sort after every restored row, and the restored rows are final for
+    /// every tailer. Run by the schema's owner (`breakerbox epoch`). The new epoch.
+    pub async fn bump_epoch(&self) -> Result<i32, StoreError> {
+        let (epoch,): (i32,) = sqlx::query_as("UPDATE log_epoch SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(epoch)
     }
 
     /// Closes the pool.
