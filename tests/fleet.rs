@@ -846,6 +846,20 @@ fn breakerbox(args: &[&str], dir: &std::path::Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Runs the binary, which must refuse `args` as bad input (exit code 2); its stderr.
+fn refused(args: &[&str], dir: &std::path::Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("BREAKERBOX_DB")
+        .env_remove("BREAKERBOX_NODE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    err
+}
+
 /// A document without what depends on the instant it was made (`as_of_ms`, and how long an
 /// OPEN breaker has left), wherever they are.
 fn timeless(text: &str) -> serde_json::Value {
@@ -990,52 +1004,19 @@ fn a_node_ships_its_log_and_the_commands_answer_from_the_fleet_log_as_from_its_f
     assert!(!out.status.success() && err.contains("own log file"), "{err}");
 
     // Every node's trail at once, merged in time order, each entry naming its node.
+    let every_kind = ["transition", "command", "policy", "gap", "alert", "stats"]
+        .iter()
+        .flat_map(|k| ["--kind", k])
+        .collect::<Vec<&str>>();
     let entries = |out: &str| timeless(out)["entries"].as_array().unwrap().clone();
     let all = entries(&breakerbox(
-        &[
-            "audit",
-            "--all-nodes",
-            "--json",
-            "--db",
-            &db.url,
-            "--kind",
-            "transition",
-            "--kind",
-            "command",
-            "--kind",
-            "policy",
-            "--kind",
-            "gap",
-            "--kind",
-            "alert",
-            "--kind",
-            "stats",
-        ],
+        &[&["audit", "--all-nodes", "--json", "--db", &db.url][..], &every_kind].concat(),
         dir.path(),
     ));
     let mut each = Vec::new();
     for node in ["app-1", "app-2"] {
         each.extend(entries(&breakerbox(
-            &[
-                "audit",
-                "--json",
-                "--db",
-                &db.url,
-                "--node",
-                node,
-                "--kind",
-                "transition",
-                "--kind",
-                "command",
-                "--kind",
-                "policy",
-                "--kind",
-                "gap",
-                "--kind",
-                "alert",
-                "--kind",
-                "stats",
-            ],
+            &[&["audit", "--json", "--db", &db.url, "--node", node][..], &every_kind].concat(),
             dir.path(),
         )));
     }
@@ -1070,13 +1051,7 @@ fn a_node_ships_its_log_and_the_commands_answer_from_the_fleet_log_as_from_its_f
             "leave --node out",
         ),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_breakerbox"))
-            .args(&args)
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        let err = refused(&args, dir.path());
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
@@ -1767,13 +1742,7 @@ fn nodes_lists_the_fleet_and_leaves_gone_nodes_out() {
         (vec!["nodes", "--db", &db.url, "--gone-after", "soon"], "soon"),
         (vec!["nodes", "--db", "breakerbox.db"], "a log file has one node"),
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_breakerbox"))
-            .args(&args)
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        let err = refused(&args, dir.path());
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
@@ -1929,10 +1898,5 @@ async fn a_new_epoch_after_a_restore_makes_restored_rows_final_and_new_ones_foll
     // The sequencer numbers them the same way.
     assert_eq!(log.sequence(100).await.unwrap(), 4);
     log.close().await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_breakerbox"))
-        .args(["migrate", "--db", "x.db", "--new-epoch"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    refused(&["migrate", "--db", "x.db", "--new-epoch"], dir.path());
 }

@@ -443,6 +443,16 @@ pub struct NodeView {
     pub shipped: Option<i64>,
 }
 
+/// The fleet's log, opened for a command that reads it (never migrating it).
+async fn reader(url: &str, connect_timeout: Duration) -> Result<PgLog, FleetError> {
+    PgLog::connect_to_read(url, connect_timeout)
+        .await
+        .map_err(|source| FleetError::Unreachable {
+            url: redacted(url),
+            source,
+        })
+}
+
 /// The nodes of the fleet's log and where each stands, by name. A node that stopped or lapsed
 /// more than `gone_after` ago is [`NodeState::Gone`]; its history stays in the log.
 pub async fn fleet_nodes(
@@ -450,12 +460,7 @@ pub async fn fleet_nodes(
     gone_after: Duration,
     connect_timeout: Duration,
 ) -> Result<Vec<NodeView>, FleetError> {
-    let log = PgLog::connect_to_read(url, connect_timeout)
-        .await
-        .map_err(|source| FleetError::Unreachable {
-            url: redacted(url),
-            source,
-        })?;
+    let log = reader(url, connect_timeout).await?;
     let listed = log.node_list().await;
     log.close().await;
     let (now, records) = listed?;
@@ -520,12 +525,7 @@ pub fn choose_node(nodes: &[String], asked: Option<&str>) -> Result<String, Flee
 
 /// The nodes that shipped to the fleet's log, by name (their history, gone or not).
 pub async fn shipped_nodes(url: &str, connect_timeout: Duration) -> Result<Vec<String>, FleetError> {
-    let log = PgLog::connect_to_read(url, connect_timeout)
-        .await
-        .map_err(|source| FleetError::Unreachable {
-            url: redacted(url),
-            source,
-        })?;
+    let log = reader(url, connect_timeout).await?;
     let nodes = log.nodes().await;
     log.close().await;
     Ok(nodes?)
@@ -541,12 +541,7 @@ pub async fn node_copy(
     asked: Option<&str>,
     connect_timeout: Duration,
 ) -> Result<(Journal, String), FleetError> {
-    let log = PgLog::connect_to_read(url, connect_timeout)
-        .await
-        .map_err(|source| FleetError::Unreachable {
-            url: redacted(url),
-            source,
-        })?;
+    let log = reader(url, connect_timeout).await?;
     let copied = async {
         let node = choose_node(&log.nodes().await?, asked)?;
         // The call batches the node's own retention replaced by summaries since it shipped them:
