@@ -20,6 +20,8 @@ pub fn system_now_ms() -> u64 {
 pub struct Clock {
     now: Arc<AtomicU64>,
     manual: bool,
+    /// Set by hand while the actors' timers run on real time ([`Clock::held`]).
+    held: bool,
     stop: Arc<AtomicBool>,
 }
 
@@ -44,6 +46,7 @@ impl Clock {
         Clock {
             now,
             manual: false,
+            held: false,
             stop,
         }
     }
@@ -53,7 +56,27 @@ impl Clock {
         Clock {
             now: Arc::new(AtomicU64::new(start_ms)),
             manual: true,
+            held: false,
             stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A clock a test sets by hand ([`Clock::set`]) while the actors' timers run on real time,
+    /// as with the system clock: for what a lagging ticker does to them (a timer that fires
+    /// before this clock reaches its deadline must be set again, not forgotten).
+    pub fn held(start_ms: u64) -> Self {
+        Clock {
+            now: Arc::new(AtomicU64::new(start_ms)),
+            manual: false,
+            held: true,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Moves a manual or held clock to `ms`, never backwards (no effect on the system clock).
+    pub fn set(&self, ms: u64) {
+        if self.manual || self.held {
+            self.now.fetch_max(ms, Ordering::Relaxed);
         }
     }
 

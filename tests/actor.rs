@@ -1420,3 +1420,37 @@ async fn shutdown_with_the_log_failing_ends_within_its_bound_and_says_what_was_n
         closing.elapsed()
     );
 }
+
+/// The OPEN → HALF_OPEN timer runs on real time, the core on the coarse clock a ticker thread
+/// keeps. When the timer fires while that clock still reads just before the deadline (the
+/// ticker lags: two busy cores, fifty actors), nothing is due yet; the timer must be set again,
+/// or the breaker stays OPEN until a call comes (seen once in CI: a dashboard breaker never
+/// went HALF_OPEN).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_that_fires_before_the_clock_reaches_its_deadline_is_set_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = 1_700_000_000_000;
+    let clock = Clock::held(t0);
+    let toml = "[services.stripe]\nfailure_threshold = 1\ntimeout = \"200ms\"\n";
+    let registry = start_with(dir.path(), clock.clone(), toml, JournalOptions::default()).await;
+    let stripe = registry.get("stripe").unwrap().clone();
+    let _ = stripe.call("", async { Err::<(), _>("down") }).await;
+    assert_eq!(stripe.inspect().await.unwrap().state(), State::Open);
+    // The timer (200 ms of real time) fires while the clock still reads 1 ms before the end of
+    // the OPEN period: correctly, nothing happens yet.
+    clock.set(t0 + 199);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(stripe.state(), State::Open, "not due yet");
+    // The clock reaches the deadline: with no call coming, the breaker goes HALF_OPEN by itself.
+    clock.set(t0 + 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while stripe.state() != State::HalfOpen {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {:?} 3 s after its OPEN period ended: the timer was not set again",
+            stripe.state()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    registry.shutdown().await.unwrap();
+}

@@ -136,10 +136,12 @@ impl ServiceActor {
     fn on_tick(&mut self, ctx: &mut Context<Self>) {
         self.guard(ctx, |act, ctx| {
             let now = act.now();
-            if act.driver.tick(now) {
-                act.arm_timer(ctx);
-            }
-            act.sync_deadline(ctx);
+            act.driver.tick(now);
+            // Always set again: the timer runs on real time and the core's clock is the coarse
+            // one, which can still read just before the deadline when the timer fires. Then
+            // nothing was due, the deadline did not move, and a timer not set again would leave
+            // the breaker OPEN until a call came.
+            act.arm_timer(ctx);
         });
     }
 
