@@ -1900,3 +1900,273 @@ async fn a_new_epoch_after_a_restore_makes_restored_rows_final_and_new_ones_foll
     log.close().await;
     refused(&["migrate", "--db", "x.db", "--new-epoch"], dir.path());
 }
+
+// ---------------------------------------------------------------------------------------------
+// The write side's conformance suite: one scenario, run against both backends as their writers
+// use them (a node's SQLite file through its `Journal`; the fleet's log through `PgLog`).
+
+/// One backend's write side: writers (processes as the node `app-1`) that append to streams at
+/// the seqs after the last they know of, and the lease that says which of them is the writer.
+trait WriteSide {
+    type Writer;
+    /// A new writer process.
+    async fn writer(&self) -> Self::Writer;
+    /// Appends `n` events to `stream`, each payload naming `label` and its index; an error says
+    /// why they were refused (then none of them is in the log).
+    async fn append(&self, w: &mut Self::Writer, stream: &str, label: &str, n: u64) -> Result<(), String>;
+    /// A stream as stored: (seq, payload).
+    async fn stream(&self, stream: &str) -> Vec<(u64, Vec<u8>)>;
+    /// Takes or renews the lease for `holder`; else the holder that has it.
+    async fn lease(&self, w: &Self::Writer, holder: &str) -> Result<(), String>;
+    /// The lease left unrenewed for longer than its ttl (made by hand).
+    async fn lapse(&self);
+    /// Takes the lease from `dead`, a holder judged gone, if `dead` still has it.
+    async fn take_over(&self, w: &Self::Writer, holder: &str, dead: &str) -> bool;
+    /// A clean stop: the lease given up, the writer closed.
+    async fn stop(&self, w: Self::Writer, holder: &str);
+    /// Runs `sql` on the log's events as a client would; its error, if the store refused it.
+    async fn tamper(&self, sql: &'static str) -> Result<(), String>;
+}
+
+const LEASE_TTL: Duration = Duration::from_secs(30);
+
+fn payload(label: &str, i: u64) -> Vec<u8> {
+    rmp_serde::to_vec_named(&BTreeMap::from([(label.to_owned(), i)])).unwrap()
+}
+
+/// The node's own file.
+struct SqliteSide(std::path::PathBuf);
+
+impl WriteSide for SqliteSide {
+    type Writer = breakerbox::journal::Journal;
+    async fn writer(&self) -> Self::Writer {
+        let options = breakerbox::journal::JournalOptions {
+            node: Arc::from("app-1"),
+            ..breakerbox::journal::JournalOptions::default()
+        };
+        breakerbox::journal::Journal::open(&self.0, options).await.unwrap()
+    }
+    async fn append(&self, w: &mut Self::Writer, stream: &str, label: &str, n: u64) -> Result<(), String> {
+        let bodies = (0..n)
+            .map(|i| breakerbox::journal::Body::Other {
+                event_type: breakerbox::journal::OPERATOR_COMMAND,
+                event_version: 1,
+                at_ms: 1_700_000_000_000 + i,
+                payload: payload(label, i),
+            })
+            .collect();
+        let tracked = w.submit_all(&Arc::from(stream), bodies).map_err(|e| e.to_string())?;
+        w.durable_position(tracked).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+    async fn stream(&self, stream: &str) -> Vec<(u64, Vec<u8>)> {
+        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", self.0.display()))
+            .await
+            .unwrap();
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as("SELECT seq, payload FROM events WHERE stream = ? ORDER BY seq")
+            .bind(stream)
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+        rows.into_iter().map(|(s, p)| (s as u64, p)).collect()
+    }
+    async fn lease(&self, w: &Self::Writer, holder: &str) -> Result<(), String> {
+        let lease = w.acquire_lease(holder, LEASE_TTL).await.unwrap();
+        if lease.holder == holder {
+            Ok(())
+        } else {
+            Err(lease.holder)
+        }
+    }
+    async fn lapse(&self) {
+        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", self.0.display()))
+            .await
+            .unwrap();
+        sqlx::query("UPDATE writer_lease SET renewed_at = renewed_at - 31000")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    async fn take_over(&self, w: &Self::Writer, holder: &str, dead: &str) -> bool {
+        let Some(seen) = w.lease().await.unwrap() else {
+            return false;
+        };
+        if seen.holder != dead {
+            return false;
+        }
+        w.take_over_lease(holder, LEASE_TTL, &seen).await.unwrap().holder == holder
+    }
+    async fn stop(&self, w: Self::Writer, _holder: &str) {
+        w.close().await;
+    }
+    async fn tamper(&self, sql: &'static str) -> Result<(), String> {
+        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", self.0.display()))
+            .await
+            .unwrap();
+        sqlx::query(sql)
+            .execute(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The fleet's log: a writer keeps each stream's last seq as the journal's writer does (read
+/// when it first writes the stream), and appends a batch of its own id per call.
+struct PgSide(PgLog);
+
+struct PgWriter {
+    seqs: BTreeMap<String, u64>,
+    batches: u8,
+    id: u8,
+}
+
+impl WriteSide for PgSide {
+    type Writer = PgWriter;
+    async fn writer(&self) -> Self::Writer {
+        static WRITERS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+        PgWriter {
+            seqs: BTreeMap::new(),
+            batches: 0,
+            id: WRITERS.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+    async fn append(&self, w: &mut Self::Writer, stream: &str, label: &str, n: u64) -> Result<(), String> {
+        let last = match w.seqs.get(stream) {
+            Some(&s) => s,
+            None => self.0.last_seq("app-1", stream).await.unwrap(),
+        };
+        let rows: Vec<Row> = (0..n)
+            .map(|i| Row {
+                payload: payload(label, i),
+                event_type: breakerbox::journal::OPERATOR_COMMAND,
+                event_version: 1,
+                recorded_at: 1_700_000_000_000 + i,
+                ..row("app-1", stream, last + 1 + i)
+            })
+            .collect();
+        w.batches += 1;
+        let mut batch = [w.id; 16];
+        batch[15] = w.batches;
+        self.0.append(&batch, &rows).await.map_err(|e| e.to_string())?;
+        w.seqs.insert(stream.to_owned(), last + n);
+        Ok(())
+    }
+    async fn stream(&self, stream: &str) -> Vec<(u64, Vec<u8>)> {
+        let rows: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, payload FROM events WHERE node = 'app-1' AND stream = $1 ORDER BY seq")
+                .bind(stream)
+                .fetch_all(self.0.pool())
+                .await
+                .unwrap();
+        rows.into_iter().map(|(s, p)| (s as u64, p)).collect()
+    }
+    async fn lease(&self, _: &Self::Writer, holder: &str) -> Result<(), String> {
+        match self.0.acquire_node("app-1", holder, LEASE_TTL).await {
+            Ok(_) => Ok(()),
+            Err(LeaseError::Held(lease, _)) => Err(lease.holder),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    async fn lapse(&self) {
+        sqlx::query("UPDATE nodes SET renewed_at = renewed_at - 31000")
+            .execute(self.0.pool())
+            .await
+            .unwrap();
+    }
+    async fn take_over(&self, _: &Self::Writer, holder: &str, dead: &str) -> bool {
+        let taken = self.0.take_over_node("app-1", holder, LEASE_TTL, dead).await.unwrap();
+        taken.is_some()
+    }
+    async fn stop(&self, _: Self::Writer, holder: &str) {
+        self.0.release_node("app-1", holder).await.unwrap();
+    }
+    async fn tamper(&self, sql: &'static str) -> Result<(), String> {
+        sqlx::query(sql)
+            .execute(self.0.pool())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The scenario; returns both streams as stored, to compare across backends.
+async fn write_side_scenario<B: WriteSide>(b: &B) -> [Vec<(u64, Vec<u8>)>; 2] {
+    let mut a = b.writer().await;
+    let mut other = b.writer().await;
+    // Leases: one holder; a second is refused, naming the first; the holder renews.
+    assert_eq!(b.lease(&a, "a").await, Ok(()));
+    assert_eq!(b.lease(&other, "b").await, Err("a".to_owned()));
+    assert_eq!(b.lease(&a, "a").await, Ok(()));
+    // Appends: each stream's seqs from 1, contiguous, in order.
+    b.append(&mut a, "stripe", "a", 3).await.unwrap();
+    b.append(&mut a, "calcom", "a", 2).await.unwrap();
+    // A writer that ignores the lease: its append comes after what it read, and the holder's
+    // next append, at a seq now taken, is refused whole and overwrites nothing.
+    b.append(&mut other, "stripe", "b", 1).await.unwrap();
+    let before = b.stream("stripe").await;
+    let refused = b.append(&mut a, "stripe", "a-late", 2).await;
+    assert!(refused.is_err(), "a taken seq was not refused");
+    assert_eq!(b.stream("stripe").await, before, "a refused append changed the stream");
+    // A lapsed lease is taken by the next; the old holder is then refused.
+    b.lapse().await;
+    assert_eq!(b.lease(&other, "b").await, Ok(()));
+    assert_eq!(b.lease(&a, "a").await, Err("b".to_owned()));
+    // A take-over from a holder judged gone happens only while that holder still has it.
+    assert!(b.take_over(&a, "c", "b").await);
+    assert!(
+        !b.take_over(&a, "d", "b").await,
+        "taken from a holder that no longer had it"
+    );
+    assert_eq!(b.lease(&other, "b").await, Err("c".to_owned()));
+    // A clean stop frees the lease at once; a restarted writer continues each stream after its
+    // last seq.
+    b.stop(a, "c").await;
+    b.stop(other, "b").await;
+    let mut next = b.writer().await;
+    assert_eq!(b.lease(&next, "e").await, Ok(()));
+    b.append(&mut next, "stripe", "e", 2).await.unwrap();
+    b.append(&mut next, "calcom", "e", 1).await.unwrap();
+    b.stop(next, "e").await;
+    // Append-only, enforced by the store whoever asks: no event is changed or deleted.
+    let stored = b.stream("stripe").await;
+    for sql in [
+        "UPDATE events SET payload = payload WHERE stream = 'stripe' AND seq = 1",
+        "DELETE FROM events WHERE stream = 'stripe' AND seq = 1",
+    ] {
+        let e = b.tamper(sql).await.expect_err(sql);
+        assert!(e.contains("append-only"), "{sql}: {e}");
+    }
+    assert_eq!(b.stream("stripe").await, stored);
+    let streams = [b.stream("stripe").await, b.stream("calcom").await];
+    for s in &streams {
+        let seqs: Vec<u64> = s.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(
+            seqs,
+            (1..=s.len() as u64).collect::<Vec<_>>(),
+            "seqs not contiguous from 1"
+        );
+    }
+    streams
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_behaves_alike_on_a_nodes_file_and_on_the_fleet_log() {
+    let Some(db) = Db::create("writes").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = write_side_scenario(&SqliteSide(dir.path().join("app-1.db"))).await;
+    let pg = PgSide(connect(&db).await);
+    let fleet = write_side_scenario(&pg).await;
+    pg.0.close().await;
+    let labels = |s: &[(u64, Vec<u8>)]| -> Vec<(u64, BTreeMap<String, u64>)> {
+        s.iter()
+            .map(|(seq, p)| (*seq, rmp_serde::from_slice(p).unwrap()))
+            .collect()
+    };
+    let want_stripe: Vec<(u64, BTreeMap<String, u64>)> = [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("e", 0), ("e", 1)]
+        .iter()
+        .enumerate()
+        .map(|(i, (l, k))| (i as u64 + 1, BTreeMap::from([(l.to_string(), *k)])))
+        .collect();
+    assert_eq!(labels(&sqlite[0]), want_stripe, "sqlite");
+    assert_eq!(sqlite, fleet, "the backends stored different streams");
+}
