@@ -15,6 +15,9 @@
 //!    (connect, schema check, lease, resume point).
 //! 4. **The call path with the database stopped**: `call_sync` on a breaker whose journal ships to
 //!    a server that does not answer, against one that ships nowhere; 5 interleaved rounds.
+//! 5. **Fleet health** of 30 breakers × 8 nodes: reading the nodes' published reports and merging
+//!    them (what `GET /api/fleet/health` does on a kept connection), and `status --fleet --json`
+//!    as a process (connecting included).
 
 use breakerbox::actor::{Clock, Registry, RegistryOptions};
 use breakerbox::breaker::{Breaker, Decision, Outcome, Policy};
@@ -60,7 +63,12 @@ fn main() {
         .await
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        run(dir.path(), &url).await;
+        // `cargo bench --bench fleet -- health`: only the fleet health figure.
+        if std::env::args().any(|a| a == "health") {
+            fleet_health(&url).await;
+        } else {
+            run(dir.path(), &url).await;
+        }
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
             .execute(&mut c)
             .await
@@ -446,4 +454,77 @@ async fn run(dir: &Path, url: &str) {
         }
         journal.close().await;
     }
+
+    // 5. Fleet health of 30 breakers × 8 nodes.
+    fleet_health(url).await;
+}
+
+async fn fleet_health(url: &str) {
+    use breakerbox::breaker::State;
+    use breakerbox::journal::LATENCY_BOUNDS_MS;
+    use breakerbox::journal::fleet::{DEFAULT_GONE_AFTER, health_rows, open_to_read};
+    use breakerbox::replay::fleet::{NODE_DOC_VERSION, NodeBreaker, NodeDoc, fleet_health};
+    use breakerbox::replay::{Minute, Severity};
+    let log = PgLog::connect(url, Duration::from_secs(5), 2).await.unwrap();
+    for n in 0..NODES {
+        let node = format!("fleet-{n}");
+        log.acquire_node(&node, "bench", Duration::from_secs(600))
+            .await
+            .unwrap();
+        let breakers = (0..30)
+            .map(|b| NodeBreaker {
+                service: format!("service-{b:02}"),
+                state: if n == 0 && b < 3 { State::Open } else { State::Closed },
+                severity: Severity::Healthy,
+                health: Some(90),
+                window_5m: Some(Minute {
+                    successes: 3_000 + b,
+                    failures: 30,
+                    latency_total_ms: 90_000,
+                    latency_buckets: (0..=LATENCY_BOUNDS_MS.len() as u64).map(|i| i * 10 + b).collect(),
+                    ..Minute::default()
+                }),
+                latency_budget_ms: 1_000,
+            })
+            .collect();
+        let doc = NodeDoc {
+            version: NODE_DOC_VERSION,
+            at_ms: 0,
+            log_ok: true,
+            breakers,
+        };
+        log.publish_health(&node, 0, &serde_json::to_string(&doc).unwrap())
+            .await
+            .unwrap();
+    }
+    log.close().await;
+    let reader = open_to_read(url, Duration::from_secs(5)).await.unwrap();
+    let mut took = Vec::new();
+    let mut size = 0;
+    for _ in 0..200 {
+        let start = Instant::now();
+        let (now, views, rows) = health_rows(&reader, DEFAULT_GONE_AFTER).await.unwrap();
+        let health = fleet_health(now, &views, &rows, None);
+        size = serde_json::to_vec(black_box(&health)).unwrap().len();
+        took.push(start.elapsed());
+    }
+    reader.close().await;
+    took.sort();
+    let mut cli = Vec::new();
+    for _ in 0..10 {
+        let start = Instant::now();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+            .args(["status", "--fleet", "--json", "--db", url])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        cli.push(start.elapsed());
+    }
+    cli.sort();
+    println!(
+        "fleet health, 30 breakers x {NODES} nodes: read and merged in {:.2} ms p50, {:.2} ms p99 (200 reads on a kept connection; {size} bytes of JSON); `status --fleet --json` as a process {:.1} ms median of 10",
+        percentile(&took, 0.5),
+        percentile(&took, 0.99),
+        percentile(&cli, 0.5)
+    );
 }

@@ -8,7 +8,7 @@ use crate::actor::{Registry, RegistryError, RegistryOptions, Reloader, watch};
 use crate::alerts::{Alerting, AlertsError, NotifierOptions};
 use crate::config::{Config, LoadOptions};
 use crate::http::{ApiState, auth::Token, server};
-use crate::journal::fleet::{FleetError, FleetOptions, ShipStatus, Shipper};
+use crate::journal::fleet::{FleetError, FleetOptions, HealthSlot, ShipStatus, Shipper};
 use crate::journal::{Journal, JournalError, JournalOptions, StoreError};
 use crate::proxy::{Proxy, ProxyError, ProxyOptions};
 use crate::replay::Projection;
@@ -139,6 +139,8 @@ pub struct App {
     addrs: Vec<SocketAddr>,
     proxy: Option<Proxy>,
     shipper: Option<Shipper>,
+    /// The fleet's log, when this node ships to one (`GET /api/fleet/health` reads it).
+    fleet_url: Option<String>,
     stop_within: Duration,
 }
 
@@ -156,6 +158,7 @@ impl App {
                 })?,
         );
         // Before the breakers: a second live process as this node is refused before it starts any.
+        let fleet_url = options.fleet.as_ref().map(|f| f.url.clone());
         let shipper = match options.fleet {
             Some(fleet) => match Shipper::start(journal.clone(), &node, &options.registry.holder, fleet).await {
                 Ok(s) => Some(s),
@@ -187,11 +190,20 @@ impl App {
             addrs: Vec::new(),
             proxy: None,
             shipper,
+            fleet_url,
             stop_within: options.stop_within,
         };
         if let Some(every) = options.project_every {
             app.tasks
                 .push(tokio::spawn(keep_projection(app.journal.clone(), every)));
+        }
+        if let Some(shipper) = &app.shipper {
+            app.tasks.push(tokio::spawn(publish_health(
+                app.registry.clone(),
+                config.clone(),
+                shipper.health(),
+                HEALTH_EVERY,
+            )));
         }
         if let Some(every) = options.anchor_every {
             app.tasks.push(tokio::spawn(keep_anchors(app.journal.clone(), every)));
@@ -262,9 +274,9 @@ impl App {
                 Some(r) => state.with_reload(r),
                 None => state,
             };
-            let state = match &self.shipper {
-                Some(s) => state.with_fleet(s.watch()),
-                None => state,
+            let state = match (&self.shipper, &self.fleet_url) {
+                (Some(s), Some(url)) => state.with_fleet(s.watch(), url.clone()),
+                _ => state,
             };
             let settings = state.settings();
             let state = actix_web::web::Data::new(state);
@@ -450,6 +462,30 @@ async fn keep_projection(journal: Arc<Journal>, every: Duration) {
                     failing = Some(why);
                 }
             }
+        }
+    }
+}
+
+/// How often a node of a fleet publishes its health ([`publish_health`]): fleet health is at
+/// most this plus a shipment stale.
+pub const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
+/// Puts the node's health document (its own health report, as `/api/health` answers it) where
+/// the shipper publishes it to the fleet's log, every `every`: what fleet health merges
+/// (`docs/fleet.md`, "Fleet health"). Never on the call path: the breakers do not wait for it.
+async fn publish_health(registry: Arc<Registry>, config: Config, slot: HealthSlot, every: Duration) {
+    let mut projection = crate::replay::Projection::open(registry.journal());
+    let keys: Vec<String> = registry.handles().map(|h| h.key().to_owned()).collect();
+    let budget = |k: &str| config.breaker(k).map_or(1_000, |b| b.latency_budget_ms());
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let report = registry.report(&keys, budget, &mut projection).await;
+        let doc = crate::replay::fleet::NodeDoc::of(&report);
+        match serde_json::to_string(&doc) {
+            Ok(json) => slot.put(doc.at_ms, json),
+            Err(e) => tracing::error!(error = %e, "the node's health document did not encode"),
         }
     }
 }

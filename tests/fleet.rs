@@ -1245,8 +1245,9 @@ fn a_node_killed_mid_shipment_resumes_without_a_loss_or_a_duplicate() {
 }
 
 /// What a role that runs nodes is granted (docs/fleet.md, "Running as a role that owns nothing").
-const NODE_GRANTS: [&str; 7] = [
+const NODE_GRANTS: [&str; 8] = [
     "GRANT SELECT, INSERT ON events, event_order TO {role}",
+    "GRANT SELECT, INSERT, UPDATE ON node_health TO {role}",
     "GRANT SELECT, INSERT, UPDATE ON nodes TO {role}",
     "GRANT SELECT, INSERT, UPDATE ON shipped TO {role}",
     "GRANT SELECT, UPDATE ON sequencer TO {role}",
@@ -1356,6 +1357,21 @@ async fn nodes_run_as_a_role_that_owns_nothing_once_the_owner_migrated() {
 
     // Migrated and granted: it ships what waited (its retries back off to 5 s at most).
     let shipped = within(shipper.wait_for(|s| s.shipped == Some(last) && s.failing.is_none())).await;
+    // And publishes its health for fleet views, with the one grant on node_health.
+    shipper.health().put(1, "{}".into());
+    within(async {
+        loop {
+            let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM node_health WHERE node = 'app-1'")
+                .fetch_one(&mut owner)
+                .await
+                .unwrap();
+            if n == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     assert_eq!(shipped.failing_since_ms, None);
     let (copy, node) = node_copy(&as_node, None, Duration::from_secs(5)).await.unwrap();
     assert_eq!(node, "app-1");
@@ -2169,4 +2185,201 @@ async fn every_write_behaves_alike_on_a_nodes_file_and_on_the_fleet_log() {
         .collect();
     assert_eq!(labels(&sqlite[0]), want_stripe, "sqlite");
     assert_eq!(sqlite, fleet, "the backends stored different streams");
+}
+
+/// Fleet health ([fleet-ops]): four nodes publish their own health reports; `GET
+/// /api/fleet/health/{service}` on one of them and `status --fleet` merge them alike. One node's
+/// stripe failing is that node's trouble, named as an outlier; stripe failing on every node is
+/// the service's.
+#[test]
+fn fleet_health_tells_one_nodes_trouble_from_the_services() {
+    use breakerbox::app::{App, AppOptions, HttpOptions};
+    use breakerbox::config::{Config, Secret};
+    use breakerbox::http::auth::Token;
+    use breakerbox::journal::fleet::FleetOptions;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(db) = rt.block_on(Db::create("fleethealth")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let token = "t".repeat(40);
+    actix_web::rt::System::new().block_on(async {
+        let config = Config::from_toml(
+            std::path::Path::new("t.toml"),
+            "[services.stripe]\nfailure_threshold = 5\ntimeout = \"60s\"\n\n[services.calcom]\n",
+            &Default::default(),
+        )
+        .unwrap();
+        let mut apps = Vec::new();
+        for n in 1..=4 {
+            let node = format!("app-{n}");
+            let options = AppOptions {
+                journal: breakerbox::journal::JournalOptions {
+                    node: Arc::from(node.as_str()),
+                    ..Default::default()
+                },
+                fleet: Some(FleetOptions::new(db.url.clone())),
+                http: (n == 1).then(|| HttpOptions {
+                    bind: "127.0.0.1:0".parse().unwrap(),
+                    tokens: vec![Token::new("t", &Secret::new(token.clone()))],
+                    any_port_if_taken: false,
+                }),
+                alerts: false,
+                ..AppOptions::default()
+            };
+            let path = dir.path().join(format!("{node}.db"));
+            apps.push(App::start(&path, &config, options).await.unwrap());
+        }
+        let calls = |app: &App, fail: bool| {
+            let stripe = app.registry().get("stripe").unwrap().clone();
+            async move {
+                for _ in 0..20 {
+                    let _ = stripe
+                        .call("", async move { if fail { Err("down") } else { Ok(()) } })
+                        .await;
+                }
+                stripe.inspect().await;
+            }
+        };
+        for (i, app) in apps.iter().enumerate() {
+            calls(app, i == 3).await;
+        }
+        let base = format!("http://{}", apps[0].http_addrs()[0]);
+        let client = reqwest::Client::new();
+        // Until every node's published report has its 20 attempts (each publishes every second).
+        let settled = |want_state: &'static str| {
+            let (client, base, token) = (client.clone(), base.clone(), token.clone());
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    let body = client
+                        .get(format!("{base}/api/fleet/health/stripe"))
+                        .header("Authorization", format!("Bearer {token}"))
+                        .send()
+                        .await
+                        .unwrap()
+                        .text()
+                        .await
+                        .unwrap();
+                    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+                    let rows = doc["breakers"][0]["nodes"].as_array().cloned().unwrap_or_default();
+                    let attempts: Vec<u64> = rows.iter().map(|r| r["attempts_5m"].as_u64().unwrap()).collect();
+                    if attempts == [20, 20, 20, 20] && rows[3]["state"] == want_state {
+                        return doc;
+                    }
+                    if Instant::now() >= deadline {
+                        let all = client
+                            .get(format!("{base}/api/fleet/health"))
+                            .header("Authorization", format!("Bearer {token}"))
+                            .send()
+                            .await
+                            .unwrap()
+                            .text()
+                            .await
+                            .unwrap();
+                        panic!("fleet health did not settle: {doc:#}\n{all}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        let doc = settled("open").await;
+        let stripe = &doc["breakers"][0];
+        assert_eq!(stripe["service"], "stripe");
+        assert_eq!(stripe["states"], serde_json::json!({"closed": 3, "open": 1}), "{doc:#}");
+        assert_eq!(stripe["trouble"], "nodes", "{doc:#}");
+        let outliers: Vec<&str> = stripe["outliers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["node"].as_str().unwrap())
+            .collect();
+        assert_eq!(outliers, ["app-4"], "{doc:#}");
+        // Counters add: 60 successes, and app-4's 20 failed or rejected.
+        let m = &stripe["metrics_5m"];
+        let count = |k: &str| m[k].as_u64().unwrap();
+        assert_eq!(
+            (count("successes"), count("failures") + count("rejected")),
+            (60, 20),
+            "{doc:#}"
+        );
+        let spread = &stripe["spread"];
+        assert!(spread["min"].as_u64() < spread["max"].as_u64(), "{doc:#}");
+        for n in doc["nodes"].as_array().unwrap() {
+            assert_eq!(n["state"], "live", "{doc:#}");
+            assert_eq!(n["merged"], true, "{doc:#}");
+            assert!(n["clock_skew_ms"].as_i64().unwrap().abs() < 1_000, "{doc:#}");
+        }
+        // The CLI answers with the same function: the same breakers.
+        let cli = breakerbox(
+            &["status", "--fleet", "--service", "stripe", "--json", "--db", &db.url],
+            dir.path(),
+        );
+        let cli: serde_json::Value = serde_json::from_str(&cli).unwrap();
+        assert_eq!(
+            timeless(&cli["breakers"].to_string()),
+            timeless(&doc["breakers"].to_string())
+        );
+        // Stripe failing on every node: the service's trouble, and no node stands out.
+        for app in &apps[..3] {
+            let stripe = app.registry().get("stripe").unwrap().clone();
+            for _ in 0..5 {
+                let _ = stripe.call("", async { Err::<(), _>("down") }).await;
+            }
+            stripe.inspect().await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let doc = loop {
+            let out = breakerbox(&["status", "--fleet", "--json", "--db", &db.url], dir.path());
+            let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let stripe = doc["breakers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["service"] == "stripe")
+                .cloned()
+                .unwrap();
+            if stripe["states"] == serde_json::json!({"open": 4}) {
+                break doc;
+            }
+            assert!(Instant::now() < deadline, "not every node's stripe open: {doc:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let first = &doc["breakers"][0];
+        assert_eq!(
+            (first["service"].as_str(), first["trouble"].as_str()),
+            (Some("stripe"), Some("service")),
+            "in trouble first: {doc:#}"
+        );
+        assert_eq!(first["outliers"], serde_json::json!([]), "{doc:#}");
+        let calcom = &doc["breakers"][1];
+        assert_eq!(
+            (calcom["service"].as_str(), calcom["trouble"].as_str()),
+            (Some("calcom"), Some("none"))
+        );
+        // A node that stopped leaves the merge and says why.
+        let last = apps.pop().unwrap();
+        last.shutdown().await.unwrap();
+        let out = breakerbox(&["status", "--fleet", "--json", "--db", &db.url], dir.path());
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let app4 = doc["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == "app-4")
+            .cloned()
+            .unwrap();
+        assert_eq!(
+            (app4["state"].as_str(), app4["merged"].as_bool()),
+            (Some("stopped"), Some(false)),
+            "{doc:#}"
+        );
+        assert_eq!(doc["breakers"][0]["nodes"].as_array().unwrap().len(), 3, "{doc:#}");
+        // Without --db postgres://…, --fleet is refused by name.
+        let err = refused(&["status", "--fleet", "--db", "x.db"], dir.path());
+        assert!(err.contains("--fleet reads the fleet's log"), "{err}");
+        for app in apps {
+            app.shutdown().await.unwrap();
+        }
+    });
 }

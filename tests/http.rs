@@ -80,6 +80,8 @@ async fn every_protected_route_needs_the_token_and_nothing_leaks_it() {
         ("POST", "/api/circuit-breakers/stripe/disable"),
         ("POST", "/api/config/reload"),
         ("GET", "/api/history"),
+        ("GET", "/api/fleet/health"),
+        ("GET", "/api/fleet/health/stripe"),
         ("GET", "/api/events"),
         ("GET", "/api/events/stream"),
         ("GET", "/api/openapi.json"),
@@ -735,6 +737,8 @@ async fn the_events_route_pages_the_audit_trail_by_position() {
         "/api/events/stream",
         "/api/history",
         "/api/config/reload",
+        "/api/fleet/health",
+        "/api/fleet/health/{service}",
         "/metrics",
     ] {
         assert!(doc["paths"].get(route).is_some(), "{route}");

@@ -311,6 +311,39 @@ impl Registry {
         &self.clock
     }
 
+    /// The health report of the breakers `keys` now: the one [`crate::replay::health_report`],
+    /// from the live breakers (their published state, trial permits in use) and `projection`
+    /// (brought up to date). `budget` gives a breaker's configured latency budget. A breaker
+    /// whose actor does not answer (the registry is stopping) is left out, and logged.
+    pub async fn report(
+        &self,
+        keys: &[String],
+        budget: impl Fn(&str) -> u64,
+        projection: &mut crate::replay::Projection,
+    ) -> crate::replay::HealthReport {
+        let mut live = Vec::with_capacity(keys.len());
+        for k in keys {
+            let Some(handle) = self.get(k) else { continue };
+            let Some(breaker) = handle.inspect().await else {
+                tracing::error!(breaker = %k, "a breaker's actor did not answer; it is left out of the health document");
+                continue;
+            };
+            live.push((k, handle, breaker, budget(k)));
+        }
+        let now = self.clock.now_ms();
+        let breakers: Vec<crate::replay::BreakerNow<'_>> = live
+            .iter()
+            .map(|(k, handle, breaker, budget)| crate::replay::BreakerNow {
+                key: k,
+                breaker,
+                state: handle.state(),
+                trial_permits_in_use: handle.trial_permits(),
+                latency_budget_ms: *budget,
+            })
+            .collect();
+        crate::replay::health_report(&self.journal, projection, &breakers, now, self.journal.condition()).await
+    }
+
     /// Applies a reloaded configuration to the running breakers: each keeps its state, window and
     /// trial permits; its new policy is recorded as an event. Breakers added or removed by the
     /// reload are reported, not started or stopped (that takes a restart).

@@ -38,6 +38,10 @@ pub struct StatusArgs {
     /// Why (recorded in the audit trail with who and from where).
     #[arg(long, value_name = "TEXT")]
     reason: Option<String>,
+    /// Every live node's view, merged per breaker (--db postgres://…): each node's state and
+    /// score, the fleet's health, the spread and the outlier nodes.
+    #[arg(long, conflicts_with_all = ["reset", "test"])]
+    fleet: bool,
 }
 
 fn runtime_err(e: impl std::fmt::Display) -> CliError {
@@ -72,6 +76,9 @@ pub fn status(args: StatusArgs, global: &Global) -> Result<(), CliError> {
         return Err(CliError::BadInput(
             "--reset needs --service NAME, or --all to reset every breaker".into(),
         ));
+    }
+    if args.fleet {
+        return fleet_status(&args, global);
     }
     let config = load(global)?;
     let breakers = selected(&config, args.service.as_deref())?;
@@ -235,4 +242,107 @@ async fn test(b: &BreakerConfig, state: State, open_remaining_ms: Option<u64>) -
         Err(e) => json!({"testable": true, "sent": true, "latency_ms": latency_ms, "outcome": "failure",
                          "result": format!("failure after {latency_ms} ms: {}", breakerbox::tls::error_chain(&e))}),
     }
+}
+
+/// `status --fleet`: fleet health from every live node's last published report
+/// (`breakerbox::replay::fleet`, the one `GET /api/fleet/health` answers).
+fn fleet_status(args: &StatusArgs, global: &Global) -> Result<(), CliError> {
+    use breakerbox::journal::fleet::{DEFAULT_GONE_AFTER, fleet_health_rows};
+    use breakerbox::replay::fleet::fleet_health;
+    let super::Target::Fleet(url) = global.target() else {
+        return Err(CliError::BadInput(
+            "--fleet reads the fleet's log: pass --db postgres://… (or BREAKERBOX_DB)".into(),
+        ));
+    };
+    let rt = super::runtime()?;
+    let (now, views, rows) = rt
+        .block_on(fleet_health_rows(&url, DEFAULT_GONE_AFTER, Duration::from_secs(5)))
+        .map_err(runtime_err)?;
+    let health = fleet_health(now, &views, &rows, args.service.as_deref());
+    if let Some(s) = &args.service
+        && health.breakers.is_empty()
+    {
+        return Err(CliError::BadInput(format!(
+            "--service {s}: no live node reports a breaker of that name"
+        )));
+    }
+    let mut out = std::io::stdout().lock();
+    if global.json || !std::io::stdout().is_terminal() {
+        serde_json::to_writer(&mut out, &health).map_err(runtime_err)?;
+        writeln!(out).map_err(runtime_err)?;
+        return Ok(());
+    }
+    let pct = |r: Option<f64>| r.map_or_else(|| "-".to_owned(), |r| format!("{:.1} %", r * 100.0));
+    for b in &health.breakers {
+        let states: Vec<String> = b
+            .states
+            .iter()
+            .map(|(s, n)| {
+                format!(
+                    "{} {n}",
+                    serde_json::to_value(s).unwrap_or_default().as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        let trouble = match b.trouble {
+            breakerbox::replay::fleet::Trouble::Service => "THE SERVICE",
+            breakerbox::replay::fleet::Trouble::Nodes => "SOME NODES",
+            breakerbox::replay::fleet::Trouble::None => "ok",
+        };
+        let score = b
+            .health
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |h| h.score.to_string());
+        let spread = b.spread.map_or_else(String::new, |s| {
+            format!(" (nodes {}..{}, median {})", s.min, s.max, s.median)
+        });
+        writeln!(
+            out,
+            "{:<28} {trouble:<11} health {score}{spread}  {}",
+            b.service,
+            states.join(", ")
+        )
+        .map_err(runtime_err)?;
+        for r in &b.nodes {
+            let outlier = if b.outliers.iter().any(|o| o.node == r.node) {
+                "  OUTLIER"
+            } else {
+                ""
+            };
+            let state = serde_json::to_value(r.state).unwrap_or_default();
+            writeln!(
+                out,
+                "  {:<24} {:<10} health {:>3}  {:>6} attempts  {:>7} worked{outlier}",
+                r.node,
+                state.as_str().unwrap_or("?"),
+                r.health.map_or_else(|| "-".to_owned(), |h| h.to_string()),
+                r.attempts_5m,
+                pct(r.success_rate_5m),
+            )
+            .map_err(runtime_err)?;
+        }
+    }
+    writeln!(out, "nodes:").map_err(runtime_err)?;
+    for n in &health.nodes {
+        let state = serde_json::to_value(n.state).unwrap_or_default();
+        let age = n.report_age_ms.map_or_else(
+            || "no report".to_owned(),
+            |a| format!("report {:.1} s old", a as f64 / 1000.0),
+        );
+        let skew = n
+            .clock_skew_ms
+            .map_or_else(String::new, |s| format!(", clock {s:+} ms"));
+        let why = n
+            .why_not
+            .as_ref()
+            .map_or_else(String::new, |w| format!(" — not merged: {w}"));
+        writeln!(
+            out,
+            "  {:<24} {:<8} {age}{skew}{why}",
+            n.node,
+            state.as_str().unwrap_or("?")
+        )
+        .map_err(runtime_err)?;
+    }
+    Ok(())
 }

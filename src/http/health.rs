@@ -4,7 +4,7 @@
 use super::{ApiState, Caller, bad_request, error};
 use crate::breaker::{Command, State};
 use crate::journal::Operator;
-use crate::replay::{BreakerNow, HealthReport, Projection, Verdict};
+use crate::replay::{HealthReport, Projection, Verdict};
 use actix_web::web::Bytes;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
@@ -14,37 +14,15 @@ use std::time::{Duration, Instant};
 /// The health report of the given breakers now: the one [`crate::replay::health_report`] that
 /// `breakerbox status` prints too, from the live breakers and the projection (brought up to date).
 pub(super) async fn report_of(state: &ApiState, keys: &[String]) -> HealthReport {
-    let journal = state.registry.journal();
     // The configuration in force now: a reload replaces it (see `ApiSettings`).
     let config = state.config();
-    let mut live = Vec::with_capacity(keys.len());
-    for k in keys {
-        let handle = state.registry.get(k).expect("keys come from the registry");
-        let Some(breaker) = handle.inspect().await else {
-            // Its actor has stopped (the registry is shutting down): nothing live to report.
-            tracing::error!(breaker = %k, "a breaker's actor did not answer; it is left out of the health document");
-            continue;
-        };
-        let budget = config.breaker(k).map_or(1_000, |b| b.latency_budget_ms());
-        live.push((k, handle, breaker, budget));
-    }
-    let now = state.registry.clock().now_ms();
-    let breakers: Vec<BreakerNow<'_>> = live
-        .iter()
-        .map(|(k, handle, breaker, budget)| BreakerNow {
-            key: k,
-            breaker,
-            state: handle.state(),
-            trial_permits_in_use: handle.trial_permits(),
-            latency_budget_ms: *budget,
-        })
-        .collect();
+    let budget = |k: &str| config.breaker(k).map_or(1_000, |b| b.latency_budget_ms());
     let mut guard = state.projection.lock().await;
     if guard.is_none() {
-        *guard = Some(Projection::open(journal));
+        *guard = Some(Projection::open(state.registry.journal()));
     }
     let projection = guard.as_mut().expect("opened above");
-    let report = crate::replay::health_report(journal, projection, &breakers, now, journal.condition()).await;
+    let report = state.registry.report(keys, budget, projection).await;
     if let Some(e) = &report.read_error {
         // Once per distinct reason, not once per request while an outage lasts.
         let mut last = state.last_read_error.lock().unwrap_or_else(|e| e.into_inner());
@@ -416,4 +394,54 @@ pub(super) async fn reload(state: web::Data<ApiState>, req: HttpRequest) -> Http
             }))
         }
     }
+}
+
+/// `GET /api/fleet/health`: every live node's last report, merged per breaker (the one
+/// `breakerbox status --fleet` prints: `crate::replay::fleet`).
+pub(super) async fn fleet_all(state: web::Data<ApiState>) -> HttpResponse {
+    fleet_health(&state, None).await
+}
+
+/// `GET /api/fleet/health/{service}`: one breaker across the fleet.
+pub(super) async fn fleet_one(state: web::Data<ApiState>, path: web::Path<String>) -> HttpResponse {
+    fleet_health(&state, Some(&path.into_inner())).await
+}
+
+async fn fleet_health(state: &ApiState, service: Option<&str>) -> HttpResponse {
+    use crate::journal::fleet::{DEFAULT_GONE_AFTER, health_rows, open_to_read};
+    use crate::replay::fleet::fleet_health;
+    let Some((url, log)) = &state.fleet_log else {
+        return error(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "this node ships to no fleet log ([journal] url, or serve --db postgres://…): there is no fleet to report",
+        );
+    };
+    let mut log = log.lock().await;
+    if log.is_none() {
+        match open_to_read(url, Duration::from_secs(2)).await {
+            Ok(l) => *log = Some(l),
+            Err(e) => return error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        }
+    }
+    let read = health_rows(log.as_ref().expect("opened above"), DEFAULT_GONE_AFTER).await;
+    let (now, views, rows) = match read {
+        Ok(r) => r,
+        Err(e) => {
+            // Reconnect on the next request: the pool may hold dead connections.
+            if let Some(l) = log.take() {
+                l.close().await;
+            }
+            let why = format!("the fleet log could not be read: {e}");
+            return error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, &why);
+        }
+    };
+    drop(log);
+    let report = fleet_health(now, &views, &rows, service);
+    if let Some(s) = service
+        && report.breakers.is_empty()
+    {
+        let why = format!("no live node reports a breaker named {s:?}");
+        return error(actix_web::http::StatusCode::NOT_FOUND, &why);
+    }
+    HttpResponse::Ok().json(report)
 }

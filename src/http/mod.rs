@@ -43,6 +43,8 @@ pub struct ApiState {
     stopping: tokio::sync::watch::Sender<bool>,
     /// How far the log is shipped to the fleet's log, when it is.
     fleet: Option<tokio::sync::watch::Receiver<crate::journal::fleet::ShipStatus>>,
+    /// The fleet's log (its URL, and a reader opened on first use) for `/api/fleet/health`.
+    fleet_log: Option<(String, tokio::sync::Mutex<Option<crate::journal::pg::PgLog>>)>,
 }
 
 impl ApiState {
@@ -63,6 +65,7 @@ impl ApiState {
             tail: events::Tail::default(),
             transitions_seen: tokio::sync::Mutex::new((0, metrics::TransitionCounts::new())),
             fleet: None,
+            fleet_log: None,
         }
     }
 }
@@ -77,8 +80,15 @@ impl ApiState {
     }
 
     /// Reports how far the log is shipped to the fleet's log in the health documents.
-    pub fn with_fleet(mut self, status: tokio::sync::watch::Receiver<crate::journal::fleet::ShipStatus>) -> Self {
+    /// With the node's shipping to the fleet's log at `url`: its status in the health documents,
+    /// and fleet health (`/api/fleet/health`) read from there.
+    pub fn with_fleet(
+        mut self,
+        status: tokio::sync::watch::Receiver<crate::journal::fleet::ShipStatus>,
+        url: String,
+    ) -> Self {
         self.fleet = Some(status);
+        self.fleet_log = Some((url, tokio::sync::Mutex::new(None)));
         self
     }
 
@@ -291,6 +301,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::get().to(health::one_service),
         )
         .route("/api/history", web::get().to(health::history))
+        .route("/api/fleet/health", web::get().to(health::fleet_all))
+        .route("/api/fleet/health/{service}", web::get().to(health::fleet_one))
         .route(
             "/api/circuit-breakers/{service}/{action}",
             web::post().to(health::command),

@@ -14,7 +14,7 @@
 //! log, in its own order and at its own positions, into a scratch SQLite log, and the commands
 //! answer from that with the same code as from the node's own file: the same answers.
 
-use super::pg::{LeaseError, PgLog, Shippable, redacted};
+use super::pg::{LeaseError, NodeHealthRow, NodeRecord, PgLog, Shippable, redacted};
 use super::{CALL_BATCH, CALL_SUMMARY, Decoded, Holder, Journal, StoreError, decode, host_name};
 use serde::Serialize;
 use std::sync::Arc;
@@ -140,7 +140,20 @@ pub struct ShipStatus {
 pub struct Shipper {
     status: watch::Receiver<ShipStatus>,
     stop: watch::Sender<bool>,
+    health: HealthSlot,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Where a node puts its health document for the shipper to publish (`docs/fleet.md`, "Fleet
+/// health"): the latest replaces one not yet published.
+#[derive(Clone)]
+pub struct HealthSlot(Arc<watch::Sender<Option<(u64, String)>>>);
+
+impl HealthSlot {
+    /// The node's health document (JSON), made at `node_clock_ms` by the node's clock.
+    pub fn put(&self, node_clock_ms: u64, doc: String) {
+        self.0.send_replace(Some((node_clock_ms, doc)));
+    }
 }
 
 impl Shipper {
@@ -159,7 +172,10 @@ impl Shipper {
             url: redacted(&options.url),
             ..ShipStatus::default()
         });
+        let (health_tx, health) = watch::channel(None);
         let mut run = Run {
+            health,
+            published_health: None,
             journal,
             node: node.to_owned(),
             holder: holder.to_owned(),
@@ -195,7 +211,17 @@ impl Shipper {
         }
         let (stop, stop_rx) = watch::channel(false);
         let task = tokio::spawn(run.ship(stop_rx));
-        Ok(Shipper { status, stop, task })
+        Ok(Shipper {
+            status,
+            stop,
+            health: HealthSlot(Arc::new(health_tx)),
+            task,
+        })
+    }
+
+    /// Where the node puts its health document; the shipper publishes it to the fleet's log.
+    pub fn health(&self) -> HealthSlot {
+        self.health.clone()
     }
 
     /// How far shipping is.
@@ -238,6 +264,9 @@ impl Drop for Shipper {
 }
 
 struct Run {
+    health: watch::Receiver<Option<(u64, String)>>,
+    /// The instant of the last health document published.
+    published_health: Option<u64>,
     journal: Arc<Journal>,
     node: String,
     holder: String,
@@ -339,6 +368,25 @@ impl Run {
         Ok(Step::Shipped)
     }
 
+    /// Publishes the node's health document if a new one was put (the lease is held: `step`
+    /// just connected). A failure loses nothing: the next document replaces it.
+    async fn publish_health(&mut self) {
+        // By what was published, not by `has_changed`: the wait below marks a new document seen.
+        let Some((at_ms, doc)) = self.health.borrow_and_update().clone() else {
+            return;
+        };
+        if self.published_health == Some(at_ms) {
+            return;
+        }
+        if let Some(log) = &self.log {
+            // The node's clock as it sends, against the database's as it writes: the skew.
+            match log.publish_health(&self.node, now_ms(), &doc).await {
+                Ok(()) => self.published_health = Some(at_ms),
+                Err(e) => tracing::debug!(error = %e, "publishing the node's health document failed"),
+            }
+        }
+    }
+
     fn failed(&self, e: &FleetError) {
         let why = e.to_string();
         self.status.send_modify(|s| {
@@ -366,14 +414,17 @@ impl Run {
                         s.failing_since_ms = None;
                         s.shipped = shipped;
                     });
+                    self.publish_health().await;
                     if matches!(step, Step::Idle) {
                         if stopping {
                             break;
                         }
                         let after = self.shipped.unwrap_or(0);
+                        let open = self.health.has_changed().is_ok();
                         tokio::select! {
                             _ = self.journal.wait_after(after, Duration::from_secs(1)) => {}
                             _ = stop.changed() => {}
+                            _ = self.health.changed(), if open => {}
                         }
                     }
                 }
@@ -464,8 +515,13 @@ pub async fn fleet_nodes(
     let listed = log.node_list().await;
     log.close().await;
     let (now, records) = listed?;
+    Ok(node_views(now, records, gone_after))
+}
+
+/// Where each node stands at `now` (the database's clock), from its record.
+pub fn node_views(now: i64, records: Vec<NodeRecord>, gone_after: Duration) -> Vec<NodeView> {
     let gone_ms = gone_after.as_millis().min(i64::MAX as u128) as i64;
-    Ok(records
+    records
         .into_iter()
         .map(|r| {
             let (state, since) = match (r.released_at_ms, r.renewed_at_ms, r.ttl_ms) {
@@ -490,7 +546,35 @@ pub async fn fleet_nodes(
                 shipped: r.shipped,
             }
         })
-        .collect())
+        .collect()
+}
+
+/// What fleet health is made of: the database's clock, where each node stands, and each node's
+/// last health document.
+pub async fn fleet_health_rows(
+    url: &str,
+    gone_after: Duration,
+    connect_timeout: Duration,
+) -> Result<(i64, Vec<NodeView>, Vec<NodeHealthRow>), FleetError> {
+    let log = reader(url, connect_timeout).await?;
+    let read = health_rows(&log, gone_after).await;
+    log.close().await;
+    Ok(read?)
+}
+
+/// [`fleet_health_rows`] on an open log (a server keeps one).
+pub async fn health_rows(
+    log: &PgLog,
+    gone_after: Duration,
+) -> Result<(i64, Vec<NodeView>, Vec<NodeHealthRow>), StoreError> {
+    let (now, records) = log.node_list().await?;
+    let docs = log.node_health().await?;
+    Ok((now, node_views(now, records, gone_after), docs))
+}
+
+/// Opens the fleet's log for reading (never migrating it; bounded by `connect_timeout`).
+pub async fn open_to_read(url: &str, connect_timeout: Duration) -> Result<PgLog, FleetError> {
+    reader(url, connect_timeout).await
 }
 
 /// Which node a command reads: `asked` when given (it must have events), else this host's name

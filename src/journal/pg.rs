@@ -113,6 +113,19 @@ pub struct NodeRecord {
     pub shipped: Option<i64>,
 }
 
+/// A node's last health document ([`PgLog::node_health`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeHealthRow {
+    /// The node.
+    pub node: String,
+    /// When it was written (the database's clock, Unix ms).
+    pub reported_at_ms: i64,
+    /// The node's clock when it made it (Unix ms).
+    pub node_clock_ms: i64,
+    /// The document (JSON).
+    pub doc: String,
+}
+
 /// Why a node's lease was not given.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -484,6 +497,42 @@ impl PgLog {
                 )
                 .collect(),
         ))
+    }
+
+    /// Replaces `node`'s health document (`docs/fleet.md`, "Fleet health"), stamped with the
+    /// database's clock beside the node's own, `node_clock_ms`, when it made it.
+    pub async fn publish_health(&self, node: &str, node_clock_ms: u64, doc: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO node_health (node, reported_at, node_clock_ms, doc) \
+             VALUES ($1, (extract(epoch FROM clock_timestamp()) * 1000)::bigint, $2, $3) \
+             ON CONFLICT (node) DO UPDATE SET reported_at = EXCLUDED.reported_at, \
+                 node_clock_ms = EXCLUDED.node_clock_ms, doc = EXCLUDED.doc",
+        )
+        .bind(node)
+        .bind(node_clock_ms.min(i64::MAX as u64) as i64)
+        .bind(doc)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    /// Every node's last health document, by name.
+    pub async fn node_health(&self) -> Result<Vec<NodeHealthRow>, StoreError> {
+        let rows: Vec<(String, i64, i64, String)> =
+            sqlx::query_as("SELECT node, reported_at, node_clock_ms, doc FROM node_health ORDER BY node")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(classify)?;
+        Ok(rows
+            .into_iter()
+            .map(|(node, reported_at_ms, node_clock_ms, doc)| NodeHealthRow {
+                node,
+                reported_at_ms,
+                node_clock_ms,
+                doc,
+            })
+            .collect())
     }
 
     /// The nodes that shipped events to the log, by name.

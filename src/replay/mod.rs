@@ -3,6 +3,7 @@
 
 mod audit;
 mod export;
+pub mod fleet;
 mod health;
 mod metrics;
 mod projection;

@@ -107,7 +107,7 @@ impl From<&Minute> for Recent {
 
 /// How urgently a breaker needs a look, worst first (the order is the triage order: sorting by
 /// it puts the breakers in trouble first). Defined once here; `docs/health-score.md` says why.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     /// FORCED_OPEN: an operator turned every call away.
@@ -234,6 +234,13 @@ pub struct BreakerReport {
     /// `status --test`'s probe of the service's `health_url` (the CLI's only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test: Option<serde_json::Value>,
+    /// The last five minutes as counted, histogram included (what a node publishes for fleet
+    /// health to merge; not in the health document, whose `metrics_5m` says it for people).
+    #[serde(skip)]
+    pub window_5m: Option<Minute>,
+    /// The latency budget the score measured against.
+    #[serde(skip)]
+    pub latency_budget_ms: u64,
 }
 
 /// The report of some breakers at one instant.
@@ -311,6 +318,8 @@ pub async fn health_report(
             current_trip: f.current_trip,
             operator_override: f.operator_override,
             metrics_5m: recent.as_ref().map(Recent::from),
+            window_5m: recent.clone(),
+            latency_budget_ms: b.budget(),
             last_transition: f.last_transition,
             open_remaining_ms: view.open_until_ms.map(|u| u.saturating_sub(now_ms)),
             trial_permits_in_use: b.trial_permits_in_use,
