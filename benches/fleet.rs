@@ -15,6 +15,8 @@
 //!    (connect, schema check, lease, resume point).
 //! 4. **The call path with the database stopped**: `call_sync` on a breaker whose journal ships to
 //!    a server that does not answer, against one that ships nowhere; 5 interleaved rounds.
+//! 6. **Fleet command propagation** to 8 nodes (`-- commands`): 40 commands, each node's
+//!    acknowledgement time by the database's clock, woken by `NOTIFY`, then by polling only.
 //! 5. **Fleet health** of 30 breakers × 8 nodes: reading the nodes' published reports and merging
 //!    them (what `GET /api/fleet/health` does on a kept connection), and `status --fleet --json`
 //!    as a process (connecting included).
@@ -66,6 +68,8 @@ fn main() {
         // `cargo bench --bench fleet -- health`: only the fleet health figure.
         if std::env::args().any(|a| a == "health") {
             fleet_health(&url).await;
+        } else if std::env::args().any(|a| a == "commands") {
+            fleet_commands(dir.path(), &url).await;
         } else {
             run(dir.path(), &url).await;
         }
@@ -457,6 +461,87 @@ async fn run(dir: &Path, url: &str) {
 
     // 5. Fleet health of 30 breakers × 8 nodes.
     fleet_health(url).await;
+    // 6. Fleet command propagation.
+    fleet_commands(dir, url).await;
+}
+
+async fn fleet_commands(dir: &Path, url: &str) {
+    use breakerbox::actor::fleet::{FleetFollower, FollowerOptions};
+    use breakerbox::breaker::Command;
+    use breakerbox::journal::fleet::issue_on;
+    use breakerbox::journal::pg::FleetAsk;
+    let config = Config::from_toml(Path::new("bench.toml"), "[services.stripe]\n", &BTreeMap::new()).unwrap();
+    let log = PgLog::connect(url, Duration::from_secs(5), 4).await.unwrap();
+    for (listen, label) in [(true, "NOTIFY"), (false, "polling every 200 ms")] {
+        let mut nodes = Vec::new();
+        for n in 0..NODES {
+            let node = format!("cmd-{label}-{n}").replace(' ', "_");
+            let journal = open_node(dir, 200 + n + if listen { 0 } else { 100 }, Durability::Full).await;
+            let registry = Arc::new(
+                Registry::start(
+                    &config,
+                    journal.clone(),
+                    RegistryOptions {
+                        clock: Clock::system(),
+                        ..RegistryOptions::default()
+                    },
+                )
+                .await
+                .unwrap(),
+            );
+            log.acquire_node(&node, "bench", Duration::from_secs(600))
+                .await
+                .unwrap();
+            let options = FollowerOptions {
+                listen,
+                ..FollowerOptions::new(url, node.clone())
+            };
+            let follower = FleetFollower::start(registry.clone(), options);
+            assert!(follower.caught_up(Duration::from_secs(10)).await);
+            nodes.push((node, journal, registry, follower));
+        }
+        let mut each = Vec::new();
+        let mut all = Vec::new();
+        for i in 0..40 {
+            let asked = FleetAsk {
+                service: "stripe".into(),
+                command: if i % 2 == 0 { Command::ForceOpen } else { Command::Reset },
+                who: "bench".into(),
+                origin: "cli".into(),
+                why: format!("propagation {i}"),
+            };
+            let issued = issue_on(&log, &asked, None, Duration::from_secs(5)).await.unwrap();
+            let mine: Vec<i64> = issued
+                .acks
+                .iter()
+                .filter(|a| nodes.iter().any(|(n, ..)| n == &a.node))
+                .map(|a| a.applied_at_ms - issued.command.issued_at_ms)
+                .collect();
+            assert_eq!(mine.len(), NODES, "every node acknowledged");
+            all.push(*mine.iter().max().unwrap());
+            each.extend(mine);
+        }
+        for (node, journal, registry, follower) in nodes {
+            follower.stop().await;
+            log.release_node(&node, "bench").await.unwrap();
+            registry.shutdown_within(Duration::from_secs(5)).await.unwrap();
+            journal.close().await;
+        }
+        let ms = |v: &mut Vec<i64>, p: f64| {
+            v.sort();
+            v[((v.len() as f64 - 1.0) * p).round() as usize]
+        };
+        let within_1s = each.iter().filter(|&&t| t <= 1_000).count() as f64 / each.len() as f64 * 100.0;
+        println!(
+            "fleet command to {NODES} nodes, {label}: each node's ack p50 {} ms, p99 {} ms, max {} ms; all {NODES} acked p50 {} ms, p99 {} ms; {within_1s:.0} % within 1 s (40 commands)",
+            ms(&mut each, 0.5),
+            ms(&mut each, 0.99),
+            ms(&mut each, 1.0),
+            ms(&mut all, 0.5),
+            ms(&mut all, 0.99)
+        );
+    }
+    log.close().await;
 }
 
 async fn fleet_health(url: &str) {

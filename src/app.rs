@@ -4,6 +4,7 @@
 //! API — and stops them in order. `breakerbox serve` and `breakerbox demo` are an [`App`]; an
 //! embedding application can be one too. The registry only runs breakers.
 
+use crate::actor::fleet::FleetFollower;
 use crate::actor::{Registry, RegistryError, RegistryOptions, Reloader, watch};
 use crate::alerts::{Alerting, AlertsError, NotifierOptions};
 use crate::config::{Config, LoadOptions};
@@ -141,6 +142,8 @@ pub struct App {
     shipper: Option<Shipper>,
     /// The fleet's log, when this node ships to one (`GET /api/fleet/health` reads it).
     fleet_url: Option<String>,
+    /// Follows the fleet's commands, when this node ships to a fleet log.
+    follower: Option<FleetFollower>,
     stop_within: Duration,
 }
 
@@ -159,6 +162,11 @@ impl App {
         );
         // Before the breakers: a second live process as this node is refused before it starts any.
         let fleet_url = options.fleet.as_ref().map(|f| f.url.clone());
+        let follow = options.fleet.as_ref().map(|f| {
+            let mut o = crate::actor::fleet::FollowerOptions::new(f.url.clone(), node.to_string());
+            o.connect_timeout = f.connect_timeout;
+            o
+        });
         let shipper = match options.fleet {
             Some(fleet) => match Shipper::start(journal.clone(), &node, &options.registry.holder, fleet).await {
                 Ok(s) => Some(s),
@@ -179,9 +187,23 @@ impl App {
                 return Err(e.into());
             }
         };
+        // The fleet's standing overrides are applied before the app serves (bounded: a node
+        // that cannot read them now applies them as soon as it can).
+        let follower = match follow {
+            Some(o) => {
+                let bound = o.connect_timeout.saturating_mul(2);
+                let f = FleetFollower::start(registry.clone(), o);
+                if !f.caught_up(bound).await {
+                    tracing::warn!("the fleet's overrides could not be read within {bound:?}; applied once they can");
+                }
+                Some(f)
+            }
+            None => None,
+        };
         let mut app = App {
             journal,
             registry,
+            follower,
             alerting: None,
             tasks: Vec::new(),
             http: None,
@@ -394,6 +416,9 @@ impl App {
         }
         for t in self.tasks.drain(..) {
             t.abort();
+        }
+        if let Some(f) = self.follower.take() {
+            let _ = tokio::time::timeout_at(deadline, f.stop()).await;
         }
         if let Some(a) = self.alerting.take() {
             let _ = tokio::time::timeout_at(deadline, a.stop()).await;

@@ -1245,8 +1245,9 @@ fn a_node_killed_mid_shipment_resumes_without_a_loss_or_a_duplicate() {
 }
 
 /// What a role that runs nodes is granted (docs/fleet.md, "Running as a role that owns nothing").
-const NODE_GRANTS: [&str; 8] = [
+const NODE_GRANTS: [&str; 9] = [
     "GRANT SELECT, INSERT ON events, event_order TO {role}",
+    "GRANT SELECT, INSERT ON fleet_commands, fleet_acks TO {role}",
     "GRANT SELECT, INSERT, UPDATE ON node_health TO {role}",
     "GRANT SELECT, INSERT, UPDATE ON nodes TO {role}",
     "GRANT SELECT, INSERT, UPDATE ON shipped TO {role}",
@@ -2382,4 +2383,349 @@ fn fleet_health_tells_one_nodes_trouble_from_the_services() {
             app.shutdown().await.unwrap();
         }
     });
+}
+
+/// A relay in front of the server that a test can cut (every connection dropped, new ones
+/// refused) and restore: a node cut off from the database.
+struct Cuttable {
+    addr: std::net::SocketAddr,
+    open: Arc<AtomicBool>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn cuttable_relay(rt: &tokio::runtime::Runtime, server: std::net::SocketAddr) -> Cuttable {
+    use std::sync::atomic::AtomicU64;
+    use tokio::io::AsyncWriteExt;
+    let open = Arc::new(AtomicBool::new(true));
+    let generation = Arc::new(AtomicU64::new(0));
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (o, g) = (open.clone(), generation.clone());
+    rt.spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            if !o.load(Ordering::Acquire) {
+                let _ = client.shutdown().await;
+                continue;
+            }
+            let born = g.load(Ordering::Acquire);
+            let g = g.clone();
+            tokio::spawn(async move {
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(server).await else {
+                    return;
+                };
+                let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+                let cut = async {
+                    while g.load(Ordering::Acquire) == born {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                };
+                tokio::select! {
+                    _ = copy => {}
+                    _ = cut => {}
+                }
+            });
+        }
+    });
+    Cuttable { addr, open, generation }
+}
+
+impl Cuttable {
+    fn cut(&self) {
+        self.open.store(false, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+    fn restore(&self) {
+        self.open.store(true, Ordering::Release);
+    }
+}
+
+/// A `serve` node process, killed when dropped.
+struct NodeProcess {
+    child: std::process::Child,
+    api: String,
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const FLEET_TOKEN: &str = "fleet-test-token-0123456789abcdef0123456789";
+
+/// Starts `serve` as `node` on the fleet log at `url`, and waits until it listens (it applied the
+/// fleet's standing overrides before).
+fn serve_node(dir: &std::path::Path, url: &str, node: &str) -> NodeProcess {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--config",
+            "fleet.toml",
+            "--db",
+            url,
+            "--node",
+            node,
+        ])
+        .args(["--spool", &format!("{node}.db")])
+        .current_dir(dir)
+        .env("CIRCUIT_BREAKER_API_TOKEN", FLEET_TOKEN)
+        .env_remove("BREAKERBOX_DB")
+        .env_remove("BREAKERBOX_NODE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let api = loop {
+        let line = lines.next().expect("serve ended before it listened").unwrap();
+        if let Some(rest) = line.strip_prefix("listening on ") {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_start_matches("http://")
+                .to_owned();
+        }
+    };
+    // Keep reading its stdout so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    NodeProcess { child, api }
+}
+
+fn fleet_cli(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_breakerbox"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("BREAKERBOX_DB")
+        .env_remove("BREAKERBOX_NODE")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [fleet-ops]: 8 real node processes on one fleet log. A fleet force-open reaches every node,
+/// each acknowledging it with the position of its own record; a node-local reset is refused
+/// while it stands, naming it; a node started after the command applies it before it serves; a
+/// node cut off from the database is reported silent, then catches up when it returns; an
+/// override with a ttl lapses on every node.
+#[test]
+fn a_fleet_command_reaches_every_node_and_late_or_cut_off_nodes_catch_up() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(db) = rt.block_on(Db::create("fleetcmd")) else {
+        return;
+    };
+    rt.block_on(async { connect(&db).await.close().await });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("fleet.toml"),
+        "[services.stripe]\n\n[services.calcom]\n",
+    )
+    .unwrap();
+    // app-8 reaches the database through a relay the test can cut.
+    let (prefix, rest) = db.url.split_once('@').unwrap();
+    let (hostport, path) = rest.split_once('/').unwrap();
+    let server: std::net::SocketAddr =
+        std::net::ToSocketAddrs::to_socket_addrs(&hostport.replace("localhost", "127.0.0.1"))
+            .unwrap()
+            .next()
+            .unwrap();
+    let relay = cuttable_relay(&rt, server);
+    let relayed = format!("{prefix}@{}/{path}", relay.addr);
+    let mut nodes: Vec<NodeProcess> = (1..=8)
+        .map(|n| serve_node(dir.path(), if n == 8 { &relayed } else { &db.url }, &format!("app-{n}")))
+        .collect();
+    breakerbox::tls::init();
+    let http = reqwest::Client::new();
+    let state_on = |node: &NodeProcess, service: &str| -> String {
+        let url = format!("http://{}/api/health/circuit-breakers/{service}", node.api);
+        let body = rt.block_on(async {
+            http.get(url)
+                .header("Authorization", format!("Bearer {FLEET_TOKEN}"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        });
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        doc["breakers"][0]["state"].as_str().unwrap().to_owned()
+    };
+
+    // A fleet force-open: every one of the 8 live nodes applies and acknowledges it.
+    let (code, out, err) = fleet_cli(
+        dir.path(),
+        &[
+            "force-open",
+            "stripe",
+            "--fleet",
+            "--reason",
+            "INC-7: stripe down",
+            "--db",
+            &db.url,
+            "--json",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let issued: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(issued["live"].as_array().unwrap().len(), 8, "{issued:#}");
+    let acks = issued["acks"].as_array().unwrap();
+    assert_eq!(acks.len(), 8, "{issued:#}");
+    for a in acks {
+        assert_eq!(a["outcome"], "applied", "{issued:#}");
+        assert_eq!(a["to_state"], "forced_open", "{issued:#}");
+        assert!(
+            a["position"].as_i64().is_some(),
+            "acknowledged before its record was durable: {issued:#}"
+        );
+    }
+    eprintln!("fleet force-open acknowledged by 8 nodes in {} ms", issued["took_ms"]);
+    for node in &nodes {
+        assert_eq!(state_on(node, "stripe"), "forced_open");
+    }
+    // While it stands, a node's own reset is refused, naming it.
+    let (status, why) = rt.block_on(async {
+        let r = http
+            .post(format!("http://{}/api/circuit-breakers/stripe/reset", nodes[0].api))
+            .header("Authorization", format!("Bearer {FLEET_TOKEN}"))
+            .header("Content-Type", "application/json")
+            .body(r#"{"reason": "local try"}"#)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    });
+    assert_eq!(status, 409, "{why}");
+    assert!(why.contains("fleet command 1") && why.contains("INC-7"), "{why}");
+    assert_eq!(state_on(&nodes[0], "stripe"), "forced_open");
+
+    // A node started after the command applies it before it serves.
+    let late = serve_node(dir.path(), &db.url, "app-9");
+    assert_eq!(state_on(&late, "stripe"), "forced_open");
+    nodes.push(late);
+
+    // app-8 cut off from the database: the reset is acknowledged by the others, and app-8 is
+    // named silent; when the database is back, it catches up and acknowledges.
+    relay.cut();
+    let (code, out, err) = fleet_cli(
+        dir.path(),
+        &[
+            "reset",
+            "stripe",
+            "--fleet",
+            "--reason",
+            "INC-7 resolved",
+            "--wait",
+            "2s",
+            "--db",
+            &db.url,
+        ],
+    );
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.contains("acknowledged by 8/9 live nodes") && out.contains("node app-8 silent (last seen"),
+        "{out}"
+    );
+    assert_eq!(
+        state_on(&nodes[7], "stripe"),
+        "forced_open",
+        "cut off, it has not read the reset"
+    );
+    relay.restore();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state_on(&nodes[7], "stripe") != "closed" {
+        assert!(
+            Instant::now() < deadline,
+            "app-8 did not catch up with the fleet's reset"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = rt.block_on(connect(&db));
+    let acked: Vec<String> = rt
+        .block_on(log.acks_of(2))
+        .unwrap()
+        .into_iter()
+        .map(|a| a.node)
+        .collect();
+    assert!(acked.contains(&"app-8".to_owned()), "{acked:?}");
+
+    // An override with a ttl lapses on every node, by itself.
+    let (code, out, err) = fleet_cli(
+        dir.path(),
+        &[
+            "disable",
+            "calcom",
+            "--fleet",
+            "--ttl",
+            "1s",
+            "--reason",
+            "maintenance window",
+            "--db",
+            &db.url,
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for node in &nodes {
+        while state_on(node, "calcom") != "closed" {
+            assert!(Instant::now() < deadline, "the override did not lapse on {}", node.api);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // The HTTP action takes the same scope: every node, through any node's API.
+    let post = |body: &'static str| {
+        rt.block_on(async {
+            let r = http
+                .post(format!(
+                    "http://{}/api/circuit-breakers/calcom/force-open",
+                    nodes[2].api
+                ))
+                .header("Authorization", format!("Bearer {FLEET_TOKEN}"))
+                .header("Content-Type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    let (status, body) = post(r#"{"reason": "from the API", "scope": "fleet", "ttl": "1s"}"#);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("acknowledged by 9/9 live nodes"), "{body}");
+    let (status, body) = post(r#"{"reason": "x", "scope": "galaxy"}"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("scope"), "{body}");
+    // Bad input is refused by name.
+    let (code, _, err) = fleet_cli(
+        dir.path(),
+        &["force-open", "stripe", "--fleet", "--reason", "x", "--db", "x.db"],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--fleet issues the command to the fleet's log"), "{err}");
+    let (code, _, err) = fleet_cli(
+        dir.path(),
+        &[
+            "force-open",
+            "stripe",
+            "--fleet",
+            "--ttl",
+            "soon",
+            "--reason",
+            "x",
+            "--db",
+            &db.url,
+        ],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--ttl"), "{err}");
+    rt.block_on(log.close());
+    drop(nodes);
 }

@@ -1701,6 +1701,7 @@ fn every_stored_record_kind_decodes_from_its_golden_bytes_and_refuses_an_unknown
         from_state: State::Closed,
         to_state: State::ForcedOpen,
         request_position: Some(41),
+        fleet_command: None,
     };
     let request = CommandRequest {
         at_ms: 1_764_000_000_000,
@@ -2212,5 +2213,36 @@ async fn the_logs_own_anchors_catch_a_stream_cut_short_before_them() {
             seq: last_seq as u64,
             found: None
         }]
+    );
+}
+
+/// A node's record of a fleet command names it; records from before fleet commands (the golden
+/// `operator_command.v1.msgpack` above) read as naming none, and one naming none is written
+/// byte for byte as before.
+#[test]
+fn an_operator_command_names_the_fleet_command_it_applies() {
+    use breakerbox::breaker::{Command, State};
+    use breakerbox::journal::{Operator, OperatorCommand};
+    let mut command = OperatorCommand {
+        at_ms: 1_764_000_000_000,
+        command: Command::ForceOpen,
+        operator: Operator {
+            who: "carol@ops".into(),
+            from: "fleet".into(),
+            why: "INC-12".into(),
+        },
+        from_state: State::Closed,
+        to_state: State::ForcedOpen,
+        request_position: None,
+        fleet_command: Some(12),
+    };
+    let bytes = rmp_serde::to_vec_named(&command).unwrap();
+    let back: OperatorCommand = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(back, command);
+    command.fleet_command = None;
+    let plain = rmp_serde::to_vec_named(&command).unwrap();
+    assert!(
+        !plain.windows(13).any(|w| w == b"fleet_command"),
+        "a field naming none is not written"
     );
 }

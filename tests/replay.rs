@@ -940,6 +940,7 @@ mod bounded {
                         from_state,
                         to_state: g.breaker.state(),
                         request_position: None,
+                        fleet_command: None,
                     };
                     g.other(OPERATOR_COMMAND, now, &record);
                     g.events.extend(events);
@@ -1310,6 +1311,7 @@ async fn one_undecodable_event_is_reported_and_skipped_and_free_text_is_shown_on
             from_state: State::Closed,
             to_state: State::ForcedOpen,
             request_position: None,
+            fleet_command: None,
         }),
     );
     journal.flush().await.unwrap();

@@ -6,6 +6,15 @@
 use crate::breaker::{Breaker, Command, Event};
 use crate::journal::{Body, Operator, OperatorCommand};
 
+/// Who asked for a command besides its operator: this process, another process through the
+/// log (the `command_request`'s position), or the fleet (the fleet command's seq).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Asked {
+    Here,
+    Request(i64),
+    Fleet(i64),
+}
+
 /// A command decided: the breaker after it, the audited record, and the events it caused.
 pub(crate) struct Decided {
     pub after: Breaker,
@@ -14,14 +23,13 @@ pub(crate) struct Decided {
 }
 
 impl Decided {
-    /// `command` on (a copy of) `breaker` at `now_ms`, by `operator`; `request_position` names
-    /// the `command_request` it answers, when another process asked.
+    /// `command` on (a copy of) `breaker` at `now_ms`, by `operator`, as `asked`.
     pub(crate) fn decide(
         breaker: &Breaker,
         now_ms: u64,
         command: Command,
         operator: Operator,
-        request_position: Option<i64>,
+        asked: Asked,
     ) -> Decided {
         let mut after = breaker.clone();
         let mut events = Vec::new();
@@ -32,7 +40,14 @@ impl Decided {
             operator,
             from_state: breaker.state(),
             to_state: after.state(),
-            request_position,
+            request_position: match asked {
+                Asked::Request(p) => Some(p),
+                _ => None,
+            },
+            fleet_command: match asked {
+                Asked::Fleet(s) => Some(s),
+                _ => None,
+            },
         };
         Decided { after, record, events }
     }

@@ -292,12 +292,12 @@ impl Driver {
         now: impl Fn() -> u64,
         command: Command,
         operator: Operator,
-        request_position: Option<i64>,
+        asked: super::command::Asked,
     ) -> Result<Applied, JournalError> {
         self.drain(&now);
         let now_ms = now();
         self.emit(now_ms);
-        let decided = Decided::decide(&self.breaker, now_ms, command, operator, request_position);
+        let decided = Decided::decide(&self.breaker, now_ms, command, operator, asked);
         let (from, to) = (decided.record.from_state, decided.record.to_state);
         let tracked = match self.log.submit_all(&self.key, decided.bodies()) {
             Ok(t) => t,

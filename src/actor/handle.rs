@@ -334,24 +334,41 @@ impl BreakerHandle {
     async fn operate(&self, command: Command, operator: Operator) -> Result<CommandResult, JournalError> {
         // The same rule as the CLI's and the API's: nothing is applied without a reason.
         crate::journal::check_reason(&operator.why).map_err(JournalError::Refused)?;
-        self.operate_for(command, operator, None).await
+        self.operate_for(command, operator, super::command::Asked::Here).await
     }
 
     pub(crate) async fn operate_for(
         &self,
         command: Command,
         operator: Operator,
-        request_position: Option<i64>,
+        asked: super::command::Asked,
     ) -> Result<CommandResult, JournalError> {
         self.inner
             .addr
             .send(Operate {
                 command,
                 operator,
-                request_position,
+                asked,
             })
             .await
             .map_err(|_| JournalError::Closed)?
+    }
+
+    /// A fleet command (`super::fleet`), applied as any command is and pinning (or, a reset,
+    /// unpinning) the fleet's override.
+    pub(crate) async fn fleet_operate(
+        &self,
+        command: Command,
+        operator: Operator,
+        seq: i64,
+    ) -> Result<CommandResult, JournalError> {
+        self.operate_for(command, operator, super::command::Asked::Fleet(seq))
+            .await
+    }
+
+    /// Sets or clears the fleet override standing on this breaker, without a command.
+    pub(crate) async fn fleet_pin(&self, pin: Option<super::service::FleetPin>) {
+        let _ = self.inner.addr.send(super::service::Pin(pin)).await;
     }
 
     /// Back to CLOSED with empty counts. Answers once the command is durable.

@@ -19,6 +19,7 @@ mod admission;
 mod call;
 mod command;
 mod driver;
+pub mod fleet;
 mod gate;
 mod handle;
 mod registry;

@@ -495,7 +495,11 @@ async fn follow_requests(journal: Arc<Journal>, handles: BTreeMap<String, Breake
                 continue;
             };
             if let Err(err) = handle
-                .operate_for(request.command, request.operator, Some(e.position))
+                .operate_for(
+                    request.command,
+                    request.operator,
+                    super::command::Asked::Request(e.position),
+                )
                 .await
             {
                 tracing::error!(error = %err, target = request.target, "applying a requested command failed");

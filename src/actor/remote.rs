@@ -193,7 +193,7 @@ async fn apply_here(
         now,
         request.command,
         request.operator.clone(),
-        request_position,
+        request_position.map_or(super::command::Asked::Here, super::command::Asked::Request),
     );
     let stream: Arc<str> = Arc::from(request.target);
     // All the records or none (refused when the log's buffer can't take them), and the answer

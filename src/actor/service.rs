@@ -45,6 +45,8 @@ pub(crate) struct ServiceActor {
     pub clock: Clock,
     timer: Option<SpawnHandle>,
     schedule_timer: Option<SpawnHandle>,
+    /// The fleet override standing on this breaker, if any (node-local commands are refused).
+    fleet_pin: Option<FleetPin>,
 }
 
 impl ServiceActor {
@@ -64,6 +66,7 @@ impl ServiceActor {
             clock,
             timer: None,
             schedule_timer: None,
+            fleet_pin: None,
         }
     }
 
@@ -233,23 +236,74 @@ impl Handler<Tick> for ServiceActor {
 pub(crate) struct Operate {
     pub command: Command,
     pub operator: Operator,
-    /// The `command_request` this answers (another process asked through the log).
-    pub request_position: Option<i64>,
+    /// Who asked besides the operator (another process through the log, the fleet).
+    pub asked: super::command::Asked,
+}
+
+/// A fleet override standing on this breaker (`docs/fleet.md`, "Fleet commands"): node-local
+/// commands are refused, naming it, until the fleet resets it or it lapses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct FleetPin {
+    pub seq: i64,
+    pub command: Command,
+    pub who: String,
+    pub why: String,
+}
+
+/// Sets (or clears) the fleet override standing on this breaker, without a command: a node that
+/// starts finds its breaker already as the override left it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Pin(pub Option<FleetPin>);
+
+impl Handler<Pin> for ServiceActor {
+    type Result = ();
+    fn handle(&mut self, msg: Pin, _: &mut Context<Self>) {
+        self.fleet_pin = msg.0;
+    }
 }
 
 impl Handler<Operate> for ServiceActor {
     type Result = ResponseFuture<Result<CommandResult, JournalError>>;
 
     fn handle(&mut self, msg: Operate, ctx: &mut Context<Self>) -> Self::Result {
+        use super::command::Asked;
+        if let (Some(pin), false) = (&self.fleet_pin, matches!(msg.asked, Asked::Fleet(_))) {
+            let why = format!(
+                "a fleet override stands on {}: {} by fleet command {} ({}: {}); reset it for the fleet \
+                 (breakerbox reset {} --fleet)",
+                self.driver.key,
+                serde_json::to_value(pin.command)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                pin.seq,
+                pin.who,
+                pin.why,
+                self.driver.key
+            );
+            return Box::pin(std::future::ready(Err(JournalError::Refused(why))));
+        }
         let now = self.now();
-        let Applied { from, to, tracked } =
-            match self
-                .driver
-                .operate(now, msg.command, msg.operator, msg.request_position)
-            {
-                Ok(applied) => applied,
-                Err(e) => return Box::pin(std::future::ready(Err(e))),
-            };
+        let pin = match msg.asked {
+            Asked::Fleet(seq) => Some(match msg.command {
+                Command::Reset => None,
+                c => Some(FleetPin {
+                    seq,
+                    command: c,
+                    who: msg.operator.who.clone(),
+                    why: msg.operator.why.clone(),
+                }),
+            }),
+            _ => None,
+        };
+        let Applied { from, to, tracked } = match self.driver.operate(now, msg.command, msg.operator, msg.asked) {
+            Ok(applied) => applied,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        if let Some(pin) = pin {
+            self.fleet_pin = pin;
+        }
         self.arm_timer(ctx);
         let journal = self.driver.log.clone();
         let wait = self.driver.options.command_wait;

@@ -367,7 +367,7 @@ async fn simulate(seed: u64) -> Result<Tally, String> {
                 from: "library".into(),
                 why: format!("seed {seed} at {t} ms"),
             };
-            match driver.operate(|| t, command, operator, None) {
+            match driver.operate(|| t, command, operator, super::command::Asked::Here) {
                 Ok(Applied { to, tracked, .. }) => {
                     tally.commands += 1;
                     timer = driver.arm();

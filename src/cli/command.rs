@@ -26,6 +26,16 @@ pub struct CommandArgs {
     /// Why (recorded in the audit trail with who and from where).
     #[arg(long, value_name = "TEXT")]
     reason: String,
+    /// On every node of the fleet (--db postgres://…): appended once to the fleet's commands,
+    /// applied and acknowledged by every live node (docs/fleet.md, "Fleet commands").
+    #[arg(long)]
+    fleet: bool,
+    /// With --fleet: the override lapses after this long (e.g. 10m), on every node.
+    #[arg(long, value_name = "DURATION", requires = "fleet")]
+    ttl: Option<String>,
+    /// With --fleet: how long to wait for every live node's acknowledgement.
+    #[arg(long, value_name = "DURATION", default_value = "5s", requires = "fleet")]
+    wait: String,
 }
 
 fn runtime_err(e: impl std::fmt::Display) -> CliError {
@@ -111,6 +121,9 @@ pub(super) async fn apply(journal: &Journal, b: &BreakerConfig, command: Command
 /// `force-open NAME`, `disable NAME`, `reset NAME`.
 pub fn command(args: CommandArgs, command: Command, global: &Global) -> Result<(), CliError> {
     breakerbox::journal::check_reason(&args.reason).map_err(|e| CliError::BadInput(format!("--reason: {e}")))?;
+    if args.fleet {
+        return fleet_command(args, command, global);
+    }
     let config = load(global)?;
     let b = config.require(&args.name).map_err(CliError::BadInput)?.clone();
     let path = global.existing_db()?;
@@ -129,5 +142,71 @@ pub fn command(args: CommandArgs, command: Command, global: &Global) -> Result<(
         writeln!(out).map_err(super::stdout_error)
     } else {
         writeln!(out, "{done}").map_err(super::stdout_error)
+    }
+}
+
+/// `force-open NAME --fleet` (and `disable`, `reset`): the fleet-wide command.
+fn fleet_command(args: CommandArgs, command: Command, global: &Global) -> Result<(), CliError> {
+    use breakerbox::journal::fleet::issue_command;
+    use breakerbox::journal::pg::FleetAsk;
+    let super::Target::Fleet(url) = global.target() else {
+        return Err(CliError::BadInput(
+            "--fleet issues the command to the fleet's log: pass --db postgres://… (or BREAKERBOX_DB)".into(),
+        ));
+    };
+    if command == Command::Reset && args.ttl.is_some() {
+        return Err(CliError::BadInput(
+            "--ttl: a reset is not an override; it has no ttl".into(),
+        ));
+    }
+    let duration = |flag: &str, text: &str| {
+        breakerbox::duration::parse_ms(text)
+            .map(Duration::from_millis)
+            .map_err(|e| CliError::BadInput(format!("{flag}: {e}")))
+            .and_then(|d| {
+                if d.is_zero() {
+                    Err(CliError::BadInput(format!("{flag} {text}: must be more than 0")))
+                } else {
+                    Ok(d)
+                }
+            })
+    };
+    let ttl = args.ttl.as_deref().map(|t| duration("--ttl", t)).transpose()?;
+    let wait = duration("--wait", &args.wait)?;
+    if args.name.is_empty() || args.name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(CliError::BadInput(format!("{:?}: not a breaker's name", args.name)));
+    }
+    let asked = FleetAsk {
+        service: args.name.clone(),
+        command,
+        who: super::user_at_host(),
+        origin: "cli".into(),
+        why: args.reason.clone(),
+    };
+    let issued = super::runtime()?
+        .block_on(issue_command(&url, &asked, ttl, wait, Duration::from_secs(5)))
+        .map_err(runtime_err)?;
+    let mut out = std::io::stdout().lock();
+    if global.json {
+        serde_json::to_writer(&mut out, &issued).map_err(runtime_err)?;
+        writeln!(out).map_err(super::stdout_error)?;
+    } else {
+        writeln!(out, "{issued}").map_err(super::stdout_error)?;
+    }
+    if !issued.acks.is_empty() && issued.acks.iter().all(|a| a.outcome == "unknown_breaker") {
+        return Err(CliError::BadInput(format!(
+            "{}: no node has a breaker of that name",
+            args.name
+        )));
+    }
+    if issued.silent.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Runtime(format!(
+            "{} of {} live nodes did not acknowledge within {}; they apply it when they read the fleet's log",
+            issued.silent.len(),
+            issued.live.len(),
+            args.wait
+        )))
     }
 }

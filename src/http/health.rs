@@ -202,6 +202,12 @@ pub(super) const MAX_COMMAND_BODY: usize = 4 * 1_024;
 #[derive(serde::Deserialize)]
 pub(super) struct CommandBody {
     reason: String,
+    /// `node` (this node's breaker, the default) or `fleet` (every node's: `docs/fleet.md`).
+    #[serde(default)]
+    scope: Option<String>,
+    /// With `fleet`: the override lapses after this long (`10m`).
+    #[serde(default)]
+    ttl: Option<String>,
 }
 
 /// "Who" for the audit trail: the name of the token the request came with.
@@ -231,9 +237,6 @@ pub(super) async fn command(
             );
         }
     };
-    let Some(handle) = state.registry.get(&service) else {
-        return error(actix_web::http::StatusCode::NOT_FOUND, "unknown service");
-    };
     let body = match body {
         Ok(b) => b,
         Err(e) => {
@@ -258,12 +261,26 @@ pub(super) async fn command(
     if let Err(why) = crate::journal::check_reason(&body.reason) {
         return error(actix_web::http::StatusCode::BAD_REQUEST, &why);
     }
+    let Some(handle) = state.registry.get(&service) else {
+        return error(actix_web::http::StatusCode::NOT_FOUND, "unknown service");
+    };
+    let fleet = match body.scope.as_deref() {
+        None | Some("node") => false,
+        Some("fleet") => true,
+        Some(_) => return bad_request("\"scope\" is \"node\" (the default) or \"fleet\""),
+    };
+    if !fleet && body.ttl.is_some() {
+        return bad_request("\"ttl\" goes with \"scope\": \"fleet\" (a node's own command stands until reset)");
+    }
     let who = who(&req);
     let from = if req.headers().get("X-Breakerbox-Client").and_then(|v| v.to_str().ok()) == Some("dashboard") {
         "dashboard"
     } else {
         "http"
     };
+    if fleet {
+        return fleet_command(&state, &service, command, who, from, &body).await;
+    }
     let operator = Operator {
         who,
         from: from.into(),
@@ -288,6 +305,8 @@ pub(super) async fn command(
                 format!("applied, not yet durable: {}; it is written when the log recovers, and lost if this process stops first", r.log)
             },
         })),
+        // A fleet override stands: the node's own command is refused, naming it.
+        Err(crate::journal::JournalError::Refused(why)) => error(actix_web::http::StatusCode::CONFLICT, &why),
         Err(e) => {
             tracing::error!(error = %e, "an operator command could not be recorded");
             error(
@@ -296,6 +315,78 @@ pub(super) async fn command(
             )
         }
     }
+}
+
+/// A command with `"scope": "fleet"`: issued to the fleet's log, applied and acknowledged by
+/// every live node (`crate::journal::fleet::issue_on`, as `breakerbox force-open --fleet`). 200
+/// when every live node acknowledged it within 5 s, 202 when some did not (they apply it when
+/// they read the fleet's log).
+async fn fleet_command(
+    state: &ApiState,
+    service: &str,
+    command: Command,
+    who: String,
+    from: &str,
+    body: &CommandBody,
+) -> HttpResponse {
+    use crate::journal::pg::FleetAsk;
+    let ttl = match body.ttl.as_deref().map(crate::duration::parse_ms) {
+        None => None,
+        Some(Ok(0)) => return bad_request("\"ttl\" must be more than 0"),
+        Some(Ok(ms)) if command != Command::Reset => Some(Duration::from_millis(ms)),
+        Some(Ok(_)) => return bad_request("\"ttl\": a reset is not an override; it has no ttl"),
+        Some(Err(e)) => return bad_request(&format!("\"ttl\": {e}")),
+    };
+    let log = match fleet_reader(state).await {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let asked = FleetAsk {
+        service: service.to_owned(),
+        command,
+        who,
+        origin: from.to_owned(),
+        why: body.reason.clone(),
+    };
+    let guard = log.lock().await;
+    let Some(pg) = guard.as_ref() else {
+        return error(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "the fleet log's connection was just lost; try again",
+        );
+    };
+    let issued = crate::journal::fleet::issue_on(pg, &asked, ttl, Duration::from_secs(5)).await;
+    match issued {
+        Ok(i) if i.silent.is_empty() => {
+            HttpResponse::Ok().json(json!({"scope": "fleet", "summary": i.to_string(), "issued": i}))
+        }
+        Ok(i) => HttpResponse::Accepted().json(json!({"scope": "fleet", "summary": i.to_string(), "issued": i})),
+        Err(e) => error(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            &format!("the fleet command could not be issued: {e}"),
+        ),
+    }
+}
+
+/// The fleet's log, opened on first use and kept; an error answer when there is none or it
+/// cannot be reached.
+async fn fleet_reader(
+    state: &ApiState,
+) -> Result<&tokio::sync::Mutex<Option<crate::journal::pg::PgLog>>, HttpResponse> {
+    let Some((url, log)) = &state.fleet_log else {
+        return Err(error(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "this node ships to no fleet log ([journal] url, or serve --db postgres://…): there is no fleet",
+        ));
+    };
+    let mut guard = log.lock().await;
+    if guard.is_none() {
+        match crate::journal::fleet::open_to_read(url, Duration::from_secs(2)).await {
+            Ok(l) => *guard = Some(l),
+            Err(e) => return Err(error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, &e.to_string())),
+        }
+    }
+    Ok(log)
 }
 
 #[derive(serde::Deserialize)]
@@ -408,22 +499,20 @@ pub(super) async fn fleet_one(state: web::Data<ApiState>, path: web::Path<String
 }
 
 async fn fleet_health(state: &ApiState, service: Option<&str>) -> HttpResponse {
-    use crate::journal::fleet::{DEFAULT_GONE_AFTER, health_rows, open_to_read};
+    use crate::journal::fleet::{DEFAULT_GONE_AFTER, health_rows};
     use crate::replay::fleet::fleet_health;
-    let Some((url, log)) = &state.fleet_log else {
-        return error(
-            actix_web::http::StatusCode::NOT_FOUND,
-            "this node ships to no fleet log ([journal] url, or serve --db postgres://…): there is no fleet to report",
-        );
+    let log = match fleet_reader(state).await {
+        Ok(l) => l,
+        Err(r) => return r,
     };
     let mut log = log.lock().await;
-    if log.is_none() {
-        match open_to_read(url, Duration::from_secs(2)).await {
-            Ok(l) => *log = Some(l),
-            Err(e) => return error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-        }
-    }
-    let read = health_rows(log.as_ref().expect("opened above"), DEFAULT_GONE_AFTER).await;
+    let Some(pg) = log.as_ref() else {
+        return error(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "the fleet log's connection was just lost; try again",
+        );
+    };
+    let read = health_rows(pg, DEFAULT_GONE_AFTER).await;
     let (now, views, rows) = match read {
         Ok(r) => r,
         Err(e) => {

@@ -14,7 +14,7 @@
 //! log, in its own order and at its own positions, into a scratch SQLite log, and the commands
 //! answer from that with the same code as from the node's own file: the same answers.
 
-use super::pg::{LeaseError, NodeHealthRow, NodeRecord, PgLog, Shippable, redacted};
+use super::pg::{FleetAck, FleetAsk, FleetCommand, LeaseError, NodeHealthRow, NodeRecord, PgLog, Shippable, redacted};
 use super::{CALL_BATCH, CALL_SUMMARY, Decoded, Holder, Journal, StoreError, decode, host_name};
 use serde::Serialize;
 use std::sync::Arc;
@@ -575,6 +575,141 @@ pub async fn health_rows(
 /// Opens the fleet's log for reading (never migrating it; bounded by `connect_timeout`).
 pub async fn open_to_read(url: &str, connect_timeout: Duration) -> Result<PgLog, FleetError> {
     reader(url, connect_timeout).await
+}
+
+/// A fleet command issued, and who acknowledged it within the wait.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Issued {
+    /// The command, as the fleet's stream holds it.
+    pub command: FleetCommand,
+    /// The nodes live when it was issued.
+    pub live: Vec<String>,
+    /// Every acknowledgement within the wait, by node (a node not live then may be among them).
+    pub acks: Vec<FleetAck>,
+    /// Live nodes that did not acknowledge it within the wait.
+    pub silent: Vec<Silent>,
+    /// How long the acknowledgements took, ms (the last one's, by the database's clock).
+    pub took_ms: i64,
+}
+
+/// A live node that did not acknowledge a fleet command in time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Silent {
+    /// The node.
+    pub node: String,
+    /// How long ago it was last seen (its last health report or lease renewal).
+    pub last_seen_ms_ago: Option<i64>,
+}
+
+impl std::fmt::Display for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let acked = self
+            .live
+            .iter()
+            .filter(|n| self.acks.iter().any(|a| &a.node == *n))
+            .count();
+        write!(
+            f,
+            "fleet command {} ({} {}): acknowledged by {acked}/{} live nodes",
+            self.command.seq,
+            serde_json::to_value(self.command.asked.command)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            self.command.asked.service,
+            self.live.len()
+        )?;
+        if self.silent.is_empty() {
+            write!(f, " in {} ms", self.took_ms)?;
+        }
+        let not_applied: Vec<String> = self
+            .acks
+            .iter()
+            .filter(|a| a.outcome != "applied")
+            .map(|a| format!("{} {}", a.node, a.outcome))
+            .collect();
+        if !not_applied.is_empty() {
+            write!(f, "; {}", not_applied.join(", "))?;
+        }
+        for s in &self.silent {
+            match s.last_seen_ms_ago {
+                Some(ms) => write!(
+                    f,
+                    "; node {} silent (last seen {:.1} s ago)",
+                    s.node,
+                    ms as f64 / 1000.0
+                )?,
+                None => write!(f, "; node {} silent", s.node)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Issues a fleet-wide operator command: appended once to the fleet's stream, then every live
+/// node applies it through its own breaker and acknowledges it. Waits at most `wait` for every
+/// node live when it was issued.
+pub async fn issue_command(
+    url: &str,
+    asked: &FleetAsk,
+    ttl: Option<Duration>,
+    wait: Duration,
+    connect_timeout: Duration,
+) -> Result<Issued, FleetError> {
+    let log = reader(url, connect_timeout).await?;
+    let r = issue_on(&log, asked, ttl, wait).await;
+    log.close().await;
+    Ok(r?)
+}
+
+/// [`issue_command`] on an open log (a server keeps one).
+pub async fn issue_on(
+    log: &PgLog,
+    asked: &FleetAsk,
+    ttl: Option<Duration>,
+    wait: Duration,
+) -> Result<Issued, StoreError> {
+    let command = log.issue(asked, ttl).await?;
+    let (now, records) = log.node_list().await?;
+    let live: Vec<String> = node_views(now, records, DEFAULT_GONE_AFTER)
+        .into_iter()
+        .filter(|v| v.state == NodeState::Live)
+        .map(|v| v.node)
+        .collect();
+    let deadline = Instant::now() + wait;
+    let acks = loop {
+        let acks = log.acks_of(command.seq).await?;
+        if live.iter().all(|n| acks.iter().any(|a| &a.node == n)) || Instant::now() >= deadline {
+            break acks;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let mut silent = Vec::new();
+    let missing: Vec<&String> = live.iter().filter(|n| !acks.iter().any(|a| &a.node == *n)).collect();
+    if !missing.is_empty() {
+        let (now, records) = log.node_list().await?;
+        let health = log.node_health().await?;
+        for n in missing {
+            let renewed = records.iter().find(|r| &r.node == n).and_then(|r| r.renewed_at_ms);
+            let reported = health.iter().find(|h| &h.node == n).map(|h| h.reported_at_ms);
+            silent.push(Silent {
+                node: n.clone(),
+                last_seen_ms_ago: renewed.max(reported).map(|at| now.saturating_sub(at)),
+            });
+        }
+    }
+    let took_ms = acks
+        .iter()
+        .map(|a| a.applied_at_ms - command.issued_at_ms)
+        .max()
+        .unwrap_or(0);
+    Ok(Issued {
+        command,
+        live,
+        acks,
+        silent,
+        took_ms,
+    })
 }
 
 /// Which node a command reads: `asked` when given (it must have events), else this host's name

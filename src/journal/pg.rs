@@ -113,6 +113,91 @@ pub struct NodeRecord {
     pub shipped: Option<i64>,
 }
 
+/// A `fleet_commands` row as read, with the database's clock.
+type CommandTuple = (i64, i64, String, String, String, String, String, Option<i64>, i64);
+/// A `fleet_acks` row as read.
+type AckTuple = (
+    i64,
+    String,
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+);
+
+/// The channel a fleet command is announced on (`NOTIFY`, at its commit).
+pub const FLEET_CHANNEL: &str = "breakerbox_fleet";
+
+/// A fleet-wide operator command as asked.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FleetAsk {
+    /// The breaker's key.
+    pub service: String,
+    /// What.
+    pub command: crate::breaker::Command,
+    /// Who (`user@host`, `token:NAME`).
+    pub who: String,
+    /// From where: `cli`, `http`, `dashboard`.
+    pub origin: String,
+    /// Why.
+    pub why: String,
+}
+
+/// A fleet command in the fleet's stream.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FleetCommand {
+    /// Its place in the fleet's stream: 1, 2, 3, …
+    pub seq: i64,
+    /// When it was issued (the database's clock, Unix ms).
+    pub issued_at_ms: i64,
+    /// What was asked.
+    #[serde(flatten)]
+    pub asked: FleetAsk,
+    /// When an override lapses (`--ttl`; the database's clock).
+    pub expires_at_ms: Option<i64>,
+}
+
+/// A node's acknowledgement of a fleet command.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FleetAck {
+    /// The command.
+    pub seq: i64,
+    /// The node.
+    pub node: String,
+    /// When it was acknowledged (the database's clock; ignored when writing one).
+    pub applied_at_ms: i64,
+    /// `applied`, `lapsed`, `superseded` (a later command replaced it before the node read it),
+    /// `unknown_breaker` (the node has no such breaker) or `refused`.
+    pub outcome: String,
+    /// The state it found.
+    pub from_state: Option<String>,
+    /// The state it left.
+    pub to_state: Option<String>,
+    /// The node's own log position of its `operator_command` record.
+    pub position: Option<i64>,
+    /// More, for people.
+    pub detail: Option<String>,
+}
+
+fn command_name(c: crate::breaker::Command) -> &'static str {
+    match c {
+        crate::breaker::Command::Reset => "reset",
+        crate::breaker::Command::ForceOpen => "force_open",
+        crate::breaker::Command::Disable => "disable",
+    }
+}
+
+fn parse_command(s: &str) -> Option<crate::breaker::Command> {
+    match s {
+        "reset" => Some(crate::breaker::Command::Reset),
+        "force_open" => Some(crate::breaker::Command::ForceOpen),
+        "disable" => Some(crate::breaker::Command::Disable),
+        _ => None,
+    }
+}
+
 /// A node's last health document ([`PgLog::node_health`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeHealthRow {
@@ -533,6 +618,161 @@ impl PgLog {
                 doc,
             })
             .collect())
+    }
+
+    /// Appends a fleet-wide operator command at the fleet stream's next seq, and wakes the nodes
+    /// (`NOTIFY breakerbox_fleet` at commit: one per command, never per append). `ttl`: an
+    /// override's time to live, after which every node lapses it.
+    pub async fn issue(&self, asked: &FleetAsk, ttl: Option<Duration>) -> Result<FleetCommand, StoreError> {
+        let ttl_ms = ttl.map(|t| t.as_millis().min(i64::MAX as u128) as i64);
+        // Two requesters at once both take max + 1: the second's insert collides and goes again.
+        for _ in 0..50 {
+            let mut tx = self.pool.begin().await.map_err(classify)?;
+            let inserted = sqlx::query_as::<_, (i64, i64, Option<i64>)>(
+                "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS ms) \
+                 INSERT INTO fleet_commands (seq, issued_at, service, command, who, origin, why, expires_at) \
+                 SELECT coalesce((SELECT max(seq) FROM fleet_commands), 0) + 1, now.ms, $1, $2, $3, $4, $5, \
+                        now.ms + $6 FROM now \
+                 RETURNING seq, issued_at, expires_at",
+            )
+            .bind(&asked.service)
+            .bind(command_name(asked.command))
+            .bind(&asked.who)
+            .bind(&asked.origin)
+            .bind(&asked.why)
+            .bind(ttl_ms)
+            .fetch_one(&mut *tx)
+            .await;
+            let (seq, issued_at_ms, expires_at_ms) = match inserted {
+                Ok(r) => r,
+                Err(e) if is_unique_violation(&e) => continue,
+                Err(e) => return Err(classify(e)),
+            };
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(FLEET_CHANNEL)
+                .bind(seq.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            match tx.commit().await {
+                Ok(()) => {}
+                Err(e) if is_unique_violation(&e) => continue,
+                Err(e) => return Err(classify(e)),
+            }
+            return Ok(FleetCommand {
+                seq,
+                issued_at_ms,
+                asked: asked.clone(),
+                expires_at_ms,
+            });
+        }
+        Err(StoreError::Io(
+            "fleet command: 50 other commands were issued at once; try again".into(),
+        ))
+    }
+
+    /// The fleet's commands after `after` (a seq), in order, at most `limit`, with the database's
+    /// clock.
+    pub async fn commands_after(&self, after: i64, limit: u32) -> Result<(i64, Vec<FleetCommand>), StoreError> {
+        let rows: Vec<CommandTuple> = sqlx::query_as(
+            "SELECT seq, issued_at, service, command, who, origin, why, expires_at, \
+                    (extract(epoch FROM clock_timestamp()) * 1000)::bigint \
+             FROM fleet_commands WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        let now = match rows.first() {
+            Some(r) => r.8,
+            None => self.now_ms().await?,
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for (seq, issued_at_ms, service, command, who, origin, why, expires_at_ms, _) in rows {
+            let command = parse_command(&command)
+                .ok_or_else(|| StoreError::Io(format!("fleet command {seq}: unknown command {command:?}")))?;
+            out.push(FleetCommand {
+                seq,
+                issued_at_ms,
+                asked: FleetAsk {
+                    service,
+                    command,
+                    who,
+                    origin,
+                    why,
+                },
+                expires_at_ms,
+            });
+        }
+        Ok((now, out))
+    }
+
+    /// The database's clock, Unix ms.
+    pub async fn now_ms(&self) -> Result<i64, StoreError> {
+        let (now,): (i64,) = sqlx::query_as("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(now)
+    }
+
+    /// Records a node's acknowledgement of a fleet command (once: a second is ignored), stamped
+    /// with the database's clock.
+    pub async fn ack(&self, ack: &FleetAck) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO fleet_acks (seq, node, applied_at, outcome, from_state, to_state, position, detail) \
+             VALUES ($1, $2, (extract(epoch FROM clock_timestamp()) * 1000)::bigint, $3, $4, $5, $6, $7) \
+             ON CONFLICT (seq, node) DO NOTHING",
+        )
+        .bind(ack.seq)
+        .bind(&ack.node)
+        .bind(&ack.outcome)
+        .bind(&ack.from_state)
+        .bind(&ack.to_state)
+        .bind(ack.position)
+        .bind(&ack.detail)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    /// The acknowledgements of fleet command `seq`, by node.
+    pub async fn acks_of(&self, seq: i64) -> Result<Vec<FleetAck>, StoreError> {
+        let rows: Vec<AckTuple> = sqlx::query_as(
+            "SELECT seq, node, applied_at, outcome, from_state, to_state, position, detail \
+                 FROM fleet_acks WHERE seq = $1 ORDER BY node",
+        )
+        .bind(seq)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(seq, node, applied_at_ms, outcome, from_state, to_state, position, detail)| FleetAck {
+                    seq,
+                    node,
+                    applied_at_ms,
+                    outcome,
+                    from_state,
+                    to_state,
+                    position,
+                    detail,
+                },
+            )
+            .collect())
+    }
+
+    /// The last fleet command `node` acknowledged (0: none).
+    pub async fn acked_upto(&self, node: &str) -> Result<i64, StoreError> {
+        let (n,): (Option<i64>,) = sqlx::query_as("SELECT max(seq) FROM fleet_acks WHERE node = $1")
+            .bind(node)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(n.unwrap_or(0))
     }
 
     /// The nodes that shipped events to the log, by name.

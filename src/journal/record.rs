@@ -547,6 +547,10 @@ pub struct OperatorCommand {
     /// The log position of the `command_request` it answers, when another process asked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_position: Option<i64>,
+    /// The fleet command it applies (its seq in the fleet's stream, `docs/fleet.md`), when the
+    /// fleet asked. Absent from every record written before fleet commands, which read as `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_command: Option<i64>,
 }
 
 /// Event type of a command asked for by a process that does not hold the writer lease.

@@ -1,0 +1,366 @@
+//! A node's side of fleet commands (`docs/fleet.md`, "Fleet commands"): it follows the fleet's
+//! stream of commands by its own sequence, applies each through the breaker's actor as any
+//! operator command (recorded in the node's own log, naming the fleet command), acknowledges it
+//! naming that record's position, pins the override so node-local commands are refused while it
+//! stands, and lapses an override whose ttl ended. Woken by `LISTEN` on the command channel,
+//! with a short poll as the fallback. A node that starts applies the fleet's standing overrides
+//! before it serves; one cut off from the database catches up when it can read it again.
+
+use super::Registry;
+use super::service::FleetPin;
+use crate::breaker::{Command, State};
+use crate::journal::Operator;
+use crate::journal::pg::{FLEET_CHANNEL, FleetAck, FleetCommand, PgLog};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How a node follows the fleet's commands.
+#[derive(Clone, Debug)]
+pub struct FollowerOptions {
+    /// The fleet's log.
+    pub url: String,
+    /// This node.
+    pub node: String,
+    /// Connecting's bound.
+    pub connect_timeout: Duration,
+    /// How often the stream is read without a wake-up (`LISTEN` is the fast path): 200 ms.
+    pub poll: Duration,
+    /// Listen for wake-ups (false: polling only, to measure it).
+    pub listen: bool,
+}
+
+impl FollowerOptions {
+    /// The defaults for `node` on `url`.
+    pub fn new(url: impl Into<String>, node: impl Into<String>) -> FollowerOptions {
+        FollowerOptions {
+            url: url.into(),
+            node: node.into(),
+            connect_timeout: Duration::from_secs(5),
+            poll: Duration::from_millis(200),
+            listen: true,
+        }
+    }
+}
+
+/// Follows the fleet's commands in the background until stopped.
+pub struct FleetFollower {
+    stop: watch::Sender<bool>,
+    caught_up: watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FleetFollower {
+    /// Starts following; see the module's documentation.
+    pub fn start(registry: Arc<Registry>, options: FollowerOptions) -> FleetFollower {
+        let (stop, stop_rx) = watch::channel(false);
+        let (caught_tx, caught_up) = watch::channel(false);
+        let run = Run {
+            registry,
+            options,
+            log: None,
+            listener: None,
+            cursor: None,
+            standing: BTreeMap::new(),
+            caught_up: caught_tx,
+        };
+        FleetFollower {
+            stop,
+            caught_up,
+            task: tokio::spawn(run.follow(stop_rx)),
+        }
+    }
+
+    /// Waits until the fleet's standing overrides are applied (at most `within`); whether they
+    /// are.
+    pub async fn caught_up(&self, within: Duration) -> bool {
+        let mut rx = self.caught_up.clone();
+        tokio::time::timeout(within, rx.wait_for(|c| *c))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Stops following (what was applied stays applied).
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for FleetFollower {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+struct Run {
+    registry: Arc<Registry>,
+    options: FollowerOptions,
+    log: Option<PgLog>,
+    listener: Option<sqlx::postgres::PgListener>,
+    /// The last command read (None: not caught up since start).
+    cursor: Option<i64>,
+    /// The overrides standing, by breaker.
+    standing: BTreeMap<String, FleetCommand>,
+    caught_up: watch::Sender<bool>,
+}
+
+fn operator(c: &FleetCommand) -> Operator {
+    Operator {
+        who: c.asked.who.clone(),
+        from: "fleet".into(),
+        why: c.asked.why.clone(),
+    }
+}
+
+fn pin_of(c: &FleetCommand) -> FleetPin {
+    FleetPin {
+        seq: c.seq,
+        command: c.asked.command,
+        who: c.asked.who.clone(),
+        why: c.asked.why.clone(),
+    }
+}
+
+fn state_name(s: State) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// The state a standing override leaves a breaker in.
+fn target(c: Command) -> Option<State> {
+    match c {
+        Command::ForceOpen => Some(State::ForcedOpen),
+        Command::Disable => Some(State::Disabled),
+        Command::Reset => None,
+    }
+}
+
+impl Run {
+    async fn follow(mut self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            match self.step().await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(error = %e, node = %self.options.node, "following the fleet's commands failed; retrying");
+                    if let Some(log) = self.log.take() {
+                        log.close().await;
+                    }
+                    self.listener = None;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+            let poll = self.options.poll;
+            match &mut self.listener {
+                Some(listener) => {
+                    tokio::select! {
+                        r = listener.recv() => if let Err(e) = r {
+                            tracing::debug!(error = %e, "fleet command wake-ups lost; polling until they are back");
+                            self.listener = None;
+                        },
+                        _ = tokio::time::sleep(poll) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(poll) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+            }
+        }
+        if let Some(log) = self.log.take() {
+            log.close().await;
+        }
+    }
+
+    async fn step(&mut self) -> Result<(), crate::journal::StoreError> {
+        if self.log.is_none() {
+            let log = PgLog::connect_without_migrating(&self.options.url, self.options.connect_timeout, 2).await?;
+            self.log = Some(log);
+        }
+        if self.listener.is_none() && self.options.listen {
+            // Listening first, then reading: a command committed in between is read, not missed.
+            match sqlx::postgres::PgListener::connect(&self.options.url).await {
+                Ok(mut l) => match l.listen(FLEET_CHANNEL).await {
+                    Ok(()) => self.listener = Some(l),
+                    Err(e) => tracing::debug!(error = %e, "LISTEN failed; polling"),
+                },
+                Err(e) => tracing::debug!(error = %e, "LISTEN failed; polling"),
+            }
+        }
+        match self.cursor {
+            None => self.catch_up_from_start().await,
+            Some(after) => self.follow_from(after).await,
+        }
+    }
+
+    /// At start (or after losing the database before the first catch-up): every override
+    /// standing is applied, or pinned where the breaker is already as it left it, and every
+    /// command this node has not acknowledged is acknowledged.
+    async fn catch_up_from_start(&mut self) -> Result<(), crate::journal::StoreError> {
+        let log = self.log.as_ref().expect("connected");
+        let node = self.options.node.clone();
+        let acked = log.acked_upto(&node).await?;
+        let mut all = Vec::new();
+        let mut now = 0;
+        loop {
+            let after = all.last().map_or(0, |c: &FleetCommand| c.seq);
+            let (n, page) = log.commands_after(after, 10_000).await?;
+            now = n.max(now);
+            if page.is_empty() {
+                break;
+            }
+            all.extend(page);
+        }
+        // The last command per breaker decides what stands.
+        let mut last: BTreeMap<&str, &FleetCommand> = BTreeMap::new();
+        for c in &all {
+            last.insert(c.asked.service.as_str(), c);
+        }
+        let mut applied: BTreeMap<i64, FleetAck> = BTreeMap::new();
+        for (service, c) in &last {
+            let Some(handle) = self.registry.get(service) else {
+                continue;
+            };
+            let lapsed = c.expires_at_ms.is_some_and(|e| e <= now);
+            let Some(state) = target(c.asked.command).filter(|_| !lapsed) else {
+                continue;
+            };
+            if handle.state() == state {
+                handle.fleet_pin(Some(pin_of(c))).await;
+            } else {
+                let done = handle.fleet_operate(c.asked.command, operator(c), c.seq).await;
+                applied.insert(c.seq, ack_of(c, &node, done));
+            }
+            self.standing.insert((*service).to_owned(), (*c).clone());
+        }
+        for c in all.iter().filter(|c| c.seq > acked) {
+            let ack = match applied.remove(&c.seq) {
+                Some(a) => a,
+                None if self.registry.get(&c.asked.service).is_none() => outcome(c, &node, "unknown_breaker", None),
+                None if last.get(c.asked.service.as_str()).is_some_and(|l| l.seq != c.seq) => outcome(
+                    c,
+                    &node,
+                    "superseded",
+                    Some("a later fleet command for this breaker came before this node read it".into()),
+                ),
+                None if c.expires_at_ms.is_some_and(|e| e <= now) => outcome(
+                    c,
+                    &node,
+                    "lapsed",
+                    Some("its ttl ended before this node read it".into()),
+                ),
+                // The breaker already stood as the command leaves it (a reset of a closed one).
+                None => outcome(c, &node, "applied", Some("the breaker already stood so".into())),
+            };
+            log.ack(&ack).await?;
+        }
+        self.cursor = Some(all.last().map_or(0, |c| c.seq));
+        self.caught_up.send_replace(true);
+        self.lapse(now).await;
+        Ok(())
+    }
+
+    async fn follow_from(&mut self, after: i64) -> Result<(), crate::journal::StoreError> {
+        let node = self.options.node.clone();
+        let (now, page) = self
+            .log
+            .as_ref()
+            .expect("connected")
+            .commands_after(after, 1_000)
+            .await?;
+        for c in page {
+            let ack = match self.registry.get(&c.asked.service) {
+                None => outcome(&c, &node, "unknown_breaker", None),
+                Some(_) if c.expires_at_ms.is_some_and(|e| e <= now) => outcome(
+                    &c,
+                    &node,
+                    "lapsed",
+                    Some("its ttl ended before this node read it".into()),
+                ),
+                Some(handle) => {
+                    let done = handle.fleet_operate(c.asked.command, operator(&c), c.seq).await;
+                    if done.is_ok() {
+                        match target(c.asked.command) {
+                            Some(_) => self.standing.insert(c.asked.service.clone(), c.clone()),
+                            None => self.standing.remove(&c.asked.service),
+                        };
+                    }
+                    ack_of(&c, &node, done)
+                }
+            };
+            self.log.as_ref().expect("connected").ack(&ack).await?;
+            self.cursor = Some(c.seq);
+        }
+        self.lapse(now).await;
+        Ok(())
+    }
+
+    /// Resets every override whose ttl ended by `now` (the database's clock), recorded as the
+    /// fleet command that lapsed.
+    async fn lapse(&mut self, now: i64) {
+        let ended: Vec<FleetCommand> = self
+            .standing
+            .values()
+            .filter(|c| c.expires_at_ms.is_some_and(|e| e <= now))
+            .cloned()
+            .collect();
+        for c in ended {
+            self.standing.remove(&c.asked.service);
+            let Some(handle) = self.registry.get(&c.asked.service) else {
+                continue;
+            };
+            let op = Operator {
+                who: c.asked.who.clone(),
+                from: "fleet".into(),
+                why: format!("fleet command {} lapsed: its ttl ended", c.seq),
+            };
+            if let Err(e) = handle.fleet_operate(Command::Reset, op, c.seq).await {
+                tracing::error!(error = %e, breaker = %c.asked.service, "lapsing a fleet override failed");
+            }
+        }
+    }
+}
+
+fn outcome(c: &FleetCommand, node: &str, outcome: &str, detail: Option<String>) -> FleetAck {
+    FleetAck {
+        seq: c.seq,
+        node: node.to_owned(),
+        applied_at_ms: 0,
+        outcome: outcome.to_owned(),
+        from_state: None,
+        to_state: None,
+        position: None,
+        detail,
+    }
+}
+
+fn ack_of(c: &FleetCommand, node: &str, done: Result<super::CommandResult, crate::journal::JournalError>) -> FleetAck {
+    match done {
+        Ok(r) => FleetAck {
+            from_state: Some(state_name(r.from)),
+            to_state: Some(state_name(r.to)),
+            position: r.position,
+            detail: r
+                .position
+                .is_none()
+                .then(|| format!("applied; not yet durable: {}", r.log)),
+            ..outcome(c, node, "applied", None)
+        },
+        Err(e) => outcome(c, node, "refused", Some(e.to_string())),
+    }
+}
