@@ -8,6 +8,9 @@
 //! database of its own and drops it. With `CI=true` and no server the tests fail; elsewhere they
 //! say they were skipped.
 
+#[path = "support/webdriver.rs"]
+mod webdriver;
+
 use breakerbox::journal::pg::{LeaseError, PgCursor, PgLog};
 use breakerbox::journal::{Row, StoreError};
 use sqlx::Connection;
@@ -2728,4 +2731,161 @@ fn a_fleet_command_reaches_every_node_and_late_or_cut_off_nodes_catch_up() {
     assert!(err.contains("--ttl"), "{err}");
     rt.block_on(log.close());
     drop(nodes);
+}
+
+/// A tool the test command installs (scripts/test): missing under CI is a failure; by hand, the
+/// check is skipped with a note.
+fn installed_tool(path: &str) -> bool {
+    if std::path::Path::new(path).exists() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "{path} is missing: scripts/test installs it (Debian package)"
+    );
+    eprintln!("note: {path} not installed, check skipped (scripts/test installs it)");
+    false
+}
+
+/// [fleet-ops]: the dashboard's fleet view in a real browser: 50 breakers × 4 nodes on one screen
+/// at 1400 px, the breakers in trouble first (the service's, then some nodes'), a breaker's row
+/// per node with its outlier named, and a fleet force-open from the dialog, which states its
+/// scope. Screenshots at 1400 and 390 px.
+#[test]
+fn the_dashboard_shows_the_fleet_trouble_first_and_forces_open_on_every_node() {
+    use breakerbox::app::{App, AppOptions, HttpOptions};
+    use breakerbox::config::{Config, Secret};
+    use breakerbox::http::auth::Token;
+    use breakerbox::journal::fleet::FleetOptions;
+    if !installed_tool(webdriver::CHROMEDRIVER) || !installed_tool(webdriver::CHROMIUM) {
+        return;
+    }
+    const T: Duration = Duration::from_secs(20);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(db) = rt.block_on(Db::create("fleetdash")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let token = "d".repeat(40);
+    let mut toml = String::new();
+    for i in 0..50 {
+        toml.push_str(&format!(
+            "[services.svc{i:02}]\nfailure_threshold = 3\ntimeout = \"1h\"\n"
+        ));
+    }
+    actix_web::rt::System::new().block_on(async {
+        let config = Config::from_toml(std::path::Path::new("t.toml"), &toml, &Default::default()).unwrap();
+        let mut apps = Vec::new();
+        for n in 1..=4 {
+            let node = format!("app-{n}");
+            let options = AppOptions {
+                journal: breakerbox::journal::JournalOptions {
+                    node: Arc::from(node.as_str()),
+                    ..Default::default()
+                },
+                fleet: Some(FleetOptions::new(db.url.clone())),
+                http: (n == 1).then(|| HttpOptions {
+                    bind: "127.0.0.1:0".parse().unwrap(),
+                    tokens: vec![Token::new("oncall", &Secret::new(token.clone()))],
+                    any_port_if_taken: false,
+                }),
+                alerts: false,
+                ..AppOptions::default()
+            };
+            apps.push(App::start(&dir.path().join(format!("{node}.db")), &config, options).await.unwrap());
+        }
+        // svc23 fails everywhere (the service's trouble); svc05 only on app-4 (that node's).
+        for (i, app) in apps.iter().enumerate() {
+            for key in ["svc05", "svc23", "svc40"] {
+                let h = app.registry().get(key).unwrap().clone();
+                let fail = key == "svc23" || (key == "svc05" && i == 3);
+                for _ in 0..12 {
+                    let _ = h.call("", async move { if fail { Err("502") } else { Ok(()) } }).await;
+                }
+                h.inspect().await;
+            }
+        }
+        let addr = apps[0].http_addrs()[0];
+        let browser = webdriver::Driver::start().await.unwrap();
+        browser.set_window_size(1400, 1000).await.unwrap();
+        browser.goto(&format!("http://{addr}/#token={token}")).await.unwrap();
+        browser
+            .wait_text_containing("[data-testid=fleet-summary]", "4 of 4 nodes reporting", T)
+            .await
+            .unwrap();
+        // Until every node's report has the failures in it.
+        let deadline = Instant::now() + T;
+        let order = loop {
+            let order = browser
+                .execute(
+                    "return [...document.querySelectorAll('[data-testid=fleet-tile]')].map(e => e.dataset.key + ':' + e.dataset.trouble)",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            let order: Vec<String> = serde_json::from_value(order).unwrap();
+            if order.len() == 50 && order[0] == "svc23:service" && order[1] == "svc05:nodes" {
+                break order;
+            }
+            assert!(Instant::now() < deadline, "the fleet view never put the trouble first: {order:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!(order[2..].iter().all(|k| k.ends_with(":none")), "{order:?}");
+        // 50 tiles on one screen at 1400 x 1000.
+        let bottom = browser
+            .execute(
+                "const t = [...document.querySelectorAll('[data-testid=fleet-tile]')]; return Math.max(...t.map(e => e.getBoundingClientRect().bottom))",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert!(bottom.as_f64().unwrap() <= 1000.0, "the fleet's tiles end at {bottom} px");
+        // svc05: a row per node, app-4 the outlier.
+        let tile = browser.find("[data-testid=fleet-tile][data-key=svc05]").await.unwrap();
+        browser.click(&tile).await.unwrap();
+        browser
+            .wait_text_containing("[data-testid=fleet-row][data-node=app-4]", "outlier", T)
+            .await
+            .unwrap();
+        let rows = browser.find_all("[data-testid=fleet-row]").await.unwrap();
+        assert_eq!(rows.len(), 4);
+        let tmp = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let wide = tmp.join("dashboard-fleet-1400.png");
+        browser.screenshot(&wide).await.unwrap();
+        // Force open on the fleet: the dialog states the scope; every node applies it.
+        let force = browser.find("[data-testid=fleet-force-open]").await.unwrap();
+        browser.click(&force).await.unwrap();
+        browser
+            .wait_text_containing("#dlg-title", "on every node of the fleet (4 live)", T)
+            .await
+            .unwrap();
+        let input = browser.find("[data-testid=reason-input]").await.unwrap();
+        browser.send_keys(&input, "app-4's network, and then some").await.unwrap();
+        let confirm = browser.find("[data-testid=confirm]").await.unwrap();
+        browser.click(&confirm).await.unwrap();
+        browser
+            .wait_text_containing("[data-testid=flash]", "acknowledged by 4/4 live nodes", T)
+            .await
+            .unwrap();
+        for app in &apps {
+            assert_eq!(
+                app.registry().get("svc05").unwrap().state(),
+                breakerbox::breaker::State::ForcedOpen
+            );
+        }
+        // On a phone: nothing wider than the screen.
+        browser.set_window_size(390, 844).await.unwrap();
+        let overflow = browser
+            .execute("return document.documentElement.scrollWidth - window.innerWidth", vec![])
+            .await
+            .unwrap();
+        assert!(overflow.as_i64().unwrap() <= 0, "the page scrolls sideways by {overflow} px");
+        let phone = tmp.join("dashboard-fleet-390.png");
+        browser.screenshot(&phone).await.unwrap();
+        eprintln!("screenshots: {} {}", wide.display(), phone.display());
+        drop(browser);
+        for app in apps {
+            app.shutdown().await.unwrap();
+        }
+    });
 }

@@ -189,6 +189,32 @@ impl Driver {
         }
     }
 
+    /// As [`Driver::wait_text`], for a text that contains `part`.
+    pub async fn wait_text_containing(&self, css: &str, part: &str, timeout: Duration) -> Result<Element, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut seen = Vec::new();
+            match self.find_all(css).await {
+                Ok(elements) => {
+                    for el in elements {
+                        match self.text(&el).await {
+                            Ok(text) if text.contains(part) => return Ok(el),
+                            Ok(text) => seen.push(text),
+                            Err(e) => seen.push(format!("<{e}>")),
+                        }
+                    }
+                }
+                Err(e) => seen.push(format!("<{e}>")),
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "no `{css}` with a text containing {part:?} within {timeout:?}; last seen: {seen:?}"
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     pub async fn click(&self, el: &Element) -> Result<(), String> {
         bounded("click", el.click()).await
     }
