@@ -144,6 +144,8 @@ pub struct App {
     fleet_url: Option<String>,
     /// Follows the fleet's commands, when this node ships to a fleet log.
     follower: Option<FleetFollower>,
+    /// Runs for the fleet's alert leadership, when this node ships to a fleet log and alerts.
+    alerter: Option<crate::actor::fleet::FleetAlerter>,
     stop_within: Duration,
 }
 
@@ -204,6 +206,7 @@ impl App {
             journal,
             registry,
             follower,
+            alerter: None,
             alerting: None,
             tasks: Vec::new(),
             http: None,
@@ -269,8 +272,25 @@ impl App {
         }
         if alerts {
             // Alerts from the log, on the notifier's own thread; the breakers never wait for it.
-            let alerting = Alerting::start(self.journal.clone(), &config.alerts, NotifierOptions::default()).await?;
+            // A node of a fleet announces the fleet's episodes only (one leader decides them),
+            // so the fleet pages once, not once per node (docs/alerts.md, "A fleet").
+            let options = NotifierOptions {
+                fleet: self.fleet_url.is_some(),
+                ..NotifierOptions::default()
+            };
+            let alerting = Alerting::start(self.journal.clone(), &config.alerts, options).await?;
             self.alerting = Some(Arc::new(alerting));
+            if let (Some(url), true) = (&self.fleet_url, config.alerts.enabled()) {
+                self.alerter = Some(crate::actor::fleet::FleetAlerter::start(
+                    self.journal.clone(),
+                    crate::actor::fleet::AlerterOptions {
+                        url: url.clone(),
+                        quiet: Duration::from_millis(config.alerts.quiet_period_ms),
+                        every: HEALTH_EVERY,
+                        connect_timeout: Duration::from_secs(5),
+                    },
+                ));
+            }
         }
         let state = http
             .as_ref()
@@ -419,6 +439,9 @@ impl App {
         }
         if let Some(f) = self.follower.take() {
             let _ = tokio::time::timeout_at(deadline, f.stop()).await;
+        }
+        if let Some(a) = self.alerter.take() {
+            let _ = tokio::time::timeout_at(deadline, a.stop()).await;
         }
         if let Some(a) = self.alerting.take() {
             let _ = tokio::time::timeout_at(deadline, a.stop()).await;

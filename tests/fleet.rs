@@ -1248,8 +1248,9 @@ fn a_node_killed_mid_shipment_resumes_without_a_loss_or_a_duplicate() {
 }
 
 /// What a role that runs nodes is granted (docs/fleet.md, "Running as a role that owns nothing").
-const NODE_GRANTS: [&str; 9] = [
+const NODE_GRANTS: [&str; 10] = [
     "GRANT SELECT, INSERT ON events, event_order TO {role}",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON fleet_episodes TO {role}",
     "GRANT SELECT, INSERT ON fleet_commands, fleet_acks TO {role}",
     "GRANT SELECT, INSERT, UPDATE ON node_health TO {role}",
     "GRANT SELECT, INSERT, UPDATE ON nodes TO {role}",
@@ -2884,6 +2885,158 @@ fn the_dashboard_shows_the_fleet_trouble_first_and_forces_open_on_every_node() {
         browser.screenshot(&phone).await.unwrap();
         eprintln!("screenshots: {} {}", wide.display(), phone.display());
         drop(browser);
+        for app in apps {
+            app.shutdown().await.unwrap();
+        }
+    });
+}
+
+/// A webhook receiver on 127.0.0.1 that keeps every body it is sent.
+async fn webhook_receiver() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = got.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let keep = keep.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // One request: its head, then Content-Length bytes of body.
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                        .unwrap_or(0);
+                    while buf.len() < head_end + len {
+                        let mut chunk = [0u8; 4096];
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).into_owned();
+                    buf.drain(..head_end + len);
+                    keep.lock().unwrap().push(body);
+                    if conn
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, got)
+}
+
+/// [fleet-ops]: fleet alerts. Three nodes, each with the same webhook sink: stripe opening on two
+/// of them is one episode, announced once ("OPEN on 2/3 nodes"), not once per node; it resolves
+/// once every node has had stripe closed for the quiet period, again once.
+#[test]
+fn a_fleet_pages_once_per_episode_not_once_per_node() {
+    use breakerbox::app::{App, AppOptions};
+    use breakerbox::config::Config;
+    use breakerbox::journal::fleet::FleetOptions;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(db) = rt.block_on(Db::create("fleetalerts")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    actix_web::rt::System::new().block_on(async {
+        let (hook, got) = webhook_receiver().await;
+        let toml = format!(
+            "[services.stripe]\nfailure_threshold = 3\ntimeout = \"1h\"\n\n[services.calcom]\n\n\
+             [alerts]\nquiet_period = \"1s\"\n\n[[alerts.webhooks]]\nname = \"oncall\"\nurl = \"http://{hook}/hook\"\n"
+        );
+        let config = Config::from_toml(std::path::Path::new("t.toml"), &toml, &Default::default()).unwrap();
+        let mut apps = Vec::new();
+        for n in 1..=3 {
+            let node = format!("app-{n}");
+            let options = AppOptions {
+                journal: breakerbox::journal::JournalOptions {
+                    node: Arc::from(node.as_str()),
+                    ..Default::default()
+                },
+                fleet: Some(FleetOptions::new(db.url.clone())),
+                alerts: true,
+                ..AppOptions::default()
+            };
+            apps.push(
+                App::start(&dir.path().join(format!("{node}.db")), &config, options)
+                    .await
+                    .unwrap(),
+            );
+        }
+        for app in &apps[..2] {
+            let h = app.registry().get("stripe").unwrap().clone();
+            for _ in 0..5 {
+                let _ = h.call("", async { Err::<(), _>("502") }).await;
+            }
+            h.inspect().await;
+            assert_eq!(h.state(), breakerbox::breaker::State::Open);
+        }
+        let bodies = |status: &str| -> Vec<serde_json::Value> {
+            got.lock()
+                .unwrap()
+                .iter()
+                .map(|b| serde_json::from_str::<serde_json::Value>(b).unwrap())
+                .filter(|v| v["status"] == status)
+                .collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while bodies("firing").is_empty() {
+            assert!(Instant::now() < deadline, "no firing message");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Long enough for every node's report to show both opens, and for any second page.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let firing = bodies("firing");
+        assert_eq!(firing.len(), 1, "{firing:#?}");
+        let summary = firing[0]["commonAnnotations"]["summary"].as_str().unwrap().to_owned();
+        assert!(
+            summary.contains("Circuit breaker stripe is OPEN on") && summary.ends_with("/3 nodes"),
+            "{summary}"
+        );
+        assert_eq!(firing[0]["commonLabels"]["scope"], "fleet", "{:#}", firing[0]);
+        // Closed on every node: resolved once the quiet period passed, once.
+        for app in &apps[..2] {
+            app.registry()
+                .get("stripe")
+                .unwrap()
+                .reset(breakerbox::journal::Operator {
+                    who: "test".into(),
+                    from: "library".into(),
+                    why: "fixed".into(),
+                })
+                .await
+                .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while bodies("resolved").is_empty() {
+            assert!(Instant::now() < deadline, "no resolved message");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let resolved = bodies("resolved");
+        assert_eq!(resolved.len(), 1, "{resolved:#?}");
+        assert_eq!(bodies("firing").len(), 1);
+        let text = resolved[0]["commonAnnotations"]["summary"].as_str().unwrap();
+        assert_eq!(text, "Circuit breaker stripe closed again on every node");
         for app in apps {
             app.shutdown().await.unwrap();
         }

@@ -364,3 +364,243 @@ fn ack_of(c: &FleetCommand, node: &str, done: Result<super::CommandResult, crate
         Err(e) => outcome(c, node, "refused", Some(e.to_string())),
     }
 }
+
+/// The fleet's alert leader (`docs/alerts.md`, "A fleet"): of every node running it, one holds
+/// the leadership (an advisory lock on a session of its own; a leader that dies frees it) and
+/// turns the nodes' published health into one episode per breaker: it fires when the breaker
+/// is OPEN or FORCED_OPEN on some live node, and resolves once every live node has had it
+/// closed for the quiet period (a gone node holds nothing open). It writes each as a
+/// `fleet_alert` record to its own log, which its notifier delivers, once, to every sink.
+pub struct FleetAlerter {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// How the alert leader runs.
+#[derive(Clone, Debug)]
+pub struct AlerterOptions {
+    /// The fleet's log.
+    pub url: String,
+    /// The quiet period (`[alerts] quiet_period`).
+    pub quiet: Duration,
+    /// How often the leader looks (1 s: the nodes publish their health every second).
+    pub every: Duration,
+    /// Connecting's bound.
+    pub connect_timeout: Duration,
+}
+
+impl FleetAlerter {
+    /// Runs for the node whose log is `journal`; see the type's documentation.
+    pub fn start(journal: Arc<crate::journal::Journal>, options: AlerterOptions) -> FleetAlerter {
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(lead(journal, options, rx));
+        FleetAlerter { stop, task }
+    }
+
+    /// Stops (another node takes the leadership).
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for FleetAlerter {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn lead(journal: Arc<crate::journal::Journal>, options: AlerterOptions, mut stop: watch::Receiver<bool>) {
+    use crate::journal::pg::{ALERT_LEADER, Leadership};
+    let mut leadership: Option<Leadership> = None;
+    let mut log: Option<PgLog> = None;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        if leadership.is_none() {
+            match PgLog::try_lead(&options.url, ALERT_LEADER, options.connect_timeout).await {
+                Ok(Some(l)) => {
+                    tracing::info!("this node leads the fleet's alerts");
+                    leadership = Some(l);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "the fleet's alert leadership could not be asked for"),
+            }
+        } else if !leadership.as_mut().expect("held").alive().await {
+            tracing::warn!("the fleet's alert leadership was lost with its session; asking again");
+            leadership = None;
+        }
+        if leadership.is_some() {
+            if log.is_none() {
+                log = PgLog::connect_without_migrating(&options.url, options.connect_timeout, 2)
+                    .await
+                    .ok();
+            }
+            if let Some(l) = &log
+                && let Err(e) = alert_tick(&journal, l, options.quiet).await
+            {
+                tracing::warn!(error = %e, "the fleet's alerts could not be brought up to date; retrying");
+                if let Some(l) = log.take() {
+                    l.close().await;
+                }
+            }
+        }
+        let wait = if leadership.is_some() {
+            options.every
+        } else {
+            options.every * 2
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    if let Some(l) = leadership {
+        l.close().await;
+    }
+    if let Some(l) = log {
+        l.close().await;
+    }
+}
+
+/// One look of the leader: episodes started, kept and resolved from the nodes' health.
+async fn alert_tick(
+    journal: &crate::journal::Journal,
+    log: &PgLog,
+    quiet: Duration,
+) -> Result<(), crate::journal::StoreError> {
+    use crate::journal::fleet::{DEFAULT_GONE_AFTER, health_rows};
+    use crate::journal::pg::FleetEpisode;
+    use crate::journal::{AlertStatus, FleetAlert};
+    let (now, views, rows) = health_rows(log, DEFAULT_GONE_AFTER).await?;
+    let health = crate::replay::fleet::fleet_health(now, &views, &rows, None);
+    // Nothing is known of any node (they are all stale): nothing is resolved on no news.
+    if !health.nodes.iter().any(|n| n.merged) {
+        return Ok(());
+    }
+    let open: BTreeMap<String, FleetEpisode> = log
+        .open_episodes()
+        .await?
+        .into_iter()
+        .map(|e| (e.service.clone(), e))
+        .collect();
+    let quiet_ms = quiet.as_millis().min(i64::MAX as u128) as i64;
+    let mut seen = std::collections::BTreeSet::new();
+    for b in &health.breakers {
+        seen.insert(b.service.clone());
+        let open_nodes: Vec<&crate::replay::fleet::NodeRow> = b
+            .nodes
+            .iter()
+            .filter(|r| matches!(r.state, State::Open | State::ForcedOpen))
+            .collect();
+        let live = b.nodes.len() as u32;
+        let trouble = serde_json::to_value(b.trouble)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        match (open.get(&b.service), open_nodes.is_empty()) {
+            (None, false) => {
+                let forced = open_nodes.iter().filter(|r| r.state == State::ForcedOpen).count();
+                let e = FleetEpisode {
+                    service: b.service.clone(),
+                    fingerprint: crate::alerts::fingerprint(&b.service, now.max(0) as u64),
+                    started_at_ms: now,
+                    last_open_at_ms: now,
+                    nodes_max: open_nodes.len() as u32,
+                };
+                if log.start_episode(&e).await? {
+                    let alert = FleetAlert {
+                        at_ms: now.max(0) as u64,
+                        status: AlertStatus::Firing,
+                        breaker: b.service.clone(),
+                        fingerprint: e.fingerprint.clone(),
+                        starts_at_ms: now.max(0) as u64,
+                        ends_at_ms: None,
+                        nodes_open: open_nodes.iter().map(|r| r.node.clone()).collect(),
+                        nodes_max: e.nodes_max,
+                        nodes_live: live,
+                        trouble,
+                        opened_to: if 2 * forced > open_nodes.len() {
+                            State::ForcedOpen
+                        } else {
+                            State::Open
+                        },
+                    };
+                    if let Err(err) = write_alert(journal, alert).await {
+                        // Not announced: the episode starts again at the next look.
+                        log.end_episode(&e).await?;
+                        return Err(err);
+                    }
+                }
+            }
+            (Some(e), false) => {
+                let touched = FleetEpisode {
+                    last_open_at_ms: now,
+                    nodes_max: e.nodes_max.max(open_nodes.len() as u32),
+                    ..e.clone()
+                };
+                log.touch_episode(&touched).await?;
+            }
+            (Some(e), true) => resolve(journal, log, e, now, quiet_ms, live).await?,
+            (None, true) => {}
+        }
+    }
+    // A breaker no live node reports any more (its nodes are gone): nothing holds it open.
+    for (service, e) in &open {
+        if !seen.contains(service) {
+            resolve(journal, log, e, now, quiet_ms, 0).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a fleet alert to this node's log, durably (its notifier then delivers it).
+async fn write_alert(
+    journal: &crate::journal::Journal,
+    alert: crate::journal::FleetAlert,
+) -> Result<(), crate::journal::StoreError> {
+    use crate::journal::{Body, FLEET_ALERTS_STREAM};
+    let stream: Arc<str> = Arc::from(FLEET_ALERTS_STREAM);
+    match journal.submit(&stream, Body::record(&alert)) {
+        Some(ticket) => {
+            journal.durable(ticket).await.map(|_| ()).map_err(|e| {
+                crate::journal::StoreError::Io(format!("writing the fleet alert for {}: {e}", alert.breaker))
+            })
+        }
+        None => Err(crate::journal::StoreError::Io(format!(
+            "the log did not take the fleet alert for {}",
+            alert.breaker
+        ))),
+    }
+}
+
+async fn resolve(
+    journal: &crate::journal::Journal,
+    log: &PgLog,
+    e: &crate::journal::pg::FleetEpisode,
+    now: i64,
+    quiet_ms: i64,
+    live: u32,
+) -> Result<(), crate::journal::StoreError> {
+    if now.saturating_sub(e.last_open_at_ms) < quiet_ms || !log.end_episode(e).await? {
+        return Ok(());
+    }
+    write_alert(
+        journal,
+        crate::journal::FleetAlert {
+            at_ms: now.max(0) as u64,
+            status: crate::journal::AlertStatus::Resolved,
+            breaker: e.service.clone(),
+            fingerprint: e.fingerprint.clone(),
+            starts_at_ms: e.started_at_ms.max(0) as u64,
+            ends_at_ms: Some(e.last_open_at_ms.max(0) as u64),
+            nodes_open: Vec::new(),
+            nodes_max: e.nodes_max,
+            nodes_live: live,
+            trouble: "none".into(),
+            opened_to: State::Open,
+        },
+    )
+    .await
+}

@@ -48,6 +48,55 @@ pub struct Notice {
     /// How often it re-opened within the episode (flaps merged into this one).
     #[serde(default)]
     pub reopened: u32,
+    /// A fleet's episode (one for every node: `docs/alerts.md`, "A fleet"), when it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetScope>,
+}
+
+/// What a fleet's episode says of its nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetScope {
+    /// The nodes it was open on when it fired, by name.
+    pub nodes_open: Vec<String>,
+    /// The most nodes it was open on at once.
+    pub nodes_max: u32,
+    /// Live nodes reporting the breaker.
+    pub nodes_live: u32,
+    /// `service` (half the nodes or more), `nodes` (fewer) or `none`.
+    pub trouble: String,
+}
+
+impl Notice {
+    /// The notice of a fleet alert record (the leader decided the episode; nothing is folded).
+    pub fn of_fleet(a: &crate::journal::FleetAlert) -> Notice {
+        Notice {
+            status: a.status,
+            breaker: a.breaker.clone(),
+            fingerprint: a.fingerprint.clone(),
+            starts_at_ms: a.starts_at_ms,
+            ends_at_ms: a.ends_at_ms,
+            opened_to: a.opened_to,
+            // Not shown for a fleet's notice (its text and labels come from `fleet`): each node's
+            // own reasons are in its own log.
+            reason: if a.opened_to == State::ForcedOpen {
+                Reason::ForceOpen
+            } else {
+                Reason::ConsecutiveFailures
+            },
+            evidence: Evidence::default(),
+            open_until_ms: None,
+            opened_by: None,
+            closed_reason: None,
+            closed_by: None,
+            reopened: 0,
+            fleet: Some(FleetScope {
+                nodes_open: a.nodes_open.clone(),
+                nodes_max: a.nodes_max,
+                nodes_live: a.nodes_live,
+                trouble: a.trouble.clone(),
+            }),
+        }
+    }
 }
 
 impl Notice {
@@ -77,6 +126,7 @@ impl Notice {
             closed_reason: None,
             closed_by: None,
             reopened: 0,
+            fleet: None,
         }
     }
 }
@@ -180,6 +230,7 @@ impl Episodes {
                 closed_reason: None,
                 closed_by: None,
                 reopened: 0,
+                fleet: None,
             };
             out.push(firing.clone());
             self.open.insert(

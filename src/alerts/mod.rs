@@ -34,7 +34,7 @@ mod outbox;
 pub mod payload;
 pub mod retry;
 
-pub use episode::{Episodes, Notice, fingerprint};
+pub use episode::{Episodes, FleetScope, Notice, fingerprint};
 pub use notifier::{
     Alerting, AlertsError, Notifier, NotifierHandle, NotifierOptions, Pump, Sent, TestResult, send, send_test,
 };

@@ -59,6 +59,10 @@ pub struct NotifierOptions {
     pub keep_done: Duration,
     /// The stream delivery records are written to (default `_alerts`).
     pub stream: String,
+    /// A node of a fleet (`docs/alerts.md`, "A fleet"): announce only the fleet's episodes (the
+    /// `fleet_alert` records the fleet's alert leader writes), not this node's own, so a fleet
+    /// pages once, not once per node.
+    pub fleet: bool,
 }
 
 impl Default for NotifierOptions {
@@ -72,6 +76,7 @@ impl Default for NotifierOptions {
             base_backoff: Duration::from_secs(1),
             keep_done: Duration::from_secs(7 * 86_400),
             stream: ALERTS_STREAM.to_owned(),
+            fleet: false,
         }
     }
 }
@@ -392,7 +397,11 @@ impl Notifier {
                 let page = self.store.read(position, upto, self.options.page.max(1)).await?;
                 let complete = page.len() < self.options.page.max(1) as usize;
                 for r in &page {
-                    fold(r, &mut episodes, quiet, &mut notices);
+                    if self.options.fleet {
+                        fold_fleet(r, &mut notices);
+                    } else {
+                        fold(r, &mut episodes, quiet, &mut notices);
+                    }
                     position = r.position;
                 }
                 if first_run {
@@ -655,6 +664,17 @@ fn fold(r: &Read, episodes: &mut Episodes, quiet: u64, out: &mut Vec<Notice>) {
         Ok(_) => {}
         // Skipping it is loud: `breakerbox audit` and `replay` report the same position.
         Err(e) => tracing::error!(position = r.position, error = %e, "a transition does not decode; no alert for it"),
+    }
+}
+
+/// A fleet node's fold: only the fleet alert leader's records make notices.
+fn fold_fleet(r: &Read, out: &mut Vec<Notice>) {
+    if r.event_type != crate::journal::FLEET_ALERT {
+        return;
+    }
+    match crate::journal::decode_record::<crate::journal::FleetAlert>(r) {
+        Ok(a) => out.push(Notice::of_fleet(&a)),
+        Err(e) => tracing::error!(position = r.position, error = %e, "a fleet alert does not decode; not announced"),
     }
 }
 

@@ -92,6 +92,23 @@ fn shell_word(s: &str) -> String {
 pub fn summary(n: &Notice) -> String {
     match n.status {
         AlertStatus::Test => "Test message from breakerbox: this sink is wired up".to_owned(),
+        AlertStatus::Firing if n.fleet.is_some() => {
+            let f = n.fleet.as_ref().expect("matched");
+            format!(
+                "Circuit breaker {} is {} on {}/{} nodes",
+                n.breaker,
+                if n.opened_to == State::ForcedOpen {
+                    "FORCED_OPEN"
+                } else {
+                    "OPEN"
+                },
+                f.nodes_open.len(),
+                f.nodes_live
+            )
+        }
+        AlertStatus::Resolved if n.fleet.is_some() => {
+            format!("Circuit breaker {} closed again on every node", n.breaker)
+        }
         AlertStatus::Firing if n.opened_to == State::ForcedOpen => {
             format!("Circuit breaker {} was forced OPEN", n.breaker)
         }
@@ -118,6 +135,32 @@ fn why(n: &Notice) -> String {
 
 /// What happened, why, since when and until when (without where to look closer).
 pub fn what_happened(n: &Notice) -> String {
+    if let Some(f) = &n.fleet {
+        let whose = match f.trouble.as_str() {
+            "service" => "half the nodes or more: the service itself",
+            "nodes" => "fewer than half the nodes: those nodes' trouble",
+            _ => "no node now",
+        };
+        return match n.status {
+            AlertStatus::Resolved => format!(
+                "{} closed again on every live node at {}, {} after it first opened at {} (open on {} node{} at most).",
+                n.breaker,
+                rfc3339(n.ends_at_ms.unwrap_or(n.starts_at_ms)),
+                duration_text(n.ends_at_ms.unwrap_or(n.starts_at_ms).saturating_sub(n.starts_at_ms)),
+                rfc3339(n.starts_at_ms),
+                f.nodes_max,
+                if f.nodes_max == 1 { "" } else { "s" }
+            ),
+            _ => format!(
+                "{} opened on {} of {} live nodes ({}) since {}: {whose}. Each node's own reason is in its log.",
+                n.breaker,
+                f.nodes_open.len(),
+                f.nodes_live,
+                f.nodes_open.join(", "),
+                rfc3339(n.starts_at_ms)
+            ),
+        };
+    }
     match n.status {
         AlertStatus::Test => {
             "breakerbox sent this with `breakerbox alerts test`: alerts about circuit breakers will arrive here."
@@ -192,7 +235,16 @@ fn labels(n: &Notice) -> Map<String, Value> {
         m.insert("operation".into(), json!(op));
     }
     m.insert("state".into(), json!(n.opened_to.as_str()));
-    m.insert("reason".into(), json!(n.reason.as_str()));
+    match &n.fleet {
+        Some(f) => {
+            m.insert("reason".into(), json!("fleet"));
+            m.insert("scope".into(), json!("fleet"));
+            m.insert("trouble".into(), json!(f.trouble));
+        }
+        None => {
+            m.insert("reason".into(), json!(n.reason.as_str()));
+        }
+    }
     m
 }
 

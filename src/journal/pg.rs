@@ -127,6 +127,42 @@ type AckTuple = (
     Option<String>,
 );
 
+/// The advisory lock the fleet's alert leader holds.
+pub const ALERT_LEADER: i64 = 0x6272_6b62_616c_7274; // "brkbalrt"
+
+/// A session holding a fleet role ([`PgLog::try_lead`]).
+pub struct Leadership {
+    conn: sqlx::PgConnection,
+}
+
+impl Leadership {
+    /// Whether the session (and with it the role) is still held.
+    pub async fn alive(&mut self) -> bool {
+        sqlx::query("SELECT 1").execute(&mut self.conn).await.is_ok()
+    }
+
+    /// Gives the role up.
+    pub async fn close(self) {
+        use sqlx::Connection;
+        let _ = self.conn.close().await;
+    }
+}
+
+/// A fleet alert episode in progress ([`PgLog::open_episodes`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FleetEpisode {
+    /// The breaker.
+    pub service: String,
+    /// Its fingerprint (the breaker and its start).
+    pub fingerprint: String,
+    /// When it started (the database's clock).
+    pub started_at_ms: i64,
+    /// When a node was last seen open.
+    pub last_open_at_ms: i64,
+    /// The most nodes open at once.
+    pub nodes_max: u32,
+}
+
 /// The channel a fleet command is announced on (`NOTIFY`, at its commit).
 pub const FLEET_CHANNEL: &str = "breakerbox_fleet";
 
@@ -773,6 +809,98 @@ impl PgLog {
             .await
             .map_err(classify)?;
         Ok(n.unwrap_or(0))
+    }
+
+    /// The fleet's alert episodes in progress, by breaker.
+    pub async fn open_episodes(&self) -> Result<Vec<FleetEpisode>, StoreError> {
+        let rows: Vec<(String, String, i64, i64, i32)> = sqlx::query_as(
+            "SELECT service, fingerprint, started_at, last_open_at, nodes_max FROM fleet_episodes ORDER BY service",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(service, fingerprint, started_at_ms, last_open_at_ms, nodes_max)| FleetEpisode {
+                    service,
+                    fingerprint,
+                    started_at_ms,
+                    last_open_at_ms,
+                    nodes_max: nodes_max.max(0) as u32,
+                },
+            )
+            .collect())
+    }
+
+    /// Starts an episode; false when one is already in progress for its breaker.
+    pub async fn start_episode(&self, e: &FleetEpisode) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO fleet_episodes (service, fingerprint, started_at, last_open_at, nodes_max) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (service) DO NOTHING",
+        )
+        .bind(&e.service)
+        .bind(&e.fingerprint)
+        .bind(e.started_at_ms)
+        .bind(e.last_open_at_ms)
+        .bind(e.nodes_max.min(i32::MAX as u32) as i32)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// An episode still open on some node: when it was last seen open, and its most nodes.
+    pub async fn touch_episode(&self, e: &FleetEpisode) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE fleet_episodes SET last_open_at = greatest(last_open_at, $3), nodes_max = greatest(nodes_max, $4) \
+             WHERE service = $1 AND fingerprint = $2",
+        )
+        .bind(&e.service)
+        .bind(&e.fingerprint)
+        .bind(e.last_open_at_ms)
+        .bind(e.nodes_max.min(i32::MAX as u32) as i32)
+        .execute(&self.pool)
+        .await
+        .map_err(classify)?;
+        Ok(())
+    }
+
+    /// Ends an episode; false when it was not in progress (any more).
+    pub async fn end_episode(&self, e: &FleetEpisode) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM fleet_episodes WHERE service = $1 AND fingerprint = $2")
+            .bind(&e.service)
+            .bind(&e.fingerprint)
+            .execute(&self.pool)
+            .await
+            .map_err(classify)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Tries to become the fleet's one `role` (an advisory lock on a session of its own, held
+    /// until that session ends: a leader that dies frees it with its connection).
+    pub async fn try_lead(url: &str, role: i64, connect_timeout: Duration) -> Result<Option<Leadership>, StoreError> {
+        use sqlx::Connection;
+        let options: PgConnectOptions = url.parse().map_err(|e| {
+            StoreError::Io(format!(
+                "the database URL is not a PostgreSQL URL (postgres://user@host:port/database): {e}"
+            ))
+        })?;
+        let mut conn = tokio::time::timeout(connect_timeout, sqlx::PgConnection::connect_with(&options))
+            .await
+            .map_err(|_| StoreError::Io(format!("no answer within {connect_timeout:?}")))?
+            .map_err(classify)?;
+        let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+            .bind(role)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(classify)?;
+        if got {
+            Ok(Some(Leadership { conn }))
+        } else {
+            let _ = conn.close().await;
+            Ok(None)
+        }
     }
 
     /// The nodes that shipped events to the log, by name.

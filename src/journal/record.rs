@@ -710,6 +710,48 @@ impl Recorded for CallStats {
     }
 }
 
+/// Event type of a fleet alert's message (`docs/alerts.md`, "A fleet"): written by the one node
+/// that leads the fleet's alerts, which its notifier delivers.
+pub const FLEET_ALERT: &str = "fleet_alert";
+/// Stream of the fleet alert leader's records.
+pub const FLEET_ALERTS_STREAM: &str = "_fleet_alerts";
+
+/// Payload of a `fleet_alert`: one breaker's fleet-wide episode fired or resolved.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FleetAlert {
+    /// When it was decided (the database's clock).
+    pub at_ms: u64,
+    /// `firing` or `resolved`.
+    pub status: AlertStatus,
+    /// The breaker's key.
+    pub breaker: String,
+    /// The episode's fingerprint (the breaker and its start).
+    pub fingerprint: String,
+    /// When the episode started (the database's clock).
+    pub starts_at_ms: u64,
+    /// When it ended (its last node closed), for `resolved`.
+    #[serde(default)]
+    pub ends_at_ms: Option<u64>,
+    /// The nodes on which it is OPEN or FORCED_OPEN (firing), by name.
+    pub nodes_open: Vec<String>,
+    /// The most nodes it was open on at once in the episode.
+    pub nodes_max: u32,
+    /// Live nodes reporting the breaker.
+    pub nodes_live: u32,
+    /// `service`, `nodes` or `none` (`replay::fleet::Trouble`).
+    pub trouble: String,
+    /// The state most of its open nodes are in: `open` or `forced_open`.
+    pub opened_to: crate::breaker::State,
+}
+
+impl Recorded for FleetAlert {
+    const TYPE: &'static str = FLEET_ALERT;
+    const VERSION: u32 = 1;
+    fn at_ms(&self) -> u64 {
+        self.at_ms
+    }
+}
+
 impl Recorded for AlertDelivery {
     const TYPE: &'static str = ALERT_DELIVERY;
     const VERSION: u32 = 1;

@@ -138,12 +138,12 @@ impl OutboxStore {
         Ok(p.unwrap_or(0))
     }
 
-    /// Transitions and operator commands in `(after, upto]`, at most `limit`, in log order. A
+    /// Transitions, operator commands and fleet alerts in `(after, upto]`, at most `limit`, in log order. A
     /// range scan of the primary key that skips other types without decoding them (per-call
     /// batches are most of the log).
     pub async fn read(&self, after: i64, upto: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
         let rows: Vec<RowTuple> = sqlx::query_as(select!(
-            " WHERE position > ? AND position <= ? AND event_type IN ('transition', 'operator_command')
+            " WHERE position > ? AND position <= ? AND event_type IN ('transition', 'operator_command', 'fleet_alert')
              ORDER BY position LIMIT ?"
         ))
         .bind(after)
