@@ -570,6 +570,7 @@ async fn fleet_health(url: &str) {
                     ..Minute::default()
                 }),
                 latency_budget_ms: 1_000,
+                tripped_at_ms: None,
             })
             .collect();
         let doc = NodeDoc {

@@ -167,6 +167,7 @@ impl App {
         let follow = options.fleet.as_ref().map(|f| {
             let mut o = crate::actor::fleet::FollowerOptions::new(f.url.clone(), node.to_string());
             o.connect_timeout = f.connect_timeout;
+            o.quorum = config.fleet.quorum.clone();
             o
         });
         let shipper = match options.fleet {

@@ -630,3 +630,34 @@ fn the_outcome_hold_is_read_from_the_journal_section_and_bad_values_are_named() 
         "{err}"
     );
 }
+
+#[test]
+fn quorum_hints_are_off_unless_configured_and_bad_values_are_named() {
+    assert_eq!(load("", &[]).unwrap().fleet.quorum, None);
+    let c = load(
+        "[fleet.quorum]\nnodes = 4\nfraction = 0.75\nwithin = \"1m\"\nmode = \"shadow\"\n",
+        &[],
+    )
+    .unwrap();
+    let q = c.fleet.quorum.unwrap();
+    assert_eq!((q.nodes, q.fraction, q.within_ms, q.shadow), (4, 0.75, 60_000, true));
+    // The table alone: its defaults, and on.
+    let q = load("[fleet.quorum]\n", &[]).unwrap().fleet.quorum.unwrap();
+    assert_eq!((q.nodes, q.fraction, q.within_ms, q.shadow), (3, 0.5, 30_000, false));
+    for (bad, named) in [
+        ("nodes = 0", "fleet.quorum.nodes 0"),
+        ("fraction = 1.5", "fleet.quorum.fraction 1.5"),
+        ("fraction = \"half\"", "fleet.quorum.fraction: expected a number"),
+        ("within = \"soon\"", "fleet.quorum.within"),
+        ("mode = \"loud\"", "fleet.quorum.mode \"loud\""),
+        ("nodez = 3", "unknown key fleet.quorum.nodez"),
+    ] {
+        let err = load(&format!("[fleet.quorum]\n{bad}\n"), &[]).unwrap_err();
+        assert!(err.contains("test.toml:2") && err.contains(named), "{bad}: {err}");
+    }
+    let err = load("[fleet]\nquorom = {}\n", &[]).unwrap_err();
+    assert!(
+        err.contains("unknown key fleet.quorom") && err.contains("quorum"),
+        "{err}"
+    );
+}

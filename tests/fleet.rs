@@ -3042,3 +3042,153 @@ fn a_fleet_pages_once_per_episode_not_once_per_node() {
         }
     });
 }
+
+/// [fleet-ops] quorum hints, with a real PostgreSQL: nine nodes, eight with `mode = "on"` and one
+/// in shadow mode. One node's own fault opens no other node. A fault on five opens the other
+/// three "on" nodes through `fleet_quorum`, naming the five, and the shadow node records that it
+/// would have opened, and stays CLOSED. Every node's breaker replayed from its log equals its
+/// live one.
+#[test]
+fn a_quorum_of_nodes_opens_the_rest_and_one_nodes_fault_opens_none() {
+    use breakerbox::app::{App, AppOptions};
+    use breakerbox::breaker::{Reason, State};
+    use breakerbox::config::Config;
+    use breakerbox::journal::fleet::FleetOptions;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(db) = rt.block_on(Db::create("quorum")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    actix_web::rt::System::new().block_on(async {
+        let toml = |mode: &str| {
+            format!(
+                "[services.stripe]\nfailure_threshold = 3\ntimeout = \"1h\"\n\n[services.calcom]\n\n\
+                 [fleet.quorum]\nnodes = 3\nfraction = 0.5\nwithin = \"30s\"\nmode = \"{mode}\"\n"
+            )
+        };
+        let on = Config::from_toml(std::path::Path::new("t.toml"), &toml("on"), &Default::default()).unwrap();
+        let shadow = Config::from_toml(std::path::Path::new("t.toml"), &toml("shadow"), &Default::default()).unwrap();
+        let mut apps = Vec::new();
+        for n in 1..=9 {
+            let node = format!("app-{n}");
+            let options = AppOptions {
+                journal: breakerbox::journal::JournalOptions {
+                    node: Arc::from(node.as_str()),
+                    ..Default::default()
+                },
+                fleet: Some(FleetOptions::new(db.url.clone())),
+                alerts: false,
+                ..AppOptions::default()
+            };
+            let config = if n == 9 { &shadow } else { &on };
+            apps.push(
+                App::start(&dir.path().join(format!("{node}.db")), config, options)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let fault = |app: &App| {
+            let h = app.registry().get("stripe").unwrap().clone();
+            async move {
+                for _ in 0..4 {
+                    let _ = h.call("", async { Err::<(), _>("502") }).await;
+                }
+                h.inspect().await;
+                assert_eq!(h.state(), State::Open);
+            }
+        };
+        let log = connect(&db).await;
+        // Until every one of `nodes` has published its own trip of stripe.
+        let published = |nodes: Vec<String>| {
+            let pool = log.pool().clone();
+            async move {
+                within(async {
+                    loop {
+                        let rows: Vec<(String, String)> = sqlx::query_as("SELECT node, doc FROM node_health")
+                            .fetch_all(&pool)
+                            .await
+                            .unwrap();
+                        let tripped = |n: &String| {
+                            rows.iter().any(|(node, doc)| {
+                                node == n && {
+                                    let d: serde_json::Value = serde_json::from_str(doc).unwrap();
+                                    d["breakers"]
+                                        .as_array()
+                                        .unwrap()
+                                        .iter()
+                                        .any(|b| b["service"] == "stripe" && b["tripped_at_ms"].is_u64())
+                                }
+                            })
+                        };
+                        if nodes.iter().all(tripped) {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                })
+                .await
+            }
+        };
+        // One node's own fault: the others look at the quorum (twice a second) and open nothing.
+        fault(&apps[0]).await;
+        published(vec!["app-1".into()]).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for app in &apps[1..] {
+            assert_eq!(app.registry().get("stripe").unwrap().state(), State::Closed);
+        }
+        // A fault on five of the nodes: the other three "on" nodes open through the quorum.
+        for app in &apps[1..5] {
+            fault(app).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for app in &apps[5..8] {
+            let h = app.registry().get("stripe").unwrap();
+            while h.state() != State::Open {
+                assert!(Instant::now() < deadline, "a node did not open through the quorum");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let entries = breakerbox::replay::history(app.journal(), "stripe").await.unwrap();
+            let last = breakerbox::replay::transitions(&entries, 0, u64::MAX).pop().unwrap();
+            assert_eq!(last.reason, Reason::FleetQuorum);
+            let q = last.evidence.quorum.unwrap();
+            assert!(q.nodes.len() >= 5 && q.live == 9, "{q:?}");
+            assert!(
+                q.nodes
+                    .iter()
+                    .all(|n| ["app-1", "app-2", "app-3", "app-4", "app-5"].contains(&n.as_str())),
+                "{q:?}"
+            );
+        }
+        // The shadow node records what it would have done, and stays CLOSED.
+        let shadow_node = &apps[8];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            shadow_node.journal().flush().await.unwrap();
+            let page = shadow_node.journal().read_stream("stripe", 0, 10_000).await.unwrap();
+            if page.iter().any(|e| e.event_type == breakerbox::journal::QUORUM_HINT) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the shadow node recorded no quorum hint");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(shadow_node.registry().get("stripe").unwrap().state(), State::Closed);
+        // Every node's breaker, replayed from its own log, is its live breaker.
+        for (i, app) in apps.iter().enumerate() {
+            let h = app.registry().get("stripe").unwrap();
+            let live = h.inspect().await.unwrap();
+            app.journal().flush().await.unwrap();
+            let entries = breakerbox::replay::history(app.journal(), "stripe").await.unwrap();
+            let replayed = breakerbox::replay::fold(&entries, None, live.policy());
+            assert_eq!(
+                (replayed.state(), replayed.episode()),
+                (live.state(), live.episode()),
+                "app-{}",
+                i + 1
+            );
+        }
+        log.close().await;
+        for app in apps {
+            app.shutdown().await.unwrap();
+        }
+    });
+}

@@ -1862,3 +1862,82 @@ async fn what_if_places_rejections_counted_late_in_the_stretch_that_rejected_the
     assert_eq!((what.times_opened, what.rejected), (0, 0), "{what:?}");
     assert_eq!(what.calls_run_estimated, 5);
 }
+
+/// [fleet-ops] quorum hints: the hint is an input of the core. It opens a CLOSED breaker only
+/// (reason `fleet_quorum`, the nodes as evidence), never closes one or moves it to HALF_OPEN,
+/// and runs the timers due first. Recorded, it replays to the same breaker, exports as a `hint`
+/// line that `simulate` reproduces, and what-if with nothing changed is what happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_hint_opens_a_closed_breaker_only_and_replays_exactly() {
+    use breakerbox::breaker::{Breaker, Decision, QuorumEvidence, Reason};
+    let policy = Policy::consecutive(3, 10_000);
+    let mut b = Breaker::new(policy.clone()).unwrap();
+    let mut events = Vec::new();
+    let t0 = 1_764_000_000_000u64;
+    let call = |b: &mut Breaker, at: u64, outcome: Outcome, events: &mut Vec<Event>| {
+        if let Decision::Permit(p) = b.acquire(at, events) {
+            b.complete(at + 1, p, outcome, events);
+        }
+    };
+    for i in 0..5 {
+        call(&mut b, t0 + i * 10, Outcome::Success, &mut events);
+    }
+    let q = QuorumEvidence {
+        nodes: vec!["app-2".into(), "app-3".into(), "app-4".into()],
+        live: 8,
+        within_ms: 30_000,
+    };
+    assert!(b.hint(t0 + 100, q.clone(), &mut events), "a CLOSED breaker opens");
+    let Some(Event::Transitioned(t)) = events.last() else {
+        panic!("no transition")
+    };
+    assert_eq!(
+        (t.from, t.to, t.reason),
+        (State::Closed, State::Open, Reason::FleetQuorum)
+    );
+    assert_eq!(t.evidence.quorum.as_ref(), Some(&q));
+    assert_eq!(t.open_until_ms, Some(t0 + 10_100));
+    // OPEN: nothing. After the OPEN period the timer runs first (HALF_OPEN), and the hint does
+    // not open it again: recovery stays local.
+    assert!(!b.hint(t0 + 200, q.clone(), &mut events));
+    assert!(!b.hint(t0 + 10_200, q.clone(), &mut events));
+    assert_eq!(b.state(), State::HalfOpen);
+    call(&mut b, t0 + 10_300, Outcome::Success, &mut events);
+    call(&mut b, t0 + 10_310, Outcome::Success, &mut events);
+    assert_eq!(b.state(), State::Closed);
+    b.command(t0 + 10_400, breakerbox::breaker::Command::ForceOpen, &mut events);
+    assert!(!b.hint(t0 + 10_500, q.clone(), &mut events), "FORCED_OPEN stays");
+    b.command(t0 + 10_600, breakerbox::breaker::Command::Reset, &mut events);
+    for i in 0..4 {
+        call(&mut b, t0 + 11_000 + i * 10, Outcome::Failure, &mut events);
+    }
+    assert_eq!(b.state(), State::Open, "its own trip rule still works");
+
+    // Recorded, replayed, exported, simulated, what-if'd.
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&dir.path().join("log.db"), JournalOptions::default())
+        .await
+        .unwrap();
+    let stream: Arc<str> = Arc::from("stripe");
+    let mut last = None;
+    for e in events.iter().cloned() {
+        last = journal.submit(&stream, breakerbox::journal::Body::Breaker(e)).or(last);
+    }
+    journal.durable(last.unwrap()).await.unwrap();
+    let entries = replay::history(&journal, "stripe").await.unwrap();
+    let folded = replay::fold(&entries, None, &policy);
+    assert_eq!((folded.state(), folded.episode()), (b.state(), b.episode()));
+    let lines: Vec<_> = replay::export(&entries, None, None, &policy)
+        .iter()
+        .map(replay::TraceLine::to_json)
+        .collect();
+    assert!(lines.iter().any(|l| l.get("hint").is_some()), "{lines:#?}");
+    let recorded: Vec<_> = replay::transitions(&entries, 0, u64::MAX)
+        .iter()
+        .map(|t| (t.at_ms, t.from, t.to, t.reason))
+        .collect();
+    assert_eq!(simulate_lines(&lines, &policy), recorded);
+    let same = replay::what_if(&entries, None, None, &policy, &Default::default()).unwrap();
+    assert_eq!(same.alternative.transitions, same.actual.transitions);
+    journal.close().await;
+}

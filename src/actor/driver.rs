@@ -270,6 +270,16 @@ impl Driver {
         self.emit(now_ms)
     }
 
+    /// A quorum hint from the fleet now (`Breaker::hint`): a CLOSED breaker opens. True when
+    /// it opened.
+    pub(crate) fn hint(&mut self, now: impl Fn() -> u64, quorum: crate::breaker::QuorumEvidence) -> bool {
+        self.drain(&now);
+        let now_ms = now();
+        let opened = self.breaker.hint(now_ms, quorum, &mut self.events);
+        self.emit(now_ms);
+        opened
+    }
+
     /// A new policy (reload, schedule), state kept. True when something was emitted.
     pub(crate) fn set_policy(&mut self, now: impl Fn() -> u64, policy: Policy) -> bool {
         if &policy == self.breaker.policy() {

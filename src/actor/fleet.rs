@@ -29,6 +29,8 @@ pub struct FollowerOptions {
     pub poll: Duration,
     /// Listen for wake-ups (false: polling only, to measure it).
     pub listen: bool,
+    /// Quorum hints (`[fleet.quorum]`), off when `None`.
+    pub quorum: Option<crate::config::QuorumConfig>,
 }
 
 impl FollowerOptions {
@@ -40,9 +42,13 @@ impl FollowerOptions {
             connect_timeout: Duration::from_secs(5),
             poll: Duration::from_millis(200),
             listen: true,
+            quorum: None,
         }
     }
 }
+
+/// How often a node looks at the fleet's quorum (the nodes publish their health every second).
+const QUORUM_EVERY: Duration = Duration::from_millis(500);
 
 /// Follows the fleet's commands in the background until stopped.
 pub struct FleetFollower {
@@ -64,6 +70,8 @@ impl FleetFollower {
             cursor: None,
             standing: BTreeMap::new(),
             caught_up: caught_tx,
+            quorum_looked: None,
+            shadowed: std::collections::BTreeSet::new(),
         };
         FleetFollower {
             stop,
@@ -104,6 +112,10 @@ struct Run {
     /// The overrides standing, by breaker.
     standing: BTreeMap<String, FleetCommand>,
     caught_up: watch::Sender<bool>,
+    /// When the quorum was last looked at.
+    quorum_looked: Option<std::time::Instant>,
+    /// Breakers whose shadow quorum was recorded and still holds (recorded once per streak).
+    shadowed: std::collections::BTreeSet<String>,
 }
 
 fn operator(c: &FleetCommand) -> Operator {
@@ -203,9 +215,58 @@ impl Run {
             }
         }
         match self.cursor {
-            None => self.catch_up_from_start().await,
-            Some(after) => self.follow_from(after).await,
+            None => self.catch_up_from_start().await?,
+            Some(after) => self.follow_from(after).await?,
         }
+        if self.options.quorum.is_some() && self.quorum_looked.is_none_or(|at| at.elapsed() >= QUORUM_EVERY) {
+            self.quorum_looked = Some(std::time::Instant::now());
+            self.look_at_quorum().await?;
+        }
+        Ok(())
+    }
+
+    /// Quorum hints: each CLOSED breaker of this node that enough other live nodes opened by
+    /// their own trip rules recently opens (reason `fleet_quorum`), or in shadow mode gets a
+    /// `quorum_hint` record saying it would have, once per streak.
+    async fn look_at_quorum(&mut self) -> Result<(), crate::journal::StoreError> {
+        use crate::journal::fleet::{DEFAULT_GONE_AFTER, health_rows};
+        let q = self.options.quorum.clone().expect("checked");
+        let (now, views, rows) = health_rows(self.log.as_ref().expect("connected"), DEFAULT_GONE_AFTER).await?;
+        for handle in self.registry.handles() {
+            let key = handle.key().to_owned();
+            let (openers, live) =
+                crate::replay::fleet::quorum_of(now, &self.options.node, &key, &views, &rows, q.within_ms);
+            let met =
+                openers.len() as u32 >= q.nodes && f64::from(openers.len() as u32) >= q.fraction * f64::from(live);
+            if !met || handle.state() != State::Closed {
+                self.shadowed.remove(&key);
+                continue;
+            }
+            let evidence = crate::breaker::QuorumEvidence {
+                nodes: openers,
+                live,
+                within_ms: q.within_ms,
+            };
+            if !q.shadow {
+                if handle.hint(evidence).await {
+                    tracing::warn!(breaker = %key, "opened by a fleet quorum");
+                }
+            } else if self.shadowed.insert(key.clone()) {
+                let record = crate::journal::QuorumHint {
+                    at_ms: self.registry.clock().now_ms(),
+                    nodes: evidence.nodes,
+                    live,
+                    within_ms: q.within_ms,
+                    outcome: "would_open".into(),
+                };
+                let stream: Arc<str> = Arc::from(key.as_str());
+                let _ = self
+                    .registry
+                    .journal()
+                    .submit(&stream, crate::journal::Body::record(&record));
+            }
+        }
+        Ok(())
     }
 
     /// At start (or after losing the database before the first catch-up): every override

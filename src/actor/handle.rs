@@ -386,6 +386,16 @@ impl BreakerHandle {
         self.operate(Command::Disable, operator).await
     }
 
+    /// A quorum hint from the fleet: other nodes opened this breaker by their own trip rules.
+    /// A CLOSED breaker opens with reason `fleet_quorum`; true when it did.
+    pub(crate) async fn hint(&self, quorum: crate::breaker::QuorumEvidence) -> bool {
+        self.inner
+            .addr
+            .send(super::service::Hint(quorum))
+            .await
+            .unwrap_or(false)
+    }
+
     /// Runs the breaker's timers now (with a manual clock, after [`Clock::advance`]).
     pub async fn tick(&self) {
         let _ = self.inner.addr.send(Tick).await;

@@ -230,6 +230,23 @@ impl Handler<Tick> for ServiceActor {
     }
 }
 
+/// A quorum hint from the fleet (`super::fleet`); answers whether the breaker opened.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub(crate) struct Hint(pub crate::breaker::QuorumEvidence);
+
+impl Handler<Hint> for ServiceActor {
+    type Result = bool;
+    fn handle(&mut self, msg: Hint, ctx: &mut Context<Self>) -> bool {
+        let now = self.now();
+        let opened = self.driver.hint(now, msg.0);
+        if opened {
+            self.arm_timer(ctx);
+        }
+        opened
+    }
+}
+
 /// An operator's command; answered once its events are durable.
 #[derive(Message)]
 #[rtype(result = "Result<CommandResult, JournalError>")]

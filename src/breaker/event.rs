@@ -131,6 +131,9 @@ pub enum Reason {
     ForceOpen,
     /// Operator disable.
     Disable,
+    /// CLOSED → OPEN: enough other nodes of the fleet opened this breaker by their own trip
+    /// rules recently (a quorum hint, `docs/fleet.md`); the evidence names them.
+    FleetQuorum,
 }
 
 impl Reason {
@@ -149,6 +152,7 @@ impl Reason {
             Reason::Reset => "reset",
             Reason::ForceOpen => "force_open",
             Reason::Disable => "disable",
+            Reason::FleetQuorum => "fleet_quorum",
         }
     }
 }
@@ -190,6 +194,21 @@ pub struct Evidence {
     /// Outcome of the call that decided it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Outcome>,
+    /// A quorum hint's evidence: the nodes that opened the breaker by their own trip rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<QuorumEvidence>,
+}
+
+/// What a quorum hint saw: which other nodes of the fleet opened the breaker by their own trip
+/// rules within the window, out of how many live ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumEvidence {
+    /// The nodes, by name.
+    pub nodes: Vec<String>,
+    /// Live nodes reporting the breaker (this one included).
+    pub live: u32,
+    /// The window their openings fell in.
+    pub within_ms: u64,
 }
 
 impl Evidence {

@@ -4,7 +4,8 @@
 //! state, bit for bit (the replay law), and nothing here reads a clock or does I/O.
 
 use super::event::{
-    CallRecorded, Command, Event, Evidence, Outcome, PolicyApplied, Reason, State, Transition, TrialAdmitted,
+    CallRecorded, Command, Event, Evidence, Outcome, PolicyApplied, QuorumEvidence, Reason, State, Transition,
+    TrialAdmitted,
 };
 use super::policy::{Policy, PolicyError, SlidingWindow, TripRule};
 use super::window::{Counts, Window};
@@ -459,6 +460,24 @@ impl Breaker {
         if to != self.state || command == Command::Reset {
             self.transition(now_ms, to, reason, Evidence::default(), None, out);
         }
+    }
+
+    /// A quorum hint at `now_ms` (`docs/fleet.md`, "Quorum hints"): other nodes of the fleet
+    /// opened this breaker by their own trip rules. A CLOSED breaker opens, with reason
+    /// `fleet_quorum` and the hint as its evidence, for the policy's OPEN period; in any other
+    /// state nothing happens (a hint never closes a breaker or moves it to HALF_OPEN: recovery
+    /// stays local). Timers due by `now_ms` run first. True when it opened.
+    pub fn hint(&mut self, now_ms: u64, quorum: QuorumEvidence, out: &mut Vec<Event>) -> bool {
+        self.tick(now_ms, out);
+        if self.state != State::Closed {
+            return false;
+        }
+        let evidence = Evidence {
+            quorum: Some(quorum),
+            ..Evidence::default()
+        };
+        self.open(now_ms, State::Closed, Reason::FleetQuorum, evidence, out);
+        true
     }
 
     /// Puts a new policy in force at `now_ms` without touching the state, the counts or the

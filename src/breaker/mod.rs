@@ -22,7 +22,8 @@ mod policy;
 mod window;
 
 pub use event::{
-    CallRecorded, Command, Event, Evidence, Outcome, PolicyApplied, Reason, State, Transition, TrialAdmitted,
+    CallRecorded, Command, Event, Evidence, Outcome, PolicyApplied, QuorumEvidence, Reason, State, Transition,
+    TrialAdmitted,
 };
 pub use gauge::{RuleGauge, gauges};
 pub use machine::{AdmissionView, Breaker, Decision, Permit, Rates, Rejection, Verdict, View};

@@ -30,9 +30,10 @@ pub(crate) struct File {
     pub api: super::api::ApiConfig,
     pub journal: super::journal::JournalConfig,
     pub proxy: super::proxy::ProxyConfig,
+    pub fleet: super::fleet::FleetConfig,
 }
 
-const TOP_KEYS: [&str; 6] = ["defaults", "services", "alerts", "api", "journal", "proxy"];
+const TOP_KEYS: [&str; 7] = ["defaults", "services", "alerts", "api", "journal", "proxy", "fleet"];
 const SCHEDULE_KEYS: [&str; 4] = ["name", "days", "hours", "timezone"];
 /// Knobs a schedule may override: the policy's, not the service's plumbing.
 const SCHEDULE_KNOBS: [&str; 16] = [
@@ -277,6 +278,7 @@ pub(crate) fn read(path: &Path, text: &str) -> (File, Vec<Problem>) {
             "api" => file.api = super::api::read(&mut r, value),
             "journal" => file.journal = super::journal::read(&mut r, value),
             "proxy" => file.proxy = super::proxy::read(&mut r, value),
+            "fleet" => file.fleet = super::fleet::read(&mut r, value),
             other => {
                 let offset = key.span().start;
                 r.unknown(offset, "", other, &TOP_KEYS);

@@ -20,6 +20,7 @@ mod alerts;
 mod api;
 mod env;
 mod file;
+mod fleet;
 mod journal;
 mod proxy;
 mod reader;
@@ -36,6 +37,7 @@ pub use crate::knobs::{StatusClassifier, StatusPattern, default_failures};
 pub use alerts::{AlertsConfig, Webhook, WebhookFormat};
 pub use api::{ApiConfig, ApiToken, MIN_TOKEN_LEN, TOKEN_VAR, check_token_lengths, tokens_from_env};
 pub use env::{is_ours as env_is_ours, prefix as env_prefix};
+pub use fleet::{FleetConfig, QuorumConfig};
 pub use journal::{JournalConfig, MAX_OUTCOME_HOLD_MS, check_node_name, is_postgres_url, redacted};
 pub use proxy::{DEFAULT_PROXY_BIND, ProxyConfig, Route, RouteFallback, Upstream};
 pub use reload::{Apply, Reloadable};
@@ -265,6 +267,8 @@ pub struct Config {
     pub journal: JournalConfig,
     /// The sidecar proxy (`[proxy]`).
     pub proxy: ProxyConfig,
+    /// What a node of a fleet does with the others' news (`[fleet]`).
+    pub fleet: FleetConfig,
     /// The services with an `upstream`, which the proxy forwards to, with their routes.
     pub upstreams: Vec<Upstream>,
 }
@@ -460,6 +464,7 @@ impl Config {
                 api: file.api,
                 journal: file.journal,
                 proxy: file.proxy,
+                fleet: file.fleet,
                 upstreams,
             })
         } else {

@@ -752,6 +752,34 @@ impl Recorded for FleetAlert {
     }
 }
 
+/// Event type of a quorum hint a node's breaker took or, in shadow mode, would have taken
+/// (`docs/fleet.md`, "Quorum hints"). An opening in `on` mode is the breaker's own transition
+/// (reason `fleet_quorum`); this record says what shadow mode saw.
+pub const QUORUM_HINT: &str = "quorum_hint";
+
+/// Payload of a `quorum_hint`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuorumHint {
+    /// When (this node's clock).
+    pub at_ms: u64,
+    /// The other nodes that opened the breaker by their own trip rules.
+    pub nodes: Vec<String>,
+    /// Live nodes reporting it.
+    pub live: u32,
+    /// The window their openings fell in.
+    pub within_ms: u64,
+    /// `would_open`: shadow mode; nothing changed.
+    pub outcome: String,
+}
+
+impl Recorded for QuorumHint {
+    const TYPE: &'static str = QUORUM_HINT;
+    const VERSION: u32 = 1;
+    fn at_ms(&self) -> u64 {
+        self.at_ms
+    }
+}
+
 impl Recorded for AlertDelivery {
     const TYPE: &'static str = ALERT_DELIVERY;
     const VERSION: u32 = 1;

@@ -4,7 +4,7 @@
 //! the transitions the log recorded.
 
 use super::{Entry, Item, fold};
-use crate::breaker::{Breaker, Command, Event, Outcome, Policy, Reason};
+use crate::breaker::{Breaker, Command, Event, Outcome, Policy, QuorumEvidence, Reason};
 use crate::config::policy_keys;
 use serde_json::{Value, json};
 
@@ -41,6 +41,14 @@ pub enum TraceLine {
         /// Which.
         command: Command,
     },
+    /// A quorum hint that opened the breaker (`fleet_quorum`): an input from the fleet, put
+    /// back as such so the trace reproduces it.
+    Hint {
+        /// When.
+        at_ms: u64,
+        /// Which nodes, of how many.
+        quorum: Box<QuorumEvidence>,
+    },
 }
 
 impl TraceLine {
@@ -50,7 +58,8 @@ impl TraceLine {
             TraceLine::State { at_ms, .. }
             | TraceLine::Policy { at_ms, .. }
             | TraceLine::Call { at_ms, .. }
-            | TraceLine::Command { at_ms, .. } => at_ms,
+            | TraceLine::Command { at_ms, .. }
+            | TraceLine::Hint { at_ms, .. } => at_ms,
         }
     }
 
@@ -65,6 +74,7 @@ impl TraceLine {
                 latency_ms,
             } => json!({"at_ms": at_ms, "outcome": outcome, "latency_ms": latency_ms}),
             TraceLine::Command { at_ms, command } => json!({"at_ms": at_ms, "command": command}),
+            TraceLine::Hint { at_ms, quorum } => json!({"at_ms": at_ms, "hint": quorum}),
         }
     }
 }
@@ -111,6 +121,12 @@ pub fn export(entries: &[Entry], from_ms: Option<u64>, to_ms: Option<u64>, fallb
                         latency_ms: c.latency_ms,
                     });
                 }
+            }
+            Event::Transitioned(t) if t.at_ms >= from && t.at_ms < to && t.reason == Reason::FleetQuorum => {
+                lines.push(TraceLine::Hint {
+                    at_ms: t.at_ms,
+                    quorum: Box::new(t.evidence.quorum.clone().unwrap_or_default()),
+                });
             }
             Event::Transitioned(t) if t.at_ms >= from && t.at_ms < to => {
                 let command = match t.reason {

@@ -7,7 +7,7 @@
 //! being down. Pure: the caller reads the documents and the database's clock.
 
 use super::{Health, HealthReport, Minute, Recent, Severity, health};
-use crate::breaker::State;
+use crate::breaker::{Reason, State};
 use crate::journal::fleet::{NodeState, NodeView};
 use crate::journal::pg::NodeHealthRow;
 use serde::{Deserialize, Serialize};
@@ -52,6 +52,10 @@ pub struct NodeBreaker {
     pub window_5m: Option<Minute>,
     /// The latency budget its score measured against.
     pub latency_budget_ms: u64,
+    /// When its current episode began by the node's own trip rule (not a quorum hint, not an
+    /// operator): what a quorum counts (`docs/fleet.md`, "Quorum hints").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tripped_at_ms: Option<u64>,
 }
 
 impl NodeDoc {
@@ -71,6 +75,19 @@ impl NodeDoc {
                     health: b.health.as_ref().map(|h| h.score),
                     window_5m: b.window_5m.clone(),
                     latency_budget_ms: b.latency_budget_ms,
+                    tripped_at_ms: b
+                        .current_trip
+                        .as_ref()
+                        .filter(|t| {
+                            matches!(
+                                t.reason,
+                                Reason::ConsecutiveFailures
+                                    | Reason::FailureCount
+                                    | Reason::FailureRate
+                                    | Reason::SlowCallRate
+                            )
+                        })
+                        .map(|t| t.at_ms),
                 })
                 .collect(),
         }
@@ -352,4 +369,49 @@ fn one_breaker(service: &str, rows: &[(&str, &NodeBreaker)], at_ms: u64) -> Flee
         outliers,
         nodes: node_rows,
     }
+}
+
+/// The other nodes that opened `service` by their own trip rules within `within_ms` of `now_ms`
+/// (the database's clock: each node's trip time is moved by its clock skew), and how many live
+/// nodes report it (`me` counted, reporting or not). What a quorum hint decides on.
+pub fn quorum_of(
+    now_ms: i64,
+    me: &str,
+    service: &str,
+    views: &[NodeView],
+    published: &[NodeHealthRow],
+    within_ms: u64,
+) -> (Vec<String>, u32) {
+    let live: std::collections::BTreeSet<&str> = views
+        .iter()
+        .filter(|v| v.state == NodeState::Live)
+        .map(|v| v.node.as_str())
+        .collect();
+    let mut openers = Vec::new();
+    let mut reporting = 0u32;
+    let mut me_counted = false;
+    for p in published {
+        if !live.contains(p.node.as_str()) || now_ms.saturating_sub(p.reported_at_ms) > STALE_AFTER_MS {
+            continue;
+        }
+        let Ok(doc) = serde_json::from_str::<NodeDoc>(&p.doc) else {
+            continue;
+        };
+        let Some(b) = doc.breakers.iter().find(|b| b.service == service) else {
+            continue;
+        };
+        reporting += 1;
+        if p.node == me {
+            me_counted = true;
+            continue;
+        }
+        let skew = p.node_clock_ms - p.reported_at_ms;
+        if let Some(at) = b.tripped_at_ms {
+            let at_db = (at as i64).saturating_sub(skew);
+            if now_ms.saturating_sub(at_db) <= within_ms as i64 {
+                openers.push(p.node.clone());
+            }
+        }
+    }
+    (openers, reporting + u32::from(!me_counted))
 }

@@ -385,6 +385,13 @@ pub fn what_if(
                 },
                 &mut events,
             ),
+            TraceLine::Hint { at_ms, quorum } => sim.as_mut().expect("a policy line first").step(
+                &Input::Hint {
+                    at_ms: *at_ms,
+                    quorum: quorum.clone(),
+                },
+                &mut events,
+            ),
         }
     }
     if let Some(s) = &mut sim {

@@ -126,6 +126,9 @@ impl Simulator {
                 }
             }
             Input::Command { at_ms, command } => self.breaker.command(at_ms, command, out),
+            Input::Hint { at_ms, ref quorum } => {
+                self.breaker.hint(at_ms, (**quorum).clone(), out);
+            }
             Input::Policy { at_ms, ref knobs } => {
                 // Over the embedded defaults; `breakerbox simulate` puts its flags on top instead.
                 let mut all = crate::knobs::defaults();

@@ -1,6 +1,6 @@
 //! The `simulate` trace format: JSON lines, one call attempt or operator command per line.
 
-use crate::breaker::{Breaker, Command, Outcome};
+use crate::breaker::{Breaker, Command, Outcome, QuorumEvidence};
 use crate::knobs::{Knobs, Source};
 use serde::Deserialize;
 use std::fmt;
@@ -23,6 +23,14 @@ pub enum Input {
         at_ms: u64,
         /// Which.
         command: Command,
+    },
+    /// A quorum hint at `at_ms` (`docs/fleet.md`): other nodes opened the breaker; a CLOSED one
+    /// opens with reason `fleet_quorum`.
+    Hint {
+        /// When.
+        at_ms: u64,
+        /// Which nodes, of how many.
+        quorum: Box<QuorumEvidence>,
     },
     /// A policy in force from `at_ms` (config-file keys over the embedded defaults); explicit
     /// policy flags still override it.
@@ -47,6 +55,7 @@ impl Input {
         match *self {
             Input::Call { at_ms, .. }
             | Input::Command { at_ms, .. }
+            | Input::Hint { at_ms, .. }
             | Input::Policy { at_ms, .. }
             | Input::State { at_ms, .. } => at_ms,
         }
@@ -62,6 +71,7 @@ struct RawLine {
     command: Option<Command>,
     policy: Option<serde_json::Map<String, serde_json::Value>>,
     state: Option<Box<Breaker>>,
+    hint: Option<QuorumEvidence>,
 }
 
 /// A line of a trace that cannot be used. Bad input: show it and stop.
@@ -94,10 +104,11 @@ pub fn parse_line(number: usize, text: &str, previous_at_ms: u64) -> Result<Opti
         raw.command.is_some(),
         raw.policy.is_some(),
         raw.state.is_some(),
+        raw.hint.is_some(),
     ];
     if kinds.iter().filter(|k| **k).count() > 1 {
         return Err(err(
-            "a line is one of: a call (outcome), a command, a policy or a state".to_owned(),
+            "a line is one of: a call (outcome), a command, a hint, a policy or a state".to_owned(),
         ));
     }
     if raw.latency_ms.is_some() && raw.outcome.is_none() {
@@ -118,6 +129,19 @@ pub fn parse_line(number: usize, text: &str, previous_at_ms: u64) -> Result<Opti
             Input::Policy {
                 at_ms: raw.at_ms,
                 knobs: Box::new(knobs),
+            },
+        );
+    }
+    if let Some(quorum) = raw.hint {
+        if raw.latency_ms.is_some() {
+            return Err(err("latency_ms belongs to a call, not to a hint".to_owned()));
+        }
+        return check_order(
+            number,
+            previous_at_ms,
+            Input::Hint {
+                at_ms: raw.at_ms,
+                quorum: Box::new(quorum),
             },
         );
     }
@@ -149,7 +173,7 @@ pub fn parse_line(number: usize, text: &str, previous_at_ms: u64) -> Result<Opti
         (Some(_), Some(_)) => return Err(err("a line is a call (outcome) or a command, not both".to_owned())),
         (None, None) => {
             return Err(err(
-                "expected \"outcome\" (a call), \"command\", \"policy\" or \"state\"".to_owned(),
+                "expected \"outcome\" (a call), \"command\", \"hint\", \"policy\" or \"state\"".to_owned(),
             ));
         }
     };
