@@ -3186,6 +3186,45 @@ fn a_quorum_of_nodes_opens_the_rest_and_one_nodes_fault_opens_none() {
                 i + 1
             );
         }
+        // The fleet what-if over the nodes' shipped histories: one shared breaker and a quorum
+        // against what happened, nine nodes.
+        for app in &apps {
+            let position = app.journal().flush().await.unwrap().position;
+            within(app.shipped(position)).await.unwrap();
+        }
+        let out = breakerbox(
+            &[
+                "what-if",
+                "--all-nodes",
+                "--service",
+                "stripe",
+                "--quorum-nodes",
+                "3",
+                "--json",
+                "--db",
+                &db.url,
+            ],
+            dir.path(),
+        );
+        let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let w = &r["fleet_what_if"];
+        assert_eq!(w["nodes"].as_array().unwrap().len(), 9, "{r:#}");
+        assert_eq!(w["actual"]["by_quorum"], 3, "three nodes opened by the quorum: {r:#}");
+        assert_eq!(w["shared"]["breakers"], 1, "{r:#}");
+        let err = refused(
+            &[
+                "what-if",
+                "--all-nodes",
+                "--service",
+                "stripe",
+                "--quorum-fraction",
+                "2",
+                "--db",
+                &db.url,
+            ],
+            dir.path(),
+        );
+        assert!(err.contains("--quorum-fraction 2"), "{err}");
         log.close().await;
         for app in apps {
             app.shutdown().await.unwrap();

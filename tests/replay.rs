@@ -1941,3 +1941,90 @@ async fn a_quorum_hint_opens_a_closed_breaker_only_and_replays_exactly() {
     assert_eq!(same.alternative.transitions, same.actual.transitions);
     journal.close().await;
 }
+
+/// [fleet-ops] the fleet what-if: three nodes' recorded calls. While only node a's calls fail
+/// (its own network), one shared breaker keeps closing on b's and c's successes and lets a's
+/// failures through; when the service fails for all, a quorum opens c on a's and b's openings
+/// before c's own third failure. Both are measured against what happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_what_if_weighs_one_shared_breaker_and_a_quorum_against_what_happened() {
+    use breakerbox::breaker::{Breaker, Decision};
+    let policy = Policy::consecutive(3, 5_000);
+    let t0 = 1_764_000_000_000u64;
+    let dir = tempfile::tempdir().unwrap();
+    let mut histories = Vec::new();
+    for (i, node) in ["a", "b", "c"].into_iter().enumerate() {
+        let mut b = Breaker::new(policy.clone()).unwrap();
+        let mut events = Vec::new();
+        // Calls rejected for real, counted as the actor counts them (a `call_stats` record).
+        let mut rejected_at = Vec::new();
+        let offset = if node == "c" { 50 } else { 0 };
+        // Phase 1 (0-10 s): only a fails. Phase 2 (20-30 s): every node fails.
+        for (phase, fails) in [(0u64, i == 0), (20_000, true)] {
+            for k in 0..100u64 {
+                let at = t0 + phase + k * 100 + offset;
+                match b.acquire(at, &mut events) {
+                    Decision::Permit(p) => {
+                        let outcome = if fails { Outcome::Failure } else { Outcome::Success };
+                        b.complete(at + 1, p, outcome, &mut events);
+                    }
+                    Decision::Reject(_) => rejected_at.push(at),
+                }
+            }
+        }
+        let journal = Journal::open(&dir.path().join(format!("{node}.db")), JournalOptions::default())
+            .await
+            .unwrap();
+        let stream: Arc<str> = Arc::from("stripe");
+        let mut bodies: Vec<(u64, breakerbox::journal::Body)> = events
+            .into_iter()
+            .map(|e| (e.at_ms(), breakerbox::journal::Body::Breaker(e)))
+            .chain(rejected_at.into_iter().map(|at| {
+                let stats = breakerbox::journal::CallStats {
+                    at_ms: at,
+                    rejected: 1,
+                    ..Default::default()
+                };
+                (at, breakerbox::journal::Body::record(&stats))
+            }))
+            .collect();
+        bodies.sort_by_key(|(at, _)| *at);
+        let mut last = None;
+        for (_, body) in bodies {
+            last = journal.submit(&stream, body).or(last);
+        }
+        journal.durable(last.unwrap()).await.unwrap();
+        histories.push((node.to_owned(), replay::history(&journal, "stripe").await.unwrap()));
+        journal.close().await;
+    }
+    let rule = replay::QuorumRule {
+        nodes: 2,
+        fraction: 0.5,
+        within_ms: 30_000,
+    };
+    let r = replay::fleet_what_if(&histories, None, None, &policy, &Default::default(), rule).unwrap();
+    assert_eq!(r.nodes, ["a", "b", "c"]);
+    assert_eq!((r.actual.breakers, r.shared.breakers, r.quorum.breakers), (3, 1, 3));
+    // What happened: each node's own breaker, as the single-node what-if counts it.
+    let mut own = 0;
+    for (_, h) in &histories {
+        own += replay::what_if(h, None, None, &policy, &Default::default())
+            .unwrap()
+            .actual
+            .reached_failing;
+    }
+    assert_eq!(r.actual.failed_let_through, own);
+    assert!(
+        r.shared.failed_let_through > r.actual.failed_let_through + 50,
+        "one shared breaker lets a's failures through: {r:#?}"
+    );
+    // The quorum opens c on a's and b's trips, before its own third failure (what each side
+    // then does in HALF_OPEN follows its own timers, with estimated calls among them).
+    assert_eq!((r.actual.by_quorum, r.quorum.by_quorum), (0, 1), "{r:#?}");
+    assert!(r.actual.time_to_open_ms.is_some() && r.quorum.time_to_open_ms.is_some());
+    assert!(
+        r.verdict.contains("one shared breaker") && r.verdict.contains("a quorum"),
+        "{}",
+        r.verdict
+    );
+}

@@ -10,7 +10,7 @@ use super::Registry;
 use super::service::FleetPin;
 use crate::breaker::{Command, State};
 use crate::journal::Operator;
-use crate::journal::pg::{FLEET_CHANNEL, FleetAck, FleetCommand, PgLog};
+use crate::journal::pg::{FleetAck, FleetCommand, PgLog};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,7 +106,7 @@ struct Run {
     registry: Arc<Registry>,
     options: FollowerOptions,
     log: Option<PgLog>,
-    listener: Option<sqlx::postgres::PgListener>,
+    listener: Option<crate::journal::pg::CommandWakeups>,
     /// The last command read (None: not caught up since start).
     cursor: Option<i64>,
     /// The overrides standing, by breaker.
@@ -206,11 +206,8 @@ impl Run {
         }
         if self.listener.is_none() && self.options.listen {
             // Listening first, then reading: a command committed in between is read, not missed.
-            match sqlx::postgres::PgListener::connect(&self.options.url).await {
-                Ok(mut l) => match l.listen(FLEET_CHANNEL).await {
-                    Ok(()) => self.listener = Some(l),
-                    Err(e) => tracing::debug!(error = %e, "LISTEN failed; polling"),
-                },
+            match crate::journal::pg::CommandWakeups::listen(&self.options.url).await {
+                Ok(l) => self.listener = Some(l),
                 Err(e) => tracing::debug!(error = %e, "LISTEN failed; polling"),
             }
         }

@@ -148,6 +148,25 @@ impl Leadership {
     }
 }
 
+/// Wake-ups for fleet commands: a session listening on [`FLEET_CHANNEL`].
+pub struct CommandWakeups {
+    listener: sqlx::postgres::PgListener,
+}
+
+impl CommandWakeups {
+    /// Listens (on a session of its own) for fleet commands announced at their commit.
+    pub async fn listen(url: &str) -> Result<CommandWakeups, StoreError> {
+        let mut listener = sqlx::postgres::PgListener::connect(url).await.map_err(classify)?;
+        listener.listen(FLEET_CHANNEL).await.map_err(classify)?;
+        Ok(CommandWakeups { listener })
+    }
+
+    /// The next announcement (an error when the session was lost).
+    pub async fn recv(&mut self) -> Result<(), StoreError> {
+        self.listener.recv().await.map(|_| ()).map_err(classify)
+    }
+}
+
 /// A fleet alert episode in progress ([`PgLog::open_episodes`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FleetEpisode {

@@ -4,6 +4,7 @@
 mod audit;
 mod export;
 pub mod fleet;
+mod fleet_whatif;
 mod health;
 mod metrics;
 mod projection;
@@ -17,6 +18,7 @@ mod whatif;
 
 pub use audit::{AuditEntry, AuditPage, AuditQuery, Damaged, Kind, audit, printable};
 pub use export::{TraceLine, export};
+pub use fleet_whatif::{FleetSide, FleetWhatIf, QuorumRule, fleet_what_if};
 pub use health::{AMBER_FROM, Band, Component, GREEN_FROM, Health, cap_of, health};
 pub use metrics::{Minute, minutes, open_ms, time_in_states};
 pub use projection::{CatchUp, HealthInputs, Projection};

@@ -240,6 +240,86 @@ pub fn open_time(transitions: &[Transition], start: u64, end: u64, initial: Stat
     open_ms(&time_in_states(initial, transitions, start, end))
 }
 
+/// One call of a period as a what-if runs it: recorded (it ran), or rejected for real and put
+/// back with an estimated outcome (see [`Side`]).
+pub(crate) struct PeriodCall {
+    /// Its place in time: admission for a recorded call, the put-back instant (else the
+    /// period's start) for an estimated one.
+    pub at_ms: u64,
+    /// When it is fed to a simulated breaker; `None`: not put back (rejected on every side).
+    pub at_ms_put_back: Option<u64>,
+    pub outcome: Outcome,
+    pub latency_ms: u64,
+    /// Rejected for real: its outcome is estimated.
+    pub estimated: bool,
+}
+
+/// A stream's period as [`what_if`] runs it: the first policy in force, the period, and every
+/// call (recorded or put back), in time order.
+pub(crate) struct Period {
+    pub policy: Policy,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub calls: Vec<PeriodCall>,
+}
+
+/// See [`Period`]; the fleet what-if merges the nodes' periods.
+pub(crate) fn period_calls(entries: &[Entry], from_ms: Option<u64>, to_ms: Option<u64>, fallback: &Policy) -> Period {
+    let lines = export(entries, from_ms, to_ms, fallback);
+    let start = lines.first().map_or(0, TraceLine::at_ms);
+    let end = lines
+        .iter()
+        .map(|l| match *l {
+            TraceLine::Call { at_ms, latency_ms, .. } => at_ms.saturating_add(latency_ms),
+            ref other => other.at_ms(),
+        })
+        .max()
+        .unwrap_or(start);
+    let initial = fold(entries, Some(start.saturating_sub(1)), fallback).state();
+    let actual_transitions = transitions(entries, start, end.saturating_add(1));
+    let estimated = estimated_rejections(entries, &lines, (start, end), (initial, &actual_transitions));
+    let policy = lines
+        .iter()
+        .find_map(|l| match l {
+            TraceLine::Policy { policy, .. } => Some((**policy).clone()),
+            TraceLine::State { breaker, .. } => Some(breaker.policy().clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| fallback.clone());
+    let mut calls: Vec<PeriodCall> = lines
+        .iter()
+        .filter_map(|l| match *l {
+            TraceLine::Call {
+                at_ms,
+                outcome,
+                latency_ms,
+            } => Some(PeriodCall {
+                at_ms,
+                at_ms_put_back: Some(at_ms),
+                outcome,
+                latency_ms,
+                estimated: false,
+            }),
+            _ => None,
+        })
+        .chain(estimated.iter().map(|e| PeriodCall {
+            at_ms: e.at_ms.unwrap_or(start),
+            at_ms_put_back: e.at_ms,
+            outcome: e.outcome,
+            latency_ms: e.latency_ms,
+            estimated: true,
+        }))
+        .collect();
+    // Stable: at one instant, the recorded calls first.
+    calls.sort_by_key(|c| (c.at_ms, c.estimated));
+    Period {
+        policy,
+        start_ms: start,
+        end_ms: end,
+        calls,
+    }
+}
+
 /// The recorded calls admitted in `[from_ms, to_ms)` of a stream's `entries` (see [`export`]),
 /// run under each recorded policy with `changes` on top; `fallback` is the policy when the log
 /// records none.
