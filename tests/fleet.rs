@@ -3231,3 +3231,50 @@ fn a_quorum_of_nodes_opens_the_rest_and_one_nodes_fault_opens_none() {
         }
     });
 }
+
+/// [fleet-ops] the fleet demo: `demo --nodes 3 --db postgres://…` runs three node processes on
+/// the stand-ins. demo-1's own network to stripe goes bad first (an outlier, those nodes'
+/// trouble), then stripe fails for all (the service's); the end weighs a shared breaker and a
+/// quorum against what happened.
+#[test]
+fn the_fleet_demo_tells_one_nodes_trouble_then_the_services() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(db) = rt.block_on(Db::create("fleetdemo")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = breakerbox(
+        &["demo", "--nodes", "3", "--duration", "24s", "--db", &db.url],
+        dir.path(),
+    );
+    let first_open = out
+        .lines()
+        .find(|l| l.contains("stripe  closed → open"))
+        .unwrap_or_else(|| panic!("no stripe opening: {out}"));
+    assert!(first_open.contains("[demo-1]"), "demo-1's network first: {out}");
+    assert!(
+        out.lines().any(|l| l.contains("[fleet ]")
+            && l.contains("stripe")
+            && l.contains("on 1/3 nodes (demo-1)")
+            && l.contains("those nodes' trouble")),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.contains("[fleet ]")
+            && l.contains("stripe")
+            && l.contains("on 3/3 nodes")
+            && l.contains("the service's trouble")),
+        "{out}"
+    );
+    assert!(
+        out.contains("one shared breaker") && out.contains("3 breakers + quorum"),
+        "{out}"
+    );
+    // Each node's history is in the fleet's log.
+    let nodes = breakerbox(&["nodes", "--db", &db.url, "--json"], dir.path());
+    for n in ["demo-1", "demo-2", "demo-3"] {
+        assert!(nodes.contains(n), "{nodes}");
+    }
+    let err = refused(&["demo", "--nodes", "3", "--db", "x.db"], dir.path());
+    assert!(err.contains("--nodes 3: a fleet needs a fleet log"), "{err}");
+}

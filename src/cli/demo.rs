@@ -31,6 +31,13 @@ pub struct Args {
     /// Where the API and dashboard listen (another free port is taken if this one is busy).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     bind: SocketAddr,
+    /// A fleet of this many node processes on one fleet log (--db postgres://…), 2 to 8: one
+    /// node's network to stripe goes bad on its own, then stripe fails for all (docs/fleet.md).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    nodes: u32,
+    /// A node of a fleet demo: the stand-ins its parent runs (SERVICE=ADDR), instead of its own.
+    #[arg(long, value_name = "SERVICE=ADDR", hide = true)]
+    upstream: Vec<String>,
 }
 
 pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
@@ -39,6 +46,9 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
             "--duration {}: the demo needs at least 5s to tell its story",
             format_ms(args.duration)
         )));
+    }
+    if args.nodes > 1 {
+        return fleet_demo(&args, global);
     }
     if let Some(path) = &global.config {
         return Err(CliError::BadInput(format!(
@@ -75,6 +85,11 @@ pub fn run(args: Args, global: &Global) -> Result<(), CliError> {
         };
         let mut upstreams = BTreeMap::new();
         for service in SERVICES {
+            // A node of a fleet demo calls its parent's stand-ins.
+            if let Some(addr) = given_upstream(&args.upstream, service)? {
+                upstreams.insert(service, addr);
+                continue;
+            }
             let addr = demo::start_upstream(service, script, started)
                 .await
                 .map_err(|e| CliError::Runtime(format!("starting the {service} stand-in: {e}")))?;
@@ -291,4 +306,258 @@ fn print_summary(summaries: &[Summary], db: &str, config_file: &std::path::Path)
         fmt_time(from),
         fmt_time(to)
     );
+}
+
+/// The address given for `service` with `--upstream SERVICE=ADDR` (a fleet demo's node).
+fn given_upstream(given: &[String], service: &str) -> Result<Option<SocketAddr>, CliError> {
+    for g in given {
+        let Some((name, addr)) = g.split_once('=') else {
+            return Err(CliError::BadInput(format!("--upstream {g:?}: expected SERVICE=ADDR")));
+        };
+        if !SERVICES.contains(&name) {
+            return Err(CliError::BadInput(format!(
+                "--upstream {g:?}: {name:?} is not one of the demo's services ({})",
+                SERVICES.join(", ")
+            )));
+        }
+        if name == service {
+            return addr
+                .parse()
+                .map(Some)
+                .map_err(|e| CliError::BadInput(format!("--upstream {g:?}: {e}")));
+        }
+    }
+    Ok(None)
+}
+
+/// When demo-1's network to stripe is bad, as fractions of the demo (before stripe fails for all).
+const BAD_NETWORK: (f64, f64) = (0.02, 0.12);
+
+/// `demo --nodes N --db postgres://…`: the stand-ins here, N node processes (`demo` itself, each
+/// its own node) driving traffic through their own breakers, demo-1's network to stripe bad on
+/// its own for a while, then stripe failing for all. Prints each node's transitions as they
+/// happen and the fleet's view whenever it changes, then what a shared breaker or a quorum would
+/// have done (the fleet what-if).
+fn fleet_demo(args: &Args, global: &Global) -> Result<(), CliError> {
+    use breakerbox::journal::fleet::{DEFAULT_GONE_AFTER, fleet_health_rows};
+    use breakerbox::replay::fleet::{Trouble, fleet_health};
+    let super::Target::Fleet(url) = global.target() else {
+        return Err(CliError::BadInput(format!(
+            "--nodes {}: a fleet needs a fleet log: pass --db postgres://… (docs/fleet.md)",
+            args.nodes
+        )));
+    };
+    if global.node.is_some() || !args.upstream.is_empty() {
+        return Err(CliError::BadInput(
+            "--nodes names its nodes demo-1, demo-2, …: leave --node out".into(),
+        ));
+    }
+    if args.duration < 10_000 {
+        return Err(CliError::BadInput(format!(
+            "--duration {}: a fleet demo needs at least 10s to tell its story",
+            format_ms(args.duration)
+        )));
+    }
+    if let Some(path) = &global.config {
+        return Err(CliError::BadInput(format!(
+            "--config {}: the demo runs its own configuration (src/demo/demo.toml)",
+            path.display()
+        )));
+    }
+    let exe = std::env::current_exe().map_err(|e| CliError::Runtime(format!("finding this program: {e}")))?;
+    let shown = breakerbox::config::redacted(&url);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Runtime(format!("starting the runtime: {e}")))?;
+    let length = args.duration;
+    rt.block_on(async move {
+        let started = Instant::now();
+        let script = Script { length_ms: length };
+        let mut upstreams = BTreeMap::new();
+        for service in SERVICES {
+            let addr = demo::start_upstream(service, script, started)
+                .await
+                .map_err(|e| CliError::Runtime(format!("starting the {service} stand-in: {e}")))?;
+            upstreams.insert(service, addr);
+        }
+        let bad = (
+            (length as f64 * BAD_NETWORK.0) as u64,
+            (length as f64 * BAD_NETWORK.1) as u64,
+        );
+        let bad_stripe = demo::start_bad_network(upstreams["stripe"], bad, started)
+            .await
+            .map_err(|e| CliError::Runtime(format!("starting demo-1's network: {e}")))?;
+        println!(
+            "breakerbox demo: a fleet of {} nodes (demo-1 … demo-{}) on {shown}, {} of traffic to stand-in services",
+            args.nodes,
+            args.nodes,
+            format_ms(length)
+        );
+        println!(
+            "  demo-1's network to stripe goes bad from {} to {} (that node's trouble)",
+            secs(bad.0),
+            secs(bad.1)
+        );
+        for (service, from, to, what) in script.timeline() {
+            println!("  {service:<7} {what} from {} to {} (on every node)", secs(from), secs(to));
+        }
+        println!("\ntransitions as they happen, and the fleet's view when it changes (+seconds since start):");
+        let mut children = Vec::new();
+        let mut readers = Vec::new();
+        for n in 1..=args.nodes {
+            let node = format!("demo-{n}");
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args(["demo", "--duration", &format!("{length}ms"), "--bind", "127.0.0.1:0", "--db", &url])
+                .args(["--node", &node]);
+            for (service, addr) in &upstreams {
+                let addr = if *service == "stripe" && n == 1 { bad_stripe } else { *addr };
+                cmd.args(["--upstream", &format!("{service}={addr}")]);
+            }
+            cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| CliError::Runtime(format!("starting {node}: {e}")))?;
+            let (out, err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+            let label = node.clone();
+            // Each node's transitions, prefixed; the rest of its output kept for when it fails.
+            readers.push(std::thread::spawn(move || {
+                use std::io::BufRead;
+                let errs = std::thread::spawn(move || {
+                    std::io::BufReader::new(err).lines().map_while(Result::ok).collect::<Vec<_>>()
+                });
+                let mut kept = Vec::new();
+                for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    if let Some(rest) = line.strip_prefix("  +") {
+                        println!("  [{label}] +{rest}");
+                    }
+                    kept.push(line);
+                }
+                kept.extend(errs.join().unwrap_or_default());
+                kept
+            }));
+            children.push((node, child));
+        }
+        // The fleet's view, whenever a breaker's fleet-wide picture changes.
+        let watcher = {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut last: BTreeMap<String, String> = BTreeMap::new();
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let Ok((now, views, rows)) = fleet_health_rows(&url, DEFAULT_GONE_AFTER, Duration::from_secs(2)).await
+                    else {
+                        continue;
+                    };
+                    let health = fleet_health(now, &views, &rows, None);
+                    for b in &health.breakers {
+                        let open: Vec<&str> = b
+                            .nodes
+                            .iter()
+                            .filter(|r| r.state != breakerbox::breaker::State::Closed)
+                            .map(|r| r.node.as_str())
+                            .collect();
+                        let line = match b.trouble {
+                            Trouble::Service if open.is_empty() => {
+                                "closed on every node (its last 5 minutes mostly failed)".to_owned()
+                            }
+                            _ if open.is_empty() => "closed on every node".to_owned(),
+                            t => {
+                                let whose = match t {
+                                    Trouble::Service => "the service's trouble",
+                                    Trouble::Nodes => "those nodes' trouble",
+                                    Trouble::None => "recovering",
+                                };
+                                let outliers: Vec<&str> = b.outliers.iter().map(|o| o.node.as_str()).collect();
+                                format!(
+                                    "not closed on {}/{} nodes ({}): {whose}{}",
+                                    open.len(),
+                                    b.nodes.len(),
+                                    open.join(", "),
+                                    if outliers.is_empty() {
+                                        String::new()
+                                    } else {
+                                        format!("; outlier: {}", outliers.join(", "))
+                                    }
+                                )
+                            }
+                        };
+                        if last.get(&b.service) != Some(&line) {
+                            if last.contains_key(&b.service) || !line.starts_with("closed") {
+                                println!(
+                                    "  [fleet ] +{:>5.1}s  {:<7} {line}",
+                                    started.elapsed().as_secs_f64(),
+                                    b.service
+                                );
+                            }
+                            last.insert(b.service.clone(), line);
+                        }
+                    }
+                }
+            })
+        };
+        let mut failed = Vec::new();
+        for ((node, mut child), reader) in children.into_iter().zip(readers) {
+            let status = tokio::task::spawn_blocking(move || child.wait())
+                .await
+                .map_err(|e| CliError::Runtime(format!("waiting for {node}: {e}")))?
+                .map_err(|e| CliError::Runtime(format!("waiting for {node}: {e}")))?;
+            let kept = tokio::task::spawn_blocking(move || reader.join().unwrap_or_default())
+                .await
+                .unwrap_or_default();
+            if !status.success() {
+                failed.push(format!("{node} ended with {status}:\n{}", kept.join("\n")));
+            }
+        }
+        watcher.abort();
+        if !failed.is_empty() {
+            return Err(CliError::Runtime(failed.join("\n")));
+        }
+        // What one shared breaker, or a quorum of the nodes, would have done with stripe's calls.
+        println!("\nthe fleet, afterwards (from the fleet's log):");
+        let mut histories = Vec::new();
+        for n in 1..=args.nodes {
+            let node = format!("demo-{n}");
+            let (journal, node) = breakerbox::journal::fleet::node_copy(&url, Some(&node), Duration::from_secs(5))
+                .await
+                .map_err(|e| CliError::Runtime(e.to_string()))?;
+            let entries = breakerbox::replay::history(&journal, "stripe").await;
+            journal.close().await;
+            histories.push((node, entries.map_err(|e| CliError::Runtime(e.to_string()))?));
+        }
+        let config = demo::config(&upstreams).map_err(CliError::config)?;
+        let policy = config.breaker("stripe").expect("the demo has stripe").policy.clone();
+        let rule = breakerbox::replay::QuorumRule {
+            nodes: 1,
+            fraction: 0.5,
+            within_ms: 30_000,
+        };
+        let r = breakerbox::replay::fleet_what_if(&histories, None, None, &policy, &Default::default(), rule)
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        println!(
+            "  stripe: {:<28} {:>5} failed calls let through, {:>4} healthy calls rejected, {} openings",
+            format!("what happened ({} breakers)", r.actual.breakers),
+            r.actual.failed_let_through,
+            r.actual.healthy_rejected,
+            r.actual.openings
+        );
+        println!(
+            "  stripe: {:<28} {:>5} failed calls let through, {:>4} healthy calls rejected, {} openings",
+            "one shared breaker", r.shared.failed_let_through, r.shared.healthy_rejected, r.shared.openings
+        );
+        println!(
+            "  stripe: {:<28} {:>5} failed calls let through, {:>4} healthy calls rejected, {} openings ({} by the quorum)",
+            format!("{} breakers + quorum (1, 0.5)", r.quorum.breakers),
+            r.quorum.failed_let_through,
+            r.quorum.healthy_rejected,
+            r.quorum.openings,
+            r.quorum.by_quorum
+        );
+        println!("\nlook closer:");
+        println!("  breakerbox audit --all-nodes --db {shown} --kind transition");
+        println!("  breakerbox what-if --all-nodes --service stripe --db {shown}");
+        println!("  breakerbox nodes --db {shown}");
+        Ok(())
+    })
 }

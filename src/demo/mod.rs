@@ -7,7 +7,7 @@ mod script;
 mod upstream;
 
 pub use script::{Reply, SERVICES, Script};
-pub use upstream::{pattern, start as start_upstream, start_on as start_upstream_on};
+pub use upstream::{pattern, start as start_upstream, start_bad_network, start_on as start_upstream_on};
 
 use crate::actor::{BreakerHandle, BreakerMiddleware, Registry};
 use crate::config::{Config, ConfigError};

@@ -244,3 +244,45 @@ impl Body for Chunks {
         self.0.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b))))
     }
 }
+
+/// A relay to `target` whose network goes bad in `[bad_from_ms, bad_to_ms)` since `started`:
+/// its connections are cut then, and new ones refused (reset at once). One node's own network
+/// trouble, for the fleet demo (`breakerbox demo --nodes`).
+pub async fn start_bad_network(
+    target: SocketAddr,
+    (bad_from_ms, bad_to_ms): (u64, u64),
+    started: Instant,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let addr = listener.local_addr()?;
+    let bad_from = started + Duration::from_millis(bad_from_ms);
+    let bad_to = started + Duration::from_millis(bad_to_ms);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let now = Instant::now();
+            if now >= bad_from && now < bad_to {
+                drop(client);
+                continue;
+            }
+            tokio::spawn(async move {
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+                // A connection open when the network goes bad is cut then.
+                let cut = async {
+                    if Instant::now() < bad_from {
+                        tokio::time::sleep_until(bad_from.into()).await;
+                    } else {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    _ = copy => {}
+                    _ = cut => {}
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
