@@ -2447,6 +2447,8 @@ impl Cuttable {
 struct NodeProcess {
     child: std::process::Child,
     api: String,
+    /// The sidecar proxy's address, when the node runs one.
+    proxy: Option<String>,
 }
 
 impl Drop for NodeProcess {
@@ -2461,6 +2463,11 @@ const FLEET_TOKEN: &str = "fleet-test-token-0123456789abcdef0123456789";
 /// Starts `serve` as `node` on the fleet log at `url`, and waits until it listens (it applied the
 /// fleet's standing overrides before).
 fn serve_node(dir: &std::path::Path, url: &str, node: &str) -> NodeProcess {
+    serve_node_with(dir, url, node, "fleet.toml")
+}
+
+/// [`serve_node`] with a configuration file of its own.
+fn serve_node_with(dir: &std::path::Path, url: &str, node: &str, config: &str) -> NodeProcess {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_breakerbox"))
         .args([
@@ -2468,7 +2475,7 @@ fn serve_node(dir: &std::path::Path, url: &str, node: &str) -> NodeProcess {
             "--bind",
             "127.0.0.1:0",
             "--config",
-            "fleet.toml",
+            config,
             "--db",
             url,
             "--node",
@@ -2484,20 +2491,26 @@ fn serve_node(dir: &std::path::Path, url: &str, node: &str) -> NodeProcess {
         .spawn()
         .unwrap();
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let address = |rest: &str| {
+        rest.split_whitespace()
+            .next()
+            .unwrap()
+            .trim_start_matches("http://")
+            .to_owned()
+    };
+    let mut proxy = None;
     let api = loop {
         let line = lines.next().expect("serve ended before it listened").unwrap();
+        if let Some(rest) = line.strip_prefix("proxy listening on ") {
+            proxy = Some(address(rest));
+        }
         if let Some(rest) = line.strip_prefix("listening on ") {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .trim_start_matches("http://")
-                .to_owned();
+            break address(rest);
         }
     };
     // Keep reading its stdout so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    NodeProcess { child, api }
+    NodeProcess { child, api, proxy }
 }
 
 fn fleet_cli(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
@@ -3277,4 +3290,163 @@ fn the_fleet_demo_tells_one_nodes_trouble_then_the_services() {
     }
     let err = refused(&["demo", "--nodes", "3", "--db", "x.db"], dir.path());
     assert!(err.contains("--nodes 3: a fleet needs a fleet log"), "{err}");
+}
+
+/// [fleet-ops] quorum hints with 8 real `serve` processes. Each node calls stripe through its own
+/// sidecar proxy; a node whose upstream is dead trips its own breaker. One such node opens no
+/// other; five open the other three through `fleet_quorum`, naming the five. Every node's
+/// breaker as the fleet's log replays it equals its live one.
+#[test]
+fn with_8_node_processes_one_fault_opens_none_and_five_open_the_other_three() {
+    breakerbox::tls::init();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(db) = rt.block_on(Db::create("quorumproc")) else {
+        return;
+    };
+    rt.block_on(async { connect(&db).await.close().await });
+    let dir = tempfile::tempdir().unwrap();
+    // A healthy upstream, and a dead one (its port closed).
+    let (healthy, _) = rt.block_on(webhook_receiver());
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    for (name, upstream) in [("healthy.toml", healthy), ("dead.toml", dead)] {
+        std::fs::write(
+            dir.path().join(name),
+            format!(
+                "[services.stripe]\nfailure_threshold = 3\ntimeout = \"1h\"\nupstream = \"http://{upstream}\"\n\n\
+                 [proxy]\nenabled = true\nbind = \"127.0.0.1:0\"\nconnect_timeout = \"200ms\"\n\n\
+                 [fleet.quorum]\nnodes = 3\nfraction = 0.5\nwithin = \"30s\"\n"
+            ),
+        )
+        .unwrap();
+    }
+    // app-1 … app-5 reach a dead stripe; app-6 … app-8 a healthy one.
+    let nodes: Vec<NodeProcess> = (1..=8)
+        .map(|n| {
+            let config = if n <= 5 { "dead.toml" } else { "healthy.toml" };
+            serve_node_with(dir.path(), &db.url, &format!("app-{n}"), config)
+        })
+        .collect();
+    let http = reqwest::Client::new();
+    let get = |url: String| {
+        rt.block_on(async {
+            let r = http
+                .get(url)
+                .header("Authorization", format!("Bearer {FLEET_TOKEN}"))
+                .send()
+                .await
+                .unwrap();
+            r.text().await.unwrap()
+        })
+    };
+    let breaker = |node: &NodeProcess| -> serde_json::Value {
+        let doc: serde_json::Value =
+            serde_json::from_str(&get(format!("http://{}/api/health/circuit-breakers/stripe", node.api))).unwrap();
+        doc["breakers"][0].clone()
+    };
+    // Calls through a node's proxy until its stripe is open.
+    let fault = |node: &NodeProcess| {
+        let proxy = node.proxy.clone().expect("the node runs the proxy");
+        for _ in 0..6 {
+            let _ = get(format!("http://{proxy}/stripe/v1/charges"));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while breaker(node)["state"] != "open" {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not open: {}",
+                node.api,
+                breaker(node)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let tripped_published = |n: usize| {
+        let log = rt.block_on(PgLog::connect(&db.url, Duration::from_secs(5), 1)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let docs: Vec<(String,)> = rt
+                .block_on(sqlx::query_as("SELECT doc FROM node_health").fetch_all(log.pool()))
+                .unwrap();
+            let tripped = docs.iter().filter(|(d,)| d.contains("tripped_at_ms")).count();
+            if tripped >= n {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{tripped} of {n} trips published");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        rt.block_on(log.close());
+    };
+    // One node's own fault: it is published, the others look twice a second, and open nothing.
+    fault(&nodes[0]);
+    tripped_published(1);
+    std::thread::sleep(Duration::from_secs(2));
+    for node in &nodes[1..] {
+        assert_eq!(breaker(node)["state"], "closed", "{}", node.api);
+    }
+    // A fault on five: the other three open through the quorum, naming the faulted nodes.
+    for node in &nodes[1..5] {
+        fault(node);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for node in &nodes[5..] {
+        loop {
+            let b = breaker(node);
+            if b["state"] == "open" {
+                assert_eq!(b["current_trip"]["reason"], "fleet_quorum", "{b:#}");
+                let named: Vec<&str> = b["current_trip"]["evidence"]["quorum"]["nodes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap())
+                    .collect();
+                assert!(
+                    named.len() >= 4
+                        && named
+                            .iter()
+                            .all(|n| ["app-1", "app-2", "app-3", "app-4", "app-5"].contains(n)),
+                    "{b:#}"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a healthy node did not open through the quorum: {b:#}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // Every node's breaker, replayed from its history in the fleet's log, is its live one.
+    for (i, node) in nodes.iter().enumerate() {
+        let live = breaker(node);
+        let name = format!("app-{}", i + 1);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = breakerbox(
+                &[
+                    "status",
+                    "--db",
+                    &db.url,
+                    "--node",
+                    &name,
+                    "--config",
+                    "healthy.toml",
+                    "--service",
+                    "stripe",
+                    "--json",
+                ],
+                dir.path(),
+            );
+            let replayed: serde_json::Value = serde_json::from_str(&out).unwrap();
+            let r = &replayed["breakers"][0];
+            if r["state"] == live["state"] && r["last_transition"]["episode"] == live["last_transition"]["episode"] {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name}: replayed {r:#} live {live:#}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    drop(nodes);
 }
