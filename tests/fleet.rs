@@ -2577,6 +2577,16 @@ fn a_fleet_command_reaches_every_node_and_late_or_cut_off_nodes_catch_up() {
         doc["breakers"][0]["state"].as_str().unwrap().to_owned()
     };
 
+    // A transaction left open elsewhere in the cluster holds the log's horizon back; nodes read
+    // fleet commands by the fleet stream's own seq, so it delays none of them.
+    let mut long = rt.block_on(sqlx::PgConnection::connect(&db.url)).unwrap();
+    rt.block_on(async {
+        sqlx::query("BEGIN").execute(&mut long).await.unwrap();
+        sqlx::query("SELECT pg_current_xact_id()")
+            .execute(&mut long)
+            .await
+            .unwrap();
+    });
     // A fleet force-open: every one of the 8 live nodes applies and acknowledges it.
     let (code, out, err) = fleet_cli(
         dir.path(),
@@ -2605,6 +2615,9 @@ fn a_fleet_command_reaches_every_node_and_late_or_cut_off_nodes_catch_up() {
         );
     }
     eprintln!("fleet force-open acknowledged by 8 nodes in {} ms", issued["took_ms"]);
+    rt.block_on(async {
+        sqlx::query("ROLLBACK").execute(&mut long).await.unwrap();
+    });
     for node in &nodes {
         assert_eq!(state_on(node, "stripe"), "forced_open");
     }
