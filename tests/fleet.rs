@@ -2635,6 +2635,25 @@ fn a_fleet_command_reaches_every_node_and_late_or_cut_off_nodes_catch_up() {
     });
     assert_eq!(status, 409, "{why}");
     assert!(why.contains("fleet command 1") && why.contains("INC-7"), "{why}");
+    // And from the CLI on the node's own file (a request its owner refuses, saying why).
+    let (code, _, err) = fleet_cli(
+        dir.path(),
+        &[
+            "reset",
+            "stripe",
+            "--reason",
+            "local try",
+            "--config",
+            "fleet.toml",
+            "--db",
+            "app-1.db",
+        ],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("refused by the log's owner") && err.contains("fleet command 1"),
+        "{err}"
+    );
     assert_eq!(state_on(&nodes[0], "stripe"), "forced_open");
 
     // A node started after the command applies it before it serves.

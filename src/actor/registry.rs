@@ -494,7 +494,7 @@ async fn follow_requests(journal: Arc<Journal>, handles: BTreeMap<String, Breake
                 );
                 continue;
             };
-            if let Err(err) = handle
+            match handle
                 .operate_for(
                     request.command,
                     request.operator,
@@ -502,7 +502,20 @@ async fn follow_requests(journal: Arc<Journal>, handles: BTreeMap<String, Breake
                 )
                 .await
             {
-                tracing::error!(error = %err, target = request.target, "applying a requested command failed");
+                Ok(_) => {}
+                // Refused (a fleet override stands): the requester is told why, in the log.
+                Err(JournalError::Refused(why)) => {
+                    let answer = crate::journal::CommandRefused {
+                        at_ms: crate::clock::system_now_ms(),
+                        request_position: e.position,
+                        why,
+                    };
+                    let stream: Arc<str> = Arc::from(request.target.as_str());
+                    let _ = journal.submit(&stream, Body::record(&answer));
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, target = request.target, "applying a requested command failed")
+                }
             }
         }
     }

@@ -80,6 +80,10 @@ pub enum RemoteError {
         /// How long we waited.
         waited: Duration,
     },
+    /// The owner refused it, and said why (a fleet override stands on the breaker): nothing was
+    /// applied.
+    #[error("refused by the log's owner, nothing applied: {0}")]
+    Refused(String),
     /// The owner runs no breaker of that name.
     #[error("{holder} owns the log but has no breaker {target:?}")]
     UnknownTarget {
@@ -262,12 +266,29 @@ async fn within<T>(
 async fn answer(journal: &Journal, asked: &mut Asked) -> Result<Option<RemoteOutcome>, RemoteError> {
     loop {
         let page = journal
-            .read_range(&[OPERATOR_COMMAND], 0, i64::MAX, asked.after, 1_000)
+            .read_range(
+                &[OPERATOR_COMMAND, crate::journal::COMMAND_REFUSED],
+                0,
+                i64::MAX,
+                asked.after,
+                1_000,
+            )
             .await
             .map_err(JournalError::from)?;
         let Some(last) = page.last() else { return Ok(None) };
         let last = last.position;
         for e in page {
+            if e.event_type == crate::journal::COMMAND_REFUSED {
+                let refused =
+                    decode_record::<crate::journal::CommandRefused>(&e).map_err(|source| JournalError::Decode {
+                        position: e.position,
+                        source,
+                    })?;
+                if refused.request_position == asked.position {
+                    return Err(RemoteError::Refused(refused.why));
+                }
+                continue;
+            }
             let record = decode_record::<OperatorCommand>(&e).map_err(|source| JournalError::Decode {
                 position: e.position,
                 source,

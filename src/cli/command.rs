@@ -103,7 +103,13 @@ pub(super) async fn apply(journal: &Journal, b: &BreakerConfig, command: Command
         applied_by,
         took_over_from,
     };
-    Ok(match remote::command(journal, request).await.map_err(runtime_err)? {
+    let outcome = match remote::command(journal, request).await {
+        Ok(o) => o,
+        // A fleet override stands: the owner said why; nothing was applied.
+        Err(e @ remote::RemoteError::Refused(_)) => return Err(CliError::BadInput(e.to_string())),
+        Err(e) => return Err(runtime_err(e)),
+    };
+    Ok(match outcome {
         RemoteOutcome::AppliedByOwner {
             holder,
             record,

@@ -42,11 +42,11 @@ mod writer;
 pub use holder::{Claim, DEFAULT_LEASE_TTL, Holder, Mark, Standing, host_name, user_name};
 pub use record::{
     ALERT_DELIVERY, ALERTS_STREAM, AlertDelivery, AlertStatus, Body, CALL_BATCH, CALL_BATCH_VERSION, CALL_STATS,
-    CALL_SUMMARY, CHAIN_ANCHOR, COMMAND_REQUEST, CallBatch, CallStats, CallSummary, ChainAnchor, CommandRequest,
-    Decoded, DeliveryOutcome, FLEET_ALERT, FLEET_ALERTS_STREAM, FleetAlert, GAP, Gap, JOURNAL_STREAM,
-    LATENCY_BOUNDS_MS, MAX_REASON_BYTES, MinuteSummary, OPERATOR_COMMAND, Operator, OperatorCommand, QUORUM_HINT,
-    QuorumHint, Record, Recorded, Row, SNAPSHOT, Shippable, StoredEvent, VERSION, check_reason, decode, decode_batch,
-    decode_record,
+    CALL_SUMMARY, CHAIN_ANCHOR, COMMAND_REFUSED, COMMAND_REQUEST, CallBatch, CallStats, CallSummary, ChainAnchor,
+    CommandRefused, CommandRequest, Decoded, DeliveryOutcome, FLEET_ALERT, FLEET_ALERTS_STREAM, FleetAlert, GAP, Gap,
+    JOURNAL_STREAM, LATENCY_BOUNDS_MS, MAX_REASON_BYTES, MinuteSummary, OPERATOR_COMMAND, Operator, OperatorCommand,
+    QUORUM_HINT, QuorumHint, Record, Recorded, Row, SNAPSHOT, Shippable, StoredEvent, VERSION, check_reason, decode,
+    decode_batch, decode_record,
 };
 #[cfg(test)]
 pub(crate) use store::SideWork;

@@ -752,6 +752,29 @@ impl Recorded for FleetAlert {
     }
 }
 
+/// Event type of the owner's answer to a `command_request` it refused (a fleet override stands
+/// on the breaker): the requester is told why instead of waiting for an answer that never comes.
+pub const COMMAND_REFUSED: &str = "command_refused";
+
+/// Payload of a `command_refused`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CommandRefused {
+    /// When (the owner's clock).
+    pub at_ms: u64,
+    /// The log position of the `command_request` it answers.
+    pub request_position: i64,
+    /// Why, naming what stands in the way.
+    pub why: String,
+}
+
+impl Recorded for CommandRefused {
+    const TYPE: &'static str = COMMAND_REFUSED;
+    const VERSION: u32 = 1;
+    fn at_ms(&self) -> u64 {
+        self.at_ms
+    }
+}
+
 /// Event type of a quorum hint a node's breaker took or, in shadow mode, would have taken
 /// (`docs/fleet.md`, "Quorum hints"). An opening in `on` mode is the breaker's own transition
 /// (reason `fleet_quorum`); this record says what shadow mode saw.
