@@ -2729,6 +2729,37 @@ fn a_fleet_command_reaches_every_node_and_late_or_cut_off_nodes_catch_up() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    // A node that starts while the database is unreachable (offline_start = "run") serves
+    // without the fleet's overrides, and applies them as soon as it can read them.
+    let (code, out, err) = fleet_cli(
+        dir.path(),
+        &["disable", "stripe", "--fleet", "--reason", "standing", "--db", &db.url],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let offline = cuttable_relay(&rt, server);
+    offline.cut();
+    let offline_url = format!("{prefix}@{}/{path}", offline.addr);
+    let late = serve_node(dir.path(), &offline_url, "app-10");
+    assert_eq!(
+        state_on(&late, "stripe"),
+        "closed",
+        "it could not read the override yet"
+    );
+    offline.restore();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state_on(&late, "stripe") != "disabled" {
+        assert!(
+            Instant::now() < deadline,
+            "the late node never applied the standing override"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nodes.push(late);
+    let (code, out, err) = fleet_cli(
+        dir.path(),
+        &["reset", "stripe", "--fleet", "--reason", "done", "--db", &db.url],
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
     // The HTTP action takes the same scope: every node, through any node's API.
     let post = |body: &'static str| {
         rt.block_on(async {
@@ -2748,7 +2779,7 @@ fn a_fleet_command_reaches_every_node_and_late_or_cut_off_nodes_catch_up() {
     };
     let (status, body) = post(r#"{"reason": "from the API", "scope": "fleet", "ttl": "1s"}"#);
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("acknowledged by 9/9 live nodes"), "{body}");
+    assert!(body.contains("acknowledged by 10/10 live nodes"), "{body}");
     let (status, body) = post(r#"{"reason": "x", "scope": "galaxy"}"#);
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("scope"), "{body}");
