@@ -2663,6 +2663,16 @@ fn a_fleet_command_reaches_every_node_and_late_or_cut_off_nodes_catch_up() {
 
     // app-8 cut off from the database: the reset is acknowledged by the others, and app-8 is
     // named silent; when the database is back, it catches up and acknowledges.
+    // app-2 stops cleanly (SIGTERM) before the reset, and misses it.
+    let pid = nodes[1].child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _ = nodes[1].child.wait();
     relay.cut();
     let (code, out, err) = fleet_cli(
         dir.path(),
@@ -2680,7 +2690,7 @@ fn a_fleet_command_reaches_every_node_and_late_or_cut_off_nodes_catch_up() {
     );
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(
-        out.contains("acknowledged by 8/9 live nodes") && out.contains("node app-8 silent (last seen"),
+        out.contains("acknowledged by 7/8 live nodes") && out.contains("node app-8 silent (last seen"),
         "{out}"
     );
     assert_eq!(
@@ -2705,6 +2715,14 @@ fn a_fleet_command_reaches_every_node_and_late_or_cut_off_nodes_catch_up() {
         .map(|a| a.node)
         .collect();
     assert!(acked.contains(&"app-8".to_owned()), "{acked:?}");
+    // app-2 starts again: its own file says FORCED_OPEN by the fleet, and the fleet reset it
+    // since: it is reset before it serves.
+    nodes[1] = serve_node(dir.path(), &db.url, "app-2");
+    assert_eq!(
+        state_on(&nodes[1], "stripe"),
+        "closed",
+        "a fleet reset missed while stopped"
+    );
 
     // An override with a ttl lapses on every node, by itself.
     let (code, out, err) = fleet_cli(
@@ -3223,6 +3241,8 @@ fn a_quorum_of_nodes_opens_the_rest_and_one_nodes_fault_opens_none() {
                 assert!(Instant::now() < deadline, "a node did not open through the quorum");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            // The gate flips as the transition is applied; its record is durable once flushed.
+            app.journal().flush().await.unwrap();
             let entries = breakerbox::replay::history(app.journal(), "stripe").await.unwrap();
             let last = breakerbox::replay::transitions(&entries, 0, u64::MAX).pop().unwrap();
             assert_eq!(last.reason, Reason::FleetQuorum);
@@ -3457,7 +3477,8 @@ fn with_8_node_processes_one_fault_opens_none_and_five_open_the_other_three() {
     for node in &nodes[5..] {
         loop {
             let b = breaker(node);
-            if b["state"] == "open" {
+            // Open as the gate says; its trip from the log once written (the report reads it).
+            if b["state"] == "open" && !b["current_trip"].is_null() {
                 assert_eq!(b["current_trip"]["reason"], "fleet_quorum", "{b:#}");
                 let named: Vec<&str> = b["current_trip"]["evidence"]["quorum"]["nodes"]
                     .as_array()

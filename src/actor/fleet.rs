@@ -53,7 +53,8 @@ const QUORUM_EVERY: Duration = Duration::from_millis(500);
 /// Follows the fleet's commands in the background until stopped.
 pub struct FleetFollower {
     stop: watch::Sender<bool>,
-    caught_up: watch::Receiver<bool>,
+    /// `None` while the first catch-up is under way; then whether it caught up.
+    caught_up: watch::Receiver<Option<bool>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -61,7 +62,7 @@ impl FleetFollower {
     /// Starts following; see the module's documentation.
     pub fn start(registry: Arc<Registry>, options: FollowerOptions) -> FleetFollower {
         let (stop, stop_rx) = watch::channel(false);
-        let (caught_tx, caught_up) = watch::channel(false);
+        let (caught_tx, caught_up) = watch::channel(None);
         let run = Run {
             registry,
             options,
@@ -72,6 +73,7 @@ impl FleetFollower {
             caught_up: caught_tx,
             quorum_looked: None,
             shadowed: std::collections::BTreeSet::new(),
+            pending_acks: Vec::new(),
         };
         FleetFollower {
             stop,
@@ -80,13 +82,14 @@ impl FleetFollower {
         }
     }
 
-    /// Waits until the fleet's standing overrides are applied (at most `within`); whether they
-    /// are.
+    /// Waits (at most `within`) for the first try to read and apply the fleet's standing
+    /// overrides; whether they are applied.
     pub async fn caught_up(&self, within: Duration) -> bool {
         let mut rx = self.caught_up.clone();
-        tokio::time::timeout(within, rx.wait_for(|c| *c))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        // Over as soon as the first try is: caught up, or the database did not answer (the
+        // overrides are then applied once it does).
+        let first = tokio::time::timeout(within, rx.wait_for(|c| c.is_some())).await;
+        matches!(first, Ok(Ok(c)) if *c == Some(true))
     }
 
     /// Stops following (what was applied stays applied).
@@ -111,11 +114,13 @@ struct Run {
     cursor: Option<i64>,
     /// The overrides standing, by breaker.
     standing: BTreeMap<String, FleetCommand>,
-    caught_up: watch::Sender<bool>,
+    caught_up: watch::Sender<Option<bool>>,
     /// When the quorum was last looked at.
     quorum_looked: Option<std::time::Instant>,
     /// Breakers whose shadow quorum was recorded and still holds (recorded once per streak).
     shadowed: std::collections::BTreeSet<String>,
+    /// Acknowledgements of applied commands not yet written.
+    pending_acks: Vec<FleetAck>,
 }
 
 fn operator(c: &FleetCommand) -> Operator {
@@ -162,6 +167,13 @@ impl Run {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => {
                     tracing::warn!(error = %e, node = %self.options.node, "following the fleet's commands failed; retrying");
+                    self.caught_up.send_if_modified(|c| {
+                        let first = c.is_none();
+                        if first {
+                            *c = Some(false);
+                        }
+                        first
+                    });
                     if let Some(log) = self.log.take() {
                         log.close().await;
                     }
@@ -267,23 +279,27 @@ impl Run {
     }
 
     /// At start (or after losing the database before the first catch-up): every override
-    /// standing is applied, or pinned where the breaker is already as it left it, and every
-    /// command this node has not acknowledged is acknowledged.
+    /// standing is applied, or pinned where the breaker is already as it left it; a breaker the
+    /// fleet forced open or disabled, whose override was reset or lapsed since, is reset; and
+    /// every command this node has not acknowledged is acknowledged.
     async fn catch_up_from_start(&mut self) -> Result<(), crate::journal::StoreError> {
-        let log = self.log.as_ref().expect("connected");
         let node = self.options.node.clone();
-        let acked = log.acked_upto(&node).await?;
-        let mut all = Vec::new();
-        let mut now = 0;
-        loop {
-            let after = all.last().map_or(0, |c: &FleetCommand| c.seq);
-            let (n, page) = log.commands_after(after, 10_000).await?;
-            now = n.max(now);
-            if page.is_empty() {
-                break;
+        let (acked, all, now) = {
+            let log = self.log.as_ref().expect("connected");
+            let acked = log.acked_upto(&node).await?;
+            let mut all = Vec::new();
+            let mut now = 0;
+            loop {
+                let after = all.last().map_or(0, |c: &FleetCommand| c.seq);
+                let (n, page) = log.commands_after(after, 10_000).await?;
+                now = n.max(now);
+                if page.is_empty() {
+                    break;
+                }
+                all.extend(page);
             }
-            all.extend(page);
-        }
+            (acked, all, now)
+        };
         // The last command per breaker decides what stands.
         let mut last: BTreeMap<&str, &FleetCommand> = BTreeMap::new();
         for c in &all {
@@ -295,14 +311,21 @@ impl Run {
                 continue;
             };
             let lapsed = c.expires_at_ms.is_some_and(|e| e <= now);
-            let Some(state) = target(c.asked.command).filter(|_| !lapsed) else {
-                continue;
-            };
-            if handle.state() == state {
-                handle.fleet_pin(Some(pin_of(c))).await;
-            } else {
-                let done = handle.fleet_operate(c.asked.command, operator(c), c.seq).await;
-                applied.insert(c.seq, ack_of(c, &node, done));
+            match target(c.asked.command).filter(|_| !lapsed) {
+                Some(state) if handle.state() == state => handle.fleet_pin(Some(pin_of(c))).await,
+                Some(_) => {
+                    let done = handle.fleet_operate(c.asked.command, operator(c), c.seq).await;
+                    applied.insert(c.seq, ack_of(c, &node, done));
+                }
+                // Reset, or lapsed: a breaker the fleet left forced open or disabled is reset.
+                None => {
+                    if self.fleet_left_it(service, handle.state()).await {
+                        let op = if lapsed { lapse_operator(c) } else { operator(c) };
+                        let done = handle.fleet_operate(Command::Reset, op, c.seq).await;
+                        applied.insert(c.seq, ack_of(c, &node, done));
+                    }
+                    continue;
+                }
             }
             self.standing.insert((*service).to_owned(), (*c).clone());
         }
@@ -325,15 +348,41 @@ impl Run {
                 // The breaker already stood as the command leaves it (a reset of a closed one).
                 None => outcome(c, &node, "applied", Some("the breaker already stood so".into())),
             };
-            log.ack(&ack).await?;
+            self.pending_acks.push(ack);
         }
         self.cursor = Some(all.last().map_or(0, |c| c.seq));
-        self.caught_up.send_replace(true);
+        self.caught_up.send_replace(Some(true));
+        self.flush_acks().await?;
         self.lapse(now).await;
         Ok(())
     }
 
+    /// Whether the fleet's last command on `service` in this node's own log left it as it is
+    /// (FORCED_OPEN or DISABLED by a fleet command, not by a node-local one).
+    async fn fleet_left_it(&self, service: &str, state: State) -> bool {
+        if !matches!(state, State::ForcedOpen | State::Disabled) {
+            return false;
+        }
+        let journal = self.registry.journal();
+        match journal.latest(service, crate::journal::OPERATOR_COMMAND).await {
+            Ok(Some(e)) => crate::journal::decode_record::<crate::journal::OperatorCommand>(&e)
+                .is_ok_and(|r| r.fleet_command.is_some() && r.to_state == state),
+            _ => false,
+        }
+    }
+
+    /// Acknowledgements not yet written: written in order; on failure they wait for the next
+    /// step (the commands they answer are applied once, not again).
+    async fn flush_acks(&mut self) -> Result<(), crate::journal::StoreError> {
+        while let Some(ack) = self.pending_acks.first() {
+            self.log.as_ref().expect("connected").ack(ack).await?;
+            self.pending_acks.remove(0);
+        }
+        Ok(())
+    }
+
     async fn follow_from(&mut self, after: i64) -> Result<(), crate::journal::StoreError> {
+        self.flush_acks().await?;
         let node = self.options.node.clone();
         let (now, page) = self
             .log
@@ -344,32 +393,49 @@ impl Run {
         for c in page {
             let ack = match self.registry.get(&c.asked.service) {
                 None => outcome(&c, &node, "unknown_breaker", None),
-                Some(_) if c.expires_at_ms.is_some_and(|e| e <= now) => outcome(
-                    &c,
-                    &node,
-                    "lapsed",
-                    Some("its ttl ended before this node read it".into()),
-                ),
+                Some(handle) if c.expires_at_ms.is_some_and(|e| e <= now) => {
+                    // Lapsed before this node read it: the other nodes applied it and lapsed it
+                    // since, so an override of the fleet's standing here is reset too.
+                    if self.standing.remove(&c.asked.service).is_some() {
+                        let done = handle.fleet_operate(Command::Reset, lapse_operator(&c), c.seq).await;
+                        if done.is_err() {
+                            self.standing.insert(c.asked.service.clone(), c.clone());
+                        }
+                    }
+                    outcome(
+                        &c,
+                        &node,
+                        "lapsed",
+                        Some("its ttl ended before this node read it".into()),
+                    )
+                }
                 Some(handle) => {
                     let done = handle.fleet_operate(c.asked.command, operator(&c), c.seq).await;
-                    if done.is_ok() {
-                        match target(c.asked.command) {
-                            Some(_) => self.standing.insert(c.asked.service.clone(), c.clone()),
-                            None => self.standing.remove(&c.asked.service),
-                        };
+                    // What stands follows the breaker's state, whatever the answer said (a
+                    // command applied but not durable in time still stands).
+                    match target(c.asked.command) {
+                        Some(state) if handle.state() == state => {
+                            self.standing.insert(c.asked.service.clone(), c.clone());
+                        }
+                        Some(_) => {}
+                        None => {
+                            self.standing.remove(&c.asked.service);
+                        }
                     }
                     ack_of(&c, &node, done)
                 }
             };
-            self.log.as_ref().expect("connected").ack(&ack).await?;
+            // Applied: the cursor moves on, whatever becomes of the acknowledgement.
             self.cursor = Some(c.seq);
+            self.pending_acks.push(ack);
         }
+        self.flush_acks().await?;
         self.lapse(now).await;
         Ok(())
     }
 
     /// Resets every override whose ttl ended by `now` (the database's clock), recorded as the
-    /// fleet command that lapsed.
+    /// fleet command that lapsed. One whose reset fails stays, and is tried again.
     async fn lapse(&mut self, now: i64) {
         let ended: Vec<FleetCommand> = self
             .standing
@@ -378,19 +444,28 @@ impl Run {
             .cloned()
             .collect();
         for c in ended {
-            self.standing.remove(&c.asked.service);
             let Some(handle) = self.registry.get(&c.asked.service) else {
+                self.standing.remove(&c.asked.service);
                 continue;
             };
-            let op = Operator {
-                who: c.asked.who.clone(),
-                from: "fleet".into(),
-                why: format!("fleet command {} lapsed: its ttl ended", c.seq),
-            };
-            if let Err(e) = handle.fleet_operate(Command::Reset, op, c.seq).await {
-                tracing::error!(error = %e, breaker = %c.asked.service, "lapsing a fleet override failed");
+            match handle.fleet_operate(Command::Reset, lapse_operator(&c), c.seq).await {
+                Ok(_) => {
+                    self.standing.remove(&c.asked.service);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, breaker = %c.asked.service, "lapsing a fleet override failed; retrying")
+                }
             }
         }
+    }
+}
+
+/// The operator of a fleet override's lapse.
+fn lapse_operator(c: &FleetCommand) -> Operator {
+    Operator {
+        who: c.asked.who.clone(),
+        from: "fleet".into(),
+        why: format!("fleet command {} lapsed: its ttl ended", c.seq),
     }
 }
 
@@ -552,12 +627,19 @@ async fn alert_tick(
             .iter()
             .filter(|r| matches!(r.state, State::Open | State::ForcedOpen))
             .collect();
+        // HALF_OPEN keeps an episode going (as a node's own alerts do); it does not start one.
+        let troubled = b
+            .nodes
+            .iter()
+            .filter(|r| matches!(r.state, State::Open | State::ForcedOpen | State::HalfOpen))
+            .count() as u32;
         let live = b.nodes.len() as u32;
         let trouble = serde_json::to_value(b.trouble)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
-        match (open.get(&b.service), open_nodes.is_empty()) {
+        match (open.get(&b.service), troubled == 0) {
+            (None, false) if open_nodes.is_empty() => {}
             (None, false) => {
                 let forced = open_nodes.iter().filter(|r| r.state == State::ForcedOpen).count();
                 let e = FleetEpisode {
@@ -595,7 +677,7 @@ async fn alert_tick(
             (Some(e), false) => {
                 let touched = FleetEpisode {
                     last_open_at_ms: now,
-                    nodes_max: e.nodes_max.max(open_nodes.len() as u32),
+                    nodes_max: e.nodes_max.max(troubled),
                     ..e.clone()
                 };
                 log.touch_episode(&touched).await?;
@@ -641,9 +723,11 @@ async fn resolve(
     quiet_ms: i64,
     live: u32,
 ) -> Result<(), crate::journal::StoreError> {
-    if now.saturating_sub(e.last_open_at_ms) < quiet_ms || !log.end_episode(e).await? {
+    if now.saturating_sub(e.last_open_at_ms) < quiet_ms {
         return Ok(());
     }
+    // The message first, then the episode's end: a leader that dies in between sends it again
+    // (the same fingerprint), never not at all.
     write_alert(
         journal,
         crate::journal::FleetAlert {
@@ -660,5 +744,7 @@ async fn resolve(
             opened_to: State::Open,
         },
     )
-    .await
+    .await?;
+    log.end_episode(e).await?;
+    Ok(())
 }

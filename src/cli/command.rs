@@ -178,6 +178,11 @@ fn fleet_command(args: CommandArgs, command: Command, global: &Global) -> Result
             })
     };
     let ttl = args.ttl.as_deref().map(|t| duration("--ttl", t)).transpose()?;
+    if let (Some(t), Some(text)) = (ttl, &args.ttl)
+        && t > breakerbox::journal::pg::MAX_FLEET_TTL
+    {
+        return Err(CliError::BadInput(format!("--ttl {text}: at most 365 days")));
+    }
     let wait = duration("--wait", &args.wait)?;
     if args.name.is_empty() || args.name.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(CliError::BadInput(format!("{:?}: not a breaker's name", args.name)));

@@ -404,7 +404,7 @@ fn fleet_demo(args: &Args, global: &Global) -> Result<(), CliError> {
             println!("  {service:<7} {what} from {} to {} (on every node)", secs(from), secs(to));
         }
         println!("\ntransitions as they happen, and the fleet's view when it changes (+seconds since start):");
-        let mut children = Vec::new();
+        let mut children: Vec<(String, std::process::Child)> = Vec::new();
         let mut readers = Vec::new();
         for n in 1..=args.nodes {
             let node = format!("demo-{n}");
@@ -416,9 +416,17 @@ fn fleet_demo(args: &Args, global: &Global) -> Result<(), CliError> {
                 cmd.args(["--upstream", &format!("{service}={addr}")]);
             }
             cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-            let mut child = cmd
-                .spawn()
-                .map_err(|e| CliError::Runtime(format!("starting {node}: {e}")))?;
+            let mut child = match cmd.spawn() {
+                Ok(c) => c,
+                Err(e) => {
+                    // The nodes already started stop with the demo.
+                    for (_, c) in &mut children {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                    }
+                    return Err(CliError::Runtime(format!("starting {node}: {e}")));
+                }
+            };
             let (out, err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
             let label = node.clone();
             // Each node's transitions, prefixed; the rest of its output kept for when it fails.

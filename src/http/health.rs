@@ -333,6 +333,9 @@ async fn fleet_command(
     let ttl = match body.ttl.as_deref().map(crate::duration::parse_ms) {
         None => None,
         Some(Ok(0)) => return bad_request("\"ttl\" must be more than 0"),
+        Some(Ok(ms)) if Duration::from_millis(ms) > crate::journal::pg::MAX_FLEET_TTL => {
+            return bad_request("\"ttl\" is at most 365 days");
+        }
         Some(Ok(ms)) if command != Command::Reset => Some(Duration::from_millis(ms)),
         Some(Ok(_)) => return bad_request("\"ttl\": a reset is not an override; it has no ttl"),
         Some(Err(e)) => return bad_request(&format!("\"ttl\": {e}")),
@@ -348,14 +351,7 @@ async fn fleet_command(
         origin: from.to_owned(),
         why: body.reason.clone(),
     };
-    let guard = log.lock().await;
-    let Some(pg) = guard.as_ref() else {
-        return error(
-            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-            "the fleet log's connection was just lost; try again",
-        );
-    };
-    let issued = crate::journal::fleet::issue_on(pg, &asked, ttl, Duration::from_secs(5)).await;
+    let issued = crate::journal::fleet::issue_on(&log, &asked, ttl, Duration::from_secs(5)).await;
     match issued {
         Ok(i) if i.silent.is_empty() => {
             HttpResponse::Ok().json(json!({"scope": "fleet", "summary": i.to_string(), "issued": i}))
@@ -368,11 +364,9 @@ async fn fleet_command(
     }
 }
 
-/// The fleet's log, opened on first use and kept; an error answer when there is none or it
-/// cannot be reached.
-async fn fleet_reader(
-    state: &ApiState,
-) -> Result<&tokio::sync::Mutex<Option<crate::journal::pg::PgLog>>, HttpResponse> {
+/// The fleet's log, opened on first use and kept (a handle on its pool, so no request holds the
+/// others up); an error answer when there is none or it cannot be reached.
+async fn fleet_reader(state: &ApiState) -> Result<crate::journal::pg::PgLog, HttpResponse> {
     let Some((url, log)) = &state.fleet_log else {
         return Err(error(
             actix_web::http::StatusCode::NOT_FOUND,
@@ -386,7 +380,16 @@ async fn fleet_reader(
             Err(e) => return Err(error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, &e.to_string())),
         }
     }
-    Ok(log)
+    Ok(guard.as_ref().expect("opened above").clone())
+}
+
+/// Forgets the kept handle on the fleet's log after a failed read: the next request connects again.
+async fn fleet_reader_failed(state: &ApiState) {
+    if let Some((_, log)) = &state.fleet_log
+        && let Some(l) = log.lock().await.take()
+    {
+        l.close().await;
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -505,26 +508,16 @@ async fn fleet_health(state: &ApiState, service: Option<&str>) -> HttpResponse {
         Ok(l) => l,
         Err(r) => return r,
     };
-    let mut log = log.lock().await;
-    let Some(pg) = log.as_ref() else {
-        return error(
-            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-            "the fleet log's connection was just lost; try again",
-        );
-    };
-    let read = health_rows(pg, DEFAULT_GONE_AFTER).await;
+    let read = health_rows(&log, DEFAULT_GONE_AFTER).await;
     let (now, views, rows) = match read {
         Ok(r) => r,
         Err(e) => {
             // Reconnect on the next request: the pool may hold dead connections.
-            if let Some(l) = log.take() {
-                l.close().await;
-            }
+            fleet_reader_failed(state).await;
             let why = format!("the fleet log could not be read: {e}");
             return error(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, &why);
         }
     };
-    drop(log);
     let report = fleet_health(now, &views, &rows, service);
     if let Some(s) = service
         && report.breakers.is_empty()

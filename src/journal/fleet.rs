@@ -147,12 +147,16 @@ pub struct Shipper {
 /// Where a node puts its health document for the shipper to publish (`docs/fleet.md`, "Fleet
 /// health"): the latest replaces one not yet published.
 #[derive(Clone)]
-pub struct HealthSlot(Arc<watch::Sender<Option<(u64, String)>>>);
+pub struct HealthSlot(Arc<watch::Sender<Option<(u64, u64, String)>>>);
 
 impl HealthSlot {
     /// The node's health document (JSON), made at `node_clock_ms` by the node's clock.
     pub fn put(&self, node_clock_ms: u64, doc: String) {
-        self.0.send_replace(Some((node_clock_ms, doc)));
+        // Each put is a new document, whatever its instant (a clock a test holds still).
+        self.0.send_modify(|slot| {
+            let generation = slot.as_ref().map_or(0, |(g, _, _)| g + 1);
+            *slot = Some((generation, node_clock_ms, doc));
+        });
     }
 }
 
@@ -264,8 +268,8 @@ impl Drop for Shipper {
 }
 
 struct Run {
-    health: watch::Receiver<Option<(u64, String)>>,
-    /// The instant of the last health document published.
+    health: watch::Receiver<Option<(u64, u64, String)>>,
+    /// The generation of the last health document published.
     published_health: Option<u64>,
     journal: Arc<Journal>,
     node: String,
@@ -372,16 +376,16 @@ impl Run {
     /// just connected). A failure loses nothing: the next document replaces it.
     async fn publish_health(&mut self) {
         // By what was published, not by `has_changed`: the wait below marks a new document seen.
-        let Some((at_ms, doc)) = self.health.borrow_and_update().clone() else {
+        let Some((generation, _, doc)) = self.health.borrow_and_update().clone() else {
             return;
         };
-        if self.published_health == Some(at_ms) {
+        if self.published_health == Some(generation) {
             return;
         }
         if let Some(log) = &self.log {
             // The node's clock as it sends, against the database's as it writes: the skew.
             match log.publish_health(&self.node, now_ms(), &doc).await {
-                Ok(()) => self.published_health = Some(at_ms),
+                Ok(()) => self.published_health = Some(generation),
                 Err(e) => tracing::debug!(error = %e, "publishing the node's health document failed"),
             }
         }
@@ -682,7 +686,7 @@ pub async fn issue_on(
         if live.iter().all(|n| acks.iter().any(|a| &a.node == n)) || Instant::now() >= deadline {
             break acks;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let mut silent = Vec::new();
     let missing: Vec<&String> = live.iter().filter(|n| !acks.iter().any(|a| &a.node == *n)).collect();

@@ -182,6 +182,9 @@ pub struct FleetEpisode {
     pub nodes_max: u32,
 }
 
+/// The longest ttl a fleet override takes: 365 days.
+pub const MAX_FLEET_TTL: Duration = Duration::from_secs(365 * 86_400);
+
 /// The channel a fleet command is announced on (`NOTIFY`, at its commit).
 pub const FLEET_CHANNEL: &str = "breakerbox_fleet";
 
@@ -679,7 +682,7 @@ impl PgLog {
     /// (`NOTIFY breakerbox_fleet` at commit: one per command, never per append). `ttl`: an
     /// override's time to live, after which every node lapses it.
     pub async fn issue(&self, asked: &FleetAsk, ttl: Option<Duration>) -> Result<FleetCommand, StoreError> {
-        let ttl_ms = ttl.map(|t| t.as_millis().min(i64::MAX as u128) as i64);
+        let ttl_ms = ttl.map(|t| t.min(MAX_FLEET_TTL).as_millis() as i64);
         // Two requesters at once both take max + 1: the second's insert collides and goes again.
         for _ in 0..50 {
             let mut tx = self.pool.begin().await.map_err(classify)?;
@@ -909,6 +912,15 @@ impl PgLog {
             .await
             .map_err(|_| StoreError::Io(format!("no answer within {connect_timeout:?}")))?
             .map_err(classify)?;
+        // The server notices a leader whose host or network died by TCP keepalive: within
+        // about 25 s (10 s idle, then 3 probes 5 s apart), not the system's default of hours.
+        for setting in [
+            "SET tcp_keepalives_idle = 10",
+            "SET tcp_keepalives_interval = 5",
+            "SET tcp_keepalives_count = 3",
+        ] {
+            sqlx::query(setting).execute(&mut conn).await.map_err(classify)?;
+        }
         let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
             .bind(role)
             .fetch_one(&mut conn)

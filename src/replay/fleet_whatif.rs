@@ -219,12 +219,18 @@ pub fn fleet_what_if(
             }
         }
     };
+    // As a live node publishes it: the trip that began the breaker's current episode, while it
+    // is OPEN or HALF_OPEN; none once it closed, was disabled or forced open.
     let note_trips = |events: &[Event], own: &mut Option<u64>| {
         for e in events {
-            if let Event::Transitioned(t) = e
-                && is_own_trip(t)
-            {
-                *own = Some(t.at_ms);
+            if let Event::Transitioned(t) = e {
+                if is_own_trip(t) {
+                    *own = Some(t.at_ms);
+                } else if matches!(t.to, State::Closed | State::Disabled | State::ForcedOpen)
+                    || t.reason == Reason::FleetQuorum
+                {
+                    *own = None;
+                }
             }
         }
     };
