@@ -2192,16 +2192,47 @@ async fn every_write_behaves_alike_on_a_nodes_file_and_on_the_fleet_log() {
     assert_eq!(sqlite, fleet, "the backends stored different streams");
 }
 
+/// An in-process node `node` of the fleet log at `url`: its own file in `dir`, shipping there;
+/// the HTTP API on 127.0.0.1 with `token` (named `name`) when one is given; alerts as asked.
+async fn fleet_app(
+    dir: &std::path::Path,
+    url: &str,
+    node: &str,
+    config: &breakerbox::config::Config,
+    api: Option<(&str, &str)>,
+    alerts: bool,
+) -> breakerbox::app::App {
+    use breakerbox::app::{App, AppOptions, HttpOptions};
+    let options = AppOptions {
+        journal: breakerbox::journal::JournalOptions {
+            node: Arc::from(node),
+            ..Default::default()
+        },
+        fleet: Some(breakerbox::journal::fleet::FleetOptions::new(url)),
+        http: api.map(|(name, token)| HttpOptions {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            tokens: vec![breakerbox::http::auth::Token::new(
+                name,
+                &breakerbox::config::Secret::new(token.to_owned()),
+            )],
+            any_port_if_taken: false,
+        }),
+        alerts,
+        ..AppOptions::default()
+    };
+    App::start(&dir.join(format!("{node}.db")), config, options)
+        .await
+        .unwrap()
+}
+
 /// Fleet health ([fleet-ops]): four nodes publish their own health reports; `GET
 /// /api/fleet/health/{service}` on one of them and `status --fleet` merge them alike. One node's
 /// stripe failing is that node's trouble, named as an outlier; stripe failing on every node is
 /// the service's.
 #[test]
 fn fleet_health_tells_one_nodes_trouble_from_the_services() {
-    use breakerbox::app::{App, AppOptions, HttpOptions};
-    use breakerbox::config::{Config, Secret};
-    use breakerbox::http::auth::Token;
-    use breakerbox::journal::fleet::FleetOptions;
+    use breakerbox::app::App;
+    use breakerbox::config::Config;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let Some(db) = rt.block_on(Db::create("fleethealth")) else {
         return;
@@ -2217,23 +2248,8 @@ fn fleet_health_tells_one_nodes_trouble_from_the_services() {
         .unwrap();
         let mut apps = Vec::new();
         for n in 1..=4 {
-            let node = format!("app-{n}");
-            let options = AppOptions {
-                journal: breakerbox::journal::JournalOptions {
-                    node: Arc::from(node.as_str()),
-                    ..Default::default()
-                },
-                fleet: Some(FleetOptions::new(db.url.clone())),
-                http: (n == 1).then(|| HttpOptions {
-                    bind: "127.0.0.1:0".parse().unwrap(),
-                    tokens: vec![Token::new("t", &Secret::new(token.clone()))],
-                    any_port_if_taken: false,
-                }),
-                alerts: false,
-                ..AppOptions::default()
-            };
-            let path = dir.path().join(format!("{node}.db"));
-            apps.push(App::start(&path, &config, options).await.unwrap());
+            let api = (n == 1).then_some(("t", token.as_str()));
+            apps.push(fleet_app(dir.path(), &db.url, &format!("app-{n}"), &config, api, false).await);
         }
         let calls = |app: &App, fail: bool| {
             let stripe = app.registry().get("stripe").unwrap().clone();
@@ -2848,10 +2864,7 @@ fn installed_tool(path: &str) -> bool {
 /// scope. Screenshots at 1400 and 390 px.
 #[test]
 fn the_dashboard_shows_the_fleet_trouble_first_and_forces_open_on_every_node() {
-    use breakerbox::app::{App, AppOptions, HttpOptions};
-    use breakerbox::config::{Config, Secret};
-    use breakerbox::http::auth::Token;
-    use breakerbox::journal::fleet::FleetOptions;
+    use breakerbox::config::Config;
     if !installed_tool(webdriver::CHROMEDRIVER) || !installed_tool(webdriver::CHROMIUM) {
         return;
     }
@@ -2872,22 +2885,8 @@ fn the_dashboard_shows_the_fleet_trouble_first_and_forces_open_on_every_node() {
         let config = Config::from_toml(std::path::Path::new("t.toml"), &toml, &Default::default()).unwrap();
         let mut apps = Vec::new();
         for n in 1..=4 {
-            let node = format!("app-{n}");
-            let options = AppOptions {
-                journal: breakerbox::journal::JournalOptions {
-                    node: Arc::from(node.as_str()),
-                    ..Default::default()
-                },
-                fleet: Some(FleetOptions::new(db.url.clone())),
-                http: (n == 1).then(|| HttpOptions {
-                    bind: "127.0.0.1:0".parse().unwrap(),
-                    tokens: vec![Token::new("oncall", &Secret::new(token.clone()))],
-                    any_port_if_taken: false,
-                }),
-                alerts: false,
-                ..AppOptions::default()
-            };
-            apps.push(App::start(&dir.path().join(format!("{node}.db")), &config, options).await.unwrap());
+            let api = (n == 1).then_some(("oncall", token.as_str()));
+            apps.push(fleet_app(dir.path(), &db.url, &format!("app-{n}"), &config, api, false).await);
         }
         // svc23 fails everywhere (the service's trouble); svc05 only on app-4 (that node's).
         for (i, app) in apps.iter().enumerate() {
@@ -3043,9 +3042,7 @@ async fn webhook_receiver() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<S
 /// once every node has had stripe closed for the quiet period, again once.
 #[test]
 fn a_fleet_pages_once_per_episode_not_once_per_node() {
-    use breakerbox::app::{App, AppOptions};
     use breakerbox::config::Config;
-    use breakerbox::journal::fleet::FleetOptions;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let Some(db) = rt.block_on(Db::create("fleetalerts")) else {
         return;
@@ -3060,21 +3057,7 @@ fn a_fleet_pages_once_per_episode_not_once_per_node() {
         let config = Config::from_toml(std::path::Path::new("t.toml"), &toml, &Default::default()).unwrap();
         let mut apps = Vec::new();
         for n in 1..=3 {
-            let node = format!("app-{n}");
-            let options = AppOptions {
-                journal: breakerbox::journal::JournalOptions {
-                    node: Arc::from(node.as_str()),
-                    ..Default::default()
-                },
-                fleet: Some(FleetOptions::new(db.url.clone())),
-                alerts: true,
-                ..AppOptions::default()
-            };
-            apps.push(
-                App::start(&dir.path().join(format!("{node}.db")), &config, options)
-                    .await
-                    .unwrap(),
-            );
+            apps.push(fleet_app(dir.path(), &db.url, &format!("app-{n}"), &config, None, true).await);
         }
         for app in &apps[..2] {
             let h = app.registry().get("stripe").unwrap().clone();
@@ -3144,10 +3127,9 @@ fn a_fleet_pages_once_per_episode_not_once_per_node() {
 /// live one.
 #[test]
 fn a_quorum_of_nodes_opens_the_rest_and_one_nodes_fault_opens_none() {
-    use breakerbox::app::{App, AppOptions};
+    use breakerbox::app::App;
     use breakerbox::breaker::{Reason, State};
     use breakerbox::config::Config;
-    use breakerbox::journal::fleet::FleetOptions;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let Some(db) = rt.block_on(Db::create("quorum")) else {
         return;
@@ -3164,22 +3146,8 @@ fn a_quorum_of_nodes_opens_the_rest_and_one_nodes_fault_opens_none() {
         let shadow = Config::from_toml(std::path::Path::new("t.toml"), &toml("shadow"), &Default::default()).unwrap();
         let mut apps = Vec::new();
         for n in 1..=9 {
-            let node = format!("app-{n}");
-            let options = AppOptions {
-                journal: breakerbox::journal::JournalOptions {
-                    node: Arc::from(node.as_str()),
-                    ..Default::default()
-                },
-                fleet: Some(FleetOptions::new(db.url.clone())),
-                alerts: false,
-                ..AppOptions::default()
-            };
             let config = if n == 9 { &shadow } else { &on };
-            apps.push(
-                App::start(&dir.path().join(format!("{node}.db")), config, options)
-                    .await
-                    .unwrap(),
-            );
+            apps.push(fleet_app(dir.path(), &db.url, &format!("app-{n}"), config, None, false).await);
         }
         let fault = |app: &App| {
             let h = app.registry().get("stripe").unwrap().clone();

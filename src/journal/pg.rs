@@ -616,13 +616,7 @@ impl PgLog {
         .map_err(classify)?;
         let now = match rows.first() {
             Some(r) => r.7,
-            None => {
-                let (now,): (i64,) = sqlx::query_as("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(classify)?;
-                now
-            }
+            None => self.now_ms().await?,
         };
         Ok((
             now,

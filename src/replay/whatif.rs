@@ -240,6 +240,42 @@ pub fn open_time(transitions: &[Transition], start: u64, end: u64, initial: Stat
     open_ms(&time_in_states(initial, transitions, start, end))
 }
 
+/// A stream's period as the log recorded it: its export, from the first line until the last
+/// recorded call completed (both sides of a what-if see its outcome), the state before it, its
+/// transitions, and its calls rejected for real with estimated outcomes.
+struct Recorded {
+    lines: Vec<TraceLine>,
+    start: u64,
+    end: u64,
+    initial: State,
+    transitions: Vec<Transition>,
+    estimated: Vec<Estimated>,
+}
+
+fn recorded(entries: &[Entry], from_ms: Option<u64>, to_ms: Option<u64>, fallback: &Policy) -> Recorded {
+    let lines = export(entries, from_ms, to_ms, fallback);
+    let start = lines.first().map_or(0, TraceLine::at_ms);
+    let end = lines
+        .iter()
+        .map(|l| match *l {
+            TraceLine::Call { at_ms, latency_ms, .. } => at_ms.saturating_add(latency_ms),
+            ref other => other.at_ms(),
+        })
+        .max()
+        .unwrap_or(start);
+    let initial = fold(entries, Some(start.saturating_sub(1)), fallback).state();
+    let transitions = transitions(entries, start, end.saturating_add(1));
+    let estimated = estimated_rejections(entries, &lines, (start, end), (initial, &transitions));
+    Recorded {
+        lines,
+        start,
+        end,
+        initial,
+        transitions,
+        estimated,
+    }
+}
+
 /// One call of a period as a what-if runs it: recorded (it ran), or rejected for real and put
 /// back with an estimated outcome (see [`Side`]).
 pub(crate) struct PeriodCall {
@@ -265,19 +301,13 @@ pub(crate) struct Period {
 
 /// See [`Period`]; the fleet what-if merges the nodes' periods.
 pub(crate) fn period_calls(entries: &[Entry], from_ms: Option<u64>, to_ms: Option<u64>, fallback: &Policy) -> Period {
-    let lines = export(entries, from_ms, to_ms, fallback);
-    let start = lines.first().map_or(0, TraceLine::at_ms);
-    let end = lines
-        .iter()
-        .map(|l| match *l {
-            TraceLine::Call { at_ms, latency_ms, .. } => at_ms.saturating_add(latency_ms),
-            ref other => other.at_ms(),
-        })
-        .max()
-        .unwrap_or(start);
-    let initial = fold(entries, Some(start.saturating_sub(1)), fallback).state();
-    let actual_transitions = transitions(entries, start, end.saturating_add(1));
-    let estimated = estimated_rejections(entries, &lines, (start, end), (initial, &actual_transitions));
+    let Recorded {
+        lines,
+        start,
+        end,
+        estimated,
+        ..
+    } = recorded(entries, from_ms, to_ms, fallback);
     let policy = lines
         .iter()
         .find_map(|l| match l {
@@ -330,20 +360,14 @@ pub fn what_if(
     fallback: &Policy,
     changes: &Knobs,
 ) -> Result<WhatIf, WhatIfError> {
-    let lines = export(entries, from_ms, to_ms, fallback);
-    let start = lines.first().map_or(0, TraceLine::at_ms);
-    // Until the last recorded call completed: both sides see its outcome.
-    let end = lines
-        .iter()
-        .map(|l| match *l {
-            TraceLine::Call { at_ms, latency_ms, .. } => at_ms.saturating_add(latency_ms),
-            ref other => other.at_ms(),
-        })
-        .max()
-        .unwrap_or(start);
-    let initial = fold(entries, Some(start.saturating_sub(1)), fallback).state();
-    let actual_transitions = transitions(entries, start, end.saturating_add(1));
-    let estimated = estimated_rejections(entries, &lines, (start, end), (initial, &actual_transitions));
+    let Recorded {
+        lines,
+        start,
+        end,
+        initial,
+        transitions: actual_transitions,
+        estimated,
+    } = recorded(entries, from_ms, to_ms, fallback);
     let recorded = || {
         lines.iter().filter_map(|l| match *l {
             TraceLine::Call { outcome, .. } => Some(outcome),

@@ -163,6 +163,30 @@ impl Driver {
     /// Polls until some element matching `css` has exactly the text `expected` (as rendered,
     /// trimmed), for at most `timeout`. The error lists the texts last seen.
     pub async fn wait_text(&self, css: &str, expected: &str, timeout: Duration) -> Result<Element, String> {
+        self.wait_text_where(css, &format!("text {expected:?}"), |t| t.trim() == expected, timeout)
+            .await
+    }
+
+    /// As [`Driver::wait_text`], for a text that contains `part`.
+    pub async fn wait_text_containing(&self, css: &str, part: &str, timeout: Duration) -> Result<Element, String> {
+        self.wait_text_where(
+            css,
+            &format!("a text containing {part:?}"),
+            |t| t.contains(part),
+            timeout,
+        )
+        .await
+    }
+
+    /// Polls until some element matching `css` has a text `wanted` accepts (`described` for the
+    /// error, which lists the texts last seen).
+    async fn wait_text_where(
+        &self,
+        css: &str,
+        described: &str,
+        wanted: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Result<Element, String> {
         let deadline = Instant::now() + timeout;
         loop {
             // Texts seen, or why nothing could be read (an element replaced between find and
@@ -172,7 +196,7 @@ impl Driver {
                 Ok(elements) => {
                     for el in elements {
                         match self.text(&el).await {
-                            Ok(text) if text.trim() == expected => return Ok(el),
+                            Ok(text) if wanted(&text) => return Ok(el),
                             Ok(text) => seen.push(text),
                             Err(e) => seen.push(format!("<{e}>")),
                         }
@@ -182,33 +206,7 @@ impl Driver {
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "no `{css}` with text {expected:?} within {timeout:?}; last seen: {seen:?}"
-                ));
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// As [`Driver::wait_text`], for a text that contains `part`.
-    pub async fn wait_text_containing(&self, css: &str, part: &str, timeout: Duration) -> Result<Element, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let mut seen = Vec::new();
-            match self.find_all(css).await {
-                Ok(elements) => {
-                    for el in elements {
-                        match self.text(&el).await {
-                            Ok(text) if text.contains(part) => return Ok(el),
-                            Ok(text) => seen.push(text),
-                            Err(e) => seen.push(format!("<{e}>")),
-                        }
-                    }
-                }
-                Err(e) => seen.push(format!("<{e}>")),
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "no `{css}` with a text containing {part:?} within {timeout:?}; last seen: {seen:?}"
+                    "no `{css}` with {described} within {timeout:?}; last seen: {seen:?}"
                 ));
             }
             tokio::time::sleep(POLL).await;
